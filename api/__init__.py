@@ -1,0 +1,1 @@
+"""Ferry's control plane: the MSK Replicator compatible REST API (FastAPI)."""

@@ -1,0 +1,40 @@
+"""The FastAPI application factory: ``uvicorn --factory api.app:create_app``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from redis.asyncio import Redis
+
+from api import health
+from models.db import async_session_factory, make_async_engine
+from models.settings import FerrySettings, get_settings
+
+
+def create_app(settings: FerrySettings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = make_async_engine(settings)
+        redis = Redis.from_url(settings.redis_url, socket_timeout=settings.health_timeout_seconds)
+        app.state.db_engine = engine
+        app.state.db_sessions = async_session_factory(engine)
+        app.state.redis = redis
+        try:
+            yield
+        finally:
+            await redis.aclose()
+            await engine.dispose()
+
+    app = FastAPI(
+        title="Ferry",
+        version="0.1.0",
+        description="Self-hosted Kafka replication with an Amazon MSK Replicator compatible API.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.include_router(health.router)
+    return app

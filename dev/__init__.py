@@ -1,0 +1,1 @@
+"""Developer tooling: the local stack (two Kafka clusters, PostgreSQL, Redis, API, workers)."""

@@ -1,0 +1,44 @@
+"""The replicator record: the desired state users write through the API, and the status the fleet reports."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, DateTime, Identity, Integer, String, Text, UniqueConstraint, func
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.orm import Mapped, mapped_column
+
+from models.base import Base
+
+
+class Replicator(Base):
+    __tablename__ = "replicators"
+    __table_args__ = (UniqueConstraint("account_id", "name"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
+    # Monotonic insertion order: the stable sort key for ListReplicators pagination.
+    seq: Mapped[int] = mapped_column(BigInteger, Identity(always=True), unique=True, nullable=False)
+    account_id: Mapped[str] = mapped_column(String(12), nullable=False)
+    name: Mapped[str] = mapped_column(String(128), nullable=False)
+    arn: Mapped[str] = mapped_column(Text, nullable=False, unique=True)
+    description: Mapped[str | None] = mapped_column(Text)
+    service_execution_role_arn: Mapped[str | None] = mapped_column(Text)
+    # The request's kafkaClusters, each annotated by Ferry with its arn, alias and resolved bootstrap servers.
+    kafka_clusters: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, nullable=False)
+    # The single replicationInfo entry as accepted (the API validates and normalises it).
+    replication_info: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
+    tags: Mapped[dict[str, str]] = mapped_column(JSONB, nullable=False, default=dict)
+    current_version: Mapped[str] = mapped_column(String(64), nullable=False)
+    # generation counts desired-state changes; the fleet copies it to observed_generation once applied.
+    generation: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
+    observed_generation: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    state: Mapped[str] = mapped_column(String(16), nullable=False, default="CREATING")
+    state_info: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now(), onupdate=func.now()
+    )

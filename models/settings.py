@@ -1,0 +1,66 @@
+"""The one typed settings object for every Ferry process (API, workers, beat, tools).
+
+Values come from environment variables with the ``FERRY_`` prefix. Settings are read and validated when
+a process starts (``get_settings()``), never at import time, so a bad value stops the process at once
+with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_BOOTSTRAP_RE = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}(,[A-Za-z0-9.\-\[\]:]+:\d{1,5})*$")
+
+
+class FerrySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FERRY_", extra="ignore", frozen=True)
+
+    database_url: str = Field(
+        default="postgresql+psycopg://ferry:ferry@127.0.0.1:15432/ferry",
+        description="SQLAlchemy URL of the PostgreSQL database (psycopg 3 driver).",
+    )
+    redis_url: str = Field(
+        default="redis://127.0.0.1:16379/0",
+        description="Redis used as the Celery broker and result backend and for worker reports.",
+    )
+    aws_region: Annotated[str, Field(pattern=r"^[a-z]{2}(-[a-z]+)+-\d$")] = "us-east-1"
+    aws_account_id: Annotated[str, Field(pattern=r"^\d{12}$")] = "000000000000"
+    kafka_probe_clusters: dict[str, str] = Field(
+        default={"source": "127.0.0.1:19092", "target": "127.0.0.1:29092"},
+        description="Named Kafka clusters that /healthz reports on (JSON object name -> bootstrap servers).",
+    )
+    health_timeout_seconds: Annotated[float, Field(gt=0, le=30)] = 3.0
+    reconcile_interval_seconds: Annotated[float, Field(gt=0)] = 5.0
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_only(cls, value: str) -> str:
+        if not value.startswith("postgresql+psycopg://"):
+            raise ValueError("must be a postgresql+psycopg:// URL (psycopg 3 serves both the API and workers)")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_only(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://")):
+            raise ValueError("must be a redis:// or rediss:// URL")
+        return value
+
+    @field_validator("kafka_probe_clusters")
+    @classmethod
+    def _bootstrap_lists(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, servers in value.items():
+            if not _BOOTSTRAP_RE.match(servers):
+                raise ValueError(f"cluster {name!r}: {servers!r} is not a host:port[,host:port] list")
+        return value
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> FerrySettings:
+    """The process-wide settings, read from the environment on first use."""
+    return FerrySettings()
