@@ -40,11 +40,11 @@ def _kafka(bootstrap: str, timeout: float) -> Callable[[], Awaitable[None]]:
     return probe
 
 
-async def _check(probe: Callable[[], Awaitable[None]], timeout: float) -> dict[str, Any]:
+async def _check(probe: Callable[[], Awaitable[None]], limit_seconds: float) -> dict[str, Any]:
     try:
-        await asyncio.wait_for(probe(), timeout)
+        await asyncio.wait_for(probe(), limit_seconds)
     except TimeoutError:
-        return {"status": "down", "reason": f"no answer within {timeout:g}s"}
+        return {"status": "down", "reason": f"no answer within {limit_seconds:g}s"}
     except Exception as exc:  # noqa: BLE001  (any failure of a dependency means "down", with its reason)
         return {"status": "down", "reason": f"{type(exc).__name__}: {exc}"[:300]}
     return {"status": "up"}
@@ -64,8 +64,9 @@ async def healthz(request: Request) -> JSONResponse:
     ]
     results = await asyncio.gather(*(_check(probe, timeout) for probe in probes))
     components = dict(zip(names, results, strict=True))
-    kafka = {name: components.pop(f"kafka:{name}") | {"bootstrapServers": servers}
-             for name, servers in clusters.items()}
+    kafka = {
+        name: components.pop(f"kafka:{name}") | {"bootstrapServers": servers} for name, servers in clusters.items()
+    }
     body: dict[str, Any] = {"database": components["database"], "redis": components["redis"], "kafka": kafka}
     all_up = all(c["status"] == "up" for c in [*results])
     body = {"status": "up" if all_up else "down", **body}

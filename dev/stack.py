@@ -1,7 +1,7 @@
 """Ferry's local stack: two Kafka clusters, PostgreSQL, Redis, the API, a Celery worker and beat.
 
     python -m dev.stack up [--infra]    start what is not running (idempotent); --infra: Kafka, PG, Redis only
-    python -m dev.stack down            stop what this tool started, by pid; nothing else
+    python -m dev.stack down [--purge]  stop what this tool started, by pid; nothing else (--purge: delete its data)
     python -m dev.stack status          one line per service; exit 1 when any is down
 
 Everything lives in git-ignored folders of the checkout: jars in .cache/, data, logs and pid files in .run/.
@@ -30,6 +30,10 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import psycopg
+from alembic import command
+from alembic.config import Config
 
 ROOT = Path(__file__).resolve().parents[1]
 POM = ROOT / "dev" / "kafka" / "pom.xml"
@@ -191,15 +195,21 @@ def wait_for(
         time.sleep(0.25)
 
 
-def spawn(cfg: StackConfig, name: str, argv: list[str], marker: str, env: dict[str, str] | None = None,
-          cwd: Path = ROOT) -> subprocess.Popen[bytes]:
+def spawn(
+    cfg: StackConfig, name: str, argv: list[str], marker: str, *, env: dict[str, str] | None = None, cwd: Path = ROOT
+) -> subprocess.Popen[bytes]:
     cfg.logs.mkdir(parents=True, exist_ok=True)
     log = cfg.logs / f"{name}.log"
     with log.open("ab") as out:
         out.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(argv)}\n".encode())
         out.flush()
         proc = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd, env=env,
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=cwd,
+            env=env,
             start_new_session=True,
         )
     PidFile(cfg, name).write(proc.pid, marker)
@@ -290,9 +300,18 @@ def ensure_kafka_jars(cfg: StackConfig) -> Path:
     cfg.logs.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as out:
         rc = subprocess.run(
-            ["mvn", "-B", "-f", str(POM), "dependency:copy-dependencies",
-             f"-DoutputDirectory={lib}", "-DincludeScope=runtime"],
-            stdout=out, stderr=subprocess.STDOUT, check=False,
+            [
+                "mvn",
+                "-B",
+                "-f",
+                str(POM),
+                "dependency:copy-dependencies",
+                f"-DoutputDirectory={lib}",
+                "-DincludeScope=runtime",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            check=False,
         ).returncode
     if rc != 0:
         raise StackError(f"maven could not resolve the Kafka jars (exit {rc}); read its log: {log}\n{_tail(log)}")
@@ -304,8 +323,12 @@ def ensure_kafka_jars(cfg: StackConfig) -> Path:
 # ---------------------------------------------------------------------------------------------- kafka
 
 JVM_FLAGS = [
-    "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-XX:InitiatingHeapOccupancyPercent=35",
-    "-XX:+ExplicitGCInvokesConcurrent", "-XX:MaxInlineLevel=15", "-Djava.awt.headless=true",
+    "-XX:+UseG1GC",
+    "-XX:MaxGCPauseMillis=20",
+    "-XX:InitiatingHeapOccupancyPercent=35",
+    "-XX:+ExplicitGCInvokesConcurrent",
+    "-XX:MaxInlineLevel=15",
+    "-Djava.awt.headless=true",
     "-XX:+ExitOnOutOfMemoryError",
 ]
 
@@ -386,10 +409,24 @@ class KafkaCluster:
             return
         say(f"formatting Kafka cluster '{self.name}' storage in {data}")
         result = subprocess.run(
-            ["java", "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
-             f"-Dlog4j2.configurationFile={LOG4J_TOOLS}", "-cp", f"{lib}/*",
-             "kafka.tools.StorageTool", "format", "-t", _kafka_cluster_id(), "-c", str(props)],
-            capture_output=True, text=True, check=False,
+            [
+                "java",
+                "-Xmx256m",
+                "-XX:+UseSerialGC",
+                "-XX:TieredStopAtLevel=1",
+                f"-Dlog4j2.configurationFile={LOG4J_TOOLS}",
+                "-cp",
+                f"{lib}/*",
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                _kafka_cluster_id(),
+                "-c",
+                str(props),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if result.returncode != 0:
             raise StackError(f"formatting Kafka '{self.name}' failed:\n{result.stdout}\n{result.stderr}")
@@ -406,9 +443,17 @@ class KafkaCluster:
         self.ensure_formatted(cfg, lib)
         heap = cfg.kafka_heap
         argv = [
-            "java", f"-Xms{heap}", f"-Xmx{heap}", "-XX:MaxDirectMemorySize=256m", *JVM_FLAGS,
-            f"-Dlog4j2.configurationFile={LOG4J_SERVER}", f"-Dkafka.logs.dir={self.folder(cfg)}",
-            "-cp", f"{lib}/*", "kafka.Kafka", str(self.properties(cfg)),
+            "java",
+            f"-Xms{heap}",
+            f"-Xmx{heap}",
+            "-XX:MaxDirectMemorySize=256m",
+            *JVM_FLAGS,
+            f"-Dlog4j2.configurationFile={LOG4J_SERVER}",
+            f"-Dkafka.logs.dir={self.folder(cfg)}",
+            "-cp",
+            f"{lib}/*",
+            "kafka.Kafka",
+            str(self.properties(cfg)),
         ]
         say(f"starting Kafka '{self.name}' on 127.0.0.1:{self.port}")
         return spawn(cfg, f"kafka-{self.name}", argv, marker=str(self.properties(cfg)))
@@ -476,14 +521,29 @@ class Postgres:
             self._init()
             say(f"starting PostgreSQL on 127.0.0.1:{port} (data {self.data})")
             result = subprocess.run(
-                self._as_owner([self._bin("pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60",
-                                "-o", f"-p {port} -c listen_addresses=127.0.0.1 "
-                                f"-c unix_socket_directories={self.socket_dir}", "start"]),
-                capture_output=True, text=True, check=False,
+                self._as_owner(
+                    [
+                        self._bin("pg_ctl"),
+                        "-D",
+                        str(self.data),
+                        "-l",
+                        str(self.log),
+                        "-w",
+                        "-t",
+                        "60",
+                        "-o",
+                        f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.socket_dir}",
+                        "start",
+                    ]
+                ),
+                capture_output=True,
+                text=True,
+                check=False,
             )
             if result.returncode != 0:
-                raise StackError(f"PostgreSQL did not start ({result.stderr.strip()}); read its log: {self.log}\n"
-                                 f"{_tail(self.log)}")
+                raise StackError(
+                    f"PostgreSQL did not start ({result.stderr.strip()}); read its log: {self.log}\n{_tail(self.log)}"
+                )
             marker.parent.mkdir(parents=True, exist_ok=True)
             marker.write_text(json.dumps({"data": str(self.data)}))
         wait_for("PostgreSQL", self.is_up, 60, self.log)
@@ -501,16 +561,27 @@ class Postgres:
             if self.as_root:
                 shutil.chown(self.socket_dir, "postgres", "postgres")
         result = subprocess.run(
-            self._as_owner([self._bin("initdb"), "-D", str(self.data), "-U", "postgres", "-E", "UTF8",
-                            "--auth-local=trust", "--auth-host=scram-sha-256"]),
-            capture_output=True, text=True, check=False,
+            self._as_owner(
+                [
+                    self._bin("initdb"),
+                    "-D",
+                    str(self.data),
+                    "-U",
+                    "postgres",
+                    "-E",
+                    "UTF8",
+                    "--auth-local=trust",
+                    "--auth-host=scram-sha-256",
+                ]
+            ),
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if result.returncode != 0:
             raise StackError(f"initdb failed:\n{result.stdout}\n{result.stderr}")
 
     def _ensure_database(self, external: bool) -> None:
-        import psycopg
-
         if external:
             try:
                 psycopg.connect(self.cfg.database_url.replace("+psycopg", ""), connect_timeout=5).close()
@@ -520,8 +591,9 @@ class Postgres:
                     f"usable 'ferry' database ({exc}); stop it or set FERRY_DEV_POSTGRES_PORT"
                 ) from None
             return
-        with psycopg.connect(host=str(self.socket_dir), port=self.cfg.postgres_port, user="postgres",
-                             dbname="postgres", autocommit=True) as conn:
+        with psycopg.connect(
+            host=str(self.socket_dir), port=self.cfg.postgres_port, user="postgres", dbname="postgres", autocommit=True
+        ) as conn:
             if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'ferry'").fetchone() is None:
                 conn.execute("CREATE ROLE ferry LOGIN CREATEDB PASSWORD 'ferry'")
             for db in ("ferry", "ferry_test"):
@@ -535,15 +607,15 @@ class Postgres:
             return
         if self._pid() is not None:
             say(f"stopping PostgreSQL (pid {self._pid()})")
-            subprocess.run(self._as_owner([self._bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w",
-                                           "stop"]), capture_output=True, check=False)
+            subprocess.run(
+                self._as_owner([self._bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"]),
+                capture_output=True,
+                check=False,
+            )
         marker.unlink(missing_ok=True)
 
 
 def migrate(database_url: str) -> None:
-    from alembic import command
-    from alembic.config import Config
-
     config = Config(str(ROOT / "alembic.ini"))
     config.attributes["database_url"] = database_url
     config.attributes["configure_logger"] = False
@@ -578,9 +650,23 @@ class Redis:
         data = self.cfg.run_dir / "redis"
         data.mkdir(parents=True, exist_ok=True)
         say(f"starting Redis on 127.0.0.1:{self.cfg.redis_port}")
-        argv = [shutil.which("redis-server") or "redis-server", "--bind", "127.0.0.1",
-                "--port", str(self.cfg.redis_port), "--dir", str(data), "--daemonize", "no",
-                "--save", "60 1000", "--appendonly", "no", "--protected-mode", "yes"]
+        argv = [
+            shutil.which("redis-server") or "redis-server",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(self.cfg.redis_port),
+            "--dir",
+            str(data),
+            "--daemonize",
+            "no",
+            "--save",
+            "60 1000",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "yes",
+        ]
         proc = spawn(self.cfg, "redis", argv, marker=f"127.0.0.1:{self.cfg.redis_port}")
         wait_for("Redis", self.ping, 30, self.log, proc)
 
@@ -622,14 +708,47 @@ class FerryProcess:
     def argv(self) -> list[str]:
         py = sys.executable
         if self.name == "api":
-            return [py, "-m", "uvicorn", "--factory", "api.app:create_app", "--host", "127.0.0.1",
-                    "--port", str(self.cfg.api_port), "--no-access-log"]
+            return [
+                py,
+                "-m",
+                "uvicorn",
+                "--factory",
+                "api.app:create_app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.cfg.api_port),
+                "--no-access-log",
+            ]
         if self.name == "worker":
-            return [py, "-m", "celery", "-A", "workers.celery_app", "worker", "--loglevel", "INFO",
-                    "--hostname", f"ferry-worker-{self.cfg.api_port}@%h", "--concurrency", "2"]
-        return [py, "-m", "celery", "-A", "workers.celery_app", "beat", "--loglevel", "INFO",
-                "--schedule", str(self.cfg.run_dir / "celerybeat-schedule"),
-                "--pidfile", str(self.cfg.run_dir / "celerybeat.pid")]
+            return [
+                py,
+                "-m",
+                "celery",
+                "-A",
+                "workers.celery_app",
+                "worker",
+                "--loglevel",
+                "INFO",
+                "--hostname",
+                f"ferry-worker-{self.cfg.api_port}@%h",
+                "--concurrency",
+                "2",
+            ]
+        return [
+            py,
+            "-m",
+            "celery",
+            "-A",
+            "workers.celery_app",
+            "beat",
+            "--loglevel",
+            "INFO",
+            "--schedule",
+            str(self.cfg.run_dir / "celerybeat-schedule"),
+            "--pidfile",
+            str(self.cfg.run_dir / "celerybeat.pid"),
+        ]
 
     def healthy(self) -> bool:
         if self.name != "api":
@@ -646,8 +765,10 @@ class FerryProcess:
             say(f"{self.name} already running (pid {pid})")
             return
         if self.name == "api" and _port_open(self.cfg.api_port):
-            raise StackError(f"port {self.cfg.api_port} is taken by a process this tool did not start; "
-                             "stop it or set FERRY_DEV_API_PORT")
+            raise StackError(
+                f"port {self.cfg.api_port} is taken by a process this tool did not start; "
+                "stop it or set FERRY_DEV_API_PORT"
+            )
         offset = _log_size(self.log)
         say(f"starting {self.name}")
         argv = self.argv()
@@ -666,15 +787,20 @@ class FerryProcess:
 
 
 def write_endpoints(cfg: StackConfig) -> None:
-    (cfg.run_dir / "stack.json").write_text(json.dumps({
-        "database_url": cfg.database_url,
-        "test_database_url": cfg.database_url.rsplit("/", 1)[0] + "/ferry_test",
-        "redis_url": cfg.redis_url,
-        "kafka": cfg.kafka_clusters,
-        "api": f"http://127.0.0.1:{cfg.api_port}",
-        "kafka_lib": str(kafka_lib(cfg)),
-        "logs": str(cfg.logs),
-    }, indent=2))
+    (cfg.run_dir / "stack.json").write_text(
+        json.dumps(
+            {
+                "database_url": cfg.database_url,
+                "test_database_url": cfg.database_url.rsplit("/", 1)[0] + "/ferry_test",
+                "redis_url": cfg.redis_url,
+                "kafka": cfg.kafka_clusters,
+                "api": f"http://127.0.0.1:{cfg.api_port}",
+                "kafka_lib": str(kafka_lib(cfg)),
+                "logs": str(cfg.logs),
+            },
+            indent=2,
+        )
+    )
 
 
 def up(cfg: StackConfig, infra_only: bool) -> None:
@@ -705,13 +831,22 @@ def up(cfg: StackConfig, infra_only: bool) -> None:
     say(f"  logs     {cfg.logs}")
 
 
-def down(cfg: StackConfig) -> None:
+def down(cfg: StackConfig, purge: bool) -> None:
     for name in ("beat", "worker", "api"):
         FerryProcess(cfg, name).stop()
     for cluster in kafka_clusters(cfg):
         cluster.stop(cfg)
     Redis(cfg).stop()
-    Postgres(cfg).stop()
+    pg = Postgres(cfg)
+    pg.stop()
+    if purge:
+        # Only data this tool created: the run folder and its own PostgreSQL cluster, never a foreign server's.
+        if pg.is_up():
+            raise StackError(f"PostgreSQL on port {cfg.postgres_port} is still running; not purging its data")
+        for folder in (cfg.run_dir, pg.data):
+            if folder.exists():
+                say(f"deleting {folder}")
+                shutil.rmtree(folder)
     say("stack down")
 
 
@@ -733,7 +868,8 @@ def main(argv: Iterable[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     up_parser = sub.add_parser("up", help="start everything that is not running")
     up_parser.add_argument("--infra", action="store_true", help="only Kafka, PostgreSQL and Redis")
-    sub.add_parser("down", help="stop what this tool started")
+    down_parser = sub.add_parser("down", help="stop what this tool started")
+    down_parser.add_argument("--purge", action="store_true", help="also delete the stack's data and logs")
     sub.add_parser("status", help="show what is up")
     args = parser.parse_args(list(argv) if argv is not None else None)
     cfg = StackConfig()
@@ -741,7 +877,7 @@ def main(argv: Iterable[str] | None = None) -> int:
         if args.command == "up":
             up(cfg, infra_only=args.infra)
         elif args.command == "down":
-            down(cfg)
+            down(cfg, purge=args.purge)
         else:
             return status(cfg)
     except StackError as exc:

@@ -1,0 +1,39 @@
+# Ferry: one entry point for developers and CI.
+#   make up     create .venv, install, start the whole local stack (Kafka x2, PostgreSQL, Redis, API, worker, beat)
+#   make test   start what the tests need (if not running) and run the test suite
+#   make down   stop everything `make up` started
+#   make lint   ruff and mypy
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: up down status test lint fmt openapi clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+up: $(STAMP)
+	$(PY) -m dev.stack up
+
+down:
+	@if [ -x $(PY) ]; then $(PY) -m dev.stack down; else echo "nothing to stop (no .venv)"; fi
+
+status: $(STAMP)
+	$(PY) -m dev.stack status
+
+test: $(STAMP)
+	$(PY) -m dev.stack up --infra
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check api workers models dev tests
+	$(PY) -m ruff format --check api workers models dev tests
+	$(PY) -m mypy
+
+clean: down
+	rm -rf $(VENV) .run .cache
