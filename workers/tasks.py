@@ -13,4 +13,3 @@ from workers.celery_app import app
 def ping() -> dict[str, Any]:
     """Answers with the worker's identity: proves a real worker process picked the task up."""
     return {"pong": True, "hostname": socket.gethostname(), "pid": os.getpid()}
-
