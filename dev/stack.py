@@ -824,7 +824,8 @@ def up(cfg: StackConfig, infra_only: bool) -> None:
         for name in ("api", "worker", "beat"):
             FerryProcess(cfg, name).start()
     say(f"stack up in {time.monotonic() - started:.0f}s")
-    say(f"  API      http://127.0.0.1:{cfg.api_port}  (docs /docs, health /healthz)")
+    if not infra_only:
+        say(f"  API      http://127.0.0.1:{cfg.api_port}  (docs /docs, health /healthz)")
     say(f"  Kafka    source {cfg.kafka_clusters['source']}, target {cfg.kafka_clusters['target']}")
     say(f"  Postgres {cfg.database_url}")
     say(f"  Redis    {cfg.redis_url}")
