@@ -1,4 +1,15 @@
-"""The replicator record: the desired state users write through the API, and the status the fleet reports."""
+"""The replicator record: the desired state users write through the API, and the status the fleet reports.
+
+Stored JSON uses the MSK wire names (``models.replicator_shapes``):
+
+- ``kafka_clusters``: the two request ``kafkaClusters`` entries as accepted, each with ``kafkaClusterAlias`` added
+  and a ``ferry`` object: ``{"kind": "amazonMskCluster"|"apacheKafkaCluster", "reference": <mskClusterArn or
+  apacheKafkaClusterId>, "bootstrapServers": <what workers connect to>}`` (MSK clusters also keep every string
+  GetBootstrapBrokers returned under ``mskBootstrapBrokerStrings``).
+- ``replication_info``: one ``ReplicationInfoDescription`` with every default filled in; its
+  ``sourceKafkaClusterAlias``/``targetKafkaClusterAlias`` point into ``kafka_clusters``.
+- ``log_delivery``: the ``logDelivery`` object, or null.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +17,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Identity, Integer, String, Text, UniqueConstraint, func
+from sqlalchemy import BigInteger, DateTime, Identity, Index, Integer, String, Text, UniqueConstraint, func
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -15,7 +26,11 @@ from models.base import Base
 
 class Replicator(Base):
     __tablename__ = "replicators"
-    __table_args__ = (UniqueConstraint("account_id", "name"),)
+    __table_args__ = (
+        UniqueConstraint("account_id", "name"),
+        # ListReplicators pages through one account's rows in seq order.
+        Index("ix_replicators_account_id_seq", "account_id", "seq"),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
     # Monotonic insertion order: the stable sort key for ListReplicators pagination.
@@ -29,6 +44,7 @@ class Replicator(Base):
     kafka_clusters: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, nullable=False)
     # The single replicationInfo entry as accepted (the API validates and normalises it).
     replication_info: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
+    log_delivery: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     tags: Mapped[dict[str, str]] = mapped_column(JSONB, nullable=False, default=dict)
     current_version: Mapped[str] = mapped_column(String(64), nullable=False)
     # generation counts desired-state changes; the fleet copies it to observed_generation once applied.
