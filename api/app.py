@@ -8,7 +8,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from redis.asyncio import Redis
 
-from api import health
+from api import health, replicators, tags
+from api.errors import install_error_handling
 from models.db import async_session_factory, make_async_engine
 from models.settings import FerrySettings, get_settings
 
@@ -37,4 +38,7 @@ def create_app(settings: FerrySettings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.include_router(health.router)
+    app.include_router(replicators.router)
+    app.include_router(tags.router)
+    install_error_handling(app)
     return app

@@ -108,9 +108,7 @@ def _check_alternatives_in(items: _Items) -> None:
             for alt in alternatives:
                 first = _first_chars(alt)
                 if seen & first:
-                    raise UnsafePatternError(
-                        "alternatives inside a repetition can start with the same character"
-                    )
+                    raise UnsafePatternError("alternatives inside a repetition can start with the same character")
                 seen |= first
         for child in _children(op, av):
             _check_alternatives_in(child)

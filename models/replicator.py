@@ -31,6 +31,9 @@ class Replicator(Base):
         # ListReplicators pages through one account's rows in seq order.
         Index("ix_replicators_account_id_seq", "account_id", "seq"),
     )
+    # Read server-generated seq and timestamps back in the INSERT/UPDATE itself (RETURNING): async sessions
+    # cannot lazy-load them afterwards.
+    __mapper_args__ = {"eager_defaults": True}
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
     # Monotonic insertion order: the stable sort key for ListReplicators pagination.

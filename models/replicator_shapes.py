@@ -101,9 +101,7 @@ class KafkaClusterSaslOAuthBearerAuthentication(RequestShape):
 class KafkaClusterClientAuthentication(RequestShape):
     sasl_scram: KafkaClusterSaslScramAuthentication | None = None
     m_tls: KafkaClusterMTLSAuthentication | None = Field(default=None, alias="mTLS")
-    sasl_oauth_bearer: KafkaClusterSaslOAuthBearerAuthentication | None = Field(
-        default=None, alias="saslOAuthBearer"
-    )
+    sasl_oauth_bearer: KafkaClusterSaslOAuthBearerAuthentication | None = Field(default=None, alias="saslOAuthBearer")
 
 
 class KafkaClusterEncryptionInTransit(RequestShape):

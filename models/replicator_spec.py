@@ -180,21 +180,14 @@ def _accept_cluster(cluster: KafkaCluster, parameter: str) -> ClusterPlan:
 
 def _accept_replication_info(info: ReplicationInfo, clusters: list[ClusterPlan]) -> dict[str, Any]:
     base = "replicationInfoList[0]"
-    source = _referenced_cluster(
-        base, "source", info.source_kafka_cluster_arn, info.source_kafka_cluster_id, clusters
-    )
-    target = _referenced_cluster(
-        base, "target", info.target_kafka_cluster_arn, info.target_kafka_cluster_id, clusters
-    )
+    source = _referenced_cluster(base, "source", info.source_kafka_cluster_arn, info.source_kafka_cluster_id, clusters)
+    target = _referenced_cluster(base, "target", info.target_kafka_cluster_arn, info.target_kafka_cluster_id, clusters)
     if source is target:
         member = "targetKafkaClusterArn" if info.target_kafka_cluster_arn is not None else "targetKafkaClusterId"
         raise refuse(f"{base}.{member}", "the target cluster must be different from the source cluster")
     topics = _normalised_topic_replication(info.topic_replication, f"{base}.topicReplication")
     groups = _normalised_group_replication(info.consumer_group_replication, f"{base}.consumerGroupReplication")
-    if (
-        groups["consumerGroupOffsetSyncMode"] == "ENHANCED"
-        and topics["topicNameConfiguration"]["type"] != "IDENTICAL"
-    ):
+    if groups["consumerGroupOffsetSyncMode"] == "ENHANCED" and topics["topicNameConfiguration"]["type"] != "IDENTICAL":
         raise refuse(
             f"{base}.consumerGroupReplication.consumerGroupOffsetSyncMode",
             "ENHANCED offset sync is only supported when topicNameConfiguration type is IDENTICAL",
@@ -261,9 +254,7 @@ def _default_true(value: bool | None) -> bool:
 
 def check_patterns(patterns: Sequence[str], parameter: str, *, minimum: int) -> None:
     if not minimum <= len(patterns) <= MAX_PATTERNS_PER_LIST:
-        raise refuse(
-            parameter, f"must contain {minimum} to {MAX_PATTERNS_PER_LIST} patterns, got {len(patterns)}"
-        )
+        raise refuse(parameter, f"must contain {minimum} to {MAX_PATTERNS_PER_LIST} patterns, got {len(patterns)}")
     for index, pattern in enumerate(patterns):
         if not pattern:
             raise refuse(f"{parameter}[{index}]", "a pattern must not be empty")
@@ -322,13 +313,19 @@ def accept_update(
             "cannot be updated in the same request as topicReplication or consumerGroupReplication",
         )
     if request.log_delivery is None and not has_replication_change:
-        raise refuse(
-            "topicReplication", "one of topicReplication, consumerGroupReplication or logDelivery is required"
-        )
-    _check_same_cluster(request.source_kafka_cluster_arn, request.source_kafka_cluster_id, "source",
-                        clusters_by_alias[stored_info["sourceKafkaClusterAlias"]])
-    _check_same_cluster(request.target_kafka_cluster_arn, request.target_kafka_cluster_id, "target",
-                        clusters_by_alias[stored_info["targetKafkaClusterAlias"]])
+        raise refuse("topicReplication", "one of topicReplication, consumerGroupReplication or logDelivery is required")
+    _check_same_cluster(
+        request.source_kafka_cluster_arn,
+        request.source_kafka_cluster_id,
+        "source",
+        clusters_by_alias[stored_info["sourceKafkaClusterAlias"]],
+    )
+    _check_same_cluster(
+        request.target_kafka_cluster_arn,
+        request.target_kafka_cluster_id,
+        "target",
+        clusters_by_alias[stored_info["targetKafkaClusterAlias"]],
+    )
 
     info = {**stored_info}
     if request.topic_replication is not None:
@@ -339,10 +336,10 @@ def accept_update(
         info["topicReplication"] = {**stored_info["topicReplication"], **wire(update)}
     if request.consumer_group_replication is not None:
         groups = request.consumer_group_replication
-        check_patterns(groups.consumer_groups_to_replicate, "consumerGroupReplication.consumerGroupsToReplicate",
-                       minimum=0)
-        check_patterns(groups.consumer_groups_to_exclude, "consumerGroupReplication.consumerGroupsToExclude",
-                       minimum=0)
+        check_patterns(
+            groups.consumer_groups_to_replicate, "consumerGroupReplication.consumerGroupsToReplicate", minimum=0
+        )
+        check_patterns(groups.consumer_groups_to_exclude, "consumerGroupReplication.consumerGroupsToExclude", minimum=0)
         info["consumerGroupReplication"] = {**stored_info["consumerGroupReplication"], **wire(groups)}
     log_delivery = stored_log_delivery
     if request.log_delivery is not None:
@@ -359,16 +356,18 @@ def accept_update(
 
 def _check_same_cluster(arn: str | None, cluster_id: str | None, role: str, stored: dict[str, Any]) -> None:
     if arn is not None and cluster_id is not None:
-        raise refuse(
-            f"{role}KafkaClusterArn", f"give at most one of {role}KafkaClusterArn and {role}KafkaClusterId"
-        )
+        raise refuse(f"{role}KafkaClusterArn", f"give at most one of {role}KafkaClusterArn and {role}KafkaClusterId")
     reference = stored["ferry"]["reference"]
     if arn is not None and (stored["ferry"]["kind"] != "amazonMskCluster" or arn != reference):
-        raise refuse(f"{role}KafkaClusterArn", f"{arn!r} is not this replicator's {role} cluster; "
-                     "source and target cannot be changed")
+        raise refuse(
+            f"{role}KafkaClusterArn",
+            f"{arn!r} is not this replicator's {role} cluster; source and target cannot be changed",
+        )
     if cluster_id is not None and (stored["ferry"]["kind"] != "apacheKafkaCluster" or cluster_id != reference):
-        raise refuse(f"{role}KafkaClusterId", f"{cluster_id!r} is not this replicator's {role} cluster; "
-                     "source and target cannot be changed")
+        raise refuse(
+            f"{role}KafkaClusterId",
+            f"{cluster_id!r} is not this replicator's {role} cluster; source and target cannot be changed",
+        )
 
 
 def is_replicator_arn(arn: str) -> bool:

@@ -1,0 +1,266 @@
+"""Every error the API returns, in the AWS rest-json wire format botocore understands.
+
+An error is a status code, an ``x-amzn-ErrorType`` header naming one of the MSK error shapes, and a body
+``{"message": ..., "invalidParameter": ...}``. This module is the one place that maps domain errors
+(``models.errors``), FastAPI's request validation, Starlette's routing errors, oversized bodies, database
+outages and unexpected exceptions to that format. Unexpected exceptions get a generic message: details go to
+the log, never to the caller.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from models.errors import (
+    ConflictError,
+    DependencyUnavailableError,
+    FerryError,
+    InvalidRequestError,
+    ResourceNotFoundError,
+)
+
+logger = logging.getLogger(__name__)
+
+# The largest CreateReplicator body MSK's limits allow is well under this (4 lists of 100 patterns of at most
+# 256 characters, plus clusters and tags); anything bigger is refused before it is read.
+MAX_BODY_BYTES = 1024 * 1024
+
+ERROR_TYPES: dict[int, str] = {
+    400: "BadRequestException",
+    401: "UnauthorizedException",
+    403: "ForbiddenException",
+    404: "NotFoundException",
+    409: "ConflictException",
+    429: "TooManyRequestsException",
+    500: "InternalServerErrorException",
+    503: "ServiceUnavailableException",
+}
+_DOMAIN_STATUS: dict[type[FerryError], int] = {
+    InvalidRequestError: 400,
+    ResourceNotFoundError: 404,
+    ConflictError: 409,
+    DependencyUnavailableError: 503,
+}
+_DESCRIPTIONS = {
+    400: "BadRequestException: the request is malformed or breaks a rule; invalidParameter names the member.",
+    401: "UnauthorizedException: the credentials could not be validated.",
+    403: "ForbiddenException: access forbidden.",
+    404: "NotFoundException: the resource (or route) does not exist.",
+    409: "ConflictException: a replicator with this name already exists.",
+    429: "TooManyRequestsException: limit exceeded.",
+    500: "InternalServerErrorException: unexpected internal error (details are logged, never returned).",
+    503: "ServiceUnavailableException: a dependency (database, AWS) is unavailable; retry later.",
+    "4XX": "Any other client error, e.g. 405 (wrong method) or 413 (body over 1 MiB): x-amzn-ErrorType "
+    "BadRequestException.",
+}
+
+
+class AwsError(BaseModel):
+    """The body of every error response; the error's name is in the ``x-amzn-ErrorType`` header."""
+
+    message: str = Field(description="What went wrong, starting with the offending member when there is one.")
+    invalidParameter: str | None = Field(default=None, description="The request member that caused the error.")
+
+
+def error_responses(*statuses: int, body: bool = False) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for an operation's errors, each with the AwsError body and ErrorType header."""
+    keys: list[int | str] = [*statuses, "4XX"]
+    return {
+        key: {
+            "model": AwsError,
+            "description": _DESCRIPTIONS[key]
+            + (" Also 413 when the body is over 1 MiB and 400 when it is not JSON." if key == 400 and body else ""),
+            "headers": {
+                "x-amzn-ErrorType": {
+                    "description": "The AWS error code botocore maps to an exception class.",
+                    "schema": {"type": "string", "example": ERROR_TYPES.get(key, "BadRequestException")}
+                    if isinstance(key, int)
+                    else {"type": "string", "example": "BadRequestException"},
+                }
+            },
+        }
+        for key in keys
+    }
+
+
+def aws_error(status: int, message: str, parameter: str | None = None, error_type: str | None = None) -> Response:
+    error_type = error_type or ERROR_TYPES.get(
+        status, "BadRequestException" if status < 500 else "InternalServerErrorException"
+    )
+    body: dict[str, str] = {"message": message}
+    if parameter is not None:
+        body["invalidParameter"] = parameter
+    return JSONResponse(body, status_code=status, headers={"x-amzn-ErrorType": error_type})
+
+
+# ----- handlers -----------------------------------------------------------------------------------------------
+
+
+async def _domain_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, FerryError)
+    status = next((code for cls, code in _DOMAIN_STATUS.items() if isinstance(exc, cls)), 400)
+    if status >= 500:
+        logger.warning("dependency unavailable: %s", exc.message)
+    return aws_error(status, exc.message, exc.parameter)
+
+
+async def _validation_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors: Sequence[Any] = exc.errors()
+    if not errors:
+        return aws_error(400, "The request is invalid", None)
+    first = errors[0]
+    kind = first.get("type", "")
+    # loc starts with where the value came from ("body", "query", "path"); the rest is the member path.
+    path = wire_path(list(first.get("loc", ()))[1:])
+    if kind == "json_invalid":
+        detail = (first.get("ctx") or {}).get("error", "invalid JSON")
+        return aws_error(400, f"The request body is not valid JSON: {detail}", "body")
+    if not path:
+        if kind == "missing":
+            return aws_error(400, "The request body is required (a JSON object)", "body")
+        return aws_error(400, f"The request body must be a JSON object: {first.get('msg', '')}", "body")
+    if kind == "extra_forbidden":
+        message = f"{path}: is not a member of this request (unknown field)"
+    elif kind == "missing":
+        message = f"{path}: is required"
+    else:
+        message = f"{path}: {first.get('msg', 'is invalid')}"
+    more = len(errors) - 1
+    if more:
+        message += f" (and {more} more problem{'s' if more > 1 else ''})"
+    return aws_error(400, message, path)
+
+
+def wire_path(location: Sequence[Any]) -> str:
+    path = ""
+    for part in location:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 404:
+        return aws_error(404, f"No operation matches {request.method} {request.url.path}", None)
+    if exc.status_code == 405:
+        response = aws_error(405, f"{request.method} is not allowed on {request.url.path}", None, "BadRequestException")
+        if exc.headers and "allow" in {key.lower() for key in exc.headers}:
+            response.headers["Allow"] = next(v for k, v in exc.headers.items() if k.lower() == "allow")
+        return response
+    if exc.status_code == 413:
+        return aws_error(413, f"The request body is larger than {MAX_BODY_BYTES} bytes", "body", "BadRequestException")
+    if exc.status_code >= 500:
+        logger.error(
+            "HTTP %s raised while serving %s %s: %s", exc.status_code, request.method, request.url.path, exc.detail
+        )
+        return aws_error(500, "An internal error occurred", None)
+    if exc.status_code == 400:
+        return aws_error(400, "The request body could not be read as JSON", "body")
+    return aws_error(exc.status_code, str(exc.detail), None)
+
+
+async def _database_unavailable(request: Request, exc: Exception) -> Response:
+    logger.warning("database unavailable while serving %s %s: %s", request.method, request.url.path, exc)
+    return aws_error(503, "The service's database is unavailable; retry later", None)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    logger.exception("unexpected error while serving %s %s", request.method, request.url.path, exc_info=exc)
+    return aws_error(500, "An internal error occurred", None)
+
+
+# ----- request size and request ids ---------------------------------------------------------------------------
+
+
+class RequestTooLarge(StarletteHTTPException):
+    def __init__(self) -> None:
+        super().__init__(status_code=413)
+
+
+class BodyLimitAndRequestId:
+    """Refuse bodies over ``max_bytes`` without reading them, and give every response an x-amzn-RequestId."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = str(uuid.uuid4())
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message)["x-amzn-RequestId"] = request_id
+            await send(message)
+
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_bytes:
+            response = aws_error(
+                413, f"The request body is larger than {self.max_bytes} bytes", "body", "BadRequestException"
+            )
+            response.headers["Connection"] = "close"
+            await response(scope, receive, send_with_id)
+            return
+
+        received = 0
+
+        async def receive_with_limit() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    # An HTTPException, so FastAPI passes it through its body reader to our handler.
+                    raise RequestTooLarge
+            return message
+
+        await self.app(scope, receive_with_limit, send_with_id)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for key, value in scope.get("headers", []):
+        if key == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def require_json_body(request: Request) -> None:
+    """Dependency for operations with a body: only JSON is accepted, as the AWS SDKs send it."""
+    content_type = request.headers.get("content-type", "")
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type != "application/json" and not media_type.endswith("+json"):
+        raise InvalidRequestError(
+            f"Content-Type: the body must be application/json, got {content_type[:100]!r}", "Content-Type"
+        )
+
+
+def install_error_handling(app: FastAPI) -> None:
+    app.add_middleware(BodyLimitAndRequestId)
+    app.add_exception_handler(FerryError, _domain_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    for database_error in (OperationalError, InterfaceError, PoolTimeoutError):
+        app.add_exception_handler(database_error, _database_unavailable)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,69 @@
+"""TagResource, UntagResource and ListTagsForResource for replicator ARNs (``/v1/tags/{resourceArn}``)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+
+from api.deps import transaction
+from api.errors import error_responses, require_json_body
+from api.identity import CallerDep
+from models import replicator_service
+from models.replicator_shapes import ListTagsForResourceResponse, TagResourceRequest
+
+router = APIRouter(tags=["tags"])
+
+# The service model lists 400, 404 and 500 for the tag operations; 503 is Ferry's database being down.
+_TAG_ERRORS = (400, 404, 500, 503)
+
+
+@router.post(
+    "/v1/tags/{resourceArn:path}",
+    operation_id="TagResource",
+    summary="Add or overwrite tags on a replicator",
+    status_code=204,
+    response_class=Response,
+    responses=error_responses(*_TAG_ERRORS, body=True),
+    dependencies=[Depends(require_json_body)],
+)
+async def tag_resource(resourceArn: str, body: TagResourceRequest, request: Request, caller: CallerDep) -> Response:
+    """Tags with existing keys are overwritten."""
+    async with transaction(request) as session:
+        await replicator_service.tag_resource(session, account_id=caller.account_id, arn=resourceArn, tags=body.tags)
+    return Response(status_code=204)
+
+
+@router.delete(
+    "/v1/tags/{resourceArn:path}",
+    operation_id="UntagResource",
+    summary="Remove tags from a replicator",
+    status_code=204,
+    response_class=Response,
+    responses=error_responses(*_TAG_ERRORS),
+)
+async def untag_resource(
+    resourceArn: str,
+    request: Request,
+    caller: CallerDep,
+    tag_keys: Annotated[list[str], Query(alias="tagKeys")],
+) -> Response:
+    """Keys that are not present are ignored."""
+    async with transaction(request) as session:
+        await replicator_service.untag_resource(
+            session, account_id=caller.account_id, arn=resourceArn, tag_keys=tag_keys
+        )
+    return Response(status_code=204)
+
+
+@router.get(
+    "/v1/tags/{resourceArn:path}",
+    operation_id="ListTagsForResource",
+    summary="List a replicator's tags",
+    response_model=ListTagsForResourceResponse,
+    responses=error_responses(*_TAG_ERRORS),
+)
+async def list_tags_for_resource(resourceArn: str, request: Request, caller: CallerDep) -> ListTagsForResourceResponse:
+    async with transaction(request) as session:
+        tags = await replicator_service.list_tags(session, account_id=caller.account_id, arn=resourceArn)
+    return ListTagsForResourceResponse(tags=tags)

@@ -1,0 +1,322 @@
+"""Replicator operations: everything the control plane does to the ``replicators`` table, scoped by account.
+
+Functions take an ``AsyncSession`` inside a transaction the caller owns (the API commits once per request);
+they only add, flush and lock. They write desired state only: a new replicator is CREATING, an update bumps
+``generation`` (and RUNNING becomes UPDATING), a delete marks DELETING. The worker fleet moves states on.
+
+``describe`` is the single place a row becomes the DescribeReplicator shape; ``summarize`` derives the
+ListReplicators entry from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import secrets
+import string
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from models.errors import ConflictError, InvalidRequestError, ResourceNotFoundError
+from models.msk import resolve_msk_bootstrap
+from models.replicator import Replicator
+from models.replicator_shapes import (
+    CreateReplicatorRequest,
+    DescribeReplicatorResponse,
+    KafkaClusterDescription,
+    KafkaClusterSummary,
+    LogDelivery,
+    ReplicationInfoDescription,
+    ReplicationInfoSummary,
+    ReplicationStateInfo,
+    ReplicatorSummary,
+    UpdateReplicationInfoRequest,
+)
+from models.replicator_spec import (
+    AcceptedCreate,
+    ClusterPlan,
+    accept_create,
+    accept_tags,
+    accept_update,
+    is_replicator_arn,
+)
+
+NAME_CONSTRAINT = "uq_replicators_account_id_name"
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 100
+_VERSION_ALPHABET = string.ascii_uppercase + string.digits
+_PAGE_TOKEN_PREFIX = "ferry-list-v1:"
+
+
+def new_current_version() -> str:
+    """An opaque 12-character version like MSK's (``CKEVKO7DR4RA``); random, so every update changes it."""
+    return "".join(secrets.choice(_VERSION_ALPHABET) for _ in range(12))
+
+
+# ----- create -------------------------------------------------------------------------------------------------
+
+
+async def create_replicator(
+    session: AsyncSession, *, account_id: str, region: str, request: CreateReplicatorRequest
+) -> Replicator:
+    # Regex trials and MSK look-ups are blocking work; they must not stall the event loop.
+    accepted = await asyncio.to_thread(accept_create, request)
+    clusters = [await _stored_cluster(plan) for plan in accepted.clusters]
+    row = _new_row(accepted, clusters, account_id=account_id, region=region)
+    session.add(row)
+    try:
+        await session.flush()
+    except IntegrityError as exc:
+        if _violated_constraint(exc) == NAME_CONSTRAINT:
+            raise ConflictError(
+                f"replicatorName: a replicator named {accepted.name!r} already exists", "replicatorName"
+            ) from None
+        raise
+    return row
+
+
+async def _stored_cluster(plan: ClusterPlan) -> dict[str, Any]:
+    ferry: dict[str, Any] = {"kind": plan.kind, "reference": plan.reference}
+    if plan.bootstrap_servers is not None:
+        ferry["bootstrapServers"] = plan.bootstrap_servers
+    else:
+        msk = await asyncio.to_thread(resolve_msk_bootstrap, plan.reference, plan.wire, plan.parameter)
+        ferry["bootstrapServers"] = msk.bootstrap_servers
+        ferry["mskBootstrapBrokerStrings"] = msk.all_strings
+    return {**plan.wire, "kafkaClusterAlias": plan.alias, "ferry": ferry}
+
+
+def _new_row(accepted: AcceptedCreate, clusters: list[dict[str, Any]], *, account_id: str, region: str) -> Replicator:
+    return Replicator(
+        id=uuid.uuid4(),
+        account_id=account_id,
+        name=accepted.name,
+        arn=f"arn:aws:kafka:{region}:{account_id}:replicator/{accepted.name}/{uuid.uuid4()}",
+        description=accepted.description,
+        service_execution_role_arn=accepted.service_execution_role_arn,
+        kafka_clusters=clusters,
+        replication_info=accepted.replication_info,
+        log_delivery=accepted.log_delivery,
+        tags=accepted.tags,
+        current_version=new_current_version(),
+        generation=1,
+        observed_generation=0,
+        state="CREATING",
+    )
+
+
+def _violated_constraint(exc: IntegrityError) -> str | None:
+    diag = getattr(exc.orig, "diag", None)
+    name = getattr(diag, "constraint_name", None)
+    return str(name) if name else None
+
+
+# ----- read ---------------------------------------------------------------------------------------------------
+
+
+async def get_replicator(
+    session: AsyncSession, *, account_id: str, arn: str, parameter: str = "replicatorArn", for_update: bool = False
+) -> Replicator:
+    if not is_replicator_arn(arn):
+        raise InvalidRequestError(
+            f"{parameter}: {arn[:300]!r} is not a replicator ARN "
+            "(arn:aws:kafka:<region>:<account>:replicator/<name>/<id>)",
+            parameter,
+        )
+    statement = select(Replicator).where(Replicator.account_id == account_id, Replicator.arn == arn)
+    if for_update:
+        statement = statement.with_for_update()
+    row = (await session.execute(statement)).scalar_one_or_none()
+    if row is None:
+        raise ResourceNotFoundError(f"{parameter}: replicator {arn!r} does not exist", parameter)
+    return row
+
+
+async def list_replicators(
+    session: AsyncSession,
+    *,
+    account_id: str,
+    max_results: int | None,
+    next_token: str | None,
+    name_filter: str | None,
+) -> tuple[Sequence[Replicator], str | None]:
+    """One page in creation order, and the token of the next page (None on the last page)."""
+    page_size = DEFAULT_PAGE_SIZE if max_results is None else max_results
+    if not 1 <= page_size <= MAX_PAGE_SIZE:
+        raise InvalidRequestError(f"maxResults: must be between 1 and {MAX_PAGE_SIZE}, got {page_size}", "maxResults")
+    statement = select(Replicator).where(Replicator.account_id == account_id)
+    if next_token:
+        statement = statement.where(Replicator.seq > _decode_page_token(next_token))
+    if name_filter:
+        # MSK documents the filter as "replicators starting with given name": a prefix, taken literally.
+        statement = statement.where(Replicator.name.startswith(name_filter, autoescape=True))
+    rows = (await session.execute(statement.order_by(Replicator.seq).limit(page_size + 1))).scalars().all()
+    if len(rows) <= page_size:
+        return rows, None
+    page = rows[:page_size]
+    return page, _encode_page_token(page[-1].seq)
+
+
+def _encode_page_token(last_seq: int) -> str:
+    return base64.urlsafe_b64encode(f"{_PAGE_TOKEN_PREFIX}{last_seq}".encode()).decode()
+
+
+def _decode_page_token(token: str) -> int:
+    try:
+        decoded = base64.urlsafe_b64decode(token.encode("ascii")).decode("ascii")
+        if not decoded.startswith(_PAGE_TOKEN_PREFIX):
+            raise ValueError(decoded)
+        last_seq = int(decoded.removeprefix(_PAGE_TOKEN_PREFIX))
+        if last_seq < 0:
+            raise ValueError(decoded)
+    except (ValueError, UnicodeError, binascii.Error):
+        raise InvalidRequestError(
+            "nextToken: the token is not one this service issued; pass the nextToken of the previous response",
+            "nextToken",
+        ) from None
+    return last_seq
+
+
+# ----- update and delete --------------------------------------------------------------------------------------
+
+
+async def update_replication_info(
+    session: AsyncSession, *, account_id: str, arn: str, request: UpdateReplicationInfoRequest
+) -> Replicator:
+    row = await get_replicator(session, account_id=account_id, arn=arn, for_update=True)
+    _check_current_version(row, request.current_version)
+    if row.state in ("DELETING", "FAILED"):
+        raise InvalidRequestError(
+            f"replicatorArn: a replicator in state {row.state} cannot be updated"
+            + ("; delete it and create it again" if row.state == "FAILED" else ""),
+            "replicatorArn",
+        )
+    clusters_by_alias = {cluster["kafkaClusterAlias"]: cluster for cluster in row.kafka_clusters}
+    accepted = await asyncio.to_thread(
+        accept_update,
+        request,
+        stored_info=row.replication_info,
+        stored_log_delivery=row.log_delivery,
+        clusters_by_alias=clusters_by_alias,
+    )
+    row.replication_info = accepted.replication_info
+    row.log_delivery = accepted.log_delivery
+    row.generation += 1
+    row.current_version = new_current_version()
+    if row.state == "RUNNING":
+        row.state = "UPDATING"
+    await session.flush()
+    return row
+
+
+async def delete_replicator(
+    session: AsyncSession, *, account_id: str, arn: str, current_version: str | None
+) -> Replicator:
+    row = await get_replicator(session, account_id=account_id, arn=arn, for_update=True)
+    if current_version is not None:
+        _check_current_version(row, current_version)
+    if row.state != "DELETING":
+        row.state = "DELETING"
+        row.generation += 1
+        await session.flush()
+    return row
+
+
+def _check_current_version(row: Replicator, current_version: str) -> None:
+    if current_version != row.current_version:
+        raise InvalidRequestError(
+            f"currentVersion: {current_version[:100]!r} is not the replicator's current version "
+            "(it changed since you read it); describe the replicator and retry with its currentVersion",
+            "currentVersion",
+        )
+
+
+# ----- tags ---------------------------------------------------------------------------------------------------
+
+
+async def tag_resource(session: AsyncSession, *, account_id: str, arn: str, tags: dict[str, str]) -> None:
+    row = await get_replicator(session, account_id=account_id, arn=arn, parameter="resourceArn", for_update=True)
+    if not tags:
+        raise InvalidRequestError("tags: at least one tag is required", "tags")
+    row.tags = accept_tags({**row.tags, **tags}, "tags")
+    await session.flush()
+
+
+async def untag_resource(session: AsyncSession, *, account_id: str, arn: str, tag_keys: list[str]) -> None:
+    row = await get_replicator(session, account_id=account_id, arn=arn, parameter="resourceArn", for_update=True)
+    if not tag_keys:
+        raise InvalidRequestError("tagKeys: at least one tag key is required", "tagKeys")
+    removed = set(tag_keys)
+    row.tags = {key: value for key, value in row.tags.items() if key not in removed}
+    await session.flush()
+
+
+async def list_tags(session: AsyncSession, *, account_id: str, arn: str) -> dict[str, str]:
+    row = await get_replicator(session, account_id=account_id, arn=arn, parameter="resourceArn")
+    return dict(row.tags)
+
+
+# ----- shapes -------------------------------------------------------------------------------------------------
+
+
+def describe(row: Replicator) -> DescribeReplicatorResponse:
+    """The DescribeReplicator shape of a row: the one conversion every read goes through."""
+    clusters = [
+        KafkaClusterDescription.model_validate({k: v for k, v in cluster.items() if k != "ferry"})
+        for cluster in row.kafka_clusters
+    ]
+    return DescribeReplicatorResponse(
+        creation_time=row.created_at,
+        current_version=row.current_version,
+        is_replicator_reference=False,
+        kafka_clusters=clusters,
+        replication_info_list=[ReplicationInfoDescription.model_validate(row.replication_info)],
+        replicator_arn=row.arn,
+        replicator_description=row.description,
+        replicator_name=row.name,
+        replicator_resource_arn=row.arn,
+        replicator_state=row.state,
+        service_execution_role_arn=row.service_execution_role_arn,
+        state_info=ReplicationStateInfo.model_validate(row.state_info) if row.state_info else None,
+        tags=dict(row.tags),
+        log_delivery=LogDelivery.model_validate(row.log_delivery) if row.log_delivery else None,
+    )
+
+
+def summarize(row: Replicator) -> ReplicatorSummary:
+    described = describe(row)
+    return ReplicatorSummary(
+        creation_time=described.creation_time,
+        current_version=described.current_version,
+        is_replicator_reference=described.is_replicator_reference,
+        kafka_clusters_summary=[
+            KafkaClusterSummary.model_validate(
+                cluster.model_dump(
+                    by_alias=True,
+                    exclude_none=True,
+                    include={"amazon_msk_cluster", "apache_kafka_cluster", "kafka_cluster_alias"},
+                )
+            )
+            for cluster in described.kafka_clusters
+        ],
+        replication_info_summary_list=[
+            ReplicationInfoSummary.model_validate(
+                info.model_dump(
+                    by_alias=True,
+                    exclude_none=True,
+                    include={"source_kafka_cluster_alias", "target_kafka_cluster_alias"},
+                )
+            )
+            for info in described.replication_info_list
+        ],
+        replicator_arn=described.replicator_arn,
+        replicator_name=described.replicator_name,
+        replicator_resource_arn=described.replicator_resource_arn,
+        replicator_state=described.replicator_state,
+    )
