@@ -1,0 +1,219 @@
+"""Control-plane figures through boto3 against Ferry's MSK-compatible API.
+
+- ListReplicators / DescribeReplicator latency at a sustained request rate (open-loop schedule, p50/p99).
+- create-to-RUNNING over N replicators (needs the worker fleet; skipped with the reason while replicators
+  stay CREATING).
+
+Replicators created here copy nothing (their topic regex matches no topic) and are deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from bench.common import Stack, say
+from bench.measure import percentile
+
+LIST_PATH = "/replication/v1/replicators"
+
+
+def api_unavailable(api: str) -> str | None:
+    """Why the replicator API cannot be benchmarked now, or None."""
+    try:
+        with urllib.request.urlopen(f"{api}/openapi.json", timeout=10) as response:
+            paths = json.loads(response.read()).get("paths", {})
+    except (OSError, ValueError) as exc:
+        return f"API not reachable at {api} ({exc})"
+    if LIST_PATH not in paths:
+        return (
+            f"the API at {api} has no {LIST_PATH} route yet (the MSK Replicator API of issue 3 is being "
+            "written); only health routes are served"
+        )
+    return None
+
+
+def _client(api: str) -> Any:
+    return boto3.client(
+        "kafka",
+        endpoint_url=api,
+        region_name="us-east-1",
+        aws_access_key_id="bench",
+        aws_secret_access_key="bench",
+        config=Config(retries={"max_attempts": 1, "mode": "standard"}, max_pool_connections=16),
+    )
+
+
+def _create(client: Any, stack: Stack, name: str) -> str:
+    nothing = f"^ferry-bench-matches-nothing-{secrets.token_hex(4)}$"
+    response = client.create_replicator(
+        ReplicatorName=name,
+        ServiceExecutionRoleArn="arn:aws:iam::000000000000:role/ferry-bench",
+        KafkaClusters=[
+            {"ApacheKafkaCluster": {"ApacheKafkaClusterId": "bench-source", "BootstrapBrokerString": stack.source}},
+            {"ApacheKafkaCluster": {"ApacheKafkaClusterId": "bench-target", "BootstrapBrokerString": stack.target}},
+        ],
+        ReplicationInfoList=[
+            {
+                "SourceKafkaClusterId": "bench-source",
+                "TargetKafkaClusterId": "bench-target",
+                "TargetCompressionType": "NONE",
+                "TopicReplication": {"TopicsToReplicate": [nothing]},
+                "ConsumerGroupReplication": {"ConsumerGroupsToReplicate": [nothing]},
+            }
+        ],
+    )
+    return str(response["ReplicatorArn"])
+
+
+def _delete(client: Any, arn: str) -> None:
+    try:
+        client.delete_replicator(ReplicatorArn=arn)
+    except (ClientError, BotoCoreError) as exc:
+        say(f"warning: could not delete bench replicator {arn}: {exc}")
+
+
+def sustained(api: str, call_name: str, call: Any, *, rate: float, seconds: float, threads: int = 8) -> dict[str, Any]:
+    """Issue ``call`` on an open-loop schedule of ``rate`` per second for ``seconds``; per-call latency."""
+    total = round(rate * seconds)
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    lock = threading.Lock()
+    next_index = [0]
+    t0 = time.monotonic() + 0.5
+    local = threading.local()
+
+    def worker() -> None:
+        if not hasattr(local, "client"):
+            local.client = _client(api)
+        while True:
+            with lock:
+                i = next_index[0]
+                next_index[0] += 1
+            if i >= total:
+                return
+            due = t0 + i / rate
+            delay = due - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)  # pacing of the open-loop schedule, not synchronisation
+            start = time.perf_counter()
+            try:
+                call(local.client)
+            except (ClientError, BotoCoreError) as exc:
+                with lock:
+                    errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+                continue
+            elapsed = (time.perf_counter() - start) * 1000.0
+            with lock:
+                latencies.append(elapsed)
+
+    say(f"  {call_name}: {total} calls at {rate:.0f}/s over {seconds:.0f}s with {threads} threads")
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for _ in range(threads):
+            pool.submit(worker)
+    wall = time.monotonic() - t0
+    values = sorted(latencies)
+    out: dict[str, Any] = {
+        "operation": call_name,
+        "target_rate_per_s": rate,
+        "calls": total,
+        "ok": len(values),
+        "errors": errors,
+        "achieved_rate_per_s": round(len(values) / wall, 1) if wall > 0 else None,
+        "client": "boto3 (SigV4 with dummy credentials), one client per thread, retries off",
+    }
+    if values:
+        out.update(
+            status="ok",
+            p50_ms=round(percentile(values, 0.5), 2),
+            p99_ms=round(percentile(values, 0.99), 2),
+            max_ms=round(values[-1], 2),
+        )
+        say(f"  {call_name}: p50 {out['p50_ms']} ms, p99 {out['p99_ms']} ms ({len(values)} ok, errors {errors})")
+    else:
+        out.update(status="failed", reason=f"no call succeeded; errors: {errors}")
+    return out
+
+
+def control_plane(stack: Stack, *, rate: float, seconds: float, creates: int, running_limit_s: float) -> dict[str, Any]:
+    reason = api_unavailable(stack.api)
+    if reason is not None:
+        say(f"control plane skipped: {reason}")
+        skipped = {"status": "skipped", "reason": reason}
+        return {"list_replicators": skipped, "describe_replicator": skipped, "create_to_running": skipped}
+    client = _client(stack.api)
+    out: dict[str, Any] = {}
+    out["list_replicators"] = sustained(
+        stack.api, "ListReplicators", lambda c: c.list_replicators(), rate=rate, seconds=seconds
+    )
+    arn: str | None = None
+    try:
+        arn = _create(client, stack, f"ferry-bench-{secrets.token_hex(4)}")
+    except (ClientError, BotoCoreError) as exc:
+        out["describe_replicator"] = {"status": "skipped", "reason": f"CreateReplicator failed: {exc}"}
+    if arn is not None:
+        target = arn
+        try:
+            out["describe_replicator"] = sustained(
+                stack.api,
+                "DescribeReplicator",
+                lambda c: c.describe_replicator(ReplicatorArn=target),
+                rate=rate,
+                seconds=seconds,
+            )
+        finally:
+            _delete(client, arn)
+    out["create_to_running"] = create_to_running(client, stack, creates, running_limit_s)
+    return out
+
+
+def create_to_running(client: Any, stack: Stack, count: int, limit_s: float) -> dict[str, Any]:
+    """Create ``count`` replicators one after another and time each until DescribeReplicator says RUNNING."""
+    times: list[float] = []
+    states: dict[str, int] = {}
+    for i in range(count):
+        start = time.monotonic()
+        try:
+            arn = _create(client, stack, f"ferry-bench-c2r-{secrets.token_hex(4)}")
+        except (ClientError, BotoCoreError) as exc:
+            return {"status": "failed", "reason": f"CreateReplicator failed: {exc}", "measured": len(times)}
+        state = "UNKNOWN"
+        try:
+            while time.monotonic() - start < limit_s:
+                state = client.describe_replicator(ReplicatorArn=arn).get("ReplicatorState", "UNKNOWN")
+                if state in ("RUNNING", "FAILED"):
+                    break
+                time.sleep(0.1)  # poll interval of a condition wait with a deadline
+        finally:
+            _delete(client, arn)
+        states[state] = states.get(state, 0) + 1
+        if state != "RUNNING":
+            if i == 0:
+                return {
+                    "status": "skipped",
+                    "reason": f"the first replicator was still {state} after {limit_s:.0f}s: the worker fleet "
+                    "(issue 5) that moves CREATING to RUNNING is not running yet",
+                }
+            continue
+        times.append(time.monotonic() - start)
+    values = sorted(times)
+    if not values:
+        return {"status": "failed", "reason": f"no replicator reached RUNNING; final states {states}"}
+    return {
+        "status": "ok",
+        "replicators": count,
+        "reached_running": len(values),
+        "final_states": states,
+        "p50_s": round(percentile(values, 0.5), 3),
+        "p99_s": round(percentile(values, 0.99), 3),
+        "max_s": round(values[-1], 3),
+    }

@@ -1,0 +1,302 @@
+"""The two replication measurements: catch-up throughput on a preloaded topic, and end-to-end latency."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from bench.common import MB, BenchError, Stack, cpu_seconds, loadavg, memory_kib, say, wait_until
+from bench.kafka import Cluster, producer_perf
+from bench.replicators import MirrorMaker2, Replicator
+
+
+def _utc(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+class TargetWatch:
+    """Polls the target topic's summed end offsets (the replicator under test creates the topic)."""
+
+    def __init__(self, target: Cluster, topic: str) -> None:
+        self.target = target
+        self.topic = topic
+        self.partitions: int | None = None
+        self.count = 0
+
+    async def poll(self) -> int:
+        if self.partitions is None:
+            self.partitions = await self.target.partitions(self.topic)
+            if self.partitions is None:
+                return 0
+        self.count = await self.target.total(self.topic, self.partitions)
+        return self.count
+
+
+async def catch_up(
+    rep: Replicator,
+    *,
+    source_topic: str,
+    records: int,
+    record_size: int,
+    target: Cluster,
+    startup_limit_s: float,
+    catchup_limit_s: float,
+) -> dict[str, Any]:
+    """Start the replicator on a preloaded topic and time it until the target holds every record.
+
+    Throughput counts from the first replicated record seen on the target (JVM start and connector start
+    excluded), over the records copied after that moment; time-to-first-record is reported on its own.
+    """
+    result: dict[str, Any] = {"replicator": rep.kind, "label": rep.label, "source_topic": source_topic}
+    target_topic = rep.target_topic(source_topic)
+    result["target_topic"] = target_topic
+    watch = TargetWatch(target, target_topic)
+    started_wall = time.time()
+    t_start = time.monotonic()
+    proc = rep.start([source_topic])
+    result["settings"] = rep.describe()
+    result["started_at"] = _utc(started_wall)
+    result["loadavg_before"] = loadavg()
+
+    async def any_record() -> bool:
+        return await watch.poll() > 0
+
+    async def all_records() -> bool:
+        return await watch.poll() >= records
+
+    def progress() -> str:
+        elapsed = time.monotonic() - t_start
+        return f"| {watch.count:,}/{records:,} records on {target_topic} ({elapsed:.0f}s since start)"
+
+    try:
+        t_first = await wait_until(
+            f"{rep.label}: first record on the target",
+            any_record,
+            startup_limit_s,
+            interval=0.1,
+            progress=progress,
+            proc=proc,
+            log=rep.log,
+        )
+        first_count = watch.count
+        cpu_first = cpu_seconds(proc.pid)
+        result["time_to_first_record_s"] = round(t_first - t_start, 3)
+        result["records_at_first_observation"] = first_count
+        say(f"  {rep.label}: first records after {t_first - t_start:.1f}s ({first_count:,} already there)")
+        t_done = await wait_until(
+            f"{rep.label}: all {records:,} records on the target",
+            all_records,
+            catchup_limit_s,
+            interval=0.25,
+            progress=progress,
+            proc=proc,
+            log=rep.log,
+        )
+        cpu_done = cpu_seconds(proc.pid)
+        window = t_done - t_first
+        copied = records - first_count
+        result.update(
+            status="ok",
+            catch_up_s=round(window, 3),
+            records_per_s=copied / window if window > 0 else None,
+            mb_per_s=copied * record_size / MB / window if window > 0 else None,
+            total_s_incl_startup=round(t_done - t_start, 3),
+            records_on_target=watch.count,
+            duplicates=watch.count - records,
+        )
+        if cpu_first is not None and cpu_done is not None and window > 0:
+            result["replicator_cpu_s_in_window"] = round(cpu_done - cpu_first, 2)
+            result["replicator_cpu_cores_avg"] = round((cpu_done - cpu_first) / window, 2)
+        result["replicator_memory_kib"] = memory_kib(proc.pid)
+        say(
+            f"  {rep.label}: caught up in {window:.1f}s: {result['mb_per_s']:.1f} MB/s, "
+            f"{result['records_per_s']:,.0f} records/s"
+        )
+    except BenchError as exc:
+        result.update(status="failed", reason=str(exc), records_on_target=watch.count)
+        elapsed = time.monotonic() - t_start
+        say(f"  {rep.label}: FAILED after {elapsed:.0f}s: {str(exc).splitlines()[0]}")
+    finally:
+        result["loadavg_after"] = loadavg()
+        result["exit_code_after_stop"] = await rep.stop()
+        if isinstance(rep, MirrorMaker2):
+            result["mm2_effective_producer_config"] = rep.effective_producer_config()
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- latency
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        raise ValueError("no values")
+    index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[index]
+
+
+class LatencyConsumer:
+    """Consumes the target topic from given offsets; latency = receive wall clock - record timestamp."""
+
+    def __init__(self, bootstrap: str, topic: str, start_offsets: dict[int, int]) -> None:
+        self.topic = topic
+        self.start_offsets = start_offsets
+        self.latencies_ms: list[float] = []
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=100,
+            max_partition_fetch_bytes=1048576,
+        )
+        self._stop = asyncio.Event()
+
+    async def run(self) -> None:
+        await self._consumer.start()
+        try:
+            tps = [TopicPartition(self.topic, p) for p in self.start_offsets]
+            self._consumer.assign(tps)
+            for tp in tps:
+                self._consumer.seek(tp, self.start_offsets[tp.partition])
+            while not self._stop.is_set():
+                batches = await self._consumer.getmany(timeout_ms=200)
+                now_ms = time.time() * 1000.0
+                for messages in batches.values():
+                    self.latencies_ms.extend(now_ms - m.timestamp for m in messages)
+        finally:
+            await self._consumer.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+async def latency(
+    rep: Replicator,
+    *,
+    stack: Stack,
+    source: Cluster,
+    target: Cluster,
+    source_topic: str,
+    partitions: int,
+    record_size: int,
+    rate_bytes_per_s: float,
+    seconds: float,
+    log_dir: Path,
+    startup_limit_s: float,
+) -> dict[str, Any]:
+    """End-to-end latency at a fixed produce rate with the replicator already running and caught up."""
+    records_per_s = max(1, round(rate_bytes_per_s / record_size))
+    total = records_per_s * round(seconds)
+    load_props = {"acks": "all", "linger.ms": "0", "batch.size": "16384", "compression.type": "none"}
+    result: dict[str, Any] = {
+        "replicator": rep.kind,
+        "label": rep.label,
+        "source_topic": source_topic,
+        "partitions": partitions,
+        "record_size": record_size,
+        "rate_mb_per_s": rate_bytes_per_s / MB,
+        "rate_records_per_s": records_per_s,
+        "seconds": seconds,
+        "records": total,
+        "load_generator": {"tool": "ProducerPerformance --throughput", "producer_props": load_props},
+        "measured_by": "aiokafka consumer on the target: receive wall clock minus record timestamp (CreateTime "
+        "set by the source producer at send)",
+    }
+    await source.create_topic(source_topic, partitions)
+    warm = partitions * 4
+    producer = AIOKafkaProducer(bootstrap_servers=stack.source, acks="all")
+    await producer.start()
+    try:
+        for i in range(warm):
+            await producer.send_and_wait(source_topic, b"w" * record_size, partition=i % partitions)
+    finally:
+        await producer.stop()
+    target_topic = rep.target_topic(source_topic)
+    watch = TargetWatch(target, target_topic)
+    t_start = time.monotonic()
+    proc = rep.start([source_topic])
+    result["settings"] = rep.describe()
+    result["started_at"] = _utc(time.time())
+    consumer: LatencyConsumer | None = None
+    task: asyncio.Task[None] | None = None
+
+    async def warmed() -> bool:
+        return await watch.poll() >= warm
+
+    try:
+        t_ready = await wait_until(
+            f"{rep.label}: warm-up records on the target",
+            warmed,
+            startup_limit_s,
+            interval=0.1,
+            progress=lambda: f"| {watch.count}/{warm} warm-up records",
+            proc=proc,
+            log=rep.log,
+        )
+        result["time_to_first_records_s"] = round(t_ready - t_start, 3)
+        assert watch.partitions is not None
+        start_offsets = await target.end_offsets(target_topic, watch.partitions)
+        consumer = LatencyConsumer(stack.target, target_topic, start_offsets)
+        task = asyncio.create_task(consumer.run())
+        load = await producer_perf(
+            stack.kafka_lib,
+            bootstrap=stack.source,
+            topic=source_topic,
+            records=total,
+            record_size=record_size,
+            props=load_props,
+            log=log_dir / f"latency-load-{rep.label}-{rep.token}.log",
+            throughput=records_per_s,
+            limit_s=seconds + 120,
+        )
+        result["load_generator"]["achieved"] = {k: load[k] for k in ("records_per_s", "mb_per_s", "latency_ms")}
+        c = consumer
+
+        async def all_seen() -> bool:
+            if task is not None and task.done():
+                task.result()
+            return len(c.latencies_ms) >= total
+
+        try:
+            await wait_until(
+                f"{rep.label}: all {total:,} latency records on the target",
+                all_seen,
+                60.0,
+                interval=0.2,
+                progress=lambda: f"| {len(c.latencies_ms):,}/{total:,} seen",
+                proc=proc,
+                log=rep.log,
+            )
+        except BenchError as exc:
+            result["incomplete"] = str(exc).splitlines()[0]
+        values = sorted(c.latencies_ms)
+        result["records_seen"] = len(values)
+        if values:
+            result.update(
+                status="ok" if len(values) >= total else "partial",
+                p50_ms=round(percentile(values, 0.50), 1),
+                p99_ms=round(percentile(values, 0.99), 1),
+                max_ms=round(values[-1], 1),
+                mean_ms=round(sum(values) / len(values), 1),
+            )
+            say(
+                f"  {rep.label}: latency p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, "
+                f"max {result['max_ms']} ms over {len(values):,} records"
+            )
+        else:
+            result.update(status="failed", reason="no record reached the target during the measurement")
+    except BenchError as exc:
+        result.update(status="failed", reason=str(exc))
+        say(f"  {rep.label}: latency FAILED: {str(exc).splitlines()[0]}")
+    finally:
+        if consumer is not None:
+            consumer.stop()
+        if task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, 30)
+        result["replicator_memory_kib"] = memory_kib(proc.pid)
+        result["exit_code_after_stop"] = await rep.stop()
+    return result

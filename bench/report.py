@@ -1,0 +1,173 @@
+"""The summary table (printed, and written into docs/performance.md between markers) from a results dict."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from bench.common import ROOT
+
+DOC = ROOT / "docs" / "performance.md"
+START = "<!-- bench:results:start -->"
+END = "<!-- bench:results:end -->"
+
+
+def _f(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _ratio(num: float | None, den: float | None) -> float | None:
+    if num is None or den is None or den == 0:
+        return None
+    return num / den
+
+
+def ratios(results: dict[str, Any]) -> dict[str, Any]:
+    """Ferry/MM2 and */limit ratios per profile (MB/s based; records/s give the same ratios per profile)."""
+    out: dict[str, Any] = {}
+    for profile, runs in results.get("throughput", {}).items():
+        limit = results.get("limit", {}).get(profile, {}).get("limit_mb_per_s")
+
+        def mbps(kind: str, runs: dict[str, Any] = runs) -> float | None:
+            run = runs.get(kind, {})
+            return run.get("mb_per_s") if run.get("status") == "ok" else None
+
+        ferry, default, tuned = mbps("ferry"), mbps("mm2-default"), mbps("mm2-tuned")
+        out[profile] = {
+            "ferry_over_mm2_default": _ratio(ferry, default),
+            "ferry_over_mm2_tuned": _ratio(ferry, tuned),
+            "ferry_over_limit": _ratio(ferry, limit),
+            "mm2_default_over_limit": _ratio(default, limit),
+            "mm2_tuned_over_limit": _ratio(tuned, limit),
+        }
+    lat = results.get("latency", {})
+    ferry_lat, mm2_lat = lat.get("ferry", {}), lat.get("mm2-tuned", {})
+    if ferry_lat.get("p99_ms") is not None and mm2_lat.get("p99_ms") is not None:
+        out["latency_p99_ferry_over_mm2_tuned"] = _ratio(ferry_lat["p99_ms"], mm2_lat["p99_ms"])
+    return out
+
+
+def _status(entry: dict[str, Any]) -> str:
+    status = str(entry.get("status", "-"))
+    if status in ("skipped", "failed") and entry.get("reason"):
+        return f"{status}: {str(entry['reason']).splitlines()[0]}"
+    return status
+
+
+def table(results: dict[str, Any]) -> str:
+    lines: list[str] = []
+    profiles = results.get("settings", {}).get("profiles", {})
+    rat = results.get("ratios", {})
+    lines.append("### Throughput (catch-up of a preloaded topic; MB = 10^6 bytes)")
+    lines.append("")
+    lines.append("| profile | run | MB/s | records/s | time to first record (s) | / limit | status |")
+    lines.append("|---|---|---:|---:|---:|---:|---|")
+    for profile, spec in profiles.items():
+        tag = f"{profile}: {spec['records']:,} x {spec['record_size']} B, {spec['partitions']} partitions"
+        limit = results.get("limit", {}).get(profile, {})
+        prod, cons = limit.get("producer", {}), limit.get("consumer", {})
+        lim = limit.get("limit_mb_per_s")
+        if prod:
+            lines.append(
+                f"| {tag} | limit: ProducerPerformance -> target | {_f(prod.get('mb_per_s'))} "
+                f"| {_f(prod.get('records_per_s'), 0)} | | | {_status(prod) if 'status' in prod else 'ok'} |"
+            )
+        if cons:
+            lines.append(
+                f"| {tag} | limit: ConsumerPerformance <- source | {_f(cons.get('mb_per_s'))} "
+                f"| {_f(cons.get('records_per_s'), 0)} | | | {_status(cons) if 'status' in cons else 'ok'} |"
+            )
+        for kind, run in results.get("throughput", {}).get(profile, {}).items():
+            mb = run.get("mb_per_s")
+            lines.append(
+                f"| {tag} | {kind} | {_f(mb)} | {_f(run.get('records_per_s'), 0)} "
+                f"| {_f(run.get('time_to_first_record_s'))} | {_f(_ratio(mb, lim), 2)} | {_status(run)} |"
+            )
+    lines.append("")
+    lines.append("### Ratios")
+    lines.append("")
+    lines.append("| profile | Ferry / MM2 default | Ferry / MM2 tuned | Ferry / limit | MM2 tuned / limit |")
+    lines.append("|---|---:|---:|---:|---:|")
+    for profile in profiles:
+        r = rat.get(profile, {})
+        lines.append(
+            f"| {profile} | {_f(r.get('ferry_over_mm2_default'), 2)} | {_f(r.get('ferry_over_mm2_tuned'), 2)} "
+            f"| {_f(r.get('ferry_over_limit'), 2)} | {_f(r.get('mm2_tuned_over_limit'), 2)} |"
+        )
+    lines.append("")
+    lat = results.get("latency", {})
+    if lat:
+        spec = results.get("settings", {}).get("latency", {})
+        lines.append(
+            f"### End-to-end latency at {_f(spec.get('rate_mb_per_s'), 2)} MB/s "
+            f"({spec.get('record_size')} B records, {spec.get('partitions')} partitions, {spec.get('seconds')} s)"
+        )
+        lines.append("")
+        lines.append("| run | p50 ms | p99 ms | max ms | records seen | status |")
+        lines.append("|---|---:|---:|---:|---:|---|")
+        for kind, run in lat.items():
+            if not isinstance(run, dict):
+                continue
+            lines.append(
+                f"| {kind} | {_f(run.get('p50_ms'))} | {_f(run.get('p99_ms'))} | {_f(run.get('max_ms'))} "
+                f"| {_f(run.get('records_seen'))} | {_status(run)} |"
+            )
+        lines.append("")
+    cp = results.get("control_plane", {})
+    if cp:
+        lines.append("### Control plane")
+        lines.append("")
+        lines.append("| figure | p50 | p99 | status |")
+        lines.append("|---|---:|---:|---|")
+        for key, entry in cp.items():
+            unit = "s" if key == "create_to_running" else "ms"
+            lines.append(
+                f"| {key} | {_f(entry.get('p50_' + unit), 2)} {unit} | {_f(entry.get('p99_' + unit), 2)} {unit} "
+                f"| {_status(entry)} |"
+            )
+        lines.append("")
+    skipped = results.get("skipped", [])
+    if skipped:
+        lines.append("### Skipped")
+        lines.append("")
+        lines.extend(f"- **{s['what']}**: {s['reason']}" for s in skipped)
+        lines.append("")
+    return "\n".join(lines)
+
+
+def doc_section(results: dict[str, Any], results_path: Path) -> str:
+    machine = results["machine"]
+    versions = results["versions"]
+    rel = results_path.relative_to(ROOT) if results_path.is_relative_to(ROOT) else results_path
+    head = [
+        f"Latest recorded run: **{results['started_at']}** ({results['mode']}, scale {results['scale']}, "
+        f"{results.get('duration_s', 0):.0f} s), results in `{rel}`.",
+        "",
+        f"Machine: {machine['cpu_count']} x {machine['cpu_model']}, {machine['memory_gib']} GiB; "
+        f"Python {versions['python']}, {versions['java']}, Kafka {versions['kafka']}, "
+        f"aiokafka {versions.get('aiokafka')}; load average at start {machine.get('loadavg_at_start')}.",
+        "",
+        "> Caveat: this is a shared 2-core box; other engineers run tests against the same brokers during the "
+        "run, so absolute figures are noisy. The ratios within one run are what count.",
+        "",
+    ]
+    return "\n".join(head) + table(results)
+
+
+def write_doc(results: dict[str, Any], results_path: Path) -> None:
+    text = DOC.read_text() if DOC.exists() else f"# Performance\n\n{START}\n{END}\n"
+    section = doc_section(results, results_path)
+    if START in text and END in text:
+        text = re.sub(
+            re.escape(START) + r".*?" + re.escape(END), lambda _: f"{START}\n{section}\n{END}", text, flags=re.S
+        )
+    else:
+        text = text.rstrip() + f"\n\n{START}\n{section}\n{END}\n"
+    DOC.write_text(text)

@@ -1,0 +1,469 @@
+"""Ferry's benchmark: ``python -m bench.run`` (full) or ``python -m bench.run --quick``.
+
+Steps (each can be chosen with --only):
+  limit       ProducerPerformance into the target and ConsumerPerformance from the source (per profile)
+  throughput  catch-up of a preloaded source topic by MM2 default, MM2 tuned and Ferry (per profile)
+  latency     end-to-end latency at a fixed produce rate, MM2 tuned and Ferry
+  control     ListReplicators / DescribeReplicator latency at 100 req/s and create-to-RUNNING (needs the API)
+  scale       worker CPU/memory at 100 and 1,000 partitions (needs the worker fleet: skipped for now)
+  profile     py-spy profile of Ferry at full throughput (needs the engine and py-spy)
+
+Writes bench/results/<UTC time>-<mode>.json (rewritten after every step, so a failed run keeps what it
+measured), prints the summary table, and (full runs, or --docs) rewrites the results section of
+docs/performance.md. Needs the local stack: python -m dev.stack up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from bench import report
+from bench.common import (
+    MB,
+    RESULTS_DIR,
+    ROOT,
+    BenchError,
+    Stack,
+    load_stack,
+    machine_info,
+    say,
+    spawn,
+    stop_process,
+    versions,
+)
+from bench.control_plane import control_plane
+from bench.kafka import Cluster, consumer_perf, producer_perf
+from bench.measure import catch_up, latency
+from bench.replicators import (
+    TUNED,
+    FerryEngine,
+    Replicator,
+    java_consumer_props,
+    java_producer_props,
+    make_replicator,
+    tuned_settings,
+)
+
+STEPS = ("limit", "throughput", "latency", "control", "scale", "profile")
+REPLICATORS = ("mm2-default", "mm2-tuned", "ferry")
+BASE_PROFILES: dict[str, dict[str, int]] = {
+    "A": {"records": 1_000_000, "record_size": 1024, "partitions": 8},
+    "B": {"records": 5_000_000, "record_size": 100, "partitions": 8},
+}
+QUICK_SCALE = 0.02
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help=f"small run for development (scale {QUICK_SCALE})")
+    parser.add_argument("--scale", type=float, default=None, help="multiply profile record counts and latency rate")
+    parser.add_argument("--only", default=",".join(STEPS), help=f"comma list of steps: {','.join(STEPS)}")
+    parser.add_argument("--profiles", default="A,B", help="comma list of throughput profiles (A, B)")
+    parser.add_argument("--replicators", default=",".join(REPLICATORS), help="comma list: " + ",".join(REPLICATORS))
+    parser.add_argument("--latency-rate-mb", type=float, default=5.0, help="produce rate in MB/s before --scale")
+    parser.add_argument("--latency-seconds", type=float, default=None, help="default 60 (quick: 15)")
+    parser.add_argument("--parallelism", type=int, default=TUNED["parallelism"], help="MM2 tasks.max = Ferry procs")
+    parser.add_argument("--catchup-limit", type=float, default=None, help="seconds per catch-up (default 420/120)")
+    parser.add_argument("--api-rate", type=float, default=100.0, help="requests/s for the describe/list latency")
+    parser.add_argument("--docs", dest="docs", action="store_true", default=None, help="write docs/performance.md")
+    parser.add_argument("--no-docs", dest="docs", action="store_false", help="do not touch docs/performance.md")
+    args = parser.parse_args(argv)
+    if args.scale is None:
+        args.scale = QUICK_SCALE if args.quick else 1.0
+    if args.latency_seconds is None:
+        args.latency_seconds = 15.0 if args.quick else 60.0
+    if args.catchup_limit is None:
+        args.catchup_limit = 120.0 if args.quick else 420.0
+    if args.docs is None:
+        args.docs = not args.quick and args.scale == 1.0
+    args.only = [s for s in args.only.split(",") if s]
+    args.profiles = [p for p in args.profiles.split(",") if p]
+    args.replicators = [r for r in args.replicators.split(",") if r]
+    for name, values, allowed in (
+        ("--only", args.only, STEPS),
+        ("--profiles", args.profiles, BASE_PROFILES),
+        ("--replicators", args.replicators, REPLICATORS),
+    ):
+        bad = [v for v in values if v not in allowed]
+        if bad:
+            parser.error(f"{name}: unknown {bad}; choose from {list(allowed)}")
+    return args
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, stack: Stack) -> None:
+        self.args = args
+        self.stack = stack
+        self.run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + ("-quick" if args.quick else "")
+        self.token = secrets.token_hex(4)
+        self.log_dir = ROOT / ".run" / "bench" / self.run_id
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        self.path = RESULTS_DIR / f"{self.run_id}.json"
+        tuned, tuned_source = tuned_settings()
+        self.tuned = dict(tuned, parallelism=args.parallelism)
+        self.tuned_source = tuned_source
+        self.t0 = time.monotonic()
+        self.profiles = {
+            name: {**spec, "records": max(1000, round(spec["records"] * args.scale))}
+            for name, spec in BASE_PROFILES.items()
+            if name in args.profiles
+        }
+        lat_rate = args.latency_rate_mb * MB * args.scale
+        self.results: dict[str, Any] = {
+            "schema": 1,
+            "run_id": self.run_id,
+            "mode": "quick" if args.quick else ("full" if args.scale == 1.0 else "scaled"),
+            "scale": args.scale,
+            "command": [sys.executable, "-m", "bench.run", *sys.argv[1:]],
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "machine": machine_info(),
+            "versions": versions(stack.kafka_lib),
+            "stack": {"source": stack.source, "target": stack.target, "api": stack.api},
+            "logs": str(self.log_dir),
+            "settings": {
+                "steps": args.only,
+                "replicators": args.replicators,
+                "tuned": self.tuned,
+                "tuned_from": self.tuned_source,
+                "tuned_as_java_producer": java_producer_props(self.tuned),
+                "tuned_as_java_consumer": java_consumer_props(self.tuned),
+                "profiles": self.profiles,
+                "preload_producer_props": java_producer_props(self.tuned),
+                "catch_up": {
+                    "measure": "poll of summed target end offsets every 0.25 s (0.1 s until the first record); "
+                    "throughput = records copied after the first observation / time from then to all records",
+                    "limit_s": args.catchup_limit,
+                },
+                "latency": {
+                    "rate_mb_per_s": lat_rate / MB,
+                    "record_size": 1024,
+                    "partitions": 8,
+                    "seconds": args.latency_seconds,
+                },
+                "control": {"rate_per_s": args.api_rate, "seconds": 5.0 if args.quick else 20.0},
+                "mb": "10^6 bytes",
+            },
+            "preload": {},
+            "limit": {},
+            "throughput": {},
+            "latency": {},
+            "control_plane": {},
+            "skipped": [],
+            "errors": [],
+            "steps_seconds": {},
+        }
+
+    # ------------------------------------------------------------------------------------------ bookkeeping
+
+    def save(self) -> None:
+        self.results["ratios"] = report.ratios(self.results)
+        self.results["duration_s"] = round(time.monotonic() - self.t0, 1)
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.results, indent=2, default=str) + "\n")
+        tmp.replace(self.path)
+
+    def skip(self, what: str, reason: str) -> None:
+        say(f"skipped {what}: {reason}")
+        self.results["skipped"].append({"what": what, "reason": reason})
+
+    def error(self, what: str, exc: BaseException) -> None:
+        say(f"ERROR in {what}: {exc}")
+        self.results["errors"].append({"what": what, "error": f"{type(exc).__name__}: {exc}"})
+
+    # ------------------------------------------------------------------------------------------ steps
+
+    async def run(self) -> None:
+        say(f"run {self.run_id}: steps {self.args.only}, profiles {list(self.profiles)}, scale {self.args.scale}")
+        say(f"results: {self.path}; logs: {self.log_dir}")
+        self.save()
+        async with Cluster("source", self.stack.source) as source, Cluster("target", self.stack.target) as target:
+            if {"limit", "throughput"} & set(self.args.only):
+                for name, spec in self.profiles.items():
+                    await self.timed(f"profile {name}", self.profile(name, spec, source, target))
+            if "latency" in self.args.only:
+                await self.timed("latency", self.latency(source, target))
+            if "profile" in self.args.only:
+                await self.timed("profile", self.py_spy(source, target))
+        if "control" in self.args.only:
+            await self.timed("control", self.control())
+        if "scale" in self.args.only:
+            self.skip(
+                "scale (worker CPU and memory at 100 and 1,000 partitions)",
+                "needs the managed worker fleet of issue 5, which does not exist yet",
+            )
+        self.save()
+
+    async def timed(self, name: str, coro: Any) -> None:
+        start = time.monotonic()
+        say(f"== {name} ({time.monotonic() - self.t0:.0f}s into the run)")
+        try:
+            await coro
+        except (BenchError, OSError, RuntimeError, ValueError) as exc:
+            self.error(name, exc)
+        self.results["steps_seconds"][name] = round(time.monotonic() - start, 1)
+        self.save()
+
+    async def profile(self, name: str, spec: dict[str, int], source: Cluster, target: Cluster) -> None:
+        records, size, parts = spec["records"], spec["record_size"], spec["partitions"]
+        topic = f"bench-{name.lower()}-{self.token}-{secrets.token_hex(3)}"
+        lib = self.stack.kafka_lib
+        await source.create_topic(topic, parts)
+        try:
+            say(f"preloading {records:,} x {size} B records into {topic} ({parts} partitions) on the source")
+            preload = await producer_perf(
+                lib,
+                bootstrap=self.stack.source,
+                topic=topic,
+                records=records,
+                record_size=size,
+                props=java_producer_props(self.tuned),
+                log=self.log_dir / f"preload-{name}.log",
+            )
+            on_source = await source.total(topic, parts)
+            preload["records_on_source"] = on_source
+            self.results["preload"][name] = preload
+            if on_source != records:
+                raise BenchError(f"source topic {topic} holds {on_source} records, expected {records}")
+            self.save()
+            if "limit" in self.args.only:
+                await self.limit(name, topic, spec, target)
+            if "throughput" in self.args.only:
+                runs: dict[str, Any] = {}
+                self.results["throughput"][name] = runs
+                for kind in self.args.replicators:
+                    runs[kind] = await self.one_catch_up(kind, topic, spec, source, target)
+                    self.save()
+        finally:
+            await source.delete_topics([topic])
+
+    async def limit(self, name: str, topic: str, spec: dict[str, int], target: Cluster) -> None:
+        records, size, parts = spec["records"], spec["record_size"], spec["partitions"]
+        out: dict[str, Any] = {}
+        self.results["limit"][name] = out
+        limit_topic = f"bench-limit-{name.lower()}-{self.token}-{secrets.token_hex(3)}"
+        await target.create_topic(limit_topic, parts)
+        try:
+            out["producer"] = await producer_perf(
+                self.stack.kafka_lib,
+                bootstrap=self.stack.target,
+                topic=limit_topic,
+                records=records,
+                record_size=size,
+                props=java_producer_props(self.tuned),
+                log=self.log_dir / f"limit-producer-{name}.log",
+            )
+        finally:
+            await target.delete_topics([limit_topic])
+        self.save()
+        out["consumer"] = await consumer_perf(
+            self.stack.kafka_lib,
+            bootstrap=self.stack.source,
+            topic=topic,
+            records=records,
+            record_size=size,
+            group=f"bench-limit-{self.token}-{secrets.token_hex(3)}",
+            log=self.log_dir / f"limit-consumer-{name}.log",
+        )
+        out["limit_mb_per_s"] = min(out["producer"]["mb_per_s"], out["consumer"]["mb_per_s"])
+        out["limit_records_per_s"] = min(out["producer"]["records_per_s"], out["consumer"]["records_per_s"])
+        out["limit_is"] = "min(producer into target, consumer from source)"
+        say(
+            f"  limit {name}: producer {out['producer']['mb_per_s']:.1f} MB/s, "
+            f"consumer {out['consumer']['mb_per_s']:.1f} MB/s"
+        )
+
+    async def one_catch_up(
+        self, kind: str, topic: str, spec: dict[str, int], source: Cluster, target: Cluster
+    ) -> dict[str, Any]:
+        rep = make_replicator(kind, self.stack, self.log_dir, self.tuned)
+        reason = rep.unavailable()
+        if reason is not None:
+            self.skip(f"throughput {kind}", reason)
+            return {"replicator": kind, "status": "skipped", "reason": reason}
+        say(f"-- {kind}: catch-up of {spec['records']:,} records from {topic}")
+        try:
+            return await catch_up(
+                rep,
+                source_topic=topic,
+                records=spec["records"],
+                record_size=spec["record_size"],
+                target=target,
+                startup_limit_s=180.0,
+                catchup_limit_s=self.args.catchup_limit,
+            )
+        finally:
+            await self.cleanup(rep, source, target)
+
+    async def cleanup(self, rep: Replicator, source: Cluster, target: Cluster) -> None:
+        try:
+            deleted = await rep.cleanup(source, target)
+            say(f"  cleaned up {rep.label}: deleted {sum(len(v) for v in deleted.values())} topics")
+        except (BenchError, OSError, RuntimeError) as exc:
+            self.error(f"cleanup of {rep.label} (token {rep.token})", exc)
+
+    async def latency(self, source: Cluster, target: Cluster) -> None:
+        spec = self.results["settings"]["latency"]
+        for kind in ("mm2-tuned", "ferry"):
+            if kind not in self.args.replicators:
+                continue
+            rep = make_replicator(kind, self.stack, self.log_dir, self.tuned)
+            reason = rep.unavailable()
+            if reason is not None:
+                self.skip(f"latency {kind}", reason)
+                self.results["latency"][kind] = {"status": "skipped", "reason": reason}
+                continue
+            say(f"-- {kind}: latency at {spec['rate_mb_per_s']:.2f} MB/s for {spec['seconds']:.0f}s")
+            topic = f"bench-lat-{rep.token}"  # contains the run token: the cleanup deletes it
+            try:
+                self.results["latency"][kind] = await latency(
+                    rep,
+                    stack=self.stack,
+                    source=source,
+                    target=target,
+                    source_topic=topic,
+                    partitions=spec["partitions"],
+                    record_size=spec["record_size"],
+                    rate_bytes_per_s=spec["rate_mb_per_s"] * MB,
+                    seconds=spec["seconds"],
+                    log_dir=self.log_dir,
+                    startup_limit_s=180.0,
+                )
+            finally:
+                await self.cleanup(rep, source, target)
+            self.save()
+
+    async def control(self) -> None:
+        settings = self.results["settings"]["control"]
+        self.results["control_plane"] = await asyncio.to_thread(
+            control_plane,
+            self.stack,
+            rate=settings["rate_per_s"],
+            seconds=settings["seconds"],
+            creates=2 if self.args.quick else 20,
+            running_limit_s=15.0,
+        )
+        for key, entry in self.results["control_plane"].items():
+            if entry.get("status") == "skipped":
+                self.skip(f"control plane {key}", entry["reason"])
+
+    async def py_spy(self, source: Cluster, target: Cluster) -> None:
+        """A py-spy profile of the Ferry engine during a catch-up of profile A (a separate, extra run)."""
+        rep = make_replicator("ferry", self.stack, self.log_dir, self.tuned)
+        assert isinstance(rep, FerryEngine)
+        reason = rep.unavailable()
+        py_spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+        if reason is None and py_spy is None:
+            reason = "py-spy is not installed (PyPI serves py-spy 0.4.3; it belongs in the dev extra)"
+        if reason is not None:
+            self.skip("profile (py-spy of Ferry at full throughput)", reason)
+            self.results["profile"] = {"status": "skipped", "reason": reason}
+            return
+        spec = dict(BASE_PROFILES["A"])
+        spec["records"] = max(1000, round(spec["records"] * self.args.scale))
+        topic = f"bench-prof-{self.token}-{secrets.token_hex(3)}"
+        await source.create_topic(topic, spec["partitions"])
+        out: dict[str, Any] = {"tool": py_spy, "note": "separate run; its throughput is not used (profiler overhead)"}
+        self.results["profile"] = out
+        try:
+            await producer_perf(
+                self.stack.kafka_lib,
+                bootstrap=self.stack.source,
+                topic=topic,
+                records=spec["records"],
+                record_size=spec["record_size"],
+                props=java_producer_props(self.tuned),
+                log=self.log_dir / "preload-profile.log",
+            )
+            raw = self.log_dir / f"py-spy-{rep.token}.txt"
+            profiler: list[subprocess.Popen[bytes]] = []
+            tool: str = py_spy or "py-spy"
+
+            def attach(proc: subprocess.Popen[bytes]) -> None:
+                argv = [tool, "record", "--pid", str(proc.pid), "--rate", "100", "--format", "raw", "-o", str(raw)]
+                profiler.append(spawn(argv, self.log_dir / "py-spy.log"))
+
+            rep.on_start = attach
+            try:
+                run = await catch_up(
+                    rep,
+                    source_topic=topic,
+                    records=spec["records"],
+                    record_size=spec["record_size"],
+                    target=target,
+                    startup_limit_s=180.0,
+                    catchup_limit_s=self.args.catchup_limit,
+                )
+            finally:
+                for proc in profiler:
+                    await stop_process(proc, "py-spy", grace=20)
+            out["run"] = {k: run.get(k) for k in ("status", "mb_per_s", "records_per_s", "reason")}
+            out["raw_profile"] = str(raw)
+            out["top_functions_self"] = top_frames(raw)
+            out["status"] = "ok" if out["top_functions_self"] else "failed"
+            if not out["top_functions_self"]:
+                out["reason"] = f"py-spy wrote no samples; see {self.log_dir / 'py-spy.log'}"
+        finally:
+            await source.delete_topics([topic])
+            await self.cleanup(rep, source, target)
+
+
+def top_frames(raw: Path, limit: int = 15) -> list[dict[str, Any]]:
+    """Self time by function from py-spy's collapsed-stack ('raw') output."""
+    counts: Counter[str] = Counter()
+    total = 0
+    try:
+        text = raw.read_text(errors="replace")
+    except OSError:
+        return []
+    for line in text.splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not stack or not n.isdigit():
+            continue
+        leaf = stack.split(";")[-1]
+        counts[re.sub(r"\s+", " ", leaf)] += int(n)
+        total += int(n)
+    return [{"function": name, "samples": n, "share": round(n / total, 3)} for name, n in counts.most_common(limit)]
+
+
+async def amain(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    stack = load_stack()
+    bench = Bench(args, stack)
+    try:
+        await bench.run()
+    finally:
+        bench.save()
+        summary = report.table(bench.results)
+        print("\n" + summary, flush=True)
+        if args.docs:
+            report.write_doc(bench.results, bench.path)
+            say(f"wrote the summary into {report.DOC}")
+        say(f"results: {bench.path} ({bench.results['duration_s']:.0f}s)")
+    return 1 if bench.results["errors"] else 0
+
+
+def main() -> None:
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    try:
+        code = asyncio.run(amain())
+    except BenchError as exc:
+        say(f"failed: {exc}")
+        code = 2
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
