@@ -18,23 +18,18 @@ UNKNOWN_TOPIC = 3
 
 
 class Cluster:
-    """An admin client and an offsets-only consumer (no group) on one cluster."""
+    """An admin client on one cluster, plus offsets-only consumers (no group) on demand."""
 
     def __init__(self, name: str, bootstrap: str) -> None:
         self.name = name
         self.bootstrap = bootstrap
         self._admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30000)
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap, enable_auto_commit=False, request_timeout_ms=30000
-        )
 
     async def __aenter__(self) -> Cluster:
         await self._admin.start()
-        await self._consumer.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self._consumer.stop()
         await self._admin.close()
 
     async def create_topic(self, topic: str, partitions: int) -> None:
@@ -66,13 +61,29 @@ class Cluster:
                 raise BenchError(f"topic {topic} on {self.name} has no leaders after {limit_s:.0f}s")
             await asyncio.sleep(0.2)
 
-    async def end_offsets(self, topic: str, partitions: int) -> dict[int, int]:
+    async def end_offsets(
+        self, topic: str, partitions: int, consumer: AIOKafkaConsumer | None = None
+    ) -> dict[int, int]:
+        """End offsets by partition, through ``consumer`` or a short-lived one (topics here get deleted, and a
+        long-lived client would keep asking for a deleted topic's metadata)."""
         tps = [TopicPartition(topic, p) for p in range(partitions)]
-        offsets = await self._consumer.end_offsets(tps)
+        if consumer is None:
+            own = self.offsets_consumer()
+            await own.start()
+            try:
+                offsets = await own.end_offsets(tps)
+            finally:
+                await own.stop()
+        else:
+            offsets = await consumer.end_offsets(tps)
         return {tp.partition: off for tp, off in offsets.items()}
 
-    async def total(self, topic: str, partitions: int) -> int:
-        return sum((await self.end_offsets(topic, partitions)).values())
+    async def total(self, topic: str, partitions: int, consumer: AIOKafkaConsumer | None = None) -> int:
+        return sum((await self.end_offsets(topic, partitions, consumer)).values())
+
+    def offsets_consumer(self) -> AIOKafkaConsumer:
+        """An offsets-only consumer for one topic's measurement; the caller starts and stops it."""
+        return AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False, request_timeout_ms=30000)
 
     async def list_topics(self) -> list[str]:
         return sorted(await self._admin.list_topics())

@@ -27,14 +27,23 @@ class TargetWatch:
         self.topic = topic
         self.partitions: int | None = None
         self.count = 0
+        self.consumer = target.offsets_consumer()
+        self._started = False
 
     async def poll(self) -> int:
         if self.partitions is None:
             self.partitions = await self.target.partitions(self.topic)
             if self.partitions is None:
                 return 0
-        self.count = await self.target.total(self.topic, self.partitions)
+        if not self._started:
+            await self.consumer.start()
+            self._started = True
+        self.count = await self.target.total(self.topic, self.partitions, self.consumer)
         return self.count
+
+    async def close(self) -> None:
+        if self._started:
+            await self.consumer.stop()
 
 
 async def catch_up(
@@ -122,10 +131,12 @@ async def catch_up(
         elapsed = time.monotonic() - t_start
         say(f"  {rep.label}: FAILED after {elapsed:.0f}s: {str(exc).splitlines()[0]}")
     finally:
+        await watch.close()
         result["loadavg_after"] = loadavg()
         result["exit_code_after_stop"] = await rep.stop()
         if isinstance(rep, MirrorMaker2):
             result["mm2_effective_producer_config"] = rep.effective_producer_config()
+            result["mm2_effective_consumer_config"] = rep.effective_consumer_config()
     return result
 
 
@@ -238,7 +249,7 @@ async def latency(
         )
         result["time_to_first_records_s"] = round(t_ready - t_start, 3)
         assert watch.partitions is not None
-        start_offsets = await target.end_offsets(target_topic, watch.partitions)
+        start_offsets = await target.end_offsets(target_topic, watch.partitions, watch.consumer)
         consumer = LatencyConsumer(stack.target, target_topic, start_offsets)
         task = asyncio.create_task(consumer.run())
         load = await producer_perf(
@@ -292,6 +303,7 @@ async def latency(
         result.update(status="failed", reason=str(exc))
         say(f"  {rep.label}: latency FAILED: {str(exc).splitlines()[0]}")
     finally:
+        await watch.close()
         if consumer is not None:
             consumer.stop()
         if task is not None:

@@ -256,6 +256,12 @@ class MirrorMaker2(Replicator):
         # the source task's data producer has client.id "connector-producer-MirrorSourceConnector-0"
         return _logged_config(self.log, "ProducerConfig values", "MirrorSourceConnector", wanted)
 
+    def effective_consumer_config(self) -> dict[str, str]:
+        """What MM2's replication consumer really used (its client.id ends in 'replication-consumer')."""
+        wanted = ("fetch.min.bytes", "fetch.max.wait.ms", "max.partition.fetch.bytes", "fetch.max.bytes",
+                  "max.poll.records", "check.crcs", "isolation.level")  # fmt: skip
+        return _logged_config(self.log, "ConsumerConfig values", "replication-consumer", wanted)
+
 
 def _logged_config(log: Path, header: str, client_marker: str, keys: tuple[str, ...]) -> dict[str, str]:
     """The chosen keys of the first logged config block (e.g. 'ProducerConfig values') whose client.id

@@ -62,7 +62,7 @@ BASE_PROFILES: dict[str, dict[str, int]] = {
     "A": {"records": 1_000_000, "record_size": 1024, "partitions": 8},
     "B": {"records": 5_000_000, "record_size": 100, "partitions": 8},
 }
-QUICK_SCALE = 0.02
+QUICK_SCALE = 0.05
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
