@@ -22,6 +22,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from models.errors import (
@@ -37,6 +38,7 @@ logger = logging.getLogger(__name__)
 # The largest CreateReplicator body MSK's limits allow is well under this (4 lists of 100 patterns of at most
 # 256 characters, plus clusters and tags); anything bigger is refused before it is read.
 MAX_BODY_BYTES = 1024 * 1024
+REQUEST_ID_SCOPE_KEY = "ferry.request_id"
 
 ERROR_TYPES: dict[int, str] = {
     400: "BadRequestException",
@@ -122,7 +124,8 @@ async def _validation_error(_: Request, exc: Exception) -> Response:
     errors: Sequence[Any] = exc.errors()
     if not errors:
         return aws_error(400, "The request is invalid", None)
-    first = errors[0]
+    # An unknown member is usually a misspelt one: naming it helps more than the "required" error it causes.
+    first = min(errors, key=lambda error: error.get("type") != "extra_forbidden")
     kind = first.get("type", "")
     # loc starts with where the value came from ("body", "query", "path"); the rest is the member path.
     path = wire_path(list(first.get("loc", ()))[1:])
@@ -160,9 +163,14 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     if exc.status_code == 404:
         return aws_error(404, f"No operation matches {request.method} {request.url.path}", None)
     if exc.status_code == 405:
-        response = aws_error(405, f"{request.method} is not allowed on {request.url.path}", None, "BadRequestException")
-        if exc.headers and "allow" in {key.lower() for key in exc.headers}:
-            response.headers["Allow"] = next(v for k, v in exc.headers.items() if k.lower() == "allow")
+        allowed = _allowed_methods(request)
+        response = aws_error(
+            405,
+            f"{request.method} is not allowed on {request.url.path}; use {', '.join(allowed)}",
+            None,
+            "BadRequestException",
+        )
+        response.headers["Allow"] = ", ".join(allowed)
         return response
     if exc.status_code == 413:
         return aws_error(413, f"The request body is larger than {MAX_BODY_BYTES} bytes", "body", "BadRequestException")
@@ -176,6 +184,16 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return aws_error(exc.status_code, str(exc.detail), None)
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves on this path (Starlette only names the first matching route's)."""
+    routes = request.app.router.routes
+    return [
+        method
+        for method in ("GET", "POST", "PUT", "DELETE", "PATCH")
+        if any(route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes)
+    ]
+
+
 async def _database_unavailable(request: Request, exc: Exception) -> Response:
     logger.warning("database unavailable while serving %s %s: %s", request.method, request.url.path, exc)
     return aws_error(503, "The service's database is unavailable; retry later", None)
@@ -183,7 +201,12 @@ async def _database_unavailable(request: Request, exc: Exception) -> Response:
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
     logger.exception("unexpected error while serving %s %s", request.method, request.url.path, exc_info=exc)
-    return aws_error(500, "An internal error occurred", None)
+    response = aws_error(500, "An internal error occurred", None)
+    # This response is sent from outside BodyLimitAndRequestId (Starlette's outermost middleware sends it).
+    request_id = request.scope.get(REQUEST_ID_SCOPE_KEY)
+    if request_id:
+        response.headers["x-amzn-RequestId"] = request_id
+    return response
 
 
 # ----- request size and request ids ---------------------------------------------------------------------------
@@ -206,6 +229,7 @@ class BodyLimitAndRequestId:
             await self.app(scope, receive, send)
             return
         request_id = str(uuid.uuid4())
+        scope[REQUEST_ID_SCOPE_KEY] = request_id
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
