@@ -202,7 +202,7 @@ def test_delete_marks_deleting_and_describe_shows_it(kafka: Any, unique: str, cl
     assert deleted["ReplicatorArn"] == arn
     assert deleted["ReplicatorState"] == again["ReplicatorState"] == "DELETING"
     assert kafka.describe_replicator(ReplicatorArn=arn)["ReplicatorState"] == "DELETING"
-    with pytest.raises(kafka.exceptions.BadRequestException, match="replicatorArn: .*DELETING"):
+    with pytest.raises(kafka.exceptions.BadRequestException, match=r"replicatorArn: .*DELETING"):
         kafka.update_replication_info(ReplicatorArn=arn, CurrentVersion=version, TopicReplication=TOPIC_UPDATE)
 
 
@@ -230,7 +230,7 @@ def test_a_replicator_of_another_account_is_not_visible(kafka: Any, unique: str,
 
 
 def test_a_string_that_is_not_a_replicator_arn_is_a_bad_request(kafka: Any) -> None:
-    with pytest.raises(kafka.exceptions.BadRequestException, match="replicatorArn: .*not a replicator ARN"):
+    with pytest.raises(kafka.exceptions.BadRequestException, match=r"replicatorArn: .*not a replicator ARN"):
         kafka.describe_replicator(ReplicatorArn="not-an-arn")
 
 
@@ -263,7 +263,7 @@ def test_tag_validation(kafka: Any, unique: str, clusters: dict[str, Any]) -> No
             kafka.tag_resource(ResourceArn=arn, Tags=tags)
         assert error.value.response["Error"]["Message"].startswith("tags:")
     too_many = {f"k{i}": "v" for i in range(50)}
-    with pytest.raises(kafka.exceptions.BadRequestException, match="tags: .*at most 50"):
+    with pytest.raises(kafka.exceptions.BadRequestException, match=r"tags: .*at most 50"):
         kafka.tag_resource(ResourceArn=arn, Tags=too_many)
     assert kafka.list_tags_for_resource(ResourceArn=arn)["Tags"] == {"team": "platform"}
 
