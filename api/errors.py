@@ -88,9 +88,10 @@ def error_responses(*statuses: int, body: bool = False) -> dict[int | str, dict[
             "headers": {
                 "x-amzn-ErrorType": {
                     "description": "The AWS error code botocore maps to an exception class.",
-                    "schema": {"type": "string", "example": ERROR_TYPES.get(key, "BadRequestException")}
-                    if isinstance(key, int)
-                    else {"type": "string", "example": "BadRequestException"},
+                    "schema": {
+                        "type": "string",
+                        "example": ERROR_TYPES[key] if isinstance(key, int) else "BadRequestException",
+                    },
                 }
             },
         }

@@ -337,3 +337,33 @@ def test_fifty_concurrent_creates_of_one_name_one_wins(kafka: Any, unique: str, 
     assert outcomes.count("created") == 1
     assert outcomes.count("conflict") == 49
     assert len(kafka.list_replicators(ReplicatorNameFilter=unique)["Replicators"]) == 1
+
+
+def test_concurrent_updates_with_one_version_only_one_applies(
+    kafka: Any, unique: str, clusters: dict[str, Any], db_engine: Engine
+) -> None:
+    arn = kafka.create_replicator(**create_request(unique, clusters))["ReplicatorArn"]
+    version = kafka.describe_replicator(ReplicatorArn=arn)["CurrentVersion"]
+    start = threading.Barrier(10)
+
+    def update_to(index: int) -> str:
+        start.wait()
+        try:
+            kafka.update_replication_info(
+                ReplicatorArn=arn,
+                CurrentVersion=version,
+                TopicReplication={**TOPIC_UPDATE, "TopicsToReplicate": [f"topic-{index}"]},
+            )
+        except kafka.exceptions.BadRequestException as error:
+            assert error.response["InvalidParameter"] == "currentVersion"
+            return "stale"
+        return f"topic-{index}"
+
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        outcomes = list(pool.map(update_to, range(10)))
+
+    winners = [outcome for outcome in outcomes if outcome != "stale"]
+    assert len(winners) == 1
+    topics = kafka.describe_replicator(ReplicatorArn=arn)["ReplicationInfoList"][0]["TopicReplication"]
+    assert topics["TopicsToReplicate"] == winners
+    assert _row(db_engine, arn).generation == 2
