@@ -35,7 +35,15 @@ class FerrySettings(BaseSettings):
         description="Named Kafka clusters that /healthz reports on (JSON object name -> bootstrap servers).",
     )
     health_timeout_seconds: Annotated[float, Field(gt=0, le=30)] = 3.0
-    reconcile_interval_seconds: Annotated[float, Field(gt=0)] = 5.0
+    celery_queue: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")] = "ferry"
+    reconcile_interval_seconds: Annotated[float, Field(gt=0, le=60)] = 2.0
+    fleet_agent_enabled: bool = Field(
+        default=True, description="Run a fleet agent (replication work) in each Celery worker process."
+    )
+    fleet_tick_seconds: Annotated[float, Field(gt=0, le=10)] = 1.0
+    fleet_lease_seconds: Annotated[float, Field(ge=3, le=300)] = 10.0
+    worker_dead_after_seconds: Annotated[float, Field(ge=2, le=300)] = 10.0
+    replicator_fail_after_seconds: Annotated[float, Field(ge=0, le=3600)] = 15.0
 
     @field_validator("database_url")
     @classmethod

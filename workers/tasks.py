@@ -4,12 +4,35 @@ from __future__ import annotations
 
 import os
 import socket
+from functools import lru_cache
 from typing import Any
 
+from sqlalchemy import Engine
+
+from models.db import make_sync_engine
+from models.settings import get_settings
 from workers.celery_app import app
+from workers.fleet.reconcile import reconcile_once
+
+
+@lru_cache(maxsize=1)
+def _database() -> Engine:
+    return make_sync_engine(get_settings())
 
 
 @app.task(name="ferry.ping")
 def ping() -> dict[str, Any]:
     """Answers with the worker's identity: proves a real worker process picked the task up."""
     return {"pong": True, "hostname": socket.gethostname(), "pid": os.getpid()}
+
+
+@app.task(name="ferry.reconcile", ignore_result=True)
+def reconcile() -> bool:
+    """One reconcile pass (see workers/fleet/reconcile.py); False when another pass was already running."""
+    settings = get_settings()
+    result = reconcile_once(
+        _database(),
+        worker_dead_after=settings.worker_dead_after_seconds,
+        fail_after=settings.replicator_fail_after_seconds,
+    )
+    return result is not None

@@ -1,0 +1,217 @@
+"""The fleet under test: real Celery worker and beat processes, the real API, real brokers.
+
+Each test module gets a database of its own (created, migrated, dropped) and a Celery queue of its own, so the
+fleet sees only the replicators its tests create, and nothing else in the suite can take its tasks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psycopg
+import pytest
+from alembic import command
+from alembic.config import Config
+from redis import Redis
+from sqlalchemy import Engine, text
+
+from api.app import create_app
+from models.db import make_sync_engine
+from models.settings import FerrySettings
+from tests.api.conftest import RunningServer, kafka_client
+from tests.conftest import ROOT
+
+T = TypeVar("T")
+
+
+def wait_until(what: str, probe: Callable[[], T | None], timeout: float, interval: float = 0.25) -> T:
+    """Poll ``probe`` until it returns something truthy; fail naming ``what`` and the last value seen."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last seen: {last!r}")
+
+
+@pytest.fixture(scope="module")
+def fleet_settings(stack: dict[str, Any]) -> Iterator[FerrySettings]:
+    name = f"ferry_fleet_{uuid.uuid4().hex[:10]}"
+    base_url: str = stack["test_database_url"]
+    admin_dsn = base_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = base_url.rsplit("/", 1)[0] + f"/{name}"
+    config = Config(str(ROOT / "alembic.ini"))
+    config.attributes["database_url"] = url
+    config.attributes["configure_logger"] = False
+    command.upgrade(config, "head")
+    settings = FerrySettings(
+        database_url=url,
+        redis_url=str(stack["redis_url"]).rsplit("/", 1)[0] + "/1",
+        kafka_probe_clusters=stack["kafka"],
+        celery_queue=f"fleet-{uuid.uuid4().hex[:8]}",
+        reconcile_interval_seconds=1.0,
+        fleet_lease_seconds=8.0,
+        worker_dead_after_seconds=8.0,
+        replicator_fail_after_seconds=5.0,
+    )
+    yield settings
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+class Fleet:
+    """Worker and beat processes of one test module, each with its own log file."""
+
+    def __init__(self, settings: FerrySettings, logs: Path) -> None:
+        self.settings = settings
+        self.logs = logs
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.env = dict(os.environ)
+        for field, value in settings.model_dump().items():
+            self.env[f"FERRY_{field.upper()}"] = json.dumps(value) if isinstance(value, dict) else str(value)
+        self.env["PYTHONUNBUFFERED"] = "1"
+
+    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        log = self.logs / f"{name}.log"
+        with log.open("ab") as out:
+            proc = subprocess.Popen(
+                argv, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        self.processes[name] = proc
+        return proc
+
+    def start_worker(self, name: str) -> subprocess.Popen[bytes]:
+        return self._spawn(
+            name,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers.celery_app",
+                "worker",
+                "--loglevel",
+                "INFO",
+                "--hostname",
+                f"{name}-{uuid.uuid4().hex[:6]}@%h",
+                "--without-gossip",
+                "--without-mingle",
+            ],
+        )
+
+    def start_beat(self) -> subprocess.Popen[bytes]:
+        return self._spawn(
+            "beat",
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers.celery_app",
+                "beat",
+                "--loglevel",
+                "WARNING",
+                "--schedule",
+                str(self.logs / "celerybeat-schedule"),
+                "--pidfile",
+                "",
+            ],
+        )
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.processes[name]
+        os.killpg(proc.pid, sig)
+        if sig == signal.SIGKILL:
+            proc.wait(timeout=30)
+
+    def stop_all(self) -> None:
+        for proc in self.processes.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        for proc in self.processes.values():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+    def log_tail(self, lines: int = 40) -> str:
+        out = []
+        for path in sorted(self.logs.glob("*.log")):
+            content = path.read_text(errors="replace").splitlines()[-lines:]
+            out.append(f"--- {path.name}\n" + "\n".join(content))
+        return "\n".join(out)
+
+
+@pytest.fixture(scope="module")
+def fleet(fleet_settings: FerrySettings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    running = Fleet(fleet_settings, tmp_path_factory.mktemp("fleet"))
+    running.start_beat()
+    try:
+        yield running
+    finally:
+        running.stop_all()
+        print(running.log_tail())
+
+
+@pytest.fixture(scope="module")
+def fleet_api(fleet_settings: FerrySettings) -> Iterator[str]:
+    with RunningServer(create_app(fleet_settings)) as server:
+        yield server.url
+
+
+@pytest.fixture(scope="module")
+def fleet_kafka(fleet_api: str) -> Any:
+    return kafka_client(fleet_api)
+
+
+@pytest.fixture(scope="module")
+def fleet_db(fleet_settings: FerrySettings) -> Iterator[Engine]:
+    engine = make_sync_engine(fleet_settings)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def fleet_redis(fleet_settings: FerrySettings) -> Iterator[Redis]:
+    client = Redis.from_url(fleet_settings.redis_url)
+    yield client
+    client.close()
+
+
+def unit_owners(db: Engine, replicator_arn: str) -> dict[tuple[str, int], tuple[str | None, int]]:
+    """Copy units of a replicator: (topic, partition) -> (live lease owner or None, epoch)."""
+    with db.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT u.topic, u.partition, CASE WHEN u.lease_expires_at > now() THEN u.owner_worker END, "
+                "u.epoch FROM fleet_units u JOIN replicators r ON r.id = u.replicator_id "
+                "WHERE r.arn = :arn AND u.partition >= 0"
+            ),
+            {"arn": replicator_arn},
+        )
+        return {(r[0], int(r[1])): (r[2], int(r[3])) for r in rows}
+
+
+def live_workers(db: Engine) -> set[str]:
+    with db.connect() as conn:
+        return {
+            r[0]
+            for r in conn.execute(
+                text("SELECT worker_id FROM fleet_workers WHERE heartbeat_at > now() - interval '5 seconds'")
+            )
+        }

@@ -1,0 +1,160 @@
+"""The fleet's pure decision function: assignment fairness and stickiness, unit life cycle, replicator states."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from workers.fleet.plan import (
+    DesiredReplicator,
+    MetadataObservation,
+    Observed,
+    Plan,
+    UnitKey,
+    UnitObservation,
+    balance,
+    plan,
+)
+
+R = "rep-1"
+
+
+def copy_units(n: int, replicator: str = R) -> list[UnitKey]:
+    return [UnitKey(replicator, f"topic-{i % 4}", i // 4) for i in range(n)]
+
+
+def loads(assignment: dict[UnitKey, str | None]) -> Counter[str | None]:
+    return Counter(assignment.values())
+
+
+def test_balance_spreads_evenly() -> None:
+    result = balance(copy_units(48), {}, ["w1", "w2", "w3"])
+    assert loads(result) == {"w1": 16, "w2": 16, "w3": 16}
+    uneven = balance(copy_units(10), {}, ["w1", "w2", "w3"])
+    assert sorted(loads(uneven).values()) == [3, 3, 4]
+
+
+def test_dead_worker_units_spread_over_survivors_and_nothing_else_moves() -> None:
+    units = copy_units(48)
+    before = balance(units, {}, ["w1", "w2", "w3"])
+    after = balance(units, before, ["w1", "w3"])
+    assert loads(after) == {"w1": 24, "w3": 24}
+    moved = {u for u in units if before[u] != after[u]}
+    assert moved == {u for u in units if before[u] == "w2"}
+
+
+def test_joining_worker_takes_a_fair_share_and_only_surplus_moves() -> None:
+    units = copy_units(48)
+    before = balance(units, {}, ["w1", "w2", "w3"])
+    after = balance(units, before, ["w1", "w2", "w3", "w4"])
+    assert loads(after) == {"w1": 12, "w2": 12, "w3": 12, "w4": 12}
+    moved = [u for u in units if before[u] != after[u]]
+    assert len(moved) == 12
+    assert all(after[u] == "w4" for u in moved)
+
+
+def test_balance_is_deterministic_and_stable_on_rerun() -> None:
+    units = copy_units(37)
+    first = balance(units, {}, ["b", "a", "c"])
+    assert balance(units, {}, ["c", "a", "b"]) == first
+    assert balance(units, first, ["a", "b", "c"]) == first
+
+
+def test_no_workers_leaves_units_unassigned() -> None:
+    assert set(balance(copy_units(3), {}, []).values()) == {None}
+
+
+def apply(observed: Observed, result: Plan, owners_follow: bool = True) -> Observed:
+    """What the world looks like after the plan is applied and owners have followed their assignments."""
+    units = dict(observed.units)
+    for unit in result.delete_units:
+        units.pop(unit, None)
+    for unit in result.create_units:
+        units[unit] = UnitObservation(None, None)
+    for unit, worker in result.assign.items():
+        old = units.get(unit, UnitObservation(None, None))
+        units[unit] = UnitObservation(worker, worker if owners_follow else old.owner)
+    return Observed(observed.live_workers, units, observed.metadata)
+
+
+def test_a_new_replicator_gets_a_metadata_unit_then_copy_units_then_runs() -> None:
+    creating = DesiredReplicator(R, "CREATING", 1)
+    observed = Observed(frozenset({"w1", "w2"}), {}, {})
+    first = plan([creating], observed)
+    assert first.create_units == {UnitKey.metadata(R)}
+    assert first.assign[UnitKey.metadata(R)] in {"w1", "w2"}
+    assert first.state_changes == {}
+
+    observed = apply(observed, first)
+    inventory = frozenset({("orders", 0), ("orders", 1), ("orders", 2)})
+    observed = Observed(observed.live_workers, observed.units, {R: MetadataObservation(1, inventory)})
+    second = plan([creating], observed)
+    assert second.create_units == {UnitKey(R, "orders", p) for p in range(3)}
+    assert R not in second.state_changes, "not RUNNING before every unit has an owner"
+
+    observed = apply(observed, second)
+    third = plan([creating], observed)
+    assert third.state_changes[R].state == "RUNNING"
+    assert third.state_changes[R].observed_generation == 1
+    assert plan([DesiredReplicator(R, "RUNNING", 1)], observed).is_empty
+
+
+def test_update_stays_updating_until_the_new_generation_is_applied() -> None:
+    inventory = frozenset({("a", 0)})
+    units = {UnitKey.metadata(R): UnitObservation("w1", "w1"), UnitKey(R, "a", 0): UnitObservation("w1", "w1")}
+    updating = DesiredReplicator(R, "UPDATING", 2)
+    old = Observed(frozenset({"w1"}), units, {R: MetadataObservation(1, inventory)})
+    assert R not in plan([updating], old).state_changes
+    new_inventory = frozenset({("a", 0), ("b", 0)})
+    applied = Observed(frozenset({"w1"}), units, {R: MetadataObservation(2, new_inventory)})
+    step = plan([updating], applied)
+    assert step.create_units == {UnitKey(R, "b", 0)}
+    done = plan([updating], apply(applied, step))
+    assert done.state_changes[R].state == "RUNNING"
+
+
+def test_removed_topics_units_are_stopped_then_deleted() -> None:
+    units = {UnitKey.metadata(R): UnitObservation("w1", "w1"), UnitKey(R, "gone", 0): UnitObservation("w1", "w1")}
+    observed = Observed(frozenset({"w1"}), units, {R: MetadataObservation(1, frozenset())})
+    step = plan([DesiredReplicator(R, "RUNNING", 1)], observed)
+    assert step.assign[UnitKey(R, "gone", 0)] is None
+    assert UnitKey(R, "gone", 0) not in step.delete_units, "deleted only after its owner let go"
+    released = dict(units)
+    released[UnitKey(R, "gone", 0)] = UnitObservation(None, None)
+    final = plan([DesiredReplicator(R, "RUNNING", 1)], Observed(observed.live_workers, released, observed.metadata))
+    assert final.delete_units == {UnitKey(R, "gone", 0)}
+
+
+def test_deleting_stops_every_unit_and_removes_the_replicator_when_no_owner_is_left() -> None:
+    units = {UnitKey.metadata(R): UnitObservation("w1", "w1"), UnitKey(R, "a", 0): UnitObservation("w2", "w2")}
+    observed = Observed(frozenset({"w1", "w2"}), units, {R: MetadataObservation(1, frozenset({("a", 0)}))})
+    deleting = DesiredReplicator(R, "DELETING", 1)
+    step = plan([deleting], observed)
+    assert step.assign == {UnitKey.metadata(R): None, UnitKey(R, "a", 0): None}
+    assert step.delete_replicators == set()
+    stopped = {u: UnitObservation(None, None) for u in units}
+    final = plan([deleting], Observed(observed.live_workers, stopped, observed.metadata))
+    assert final.delete_replicators == {R}
+    assert final.delete_units == set(units)
+
+
+def test_failure_is_reported_and_clears_to_running() -> None:
+    units = {UnitKey.metadata(R): UnitObservation("w1", "w1")}
+    failing = MetadataObservation(0, frozenset(), "TARGET_UNREACHABLE", "no broker of 127.0.0.1:1 answered", True)
+    observed = Observed(frozenset({"w1"}), units, {R: failing})
+    step = plan([DesiredReplicator(R, "CREATING", 1)], observed)
+    assert step.state_changes[R].state == "FAILED"
+    assert step.state_changes[R].state_info == {
+        "code": "TARGET_UNREACHABLE",
+        "message": "no broker of 127.0.0.1:1 answered",
+    }
+    failed = DesiredReplicator(R, "FAILED", 1, {"code": "TARGET_UNREACHABLE", "message": "x"})
+    healed = Observed(frozenset({"w1"}), units, {R: MetadataObservation(1, frozenset())})
+    assert plan([failed], healed).state_changes[R].state == "RUNNING"
+
+
+def test_units_of_a_dead_worker_are_reassigned_but_ownership_waits_for_the_lease() -> None:
+    units = {UnitKey.metadata(R): UnitObservation("w1", "w1"), UnitKey(R, "a", 0): UnitObservation("dead", "dead")}
+    observed = Observed(frozenset({"w1"}), units, {R: MetadataObservation(1, frozenset({("a", 0)}))})
+    step = plan([DesiredReplicator(R, "RUNNING", 1)], observed)
+    assert step.assign == {UnitKey(R, "a", 0): "w1"}
+    assert step.state_changes == {}

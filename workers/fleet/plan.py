@@ -1,0 +1,201 @@
+"""The fleet's decision: a pure function from (desired, observed) to the changes that make them agree.
+
+Everything here is data in, data out: no database, Redis, Kafka or clock. The reconcile task gathers the
+inputs, calls ``plan`` and applies the result in one transaction, so the decision can be tested exhaustively
+without I/O and re-running it on unchanged inputs changes nothing (level-triggered).
+
+Units of work:
+- one *metadata unit* per replicator (``partition == METADATA_PARTITION``): discovers matching source topics,
+  creates target topics, syncs configurations, and reports the partition inventory the copy units come from;
+- one *copy unit* per source topic-partition in that inventory.
+
+Assignment is sticky and incremental: a unit stays on its worker while that worker is alive and not above its
+fair share, so a joining worker takes only the surplus of the others, and a dead worker's units are spread over
+the survivors. Moving a unit only changes ``assigned_worker``; the current owner releases its lease and the new
+one acquires it afterwards, so a partition never has two owners (see ``workers/fleet/leases.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+METADATA_PARTITION = -1
+
+
+@dataclass(frozen=True, order=True)
+class UnitKey:
+    replicator_id: str
+    topic: str
+    partition: int
+
+    @classmethod
+    def metadata(cls, replicator_id: str) -> UnitKey:
+        return cls(replicator_id, "", METADATA_PARTITION)
+
+    @property
+    def is_metadata(self) -> bool:
+        return self.partition == METADATA_PARTITION
+
+
+@dataclass(frozen=True)
+class DesiredReplicator:
+    id: str
+    state: str  # CREATING | RUNNING | UPDATING | DELETING | FAILED
+    generation: int
+    state_info: Mapping[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class UnitObservation:
+    assigned_worker: str | None
+    owner: str | None  # holder of a live lease, None when free or expired
+
+
+@dataclass(frozen=True)
+class MetadataObservation:
+    """What a replicator's metadata unit last reported."""
+
+    applied_generation: int
+    partitions: frozenset[tuple[str, int]]  # source topic-partitions in scope, target topics created
+    error_code: str | None = None
+    error_message: str | None = None
+    failed: bool = False  # the error lasted long enough to count as a failure of the replicator
+    notice_code: str | None = None  # not a failure, but shown in stateInfo (e.g. no topic matches)
+    notice_message: str | None = None
+
+
+@dataclass(frozen=True)
+class Observed:
+    live_workers: frozenset[str]
+    units: Mapping[UnitKey, UnitObservation]
+    metadata: Mapping[str, MetadataObservation]
+
+
+@dataclass(frozen=True)
+class StateChange:
+    state: str
+    state_info: Mapping[str, str] | None
+    observed_generation: int | None = None
+
+
+@dataclass
+class Plan:
+    create_units: set[UnitKey] = field(default_factory=set)
+    delete_units: set[UnitKey] = field(default_factory=set)
+    assign: dict[UnitKey, str | None] = field(default_factory=dict)
+    state_changes: dict[str, StateChange] = field(default_factory=dict)
+    delete_replicators: set[str] = field(default_factory=set)
+
+    @property
+    def is_empty(self) -> bool:
+        return not (
+            self.create_units or self.delete_units or self.assign or self.state_changes or self.delete_replicators
+        )
+
+
+def wanted_units(replicator: DesiredReplicator, metadata: MetadataObservation | None) -> set[UnitKey]:
+    if replicator.state == "DELETING":
+        return set()
+    units = {UnitKey.metadata(replicator.id)}
+    if metadata is not None:
+        units |= {UnitKey(replicator.id, topic, partition) for topic, partition in metadata.partitions}
+    return units
+
+
+def balance(
+    units: Iterable[UnitKey], current: Mapping[UnitKey, str | None], workers: Iterable[str]
+) -> dict[UnitKey, str | None]:
+    """Sticky fair assignment of units to workers; returns the full assignment.
+
+    Every worker ends with floor(n/w) or ceil(n/w) units. The workers already holding the most keep the larger
+    shares, units move only off a dead or over-full worker, and the least-loaded worker (then the smallest id)
+    receives them, so the result is deterministic and moves as little as possible.
+    """
+    ordered_units = sorted(units)
+    live = sorted(set(workers))
+    if not live:
+        return dict.fromkeys(ordered_units)
+    base, extra = divmod(len(ordered_units), len(live))
+    held: dict[str, list[UnitKey]] = {w: [] for w in live}
+    homeless: list[UnitKey] = []
+    for unit in ordered_units:
+        worker = current.get(unit)
+        if worker in held:
+            held[worker].append(unit)
+        else:
+            homeless.append(unit)
+    by_load = sorted(live, key=lambda w: (-len(held[w]), w))
+    cap = {w: base + (1 if i < extra else 0) for i, w in enumerate(by_load)}
+    assignment: dict[UnitKey, str | None] = {}
+    for worker in live:
+        for unit in held[worker][: cap[worker]]:
+            assignment[unit] = worker
+        homeless.extend(held[worker][cap[worker] :])
+        held[worker] = held[worker][: cap[worker]]
+    for unit in sorted(homeless):
+        worker = min((w for w in live if len(held[w]) < cap[w]), key=lambda w: (len(held[w]), w))
+        held[worker].append(unit)
+        assignment[unit] = worker
+    return assignment
+
+
+def _all_running(units: set[UnitKey], observed: Observed) -> bool:
+    return all((obs := observed.units.get(u)) is not None and obs.owner is not None for u in units)
+
+
+def _next_state(replicator: DesiredReplicator, wanted: set[UnitKey], observed: Observed) -> StateChange | None:
+    metadata = observed.metadata.get(replicator.id)
+    if replicator.state == "DELETING":
+        return None
+    if metadata is not None and metadata.failed:
+        info = {"code": metadata.error_code or "UNKNOWN", "message": metadata.error_message or ""}
+        if replicator.state != "FAILED" or dict(replicator.state_info or {}) != info:
+            return StateChange("FAILED", info)
+        return None
+    applied = metadata is not None and metadata.applied_generation >= replicator.generation
+    if metadata is not None and applied and _all_running(wanted, observed):
+        notice = (
+            {"code": metadata.notice_code, "message": metadata.notice_message or ""} if metadata.notice_code else None
+        )
+        if replicator.state != "RUNNING" or (dict(replicator.state_info) if replicator.state_info else None) != notice:
+            return StateChange("RUNNING", notice, observed_generation=replicator.generation)
+        return None
+    # A FAILED replicator stays FAILED, with its last reason, until the cause cleared and every unit runs again.
+    return None
+
+
+def plan(desired: Sequence[DesiredReplicator], observed: Observed) -> Plan:
+    result = Plan()
+    wanted_by_replicator: dict[str, set[UnitKey]] = {}
+    for replicator in desired:
+        wanted_by_replicator[replicator.id] = wanted_units(replicator, observed.metadata.get(replicator.id))
+    wanted = set().union(*wanted_by_replicator.values()) if wanted_by_replicator else set()
+
+    # Units no replicator wants any more: stop them (unassign) and delete the row once nobody owns it.
+    for unit, obs in observed.units.items():
+        if unit in wanted:
+            continue
+        if obs.owner is None:
+            result.delete_units.add(unit)
+        elif obs.assigned_worker is not None:
+            result.assign[unit] = None
+
+    result.create_units = wanted - set(observed.units)
+    current = {u: (observed.units[u].assigned_worker if u in observed.units else None) for u in wanted}
+    for unit, worker in balance(wanted, current, observed.live_workers).items():
+        if current.get(unit) != worker or unit in result.create_units:
+            result.assign[unit] = worker
+
+    for replicator in desired:
+        if replicator.state == "DELETING":
+            remaining = [
+                u for u, obs in observed.units.items() if u.replicator_id == replicator.id and obs.owner is not None
+            ]
+            if not remaining:
+                result.delete_replicators.add(replicator.id)
+            continue
+        change = _next_state(replicator, wanted_by_replicator[replicator.id], observed)
+        if change is not None:
+            result.state_changes[replicator.id] = change
+    return result
