@@ -132,15 +132,17 @@ def spawn(argv: list[str], log: Path, *, env: dict[str, str] | None = None) -> s
         )
 
 
-async def stop_process(proc: subprocess.Popen[bytes], name: str, grace: float = 30.0) -> int | None:
-    """SIGTERM the process we started (by its pid), wait up to ``grace`` seconds, then SIGKILL."""
+async def stop_process(
+    proc: subprocess.Popen[bytes], name: str, grace: float = 30.0, sig: signal.Signals = signal.SIGTERM
+) -> int | None:
+    """Signal the process we started (by its pid; SIGTERM by default), wait up to ``grace`` s, then SIGKILL."""
     if proc.poll() is not None:
         return proc.returncode
-    os.kill(proc.pid, signal.SIGTERM)
+    os.kill(proc.pid, sig)
     try:
         await asyncio.to_thread(proc.wait, grace)
     except subprocess.TimeoutExpired:
-        say(f"{name} (pid {proc.pid}) ignored SIGTERM for {grace:.0f}s; sending SIGKILL")
+        say(f"{name} (pid {proc.pid}) ignored {sig.name} for {grace:.0f}s; sending SIGKILL")
         os.kill(proc.pid, signal.SIGKILL)
         await asyncio.to_thread(proc.wait)
     return proc.returncode

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
 
 from bench.common import MB, BenchError, Stack, cpu_seconds, loadavg, memory_kib, say, wait_until
 from bench.kafka import Cluster, producer_perf
@@ -46,15 +49,68 @@ class TargetWatch:
             await self.consumer.stop()
 
 
+async def verify_copy(source: Cluster, target: Cluster, source_topic: str, target_topic: str) -> dict[str, Any]:
+    """Check the copy: per-partition record counts equal, and sampled records (first, middle, last offset of
+    every partition) identical in key, value, timestamp and headers on both sides."""
+    parts = await source.wait_partitions(source_topic, 30.0)
+    target_parts = await target.partitions(target_topic)
+    if target_parts != parts:
+        return {"ok": False, "reason": f"target has {target_parts} partitions, source {parts}"}
+    src_end = await source.end_offsets(source_topic, parts)
+    tgt_end = await target.end_offsets(target_topic, parts)
+    mismatched = {p: (src_end[p], tgt_end[p]) for p in range(parts) if src_end[p] != tgt_end[p]}
+    samples = [(p, off) for p in range(parts) if src_end[p] > 0 for off in sorted({0, src_end[p] // 2, src_end[p] - 1})]
+    src_records = await _read_at(source.bootstrap, source_topic, samples)
+    tgt_records = await _read_at(target.bootstrap, target_topic, samples)
+    differing = [f"{p}@{off}" for p, off in samples if src_records.get((p, off)) != tgt_records.get((p, off))]
+    missing = [f"{p}@{off}" for p, off in samples if (p, off) not in tgt_records]
+    ok = not mismatched and not differing
+    return {
+        "ok": ok,
+        "partition_counts_equal": not mismatched,
+        "partition_count_mismatches": {str(p): v for p, v in mismatched.items()},
+        "sampled_records": len(samples),
+        "sampled_records_differing": differing[:20],
+        "sampled_records_missing": missing[:20],
+        "method": "per-partition end offsets; records at the first, middle and last offset of each partition "
+        "compared (key, value, timestamp, headers); target offsets equal source offsets on a fresh topic",
+    }
+
+
+async def _read_at(bootstrap: str, topic: str, samples: list[tuple[int, int]]) -> dict[tuple[int, int], Any]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, max_partition_fetch_bytes=65536)
+    await consumer.start()
+    out: dict[tuple[int, int], Any] = {}
+    try:
+        for partition, offset in samples:
+            tp = TopicPartition(topic, partition)
+            consumer.assign([tp])
+            consumer.seek(tp, offset)
+            batch = await consumer.getmany(tp, timeout_ms=5000, max_records=1)
+            for message in batch.get(tp, []):
+                out[(partition, message.offset)] = (
+                    message.key,
+                    message.value,
+                    message.timestamp,
+                    tuple(message.headers or ()),
+                )
+    finally:
+        await consumer.stop()
+    return out
+
+
 async def catch_up(
     rep: Replicator,
     *,
     source_topic: str,
     records: int,
     record_size: int,
+    source: Cluster,
     target: Cluster,
     startup_limit_s: float,
     catchup_limit_s: float,
+    on_first_record: Callable[[subprocess.Popen[bytes]], None] | None = None,
+    on_caught_up: Callable[[], Awaitable[None]] | None = None,
 ) -> dict[str, Any]:
     """Start the replicator on a preloaded topic and time it until the target holds every record.
 
@@ -97,16 +153,20 @@ async def catch_up(
         result["time_to_first_record_s"] = round(t_first - t_start, 3)
         result["records_at_first_observation"] = first_count
         say(f"  {rep.label}: first records after {t_first - t_start:.1f}s ({first_count:,} already there)")
+        if on_first_record is not None:
+            on_first_record(proc)
         t_done = await wait_until(
             f"{rep.label}: all {records:,} records on the target",
             all_records,
             catchup_limit_s,
-            interval=0.25,
+            interval=0.1,
             progress=progress,
             proc=proc,
             log=rep.log,
         )
         cpu_done = cpu_seconds(proc.pid)
+        if on_caught_up is not None:
+            await on_caught_up()
         window = t_done - t_first
         copied = records - first_count
         result.update(
@@ -137,6 +197,15 @@ async def catch_up(
         if isinstance(rep, MirrorMaker2):
             result["mm2_effective_producer_config"] = rep.effective_producer_config()
             result["mm2_effective_consumer_config"] = rep.effective_consumer_config()
+        if result.get("status") == "ok":
+            try:
+                result["verification"] = await verify_copy(source, target, source_topic, target_topic)
+            except (BenchError, OSError, KafkaError) as exc:
+                result["verification"] = {"ok": False, "reason": f"verification failed: {exc}"}
+            if not result["verification"]["ok"]:
+                result["status"] = "wrong-copy"
+                result["reason"] = f"copy differs from the source: {result['verification']}"
+            say(f"  {rep.label}: copy verified: {result['verification']['ok']}")
     return result
 
 

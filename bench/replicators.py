@@ -13,7 +13,6 @@ import secrets
 import subprocess
 import sys
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -108,8 +107,6 @@ class Replicator(ABC):
         self.log = log_dir / f"{label}-{self.token}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.settings: dict[str, Any] = {}
-        # called with the new process right after start (the profiler attaches here)
-        self.on_start: Callable[[subprocess.Popen[bytes]], None] | None = None
         self.source_topics: list[str] = []
 
     def unavailable(self) -> str | None:
@@ -128,8 +125,6 @@ class Replicator(ABC):
         (self.log.parent / f"{self.log.stem}.cmd").write_text(" ".join(argv) + "\n")
         say(f"starting {self.label} (log: {self.log})")
         self.proc = spawn(argv, self.log, env=self.env())
-        if self.on_start is not None:
-            self.on_start(self.proc)
         return self.proc
 
     def env(self) -> dict[str, str] | None:

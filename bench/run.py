@@ -22,6 +22,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -300,6 +301,7 @@ class Bench:
                 source_topic=topic,
                 records=spec["records"],
                 record_size=spec["record_size"],
+                source=source,
                 target=target,
                 startup_limit_s=180.0,
                 catchup_limit_s=self.args.catchup_limit,
@@ -392,26 +394,33 @@ class Bench:
             tool: str = py_spy or "py-spy"
 
             def attach(proc: subprocess.Popen[bytes]) -> None:
+                # from the first replicated record on: start-up and imports are not "full throughput"
                 argv = [tool, "record", "--pid", str(proc.pid), "--rate", "100", "--format", "raw", "-o", str(raw)]
                 profiler.append(spawn(argv, self.log_dir / "py-spy.log"))
 
-            rep.on_start = attach
+            async def detach() -> None:
+                for proc in profiler:
+                    # SIGINT (Ctrl-C): py-spy writes its output and exits
+                    await stop_process(proc, "py-spy", grace=20, sig=signal.SIGINT)
+
             try:
                 run = await catch_up(
                     rep,
                     source_topic=topic,
                     records=spec["records"],
                     record_size=spec["record_size"],
+                    source=source,
                     target=target,
                     startup_limit_s=180.0,
                     catchup_limit_s=self.args.catchup_limit,
+                    on_first_record=attach,
+                    on_caught_up=detach,
                 )
             finally:
-                for proc in profiler:
-                    await stop_process(proc, "py-spy", grace=20)
+                await detach()
             out["run"] = {k: run.get(k) for k in ("status", "mb_per_s", "records_per_s", "reason")}
             out["raw_profile"] = str(raw)
-            out["top_functions_self"] = top_frames(raw)
+            out.update(profile_summary(raw))
             out["status"] = "ok" if out["top_functions_self"] else "failed"
             if not out["top_functions_self"]:
                 out["reason"] = f"py-spy wrote no samples; see {self.log_dir / 'py-spy.log'}"
@@ -420,22 +429,61 @@ class Bench:
             await self.cleanup(rep, source, target)
 
 
-def top_frames(raw: Path, limit: int = 15) -> list[dict[str, Any]]:
-    """Self time by function from py-spy's collapsed-stack ('raw') output."""
-    counts: Counter[str] = Counter()
+PROFILE_AREAS = (
+    ("workers/engine", "Ferry engine code"),
+    ("aiokafka/producer", "aiokafka producer (batch building, sending)"),
+    ("aiokafka/consumer", "aiokafka consumer (fetching, record objects)"),
+    ("aiokafka/record", "aiokafka record encoding/decoding"),
+    ("aiokafka/protocol", "aiokafka protocol encoding/decoding"),
+    ("aiokafka", "aiokafka other (connections, client)"),
+    ("asyncio", "asyncio event loop and sockets"),
+    ("selectors", "asyncio event loop and sockets"),
+)
+
+
+def _area(frame: str) -> str:
+    for marker, name in PROFILE_AREAS:
+        if marker in frame:
+            return name
+    return "other (stdlib, logging, dataclasses, ...)"
+
+
+def profile_summary(raw: Path, limit: int = 15) -> dict[str, Any]:
+    """From py-spy's collapsed stacks ('raw'): self time by function and by area, and inclusive time of the
+    engine's own functions."""
+    self_by_function: Counter[str] = Counter()
+    self_by_area: Counter[str] = Counter()
+    inclusive_engine: Counter[str] = Counter()
     total = 0
     try:
         text = raw.read_text(errors="replace")
     except OSError:
-        return []
+        text = ""
     for line in text.splitlines():
         stack, _, n = line.rpartition(" ")
         if not stack or not n.isdigit():
             continue
-        leaf = stack.split(";")[-1]
-        counts[re.sub(r"\s+", " ", leaf)] += int(n)
-        total += int(n)
-    return [{"function": name, "samples": n, "share": round(n / total, 3)} for name, n in counts.most_common(limit)]
+        count = int(n)
+        frames = [re.sub(r":\d+\)$", ")", f.strip()) for f in stack.split(";")]
+        leaf = frames[-1]
+        self_by_function[leaf] += count
+        self_by_area[_area(leaf)] += count
+        for frame in set(frames):
+            if "workers/engine" in frame and "__main__" not in frame:
+                inclusive_engine[frame] += count
+        total += count
+
+    def share(counter: Counter[str], n: int) -> list[dict[str, Any]]:
+        return [{"function": name, "samples": c, "share": round(c / total, 3)} for name, c in counter.most_common(n)]
+
+    return {
+        "samples": total,
+        "self_by_area": [{"area": a, "samples": c, "share": round(c / total, 3)} for a, c in self_by_area.most_common()]
+        if total
+        else [],
+        "top_functions_self": share(self_by_function, limit) if total else [],
+        "engine_functions_inclusive": share(inclusive_engine, 10) if total else [],
+    }
 
 
 async def amain(argv: list[str] | None = None) -> int:
