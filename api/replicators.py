@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 
 from api.deps import transaction
 from api.errors import error_responses, require_json_body
@@ -27,7 +27,7 @@ from models.replicator_shapes import (
 router = APIRouter(tags=["replicators"])
 
 _READ_ERRORS = (400, 401, 403, 404, 429, 500, 503)
-ArnInPath = Annotated[str, "the replicator ARN, percent-encoded"]
+ReplicatorArn = Annotated[str, Path(description="The replicator ARN, percent-encoded (`:` as %3A, `/` as %2F).")]
 
 
 @router.post(
@@ -90,7 +90,9 @@ async def list_replicators(
     response_model_exclude_none=True,
     responses=error_responses(*_READ_ERRORS),
 )
-async def describe_replicator(replicatorArn: str, request: Request, caller: CallerDep) -> DescribeReplicatorResponse:
+async def describe_replicator(
+    replicatorArn: ReplicatorArn, request: Request, caller: CallerDep
+) -> DescribeReplicatorResponse:
     """The replicator's configuration, cluster aliases, state and currentVersion."""
     async with transaction(request) as session:
         row = await replicator_service.get_replicator(session, account_id=caller.account_id, arn=replicatorArn)
@@ -107,7 +109,7 @@ async def describe_replicator(replicatorArn: str, request: Request, caller: Call
     dependencies=[Depends(require_json_body)],
 )
 async def update_replication_info(
-    replicatorArn: str,
+    replicatorArn: ReplicatorArn,
     body: UpdateReplicationInfoRequest,
     request: Request,
     caller: CallerDep,
@@ -129,7 +131,7 @@ async def update_replication_info(
     responses=error_responses(*_READ_ERRORS),
 )
 async def delete_replicator(
-    replicatorArn: str,
+    replicatorArn: ReplicatorArn,
     request: Request,
     caller: CallerDep,
     current_version: Annotated[str | None, Query(alias="currentVersion", max_length=64)] = None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
 from api.deps import transaction
 from api.errors import error_responses, require_json_body
@@ -16,6 +16,7 @@ router = APIRouter(tags=["tags"])
 
 # The service model lists 400, 404 and 500 for the tag operations; 503 is Ferry's database being down.
 _TAG_ERRORS = (400, 404, 500, 503)
+ResourceArn = Annotated[str, Path(description="The replicator ARN, percent-encoded (`:` as %3A, `/` as %2F).")]
 
 
 @router.post(
@@ -27,7 +28,9 @@ _TAG_ERRORS = (400, 404, 500, 503)
     responses=error_responses(*_TAG_ERRORS, body=True),
     dependencies=[Depends(require_json_body)],
 )
-async def tag_resource(resourceArn: str, body: TagResourceRequest, request: Request, caller: CallerDep) -> Response:
+async def tag_resource(
+    resourceArn: ResourceArn, body: TagResourceRequest, request: Request, caller: CallerDep
+) -> Response:
     """Tags with existing keys are overwritten."""
     async with transaction(request) as session:
         await replicator_service.tag_resource(session, account_id=caller.account_id, arn=resourceArn, tags=body.tags)
@@ -43,7 +46,7 @@ async def tag_resource(resourceArn: str, body: TagResourceRequest, request: Requ
     responses=error_responses(*_TAG_ERRORS),
 )
 async def untag_resource(
-    resourceArn: str,
+    resourceArn: ResourceArn,
     request: Request,
     caller: CallerDep,
     tag_keys: Annotated[list[str], Query(alias="tagKeys")],
@@ -63,7 +66,9 @@ async def untag_resource(
     response_model=ListTagsForResourceResponse,
     responses=error_responses(*_TAG_ERRORS),
 )
-async def list_tags_for_resource(resourceArn: str, request: Request, caller: CallerDep) -> ListTagsForResourceResponse:
+async def list_tags_for_resource(
+    resourceArn: ResourceArn, request: Request, caller: CallerDep
+) -> ListTagsForResourceResponse:
     async with transaction(request) as session:
         tags = await replicator_service.list_tags(session, account_id=caller.account_id, arn=resourceArn)
     return ListTagsForResourceResponse(tags=tags)

@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import boto3
 import pytest
 from sqlalchemy import Engine, select, update
 
@@ -367,3 +368,36 @@ def test_concurrent_updates_with_one_version_only_one_applies(
     topics = kafka.describe_replicator(ReplicatorArn=arn)["ReplicationInfoList"][0]["TopicReplication"]
     assert topics["TopicsToReplicate"] == winners
     assert _row(db_engine, arn).generation == 2
+
+
+def test_describe_reports_the_state_the_fleet_wrote(
+    kafka: Any, unique: str, clusters: dict[str, Any], db_engine: Engine
+) -> None:
+    arn = kafka.create_replicator(**create_request(unique, clusters))["ReplicatorArn"]
+    with db_engine.begin() as connection:  # what the worker fleet writes when a replicator cannot start
+        connection.execute(
+            update(Replicator)
+            .where(Replicator.arn == arn)
+            .values(state="FAILED", state_info={"code": "SourceUnreachable", "message": "no broker answered"})
+        )
+
+    described = kafka.describe_replicator(ReplicatorArn=arn)
+
+    assert described["ReplicatorState"] == "FAILED"
+    assert described["StateInfo"] == {"Code": "SourceUnreachable", "Message": "no broker answered"}
+    with pytest.raises(kafka.exceptions.BadRequestException, match="delete it and create it again"):
+        kafka.update_replication_info(
+            ReplicatorArn=arn, CurrentVersion=described["CurrentVersion"], TopicReplication=TOPIC_UPDATE
+        )
+
+
+def test_endpoint_from_the_environment(api_url: str, unique: str, clusters: dict[str, Any],
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    # Scripts switch to Ferry by setting AWS_ENDPOINT_URL_KAFKA; their code does not change.
+    monkeypatch.setenv("AWS_ENDPOINT_URL_KAFKA", api_url)
+    client = boto3.client("kafka", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+
+    created = client.create_replicator(**create_request(unique, clusters))
+
+    assert client.meta.endpoint_url == api_url
+    assert created["ReplicatorName"] == unique
