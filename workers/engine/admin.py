@@ -1,0 +1,117 @@
+"""Small checked wrappers over aiokafka's admin client: its create/alter calls return raw responses whose
+per-resource error codes the caller would otherwise have to remember to inspect."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import for_code
+
+# DescribeConfigs config_source values (KIP-226).
+CONFIG_SOURCE_DYNAMIC_TOPIC = 1
+TOPIC_ALREADY_EXISTS = 36
+
+
+@dataclass(frozen=True)
+class TopicMetadata:
+    name: str
+    partitions: int
+    is_internal: bool
+
+
+@dataclass(frozen=True)
+class ConfigEntry:
+    name: str
+    value: str | None
+    source: int
+    read_only: bool
+    sensitive: bool
+
+
+class AdminError(Exception):
+    """A broker refused an admin operation on one resource; ``code`` is the Kafka error code."""
+
+    def __init__(self, resource: str, code: int, message: str) -> None:
+        self.resource = resource
+        self.code = code
+        self.error_name = for_code(code).__name__
+        super().__init__(f"{resource}: {self.error_name} ({code}){': ' + message if message else ''}")
+
+
+async def describe_topics(admin: AIOKafkaAdminClient, topics: list[str] | None = None) -> dict[str, TopicMetadata]:
+    """Topics that exist and answer without error (None lists all topics)."""
+    found: dict[str, TopicMetadata] = {}
+    for entry in await admin.describe_topics(topics):
+        if entry["error_code"] != 0:
+            continue
+        found[entry["topic"]] = TopicMetadata(entry["topic"], len(entry["partitions"]), bool(entry["is_internal"]))
+    return found
+
+
+async def broker_count(admin: AIOKafkaAdminClient) -> int:
+    cluster = await admin.describe_cluster()
+    return len(cluster["brokers"])
+
+
+async def cluster_id(admin: AIOKafkaAdminClient) -> str:
+    cluster = await admin.describe_cluster()
+    return str(cluster["cluster_id"])
+
+
+async def create_topic(admin: AIOKafkaAdminClient, name: str, partitions: int, replication_factor: int,
+                       configs: Mapping[str, str]) -> bool:
+    """Create a topic; False if it already existed. Raises AdminError for any other refusal."""
+    response = await admin.create_topics([NewTopic(name, partitions, replication_factor,
+                                                   topic_configs=dict(configs))])
+    for topic_error in response.topic_errors:
+        topic, code = topic_error[0], topic_error[1]
+        message = topic_error[2] if len(topic_error) > 2 else ""
+        if code == TOPIC_ALREADY_EXISTS:
+            return False
+        if code != 0:
+            raise AdminError(f"topic {topic}", code, message or "")
+    return True
+
+
+async def add_partitions(admin: AIOKafkaAdminClient, name: str, total: int) -> None:
+    try:
+        await admin.create_partitions({name: NewPartitions(total)})
+    except Exception as exc:
+        code = getattr(exc, "errno", -1)
+        raise AdminError(f"topic {name}", int(code) if isinstance(code, int) else -1, str(exc)) from exc
+
+
+async def describe_topic_configs(admin: AIOKafkaAdminClient,
+                                 topics: Iterable[str]) -> dict[str, dict[str, ConfigEntry]]:
+    resources = [ConfigResource(ConfigResourceType.TOPIC, topic) for topic in topics]
+    if not resources:
+        return {}
+    result: dict[str, dict[str, ConfigEntry]] = {}
+    for response in await admin.describe_configs(resources):
+        for resource in response.resources:
+            error_code, _message, _type, name, entries = resource[0], resource[1], resource[2], resource[3], \
+                resource[4]
+            if error_code != 0:
+                continue
+            result[name] = {entry[0]: _config_entry(entry) for entry in entries}
+    return result
+
+
+def _config_entry(entry: Any) -> ConfigEntry:
+    # DescribeConfigs v1+: (name, value, read_only, config_source, is_sensitive, synonyms)
+    return ConfigEntry(name=entry[0], value=entry[1], read_only=bool(entry[2]), source=int(entry[3]),
+                       sensitive=bool(entry[4]))
+
+
+async def replace_topic_configs(admin: AIOKafkaAdminClient, topic: str, configs: Mapping[str, str]) -> None:
+    """Set the topic's complete dynamic config set (legacy AlterConfigs: keys left out are reset)."""
+    responses = await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, dict(configs))])
+    for response in responses:
+        for resource in response.resources:
+            code, message, name = resource[0], resource[1], resource[3]
+            if code != 0:
+                raise AdminError(f"topic {name} configs", code, message or "")

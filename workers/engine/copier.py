@@ -1,0 +1,759 @@
+"""The partition copier: copies an explicit, changeable set of source partitions to the target.
+
+One consumer (read_committed, manual assignment, no group) and one producer per copier. Each source record
+goes to the same partition number of the target topic with its key, value, headers and timestamp.
+
+Two delivery modes:
+
+* at-least-once: batches are sent without waiting; acknowledgements advance each partition's durable
+  position in order, and progress is written to the target's progress topic every ``progress_interval_s``
+  after the data it covers was acknowledged. A crash re-copies at most what was acknowledged after the last
+  progress write plus what was in flight.
+* exactly-once: each poll becomes one transaction on the target holding the records and the progress
+  records, so after any crash the target holds each source record once (for read_committed readers).
+
+The caller supplies the transactional id of the unit of work (Kafka fences an older producer with the same
+id) and optionally ``lease_check``, awaited before every progress commit: returning False stops the copier
+with ``LeaseLost`` before anything more becomes durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    KafkaError,
+    MessageSizeTooLargeError,
+    OffsetOutOfRangeError,
+    ProducerFenced,
+    RecordTooLargeError,
+    TopicAuthorizationFailedError,
+    TransactionalIdAuthorizationFailed,
+)
+
+from workers.engine import admin as kafka_admin
+from workers.engine.connection import ClusterConnection, client_kwargs
+from workers.engine.metrics import ErrorKind, PartitionMetrics, PartitionStats
+from workers.engine.progress import PartitionProgress, ProgressStore, encode_progress, now_ms, progress_key
+from workers.engine.spec import PROVENANCE_HEADER, ReplicationSpec, StartingPosition, TopicNaming
+
+log = logging.getLogger(__name__)
+
+LeaseCheck = Callable[[], Awaitable[bool]]
+
+
+class CopierError(Exception):
+    """The copier cannot continue; the owner must not restart it blindly."""
+
+
+class LeaseLost(CopierError):
+    """``lease_check`` answered False: another worker may own these partitions now."""
+
+
+class CopierFenced(CopierError):
+    """A newer producer with the same transactional id exists: this copier is a zombie."""
+
+
+class TargetPartitionMissing(CopierError):
+    """A source partition was assigned before its target partition existed (topic sync must run first)."""
+
+
+@dataclass(frozen=True)
+class BatchMapping:
+    """Where a run of copied records landed: source offset ``source_offsets[i]`` is at target offset
+    ``target_base_offset + i``. Source offsets may have gaps (compaction, transaction markers, filtered
+    records); target offsets of one mapping are contiguous."""
+
+    source: TopicPartition
+    target: TopicPartition
+    source_offsets: Sequence[int]
+    target_base_offset: int
+
+
+class OffsetMapSink(Protocol):
+    """Receives every acknowledged (or committed, in exactly-once mode) batch mapping, in partition order."""
+
+    def record_batch(self, mapping: BatchMapping) -> None: ...
+
+
+@dataclass(frozen=True)
+class CopierOptions:
+    poll_timeout_ms: int = 100
+    max_records_per_poll: int = 10_000
+    max_in_flight_bytes: int = 64 * 1024 * 1024
+    progress_interval_s: float = 1.0
+    housekeeping_interval_s: float = 0.5
+    producer_batch_bytes: int = 512 * 1024
+    producer_linger_ms: int = 5
+    # Must exceed the largest max.message.bytes of any replicated topic: one record per request at worst.
+    producer_max_request_bytes: int = 16 * 1024 * 1024
+    fetch_max_bytes: int = 64 * 1024 * 1024
+    max_partition_fetch_bytes: int = 2 * 1024 * 1024
+    transaction_timeout_ms: int = 60_000
+    retry_backoff_s: float = 1.0
+
+
+@dataclass
+class _Pending:
+    """A batch handed to the producer (or a position advance with no records, already resolved)."""
+
+    future: asyncio.Future[Any]
+    next_source_offset: int
+    records: int
+    size: int
+    first_timestamp_ms: int
+    source_offsets: list[int] | None
+
+
+@dataclass
+class _PartitionState:
+    source: TopicPartition
+    target: TopicPartition
+    metrics: PartitionMetrics
+    acked_next: int
+    acked_target_next: int | None
+    committed_next: int | None
+    sent_next: int
+    pending: deque[_Pending] = field(default_factory=deque)
+    failed: BaseException | None = None
+
+    def progress(self) -> PartitionProgress:
+        return PartitionProgress(self.target.topic, self.acked_next, self.acked_target_next, now_ms())
+
+
+@dataclass
+class _AssignmentChange:
+    add: dict[TopicPartition, _PartitionState]
+    remove: set[TopicPartition]
+    applied: asyncio.Future[list[_PartitionState]]
+
+
+def _error_kind(exc: BaseException) -> ErrorKind:
+    if isinstance(exc, (RecordTooLargeError, MessageSizeTooLargeError)):
+        return ErrorKind.RECORD_TOO_LARGE
+    if isinstance(exc, (TopicAuthorizationFailedError, TransactionalIdAuthorizationFailed)):
+        return ErrorKind.AUTH_DENIED
+    return ErrorKind.PRODUCE_FAILED
+
+
+def _resolved_future() -> asyncio.Future[Any]:
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    future.set_result(None)
+    return future
+
+
+class PartitionCopier:
+    """Copies the source partitions it is assigned; assignment changes never pause the partitions that stay."""
+
+    def __init__(
+        self,
+        spec: ReplicationSpec,
+        source: ClusterConnection,
+        target: ClusterConnection,
+        *,
+        transactional_id: str | None = None,
+        lease_check: LeaseCheck | None = None,
+        offset_map_sink: OffsetMapSink | None = None,
+        options: CopierOptions | None = None,
+        progress_store: ProgressStore | None = None,
+    ) -> None:
+        if spec.exactly_once and not transactional_id:
+            raise ValueError("exactly-once copying needs a transactional_id for the unit of work")
+        self.spec = spec
+        self.source = source
+        self.target = target
+        self.transactional_id = transactional_id if spec.exactly_once else None
+        self.options = options or CopierOptions()
+        self._lease_check = lease_check
+        self._sink = offset_map_sink
+        self._store = progress_store or ProgressStore(target, spec.replicator_id)
+        self._states: dict[TopicPartition, _PartitionState] = {}
+        self._changes: list[_AssignmentChange] = []
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+        self._consumer: Any = None
+        self._producer: Any = None
+        self._target_probe: Any = None
+        self._progress_lock = asyncio.Lock()
+        self._in_flight_bytes = 0
+        self._room = asyncio.Event()
+        self._produce_failed = False
+        self._last_progress = time.monotonic()
+        self._last_housekeeping = 0.0
+        self._source_cluster_id = b""
+        self._target_cluster_id = b""
+        self._retired: dict[TopicPartition, PartitionStats] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        self._source_cluster_id = (await self._cluster_id(self.source)).encode()
+        self._target_cluster_id = (await self._cluster_id(self.target)).encode()
+        await self._store.ensure_topic()
+        self._consumer = AIOKafkaConsumer(
+            **client_kwargs(self.source, "copier-consumer"),
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            auto_offset_reset="none",
+            fetch_max_bytes=self.options.fetch_max_bytes,
+            max_partition_fetch_bytes=self.options.max_partition_fetch_bytes,
+            fetch_max_wait_ms=200,
+        )
+        await self._consumer.start()
+        self._target_probe = AIOKafkaConsumer(
+            **client_kwargs(self.target, "copier-probe"),
+            enable_auto_commit=False,
+            isolation_level="read_committed" if self.spec.exactly_once else "read_uncommitted",
+        )
+        await self._target_probe.start()
+        # In exactly-once mode the producer must exist before progress is read: initialising it aborts a
+        # transaction a crashed predecessor left open, which would otherwise hold the progress topic's
+        # last stable offset back and hide that predecessor's last committed progress.
+        await self._start_producer()
+        self._task = asyncio.create_task(self._run(), name=f"ferry-copier-{self.spec.replicator_id}")
+        log.info("copier for %s started: %s -> %s (%s)", self.spec.replicator_id, self.source.describe(),
+                 self.target.describe(), "exactly-once" if self.spec.exactly_once else "at-least-once")
+
+    async def _cluster_id(self, connection: ClusterConnection) -> str:
+        admin = AIOKafkaAdminClient(**client_kwargs(connection, "copier-admin"))
+        await admin.start()
+        try:
+            return await kafka_admin.cluster_id(admin)
+        finally:
+            await admin.close()
+
+    async def _start_producer(self) -> None:
+        producer = AIOKafkaProducer(
+            **client_kwargs(self.target, "copier-producer"),
+            enable_idempotence=True,
+            acks="all",
+            compression_type=self.spec.target_compression.producer_codec,
+            max_batch_size=self.options.producer_batch_bytes,
+            linger_ms=self.options.producer_linger_ms,
+            max_request_size=self.options.producer_max_request_bytes,
+            transactional_id=self.transactional_id,
+            transaction_timeout_ms=self.options.transaction_timeout_ms,
+        )
+        await producer.start()
+        self._producer = producer
+
+    async def stop(self) -> None:
+        """Stop copying; in at-least-once mode, wait for in-flight data and write final progress first."""
+        self._stopping = True
+        self._wake.set()
+        try:
+            if self._task is not None:
+                # The task's own error stays readable through ``failure`` / ``wait()``.
+                await asyncio.wait({self._task})
+            if self._task is not None and not self.spec.exactly_once and self.failure is None:
+                states = list(self._states.values())
+                await self._settle(states)
+                await self._commit_progress(states)
+        finally:
+            for client in (self._producer, self._consumer, self._target_probe):
+                if client is not None:
+                    await client.stop()
+
+    async def wait(self) -> None:
+        """Return when the copier stops; raise the error that stopped it."""
+        if self._task is not None:
+            await self._task
+
+    @property
+    def failure(self) -> BaseException | None:
+        if self._task is None or not self._task.done() or self._task.cancelled():
+            return None
+        return self._task.exception()
+
+    def assignment(self) -> frozenset[TopicPartition]:
+        return frozenset(self._states)
+
+    def snapshot(self) -> dict[TopicPartition, PartitionStats]:
+        """Measurements of every assigned partition (and of partitions revoked since the last snapshot)."""
+        stats = dict(self._retired)
+        self._retired.clear()
+        for tp, state in self._states.items():
+            stats[tp] = state.metrics.snapshot()
+        return stats
+
+    # ------------------------------------------------------------------ assignment
+
+    async def assign(self, partitions: Iterable[TopicPartition]) -> None:
+        """Start copying these source partitions (already assigned ones are ignored).
+
+        Their target partitions must exist. Each resumes from its durable progress, or, the first time,
+        from startingPosition; that first position is made durable at the next progress commit.
+        """
+        self._raise_if_failed()
+        queued = {tp for change in self._changes for tp in change.add}
+        new = sorted({tp for tp in partitions if tp not in self._states and tp not in queued})
+        if not new:
+            return
+        await self._check_target_partitions(new)
+        progress = await self._store.load(new)
+        starts = await self._starting_offsets([tp for tp in new if tp not in progress])
+        target_tps = {tp: TopicPartition(self.spec.target_topic(tp.topic), tp.partition) for tp in new}
+        target_ends = await self._target_probe.end_offsets(list(target_tps.values()))
+        states: dict[TopicPartition, _PartitionState] = {}
+        for tp in new:
+            target_tp = target_tps[tp]
+            metrics = PartitionMetrics(tp, target_tp.topic)
+            saved = progress.get(tp)
+            if saved is not None:
+                start, target_next, committed = saved.next_source_offset, saved.next_target_offset, \
+                    saved.next_source_offset
+                if not self.spec.exactly_once and target_next is not None:
+                    # Records the target got after the last progress write will be copied again.
+                    metrics.redelivered_records = max(0, target_ends[target_tp] - target_next)
+            else:
+                start, target_next, committed = starts[tp], target_ends[target_tp], None
+            metrics.next_source_offset = start
+            states[tp] = _PartitionState(tp, target_tp, metrics, acked_next=start, acked_target_next=target_next,
+                                         committed_next=committed, sent_next=start)
+            if metrics.redelivered_records:
+                log.info("%s: %d records after the last progress will be copied again", tp,
+                         metrics.redelivered_records)
+        await self._submit(_AssignmentChange(states, set(), asyncio.get_running_loop().create_future()))
+
+    async def revoke(self, partitions: Iterable[TopicPartition]) -> None:
+        """Stop copying these partitions; returns once their copied data and progress are durable, so
+        another copier can take them over without loss."""
+        gone = {tp for tp in partitions if tp in self._states}
+        if not gone:
+            return
+        revoked = await self._submit(_AssignmentChange({}, gone, asyncio.get_running_loop().create_future()))
+        if not self.spec.exactly_once and self.failure is None:
+            await self._settle(revoked)
+            await self._commit_progress(revoked)
+        for state in revoked:
+            self._retired[state.source] = state.metrics.snapshot()
+
+    async def _submit(self, change: _AssignmentChange) -> list[_PartitionState]:
+        self._changes.append(change)
+        self._wake.set()
+        if self._task is None:
+            raise CopierError("copier is not started")
+        waiters: set[asyncio.Future[Any]] = {change.applied, self._task}
+        done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        if change.applied not in done:
+            self._raise_if_failed()
+            raise CopierError("copier stopped before the assignment change was applied")
+        return change.applied.result()
+
+    def _raise_if_failed(self) -> None:
+        failure = self.failure
+        if failure is not None:
+            raise failure
+
+    async def _check_target_partitions(self, partitions: list[TopicPartition]) -> None:
+        for topic in sorted({tp.topic for tp in partitions}):
+            target_topic = self.spec.target_topic(topic)
+            needed = max(tp.partition for tp in partitions if tp.topic == topic) + 1
+            available: set[int] = await self._producer.partitions_for(target_topic) or set()
+            if len(available) < needed:
+                # Partitions added moments ago may be missing from cached metadata.
+                await self._producer.client.force_metadata_update()
+                available = await self._producer.partitions_for(target_topic) or set()
+            if len(available) < needed:
+                raise TargetPartitionMissing(f"target topic {target_topic} has {len(available)} partitions, "
+                                             f"{needed} needed")
+
+    async def _starting_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        if not partitions:
+            return {}
+        if self.spec.starting_position is StartingPosition.EARLIEST:
+            return dict(await self._consumer.beginning_offsets(partitions))
+        ends = await self._consumer.end_offsets(partitions)
+        since = await self._consumer.offsets_for_times(dict.fromkeys(partitions, self.spec.created_at_ms))
+        return {tp: ends[tp] if since.get(tp) is None else since[tp].offset for tp in partitions}
+
+    def _apply_changes(self) -> None:
+        if not self._changes:
+            return
+        changes, self._changes = self._changes, []
+        revoked: dict[int, list[_PartitionState]] = {}
+        for change in changes:
+            revoked[id(change)] = [self._states.pop(tp) for tp in change.remove if tp in self._states]
+            self._states.update(change.add)
+        # Manual assignment replaces the consumer's whole assignment and forgets positions, so every kept
+        # partition is put back exactly where its copy stands; only prefetched data is fetched again.
+        self._consumer.assign(list(self._states))
+        for state in self._states.values():
+            self._consumer.seek(state.source, state.sent_next)
+        for change in changes:
+            if not change.applied.done():
+                change.applied.set_result(revoked[id(change)])
+
+    # ------------------------------------------------------------------ main loop
+
+    async def _run(self) -> None:
+        try:
+            while not self._stopping:
+                self._apply_changes()
+                if not self._states:
+                    await self._idle()
+                    continue
+                if self._produce_failed:
+                    await self._recover()
+                    continue
+                try:
+                    batches = await self._consumer.getmany(timeout_ms=self.options.poll_timeout_ms,
+                                                           max_records=self.options.max_records_per_poll)
+                except OffsetOutOfRangeError as exc:
+                    await self._handle_out_of_range(exc.args[0] if exc.args else {})
+                    continue
+                except KafkaError as exc:
+                    await self._fetch_failed(exc)
+                    continue
+                if self._changes:
+                    # Records fetched for a partition that is being revoked must not be sent: drop the poll
+                    # and fetch again from the (unchanged) positions after the change.
+                    for state in self._states.values():
+                        self._consumer.seek(state.source, state.sent_next)
+                    continue
+                if self.spec.exactly_once:
+                    await self._copy_in_transaction(batches)
+                else:
+                    await self._copy_pipelined(batches)
+                    if time.monotonic() - self._last_progress >= self.options.progress_interval_s:
+                        await self._commit_progress(list(self._states.values()))
+                await self._housekeeping()
+        except CopierError as exc:
+            for state in self._states.values():
+                state.metrics.record_error(ErrorKind.FENCED if isinstance(exc, CopierFenced)
+                                           else ErrorKind.LEASE_LOST, str(exc))
+            log.error("copier for %s stopped: %s", self.spec.replicator_id, exc)
+            raise
+        except Exception:
+            log.exception("copier for %s crashed", self.spec.replicator_id)
+            raise
+
+    async def _idle(self) -> None:
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+
+    async def _fetch_failed(self, exc: KafkaError) -> None:
+        kind = ErrorKind.AUTH_DENIED if isinstance(exc, TopicAuthorizationFailedError) else ErrorKind.FETCH_FAILED
+        for state in self._states.values():
+            state.metrics.record_error(kind, f"{type(exc).__name__}: {exc}")
+        log.warning("fetch from %s failed: %s", self.source.describe(), exc)
+        await asyncio.sleep(self.options.retry_backoff_s)
+
+    async def _handle_out_of_range(self, positions: dict[TopicPartition, int]) -> None:
+        """Source retention (or deleteRecords) passed our position: report what was lost, go on from the
+        earliest offset still there."""
+        tps = [tp for tp in positions if tp in self._states]
+        if not tps:
+            return
+        beginnings = await self._consumer.beginning_offsets(tps)
+        ends = await self._consumer.end_offsets(tps)
+        for tp in tps:
+            state = self._states[tp]
+            position = positions[tp]
+            if position < beginnings[tp]:
+                resume = beginnings[tp]
+                lost = resume - position
+                state.metrics.truncated_offsets += lost
+                state.metrics.record_error(ErrorKind.SOURCE_TRUNCATED,
+                                           f"offsets {position}..{resume - 1} deleted by source retention "
+                                           f"before they were copied")
+                log.warning("%s: source truncated: %d offsets lost (%d..%d), continuing at %d", tp, lost,
+                            position, resume - 1, resume)
+            else:
+                # The source log is shorter than our position (topic recreated, unclean leader election):
+                # what lies between its end and our position was never ours to copy; continue at its end.
+                resume = ends[tp]
+                state.metrics.record_error(ErrorKind.SOURCE_TRUNCATED,
+                                           f"position {position} is beyond the source end {resume}")
+                log.warning("%s: position %d beyond source end %d, continuing at the end", tp, position, resume)
+            self._advance_without_records(state, resume)
+            self._consumer.seek(tp, resume)
+
+    def _advance_without_records(self, state: _PartitionState, offset: int) -> None:
+        state.sent_next = offset
+        if self.spec.exactly_once:
+            state.acked_next = offset
+            state.metrics.next_source_offset = offset
+            return
+        state.pending.append(_Pending(_resolved_future(), offset, 0, 0, 0, None))
+        state.pending[-1].future.add_done_callback(functools.partial(self._on_done, state))
+
+    async def _housekeeping(self) -> None:
+        now = time.monotonic()
+        if now - self._last_housekeeping < self.options.housekeeping_interval_s:
+            return
+        self._last_housekeeping = now
+        for state in self._states.values():
+            end = self._consumer.last_stable_offset(state.source)
+            if end is not None and end >= 0:
+                state.metrics.source_end_offset = end
+            if state.pending or state.failed is not None:
+                continue
+            # Transaction markers and aborted batches move the consumer's position without handing out
+            # records: make that move part of the partition's progress so lag can reach zero.
+            position = await self._consumer.position(state.source)
+            if position > state.sent_next:
+                self._advance_without_records(state, position)
+
+    # ------------------------------------------------------------------ record conversion
+
+    def _build_batches(self, state: _PartitionState, records: list[Any], position: int) -> list[tuple[Any, _Pending]]:
+        """Producer batches for one partition's records; the last one carries ``position`` as the next offset
+        (it may lie past the last record, e.g. after a transaction marker)."""
+        producer = self._producer
+        identical = self.spec.topic_naming is TopicNaming.IDENTICAL
+        loop_origin = self._target_cluster_id
+        stamp = (PROVENANCE_HEADER, self._source_cluster_id)
+        keep_offsets = self._sink is not None
+        out: list[tuple[Any, _Pending]] = []
+        builder = producer.create_batch()
+        count = size = 0
+        first_ts = 0
+        offsets: list[int] = []
+        last_offset = -1
+        filtered = 0
+        for record in records:
+            headers = list(record.headers) if record.headers else []
+            if identical:
+                origin = None
+                for name, value in headers:
+                    if name == PROVENANCE_HEADER:
+                        origin = value
+                        break
+                if origin == loop_origin:
+                    filtered += 1
+                    continue
+                if origin is None:
+                    headers.append(stamp)
+            if builder.append(timestamp=record.timestamp, key=record.key, value=record.value,
+                              headers=headers) is None:
+                out.append((builder, _Pending(_resolved_future(), last_offset + 1, count, size, first_ts, offsets)))
+                builder = producer.create_batch()
+                count = size = 0
+                offsets = []
+                builder.append(timestamp=record.timestamp, key=record.key, value=record.value, headers=headers)
+            if count == 0:
+                first_ts = record.timestamp
+            count += 1
+            size += max(record.serialized_key_size, 0) + max(record.serialized_value_size, 0)
+            last_offset = record.offset
+            if keep_offsets:
+                offsets.append(record.offset)
+        state.metrics.records_filtered += filtered
+        if count:
+            out.append((builder, _Pending(_resolved_future(), position, count, size, first_ts, offsets)))
+        elif out:
+            out[-1][1].next_source_offset = position
+        return out
+
+    # ------------------------------------------------------------------ at-least-once
+
+    async def _copy_pipelined(self, batches: dict[TopicPartition, list[Any]]) -> None:
+        for tp, records in batches.items():
+            state = self._states.get(tp)
+            if state is None:
+                continue
+            position = await self._consumer.position(tp)
+            built = self._build_batches(state, records, position)
+            if not built:
+                self._advance_without_records(state, position)
+                continue
+            for builder, pending in built:
+                try:
+                    pending.future = await self._producer.send_batch(builder, state.target.topic,
+                                                                     partition=state.target.partition)
+                except KafkaError as exc:
+                    self._mark_failed(state, exc)
+                    return
+                if not pending.source_offsets:
+                    pending.source_offsets = None
+                state.pending.append(pending)
+                self._in_flight_bytes += pending.size
+                pending.future.add_done_callback(functools.partial(self._on_done, state))
+            state.sent_next = position
+        while self._in_flight_bytes > self.options.max_in_flight_bytes and not self._produce_failed:
+            self._room.clear()
+            await self._room.wait()
+
+    def _mark_failed(self, state: _PartitionState, exc: BaseException) -> None:
+        if state.failed is None:
+            state.failed = exc
+            state.metrics.record_error(_error_kind(exc), f"{type(exc).__name__}: {exc}")
+            log.warning("copy of %s to %s failed: %s", state.source, state.target, exc)
+        self._produce_failed = True
+        self._room.set()
+
+    def _on_done(self, state: _PartitionState, _future: asyncio.Future[Any]) -> None:
+        self._drain_acks(state)
+
+    def _drain_acks(self, state: _PartitionState) -> None:
+        """Advance the partition's acknowledged position through every leading completed batch, in order."""
+        ack_ms = time.time() * 1000
+        while state.pending and state.failed is None and state.pending[0].future.done():
+            pending = state.pending.popleft()
+            self._in_flight_bytes -= pending.size
+            future = pending.future
+            if future.cancelled():
+                self._mark_failed(state, asyncio.CancelledError("send cancelled"))
+                break
+            exc = future.exception()
+            if exc is not None:
+                self._mark_failed(state, exc)
+                break
+            if pending.records:
+                base = future.result().offset
+                state.acked_target_next = base + pending.records
+                state.metrics.record_copied(pending.records, pending.size, pending.first_timestamp_ms, ack_ms)
+                if self._sink is not None and pending.source_offsets:
+                    self._sink.record_batch(BatchMapping(state.source, state.target, pending.source_offsets, base))
+            state.acked_next = pending.next_source_offset
+            state.metrics.next_source_offset = pending.next_source_offset
+        if self._in_flight_bytes <= self.options.max_in_flight_bytes:
+            self._room.set()
+
+    async def _settle(self, states: Iterable[_PartitionState]) -> None:
+        """Wait until every batch sent for these partitions has succeeded or failed."""
+        states = list(states)
+        futures = [pending.future for state in states for pending in state.pending]
+        if futures:
+            await asyncio.gather(*futures, return_exceptions=True)
+        for state in states:
+            self._drain_acks(state)
+
+    async def _recover(self) -> None:
+        """After a failed send: keep what was acknowledged, rewind every partition to it, new producer."""
+        states = list(self._states.values())
+        await self._settle(states)
+        for state in states:
+            for pending in state.pending:
+                self._in_flight_bytes -= pending.size
+            state.pending.clear()
+            state.failed = None
+            state.sent_next = state.acked_next
+            self._consumer.seek(state.source, state.acked_next)
+        await self._restart_producer()
+        self._produce_failed = False
+        await asyncio.sleep(self.options.retry_backoff_s)
+
+    async def _restart_producer(self) -> None:
+        old, self._producer = self._producer, None
+        try:
+            await old.stop()
+        except KafkaError as exc:
+            log.warning("stopping the failed producer: %s", exc)
+        await self._start_producer()
+
+    async def _commit_progress(self, states: list[_PartitionState]) -> None:
+        """Write progress for partitions whose acknowledged position moved (at-least-once mode)."""
+        async with self._progress_lock:
+            self._last_progress = time.monotonic()
+            dirty = [s for s in states if s.acked_next != s.committed_next]
+            if not dirty:
+                return
+            await self._check_lease(dirty)
+            values = [(state, state.progress()) for state in dirty]
+            try:
+                futures = [await self._producer.send(self._store.topic,
+                                                     key=progress_key(self.spec.replicator_id, state.source),
+                                                     value=encode_progress(progress))
+                           for state, progress in values]
+                await asyncio.gather(*futures)
+            except KafkaError as exc:
+                for state, _ in values:
+                    state.metrics.record_error(ErrorKind.PROGRESS_COMMIT_FAILED, f"{type(exc).__name__}: {exc}")
+                log.warning("progress write failed (will retry): %s", exc)
+                return
+            for state, progress in values:
+                state.committed_next = progress.next_source_offset
+
+    async def _check_lease(self, states: list[_PartitionState]) -> None:
+        if self._lease_check is not None and not await self._lease_check():
+            for state in states:
+                state.metrics.record_error(ErrorKind.LEASE_LOST, "lease check refused the progress commit")
+            raise LeaseLost(f"lease lost for {len(states)} partitions of {self.spec.replicator_id}")
+
+    # ------------------------------------------------------------------ exactly-once
+
+    async def _copy_in_transaction(self, batches: dict[TopicPartition, list[Any]]) -> None:
+        touched: list[tuple[_PartitionState, list[_Pending], int]] = []
+        producer = self._producer
+        if not batches and all(s.acked_next == s.committed_next for s in self._states.values()):
+            return
+        try:
+            await producer.begin_transaction()
+            for tp, records in batches.items():
+                state = self._states.get(tp)
+                if state is None:
+                    continue
+                position = await self._consumer.position(tp)
+                sent: list[_Pending] = []
+                for builder, pending in self._build_batches(state, records, position):
+                    pending.future = await producer.send_batch(builder, state.target.topic,
+                                                               partition=state.target.partition)
+                    sent.append(pending)
+                touched.append((state, sent, position))
+            await asyncio.gather(*(p.future for _, sent, _ in touched for p in sent))
+            progress: dict[TopicPartition, PartitionProgress] = {}
+            for state, sent, position in touched:
+                target_next = state.acked_target_next
+                for pending in sent:
+                    target_next = pending.future.result().offset + pending.records
+                progress[state.source] = PartitionProgress(state.target.topic, position, target_next, now_ms())
+            for state in self._states.values():
+                if state.source not in progress and state.acked_next != state.committed_next:
+                    progress[state.source] = state.progress()
+            futures = [await producer.send(self._store.topic, key=progress_key(self.spec.replicator_id, tp),
+                                           value=encode_progress(value)) for tp, value in progress.items()]
+            await asyncio.gather(*futures)
+            await self._check_lease(list(self._states.values()))
+            await producer.commit_transaction()
+        except (ProducerFenced, InvalidProducerEpoch) as exc:
+            raise CopierFenced(f"transactional id {self.transactional_id} was fenced: {exc}") from exc
+        except LeaseLost:
+            with contextlib.suppress(KafkaError):
+                await producer.abort_transaction()
+            raise
+        except KafkaError as exc:
+            await self._transaction_failed(exc, [state for state, _, _ in touched])
+            return
+        ack_ms = time.time() * 1000
+        for state, sent, position in touched:
+            for pending in sent:
+                if not pending.records:
+                    continue
+                base = pending.future.result().offset
+                state.acked_target_next = base + pending.records
+                state.metrics.record_copied(pending.records, pending.size, pending.first_timestamp_ms, ack_ms)
+                if self._sink is not None and pending.source_offsets:
+                    self._sink.record_batch(BatchMapping(state.source, state.target, pending.source_offsets, base))
+            state.acked_next = state.sent_next = position
+            state.metrics.next_source_offset = position
+        for tp, value in progress.items():
+            self._states[tp].committed_next = value.next_source_offset
+
+    async def _transaction_failed(self, exc: KafkaError, states: list[_PartitionState]) -> None:
+        for state in states or self._states.values():
+            state.metrics.record_error(ErrorKind.TRANSACTION_FAILED, f"{type(exc).__name__}: {exc}")
+        log.warning("transaction for %s failed, retrying from the last commit: %s", self.spec.replicator_id, exc)
+        try:
+            await self._producer.abort_transaction()
+        except KafkaError as abort_exc:
+            log.warning("abort failed, restarting the producer: %s", abort_exc)
+            await self._restart_producer()
+        for state in self._states.values():
+            state.sent_next = state.acked_next
+            self._consumer.seek(state.source, state.acked_next)
+        await asyncio.sleep(self.options.retry_backoff_s)

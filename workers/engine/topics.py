@@ -1,0 +1,184 @@
+"""Topic and metadata sync: which source topics are in scope, and making their target topics fit to copy into.
+
+Target topics are created with the source's partition count (and configs, with copyTopicConfigurations)
+before any partition of them is handed to a copier; added source partitions are added on the target; topic
+configs are kept in sync, leaving out the ones that must differ per cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+
+from aiokafka.admin import AIOKafkaAdminClient
+
+from workers.engine import admin as kafka_admin
+from workers.engine.admin import CONFIG_SOURCE_DYNAMIC_TOPIC, AdminError, ConfigEntry
+from workers.engine.connection import ClusterConnection, client_kwargs
+from workers.engine.spec import ReplicationSpec
+
+log = logging.getLogger(__name__)
+
+# Per-cluster settings never copied (MirrorMaker 2's DefaultConfigPropertyFilter list, plus the newer
+# timestamp bounds and tiered-storage settings that only make sense on the cluster that has that storage).
+PER_CLUSTER_CONFIGS = re.compile(
+    r"follower\.replication\.throttled\.replicas"
+    r"|leader\.replication\.throttled\.replicas"
+    r"|message\.timestamp\.difference\.max\.ms"
+    r"|message\.timestamp\.(before|after)\.max\.ms"
+    r"|message\.timestamp\.type"
+    r"|unclean\.leader\.election\.enable"
+    r"|min\.insync\.replicas"
+    r"|remote\.storage\.enable"
+    r"|remote\.log\..*"
+    r"|local\.retention\.(ms|bytes)"
+)
+
+
+def is_per_cluster_config(name: str) -> bool:
+    return PER_CLUSTER_CONFIGS.fullmatch(name) is not None
+
+
+def copyable_configs(entries: dict[str, ConfigEntry]) -> dict[str, str]:
+    """The source topic's own overrides that the target should share."""
+    return {
+        name: entry.value
+        for name, entry in entries.items()
+        if entry.source == CONFIG_SOURCE_DYNAMIC_TOPIC and entry.value is not None
+        and not entry.sensitive and not entry.read_only and not is_per_cluster_config(name)
+    }
+
+
+@dataclass(frozen=True)
+class ReplicatedTopic:
+    source_topic: str
+    target_topic: str
+    partitions: int
+
+
+@dataclass
+class SyncReport:
+    """Outcome of one sync pass. ``topics`` holds the topics ready to copy, with the number of partitions that
+    exist on both sides; ``errors`` maps a source topic to why it is not (or not fully) ready."""
+
+    topics: dict[str, ReplicatedTopic] = field(default_factory=dict)
+    created: list[str] = field(default_factory=list)
+    partitions_added: dict[str, int] = field(default_factory=dict)
+    configs_updated: list[str] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+class TopicSynchronizer:
+    def __init__(self, spec: ReplicationSpec, source: ClusterConnection, target: ClusterConnection,
+                 *, replication_factor: int | None = None) -> None:
+        self.spec = spec
+        self.source = source
+        self.target = target
+        self.replication_factor = replication_factor
+        self._source_admin: AIOKafkaAdminClient | None = None
+        self._target_admin: AIOKafkaAdminClient | None = None
+        self._known_topics: set[str] | None = None
+
+    async def start(self) -> None:
+        self._source_admin = AIOKafkaAdminClient(**client_kwargs(self.source, "topic-sync"))
+        self._target_admin = AIOKafkaAdminClient(**client_kwargs(self.target, "topic-sync"))
+        await self._source_admin.start()
+        await self._target_admin.start()
+        if self.replication_factor is None:
+            self.replication_factor = min(3, await kafka_admin.broker_count(self._target_admin))
+
+    async def close(self) -> None:
+        for admin in (self._source_admin, self._target_admin):
+            if admin is not None:
+                await admin.close()
+
+    def update_spec(self, spec: ReplicationSpec) -> None:
+        """Apply an UpdateReplicationInfo (topic lists and flags); the next sync pass uses it."""
+        self.spec = spec
+        self._known_topics = None
+
+    @property
+    def _admins(self) -> tuple[AIOKafkaAdminClient, AIOKafkaAdminClient]:
+        if self._source_admin is None or self._target_admin is None:
+            raise RuntimeError("TopicSynchronizer.start() was not called")
+        return self._source_admin, self._target_admin
+
+    async def source_topics(self) -> dict[str, int]:
+        """Source topics in scope with their partition counts."""
+        source_admin, _ = self._admins
+        found = await kafka_admin.describe_topics(source_admin)
+        topics = {name: meta.partitions for name, meta in found.items()
+                  if not meta.is_internal and self.spec.should_replicate(name)}
+        if not self.spec.detect_and_copy_new_topics:
+            # Without detection the topic set (and partition counts) are fixed at the first pass.
+            if self._known_topics is None:
+                self._known_topics = set(topics)
+            topics = {name: count for name, count in topics.items() if name in self._known_topics}
+        return topics
+
+    async def sync_once(self, *, sync_configs: bool = True) -> SyncReport:
+        source_admin, target_admin = self._admins
+        report = SyncReport()
+        wanted = await self.source_topics()
+        target_names = {name: self.spec.target_topic(name) for name in wanted}
+        existing = await kafka_admin.describe_topics(target_admin, sorted(target_names.values()) or None) \
+            if wanted else {}
+        copy_configs = self.spec.copy_topic_configurations
+        source_configs = await kafka_admin.describe_topic_configs(source_admin, sorted(wanted)) \
+            if copy_configs and wanted and (sync_configs or set(target_names.values()) - set(existing)) else {}
+        rf = self.replication_factor or 1
+        for source_topic, partitions in sorted(wanted.items()):
+            target_topic = target_names[source_topic]
+            try:
+                current = existing.get(target_topic)
+                if current is None:
+                    configs = copyable_configs(source_configs.get(source_topic, {})) if copy_configs else {}
+                    if await kafka_admin.create_topic(target_admin, target_topic, partitions, rf, configs):
+                        report.created.append(target_topic)
+                        log.info("created target topic %s (%d partitions, %d configs)", target_topic,
+                                 partitions, len(configs))
+                    ready = partitions
+                elif current.partitions < partitions:
+                    await kafka_admin.add_partitions(target_admin, target_topic, partitions)
+                    report.partitions_added[target_topic] = partitions - current.partitions
+                    log.info("added %d partitions to target topic %s", partitions - current.partitions,
+                             target_topic)
+                    ready = partitions
+                else:
+                    ready = partitions
+            except AdminError as exc:
+                report.errors[source_topic] = str(exc)
+                log.warning("target topic %s not ready: %s", target_topic, exc)
+                if target_topic not in existing:
+                    continue
+                ready = min(partitions, existing[target_topic].partitions)
+            report.topics[source_topic] = ReplicatedTopic(source_topic, target_topic, ready)
+        if copy_configs and sync_configs:
+            await self._sync_configs(report, source_configs, existing)
+        return report
+
+    async def _sync_configs(self, report: SyncReport, source_configs: dict[str, dict[str, ConfigEntry]],
+                            existing: dict[str, kafka_admin.TopicMetadata]) -> None:
+        _, target_admin = self._admins
+        pairs = {t.source_topic: t.target_topic for t in report.topics.values()
+                 if t.target_topic in existing and t.source_topic in source_configs}
+        if not pairs:
+            return
+        target_configs = await kafka_admin.describe_topic_configs(target_admin, sorted(pairs.values()))
+        for source_topic, target_topic in sorted(pairs.items()):
+            current = {name: entry.value for name, entry in target_configs.get(target_topic, {}).items()
+                       if entry.source == CONFIG_SOURCE_DYNAMIC_TOPIC and entry.value is not None}
+            desired = copyable_configs(source_configs[source_topic])
+            # AlterConfigs replaces the whole override set: keep the target's own per-cluster overrides.
+            desired.update({name: value for name, value in current.items() if is_per_cluster_config(name)})
+            if desired == current:
+                continue
+            try:
+                await kafka_admin.replace_topic_configs(target_admin, target_topic, desired)
+            except AdminError as exc:
+                report.errors[source_topic] = str(exc)
+                log.warning("config sync of %s failed: %s", target_topic, exc)
+                continue
+            report.configs_updated.append(target_topic)
+            log.info("synced configs of %s: %s", target_topic, sorted(desired))
