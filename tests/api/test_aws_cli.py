@@ -24,31 +24,46 @@ def aws(api_url: str, *args: str) -> dict[str, Any]:
     }
     completed = subprocess.run(
         [AWS, "kafka", *args, "--endpoint-url", api_url, "--output", "json"],
-        env=env, capture_output=True, text=True, timeout=60, check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert completed.returncode == 0, completed.stderr
     result: dict[str, Any] = json.loads(completed.stdout) if completed.stdout.strip() else {}
     return result
 
 
-def test_aws_cli_create_describe_list_delete(api_url: str, unique: str, clusters: dict[str, Any],
-                                             tmp_path: Path) -> None:
+def test_aws_cli_create_describe_list_delete(
+    api_url: str, unique: str, clusters: dict[str, Any], tmp_path: Path
+) -> None:
     request = {
         "ReplicatorName": unique,
         "ServiceExecutionRoleArn": "arn:aws:iam::000000000000:role/ferry",
         "KafkaClusters": [
-            {"ApacheKafkaCluster": {"ApacheKafkaClusterId": clusters["source_id"],
-                                    "BootstrapBrokerString": clusters["source_bootstrap"]}},
-            {"ApacheKafkaCluster": {"ApacheKafkaClusterId": clusters["target_id"],
-                                    "BootstrapBrokerString": clusters["target_bootstrap"]}},
+            {
+                "ApacheKafkaCluster": {
+                    "ApacheKafkaClusterId": clusters["source_id"],
+                    "BootstrapBrokerString": clusters["source_bootstrap"],
+                }
+            },
+            {
+                "ApacheKafkaCluster": {
+                    "ApacheKafkaClusterId": clusters["target_id"],
+                    "BootstrapBrokerString": clusters["target_bootstrap"],
+                }
+            },
         ],
-        "ReplicationInfoList": [{
-            "SourceKafkaClusterId": clusters["source_id"],
-            "TargetKafkaClusterId": clusters["target_id"],
-            "TargetCompressionType": "ZSTD",
-            "TopicReplication": {"TopicsToReplicate": ["cli-.*"], "TopicNameConfiguration": {"Type": "IDENTICAL"}},
-            "ConsumerGroupReplication": {"ConsumerGroupsToReplicate": [".*"]},
-        }],
+        "ReplicationInfoList": [
+            {
+                "SourceKafkaClusterId": clusters["source_id"],
+                "TargetKafkaClusterId": clusters["target_id"],
+                "TargetCompressionType": "ZSTD",
+                "TopicReplication": {"TopicsToReplicate": ["cli-.*"], "TopicNameConfiguration": {"Type": "IDENTICAL"}},
+                "ConsumerGroupReplication": {"ConsumerGroupsToReplicate": [".*"]},
+            }
+        ],
     }
     input_file = tmp_path / "create.json"
     input_file.write_text(json.dumps(request))
@@ -57,8 +72,9 @@ def test_aws_cli_create_describe_list_delete(api_url: str, unique: str, clusters
     arn = created["ReplicatorArn"]
     described = aws(api_url, "describe-replicator", "--replicator-arn", arn)
     listed = aws(api_url, "list-replicators", "--replicator-name-filter", unique)
-    deleted = aws(api_url, "delete-replicator", "--replicator-arn", arn,
-                  "--current-version", described["CurrentVersion"])
+    deleted = aws(
+        api_url, "delete-replicator", "--replicator-arn", arn, "--current-version", described["CurrentVersion"]
+    )
 
     assert created["ReplicatorState"] == "CREATING"
     assert described["ReplicatorName"] == unique

@@ -30,10 +30,18 @@ def valid_body(name: str, clusters: dict[str, Any]) -> dict[str, Any]:
         "replicatorName": name,
         "serviceExecutionRoleArn": "arn:aws:iam::000000000000:role/ferry",
         "kafkaClusters": [
-            {"apacheKafkaCluster": {"apacheKafkaClusterId": clusters["source_id"],
-                                    "bootstrapBrokerString": clusters["source_bootstrap"]}},
-            {"apacheKafkaCluster": {"apacheKafkaClusterId": clusters["target_id"],
-                                    "bootstrapBrokerString": clusters["target_bootstrap"]}},
+            {
+                "apacheKafkaCluster": {
+                    "apacheKafkaClusterId": clusters["source_id"],
+                    "bootstrapBrokerString": clusters["source_bootstrap"],
+                }
+            },
+            {
+                "apacheKafkaCluster": {
+                    "apacheKafkaClusterId": clusters["target_id"],
+                    "bootstrapBrokerString": clusters["target_bootstrap"],
+                }
+            },
         ],
         "replicationInfoList": [
             {
@@ -83,8 +91,12 @@ def test_unknown_members_are_refused_by_name(http: httpx.Client, unique: str, cl
     snake["replicator_name"] = snake.pop("replicatorName")
 
     assert_aws_error(http.post(CREATE, json=top), 400, "BadRequestException", "replicatorNmae")
-    message = assert_aws_error(http.post(CREATE, json=nested), 400, "BadRequestException",
-                               "replicationInfoList[0].topicReplication.topicsToReplicat")
+    message = assert_aws_error(
+        http.post(CREATE, json=nested),
+        400,
+        "BadRequestException",
+        "replicationInfoList[0].topicReplication.topicsToReplicat",
+    )
     assert "unknown field" in message
     assert_aws_error(http.post(CREATE, json=snake), 400, "BadRequestException", "replicator_name")
 
@@ -110,29 +122,48 @@ def test_missing_required_member(http: httpx.Client, unique: str, clusters: dict
     body = valid_body(unique, clusters)
     del body["replicationInfoList"][0]["targetCompressionType"]
 
-    message = assert_aws_error(http.post(CREATE, json=body), 400, "BadRequestException",
-                               "replicationInfoList[0].targetCompressionType")
+    message = assert_aws_error(
+        http.post(CREATE, json=body), 400, "BadRequestException", "replicationInfoList[0].targetCompressionType"
+    )
     assert message.endswith("is required")
 
 
-def test_update_shapes_are_narrower_than_create(http: httpx.Client, kafka: Any, unique: str,
-                                                clusters: dict[str, Any]) -> None:
+def test_update_shapes_are_narrower_than_create(
+    http: httpx.Client, kafka: Any, unique: str, clusters: dict[str, Any]
+) -> None:
     arn = http.post(CREATE, json=valid_body(unique, clusters)).json()["replicatorArn"]
     version = kafka.describe_replicator(ReplicatorArn=arn)["CurrentVersion"]
     path = f"{CREATE}/{quote(arn, safe='')}/replication-info"
-    topics = {"copyAccessControlListsForTopics": True, "copyTopicConfigurations": True,
-              "detectAndCopyNewTopics": True, "topicsToExclude": [], "topicsToReplicate": ["x"]}
+    topics = {
+        "copyAccessControlListsForTopics": True,
+        "copyTopicConfigurations": True,
+        "detectAndCopyNewTopics": True,
+        "topicsToExclude": [],
+        "topicsToReplicate": ["x"],
+    }
 
-    fixed_at_creation = {"currentVersion": version,
-                         "topicReplication": {**topics, "startingPosition": {"type": "EARLIEST"}}}
-    assert_aws_error(http.put(path, json=fixed_at_creation), 400, "BadRequestException",
-                     "topicReplication.startingPosition")
-    naming = {"currentVersion": version,
-              "topicReplication": {**topics, "topicNameConfiguration": {"type": "IDENTICAL"}}}
+    fixed_at_creation = {
+        "currentVersion": version,
+        "topicReplication": {**topics, "startingPosition": {"type": "EARLIEST"}},
+    }
+    assert_aws_error(
+        http.put(path, json=fixed_at_creation), 400, "BadRequestException", "topicReplication.startingPosition"
+    )
+    naming = {
+        "currentVersion": version,
+        "topicReplication": {**topics, "topicNameConfiguration": {"type": "IDENTICAL"}},
+    }
     assert_aws_error(http.put(path, json=naming), 400, "BadRequestException", "topicNameConfiguration")
-    sync_mode = {"currentVersion": version, "consumerGroupReplication": {
-        "consumerGroupsToExclude": [], "consumerGroupsToReplicate": ["x"], "detectAndCopyNewConsumerGroups": True,
-        "synchroniseConsumerGroupOffsets": True, "consumerGroupOffsetSyncMode": "ENHANCED"}}
+    sync_mode = {
+        "currentVersion": version,
+        "consumerGroupReplication": {
+            "consumerGroupsToExclude": [],
+            "consumerGroupsToReplicate": ["x"],
+            "detectAndCopyNewConsumerGroups": True,
+            "synchroniseConsumerGroupOffsets": True,
+            "consumerGroupOffsetSyncMode": "ENHANCED",
+        },
+    }
     assert_aws_error(http.put(path, json=sync_mode), 400, "BadRequestException", "consumerGroupOffsetSyncMode")
     partial = {"currentVersion": version, "topicReplication": {"topicsToReplicate": ["x"]}}
     assert_aws_error(http.put(path, json=partial), 400, "BadRequestException", "topicReplication.")
@@ -197,10 +228,12 @@ MALFORMED: list[tuple[str, str, dict[str, str], bytes]] = [
 ]
 
 
-@pytest.mark.parametrize(("method", "path", "headers", "content"), MALFORMED,
-                         ids=[f"{m} {p[:40]} {c[:20]!r}" for m, p, _, c in MALFORMED])
-def test_no_malformed_request_gets_a_5xx(http: httpx.Client, method: str, path: str, headers: dict[str, str],
-                                         content: bytes) -> None:
+@pytest.mark.parametrize(
+    ("method", "path", "headers", "content"), MALFORMED, ids=[f"{m} {p[:40]} {c[:20]!r}" for m, p, _, c in MALFORMED]
+)
+def test_no_malformed_request_gets_a_5xx(
+    http: httpx.Client, method: str, path: str, headers: dict[str, str], content: bytes
+) -> None:
     response = http.request(method, path, headers=headers, content=content)
 
     assert 400 <= response.status_code < 500, response.text

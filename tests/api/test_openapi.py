@@ -10,15 +10,23 @@ import httpx
 from api.openapi_dump import OPENAPI_PATH, current_document
 
 OPERATIONS = {
-    ("post", "/replication/v1/replicators"): ("CreateReplicator", {"400", "401", "403", "404", "409", "429",
-                                                                  "500", "503"}),
+    ("post", "/replication/v1/replicators"): (
+        "CreateReplicator",
+        {"400", "401", "403", "404", "409", "429", "500", "503"},
+    ),
     ("get", "/replication/v1/replicators"): ("ListReplicators", {"400", "401", "403", "404", "429", "500", "503"}),
-    ("get", "/replication/v1/replicators/{replicatorArn}"): ("DescribeReplicator",
-                                                             {"400", "401", "403", "404", "429", "500", "503"}),
-    ("delete", "/replication/v1/replicators/{replicatorArn}"): ("DeleteReplicator",
-                                                                {"400", "401", "403", "404", "429", "500", "503"}),
+    ("get", "/replication/v1/replicators/{replicatorArn}"): (
+        "DescribeReplicator",
+        {"400", "401", "403", "404", "429", "500", "503"},
+    ),
+    ("delete", "/replication/v1/replicators/{replicatorArn}"): (
+        "DeleteReplicator",
+        {"400", "401", "403", "404", "429", "500", "503"},
+    ),
     ("put", "/replication/v1/replicators/{replicatorArn}/replication-info"): (
-        "UpdateReplicationInfo", {"400", "401", "403", "404", "429", "500", "503"}),
+        "UpdateReplicationInfo",
+        {"400", "401", "403", "404", "429", "500", "503"},
+    ),
     ("post", "/v1/tags/{resourceArn}"): ("TagResource", {"400", "404", "500"}),
     ("delete", "/v1/tags/{resourceArn}"): ("UntagResource", {"400", "404", "500"}),
     ("get", "/v1/tags/{resourceArn}"): ("ListTagsForResource", {"400", "404", "500"}),

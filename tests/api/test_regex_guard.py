@@ -9,8 +9,17 @@ import pytest
 from models.errors import InvalidRequestError
 from models.regex_guard import check_pattern
 
-SAFE = [".*", "orders\\..*", "^topic-[0-9]+$", "(foo|bar)+", "(\\d{3}-)+x", "__consumer.*", "[a-z]+-(dev|prod)",
-        "(ab|ac)*", "payments|refunds"]
+SAFE = [
+    ".*",
+    "orders\\..*",
+    "^topic-[0-9]+$",
+    "(foo|bar)+",
+    "(\\d{3}-)+x",
+    "__consumer.*",
+    "[a-z]+-(dev|prod)",
+    "(ab|ac)*",
+    "payments|refunds",
+]
 
 
 @pytest.mark.parametrize("pattern", SAFE)

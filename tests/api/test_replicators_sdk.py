@@ -10,6 +10,7 @@ from typing import Any
 import boto3
 import pytest
 from sqlalchemy import Engine, select, update
+from sqlalchemy.orm import Session
 
 from models.replicator import Replicator
 from tests.api.conftest import create_request
@@ -24,9 +25,8 @@ TOPIC_UPDATE = {
 
 
 def _row(db_engine: Engine, arn: str) -> Replicator:
-    with db_engine.connect() as connection:
-        row = connection.execute(select(Replicator.__table__).where(Replicator.arn == arn)).one()
-    return row  # type: ignore[return-value]
+    with Session(db_engine) as session:
+        return session.scalars(select(Replicator).where(Replicator.arn == arn)).one()
 
 
 def test_create_then_describe_returns_the_full_shape(kafka: Any, unique: str, clusters: dict[str, Any]) -> None:
@@ -274,8 +274,9 @@ def test_list_pages_through_250_replicators_with_the_sdk_paginator(
 ) -> None:
     names = [f"{unique}-{i:03d}" for i in range(250)]
     with ThreadPoolExecutor(max_workers=32) as pool:
-        arns = set(pool.map(lambda name: kafka.create_replicator(**create_request(name, clusters))["ReplicatorArn"],
-                            names))
+        arns = set(
+            pool.map(lambda name: kafka.create_replicator(**create_request(name, clusters))["ReplicatorArn"], names)
+        )
     kafka.create_replicator(**create_request(f"x{unique}", clusters))  # contains the prefix, does not start with it
 
     paginator = kafka.get_paginator("list_replicators")
@@ -391,8 +392,9 @@ def test_describe_reports_the_state_the_fleet_wrote(
         )
 
 
-def test_endpoint_from_the_environment(api_url: str, unique: str, clusters: dict[str, Any],
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_endpoint_from_the_environment(
+    api_url: str, unique: str, clusters: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Scripts switch to Ferry by setting AWS_ENDPOINT_URL_KAFKA; their code does not change.
     monkeypatch.setenv("AWS_ENDPOINT_URL_KAFKA", api_url)
     client = boto3.client("kafka", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")

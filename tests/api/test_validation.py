@@ -106,8 +106,11 @@ CREATE_RULES: list[tuple[str, Mutation, str]] = [
     ("source is target", _target_is_source, "targetKafkaClusterId"),
     ("source by ARN and id", _both_arn_and_id, "sourceKafkaClusterArn"),
     ("source by neither ARN nor id", _drop("ReplicationInfoList.0.SourceKafkaClusterId"), "sourceKafkaClusterArn"),
-    ("target id of no cluster", _set("ReplicationInfoList.0.TargetKafkaClusterId", "elsewhere"),
-     "targetKafkaClusterId"),
+    (
+        "target id of no cluster",
+        _set("ReplicationInfoList.0.TargetKafkaClusterId", "elsewhere"),
+        "targetKafkaClusterId",
+    ),
     ("name starting with a dash", _set("ReplicatorName", "-leading-dash"), "replicatorName"),
     ("name with an underscore", _set("ReplicatorName", "under_score"), "replicatorName"),
     ("name of 129 characters", _set("ReplicatorName", "n" * 129), "replicatorName"),
@@ -115,55 +118,89 @@ CREATE_RULES: list[tuple[str, Mutation, str]] = [
     ("role that is not an IAM role ARN", _set("ServiceExecutionRoleArn", "my-role"), "serviceExecutionRoleArn"),
     ("unknown compression", _set("ReplicationInfoList.0.TargetCompressionType", "BROTLI"), "targetCompressionType"),
     ("unknown starting position", _set(f"{TOPICS}.StartingPosition", {"Type": "MIDDLE"}), "startingPosition"),
-    ("unknown topic naming", _set(f"{TOPICS}.TopicNameConfiguration", {"Type": "SUFFIXED"}),
-     "topicNameConfiguration"),
-    ("unknown offset sync mode", _set(f"{GROUPS}.ConsumerGroupOffsetSyncMode", "TURBO"),
-     "consumerGroupOffsetSyncMode"),
-    ("unknown SCRAM mechanism",
-     _set("KafkaClusters.0.ClientAuthentication", {"SaslScram": {"Mechanism": "MD5", "SecretArn": "s"}}),
-     "mechanism"),
-    ("two authentication methods",
-     _set("KafkaClusters.0.ClientAuthentication",
-          {"SaslScram": {"Mechanism": "SHA512", "SecretArn": "s"}, "MTLS": {"SecretArn": "s"}}),
-     "clientAuthentication"),
-    ("unknown encryption type", _set("KafkaClusters.0.EncryptionInTransit", {"EncryptionType": "SSL"}),
-     "encryptionType"),
+    ("unknown topic naming", _set(f"{TOPICS}.TopicNameConfiguration", {"Type": "SUFFIXED"}), "topicNameConfiguration"),
+    ("unknown offset sync mode", _set(f"{GROUPS}.ConsumerGroupOffsetSyncMode", "TURBO"), "consumerGroupOffsetSyncMode"),
+    (
+        "unknown SCRAM mechanism",
+        _set("KafkaClusters.0.ClientAuthentication", {"SaslScram": {"Mechanism": "MD5", "SecretArn": "s"}}),
+        "mechanism",
+    ),
+    (
+        "two authentication methods",
+        _set(
+            "KafkaClusters.0.ClientAuthentication",
+            {"SaslScram": {"Mechanism": "SHA512", "SecretArn": "s"}, "MTLS": {"SecretArn": "s"}},
+        ),
+        "clientAuthentication",
+    ),
+    (
+        "unknown encryption type",
+        _set("KafkaClusters.0.EncryptionInTransit", {"EncryptionType": "SSL"}),
+        "encryptionType",
+    ),
     ("no topic pattern", _set(f"{TOPICS}.TopicsToReplicate", []), "topicsToReplicate"),
-    ("101 topic patterns", _set(f"{TOPICS}.TopicsToReplicate", [f"t{i}" for i in range(101)]),
-     "topicsToReplicate"),
+    ("101 topic patterns", _set(f"{TOPICS}.TopicsToReplicate", [f"t{i}" for i in range(101)]), "topicsToReplicate"),
     ("topic pattern of 250 characters", _set(f"{TOPICS}.TopicsToReplicate", ["t" * 250]), "topicsToReplicate[0]"),
-    ("group pattern of 257 characters", _set(f"{GROUPS}.ConsumerGroupsToReplicate", ["g" * 257]),
-     "consumerGroupsToReplicate[0]"),
+    (
+        "group pattern of 257 characters",
+        _set(f"{GROUPS}.ConsumerGroupsToReplicate", ["g" * 257]),
+        "consumerGroupsToReplicate[0]",
+    ),
     ("empty topic pattern", _set(f"{TOPICS}.TopicsToReplicate", ["ok", ""]), "topicsToReplicate[1]"),
-    ("topic regex that does not compile", _set(f"{TOPICS}.TopicsToReplicate", ["orders[", "x"]),
-     "topicsToReplicate[0]"),
+    (
+        "topic regex that does not compile",
+        _set(f"{TOPICS}.TopicsToReplicate", ["orders[", "x"]),
+        "topicsToReplicate[0]",
+    ),
     ("exclude regex that does not compile", _set(f"{TOPICS}.TopicsToExclude", ["(unclosed"]), "topicsToExclude[0]"),
-    ("group regex that does not compile", _set(f"{GROUPS}.ConsumerGroupsToReplicate", ["*"]),
-     "consumerGroupsToReplicate[0]"),
+    (
+        "group regex that does not compile",
+        _set(f"{GROUPS}.ConsumerGroupsToReplicate", ["*"]),
+        "consumerGroupsToReplicate[0]",
+    ),
     ("nested quantifier (a+)+", _set(f"{TOPICS}.TopicsToReplicate", ["(a+)+$"]), "topicsToReplicate[0]"),
     ("nested quantifier (a*)*", _set(f"{TOPICS}.TopicsToExclude", ["(a*)*b"]), "topicsToExclude[0]"),
-    ("overlapping alternatives (a|a)*", _set(f"{GROUPS}.ConsumerGroupsToReplicate", ["(a|a)*c"]),
-     "consumerGroupsToReplicate[0]"),
-    ("overlapping alternatives ((x)|(x))+", _set(f"{GROUPS}.ConsumerGroupsToExclude", ["((x)|(x))+y"]),
-     "consumerGroupsToExclude[0]"),
+    (
+        "overlapping alternatives (a|a)*",
+        _set(f"{GROUPS}.ConsumerGroupsToReplicate", ["(a|a)*c"]),
+        "consumerGroupsToReplicate[0]",
+    ),
+    (
+        "overlapping alternatives ((x)|(x))+",
+        _set(f"{GROUPS}.ConsumerGroupsToExclude", ["((x)|(x))+y"]),
+        "consumerGroupsToExclude[0]",
+    ),
     ("ENHANCED offset sync with default PREFIXED naming", _enhanced_with_prefixed, "consumerGroupOffsetSyncMode"),
-    ("ENHANCED offset sync with explicit PREFIXED naming", _enhanced_with_explicit_prefixed,
-     "consumerGroupOffsetSyncMode"),
-    ("bootstrap string that is not host:port",
-     _set("KafkaClusters.0.ApacheKafkaCluster.BootstrapBrokerString", "localhost"), "bootstrapBrokerString"),
-    ("cluster id with spaces", _set("KafkaClusters.1.ApacheKafkaCluster.ApacheKafkaClusterId", "a b"),
-     "apacheKafkaClusterId"),
+    (
+        "ENHANCED offset sync with explicit PREFIXED naming",
+        _enhanced_with_explicit_prefixed,
+        "consumerGroupOffsetSyncMode",
+    ),
+    (
+        "bootstrap string that is not host:port",
+        _set("KafkaClusters.0.ApacheKafkaCluster.BootstrapBrokerString", "localhost"),
+        "bootstrapBrokerString",
+    ),
+    (
+        "cluster id with spaces",
+        _set("KafkaClusters.1.ApacheKafkaCluster.ApacheKafkaClusterId", "a b"),
+        "apacheKafkaClusterId",
+    ),
     ("MSK cluster ARN that is not one", _msk_cluster("arn:aws:kafka:us-east-1:123:cluster"), "mskClusterArn"),
     ("reserved tag prefix", _set("Tags", {"aws:created-by": "me"}), "tags"),
     ("tag key of 129 characters", _set("Tags", {"k" * 129: "v"}), "tags"),
     ("tag value of 257 characters", _set("Tags", {"k": "v" * 257}), "tags"),
-    ("enabled log delivery without destination",
-     _set("LogDelivery", {"ReplicatorLogDelivery": {"Firehose": {"Enabled": True}}}), "deliveryStream"),
+    (
+        "enabled log delivery without destination",
+        _set("LogDelivery", {"ReplicatorLogDelivery": {"Firehose": {"Enabled": True}}}),
+        "deliveryStream",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("mutation", "member"), [(m, f) for _, m, f in CREATE_RULES],
-                         ids=[rule for rule, _, _ in CREATE_RULES])
+@pytest.mark.parametrize(
+    ("mutation", "member"), [(m, f) for _, m, f in CREATE_RULES], ids=[rule for rule, _, _ in CREATE_RULES]
+)
 def test_create_rule(kafka: Any, unique: str, clusters: dict[str, Any], mutation: Mutation, member: str) -> None:
     request = create_request(unique, clusters)
     mutation(request)
@@ -195,9 +232,15 @@ def test_msk_cluster_without_aws_credentials_is_a_clear_bad_request(
     kafka: Any, unique: str, clusters: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The API runs in this process, so this is the environment its boto3 credential chain sees.
-    for variable in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
-                     "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-                     "AWS_WEB_IDENTITY_TOKEN_FILE"):
+    for variable in (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+    ):
         monkeypatch.delenv(variable, raising=False)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/credentials")
     monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/config")
@@ -246,28 +289,44 @@ UPDATE_RULES: list[tuple[str, dict[str, Any], str]] = [
     ("no-op topic update", {"TopicReplication": TOPIC_UPDATE}, "identical to the current value"),
     ("no-op group update", {"ConsumerGroupReplication": GROUP_UPDATE}, "identical to the current value"),
     ("nothing to update", {}, "topicReplication"),
-    ("log delivery with topic replication", {"TopicReplication": {**TOPIC_UPDATE, "TopicsToReplicate": ["x"]},
-                                             "LogDelivery": LOGS}, "logDelivery"),
-    ("another source cluster", {"SourceKafkaClusterId": "elsewhere", "TopicReplication": TOPIC_UPDATE},
-     "sourceKafkaClusterId"),
-    ("target given by ARN", {"TargetKafkaClusterArn": "arn:aws:kafka:us-east-1:123456789012:cluster/c/x",
-                             "TopicReplication": TOPIC_UPDATE}, "targetKafkaClusterArn"),
+    (
+        "log delivery with topic replication",
+        {"TopicReplication": {**TOPIC_UPDATE, "TopicsToReplicate": ["x"]}, "LogDelivery": LOGS},
+        "logDelivery",
+    ),
+    (
+        "another source cluster",
+        {"SourceKafkaClusterId": "elsewhere", "TopicReplication": TOPIC_UPDATE},
+        "sourceKafkaClusterId",
+    ),
+    (
+        "target given by ARN",
+        {"TargetKafkaClusterArn": "arn:aws:kafka:us-east-1:123456789012:cluster/c/x", "TopicReplication": TOPIC_UPDATE},
+        "targetKafkaClusterArn",
+    ),
     ("no topic pattern", {"TopicReplication": {**TOPIC_UPDATE, "TopicsToReplicate": []}}, "topicsToReplicate"),
-    ("catastrophic topic pattern", {"TopicReplication": {**TOPIC_UPDATE, "TopicsToReplicate": ["(x+)*y"]}},
-     "topicReplication.topicsToReplicate[0]"),
-    ("group regex that does not compile",
-     {"ConsumerGroupReplication": {**GROUP_UPDATE, "ConsumerGroupsToExclude": ["[z-a]"]}},
-     "consumerGroupReplication.consumerGroupsToExclude[0]"),
-    ("group pattern of 257 characters",
-     {"ConsumerGroupReplication": {**GROUP_UPDATE, "ConsumerGroupsToReplicate": ["g" * 257]}},
-     "consumerGroupsToReplicate[0]"),
+    (
+        "catastrophic topic pattern",
+        {"TopicReplication": {**TOPIC_UPDATE, "TopicsToReplicate": ["(x+)*y"]}},
+        "topicReplication.topicsToReplicate[0]",
+    ),
+    (
+        "group regex that does not compile",
+        {"ConsumerGroupReplication": {**GROUP_UPDATE, "ConsumerGroupsToExclude": ["[z-a]"]}},
+        "consumerGroupReplication.consumerGroupsToExclude[0]",
+    ),
+    (
+        "group pattern of 257 characters",
+        {"ConsumerGroupReplication": {**GROUP_UPDATE, "ConsumerGroupsToReplicate": ["g" * 257]}},
+        "consumerGroupsToReplicate[0]",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("changes", "expected"), [(c, e) for _, c, e in UPDATE_RULES],
-                         ids=[rule for rule, _, _ in UPDATE_RULES])
-def test_update_rule(kafka: Any, unique: str, clusters: dict[str, Any], changes: dict[str, Any],
-                     expected: str) -> None:
+@pytest.mark.parametrize(
+    ("changes", "expected"), [(c, e) for _, c, e in UPDATE_RULES], ids=[rule for rule, _, _ in UPDATE_RULES]
+)
+def test_update_rule(kafka: Any, unique: str, clusters: dict[str, Any], changes: dict[str, Any], expected: str) -> None:
     arn = kafka.create_replicator(**create_request(unique, clusters))["ReplicatorArn"]
     before = kafka.describe_replicator(ReplicatorArn=arn)
 
