@@ -337,3 +337,13 @@ def test_update_rule(kafka: Any, unique: str, clusters: dict[str, Any], changes:
     after = kafka.describe_replicator(ReplicatorArn=arn)
     assert after["CurrentVersion"] == before["CurrentVersion"]
     assert after["ReplicationInfoList"] == before["ReplicationInfoList"]
+
+
+def test_oversized_request_from_the_sdk_is_a_bad_request(kafka: Any, unique: str, clusters: dict[str, Any]) -> None:
+    request = create_request(unique, clusters, Description="d" * (2 * 1024 * 1024))
+
+    with pytest.raises(kafka.exceptions.BadRequestException) as error:
+        kafka.create_replicator(**request)
+
+    assert error.value.response["ResponseMetadata"]["HTTPStatusCode"] == 413
+    assert error.value.response["InvalidParameter"] == "body"
