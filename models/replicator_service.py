@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -268,7 +269,7 @@ async def list_tags(session: AsyncSession, *, account_id: str, arn: str) -> dict
 def describe(row: Replicator) -> DescribeReplicatorResponse:
     """The DescribeReplicator shape of a row: the one conversion every read goes through."""
     clusters = [
-        KafkaClusterDescription.model_validate({k: v for k, v in cluster.items() if k != "ferry"})
+        KafkaClusterDescription.model_validate(_members_of(KafkaClusterDescription, cluster))
         for cluster in row.kafka_clusters
     ]
     return DescribeReplicatorResponse(
@@ -276,7 +277,9 @@ def describe(row: Replicator) -> DescribeReplicatorResponse:
         current_version=row.current_version,
         is_replicator_reference=False,
         kafka_clusters=clusters,
-        replication_info_list=[ReplicationInfoDescription.model_validate(row.replication_info)],
+        replication_info_list=[
+            ReplicationInfoDescription.model_validate(_members_of(ReplicationInfoDescription, row.replication_info))
+        ],
         replicator_arn=row.arn,
         replicator_description=row.description,
         replicator_name=row.name,
@@ -287,6 +290,12 @@ def describe(row: Replicator) -> DescribeReplicatorResponse:
         tags=dict(row.tags),
         log_delivery=LogDelivery.model_validate(row.log_delivery) if row.log_delivery else None,
     )
+
+
+def _members_of(shape: type[BaseModel], stored: dict[str, Any]) -> dict[str, Any]:
+    """The stored members that belong to ``shape``: Ferry's own annotations (``ferry``) never reach clients."""
+    members = {field.alias or name for name, field in shape.model_fields.items()}
+    return {key: value for key, value in stored.items() if key in members}
 
 
 def summarize(row: Replicator) -> ReplicatorSummary:

@@ -6,8 +6,10 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 import boto3
+import httpx
 import pytest
 from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
@@ -403,3 +405,19 @@ def test_endpoint_from_the_environment(
 
     assert client.meta.endpoint_url == api_url
     assert created["ReplicatorName"] == unique
+
+
+def test_ferry_annotations_stay_internal(
+    kafka: Any, http: httpx.Client, unique: str, clusters: dict[str, Any], db_engine: Engine
+) -> None:
+    arn = kafka.create_replicator(**create_request(unique, clusters))["ReplicatorArn"]
+    with db_engine.begin() as connection:  # the fleet may annotate stored clusters further
+        stored = _row(db_engine, arn).kafka_clusters
+        annotated = [{**cluster, "fleetNote": "x", "ferry": {**cluster["ferry"], "leader": "w1"}} for cluster in stored]
+        connection.execute(update(Replicator).where(Replicator.arn == arn).values(kafka_clusters=annotated))
+
+    raw = http.get(f"/replication/v1/replicators/{quote(arn, safe='')}")
+
+    assert raw.status_code == 200
+    for cluster in raw.json()["kafkaClusters"]:
+        assert set(cluster) == {"apacheKafkaCluster", "kafkaClusterAlias"}
