@@ -1,0 +1,85 @@
+"""New topics and partitions are followed within 10 s; topic config changes within 30 s."""
+
+from __future__ import annotations
+
+import time
+
+from aiokafka.admin import NewPartitions
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+from tests.engine.conftest import (
+    Rec,
+    admin_client,
+    create_topic,
+    end_offsets,
+    produce,
+    running,
+    spec_for,
+    wait_for,
+)
+from workers.engine.admin import describe_topic_configs
+
+
+async def test_new_topic_and_new_partitions_are_followed_within_10s(
+        source_bootstrap: str, target_bootstrap: str, unique: str) -> None:
+    first, second = f"{unique}-first", f"{unique}-second"
+    await create_topic(source_bootstrap, first, 1)
+    spec = spec_for(unique, [f"{unique}-.*"], starting="LATEST")
+    async with running(spec, source_bootstrap, target_bootstrap):
+        created_at = time.monotonic()
+        await create_topic(source_bootstrap, second, 2)
+        await produce(source_bootstrap, second, [Rec(1, b"k", b"in a new topic")])
+        await wait_for(lambda: _partition_has(target_bootstrap, f"src.{second}", 1, 1), 10,
+                       "the new topic's record on the target")
+        assert time.monotonic() - created_at <= 10
+
+        added_at = time.monotonic()
+        async with admin_client(source_bootstrap) as admin:
+            await admin.create_partitions({first: NewPartitions(3)})
+        await produce(source_bootstrap, first, [Rec(2, b"k", b"in a new partition")])
+        await wait_for(lambda: _partition_has(target_bootstrap, f"src.{first}", 2, 1), 10,
+                       "the new partition's record on the target")
+        assert time.monotonic() - added_at <= 10
+    assert len(await end_offsets(target_bootstrap, f"src.{first}")) == 3
+
+
+async def test_config_changes_are_followed_within_30s(source_bootstrap: str, target_bootstrap: str,
+                                                      unique: str) -> None:
+    topic = f"{unique}-configured"
+    await create_topic(source_bootstrap, topic, 1, {"retention.ms": "3600000", "min.insync.replicas": "1",
+                                                   "cleanup.policy": "delete"})
+    target_topic = f"src.{topic}"
+    spec = spec_for(unique, [topic])
+    async with running(spec, source_bootstrap, target_bootstrap):
+        initial = await _dynamic_configs(target_bootstrap, target_topic)
+        assert initial.get("retention.ms") == "3600000", "configs are copied at creation"
+        assert "min.insync.replicas" not in initial, "per-cluster configs are not copied"
+        # An operator's own per-cluster override on the target must survive syncs.
+        async with admin_client(target_bootstrap) as admin:
+            await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, target_topic,
+                                                      {**initial, "min.insync.replicas": "1"})])
+        async with admin_client(source_bootstrap) as admin:
+            await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, {
+                "retention.ms": "7200000", "min.insync.replicas": "1", "cleanup.policy": "delete",
+                "max.message.bytes": "2000000"})])
+        changed_at = time.monotonic()
+
+        async def followed() -> bool:
+            configs = await _dynamic_configs(target_bootstrap, target_topic)
+            return configs.get("retention.ms") == "7200000" and configs.get("max.message.bytes") == "2000000"
+
+        await wait_for(followed, 30, "the target topic to follow the source config change", interval=0.5)
+        assert time.monotonic() - changed_at <= 30
+        final = await _dynamic_configs(target_bootstrap, target_topic)
+    assert final.get("min.insync.replicas") == "1", "the target's per-cluster override was reset"
+
+
+async def _dynamic_configs(bootstrap: str, topic: str) -> dict[str, str | None]:
+    async with admin_client(bootstrap) as admin:
+        entries = (await describe_topic_configs(admin, [topic]))[topic]
+    return {name: entry.value for name, entry in entries.items() if entry.source == 1}
+
+
+async def _partition_has(bootstrap: str, topic: str, partition: int, count: int) -> bool:
+    ends = await end_offsets(bootstrap, topic)
+    return ends.get(partition, 0) >= count
