@@ -152,7 +152,7 @@ def cpu_seconds(pid: int) -> float | None:
     """User + system CPU seconds of a process (its threads included), from /proc/<pid>/stat."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
+    except (OSError, IndexError, ValueError):
         return None
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / ticks
@@ -169,6 +169,62 @@ def memory_kib(pid: int) -> dict[str, int]:
     except OSError:
         pass
     return out
+
+
+def system_busy_seconds() -> float | None:
+    """CPU seconds the whole machine spent busy (all cores: user, nice, system, irq, softirq, steal)."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()
+    except (OSError, IndexError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def broker_pids() -> dict[str, int]:
+    """The brokers' pids from the stack's pid files (for their CPU share during a measurement)."""
+    out: dict[str, int] = {}
+    for name in ("kafka-source", "kafka-target"):
+        try:
+            data = json.loads((ROOT / ".run" / "pids" / f"{name}.json").read_text())
+        except (OSError, ValueError):
+            continue
+        pid = int(data["pid"])
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if data.get("marker", "") in cmdline:
+            out[name] = pid
+    return out
+
+
+class CpuWindow:
+    """CPU use over a time window: the replicator, the brokers, this harness, the whole machine, the rest."""
+
+    def __init__(self, replicator_pid: int) -> None:
+        self.pids = {"replicator": replicator_pid, **broker_pids(), "harness": os.getpid()}
+        self.start_wall = time.monotonic()
+        self.start = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        self.start_machine = system_busy_seconds()
+
+    def finish(self) -> dict[str, Any]:
+        wall = time.monotonic() - self.start_wall
+        out: dict[str, Any] = {"window_s": round(wall, 3)}
+        if wall <= 0:
+            return out
+        known = 0.0
+        for name, pid in self.pids.items():
+            before, after = self.start[name], cpu_seconds(pid)
+            if before is not None and after is not None:
+                out[f"{name}_cores"] = round((after - before) / wall, 2)
+                known += after - before
+        machine = system_busy_seconds()
+        if machine is not None and self.start_machine is not None:
+            busy = machine - self.start_machine
+            out["machine_busy_cores"] = round(busy / wall, 2)
+            out["other_processes_cores"] = round(max(0.0, busy - known) / wall, 2)
+        return out
 
 
 def loadavg() -> list[float]:

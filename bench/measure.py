@@ -13,7 +13,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from bench.common import MB, BenchError, Stack, cpu_seconds, loadavg, memory_kib, say, wait_until
+from bench.common import MB, BenchError, CpuWindow, Stack, loadavg, memory_kib, say, wait_until
 from bench.kafka import Cluster, producer_perf
 from bench.replicators import MirrorMaker2, Replicator
 
@@ -149,7 +149,7 @@ async def catch_up(
             log=rep.log,
         )
         first_count = watch.count
-        cpu_first = cpu_seconds(proc.pid)
+        cpu_window = CpuWindow(proc.pid)
         result["time_to_first_record_s"] = round(t_first - t_start, 3)
         result["records_at_first_observation"] = first_count
         say(f"  {rep.label}: first records after {t_first - t_start:.1f}s ({first_count:,} already there)")
@@ -164,7 +164,7 @@ async def catch_up(
             proc=proc,
             log=rep.log,
         )
-        cpu_done = cpu_seconds(proc.pid)
+        result["cpu_in_window"] = cpu_window.finish()
         if on_caught_up is not None:
             await on_caught_up()
         window = t_done - t_first
@@ -178,9 +178,6 @@ async def catch_up(
             records_on_target=watch.count,
             duplicates=watch.count - records,
         )
-        if cpu_first is not None and cpu_done is not None and window > 0:
-            result["replicator_cpu_s_in_window"] = round(cpu_done - cpu_first, 2)
-            result["replicator_cpu_cores_avg"] = round((cpu_done - cpu_first) / window, 2)
         result["replicator_memory_kib"] = memory_kib(proc.pid)
         say(
             f"  {rep.label}: caught up in {window:.1f}s: {result['mb_per_s']:.1f} MB/s, "
@@ -321,6 +318,7 @@ async def latency(
         start_offsets = await target.end_offsets(target_topic, watch.partitions, watch.consumer)
         consumer = LatencyConsumer(stack.target, target_topic, start_offsets)
         task = asyncio.create_task(consumer.run())
+        cpu_window = CpuWindow(proc.pid)
         load = await producer_perf(
             stack.kafka_lib,
             bootstrap=stack.source,
@@ -352,6 +350,7 @@ async def latency(
             )
         except BenchError as exc:
             result["incomplete"] = str(exc).splitlines()[0]
+        result["cpu_during_load"] = cpu_window.finish()
         values = sorted(c.latencies_ms)
         result["records_seen"] = len(values)
         if values:

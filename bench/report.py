@@ -37,7 +37,7 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
 
         def mbps(kind: str, runs: dict[str, Any] = runs) -> float | None:
             run = runs.get(kind, {})
-            return run.get("mb_per_s") if run.get("status") == "ok" else None
+            return run.get("mb_per_s") if run.get("status") in ("ok", "partial") else None
 
         ferry, default, tuned = mbps("ferry"), mbps("mm2-default"), mbps("mm2-tuned")
         out[profile] = {
@@ -65,42 +65,55 @@ def table(results: dict[str, Any]) -> str:
     lines: list[str] = []
     profiles = results.get("settings", {}).get("profiles", {})
     rat = results.get("ratios", {})
-    lines.append("### Throughput (catch-up of a preloaded topic; MB = 10^6 bytes)")
+    lines.append("### Throughput (catch-up of a preloaded topic; MB = 10^6 bytes; replicators: median of the rounds)")
     lines.append("")
-    lines.append("| profile | run | MB/s | records/s | time to first record (s) | / limit | status |")
-    lines.append("|---|---|---:|---:|---:|---:|---|")
+    lines.append(
+        "| profile | run | MB/s | records/s | time to first record (s) | / limit | rounds: MB/s each | status |"
+    )
+    lines.append("|---|---|---:|---:|---:|---:|---|---|")
     for profile, spec in profiles.items():
         tag = f"{profile}: {spec['records']:,} x {spec['record_size']} B, {spec['partitions']} partitions"
         limit = results.get("limit", {}).get(profile, {})
-        prod, cons = limit.get("producer", {}), limit.get("consumer", {})
+        cons = limit.get("consumer", {})
         lim = limit.get("limit_mb_per_s")
-        if prod:
+        for config, prod in limit.get("producers", {}).items():
             lines.append(
-                f"| {tag} | limit: ProducerPerformance -> target | {_f(prod.get('mb_per_s'))} "
-                f"| {_f(prod.get('records_per_s'), 0)} | | | {_status(prod) if 'status' in prod else 'ok'} |"
+                f"| {tag} | limit: ProducerPerformance -> target ({config}) | {_f(prod.get('mb_per_s'))} "
+                f"| {_f(prod.get('records_per_s'), 0)} | | | | ok |"
             )
         if cons:
             lines.append(
                 f"| {tag} | limit: ConsumerPerformance <- source | {_f(cons.get('mb_per_s'))} "
-                f"| {_f(cons.get('records_per_s'), 0)} | | | {_status(cons) if 'status' in cons else 'ok'} |"
+                f"| {_f(cons.get('records_per_s'), 0)} | | | | {cons.get('warning', 'ok')} |"
             )
         for kind, run in results.get("throughput", {}).get(profile, {}).items():
             mb = run.get("mb_per_s")
+            each = ", ".join(f"{v:.1f}" for v in run.get("mb_per_s_all", []))
             lines.append(
                 f"| {tag} | {kind} | {_f(mb)} | {_f(run.get('records_per_s'), 0)} "
-                f"| {_f(run.get('time_to_first_record_s'))} | {_f(_ratio(mb, lim), 2)} | {_status(run)} |"
+                f"| {_f(run.get('time_to_first_record_s'))} | {_f(_ratio(mb, lim), 2)} | {each} | {_status(run)} |"
             )
     lines.append("")
     lines.append("### Ratios")
     lines.append("")
-    lines.append("| profile | Ferry / MM2 default | Ferry / MM2 tuned | Ferry / limit | MM2 tuned / limit |")
-    lines.append("|---|---:|---:|---:|---:|")
+    lines.append(
+        "| profile | limit MB/s | Ferry / MM2 default | Ferry / MM2 tuned | Ferry / limit | MM2 default / limit "
+        "| MM2 tuned / limit |"
+    )
+    lines.append("|---|---:|---:|---:|---:|---:|---:|")
     for profile in profiles:
         r = rat.get(profile, {})
+        lim = results.get("limit", {}).get(profile, {}).get("limit_mb_per_s")
         lines.append(
-            f"| {profile} | {_f(r.get('ferry_over_mm2_default'), 2)} | {_f(r.get('ferry_over_mm2_tuned'), 2)} "
-            f"| {_f(r.get('ferry_over_limit'), 2)} | {_f(r.get('mm2_tuned_over_limit'), 2)} |"
+            f"| {profile} | {_f(lim)} | {_f(r.get('ferry_over_mm2_default'), 2)} "
+            f"| {_f(r.get('ferry_over_mm2_tuned'), 2)} | {_f(r.get('ferry_over_limit'), 2)} "
+            f"| {_f(r.get('mm2_default_over_limit'), 2)} | {_f(r.get('mm2_tuned_over_limit'), 2)} |"
         )
+    lines.append("")
+    lines.append(
+        "The limit is the lower of the faster ProducerPerformance config into the target and ConsumerPerformance "
+        "from the source (a single Java client each, so a replicator can exceed it)."
+    )
     lines.append("")
     lat = results.get("latency", {})
     if lat:
@@ -119,6 +132,9 @@ def table(results: dict[str, Any]) -> str:
                 f"| {kind} | {_f(run.get('p50_ms'))} | {_f(run.get('p99_ms'))} | {_f(run.get('max_ms'))} "
                 f"| {_f(run.get('records_seen'))} | {_status(run)} |"
             )
+        if rat.get("latency_p99_ferry_over_mm2_tuned") is not None:
+            lines.append("")
+            lines.append(f"Ferry p99 / MM2 tuned p99: {rat['latency_p99_ferry_over_mm2_tuned']:.2f}")
         lines.append("")
     cp = results.get("control_plane", {})
     if cp:
@@ -132,6 +148,22 @@ def table(results: dict[str, Any]) -> str:
                 f"| {key} | {_f(entry.get('p50_' + unit), 2)} {unit} | {_f(entry.get('p99_' + unit), 2)} {unit} "
                 f"| {_status(entry)} |"
             )
+        lines.append("")
+    prof = results.get("profile", {})
+    if prof.get("status") == "ok":
+        run = prof.get("run", {})
+        lines.append(
+            f"### Profile: py-spy on Ferry during a separate catch-up of profile A ({prof.get('samples')} samples, "
+            f"{_f(run.get('mb_per_s'))} MB/s under the profiler)"
+        )
+        lines.append("")
+        lines.append("| where (self time) | share |")
+        lines.append("|---|---:|")
+        lines.extend(f"| {a['area']} | {a['share']:.0%} |" for a in prof.get("self_by_area", []))
+        lines.append("")
+        lines.append("| top functions (self time) | share |")
+        lines.append("|---|---:|")
+        lines.extend(f"| `{f['function']}` | {f['share']:.0%} |" for f in prof.get("top_functions_self", [])[:8])
         lines.append("")
     skipped = results.get("skipped", [])
     if skipped:
