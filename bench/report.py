@@ -65,56 +65,59 @@ def table(results: dict[str, Any]) -> str:
     lines: list[str] = []
     profiles = results.get("settings", {}).get("profiles", {})
     rat = results.get("ratios", {})
-    lines.append("### Throughput (catch-up of a preloaded topic; MB = 10^6 bytes; replicators: median of the rounds)")
-    lines.append("")
-    lines.append(
-        "| profile | run | MB/s | records/s | time to first record (s) | / limit | rounds: MB/s each | status |"
-    )
-    lines.append("|---|---|---:|---:|---:|---:|---|---|")
-    for profile, spec in profiles.items():
-        tag = f"{profile}: {spec['records']:,} x {spec['record_size']} B, {spec['partitions']} partitions"
-        limit = results.get("limit", {}).get(profile, {})
-        cons = limit.get("consumer", {})
-        lim = limit.get("limit_mb_per_s")
-        for config, prod in limit.get("producers", {}).items():
-            lines.append(
-                f"| {tag} | limit: ProducerPerformance -> target ({config}) | {_f(prod.get('mb_per_s'))} "
-                f"| {_f(prod.get('records_per_s'), 0)} | | | | ok |"
-            )
-        if cons:
-            lines.append(
-                f"| {tag} | limit: ConsumerPerformance <- source | {_f(cons.get('mb_per_s'))} "
-                f"| {_f(cons.get('records_per_s'), 0)} | | | | {cons.get('warning', 'ok')} |"
-            )
-        for kind, run in results.get("throughput", {}).get(profile, {}).items():
-            mb = run.get("mb_per_s")
-            each = ", ".join(f"{v:.1f}" for v in run.get("mb_per_s_all", []))
-            lines.append(
-                f"| {tag} | {kind} | {_f(mb)} | {_f(run.get('records_per_s'), 0)} "
-                f"| {_f(run.get('time_to_first_record_s'))} | {_f(_ratio(mb, lim), 2)} | {each} | {_status(run)} |"
-            )
-    lines.append("")
-    lines.append("### Ratios")
-    lines.append("")
-    lines.append(
-        "| profile | limit MB/s | Ferry / MM2 default | Ferry / MM2 tuned | Ferry / limit | MM2 default / limit "
-        "| MM2 tuned / limit |"
-    )
-    lines.append("|---|---:|---:|---:|---:|---:|---:|")
-    for profile in profiles:
-        r = rat.get(profile, {})
-        lim = results.get("limit", {}).get(profile, {}).get("limit_mb_per_s")
+    if profiles and (results.get("throughput") or results.get("limit")):
         lines.append(
-            f"| {profile} | {_f(lim)} | {_f(r.get('ferry_over_mm2_default'), 2)} "
-            f"| {_f(r.get('ferry_over_mm2_tuned'), 2)} | {_f(r.get('ferry_over_limit'), 2)} "
-            f"| {_f(r.get('mm2_default_over_limit'), 2)} | {_f(r.get('mm2_tuned_over_limit'), 2)} |"
+            "### Throughput (catch-up of a preloaded topic; MB = 10^6 bytes; replicators: median of the rounds)"
         )
-    lines.append("")
-    lines.append(
-        "The limit is the lower of the faster ProducerPerformance config into the target and ConsumerPerformance "
-        "from the source (a single Java client each, so a replicator can exceed it)."
-    )
-    lines.append("")
+        lines.append("")
+        lines.append(
+            "| profile | run | MB/s | records/s | time to first record (s) | / limit | rounds: MB/s each | status |"
+        )
+        lines.append("|---|---|---:|---:|---:|---:|---|---|")
+        for profile, spec in profiles.items():
+            tag = f"{profile}: {spec['records']:,} x {spec['record_size']} B, {spec['partitions']} partitions"
+            limit = results.get("limit", {}).get(profile, {})
+            cons = limit.get("consumer", {})
+            lim = limit.get("limit_mb_per_s")
+            for config, prod in limit.get("producers", {}).items():
+                lines.append(
+                    f"| {tag} | limit: ProducerPerformance -> target ({config}) | {_f(prod.get('mb_per_s'))} "
+                    f"| {_f(prod.get('records_per_s'), 0)} | | | | ok |"
+                )
+            if cons:
+                lines.append(
+                    f"| {tag} | limit: ConsumerPerformance <- source | {_f(cons.get('mb_per_s'))} "
+                    f"| {_f(cons.get('records_per_s'), 0)} | | | | {cons.get('warning', 'ok')} |"
+                )
+            for kind, run in results.get("throughput", {}).get(profile, {}).items():
+                mb = run.get("mb_per_s")
+                each = ", ".join(f"{v:.1f}" for v in run.get("mb_per_s_all", []))
+                lines.append(
+                    f"| {tag} | {kind} | {_f(mb)} | {_f(run.get('records_per_s'), 0)} "
+                    f"| {_f(run.get('time_to_first_record_s'))} | {_f(_ratio(mb, lim), 2)} | {each} | {_status(run)} |"
+                )
+        lines.append("")
+        lines.append("### Ratios")
+        lines.append("")
+        lines.append(
+            "| profile | limit MB/s | Ferry / MM2 default | Ferry / MM2 tuned | Ferry / limit | MM2 default / limit "
+            "| MM2 tuned / limit |"
+        )
+        lines.append("|---|---:|---:|---:|---:|---:|---:|")
+        for profile in profiles:
+            r = rat.get(profile, {})
+            lim = results.get("limit", {}).get(profile, {}).get("limit_mb_per_s")
+            lines.append(
+                f"| {profile} | {_f(lim)} | {_f(r.get('ferry_over_mm2_default'), 2)} "
+                f"| {_f(r.get('ferry_over_mm2_tuned'), 2)} | {_f(r.get('ferry_over_limit'), 2)} "
+                f"| {_f(r.get('mm2_default_over_limit'), 2)} | {_f(r.get('mm2_tuned_over_limit'), 2)} |"
+            )
+        lines.append("")
+        lines.append(
+            "The limit is the lower of the faster ProducerPerformance config into the target and ConsumerPerformance "
+            "from the source (a single Java client each, so a replicator can exceed it)."
+        )
+        lines.append("")
     lat = results.get("latency", {})
     if lat:
         spec = results.get("settings", {}).get("latency", {})

@@ -409,6 +409,7 @@ class Bench:
             seconds=settings["seconds"],
             creates=2 if self.args.quick else 20,
             running_limit_s=15.0,
+            log_dir=self.log_dir,
         )
         for key, entry in self.results["control_plane"].items():
             if entry.get("status") == "skipped":
