@@ -8,8 +8,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from redis.asyncio import Redis
 
-from api import health, replicators, tags
+from api import health, replication_metrics, replicators, tags
 from api.errors import install_error_handling
+from api.fleet_trigger import FleetTrigger
 from models.db import async_session_factory, make_async_engine
 from models.settings import FerrySettings, get_settings
 
@@ -24,9 +25,11 @@ def create_app(settings: FerrySettings | None = None) -> FastAPI:
         app.state.db_engine = engine
         app.state.db_sessions = async_session_factory(engine)
         app.state.redis = redis
+        app.state.fleet = FleetTrigger(settings)
         try:
             yield
         finally:
+            app.state.fleet.close()
             await redis.aclose()
             await engine.dispose()
 
@@ -38,6 +41,8 @@ def create_app(settings: FerrySettings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.include_router(health.router)
+    # Before the replicators router: its {replicatorArn:path} routes would otherwise swallow ".../metrics".
+    app.include_router(replication_metrics.router)
     app.include_router(replicators.router)
     app.include_router(tags.router)
     install_error_handling(app)

@@ -47,6 +47,7 @@ async def create_replicator(
         row = await replicator_service.create_replicator(
             session, account_id=caller.account_id, region=caller.region, request=body
         )
+    await request.app.state.fleet.reconcile_soon()
     return CreateReplicatorResponse(
         replicator_arn=row.arn,
         replicator_name=row.name,
@@ -119,6 +120,7 @@ async def update_replication_info(
         row = await replicator_service.update_replication_info(
             session, account_id=caller.account_id, arn=replicatorArn, request=body
         )
+    await request.app.state.fleet.reconcile_soon()
     return ReplicatorStateResponse(replicator_arn=row.arn, replicator_state=row.state)
 
 
@@ -141,4 +143,5 @@ async def delete_replicator(
         row = await replicator_service.delete_replicator(
             session, account_id=caller.account_id, arn=replicatorArn, current_version=current_version
         )
+    await request.app.state.fleet.reconcile_soon()
     return ReplicatorStateResponse(replicator_arn=row.arn, replicator_state=row.state)

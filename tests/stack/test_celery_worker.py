@@ -21,10 +21,30 @@ def celery_worker(test_env: dict[str, str], tmp_path: Path) -> Iterator[tuple[st
     log = tmp_path / "worker.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "--loglevel", "INFO",
-             "--pool", "solo", "--queues", queue, "--hostname", f"{queue}@%h", "--without-heartbeat",
-             "--without-gossip", "--without-mingle"],
-            cwd=ROOT, env=test_env, stdout=out, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers.celery_app",
+                "worker",
+                "--loglevel",
+                "INFO",
+                "--pool",
+                "solo",
+                "--queues",
+                queue,
+                "--hostname",
+                f"{queue}@%h",
+                "--without-heartbeat",
+                "--without-gossip",
+                "--without-mingle",
+            ],
+            # Only the task path is under test here: no fleet agent joins the test database's fleet.
+            cwd=ROOT,
+            env={**test_env, "FERRY_FLEET_AGENT_ENABLED": "false"},
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     try:
         yield queue, proc

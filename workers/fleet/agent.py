@@ -290,6 +290,7 @@ class FleetAgent:
         self.runtimes: dict[str, ReplicatorRuntime] = {}
         self.metadata: dict[str, tuple[MetadataRunner, asyncio.Task[None]]] = {}
         self.copiers: dict[str, CopyRunner] = {}
+        self._last_counts: dict[tuple[str, TopicPartition], tuple[int, int, int]] = {}
         self._db: AsyncEngine | None = None
         self._redis: Redis | None = None
         self._store: LeaseStore | None = None
@@ -474,11 +475,22 @@ class FleetAgent:
                 entry: dict[str, Any] = asdict(stats)
                 entry["health"] = stats.health.value
                 entry.update(owner=self.worker_id, epoch=lease.epoch, reportedAtMs=now_ms)
+                entry.update(self._rates(replicator_id, tp, stats.records_copied, stats.bytes_copied, now_ms))
                 fields[f"{tp.topic}:{tp.partition}"] = json.dumps(entry)
             if fields:
                 key = METRICS_KEY.format(replicator_id=replicator_id)
                 await redis.hset(key, mapping=fields)  # type: ignore[arg-type]
                 await redis.expire(key, METRICS_TTL_SECONDS)
+
+    def _rates(self, replicator_id: str, tp: TopicPartition, records: int, size: int, now_ms: int) -> dict[str, float]:
+        """Records and bytes per second since this worker's previous report of the partition."""
+        key = (replicator_id, tp)
+        previous = self._last_counts.get(key)
+        self._last_counts[key] = (now_ms, records, size)
+        if previous is None or now_ms <= previous[0] or records < previous[1]:
+            return {"recordsPerSecond": 0.0, "bytesPerSecond": 0.0}
+        seconds = (now_ms - previous[0]) / 1000
+        return {"recordsPerSecond": (records - previous[1]) / seconds, "bytesPerSecond": (size - previous[2]) / seconds}
 
     @staticmethod
     def _require(value: _T | None) -> _T:

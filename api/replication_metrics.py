@@ -1,0 +1,261 @@
+"""Ferry extensions: how replication is doing, from what the fleet's workers report to Redis.
+
+- ``GET /replication/v1/replicators/{replicatorArn}/metrics``: totals and per topic-partition lag (records and
+  seconds), latency, throughput, errors, owner worker and health, for one replicator.
+- ``GET /metrics``: every replicator in Prometheus text format, with MSK Replicator's CloudWatch metric names.
+
+Workers publish at every tick (``workers/fleet/agent.py``); a reading older than ``STALE_AFTER_MS`` is shown
+as such (health ``UNKNOWN``) rather than as if it were current.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import PlainTextResponse
+from redis.asyncio import Redis
+from sqlalchemy import select
+
+from api.deps import transaction
+from api.errors import error_responses
+from api.identity import CallerDep
+from api.replicators import ReplicatorArn
+from models import replicator_service
+from models.replicator import Replicator
+
+router = APIRouter(tags=["monitoring"])
+
+METRICS_KEY = "ferry:metrics:{replicator_id}"
+STATUS_KEY = "ferry:status:{replicator_id}"
+STALE_AFTER_MS = 15_000
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+@dataclass(frozen=True)
+class ReplicatorReading:
+    replicator: Replicator
+    partitions: list[dict[str, Any]]
+    status: dict[str, Any]
+
+
+async def _reading(redis: Redis, row: Replicator) -> ReplicatorReading:
+    now_ms = int(time.time() * 1000)
+    raw = await redis.hgetall(METRICS_KEY.format(replicator_id=row.id))
+    partitions = []
+    for value in raw.values():
+        entry = json.loads(value)
+        age = now_ms - int(entry.get("reportedAtMs", 0))
+        lag = entry.get("lag_records")
+        last_ts = entry.get("last_copied_timestamp_ms")
+        partitions.append(
+            {
+                "sourceTopic": entry["source_topic"],
+                "partition": entry["partition"],
+                "targetTopic": entry["target_topic"],
+                "owner": entry.get("owner"),
+                "health": entry["health"] if age <= STALE_AFTER_MS else "UNKNOWN",
+                "healthDetail": entry.get("health_detail", "")
+                if age <= STALE_AFTER_MS
+                else f"no report from its worker for {age // 1000}s",
+                "lagRecords": lag,
+                # Time behind: how old the newest copied record is while records wait; zero when caught up.
+                "lagSeconds": 0.0 if lag == 0 else (None if last_ts is None else max(0.0, (now_ms - last_ts) / 1000)),
+                "latencyMs": entry.get("latency_ms_max_recent"),
+                "recordsCopied": entry.get("records_copied", 0),
+                "bytesCopied": entry.get("bytes_copied", 0),
+                "recordsFiltered": entry.get("records_filtered", 0),
+                "recordsPerSecond": entry.get("recordsPerSecond", 0.0),
+                "bytesPerSecond": entry.get("bytesPerSecond", 0.0),
+                "truncatedOffsets": entry.get("truncated_offsets", 0),
+                "errors": entry.get("errors", {}),
+                "nextSourceOffset": entry.get("next_source_offset"),
+                "sourceEndOffset": entry.get("source_end_offset"),
+                "reportedAgeSeconds": age / 1000,
+            }
+        )
+    partitions.sort(key=lambda p: (p["sourceTopic"], p["partition"]))
+    status_raw = await redis.hgetall(STATUS_KEY.format(replicator_id=row.id))
+    status = {_text(k): json.loads(v) for k, v in status_raw.items() if _text(k) != "reportedAtMs"}
+    return ReplicatorReading(row, partitions, status)
+
+
+def _totals(partitions: list[dict[str, Any]]) -> dict[str, Any]:
+    errors: dict[str, int] = defaultdict(int)
+    for p in partitions:
+        for kind, count in p["errors"].items():
+            errors[kind] += count
+    lags = [p["lagRecords"] for p in partitions if p["lagRecords"] is not None]
+    lag_seconds = [p["lagSeconds"] for p in partitions if p["lagSeconds"] is not None]
+    latencies = [p["latencyMs"] for p in partitions if p["latencyMs"] is not None]
+    return {
+        "partitions": len(partitions),
+        "recordsCopied": sum(p["recordsCopied"] for p in partitions),
+        "bytesCopied": sum(p["bytesCopied"] for p in partitions),
+        "recordsPerSecond": sum(p["recordsPerSecond"] for p in partitions),
+        "bytesPerSecond": sum(p["bytesPerSecond"] for p in partitions),
+        "lagRecords": sum(lags) if lags else None,
+        "maxLagSeconds": max(lag_seconds) if lag_seconds else None,
+        "maxLatencyMs": max(latencies) if latencies else None,
+        "errors": dict(errors),
+        "unhealthyPartitions": sum(1 for p in partitions if p["health"] not in ("REPLICATING", "STARTING")),
+    }
+
+
+@router.get(
+    "/replication/v1/replicators/{replicatorArn:path}/metrics",
+    operation_id="GetReplicatorMetrics",
+    summary="Replication metrics of a replicator (Ferry extension)",
+    responses=error_responses(400, 404, 500),
+)
+async def replicator_metrics(replicatorArn: ReplicatorArn, request: Request, caller: CallerDep) -> dict[str, Any]:
+    """Totals and per topic-partition lag, latency, throughput, errors, owner worker and health."""
+    async with transaction(request) as session:
+        row = await replicator_service.get_replicator(session, account_id=caller.account_id, arn=replicatorArn)
+    reading = await _reading(request.app.state.redis, row)
+    return {
+        "replicatorArn": row.arn,
+        "replicatorName": row.name,
+        "replicatorState": row.state,
+        "stateInfo": row.state_info,
+        "totals": _totals(reading.partitions),
+        "clusterPing": reading.status.get("clusterPing", {}),
+        "topics": reading.status.get("topics", {}),
+        "topicErrors": reading.status.get("topicErrors", {}),
+        "partitions": reading.partitions,
+    }
+
+
+def _label(value: object) -> str:
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+class _Exposition:
+    """Prometheus text format, one HELP/TYPE block per metric name."""
+
+    def __init__(self) -> None:
+        self.samples: dict[str, list[str]] = defaultdict(list)
+        self.help: dict[str, tuple[str, str]] = {}
+
+    def add(self, name: str, kind: str, help_text: str, labels: dict[str, object], value: float | None) -> None:
+        self.help[name] = (kind, help_text)
+        if value is None:
+            return
+        rendered = ",".join(f'{k}="{_label(v)}"' for k, v in labels.items())
+        self.samples[name].append(f"{name}{{{rendered}}} {float(value):g}")
+
+    def render(self) -> str:
+        lines = []
+        for name, (kind, help_text) in sorted(self.help.items()):
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", *self.samples[name]]
+        return "\n".join(lines) + "\n"
+
+
+@router.get("/metrics", summary="Prometheus metrics with MSK Replicator's names", response_class=PlainTextResponse)
+async def prometheus_metrics(request: Request, caller: CallerDep) -> PlainTextResponse:
+    """Per replicator (and topic and partition where it applies): ReplicationLatency, MessageLag, ..."""
+    async with transaction(request) as session:
+        rows = (
+            (
+                await session.execute(
+                    select(Replicator).where(Replicator.account_id == caller.account_id).order_by(Replicator.seq)
+                )
+            )
+            .scalars()
+            .all()
+        )
+    out = _Exposition()
+    for row in rows:
+        reading = await _reading(request.app.state.redis, row)
+        name = row.name
+        totals = _totals(reading.partitions)
+        for p in reading.partitions:
+            labels = {"replicator_name": name, "topic": p["sourceTopic"], "partition": p["partition"]}
+            out.add(
+                "ReplicationLatency",
+                "gauge",
+                "Milliseconds from a record's source timestamp to its acknowledgement by the target.",
+                labels,
+                p["latencyMs"],
+            )
+            out.add(
+                "MessageLag",
+                "gauge",
+                "Records on the source not yet acknowledged by the target (true source-to-target lag).",
+                labels,
+                p["lagRecords"],
+            )
+            out.add(
+                "ReplicatorThroughput",
+                "gauge",
+                "Bytes per second replicated to the target.",
+                labels,
+                p["bytesPerSecond"],
+            )
+        out.add(
+            "ReplicatorBytesInPerSec",
+            "gauge",
+            "Bytes per second the replicator processed (replicated, without loop-filtered records).",
+            {"replicator_name": name},
+            totals["bytesPerSecond"],
+        )
+        failures = sum(totals["errors"].values())
+        out.add(
+            "ReplicatorFailure",
+            "gauge",
+            "Partitions of the replicator that are not healthy now.",
+            {"replicator_name": name},
+            totals["unhealthyPartitions"] + (1 if row.state == "FAILED" else 0),
+        )
+        out.add(
+            "ReplicationErrors",
+            "counter",
+            "Errors the replicator's copiers met, by kind.",
+            {"replicator_name": name},
+            failures,
+        )
+        out.add(
+            "AuthError",
+            "counter",
+            "Authorization failures met by the replicator.",
+            {"replicator_name": name},
+            totals["errors"].get("AUTH_DENIED", 0),
+        )
+        out.add(
+            "ThrottleTime",
+            "gauge",
+            "Milliseconds requests were throttled by brokers (not measured yet).",
+            {"replicator_name": name},
+            None,
+        )
+        for alias, ok in sorted(reading.status.get("clusterPing", {}).items()):
+            out.add(
+                "KafkaClusterPingSuccessCount",
+                "gauge",
+                "1 when the cluster answered the last probe, else 0.",
+                {"replicator_name": name, "cluster_alias": alias},
+                ok,
+            )
+        # Consumer group offset sync is not built yet (issue 6): no group is synchronised, none has failed.
+        out.add(
+            "ConsumerGroupCount",
+            "gauge",
+            "Consumer groups whose offsets are synchronised.",
+            {"replicator_name": name},
+            0,
+        )
+        out.add(
+            "ConsumerGroupOffsetSyncFailure",
+            "counter",
+            "Consumer group offset sync failures.",
+            {"replicator_name": name},
+            0,
+        )
+    return PlainTextResponse(out.render(), media_type="text/plain; version=0.0.4")

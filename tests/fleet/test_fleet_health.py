@@ -1,0 +1,187 @@
+"""What users see about a replicator's health: metrics that match what was produced, FAILED with a readable
+reason when a cluster is unreachable and back to RUNNING once it is fixed, a notice for a topic list that
+matches nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import pytest
+
+from tests.fleet.conftest import Fleet, wait_until
+from tests.fleet.test_fleet_lifecycle import count_records, create_request, create_topic, describe, produce
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_worker(fleet: Fleet) -> None:
+    fleet.start_worker("health-w1")
+
+
+def metrics(api: str, arn: str) -> dict[str, Any]:
+    response = httpx.get(f"{api}/replication/v1/replicators/{quote(arn, safe='')}/metrics", timeout=10)
+    response.raise_for_status()
+    body: dict[str, Any] = response.json()
+    return body
+
+
+@pytest.mark.slow
+def test_metrics_match_what_was_produced(
+    fleet_api: str, fleet_kafka: Any, unique: str, source_bootstrap: str, target_bootstrap: str
+) -> None:
+    topic = f"{unique}-m"
+    asyncio.run(create_topic(source_bootstrap, topic, 2))
+    asyncio.run(produce(source_bootstrap, topic, 500, 2, "m"))
+    arn = fleet_kafka.create_replicator(**create_request(unique, source_bootstrap, target_bootstrap, [topic]))[
+        "ReplicatorArn"
+    ]
+    wait_until("RUNNING", lambda: describe(fleet_kafka, arn)["ReplicatorState"] == "RUNNING", 60)
+
+    def caught_up() -> dict[str, Any] | None:
+        body = metrics(fleet_api, arn)
+        totals = body["totals"]
+        return body if totals["recordsCopied"] == 500 and totals["lagRecords"] == 0 else None
+
+    body = wait_until("metrics to show 500 records copied and no lag", caught_up, 60)
+    assert body["replicatorState"] == "RUNNING"
+    assert body["totals"]["partitions"] == 2
+    assert body["totals"]["maxLagSeconds"] == 0
+    assert body["totals"]["errors"] == {}
+    for partition in body["partitions"]:
+        assert partition["health"] == "REPLICATING"
+        assert partition["owner"].startswith("health-w1")
+        assert partition["recordsCopied"] == 250
+        assert partition["lagRecords"] == 0
+        assert partition["latencyMs"] is not None and partition["latencyMs"] >= 0
+    assert set(body["clusterPing"].values()) == {1}
+    alias = describe(fleet_kafka, arn)["ReplicationInfoList"][0]["SourceKafkaClusterAlias"]
+    assert asyncio.run(count_records(target_bootstrap, f"{alias}.{topic}")) == 500
+
+    exposition = httpx.get(f"{fleet_api}/metrics", timeout=10).text
+    for partition in (0, 1):
+        labels = f'replicator_name="{unique}",topic="{topic}",partition="{partition}"'
+        assert f"MessageLag{{{labels}}} 0" in exposition
+        assert f"ReplicationLatency{{{labels}}} " in exposition
+    assert f'KafkaClusterPingSuccessCount{{replicator_name="{unique}",cluster_alias="{alias}"}} 1' in exposition
+    assert "# TYPE ReplicatorThroughput gauge" in exposition
+
+
+class TcpForwarder:
+    """A switchable TCP forwarder on a fixed port: 'off' means the port refuses connections."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = int(probe.getsockname()[1])
+        self._loop = asyncio.new_event_loop()
+        self._server: asyncio.Server | None = None
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+
+    def on(self) -> None:
+        async def start() -> None:
+            self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+
+        asyncio.run_coroutine_threadsafe(start(), self._loop).result(10)
+
+    def close(self) -> None:
+        async def stop() -> None:
+            if self._server is not None:
+                self._server.close()
+
+        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+
+
+@pytest.mark.slow
+def test_unreachable_target_fails_with_a_reason_and_recovers(
+    fleet_kafka: Any, fleet_api: str, unique: str, source_bootstrap: str, target_bootstrap: str
+) -> None:
+    topic = f"{unique}-u"
+    asyncio.run(create_topic(source_bootstrap, topic, 1))
+    forwarder = TcpForwarder(int(target_bootstrap.rsplit(":", 1)[1]))
+    try:
+        request = create_request(unique, source_bootstrap, f"127.0.0.1:{forwarder.port}", [topic])
+        arn = fleet_kafka.create_replicator(**request)["ReplicatorArn"]
+        failed = wait_until(
+            "FAILED", lambda: (d := describe(fleet_kafka, arn))["ReplicatorState"] == "FAILED" and d, 60
+        )
+        assert failed["StateInfo"]["Code"] == "TARGET_CLUSTER_UNREACHABLE"
+        assert f"127.0.0.1:{forwarder.port}" in failed["StateInfo"]["Message"]
+        target_alias = failed["ReplicationInfoList"][0]["TargetKafkaClusterAlias"]
+        assert metrics(fleet_api, arn)["clusterPing"][target_alias] == 0
+
+        forwarder.on()  # the target becomes reachable: the state model says this recovers by itself
+        recovered = wait_until(
+            "RUNNING again", lambda: (d := describe(fleet_kafka, arn))["ReplicatorState"] == "RUNNING" and d, 60
+        )
+        assert "StateInfo" not in recovered or not recovered["StateInfo"].get("Code")
+        asyncio.run(produce(source_bootstrap, topic, 50, 1, "u"))
+        alias = recovered["ReplicationInfoList"][0]["SourceKafkaClusterAlias"]
+        wait_until(
+            "records copied after recovery",
+            lambda: asyncio.run(count_records(target_bootstrap, f"{alias}.{topic}")) == 50,
+            60,
+        )
+    finally:
+        forwarder.close()
+
+
+@pytest.mark.slow
+def test_a_topic_list_matching_nothing_is_explained_until_fixed(
+    fleet_kafka: Any, unique: str, source_bootstrap: str, target_bootstrap: str
+) -> None:
+    topic = f"{unique}-r"
+    asyncio.run(create_topic(source_bootstrap, topic, 1))
+    request = create_request(unique, source_bootstrap, target_bootstrap, [f"{unique}-typo.*"])
+    arn = fleet_kafka.create_replicator(**request)["ReplicatorArn"]
+    running = wait_until(
+        "RUNNING with a notice",
+        lambda: (d := describe(fleet_kafka, arn))["ReplicatorState"] == "RUNNING" and d.get("StateInfo") and d,
+        60,
+    )
+    assert running["StateInfo"]["Code"] == "NO_MATCHING_TOPICS"
+    assert f"{unique}-typo.*" in running["StateInfo"]["Message"]
+
+    fleet_kafka.update_replication_info(
+        ReplicatorArn=arn,
+        CurrentVersion=running["CurrentVersion"],
+        SourceKafkaClusterId=f"{unique}-src",
+        TargetKafkaClusterId=f"{unique}-tgt",
+        TopicReplication={
+            "TopicsToReplicate": [f"{unique}-r"],
+            "TopicsToExclude": [],
+            "CopyTopicConfigurations": True,
+            "CopyAccessControlListsForTopics": True,
+            "DetectAndCopyNewTopics": True,
+        },
+    )
+    fixed = wait_until(
+        "RUNNING without the notice",
+        lambda: (d := describe(fleet_kafka, arn))["ReplicatorState"] == "RUNNING" and not d.get("StateInfo") and d,
+        60,
+    )
+    asyncio.run(produce(source_bootstrap, topic, 20, 1, "r"))
+    alias = fixed["ReplicationInfoList"][0]["SourceKafkaClusterAlias"]
+    wait_until(
+        "records copied once the list matches",
+        lambda: asyncio.run(count_records(target_bootstrap, f"{alias}.{topic}")) == 20,
+        60,
+    )
