@@ -92,7 +92,7 @@ class CopierOptions:
     poll_timeout_ms: int = 100
     max_records_per_poll: int = 10_000
     max_in_flight_bytes: int = 64 * 1024 * 1024
-    progress_interval_s: float = 1.0
+    progress_interval_s: float = 0.25
     housekeeping_interval_s: float = 0.5
     producer_batch_bytes: int = 512 * 1024
     producer_linger_ms: int = 5
@@ -326,6 +326,10 @@ class PartitionCopier:
                 log.info("%s: %d records after the last progress will be copied again", tp,
                          metrics.redelivered_records)
         await self._submit(_AssignmentChange(states, set(), asyncio.get_running_loop().create_future()))
+        if not self.spec.exactly_once:
+            # Durable at once, so a crash before the first periodic write neither re-resolves LATEST nor
+            # loses the target offset that duplicate accounting starts from.
+            await self._commit_progress(list(states.values()))
 
     async def revoke(self, partitions: Iterable[TopicPartition]) -> None:
         """Stop copying these partitions; returns once their copied data and progress are durable, so
