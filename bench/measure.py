@@ -380,3 +380,95 @@ async def latency(
         result["replicator_memory_kib"] = memory_kib(proc.pid)
         result["exit_code_after_stop"] = await rep.stop()
     return result
+
+
+# ---------------------------------------------------------------------------------------------- scale
+
+
+async def partitions_scale(
+    rep: Replicator,
+    *,
+    stack: Stack,
+    source: Cluster,
+    target: Cluster,
+    source_topic: str,
+    partitions: int,
+    record_size: int,
+    rate_bytes_per_s: float,
+    seconds: float,
+    log_dir: Path,
+    startup_limit_s: float,
+) -> dict[str, Any]:
+    """One replicator process on a topic of ``partitions`` partitions at a fixed produce rate: its CPU and
+    memory once every partition is assigned and data flows (the per-partition cost of the engine)."""
+    records_per_s = max(1, round(rate_bytes_per_s / record_size))
+    total = records_per_s * round(seconds)
+    result: dict[str, Any] = {
+        "replicator": rep.kind,
+        "partitions": partitions,
+        "record_size": record_size,
+        "rate_mb_per_s": rate_bytes_per_s / MB,
+        "seconds": seconds,
+        "records": total,
+    }
+    await source.create_topic(source_topic, partitions)
+    target_topic = rep.target_topic(source_topic)
+    watch = TargetWatch(target, target_topic)
+    t_start = time.monotonic()
+    proc = rep.start([source_topic])
+    result["settings"] = rep.describe()
+
+    async def target_ready() -> bool:
+        await watch.poll()
+        return watch.partitions == partitions
+
+    try:
+        await wait_until(
+            f"{rep.label}: target topic with {partitions} partitions",
+            target_ready,
+            startup_limit_s,
+            interval=0.2,
+            proc=proc,
+            log=rep.log,
+        )
+        result["time_to_target_topic_s"] = round(time.monotonic() - t_start, 3)
+        result["memory_kib_idle"] = memory_kib(proc.pid)
+        cpu_window = CpuWindow(proc.pid)
+        await producer_perf(
+            stack.kafka_lib,
+            bootstrap=stack.source,
+            topic=source_topic,
+            records=total,
+            record_size=record_size,
+            props={"acks": "all", "linger.ms": "5", "compression.type": "none"},
+            log=log_dir / f"scale-load-{partitions}-{rep.token}.log",
+            throughput=records_per_s,
+            limit_s=seconds + 120,
+        )
+
+        async def caught_up() -> bool:
+            return await watch.poll() >= total
+
+        await wait_until(
+            f"{rep.label}: {total:,} records on {partitions} partitions",
+            caught_up,
+            120.0,
+            interval=0.2,
+            progress=lambda: f"| {watch.count:,}/{total:,}",
+            proc=proc,
+            log=rep.log,
+        )
+        result["cpu_during_load"] = cpu_window.finish()
+        result["memory_kib"] = memory_kib(proc.pid)
+        result["status"] = "ok"
+        say(
+            f"  {rep.label} on {partitions} partitions: RSS {result['memory_kib'].get('VmRSS', 0) / 1024:.0f} MiB, "
+            f"{result['cpu_during_load'].get('replicator_cores')} cores at {rate_bytes_per_s / MB:.2f} MB/s"
+        )
+    except BenchError as exc:
+        result.update(status="failed", reason=str(exc))
+        say(f"  {rep.label} on {partitions} partitions: FAILED: {str(exc).splitlines()[0]}")
+    finally:
+        await watch.close()
+        result["exit_code_after_stop"] = await rep.stop()
+    return result

@@ -152,6 +152,29 @@ def table(results: dict[str, Any]) -> str:
                 f"| {_status(entry)} |"
             )
         lines.append("")
+    scale = results.get("partitions_scale", {})
+    if any(isinstance(v, dict) for v in scale.values()):
+        spec = results.get("settings", {}).get("partitions_scale", {})
+        lines.append(
+            f"### Scale: one Ferry engine process at {_f(spec.get('rate_mb_per_s'), 2)} MB/s over N partitions "
+            "(not yet the fleet worker)"
+        )
+        lines.append("")
+        lines.append("| partitions | RSS MiB | engine cores | status |")
+        lines.append("|---:|---:|---:|---|")
+        for count, entry in scale.items():
+            if not isinstance(entry, dict):
+                continue
+            rss = entry.get("memory_kib", {}).get("VmRSS")
+            cores = entry.get("cpu_during_load", {}).get("replicator_cores")
+            lines.append(f"| {count} | {_f(rss / 1024 if rss else None)} | {_f(cores, 2)} | {_status(entry)} |")
+        if scale.get("memory_kib_per_partition") is not None:
+            lines.append("")
+            lines.append(
+                f"Memory: {scale['memory_kib_per_partition']:.0f} KiB per partition above a base of "
+                f"{scale['memory_mib_base']} MiB (RSS difference between the two counts)."
+            )
+        lines.append("")
     prof = results.get("profile", {})
     if prof.get("status") == "ok":
         run = prof.get("run", {})

@@ -47,7 +47,7 @@ from bench.common import (
 )
 from bench.control_plane import control_plane
 from bench.kafka import Cluster, consumer_perf, producer_perf
-from bench.measure import catch_up, latency
+from bench.measure import catch_up, latency, partitions_scale
 from bench.replicators import (
     TUNED,
     FerryEngine,
@@ -203,6 +203,7 @@ class Bench:
             "throughput": {},
             "latency": {},
             "control_plane": {},
+            "partitions_scale": {},
             "skipped": [],
             "errors": [],
             "steps_seconds": {},
@@ -243,9 +244,13 @@ class Bench:
             await self.timed("control", self.control())
         if "scale" in self.args.only:
             self.skip(
-                "scale (worker CPU and memory at 100 and 1,000 partitions)",
-                "needs the managed worker fleet of issue 5, which does not exist yet",
+                "scale: fleet worker CPU and memory at 100 and 1,000 partitions",
+                "needs the managed worker fleet of issue 5 running in the stack (the stack's Celery worker runs "
+                "an older build; the harness does not restart shared services). Measured instead: one Ferry "
+                "engine process (the same copier code) at those partition counts",
             )
+            async with Cluster("source", self.stack.source) as source, Cluster("target", self.stack.target) as target:
+                await self.timed("scale", self.scale(source, target))
         self.save()
 
     async def timed(self, name: str, coro: Any) -> None:
@@ -399,6 +404,52 @@ class Bench:
             finally:
                 await self.cleanup(rep, source, target)
             self.save()
+
+    async def scale(self, source: Cluster, target: Cluster) -> None:
+        counts = (10, 100) if self.args.quick else (100, 1000)
+        spec: dict[str, Any] = {
+            "partition_counts": list(counts),
+            "rate_mb_per_s": 2.0 * self.args.scale if self.args.quick else 2.0,
+            "record_size": 1024,
+            "seconds": 10.0 if self.args.quick else 20.0,
+            "what": "one engine process (python -m workers.engine) replicating one topic of N partitions while "
+            "ProducerPerformance writes at a fixed rate; CPU over the load, RSS after it",
+        }
+        self.results["settings"]["partitions_scale"] = spec
+        out: dict[str, Any] = {}
+        self.results["partitions_scale"] = out
+        for count in counts:
+            rep = make_replicator("ferry", self.stack, self.log_dir, self.tuned)
+            reason = rep.unavailable()
+            if reason is not None:
+                self.skip(f"scale ferry engine {count} partitions", reason)
+                out[str(count)] = {"status": "skipped", "reason": reason}
+                continue
+            say(f"-- ferry engine on {count} partitions")
+            try:
+                out[str(count)] = await partitions_scale(
+                    rep,
+                    stack=self.stack,
+                    source=source,
+                    target=target,
+                    source_topic=f"bench-scale-{count}-{rep.token}",
+                    partitions=count,
+                    record_size=spec["record_size"],
+                    rate_bytes_per_s=spec["rate_mb_per_s"] * MB,
+                    seconds=spec["seconds"],
+                    log_dir=self.log_dir,
+                    startup_limit_s=180.0,
+                )
+            finally:
+                await self.cleanup(rep, source, target)
+            self.save()
+        low, high = (out.get(str(c), {}) for c in counts)
+        if low.get("status") == "ok" and high.get("status") == "ok":
+            rss_low, rss_high = low["memory_kib"]["VmRSS"], high["memory_kib"]["VmRSS"]
+            per_partition = (rss_high - rss_low) / (counts[1] - counts[0])
+            out["memory_kib_per_partition"] = round(per_partition, 1)
+            out["memory_mib_base"] = round((rss_low - per_partition * counts[0]) / 1024, 1)
+            say(f"  engine memory: {per_partition:.0f} KiB per partition above a base of {out['memory_mib_base']} MiB")
 
     async def control(self) -> None:
         settings = self.results["settings"]["control"]
