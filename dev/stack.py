@@ -3,6 +3,7 @@
     python -m dev.stack up [--infra]    start what is not running (idempotent); --infra: Kafka, PG, Redis only
     python -m dev.stack down [--purge]  stop what this tool started, by pid; nothing else (--purge: delete its data)
     python -m dev.stack status          one line per service; exit 1 when any is down
+    python -m dev.stack restart         restart the API, worker and beat on this checkout's code
 
 Everything lives in git-ignored folders of the checkout: jars in .cache/, data, logs and pid files in .run/.
 Ports come from FERRY_DEV_* variables (see StackConfig). The endpoints of a running stack are written to
@@ -872,6 +873,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     down_parser = sub.add_parser("down", help="stop what this tool started")
     down_parser.add_argument("--purge", action="store_true", help="also delete the stack's data and logs")
     sub.add_parser("status", help="show what is up")
+    sub.add_parser("restart", help="restart the API, worker and beat (after a code change); infra keeps running")
     args = parser.parse_args(list(argv) if argv is not None else None)
     cfg = StackConfig()
     try:
@@ -879,6 +881,10 @@ def main(argv: Iterable[str] | None = None) -> int:
             up(cfg, infra_only=args.infra)
         elif args.command == "down":
             down(cfg, purge=args.purge)
+        elif args.command == "restart":
+            for name in ("beat", "worker", "api"):
+                FerryProcess(cfg, name).stop()
+            up(cfg, infra_only=False)
         else:
             return status(cfg)
     except StackError as exc:

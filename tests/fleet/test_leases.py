@@ -1,0 +1,163 @@
+"""Ownership can never be doubled: fenced leases on the real PostgreSQL, racing workers, paused workers, and
+redelivered reconcile tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from sqlalchemy import Engine, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from models.db import make_async_engine
+from models.settings import FerrySettings
+from workers.fleet.leases import LeaseStore
+from workers.fleet.plan import UnitKey
+from workers.fleet.reconcile import reconcile_once
+
+
+@pytest.fixture
+async def adb(fleet_settings: FerrySettings) -> AsyncIterator[AsyncEngine]:
+    engine = make_async_engine(fleet_settings)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+def replicator_id(fleet_db: Engine, unique: str) -> Iterator[str]:
+    rid = uuid.uuid4()
+    with fleet_db.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO replicators (id, account_id, name, arn, kafka_clusters, replication_info, tags, "
+                "current_version, generation, observed_generation, state) VALUES (:id, '000000000000', :name, "
+                ":arn, '[]', '{}', '{}', 'v1', 1, 0, 'RUNNING')"
+            ),
+            {"id": rid, "name": unique, "arn": f"arn:aws:kafka:us-east-1:000000000000:replicator/{unique}/{rid}"},
+        )
+    yield str(rid)
+    with fleet_db.begin() as conn:
+        conn.execute(text("DELETE FROM replicators WHERE id = :id"), {"id": rid})
+
+
+def assign(db: Engine, key: UnitKey, worker: str | None) -> None:
+    with db.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO fleet_units (replicator_id, topic, partition, epoch, assigned_worker) "
+                "VALUES (:r, :t, :p, 0, :w) ON CONFLICT (replicator_id, topic, partition) "
+                "DO UPDATE SET assigned_worker = :w"
+            ),
+            {"r": uuid.UUID(key.replicator_id), "t": key.topic, "p": key.partition, "w": worker},
+        )
+
+
+async def test_a_moved_unit_is_taken_only_after_the_old_owner_lets_go(
+    adb: AsyncEngine, fleet_db: Engine, replicator_id: str
+) -> None:
+    key = UnitKey(replicator_id, "orders", 0)
+    a = LeaseStore(adb, "worker-a", lease_seconds=30)
+    b = LeaseStore(adb, "worker-b", lease_seconds=30)
+    assign(fleet_db, key, "worker-a")
+    [lease_a] = await a.acquire()
+    assert lease_a.key == key and lease_a.is_valid()
+
+    assign(fleet_db, key, "worker-b")  # the reconcile loop moves the unit
+    assert await b.acquire() == [], "B must wait while A still holds the lease"
+    assert await a.renew([lease_a]) == {key}, "A is no longer assigned: its renewal fails and it must stop"
+    assert not lease_a.is_valid()
+    assert await b.acquire() == [], "A's lease has not expired and was not released yet"
+    await a.release([lease_a])
+    [lease_b] = await b.acquire()
+    assert lease_b.epoch == lease_a.epoch + 1
+
+
+async def test_racing_acquirers_never_both_win(adb: AsyncEngine, fleet_db: Engine, replicator_id: str) -> None:
+    keys = [UnitKey(replicator_id, "race", p) for p in range(20)]
+    stores = [LeaseStore(adb, f"racer-{i}", lease_seconds=30) for i in range(4)]
+    for round_number in range(5):
+        for key in keys:
+            assign(fleet_db, key, f"racer-{round_number % 4}")
+        # Every racer tries at once; the assigned one may win each unit, and only once.
+        results = await asyncio.gather(*(store.acquire() for store in stores for _ in range(3)))
+        winners = [lease for result in results for lease in result]
+        assert len({lease.key for lease in winners}) == len(winners), "a unit was acquired twice"
+        with fleet_db.connect() as conn:
+            owners = conn.execute(
+                text(
+                    "SELECT count(DISTINCT owner_worker) FROM fleet_units WHERE replicator_id = :r AND topic = 'race'"
+                ),
+                {"r": uuid.UUID(replicator_id)},
+            ).scalar_one()
+        assert owners <= 1
+        for store in stores:
+            await store.release([lease for lease in winners if lease.key in keys])
+        with fleet_db.begin() as conn:
+            conn.execute(
+                text("UPDATE fleet_units SET owner_worker = NULL, lease_expires_at = NULL WHERE replicator_id = :r"),
+                {"r": uuid.UUID(replicator_id)},
+            )
+
+
+async def test_a_paused_owner_loses_its_lease_before_anyone_else_can_take_it(
+    adb: AsyncEngine, fleet_db: Engine, replicator_id: str
+) -> None:
+    key = UnitKey(replicator_id, "paused", 0)
+    a = LeaseStore(adb, "sleepy", lease_seconds=3, safety_margin=1)
+    b = LeaseStore(adb, "awake", lease_seconds=3, safety_margin=1)
+    assign(fleet_db, key, "sleepy")
+    [lease_a] = await a.acquire()
+    assign(fleet_db, key, "awake")  # the reconcile loop declared 'sleepy' dead
+    deadline = time.monotonic() + 10
+    taken = []
+    while not taken and time.monotonic() < deadline:
+        # Invariant at every instant: if B holds the unit, A's own view already says its lease is gone.
+        taken = await b.acquire()
+        if taken:
+            assert not lease_a.is_valid(), "two workers considered themselves owner at the same moment"
+        await asyncio.sleep(0.05)
+    assert taken and taken[0].epoch == lease_a.epoch + 1
+    assert await a.renew([lease_a]) == {key}, "the woken worker cannot renew a lease someone else holds"
+
+
+def test_redelivered_reconcile_tasks_change_nothing(fleet_db: Engine, replicator_id: str) -> None:
+    """A late or duplicated reconcile message (Redis visibility timeout) re-runs a level-triggered pass."""
+    with fleet_db.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO fleet_workers (worker_id, hostname, pid) VALUES ('dup-a', 'h', 1), ('dup-b', 'h', 2) "
+                "ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = now()"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO replicator_metadata (replicator_id, applied_generation, partitions) "
+                "VALUES (:r, 1, CAST(:parts AS jsonb))"
+            ),
+            {"r": uuid.UUID(replicator_id), "parts": '[["dup", 0], ["dup", 1], ["dup", 2], ["dup", 3]]'},
+        )
+    reconcile_once(fleet_db, worker_dead_after=60)
+
+    def snapshot() -> list[tuple[object, ...]]:
+        with fleet_db.connect() as conn:
+            return [
+                tuple(r)
+                for r in conn.execute(
+                    text(
+                        "SELECT topic, partition, assigned_worker, owner_worker, epoch FROM fleet_units "
+                        "WHERE replicator_id = :r ORDER BY topic, partition"
+                    ),
+                    {"r": uuid.UUID(replicator_id)},
+                )
+            ]
+
+    first = snapshot()
+    assert len(first) == 5  # the metadata unit and four partitions
+    for _ in range(10):
+        reconcile_once(fleet_db, worker_dead_after=60)
+    assert snapshot() == first
+    with fleet_db.begin() as conn:
+        conn.execute(text("DELETE FROM fleet_workers WHERE worker_id IN ('dup-a', 'dup-b')"))
