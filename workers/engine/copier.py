@@ -114,6 +114,7 @@ class _Pending:
     size: int
     first_timestamp_ms: int
     source_offsets: list[int] | None
+    generation: int = -1
 
 
 @dataclass
@@ -127,6 +128,8 @@ class _PartitionState:
     sent_next: int
     pending: deque[_Pending] = field(default_factory=deque)
     failed: BaseException | None = None
+    # The producer generation that has had a batch of this partition acknowledged (see _copy_pipelined).
+    confirmed_generation: int = -1
 
     def progress(self) -> PartitionProgress:
         return PartitionProgress(self.target.topic, self.acked_next, self.acked_target_next, now_ms())
@@ -145,6 +148,14 @@ def _error_kind(exc: BaseException) -> ErrorKind:
     if isinstance(exc, (TopicAuthorizationFailedError, TransactionalIdAuthorizationFailed)):
         return ErrorKind.AUTH_DENIED
     return ErrorKind.PRODUCE_FAILED
+
+
+async def _all_or_first_error(futures: list[asyncio.Future[Any]]) -> None:
+    """Wait for every future (so none is left with an unretrieved error), then raise the first error."""
+    results = await asyncio.gather(*futures, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
 
 
 def _resolved_future() -> asyncio.Future[Any]:
@@ -190,6 +201,7 @@ class PartitionCopier:
         self._in_flight_bytes = 0
         self._room = asyncio.Event()
         self._produce_failed = False
+        self._producer_generation = 0
         self._last_progress = time.monotonic()
         self._last_housekeeping = 0.0
         self._source_cluster_id = b""
@@ -246,8 +258,13 @@ class PartitionCopier:
             transactional_id=self.transactional_id,
             transaction_timeout_ms=self.options.transaction_timeout_ms,
         )
-        await producer.start()
+        try:
+            await producer.start()
+        except BaseException:
+            await producer.stop()
+            raise
         self._producer = producer
+        self._producer_generation += 1
 
     async def stop(self) -> None:
         """Stop copying; in at-least-once mode, wait for in-flight data and write final progress first."""
@@ -410,7 +427,13 @@ class PartitionCopier:
                     await self._idle()
                     continue
                 if self._produce_failed:
-                    await self._recover()
+                    try:
+                        await self._recover()
+                    except KafkaError as exc:
+                        for state in self._states.values():
+                            state.metrics.record_error(ErrorKind.PRODUCE_FAILED, f"{type(exc).__name__}: {exc}")
+                        log.warning("target %s unavailable: %s", self.target.describe(), exc)
+                        await asyncio.sleep(self.options.retry_backoff_s)
                     continue
                 try:
                     batches = await self._consumer.getmany(timeout_ms=self.options.poll_timeout_ms,
@@ -570,12 +593,30 @@ class PartitionCopier:
             state = self._states.get(tp)
             if state is None:
                 continue
+            unconfirmed = state.confirmed_generation != self._producer_generation
+            if unconfirmed and state.pending:
+                # Records arrived while this partition's probe batch is still unacknowledged (an assignment
+                # change resumed it): fetch them again once the probe is through.
+                self._consumer.seek(tp, state.sent_next)
+                self._consumer.pause(tp)
+                continue
             position = await self._consumer.position(tp)
             built = self._build_batches(state, records, position)
             if not built:
                 self._advance_without_records(state, position)
                 continue
+            if unconfirmed and len(built) > 1:
+                # A fresh producer id has no sequence state on the broker, so if its first batch to a
+                # partition is rejected, the broker would accept the batches queued behind it and the target
+                # would hold later records before earlier ones. One batch goes first; once it is acknowledged
+                # the broker refuses any batch that follows a rejected one (OutOfOrderSequence).
+                built = built[:1]
+                position = built[0][1].next_source_offset
+                self._consumer.seek(tp, position)
+            if unconfirmed:
+                self._consumer.pause(tp)
             for builder, pending in built:
+                pending.generation = self._producer_generation
                 try:
                     pending.future = await self._producer.send_batch(builder, state.target.topic,
                                                                      partition=state.target.partition)
@@ -625,6 +666,10 @@ class PartitionCopier:
                     self._sink.record_batch(BatchMapping(state.source, state.target, pending.source_offsets, base))
             state.acked_next = pending.next_source_offset
             state.metrics.next_source_offset = pending.next_source_offset
+            if pending.records and state.confirmed_generation != pending.generation:
+                state.confirmed_generation = pending.generation
+                if pending.generation == self._producer_generation and state.source in self._states:
+                    self._consumer.resume(state.source)
         if self._in_flight_bytes <= self.options.max_in_flight_bytes:
             self._room.set()
 
@@ -648,16 +693,18 @@ class PartitionCopier:
             state.failed = None
             state.sent_next = state.acked_next
             self._consumer.seek(state.source, state.acked_next)
+            self._consumer.resume(state.source)
         await self._restart_producer()
         self._produce_failed = False
         await asyncio.sleep(self.options.retry_backoff_s)
 
     async def _restart_producer(self) -> None:
         old, self._producer = self._producer, None
-        try:
-            await old.stop()
-        except KafkaError as exc:
-            log.warning("stopping the failed producer: %s", exc)
+        if old is not None:
+            try:
+                await old.stop()
+            except KafkaError as exc:
+                log.warning("stopping the failed producer: %s", exc)
         await self._start_producer()
 
     async def _commit_progress(self, states: list[_PartitionState]) -> None:
@@ -665,7 +712,7 @@ class PartitionCopier:
         async with self._progress_lock:
             self._last_progress = time.monotonic()
             dirty = [s for s in states if s.acked_next != s.committed_next]
-            if not dirty:
+            if not dirty or self._producer is None:
                 return
             await self._check_lease(dirty)
             values = [(state, state.progress()) for state in dirty]
@@ -709,7 +756,7 @@ class PartitionCopier:
                                                                partition=state.target.partition)
                     sent.append(pending)
                 touched.append((state, sent, position))
-            await asyncio.gather(*(p.future for _, sent, _ in touched for p in sent))
+            await _all_or_first_error([p.future for _, sent, _ in touched for p in sent])
             progress: dict[TopicPartition, PartitionProgress] = {}
             for state, sent, position in touched:
                 target_next = state.acked_target_next
@@ -721,7 +768,7 @@ class PartitionCopier:
                     progress[state.source] = state.progress()
             futures = [await producer.send(self._store.topic, key=progress_key(self.spec.replicator_id, tp),
                                            value=encode_progress(value)) for tp, value in progress.items()]
-            await asyncio.gather(*futures)
+            await _all_or_first_error(futures)
             await self._check_lease(list(self._states.values()))
             await producer.commit_transaction()
         except (ProducerFenced, InvalidProducerEpoch) as exc:
@@ -755,8 +802,9 @@ class PartitionCopier:
         try:
             await self._producer.abort_transaction()
         except KafkaError as abort_exc:
-            log.warning("abort failed, restarting the producer: %s", abort_exc)
-            await self._restart_producer()
+            log.warning("abort failed, the producer will be replaced: %s", abort_exc)
+            self._produce_failed = True
+            return
         for state in self._states.values():
             state.sent_next = state.acked_next
             self._consumer.seek(state.source, state.acked_next)
