@@ -200,6 +200,35 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def ran_summary(results: dict[str, Any]) -> list[str]:
+    """One line per step: what ran, with which outcome."""
+
+    def statuses(entries: dict[str, Any]) -> str:
+        return ", ".join(f"{k} {v.get('status')}" for k, v in entries.items() if isinstance(v, dict)) or "-"
+
+    steps = results.get("settings", {}).get("steps", [])
+    rounds = results.get("settings", {}).get("rounds")
+    lines = []
+    if "limit" in steps:
+        lines.append(f"- limit: profiles {', '.join(results.get('limit', {})) or '-'}")
+    if "throughput" in steps:
+        for profile, runs in results.get("throughput", {}).items():
+            lines.append(f"- throughput {profile} ({rounds} rounds each): {statuses(runs)}")
+    if "latency" in steps:
+        lines.append(f"- latency: {statuses(results.get('latency', {}))}")
+    if "control" in steps:
+        cp = results.get("control_plane", {})
+        api = next((v.get("api") for v in cp.values() if isinstance(v, dict) and v.get("api")), None)
+        lines.append(f"- control plane: {statuses(cp)}" + (f" (against {api})" if api else ""))
+    if "scale" in steps:
+        lines.append(f"- scale (one engine process): {statuses(results.get('partitions_scale', {}))}")
+    if "profile" in steps:
+        lines.append(f"- profile: {results.get('profile', {}).get('status', '-')}")
+    errors = results.get("errors", [])
+    lines.extend(f"- error in {e['what']}: {e['error'].splitlines()[0]}" for e in errors)
+    return lines
+
+
 def doc_section(results: dict[str, Any], results_path: Path) -> str:
     machine = results["machine"]
     versions = results["versions"]
@@ -215,8 +244,12 @@ def doc_section(results: dict[str, Any], results_path: Path) -> str:
         "> Caveat: this is a shared 2-core box; other engineers run tests against the same brokers during the "
         "run, so absolute figures are noisy. The ratios within one run are what count.",
         "",
+        "What ran:",
+        "",
+        *ran_summary(results),
+        "",
     ]
-    return "\n".join(head) + table(results)
+    return "\n".join(head) + "\n" + table(results)
 
 
 def write_doc(results: dict[str, Any], results_path: Path) -> None:

@@ -245,9 +245,10 @@ class Bench:
         if "scale" in self.args.only:
             self.skip(
                 "scale: fleet worker CPU and memory at 100 and 1,000 partitions",
-                "needs the managed worker fleet of issue 5 running in the stack (the stack's Celery worker runs "
-                "an older build; the harness does not restart shared services). Measured instead: one Ferry "
-                "engine process (the same copier code) at those partition counts",
+                "the stack's fleet workers (Celery) are shared: other engineers' replicators run in the same "
+                "processes, so their CPU and memory cannot be attributed to the benchmark's partitions, and the "
+                "harness does not start or restart fleet services on a shared stack. Measured instead: one "
+                "Ferry engine process (the copier code the fleet runs) at those partition counts",
             )
             async with Cluster("source", self.stack.source) as source, Cluster("target", self.stack.target) as target:
                 await self.timed("scale", self.scale(source, target))
