@@ -201,6 +201,7 @@ class PartitionCopier:
         self._in_flight_bytes = 0
         self._room = asyncio.Event()
         self._produce_failed = False
+        self._fatal: CopierError | None = None
         self._producer_generation = 0
         self._last_progress = time.monotonic()
         self._last_housekeeping = 0.0
@@ -422,6 +423,8 @@ class PartitionCopier:
     async def _run(self) -> None:
         try:
             while not self._stopping:
+                if self._fatal is not None:
+                    raise self._fatal
                 self._apply_changes()
                 if not self._states:
                     await self._idle()
@@ -734,7 +737,11 @@ class PartitionCopier:
         if self._lease_check is not None and not await self._lease_check():
             for state in states:
                 state.metrics.record_error(ErrorKind.LEASE_LOST, "lease check refused the progress commit")
-            raise LeaseLost(f"lease lost for {len(states)} partitions of {self.spec.replicator_id}")
+            lost = LeaseLost(f"lease lost for {len(states)} partitions of {self.spec.replicator_id}")
+            # Also stop the copy loop when the refusal reached an assign()/revoke() caller instead.
+            self._fatal = lost
+            self._wake.set()
+            raise lost
 
     # ------------------------------------------------------------------ exactly-once
 
