@@ -311,8 +311,9 @@ class PartitionCopier:
     async def assign(self, partitions: Iterable[TopicPartition]) -> None:
         """Start copying these source partitions (already assigned ones are ignored).
 
-        Their target partitions must exist. Each resumes from its durable progress, or, the first time,
-        from startingPosition; that first position is made durable at the next progress commit.
+        Their target partitions must exist (``TargetPartitionMissing`` otherwise). Each resumes from its
+        durable progress, or, the first time, from startingPosition; that first position is made durable
+        before this returns (at-least-once) or with the next transaction (exactly-once).
         """
         self._raise_if_failed()
         queued = {tp for change in self._changes for tp in change.add}
