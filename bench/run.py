@@ -214,6 +214,7 @@ class Bench:
     def save(self) -> None:
         self.results["ratios"] = report.ratios(self.results)
         self.results["duration_s"] = round(time.monotonic() - self.t0, 1)
+        self.results["saved_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         tmp = self.path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(self.results, indent=2, default=str) + "\n")
         tmp.replace(self.path)
