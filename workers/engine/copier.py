@@ -13,8 +13,8 @@ Two delivery modes:
   records, so after any crash the target holds each source record once (for read_committed readers).
 
 The caller supplies the transactional id of the unit of work (Kafka fences an older producer with the same
-id) and optionally ``lease_check``, awaited before every progress commit: returning False stops the copier
-with ``LeaseLost`` before anything more becomes durable.
+id) and optionally ``lease_check``, awaited before every batch is sent and every progress commit: returning
+False stops the copier with ``LeaseLost`` before anything more is written.
 """
 
 from __future__ import annotations
@@ -454,6 +454,10 @@ class PartitionCopier:
                     for state in self._states.values():
                         self._consumer.seek(state.source, state.sent_next)
                     continue
+                if batches:
+                    # A worker that was paused past its lease must not write even one more batch: the partition
+                    # may have a new owner already. The check is local and cheap.
+                    await self._check_lease(list(self._states.values()))
                 if self.spec.exactly_once:
                     await self._copy_in_transaction(batches)
                 else:
@@ -737,7 +741,7 @@ class PartitionCopier:
     async def _check_lease(self, states: list[_PartitionState]) -> None:
         if self._lease_check is not None and not await self._lease_check():
             for state in states:
-                state.metrics.record_error(ErrorKind.LEASE_LOST, "lease check refused the progress commit")
+                state.metrics.record_error(ErrorKind.LEASE_LOST, "lease check refused further writes")
             lost = LeaseLost(f"lease lost for {len(states)} partitions of {self.spec.replicator_id}")
             # Also stop the copy loop when the refusal reached an assign()/revoke() caller instead.
             self._fatal = lost
