@@ -3,13 +3,14 @@
 #   make test   start what the tests need (if not running) and run the test suite
 #   make down   stop everything `make up` started
 #   make lint   ruff and mypy
+#   make bench  Ferry against MirrorMaker 2 and the brokers' own limit (results in bench/results/)
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: up down status test lint fmt openapi clean
+.PHONY: up down status test lint bench openapi clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +30,13 @@ status: $(STAMP)
 test: $(STAMP)
 	$(PY) -m dev.stack up --infra
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) -m dev.stack up --infra
+	$(PY) -m bench.run $(BENCH_ARGS)
+
+openapi: $(STAMP)
+	$(PY) -m api.openapi_dump
 
 lint: $(STAMP)
 	$(PY) -m ruff check api workers models dev tests
