@@ -39,8 +39,8 @@ openapi: $(STAMP)
 	$(PY) -m api.openapi_dump
 
 lint: $(STAMP)
-	$(PY) -m ruff check api workers models dev tests
-	$(PY) -m ruff format --check api workers models dev tests
+	$(PY) -m ruff check api workers models dev tests bench
+	$(PY) -m ruff format --check api workers models dev tests bench
 	$(PY) -m mypy
 
 clean: down

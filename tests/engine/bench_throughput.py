@@ -28,9 +28,14 @@ async def main(records: int) -> None:
     print(f"produced {records} x 1 KiB in {time.monotonic() - started:.1f}s")
     for exactly_once in (False, True):
         for compression in ("NONE", "LZ4"):
-            spec = spec_for(unique, [topic], compression=compression, exactly_once=exactly_once,
-                            source_alias=f"b{int(exactly_once)}{compression.lower()}",
-                            replicator_id=f"{unique}-{exactly_once}-{compression}")
+            spec = spec_for(
+                unique,
+                [topic],
+                compression=compression,
+                exactly_once=exactly_once,
+                source_alias=f"b{int(exactly_once)}{compression.lower()}",
+                replicator_id=f"{unique}-{exactly_once}-{compression}",
+            )
             cpu = time.process_time()
             started = time.monotonic()
             async with running(spec, SOURCE, TARGET) as replicator:
@@ -39,8 +44,10 @@ async def main(records: int) -> None:
                 copied = sum(s.records_copied for s in replicator.snapshot().partitions.values())
             cpu_used = time.process_time() - cpu
             mode = "exactly-once " if exactly_once else "at-least-once"
-            print(f"{mode} {compression:4}: {copied} records in {elapsed:.2f}s = {copied / elapsed:,.0f} rec/s "
-                  f"= {copied * 1024 / elapsed / 1e6:.1f} MB/s (engine CPU {cpu_used:.1f}s)")
+            print(
+                f"{mode} {compression:4}: {copied} records in {elapsed:.2f}s = {copied / elapsed:,.0f} rec/s "
+                f"= {copied * 1024 / elapsed / 1e6:.1f} MB/s (engine CPU {cpu_used:.1f}s)"
+            )
 
 
 if __name__ == "__main__":

@@ -28,8 +28,9 @@ class Rec:
     timestamp: int = field(default_factory=lambda: int(time.time() * 1000))
 
 
-async def wait_for(condition: Callable[[], Awaitable[bool]], deadline_s: float, what: str,
-                   interval: float = 0.2) -> float:
+async def wait_for(
+    condition: Callable[[], Awaitable[bool]], deadline_s: float, what: str, interval: float = 0.2
+) -> float:
     """Poll ``condition`` until true; fail the test naming ``what`` at the deadline. Returns seconds waited."""
     start = time.monotonic()
     while True:
@@ -56,12 +57,23 @@ async def create_topic(bootstrap: str, name: str, partitions: int = 1, configs: 
         assert created, f"topic {name} already existed"
 
 
-async def produce(bootstrap: str, topic: str, records: Sequence[Rec], *, compression: str | None = None,
-                  max_request_size: int = 4 * 1024 * 1024) -> None:
+async def produce(
+    bootstrap: str,
+    topic: str,
+    records: Sequence[Rec],
+    *,
+    compression: str | None = None,
+    max_request_size: int = 4 * 1024 * 1024,
+) -> None:
     """Produce quickly with explicit batches, one in flight per partition, keeping per-partition order."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
-                                compression_type=compression, max_request_size=max_request_size,
-                                max_batch_size=256 * 1024)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        compression_type=compression,
+        max_request_size=max_request_size,
+        max_batch_size=256 * 1024,
+    )
     await producer.start()
     try:
         by_partition: dict[int, list[Rec]] = {}
@@ -72,8 +84,10 @@ async def produce(bootstrap: str, topic: str, records: Sequence[Rec], *, compres
             futures = []
             batch = producer.create_batch()
             for rec in recs:
-                if batch.append(key=rec.key, value=rec.value, timestamp=rec.timestamp,
-                                headers=list(rec.headers)) is None:
+                if (
+                    batch.append(key=rec.key, value=rec.value, timestamp=rec.timestamp, headers=list(rec.headers))
+                    is None
+                ):
                     futures.append(await producer.send_batch(batch, topic, partition=partition))
                     batch = producer.create_batch()
                     batch.append(key=rec.key, value=rec.value, timestamp=rec.timestamp, headers=list(rec.headers))
@@ -92,8 +106,9 @@ async def partitions_of(bootstrap: str, topic: str) -> list[int]:
 
 
 async def end_offsets(bootstrap: str, topic: str, *, committed: bool = True) -> dict[int, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap,
-                                isolation_level="read_committed" if committed else "read_uncommitted")
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, isolation_level="read_committed" if committed else "read_uncommitted"
+    )
     await consumer.start()
     try:
         partitions = await partitions_of(bootstrap, topic)
@@ -108,9 +123,13 @@ async def end_offsets(bootstrap: str, topic: str, *, committed: bool = True) -> 
 
 async def read_topic(bootstrap: str, topic: str, *, committed: bool = True) -> dict[int, list[Any]]:
     """Every (committed) record of a topic, by partition, read from the start to the current end."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                isolation_level="read_committed" if committed else "read_uncommitted",
-                                auto_offset_reset="earliest", max_partition_fetch_bytes=4 * 1024 * 1024)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        isolation_level="read_committed" if committed else "read_uncommitted",
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+    )
     await consumer.start()
     try:
         partitions = sorted(await partitions_of(bootstrap, topic))
@@ -165,8 +184,12 @@ def spec_for(unique: str, topics: Iterable[str], **overrides: Any) -> Replicatio
 @asynccontextmanager
 async def running(spec: ReplicationSpec, source: str, target: str, **kwargs: Any) -> AsyncIterator[Replicator]:
     kwargs.setdefault("options", CopierOptions(retry_backoff_s=0.2))
-    replicator = Replicator(spec, ClusterConnection(source, alias=spec.source_alias),
-                            ClusterConnection(target, alias=spec.target_alias), **kwargs)
+    replicator = Replicator(
+        spec,
+        ClusterConnection(source, alias=spec.source_alias),
+        ClusterConnection(target, alias=spec.target_alias),
+        **kwargs,
+    )
     await replicator.start()
     try:
         yield replicator
@@ -178,7 +201,9 @@ async def running(spec: ReplicationSpec, source: str, target: str, **kwargs: Any
 
 def caught_up(replicator: Replicator) -> Callable[[], Awaitable[bool]]:
     """Condition: every assigned partition copied up to the source end it last saw, and progress durable."""
+
     async def check() -> bool:
         stats = replicator.snapshot().partitions
         return bool(stats) and all(s.lag_records == 0 for s in stats.values())
+
     return check

@@ -21,28 +21,41 @@ def idle(replicator: Replicator) -> bool:
 
 
 async def test_two_engines_in_opposite_directions_copy_each_record_once(
-        source_bootstrap: str, target_bootstrap: str, unique: str) -> None:
+    source_bootstrap: str, target_bootstrap: str, unique: str
+) -> None:
     topic = f"{unique}-orders"
     await create_topic(source_bootstrap, topic, PARTITIONS)
     await create_topic(target_bootstrap, topic, PARTITIONS)
-    east_to_west = spec_for(unique, [topic], naming="IDENTICAL", source_alias="east", target_alias="west",
-                            replicator_id=f"{unique}-e2w")
-    west_to_east = spec_for(unique, [topic], naming="IDENTICAL", source_alias="west", target_alias="east",
-                            replicator_id=f"{unique}-w2e")
-    async with running(east_to_west, source_bootstrap, target_bootstrap) as e2w, \
-            running(west_to_east, target_bootstrap, source_bootstrap) as w2e:
-        await produce(source_bootstrap, topic,
-                      [Rec(i % PARTITIONS, f"k{i}".encode(), f"east-{i}".encode()) for i in range(PER_SIDE)])
-        await produce(target_bootstrap, topic,
-                      [Rec(i % PARTITIONS, f"k{i}".encode(), f"west-{i}".encode()) for i in range(PER_SIDE)])
+    east_to_west = spec_for(
+        unique, [topic], naming="IDENTICAL", source_alias="east", target_alias="west", replicator_id=f"{unique}-e2w"
+    )
+    west_to_east = spec_for(
+        unique, [topic], naming="IDENTICAL", source_alias="west", target_alias="east", replicator_id=f"{unique}-w2e"
+    )
+    async with (
+        running(east_to_west, source_bootstrap, target_bootstrap) as e2w,
+        running(west_to_east, target_bootstrap, source_bootstrap) as w2e,
+    ):
+        await produce(
+            source_bootstrap,
+            topic,
+            [Rec(i % PARTITIONS, f"k{i}".encode(), f"east-{i}".encode()) for i in range(PER_SIDE)],
+        )
+        await produce(
+            target_bootstrap,
+            topic,
+            [Rec(i % PARTITIONS, f"k{i}".encode(), f"west-{i}".encode()) for i in range(PER_SIDE)],
+        )
 
         async def settled() -> bool:
             # Each engine has seen (and skipped) every record the other one wrote, and has nothing left.
             return filtered(e2w) == PER_SIDE and filtered(w2e) == PER_SIDE and idle(e2w) and idle(w2e)
 
         await wait_for(settled, 90, "both engines to copy their side and skip the records copied back")
-        copied = {name: sum(s.records_copied for s in r.snapshot().partitions.values())
-                  for name, r in (("e2w", e2w), ("w2e", w2e))}
+        copied = {
+            name: sum(s.records_copied for s in r.snapshot().partitions.values())
+            for name, r in (("e2w", e2w), ("w2e", w2e))
+        }
         assert copied == {"e2w": PER_SIDE, "w2e": PER_SIDE}
 
     expected = {f"east-{i}".encode() for i in range(PER_SIDE)} | {f"west-{i}".encode() for i in range(PER_SIDE)}

@@ -41,17 +41,20 @@ def batch_codecs(partition_dir: Path) -> list[int]:
 
 
 @pytest.mark.parametrize("codec", list(TargetCompression))
-async def test_target_batches_use_the_requested_codec(source_bootstrap: str, target_bootstrap: str,
-                                                      unique: str, codec: TargetCompression) -> None:
+async def test_target_batches_use_the_requested_codec(
+    source_bootstrap: str, target_bootstrap: str, unique: str, codec: TargetCompression
+) -> None:
     topic = f"{unique}-data"
     await create_topic(source_bootstrap, topic, 1)
     # Source batches are uncompressed whatever the target codec, so the codec seen can only be the engine's.
-    await produce(source_bootstrap, topic,
-                  [Rec(0, f"k{i}".encode(), (f"payload {i} " * 8).encode()) for i in range(RECORDS)])
+    await produce(
+        source_bootstrap, topic, [Rec(0, f"k{i}".encode(), (f"payload {i} " * 8).encode()) for i in range(RECORDS)]
+    )
     spec = spec_for(unique, [topic], compression=codec.value)
     async with running(spec, source_bootstrap, target_bootstrap):
-        await wait_for(lambda: _count_is(target_bootstrap, f"src.{topic}", RECORDS), 60,
-                       f"{RECORDS} records on the target")
+        await wait_for(
+            lambda: _count_is(target_bootstrap, f"src.{topic}", RECORDS), 60, f"{RECORDS} records on the target"
+        )
     partition_dir = target_data_dir() / f"src.{topic}-0"
     codecs = batch_codecs(partition_dir)
     assert codecs, f"no batches found in {partition_dir}"

@@ -49,8 +49,7 @@ async def prepare_target(spec: ReplicationSpec, source: str, target: str) -> Non
 
 @asynccontextmanager
 async def copier(spec: ReplicationSpec, source: str, target: str, **kwargs: object) -> AsyncIterator[PartitionCopier]:
-    instance = PartitionCopier(spec, ClusterConnection(source), ClusterConnection(target), options=OPTIONS,
-                               **kwargs)  # type: ignore[arg-type]
+    instance = PartitionCopier(spec, ClusterConnection(source), ClusterConnection(target), options=OPTIONS, **kwargs)  # type: ignore[arg-type]
     await instance.start()
     try:
         yield instance
@@ -63,7 +62,8 @@ def copied(instance: PartitionCopier, tp: TopicPartition) -> int:
 
 
 async def test_partition_moves_between_copiers_without_loss_duplicates_or_pausing_others(
-        source_bootstrap: str, target_bootstrap: str, unique: str) -> None:
+    source_bootstrap: str, target_bootstrap: str, unique: str
+) -> None:
     topic = f"{unique}-moving"
     await create_topic(source_bootstrap, topic, 3)
     spec = spec_for(unique, [topic])
@@ -75,12 +75,15 @@ async def test_partition_moves_between_copiers_without_loss_duplicates_or_pausin
     async def keep_producing() -> None:
         nonlocal sent
         while not stop_producing.is_set():
-            await produce(source_bootstrap, topic, [Rec(p, None, f"{p}:{sent + i}".encode())
-                                                    for i in range(30) for p in range(3)])
+            await produce(
+                source_bootstrap, topic, [Rec(p, None, f"{p}:{sent + i}".encode()) for i in range(30) for p in range(3)]
+            )
             sent += 30
 
-    async with copier(spec, source_bootstrap, target_bootstrap) as first, \
-            copier(spec, source_bootstrap, target_bootstrap) as second:
+    async with (
+        copier(spec, source_bootstrap, target_bootstrap) as first,
+        copier(spec, source_bootstrap, target_bootstrap) as second,
+    ):
         await first.assign(tps)
         producer_task = asyncio.create_task(keep_producing())
         try:
@@ -95,15 +98,17 @@ async def test_partition_moves_between_copiers_without_loss_duplicates_or_pausin
             stop_producing.set()
             await producer_task
         expected_per_partition = sent
-        await wait_for(lambda: _count_is(target_bootstrap, f"src.{topic}", 3 * expected_per_partition), 60,
-                       "every record copied")
+        await wait_for(
+            lambda: _count_is(target_bootstrap, f"src.{topic}", 3 * expected_per_partition), 60, "every record copied"
+        )
     data = await read_topic(target_bootstrap, f"src.{topic}")
     for partition, records in data.items():
         assert [r.value for r in records] == [f"{partition}:{i}".encode() for i in range(expected_per_partition)]
 
 
 async def test_lost_lease_stops_the_copier_before_progress_is_written(
-        source_bootstrap: str, target_bootstrap: str, unique: str) -> None:
+    source_bootstrap: str, target_bootstrap: str, unique: str
+) -> None:
     topic = f"{unique}-leased"
     await create_topic(source_bootstrap, topic, 1)
     spec = spec_for(unique, [topic])
@@ -130,7 +135,8 @@ async def test_lost_lease_stops_the_copier_before_progress_is_written(
 
 
 async def test_newer_producer_with_the_same_transactional_id_fences_the_old_copier(
-        source_bootstrap: str, target_bootstrap: str, unique: str) -> None:
+    source_bootstrap: str, target_bootstrap: str, unique: str
+) -> None:
     topic = f"{unique}-fenced"
     await create_topic(source_bootstrap, topic, 1)
     spec = spec_for(unique, [topic], exactly_once=True)
@@ -151,15 +157,20 @@ async def test_newer_producer_with_the_same_transactional_id_fences_the_old_copi
 
 
 async def test_rejected_write_is_retried_from_the_acknowledged_position(
-        source_bootstrap: str, target_bootstrap: str, unique: str) -> None:
+    source_bootstrap: str, target_bootstrap: str, unique: str
+) -> None:
     topic = f"{unique}-big"
     await create_topic(source_bootstrap, topic, 1, {"max.message.bytes": "3000000"})
     # Without config copying the target topic keeps the broker default limit (about 1 MB).
     spec = spec_for(unique, [topic], copy_configs=False)
     await prepare_target(spec, source_bootstrap, target_bootstrap)
     tp = TopicPartition(topic, 0)
-    await produce(source_bootstrap, topic, [Rec(0, None, b"small-1"), Rec(0, None, b"B" * 2_000_000),
-                                            Rec(0, None, b"small-2")], max_request_size=6_000_000)
+    await produce(
+        source_bootstrap,
+        topic,
+        [Rec(0, None, b"small-1"), Rec(0, None, b"B" * 2_000_000), Rec(0, None, b"small-2")],
+        max_request_size=6_000_000,
+    )
     async with copier(spec, source_bootstrap, target_bootstrap) as instance:
         await instance.assign([tp])
 
@@ -169,12 +180,14 @@ async def test_rejected_write_is_retried_from_the_acknowledged_position(
 
         await wait_for(rejected, 60, "the oversized record to be rejected (and retried)")
         async with admin_client(target_bootstrap) as admin:
-            await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, f"src.{topic}",
-                                                      {"max.message.bytes": "3000000"})])
+            await admin.alter_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, f"src.{topic}", {"max.message.bytes": "3000000"})]
+            )
         await wait_for(lambda: _count_is(target_bootstrap, f"src.{topic}", 3), 60, "the copy to go on")
     data = await read_topic(target_bootstrap, f"src.{topic}")
-    assert [r.value for r in data[0]] == [b"small-1", b"B" * 2_000_000, b"small-2"], \
+    assert [r.value for r in data[0]] == [b"small-1", b"B" * 2_000_000, b"small-2"], (
         "records reordered or duplicated around the rejected write"
+    )
 
 
 async def _truthy(value: bool) -> bool:

@@ -33,8 +33,7 @@ def main_records() -> list[Rec]:
         elif i % 7 == 1:
             headers = (("empty", b""),)
         key = None if i % 10 == 0 else f"key-{i % 997}".encode()
-        records.append(Rec(partition=i % 6, key=key, value=f"value-{i}".encode(), headers=headers,
-                           timestamp=base + i))
+        records.append(Rec(partition=i % 6, key=key, value=f"value-{i}".encode(), headers=headers, timestamp=base + i))
     return records
 
 
@@ -46,38 +45,55 @@ def shape(record: object, drop_provenance: bytes | None = None) -> tuple[object,
     return (record.key, record.value, headers, record.timestamp)  # type: ignore[attr-defined]
 
 
-async def test_records_arrive_intact_in_both_naming_modes(source_bootstrap: str, target_bootstrap: str,
-                                                          unique: str) -> None:
-    main, compact, large, skipped = (f"{unique}-main", f"{unique}-compact", f"{unique}-large",
-                                     f"{unique}-skip")
+async def test_records_arrive_intact_in_both_naming_modes(
+    source_bootstrap: str, target_bootstrap: str, unique: str
+) -> None:
+    main, compact, large, skipped = (f"{unique}-main", f"{unique}-compact", f"{unique}-large", f"{unique}-skip")
     await create_topic(source_bootstrap, main, 6)
     await create_topic(source_bootstrap, compact, 2, {"cleanup.policy": "compact"})
     await create_topic(source_bootstrap, large, 1, {"max.message.bytes": str(LARGE_LIMIT)})
     await create_topic(source_bootstrap, skipped, 1)
     await produce(source_bootstrap, main, main_records())
-    compact_records = [Rec(partition=i % 2, key=f"k{i % 50}".encode(),
-                           value=None if i % 5 == 4 else f"c{i}".encode()) for i in range(400)]
+    compact_records = [
+        Rec(partition=i % 2, key=f"k{i % 50}".encode(), value=None if i % 5 == 4 else f"c{i}".encode())
+        for i in range(400)
+    ]
     await produce(source_bootstrap, compact, compact_records)
     # Room for the record batch and record overheads below the topic's limit.
     big_value = b"L" * (LARGE_LIMIT - 200)
-    await produce(source_bootstrap, large, [Rec(0, b"small", b"before"), Rec(0, b"big", big_value),
-                                            Rec(0, None, b"after")], max_request_size=LARGE_LIMIT * 2)
+    await produce(
+        source_bootstrap,
+        large,
+        [Rec(0, b"small", b"before"), Rec(0, b"big", big_value), Rec(0, None, b"after")],
+        max_request_size=LARGE_LIMIT * 2,
+    )
     await produce(source_bootstrap, skipped, [Rec(0, b"k", b"must not be copied")])
 
     topics = [f"{unique}-.*"]
     prefixed = spec_for(unique, topics, exclude=[skipped], replicator_id=f"rep-{unique}-p")
     identical = spec_for(unique, topics, exclude=[skipped], naming="IDENTICAL", replicator_id=f"rep-{unique}-i")
-    async with running(prefixed, source_bootstrap, target_bootstrap), \
-            running(identical, source_bootstrap, target_bootstrap):
+    async with (
+        running(prefixed, source_bootstrap, target_bootstrap),
+        running(identical, source_bootstrap, target_bootstrap),
+    ):
         for target_name in (f"src.{main}", main):
-            await wait_for(lambda n=target_name: _has(target_bootstrap, n, MAIN_RECORDS), 120,  # type: ignore[misc]
-                           f"{MAIN_RECORDS} records in {target_name}")
+            await wait_for(
+                lambda n=target_name: _has(target_bootstrap, n, MAIN_RECORDS),
+                120,  # type: ignore[misc]
+                f"{MAIN_RECORDS} records in {target_name}",
+            )
         for target_name in (f"src.{large}", large):
-            await wait_for(lambda n=target_name: _has(target_bootstrap, n, 3), 60,  # type: ignore[misc]
-                           f"3 records in {target_name}")
+            await wait_for(
+                lambda n=target_name: _has(target_bootstrap, n, 3),
+                60,  # type: ignore[misc]
+                f"3 records in {target_name}",
+            )
         for target_name in (f"src.{compact}", compact):
-            await wait_for(lambda n=target_name: _has(target_bootstrap, n, 400), 60,  # type: ignore[misc]
-                           f"400 records in {target_name}")
+            await wait_for(
+                lambda n=target_name: _has(target_bootstrap, n, 400),
+                60,  # type: ignore[misc]
+                f"400 records in {target_name}",
+            )
 
     async with admin_client(source_bootstrap) as admin:
         source_id = (await cluster_id(admin)).encode()

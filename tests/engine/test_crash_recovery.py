@@ -29,13 +29,30 @@ def per_partition(partition: int) -> int:
     return RECORDS // PARTITIONS + (1 if partition < RECORDS % PARTITIONS else 0)
 
 
-def start_engine(tmp_path: Path, source: str, target: str, spec_file: Path, metrics: Path,
-                 log_name: str) -> subprocess.Popen[bytes]:
+def start_engine(
+    tmp_path: Path, source: str, target: str, spec_file: Path, metrics: Path, log_name: str
+) -> subprocess.Popen[bytes]:
     log = (tmp_path / log_name).open("wb")
     return subprocess.Popen(
-        [sys.executable, "-m", "workers.engine", "--source", source, "--target", target, "--spec", str(spec_file),
-         "--metrics-file", str(metrics), "--metrics-interval", "0.5"],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        [
+            sys.executable,
+            "-m",
+            "workers.engine",
+            "--source",
+            source,
+            "--target",
+            target,
+            "--spec",
+            str(spec_file),
+            "--metrics-file",
+            str(metrics),
+            "--metrics-interval",
+            "0.5",
+        ],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
 
 
@@ -51,8 +68,11 @@ class TargetWatcher:
     """Reads the target topic's end offsets with one long-lived client (cheap enough to poll often)."""
 
     def __init__(self, bootstrap: str, topic: str, committed: bool) -> None:
-        self.consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, request_timeout_ms=5000,
-                                         isolation_level="read_committed" if committed else "read_uncommitted")
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap,
+            request_timeout_ms=5000,
+            isolation_level="read_committed" if committed else "read_uncommitted",
+        )
         self.tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
 
     async def __aenter__(self) -> TargetWatcher:
@@ -72,31 +92,40 @@ class TargetWatcher:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("exactly_once", [False, True], ids=["at-least-once", "exactly-once"])
-async def test_sigkill_mid_stream_then_restart(source_bootstrap: str, target_bootstrap: str, unique: str,
-                                               tmp_path: Path, exactly_once: bool) -> None:
+async def test_sigkill_mid_stream_then_restart(
+    source_bootstrap: str, target_bootstrap: str, unique: str, tmp_path: Path, exactly_once: bool
+) -> None:
     topic = f"{unique}-stream"
     target_topic = f"src.{topic}"
     await create_topic(source_bootstrap, topic, PARTITIONS)
-    await produce(source_bootstrap, topic,
-                  [Rec(i % PARTITIONS, None, f"{i % PARTITIONS}:{i // PARTITIONS}".encode()) for i in range(RECORDS)])
+    await produce(
+        source_bootstrap,
+        topic,
+        [Rec(i % PARTITIONS, None, f"{i % PARTITIONS}:{i // PARTITIONS}".encode()) for i in range(RECORDS)],
+    )
     spec_file = tmp_path / "spec.json"
-    spec_file.write_text(json.dumps({
-        "replicatorId": f"rep-{unique}",
-        "sourceAlias": "src",
-        "targetAlias": "tgt",
-        "exactlyOnce": exactly_once,
-        "replicationInfo": {
-            "targetCompressionType": "LZ4",
-            "topicReplication": {"topicsToReplicate": [topic], "startingPosition": {"type": "EARLIEST"}},
-        },
-    }))
+    spec_file.write_text(
+        json.dumps(
+            {
+                "replicatorId": f"rep-{unique}",
+                "sourceAlias": "src",
+                "targetAlias": "tgt",
+                "exactlyOnce": exactly_once,
+                "replicationInfo": {
+                    "targetCompressionType": "LZ4",
+                    "topicReplication": {"topicsToReplicate": [topic], "startingPosition": {"type": "EARLIEST"}},
+                },
+            }
+        )
+    )
     metrics = tmp_path / "metrics.json"
 
     first = start_engine(tmp_path, source_bootstrap, target_bootstrap, spec_file, metrics, "first.log")
     try:
         async with TargetWatcher(target_bootstrap, target_topic, committed=exactly_once) as watcher:
-            await wait_for(lambda: _at_least(watcher, RECORDS // 5), 120, "a fifth of the records copied",
-                           interval=0.02)
+            await wait_for(
+                lambda: _at_least(watcher, RECORDS // 5), 120, "a fifth of the records copied", interval=0.02
+            )
             first.send_signal(signal.SIGKILL)
             first.wait(timeout=10)
             copied_at_kill = await watcher.total()
@@ -108,12 +137,15 @@ async def test_sigkill_mid_stream_then_restart(source_bootstrap: str, target_boo
     metrics.unlink(missing_ok=True)
     second = start_engine(tmp_path, source_bootstrap, target_bootstrap, spec_file, metrics, "second.log")
     try:
+
         async def finished() -> bool:
             data = read_metrics(metrics)
             if data is None or data["pid"] != second.pid or len(data["partitions"]) != PARTITIONS:
                 return False
-            return all(p["lag_records"] == 0 and p["next_source_offset"] == per_partition(p["partition"])
-                       for p in data["partitions"])
+            return all(
+                p["lag_records"] == 0 and p["next_source_offset"] == per_partition(p["partition"])
+                for p in data["partitions"]
+            )
 
         await wait_for(finished, 180, "the restarted engine to copy everything")
         second.send_signal(signal.SIGTERM)
@@ -133,10 +165,13 @@ async def test_sigkill_mid_stream_then_restart(source_bootstrap: str, target_boo
         counts = Counter(values)
         duplicates += sum(counts.values()) - len(counts)
         first_seen = list(dict.fromkeys(values))
-        assert first_seen == [f"{partition}:{seq}".encode() for seq in range(per_partition(partition))], \
+        assert first_seen == [f"{partition}:{seq}".encode() for seq in range(per_partition(partition))], (
             f"partition {partition}: records missing or reordered"
-    print(f"\n[{'exactly-once' if exactly_once else 'at-least-once'}] killed at {copied_at_kill} copied; "
-          f"target holds {total} records, {duplicates} duplicates (engine reported {reported_redelivered})")
+        )
+    print(
+        f"\n[{'exactly-once' if exactly_once else 'at-least-once'}] killed at {copied_at_kill} copied; "
+        f"target holds {total} records, {duplicates} duplicates (engine reported {reported_redelivered})"
+    )
     if exactly_once:
         assert duplicates == 0
         assert total == RECORDS

@@ -21,7 +21,8 @@ from workers.engine.admin import describe_topic_configs
 
 
 async def test_new_topic_and_new_partitions_are_followed_within_10s(
-        source_bootstrap: str, target_bootstrap: str, unique: str) -> None:
+    source_bootstrap: str, target_bootstrap: str, unique: str
+) -> None:
     first, second = f"{unique}-first", f"{unique}-second"
     await create_topic(source_bootstrap, first, 1)
     spec = spec_for(unique, [f"{unique}-.*"], starting="LATEST")
@@ -29,25 +30,31 @@ async def test_new_topic_and_new_partitions_are_followed_within_10s(
         created_at = time.monotonic()
         await create_topic(source_bootstrap, second, 2)
         await produce(source_bootstrap, second, [Rec(1, b"k", b"in a new topic")])
-        await wait_for(lambda: _partition_has(target_bootstrap, f"src.{second}", 1, 1), 10,
-                       "the new topic's record on the target")
+        await wait_for(
+            lambda: _partition_has(target_bootstrap, f"src.{second}", 1, 1), 10, "the new topic's record on the target"
+        )
         assert time.monotonic() - created_at <= 10
 
         added_at = time.monotonic()
         async with admin_client(source_bootstrap) as admin:
             await admin.create_partitions({first: NewPartitions(3)})
         await produce(source_bootstrap, first, [Rec(2, b"k", b"in a new partition")])
-        await wait_for(lambda: _partition_has(target_bootstrap, f"src.{first}", 2, 1), 10,
-                       "the new partition's record on the target")
+        await wait_for(
+            lambda: _partition_has(target_bootstrap, f"src.{first}", 2, 1),
+            10,
+            "the new partition's record on the target",
+        )
         assert time.monotonic() - added_at <= 10
     assert len(await end_offsets(target_bootstrap, f"src.{first}")) == 3
 
 
-async def test_config_changes_are_followed_within_30s(source_bootstrap: str, target_bootstrap: str,
-                                                      unique: str) -> None:
+async def test_config_changes_are_followed_within_30s(
+    source_bootstrap: str, target_bootstrap: str, unique: str
+) -> None:
     topic = f"{unique}-configured"
-    await create_topic(source_bootstrap, topic, 1, {"retention.ms": "3600000", "min.insync.replicas": "1",
-                                                   "cleanup.policy": "delete"})
+    await create_topic(
+        source_bootstrap, topic, 1, {"retention.ms": "3600000", "min.insync.replicas": "1", "cleanup.policy": "delete"}
+    )
     target_topic = f"src.{topic}"
     spec = spec_for(unique, [topic])
     async with running(spec, source_bootstrap, target_bootstrap):
@@ -56,12 +63,24 @@ async def test_config_changes_are_followed_within_30s(source_bootstrap: str, tar
         assert "min.insync.replicas" not in initial, "per-cluster configs are not copied"
         # An operator's own per-cluster override on the target must survive syncs.
         async with admin_client(target_bootstrap) as admin:
-            await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, target_topic,
-                                                      {**initial, "min.insync.replicas": "1"})])
+            await admin.alter_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, target_topic, {**initial, "min.insync.replicas": "1"})]
+            )
         async with admin_client(source_bootstrap) as admin:
-            await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, {
-                "retention.ms": "7200000", "min.insync.replicas": "1", "cleanup.policy": "delete",
-                "max.message.bytes": "2000000"})])
+            await admin.alter_configs(
+                [
+                    ConfigResource(
+                        ConfigResourceType.TOPIC,
+                        topic,
+                        {
+                            "retention.ms": "7200000",
+                            "min.insync.replicas": "1",
+                            "cleanup.policy": "delete",
+                            "max.message.bytes": "2000000",
+                        },
+                    )
+                ]
+            )
         changed_at = time.monotonic()
 
         async def followed() -> bool:

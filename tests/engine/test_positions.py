@@ -24,32 +24,36 @@ def values(data: dict[int, list[object]]) -> list[bytes]:
     return [r.value for records in data.values() for r in records]  # type: ignore[attr-defined]
 
 
-async def test_latest_and_earliest_then_resume_from_progress(source_bootstrap: str, target_bootstrap: str,
-                                                             unique: str) -> None:
+async def test_latest_and_earliest_then_resume_from_progress(
+    source_bootstrap: str, target_bootstrap: str, unique: str
+) -> None:
     topic = f"{unique}-events"
     await create_topic(source_bootstrap, topic, 2)
     await produce(source_bootstrap, topic, [Rec(i % 2, None, f"old-{i}".encode()) for i in range(100)])
     earliest = spec_for(unique, [topic], starting="EARLIEST", source_alias="early", replicator_id=f"{unique}-e")
     latest = spec_for(unique, [topic], starting="LATEST", source_alias="late", replicator_id=f"{unique}-l")
-    async with running(earliest, source_bootstrap, target_bootstrap), \
-            running(latest, source_bootstrap, target_bootstrap):
+    async with (
+        running(earliest, source_bootstrap, target_bootstrap),
+        running(latest, source_bootstrap, target_bootstrap),
+    ):
         await produce(source_bootstrap, topic, [Rec(i % 2, None, f"new-{i}".encode()) for i in range(50)])
         await wait_for(lambda: _count_is(target_bootstrap, f"early.{topic}", 150), 60, "150 records (EARLIEST)")
         await wait_for(lambda: _count_is(target_bootstrap, f"late.{topic}", 50), 60, "50 records (LATEST)")
-    assert sorted(values(await read_topic(target_bootstrap, f"late.{topic}"))) == \
-        sorted(f"new-{i}".encode() for i in range(50))
+    assert sorted(values(await read_topic(target_bootstrap, f"late.{topic}"))) == sorted(
+        f"new-{i}".encode() for i in range(50)
+    )
 
     # Produced while the LATEST flow is stopped: a restart resumes from progress, not from the end.
     await produce(source_bootstrap, topic, [Rec(i % 2, None, f"gap-{i}".encode()) for i in range(20)])
     async with running(latest, source_bootstrap, target_bootstrap):
         await wait_for(lambda: _count_is(target_bootstrap, f"late.{topic}", 70), 60, "70 records after restart")
     copied = values(await read_topic(target_bootstrap, f"late.{topic}"))
-    assert sorted(copied) == sorted([f"new-{i}".encode() for i in range(50)] +
-                                    [f"gap-{i}".encode() for i in range(20)])
+    assert sorted(copied) == sorted([f"new-{i}".encode() for i in range(50)] + [f"gap-{i}".encode() for i in range(20)])
 
 
 async def test_source_truncation_is_reported_and_replication_continues(
-        source_bootstrap: str, target_bootstrap: str, unique: str) -> None:
+    source_bootstrap: str, target_bootstrap: str, unique: str
+) -> None:
     topic = f"{unique}-short"
     await create_topic(source_bootstrap, topic, 1)
     spec = spec_for(unique, [topic])
@@ -64,8 +68,11 @@ async def test_source_truncation_is_reported_and_replication_continues(
     assert low[TopicPartition(topic, 0)] == 150
 
     async with running(spec, source_bootstrap, target_bootstrap) as replicator:
-        await wait_for(lambda: _count_is(target_bootstrap, f"src.{topic}", 150), 60,
-                       "the 50 surviving records copied after the truncation")
+        await wait_for(
+            lambda: _count_is(target_bootstrap, f"src.{topic}", 150),
+            60,
+            "the 50 surviving records copied after the truncation",
+        )
         await produce(source_bootstrap, topic, [Rec(0, None, f"c-{i}".encode()) for i in range(10)])
         await wait_for(lambda: _count_is(target_bootstrap, f"src.{topic}", 160), 60, "replication continues")
         stats = replicator.snapshot().partitions[TopicPartition(topic, 0)]
@@ -74,8 +81,9 @@ async def test_source_truncation_is_reported_and_replication_continues(
     assert stats.health is Health.SOURCE_TRUNCATED
     assert "100..149" in stats.health_detail
     copied = values(await read_topic(target_bootstrap, f"src.{topic}"))
-    assert copied == [f"a-{i}".encode() for i in range(100)] + [f"b-{i}".encode() for i in range(50, 100)] + \
-        [f"c-{i}".encode() for i in range(10)]
+    assert copied == [f"a-{i}".encode() for i in range(100)] + [f"b-{i}".encode() for i in range(50, 100)] + [
+        f"c-{i}".encode() for i in range(10)
+    ]
 
 
 async def _count_is(bootstrap: str, topic: str, count: int) -> bool:

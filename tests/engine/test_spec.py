@@ -11,17 +11,26 @@ from workers.engine.topics import copyable_configs, is_per_cluster_config
 
 
 def test_from_replication_info_reads_the_stored_camel_case_shape() -> None:
-    spec = ReplicationSpec.from_replication_info({
-        "sourceKafkaClusterArn": "arn:aws:kafka:us-east-1:000000000000:cluster/a/1",
-        "targetKafkaClusterArn": "arn:aws:kafka:us-east-1:000000000000:cluster/b/2",
-        "targetCompressionType": "ZSTD",
-        "topicReplication": {
-            "topicsToReplicate": ["orders.*"], "topicsToExclude": ["orders-private"],
-            "copyTopicConfigurations": False, "detectAndCopyNewTopics": False,
-            "startingPosition": {"type": "EARLIEST"}, "topicNameConfiguration": {"type": "IDENTICAL"},
+    spec = ReplicationSpec.from_replication_info(
+        {
+            "sourceKafkaClusterArn": "arn:aws:kafka:us-east-1:000000000000:cluster/a/1",
+            "targetKafkaClusterArn": "arn:aws:kafka:us-east-1:000000000000:cluster/b/2",
+            "targetCompressionType": "ZSTD",
+            "topicReplication": {
+                "topicsToReplicate": ["orders.*"],
+                "topicsToExclude": ["orders-private"],
+                "copyTopicConfigurations": False,
+                "detectAndCopyNewTopics": False,
+                "startingPosition": {"type": "EARLIEST"},
+                "topicNameConfiguration": {"type": "IDENTICAL"},
+            },
+            "consumerGroupReplication": {"consumerGroupsToReplicate": [".*"]},
         },
-        "consumerGroupReplication": {"consumerGroupsToReplicate": [".*"]},
-    }, "east", "west", "arn:aws:kafka:us-east-1:000000000000:replicator/r/3", created_at_ms=42)
+        "east",
+        "west",
+        "arn:aws:kafka:us-east-1:000000000000:replicator/r/3",
+        created_at_ms=42,
+    )
     assert spec.target_compression is TargetCompression.ZSTD
     assert spec.starting_position is StartingPosition.EARLIEST
     assert spec.topic_naming is TopicNaming.IDENTICAL
@@ -31,8 +40,9 @@ def test_from_replication_info_reads_the_stored_camel_case_shape() -> None:
 
 
 def test_msk_defaults_apply_when_fields_are_missing() -> None:
-    spec = ReplicationSpec.from_replication_info({"topicReplication": {"topicsToReplicate": [".*"]}},
-                                                 "east", "west", "r")
+    spec = ReplicationSpec.from_replication_info(
+        {"topicReplication": {"topicsToReplicate": [".*"]}}, "east", "west", "r"
+    )
     assert spec.starting_position is StartingPosition.LATEST
     assert spec.topic_naming is TopicNaming.PREFIXED_WITH_SOURCE_CLUSTER_ALIAS
     assert spec.copy_topic_configurations and spec.detect_and_copy_new_topics
@@ -48,8 +58,9 @@ def test_topic_scope_excludes_internal_topics_and_replicas_of_the_target() -> No
     for internal in ("__consumer_offsets", "__transaction_state", "__ferry_progress"):
         assert not spec.should_replicate(internal)
     assert not spec.should_replicate("secret-payroll")
-    identical = ReplicationSpec("r", "east", "west", topics_to_replicate=("west.*",),
-                                topic_naming=TopicNaming.IDENTICAL)
+    identical = ReplicationSpec(
+        "r", "east", "west", topics_to_replicate=("west.*",), topic_naming=TopicNaming.IDENTICAL
+    )
     assert identical.should_replicate("west.orders"), "IDENTICAL mode prevents loops per record, not by name"
 
 
@@ -65,16 +76,23 @@ def test_per_cluster_configs_are_not_copied() -> None:
         "retention.ms": ConfigEntry("retention.ms", "1000", 1, False, False),
         "min.insync.replicas": ConfigEntry("min.insync.replicas", "2", 1, False, False),
         "segment.bytes": ConfigEntry("segment.bytes", "1073741824", 5, False, False),
-        "leader.replication.throttled.replicas": ConfigEntry("leader.replication.throttled.replicas", "*", 1,
-                                                             False, False),
+        "leader.replication.throttled.replicas": ConfigEntry(
+            "leader.replication.throttled.replicas", "*", 1, False, False
+        ),
     }
     assert copyable_configs(entries) == {"retention.ms": "1000"}
     assert is_per_cluster_config("message.timestamp.type")
 
 
 def test_credentials_stay_out_of_repr_and_descriptions() -> None:
-    connection = ClusterConnection("broker:9096", alias="east", security_protocol="SASL_PLAINTEXT",
-                                   sasl_mechanism="SCRAM-SHA-512", sasl_username="ferry", sasl_password="s3cret")
+    connection = ClusterConnection(
+        "broker:9096",
+        alias="east",
+        security_protocol="SASL_PLAINTEXT",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username="ferry",
+        sasl_password="s3cret",
+    )
     assert "s3cret" not in repr(connection) and "s3cret" not in connection.describe()
     kwargs = client_kwargs(connection, "copier")
     assert kwargs["sasl_plain_password"] == "s3cret" and kwargs["sasl_mechanism"] == "SCRAM-SHA-512"

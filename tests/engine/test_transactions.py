@@ -10,8 +10,7 @@ from tests.engine.conftest import caught_up, create_topic, end_offsets, read_top
 from workers.engine import BatchMapping
 
 
-async def test_only_committed_records_are_copied(source_bootstrap: str, target_bootstrap: str,
-                                                 unique: str) -> None:
+async def test_only_committed_records_are_copied(source_bootstrap: str, target_bootstrap: str, unique: str) -> None:
     topic = f"{unique}-txn"
     await create_topic(source_bootstrap, topic, 1)
     producer = AIOKafkaProducer(bootstrap_servers=source_bootstrap, transactional_id=f"{unique}-producer")
@@ -40,15 +39,19 @@ async def test_only_committed_records_are_copied(source_bootstrap: str, target_b
     assert stats.records_copied == len(expected)
     copied = await read_topic(target_bootstrap, f"src.{topic}", committed=False)
     assert [r.value for r in copied[0]] == expected
-    assert (await end_offsets(target_bootstrap, f"src.{topic}", committed=False))[0] == len(expected), \
+    assert (await end_offsets(target_bootstrap, f"src.{topic}", committed=False))[0] == len(expected), (
         "nothing but the committed records (no markers, no aborted data) reached the target"
+    )
 
     # The offset map (issue 6's input) pairs each copied source offset with the target offset it got,
     # across the gaps that aborted records and markers leave in the source offsets.
     source_by_offset = {r.offset: r.value for r in (await read_topic(source_bootstrap, topic))[0]}
     target_by_offset = {r.offset: r.value for r in copied[0]}
-    pairs = [(source_offset, m.target_base_offset + i) for m in mappings.batches
-             for i, source_offset in enumerate(m.source_offsets)]
+    pairs = [
+        (source_offset, m.target_base_offset + i)
+        for m in mappings.batches
+        for i, source_offset in enumerate(m.source_offsets)
+    ]
     assert len(pairs) == len(expected)
     assert any(b - a > 1 for (a, _), (b, _) in itertools.pairwise(pairs)), "source gaps expected"
     assert all(source_by_offset[s] == target_by_offset[t] for s, t in pairs)

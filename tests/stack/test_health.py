@@ -36,8 +36,10 @@ async def test_every_component_up(test_settings: FerrySettings) -> None:
 async def test_a_down_component_is_named_with_a_reason(test_settings: FerrySettings) -> None:
     port = closed_port()
     settings = test_settings.model_copy(
-        update={"kafka_probe_clusters": {**test_settings.kafka_probe_clusters, "gone": f"127.0.0.1:{port}"},
-                "health_timeout_seconds": 2.0}
+        update={
+            "kafka_probe_clusters": {**test_settings.kafka_probe_clusters, "gone": f"127.0.0.1:{port}"},
+            "health_timeout_seconds": 2.0,
+        }
     )
     response = await get_health(settings)
     body = response.json()

@@ -83,8 +83,15 @@ def test_up_twice_is_harmless_and_down_leaves_nothing(tmp_path: Path) -> None:
     )
 
     def stack(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "dev.stack", *args], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=300, check=False)
+        return subprocess.run(
+            [sys.executable, "-m", "dev.stack", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
 
     try:
         first = stack("up")

@@ -55,9 +55,14 @@ def build_spec(args: argparse.Namespace) -> ReplicationSpec:
     target_alias = args.target_alias or document.get("targetAlias") or "target"
     replicator_id = args.replicator_id or document.get("replicatorId") or f"cli-{source_alias}-{target_alias}"
     exactly_once = args.exactly_once if args.exactly_once is not None else bool(document.get("exactlyOnce"))
-    return ReplicationSpec.from_replication_info(info, source_alias, target_alias, replicator_id,
-                                                 exactly_once=exactly_once,
-                                                 created_at_ms=document.get("createdAtMs"))
+    return ReplicationSpec.from_replication_info(
+        info,
+        source_alias,
+        target_alias,
+        replicator_id,
+        exactly_once=exactly_once,
+        created_at_ms=document.get("createdAtMs"),
+    )
 
 
 def write_metrics(path: Path, replicator: Replicator) -> None:
@@ -90,8 +95,7 @@ async def run(args: argparse.Namespace) -> int:
         while not runner.done() and not stop.is_set():
             if args.metrics_file is not None:
                 write_metrics(args.metrics_file, replicator)
-            await asyncio.wait({runner, stopper}, timeout=args.metrics_interval,
-                               return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({runner, stopper}, timeout=args.metrics_interval, return_when=asyncio.FIRST_COMPLETED)
     finally:
         stopper.cancel()
         runner.cancel()
@@ -109,8 +113,9 @@ async def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
     return asyncio.run(run(args))
 

@@ -62,11 +62,11 @@ async def cluster_id(admin: AIOKafkaAdminClient) -> str:
     return str(cluster["cluster_id"])
 
 
-async def create_topic(admin: AIOKafkaAdminClient, name: str, partitions: int, replication_factor: int,
-                       configs: Mapping[str, str]) -> bool:
+async def create_topic(
+    admin: AIOKafkaAdminClient, name: str, partitions: int, replication_factor: int, configs: Mapping[str, str]
+) -> bool:
     """Create a topic; False if it already existed. Raises AdminError for any other refusal."""
-    response = await admin.create_topics([NewTopic(name, partitions, replication_factor,
-                                                   topic_configs=dict(configs))])
+    response = await admin.create_topics([NewTopic(name, partitions, replication_factor, topic_configs=dict(configs))])
     for topic_error in response.topic_errors:
         topic, code = topic_error[0], topic_error[1]
         message = topic_error[2] if len(topic_error) > 2 else ""
@@ -85,16 +85,16 @@ async def add_partitions(admin: AIOKafkaAdminClient, name: str, total: int) -> N
         raise AdminError(f"topic {name}", int(code) if isinstance(code, int) else -1, str(exc)) from exc
 
 
-async def describe_topic_configs(admin: AIOKafkaAdminClient,
-                                 topics: Iterable[str]) -> dict[str, dict[str, ConfigEntry]]:
+async def describe_topic_configs(
+    admin: AIOKafkaAdminClient, topics: Iterable[str]
+) -> dict[str, dict[str, ConfigEntry]]:
     resources = [ConfigResource(ConfigResourceType.TOPIC, topic) for topic in topics]
     if not resources:
         return {}
     result: dict[str, dict[str, ConfigEntry]] = {}
     for response in await admin.describe_configs(resources):
         for resource in response.resources:
-            error_code, _message, _type, name, entries = resource[0], resource[1], resource[2], resource[3], \
-                resource[4]
+            error_code, _message, _type, name, entries = resource[0], resource[1], resource[2], resource[3], resource[4]
             if error_code != 0:
                 continue
             result[name] = {entry[0]: _config_entry(entry) for entry in entries}
@@ -103,8 +103,9 @@ async def describe_topic_configs(admin: AIOKafkaAdminClient,
 
 def _config_entry(entry: Any) -> ConfigEntry:
     # DescribeConfigs v1+: (name, value, read_only, config_source, is_sensitive, synonyms)
-    return ConfigEntry(name=entry[0], value=entry[1], read_only=bool(entry[2]), source=int(entry[3]),
-                       sensitive=bool(entry[4]))
+    return ConfigEntry(
+        name=entry[0], value=entry[1], read_only=bool(entry[2]), source=int(entry[3]), sensitive=bool(entry[4])
+    )
 
 
 async def replace_topic_configs(admin: AIOKafkaAdminClient, topic: str, configs: Mapping[str, str]) -> None:

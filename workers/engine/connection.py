@@ -36,8 +36,7 @@ class ClusterConnection:
         if not self.bootstrap_servers.strip():
             raise ValueError("bootstrap_servers must not be empty")
         uses_sasl = self.security_protocol.startswith("SASL_")
-        if uses_sasl and (self.sasl_mechanism is None or self.sasl_username is None
-                          or self.sasl_password is None):
+        if uses_sasl and (self.sasl_mechanism is None or self.sasl_username is None or self.sasl_password is None):
             raise ValueError(f"{self.security_protocol} needs sasl_mechanism, sasl_username and sasl_password")
 
     def describe(self) -> str:

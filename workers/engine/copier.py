@@ -236,8 +236,13 @@ class PartitionCopier:
         # last stable offset back and hide that predecessor's last committed progress.
         await self._start_producer()
         self._task = asyncio.create_task(self._run(), name=f"ferry-copier-{self.spec.replicator_id}")
-        log.info("copier for %s started: %s -> %s (%s)", self.spec.replicator_id, self.source.describe(),
-                 self.target.describe(), "exactly-once" if self.spec.exactly_once else "at-least-once")
+        log.info(
+            "copier for %s started: %s -> %s (%s)",
+            self.spec.replicator_id,
+            self.source.describe(),
+            self.target.describe(),
+            "exactly-once" if self.spec.exactly_once else "at-least-once",
+        )
 
     async def _cluster_id(self, connection: ClusterConnection) -> str:
         admin = AIOKafkaAdminClient(**client_kwargs(connection, "copier-admin"))
@@ -331,19 +336,28 @@ class PartitionCopier:
             metrics = PartitionMetrics(tp, target_tp.topic)
             saved = progress.get(tp)
             if saved is not None:
-                start, target_next, committed = saved.next_source_offset, saved.next_target_offset, \
-                    saved.next_source_offset
+                start, target_next, committed = (
+                    saved.next_source_offset,
+                    saved.next_target_offset,
+                    saved.next_source_offset,
+                )
                 if not self.spec.exactly_once and target_next is not None:
                     # Records the target got after the last progress write will be copied again.
                     metrics.redelivered_records = max(0, target_ends[target_tp] - target_next)
             else:
                 start, target_next, committed = starts[tp], target_ends[target_tp], None
             metrics.next_source_offset = start
-            states[tp] = _PartitionState(tp, target_tp, metrics, acked_next=start, acked_target_next=target_next,
-                                         committed_next=committed, sent_next=start)
+            states[tp] = _PartitionState(
+                tp,
+                target_tp,
+                metrics,
+                acked_next=start,
+                acked_target_next=target_next,
+                committed_next=committed,
+                sent_next=start,
+            )
             if metrics.redelivered_records:
-                log.info("%s: %d records after the last progress will be copied again", tp,
-                         metrics.redelivered_records)
+                log.info("%s: %d records after the last progress will be copied again", tp, metrics.redelivered_records)
         await self._submit(_AssignmentChange(states, set(), asyncio.get_running_loop().create_future()))
         if not self.spec.exactly_once:
             # Durable at once, so a crash before the first periodic write neither re-resolves LATEST nor
@@ -390,8 +404,9 @@ class PartitionCopier:
                 await self._producer.client.force_metadata_update()
                 available = await self._producer.partitions_for(target_topic) or set()
             if len(available) < needed:
-                raise TargetPartitionMissing(f"target topic {target_topic} has {len(available)} partitions, "
-                                             f"{needed} needed")
+                raise TargetPartitionMissing(
+                    f"target topic {target_topic} has {len(available)} partitions, {needed} needed"
+                )
 
     async def _starting_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
         if not partitions:
@@ -440,8 +455,9 @@ class PartitionCopier:
                         await asyncio.sleep(self.options.retry_backoff_s)
                     continue
                 try:
-                    batches = await self._consumer.getmany(timeout_ms=self.options.poll_timeout_ms,
-                                                           max_records=self.options.max_records_per_poll)
+                    batches = await self._consumer.getmany(
+                        timeout_ms=self.options.poll_timeout_ms, max_records=self.options.max_records_per_poll
+                    )
                 except OffsetOutOfRangeError as exc:
                     await self._handle_out_of_range(exc.args[0] if exc.args else {})
                     continue
@@ -467,8 +483,9 @@ class PartitionCopier:
                 await self._housekeeping()
         except CopierError as exc:
             for state in self._states.values():
-                state.metrics.record_error(ErrorKind.FENCED if isinstance(exc, CopierFenced)
-                                           else ErrorKind.LEASE_LOST, str(exc))
+                state.metrics.record_error(
+                    ErrorKind.FENCED if isinstance(exc, CopierFenced) else ErrorKind.LEASE_LOST, str(exc)
+                )
             log.error("copier for %s stopped: %s", self.spec.replicator_id, exc)
             raise
         except Exception:
@@ -502,17 +519,25 @@ class PartitionCopier:
                 resume = beginnings[tp]
                 lost = resume - position
                 state.metrics.truncated_offsets += lost
-                state.metrics.record_error(ErrorKind.SOURCE_TRUNCATED,
-                                           f"offsets {position}..{resume - 1} deleted by source retention "
-                                           f"before they were copied")
-                log.warning("%s: source truncated: %d offsets lost (%d..%d), continuing at %d", tp, lost,
-                            position, resume - 1, resume)
+                state.metrics.record_error(
+                    ErrorKind.SOURCE_TRUNCATED,
+                    f"offsets {position}..{resume - 1} deleted by source retention before they were copied",
+                )
+                log.warning(
+                    "%s: source truncated: %d offsets lost (%d..%d), continuing at %d",
+                    tp,
+                    lost,
+                    position,
+                    resume - 1,
+                    resume,
+                )
             else:
                 # The source log is shorter than our position (topic recreated, unclean leader election):
                 # what lies between its end and our position was never ours to copy; continue at its end.
                 resume = ends[tp]
-                state.metrics.record_error(ErrorKind.SOURCE_TRUNCATED,
-                                           f"position {position} is beyond the source end {resume}")
+                state.metrics.record_error(
+                    ErrorKind.SOURCE_TRUNCATED, f"position {position} is beyond the source end {resume}"
+                )
                 log.warning("%s: position %d beyond source end %d, continuing at the end", tp, position, resume)
             self._advance_without_records(state, resume)
             self._consumer.seek(tp, resume)
@@ -573,8 +598,7 @@ class PartitionCopier:
                     continue
                 if origin is None:
                     headers.append(stamp)
-            if builder.append(timestamp=record.timestamp, key=record.key, value=record.value,
-                              headers=headers) is None:
+            if builder.append(timestamp=record.timestamp, key=record.key, value=record.value, headers=headers) is None:
                 out.append((builder, _Pending(_resolved_future(), last_offset + 1, count, size, first_ts, offsets)))
                 builder = producer.create_batch()
                 count = size = 0
@@ -626,8 +650,9 @@ class PartitionCopier:
             for builder, pending in built:
                 pending.generation = self._producer_generation
                 try:
-                    pending.future = await self._producer.send_batch(builder, state.target.topic,
-                                                                     partition=state.target.partition)
+                    pending.future = await self._producer.send_batch(
+                        builder, state.target.topic, partition=state.target.partition
+                    )
                 except KafkaError as exc:
                     self._mark_failed(state, exc)
                     return
@@ -725,10 +750,14 @@ class PartitionCopier:
             await self._check_lease(dirty)
             values = [(state, state.progress()) for state in dirty]
             try:
-                futures = [await self._producer.send(self._store.topic,
-                                                     key=progress_key(self.spec.replicator_id, state.source),
-                                                     value=encode_progress(progress))
-                           for state, progress in values]
+                futures = [
+                    await self._producer.send(
+                        self._store.topic,
+                        key=progress_key(self.spec.replicator_id, state.source),
+                        value=encode_progress(progress),
+                    )
+                    for state, progress in values
+                ]
                 await asyncio.gather(*futures)
             except KafkaError as exc:
                 for state, _ in values:
@@ -764,8 +793,9 @@ class PartitionCopier:
                 position = await self._consumer.position(tp)
                 sent: list[_Pending] = []
                 for builder, pending in self._build_batches(state, records, position):
-                    pending.future = await producer.send_batch(builder, state.target.topic,
-                                                               partition=state.target.partition)
+                    pending.future = await producer.send_batch(
+                        builder, state.target.topic, partition=state.target.partition
+                    )
                     sent.append(pending)
                 touched.append((state, sent, position))
             await _all_or_first_error([p.future for _, sent, _ in touched for p in sent])
@@ -778,8 +808,12 @@ class PartitionCopier:
             for state in self._states.values():
                 if state.source not in progress and state.acked_next != state.committed_next:
                     progress[state.source] = state.progress()
-            futures = [await producer.send(self._store.topic, key=progress_key(self.spec.replicator_id, tp),
-                                           value=encode_progress(value)) for tp, value in progress.items()]
+            futures = [
+                await producer.send(
+                    self._store.topic, key=progress_key(self.spec.replicator_id, tp), value=encode_progress(value)
+                )
+                for tp, value in progress.items()
+            ]
             await _all_or_first_error(futures)
             await self._check_lease(list(self._states.values()))
             await producer.commit_transaction()

@@ -58,13 +58,16 @@ def parse_progress_key(key: bytes) -> tuple[str, TopicPartition] | None:
 
 
 def encode_progress(progress: PartitionProgress) -> bytes:
-    return json.dumps({
-        "v": PROGRESS_FORMAT_VERSION,
-        "targetTopic": progress.target_topic,
-        "nextSourceOffset": progress.next_source_offset,
-        "nextTargetOffset": progress.next_target_offset,
-        "updatedMs": progress.updated_ms,
-    }, separators=(",", ":")).encode()
+    return json.dumps(
+        {
+            "v": PROGRESS_FORMAT_VERSION,
+            "targetTopic": progress.target_topic,
+            "nextSourceOffset": progress.next_source_offset,
+            "nextTargetOffset": progress.next_target_offset,
+            "updatedMs": progress.updated_ms,
+        },
+        separators=(",", ":"),
+    ).encode()
 
 
 def decode_progress(value: bytes) -> PartitionProgress:
@@ -107,11 +110,17 @@ class ProgressStore:
             if self.topic in existing:
                 return
             replication = min(3, await kafka_admin.broker_count(admin))
-            created = await kafka_admin.create_topic(admin, self.topic, PROGRESS_TOPIC_PARTITIONS, replication, {
-                "cleanup.policy": "compact",
-                "min.compaction.lag.ms": "0",
-                "segment.ms": str(6 * 3600 * 1000),
-            })
+            created = await kafka_admin.create_topic(
+                admin,
+                self.topic,
+                PROGRESS_TOPIC_PARTITIONS,
+                replication,
+                {
+                    "cleanup.policy": "compact",
+                    "min.compaction.lag.ms": "0",
+                    "segment.ms": str(6 * 3600 * 1000),
+                },
+            )
             if created:
                 log.info("created progress topic %s on %s", self.topic, self.target.describe())
         finally:
@@ -145,8 +154,9 @@ class ProgressStore:
             deadline = time.monotonic() + _LOAD_TIMEOUT_SECONDS
             while remaining:
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"progress topic {self.topic} not read to its end within "
-                                       f"{_LOAD_TIMEOUT_SECONDS:g}s")
+                    raise TimeoutError(
+                        f"progress topic {self.topic} not read to its end within {_LOAD_TIMEOUT_SECONDS:g}s"
+                    )
                 batches = await consumer.getmany(*remaining, timeout_ms=200, max_records=10_000)
                 for records in batches.values():
                     for record in records:

@@ -25,8 +25,15 @@ from workers.engine.topics import SyncReport, TopicSynchronizer
 
 log = logging.getLogger(__name__)
 
-IMMUTABLE_FIELDS = ("replicator_id", "source_alias", "target_alias", "starting_position", "topic_naming",
-                    "target_compression", "exactly_once")
+IMMUTABLE_FIELDS = (
+    "replicator_id",
+    "source_alias",
+    "target_alias",
+    "starting_position",
+    "topic_naming",
+    "target_compression",
+    "exactly_once",
+)
 
 
 @dataclass(frozen=True)
@@ -68,8 +75,15 @@ class Replicator:
         self.synchronizer = TopicSynchronizer(spec, source, target)
         if spec.exactly_once and transactional_id is None:
             transactional_id = f"ferry-{spec.replicator_id}-all"
-        self.copier = PartitionCopier(spec, source, target, transactional_id=transactional_id,
-                                      lease_check=lease_check, offset_map_sink=offset_map_sink, options=options)
+        self.copier = PartitionCopier(
+            spec,
+            source,
+            target,
+            transactional_id=transactional_id,
+            lease_check=lease_check,
+            offset_map_sink=offset_map_sink,
+            options=options,
+        )
         self._task: asyncio.Task[None] | None = None
         self._last_report = SyncReport()
         self._last_sync: float | None = None
@@ -149,8 +163,9 @@ class Replicator:
                     raise
                 log.warning("topic sync pass incomplete, retrying in %.0fs: %s", self.topic_refresh_s, exc)
             except (KafkaError, AdminError, OSError, TimeoutError) as exc:
-                log.warning("topic sync failed, retrying in %.0fs: %s: %s", self.topic_refresh_s,
-                            type(exc).__name__, exc)
+                log.warning(
+                    "topic sync failed, retrying in %.0fs: %s: %s", self.topic_refresh_s, type(exc).__name__, exc
+                )
 
     def snapshot(self) -> ReplicatorStats:
         report = self._last_report

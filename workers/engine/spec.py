@@ -100,8 +100,9 @@ class ReplicationSpec:
         """Build from one ``replicationInfoList`` entry as the API stores it (camelCase keys)."""
         topic_replication: Mapping[str, Any] = info.get("topicReplication") or {}
         starting = (topic_replication.get("startingPosition") or {}).get("type") or "LATEST"
-        naming = (topic_replication.get("topicNameConfiguration") or {}).get("type") \
-            or "PREFIXED_WITH_SOURCE_CLUSTER_ALIAS"
+        naming = (topic_replication.get("topicNameConfiguration") or {}).get(
+            "type"
+        ) or "PREFIXED_WITH_SOURCE_CLUSTER_ALIAS"
         extra: dict[str, Any] = {}
         if created_at_ms is not None:
             extra["created_at_ms"] = created_at_ms
@@ -133,8 +134,9 @@ class ReplicationSpec:
         """Whether a source topic is in scope: included, not excluded, not internal, not a replica of the target."""
         if source_topic.startswith(INTERNAL_TOPIC_PREFIX):
             return False
-        if self.topic_naming is TopicNaming.PREFIXED_WITH_SOURCE_CLUSTER_ALIAS \
-                and self.is_replica_of_target(source_topic):
+        if self.topic_naming is TopicNaming.PREFIXED_WITH_SOURCE_CLUSTER_ALIAS and self.is_replica_of_target(
+            source_topic
+        ):
             return False
         if not any(pattern.fullmatch(source_topic) for pattern in self._include):
             return False

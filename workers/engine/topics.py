@@ -45,8 +45,11 @@ def copyable_configs(entries: dict[str, ConfigEntry]) -> dict[str, str]:
     return {
         name: entry.value
         for name, entry in entries.items()
-        if entry.source == CONFIG_SOURCE_DYNAMIC_TOPIC and entry.value is not None
-        and not entry.sensitive and not entry.read_only and not is_per_cluster_config(name)
+        if entry.source == CONFIG_SOURCE_DYNAMIC_TOPIC
+        and entry.value is not None
+        and not entry.sensitive
+        and not entry.read_only
+        and not is_per_cluster_config(name)
     }
 
 
@@ -70,8 +73,14 @@ class SyncReport:
 
 
 class TopicSynchronizer:
-    def __init__(self, spec: ReplicationSpec, source: ClusterConnection, target: ClusterConnection,
-                 *, replication_factor: int | None = None) -> None:
+    def __init__(
+        self,
+        spec: ReplicationSpec,
+        source: ClusterConnection,
+        target: ClusterConnection,
+        *,
+        replication_factor: int | None = None,
+    ) -> None:
         self.spec = spec
         self.source = source
         self.target = target
@@ -108,8 +117,11 @@ class TopicSynchronizer:
         """Source topics in scope with their partition counts."""
         source_admin, _ = self._admins
         found = await kafka_admin.describe_topics(source_admin)
-        topics = {name: meta.partitions for name, meta in found.items()
-                  if not meta.is_internal and self.spec.should_replicate(name)}
+        topics = {
+            name: meta.partitions
+            for name, meta in found.items()
+            if not meta.is_internal and self.spec.should_replicate(name)
+        }
         if not self.spec.detect_and_copy_new_topics:
             # Without detection the topic set (and partition counts) are fixed at the first pass.
             if self._known_topics is None:
@@ -122,11 +134,15 @@ class TopicSynchronizer:
         report = SyncReport()
         wanted = await self.source_topics()
         target_names = {name: self.spec.target_topic(name) for name in wanted}
-        existing = await kafka_admin.describe_topics(target_admin, sorted(target_names.values()) or None) \
-            if wanted else {}
+        existing = (
+            await kafka_admin.describe_topics(target_admin, sorted(target_names.values()) or None) if wanted else {}
+        )
         copy_configs = self.spec.copy_topic_configurations
-        source_configs = await kafka_admin.describe_topic_configs(source_admin, sorted(wanted)) \
-            if copy_configs and wanted and (sync_configs or set(target_names.values()) - set(existing)) else {}
+        source_configs = (
+            await kafka_admin.describe_topic_configs(source_admin, sorted(wanted))
+            if copy_configs and wanted and (sync_configs or set(target_names.values()) - set(existing))
+            else {}
+        )
         rf = self.replication_factor or 1
         for source_topic, partitions in sorted(wanted.items()):
             target_topic = target_names[source_topic]
@@ -136,14 +152,17 @@ class TopicSynchronizer:
                     configs = copyable_configs(source_configs.get(source_topic, {})) if copy_configs else {}
                     if await kafka_admin.create_topic(target_admin, target_topic, partitions, rf, configs):
                         report.created.append(target_topic)
-                        log.info("created target topic %s (%d partitions, %d configs)", target_topic,
-                                 partitions, len(configs))
+                        log.info(
+                            "created target topic %s (%d partitions, %d configs)",
+                            target_topic,
+                            partitions,
+                            len(configs),
+                        )
                     ready = partitions
                 elif current.partitions < partitions:
                     await kafka_admin.add_partitions(target_admin, target_topic, partitions)
                     report.partitions_added[target_topic] = partitions - current.partitions
-                    log.info("added %d partitions to target topic %s", partitions - current.partitions,
-                             target_topic)
+                    log.info("added %d partitions to target topic %s", partitions - current.partitions, target_topic)
                     ready = partitions
                 else:
                     ready = partitions
@@ -158,17 +177,27 @@ class TopicSynchronizer:
             await self._sync_configs(report, source_configs, existing)
         return report
 
-    async def _sync_configs(self, report: SyncReport, source_configs: dict[str, dict[str, ConfigEntry]],
-                            existing: dict[str, kafka_admin.TopicMetadata]) -> None:
+    async def _sync_configs(
+        self,
+        report: SyncReport,
+        source_configs: dict[str, dict[str, ConfigEntry]],
+        existing: dict[str, kafka_admin.TopicMetadata],
+    ) -> None:
         _, target_admin = self._admins
-        pairs = {t.source_topic: t.target_topic for t in report.topics.values()
-                 if t.target_topic in existing and t.source_topic in source_configs}
+        pairs = {
+            t.source_topic: t.target_topic
+            for t in report.topics.values()
+            if t.target_topic in existing and t.source_topic in source_configs
+        }
         if not pairs:
             return
         target_configs = await kafka_admin.describe_topic_configs(target_admin, sorted(pairs.values()))
         for source_topic, target_topic in sorted(pairs.items()):
-            current = {name: entry.value for name, entry in target_configs.get(target_topic, {}).items()
-                       if entry.source == CONFIG_SOURCE_DYNAMIC_TOPIC and entry.value is not None}
+            current = {
+                name: entry.value
+                for name, entry in target_configs.get(target_topic, {}).items()
+                if entry.source == CONFIG_SOURCE_DYNAMIC_TOPIC and entry.value is not None
+            }
             desired = copyable_configs(source_configs[source_topic])
             # AlterConfigs replaces the whole override set: keep the target's own per-cluster overrides.
             desired.update({name: value for name, value in current.items() if is_per_cluster_config(name)})
