@@ -1,0 +1,94 @@
+"""A worker paused (SIGSTOP) past its leases loses its partitions to another worker; when it wakes up it stops
+writing instead of copying alongside the new owner, and every record still arrives once in order."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from sqlalchemy import Engine
+
+from tests.fleet.conftest import Fleet, unit_owners, wait_until
+from tests.fleet.test_fleet_failover import checksum, worker_of
+from tests.fleet.test_fleet_lifecycle import create_request, create_topic, describe, produce
+
+PARTITIONS = 8
+
+
+@pytest.mark.slow
+def test_a_paused_worker_is_fenced_when_it_wakes(
+    fleet: Fleet, fleet_kafka: Any, fleet_db: Engine, unique: str, source_bootstrap: str, target_bootstrap: str
+) -> None:
+    fleet.start_worker("p1")
+    fleet.start_worker("p2")
+    topic = f"{unique}-p"
+    asyncio.run(create_topic(source_bootstrap, topic, PARTITIONS))
+    arn = fleet_kafka.create_replicator(**create_request(unique, source_bootstrap, target_bootstrap, [topic]))[
+        "ReplicatorArn"
+    ]
+    wait_until("RUNNING", lambda: describe(fleet_kafka, arn)["ReplicatorState"] == "RUNNING", 90)
+
+    def owners() -> Counter[str | None]:
+        return Counter(worker_of(owner) for owner, _ in unit_owners(fleet_db, arn).values())
+
+    wait_until("partitions on both workers", lambda: set(owners()) == {"p1", "p2"}, 60)
+    asyncio.run(produce(source_bootstrap, topic, 2000, PARTITIONS, "before"))
+
+    fleet.kill("p2", signal.SIGSTOP)
+    paused_at = time.monotonic()
+    try:
+        wait_until("p1 to own every partition", lambda: owners() == Counter({"p1": PARTITIONS}), 40)
+        print(f"paused worker's partitions taken over after {time.monotonic() - paused_at:.1f}s")
+        asyncio.run(produce(source_bootstrap, topic, 2000, PARTITIONS, "during"))
+    finally:
+        fleet.kill("p2", signal.SIGCONT)
+
+    wait_until("the woken worker to get a share again", lambda: set(owners()) == {"p1", "p2"}, 60)
+    asyncio.run(produce(source_bootstrap, topic, 2000, PARTITIONS, "after"))
+    log = (fleet.logs / "p2.log").read_text(errors="replace")
+    assert "lost" in log.lower(), "the woken worker should have found its leases gone"
+
+    alias = describe(fleet_kafka, arn)["ReplicationInfoList"][0]["SourceKafkaClusterAlias"]
+    expected_per_partition = 6000 // PARTITIONS
+
+    def arrived() -> dict[int, list[int]] | None:
+        copied = asyncio.run(read_all_tagged(target_bootstrap, f"{alias}.{topic}"))
+        return copied if all(len(set(copied.get(p, []))) == expected_per_partition for p in range(PARTITIONS)) else None
+
+    copied = wait_until("every record on the target", arrived, 90, interval=2)
+    for partition, values in copied.items():
+        first_seen = list(dict.fromkeys(values))
+        assert first_seen == sorted(first_seen), f"partition {partition} out of order"
+        assert checksum(set(values)) == checksum(set(first_seen))
+
+
+async def read_all_tagged(bootstrap: str, topic: str) -> dict[int, list[int]]:
+    """Records written by ``produce`` carry '<tag>-<i>' values; map them to a global order for the checks."""
+    order = {"before": 0, "during": 1, "after": 2}
+    raw = await read_all_raw(bootstrap, topic)
+    return {p: [order[v.split("-")[0]] * 100_000 + int(v.split("-")[1]) for v in values] for p, values in raw.items()}
+
+
+async def read_all_raw(bootstrap: str, topic: str) -> dict[int, list[str]]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        values: dict[int, list[str]] = {p: [] for p in range(PARTITIONS)}
+        remaining = {tp for tp in tps if ends[tp] > 0}
+        while remaining:
+            for tp, records in (await consumer.getmany(timeout_ms=1000)).items():
+                values[tp.partition].extend(r.value.decode() for r in records)
+                if records and records[-1].offset + 1 >= ends[tp]:
+                    remaining.discard(tp)
+        return values
+    finally:
+        await consumer.stop()
