@@ -65,6 +65,33 @@ class CopierFenced(CopierError):
     """A newer producer with the same transactional id exists: this copier is a zombie."""
 
 
+class WritesFenced(KafkaError):  # type: ignore[misc]
+    """The write gate closed (the unit of work's lease is gone): a queued batch was dropped, never sent."""
+
+
+def _gate_sender(producer: AIOKafkaProducer, gate: Callable[[], bool]) -> None:
+    """Refuse to send any produce request while ``gate()`` is False.
+
+    aiokafka offers no hook between "batch ready" and "request sent". A worker paused past its lease (GC,
+    SIGSTOP, a frozen VM) would otherwise send what it had queued the moment it wakes, after the partition's
+    new owner started writing; checking before each batch is handed over cannot catch batches already queued.
+    """
+    sender = producer._sender
+    send = sender._send_produce_req
+
+    async def gated(node_id: int, batches: dict[TopicPartition, Any]) -> None:
+        if gate():
+            await send(node_id, batches)
+            return
+        for batch in batches.values():
+            batch.failure(exception=WritesFenced("the lease of this unit of work is gone; batch not sent"))
+        sender._in_flight.discard(node_id)
+        for tp in batches:
+            sender._muted_partitions.discard(tp)
+
+    sender._send_produce_req = gated
+
+
 class TargetPartitionMissing(CopierError):
     """A source partition was assigned before its target partition existed (topic sync must run first)."""
 
@@ -143,6 +170,8 @@ class _AssignmentChange:
 
 
 def _error_kind(exc: BaseException) -> ErrorKind:
+    if isinstance(exc, WritesFenced):
+        return ErrorKind.LEASE_LOST
     if isinstance(exc, (RecordTooLargeError, MessageSizeTooLargeError)):
         return ErrorKind.RECORD_TOO_LARGE
     if isinstance(exc, (TopicAuthorizationFailedError, TransactionalIdAuthorizationFailed)):
@@ -175,6 +204,7 @@ class PartitionCopier:
         *,
         transactional_id: str | None = None,
         lease_check: LeaseCheck | None = None,
+        write_gate: Callable[[], bool] | None = None,
         offset_map_sink: OffsetMapSink | None = None,
         options: CopierOptions | None = None,
         progress_store: ProgressStore | None = None,
@@ -187,6 +217,8 @@ class PartitionCopier:
         self.transactional_id = transactional_id if spec.exactly_once else None
         self.options = options or CopierOptions()
         self._lease_check = lease_check
+        # Synchronous and local (no I/O): consulted by the producer before every request it sends.
+        self._write_gate = write_gate
         self._sink = offset_map_sink
         self._store = progress_store or ProgressStore(target, spec.replicator_id)
         self._states: dict[TopicPartition, _PartitionState] = {}
@@ -269,6 +301,8 @@ class PartitionCopier:
         except BaseException:
             await producer.stop()
             raise
+        if self._write_gate is not None:
+            _gate_sender(producer, self._write_gate)
         self._producer = producer
         self._producer_generation += 1
 
@@ -302,6 +336,11 @@ class PartitionCopier:
 
     def assignment(self) -> frozenset[TopicPartition]:
         return frozenset(self._states)
+
+    def positions(self) -> dict[TopicPartition, tuple[str, int]]:
+        """Per assigned partition: (target topic, next source offset whose copy is acknowledged). Every batch
+        below it has already been handed to the offset map sink."""
+        return {tp: (state.target.topic, state.acked_next) for tp, state in self._states.items()}
 
     def snapshot(self) -> dict[TopicPartition, PartitionStats]:
         """Measurements of every assigned partition (and of partitions revoked since the last snapshot)."""
@@ -560,7 +599,9 @@ class PartitionCopier:
             end = self._consumer.last_stable_offset(state.source)
             if end is not None and end >= 0:
                 state.metrics.source_end_offset = end
-            if state.pending or state.failed is not None:
+            if state.pending or state.failed is not None or self._produce_failed:
+                # While a failure is recovered, a position past sent_next may hold fetched records that were
+                # never sent: only the recovery's rewind may move this partition.
                 continue
             # Transaction markers and aborted batches move the consumer's position without handing out
             # records: make that move part of the partition's progress so lag can reach zero.
@@ -621,6 +662,7 @@ class PartitionCopier:
     # ------------------------------------------------------------------ at-least-once
 
     async def _copy_pipelined(self, batches: dict[TopicPartition, list[Any]]) -> None:
+        handed_over: set[TopicPartition] = set()
         for tp, records in batches.items():
             state = self._states.get(tp)
             if state is None:
@@ -655,6 +697,12 @@ class PartitionCopier:
                     )
                 except KafkaError as exc:
                     self._mark_failed(state, exc)
+                    # The consumer already moved past every partition of this poll: put the ones whose records
+                    # were not all handed to the producer back where their copy stands, or they would be skipped.
+                    for other in batches:
+                        other_state = self._states.get(other)
+                        if other not in handed_over and other_state is not None:
+                            self._consumer.seek(other, other_state.sent_next)
                     return
                 if not pending.source_offsets:
                     pending.source_offsets = None
@@ -662,6 +710,7 @@ class PartitionCopier:
                 self._in_flight_bytes += pending.size
                 pending.future.add_done_callback(functools.partial(self._on_done, state))
             state.sent_next = position
+            handed_over.add(tp)
         while self._in_flight_bytes > self.options.max_in_flight_bytes and not self._produce_failed:
             self._room.clear()
             await self._room.wait()
@@ -850,8 +899,9 @@ class PartitionCopier:
         except KafkaError as abort_exc:
             log.warning("abort failed, the producer will be replaced: %s", abort_exc)
             self._produce_failed = True
-            return
         for state in self._states.values():
             state.sent_next = state.acked_next
             self._consumer.seek(state.source, state.acked_next)
+        if self._produce_failed:
+            return
         await asyncio.sleep(self.options.retry_backoff_s)
