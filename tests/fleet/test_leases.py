@@ -67,12 +67,13 @@ async def test_a_moved_unit_is_taken_only_after_the_old_owner_lets_go(
 
     assign(fleet_db, key, "worker-b")  # the reconcile loop moves the unit
     assert await b.acquire() == [], "B must wait while A still holds the lease"
-    assert await a.renew([lease_a]) == {key}, "A is no longer assigned: its renewal fails and it must stop"
-    assert not lease_a.is_valid()
+    assert await a.renew([lease_a]) == set(), "A keeps its lease while it stops the unit"
     assert await b.acquire() == [], "A's lease has not expired and was not released yet"
     await a.release([lease_a])
     [lease_b] = await b.acquire()
     assert lease_b.epoch == lease_a.epoch + 1
+    assert await a.renew([lease_a]) == {key}, "after the hand-off A's old lease is gone for good"
+    assert not lease_a.is_valid()
 
 
 async def test_racing_acquirers_never_both_win(adb: AsyncEngine, fleet_db: Engine, replicator_id: str) -> None:

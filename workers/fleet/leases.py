@@ -4,8 +4,9 @@ A worker may copy a unit only while it holds the unit's lease. Invariants:
 
 - Acquire succeeds only for a unit assigned to this worker whose lease is free or expired, and bumps ``epoch``:
   the fencing token of the new owner. So at most one live lease per unit exists at any moment.
-- Renew extends only leases this worker still owns *at the same epoch* and is still assigned; anything else is
-  lost and must stop at once.
+- Renew extends only leases this worker still owns *at the same epoch*; anything else is lost and must stop at
+  once. A unit moved to another worker stays renewed until its owner stopped it and released it, so a
+  rebalance never makes a partition that stays look lost.
 - Lease expiry is judged by PostgreSQL's clock on the server side; on the worker side a lease counts as valid
   only until ``renew request start + lease_seconds - safety_margin`` on the local monotonic clock. A worker that
   was paused (GC, SIGSTOP, a slow disk) therefore considers its lease gone before the database hands it to
@@ -110,7 +111,7 @@ class LeaseStore:
             rows = await conn.execute(
                 text(
                     "UPDATE fleet_units SET lease_expires_at = now() + make_interval(secs => :ttl) "
-                    "WHERE owner_worker = :w AND assigned_worker = :w AND lease_expires_at >= now() "
+                    "WHERE owner_worker = :w AND lease_expires_at >= now() "
                     "RETURNING replicator_id, topic, partition, epoch"
                 ),
                 {"w": self.worker_id, "ttl": self.lease_seconds},
