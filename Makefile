@@ -13,7 +13,8 @@ STAMP := $(VENV)/.installed
 .PHONY: up down status test lint bench openapi clean
 
 $(STAMP): pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@# A venv left half-made by an earlier failure (no pip in it) is made again.
+	@test -x $(VENV)/bin/pip || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[dev]"
 	@touch $(STAMP)
