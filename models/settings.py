@@ -18,7 +18,8 @@ _BOOTSTRAP_RE = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}(,[A-Za-z0-9.\-\[\]:]+
 
 
 class FerrySettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="FERRY_", extra="ignore", frozen=True)
+    # hide_input_in_errors: a bad FERRY_DATABASE_URL must not print its password into every process's log.
+    model_config = SettingsConfigDict(env_prefix="FERRY_", extra="ignore", frozen=True, hide_input_in_errors=True)
 
     database_url: str = Field(
         default="postgresql+psycopg://ferry:ferry@127.0.0.1:15432/ferry",
