@@ -192,11 +192,11 @@ async def update_replication_info(
 ) -> Replicator:
     row = await get_replicator(session, account_id=account_id, arn=arn, for_update=True)
     _check_current_version(row, request.current_version)
-    if row.state in ("DELETING", "FAILED"):
+    # A FAILED replicator may be updated: the fix can be in the topic lists (e.g. excluding a topic whose
+    # creation is denied). It stays FAILED until the new generation runs (docs/replicator-states.md).
+    if row.state == "DELETING":
         raise InvalidRequestError(
-            f"replicatorArn: a replicator in state {row.state} cannot be updated"
-            + ("; delete it and create it again" if row.state == "FAILED" else ""),
-            "replicatorArn",
+            f"replicatorArn: a replicator in state {row.state} cannot be updated", "replicatorArn"
         )
     clusters_by_alias = {cluster["kafkaClusterAlias"]: cluster for cluster in row.kafka_clusters}
     accepted = await asyncio.to_thread(
