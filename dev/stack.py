@@ -300,7 +300,7 @@ def ensure_kafka_jars(cfg: StackConfig) -> Path:
     log = cfg.logs / "maven.log"
     cfg.logs.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as out:
-        rc = subprocess.run(
+        proc = subprocess.Popen(
             [
                 "mvn",
                 "-B",
@@ -312,8 +312,15 @@ def ensure_kafka_jars(cfg: StackConfig) -> Path:
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
-            check=False,
-        ).returncode
+        )
+        started = time.monotonic()
+        while True:
+            try:
+                rc = proc.wait(timeout=10)
+                break
+            except subprocess.TimeoutExpired:
+                jars = sum(1 for _ in lib.glob("*.jar"))
+                say(f"  still resolving ({time.monotonic() - started:.0f}s, {jars} jars so far; log: {log})")
     if rc != 0:
         raise StackError(f"maven could not resolve the Kafka jars (exit {rc}); read its log: {log}\n{_tail(log)}")
     stamp.write_text(POM.read_text())
@@ -529,9 +536,7 @@ class Postgres:
                         str(self.data),
                         "-l",
                         str(self.log),
-                        "-w",
-                        "-t",
-                        "60",
+                        "-W",
                         "-o",
                         f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.socket_dir}",
                         "start",
@@ -751,6 +756,14 @@ class FerryProcess:
             str(self.cfg.run_dir / "celerybeat.pid"),
         ]
 
+    def marker(self) -> str:
+        """A piece of the command line unique to this stack, so a recycled pid is never taken for ours."""
+        if self.name == "api":
+            return f"--port {self.cfg.api_port}"
+        if self.name == "worker":
+            return f"ferry-worker-{self.cfg.api_port}@"
+        return str(self.cfg.run_dir / "celerybeat-schedule")
+
     def healthy(self) -> bool:
         if self.name != "api":
             return self.pidfile.live_pid() is not None
@@ -773,7 +786,7 @@ class FerryProcess:
         offset = _log_size(self.log)
         say(f"starting {self.name}")
         argv = self.argv()
-        proc = spawn(self.cfg, self.name, argv, marker=" ".join(argv[1:5]), env=self.cfg.app_env())
+        proc = spawn(self.cfg, self.name, argv, marker=self.marker(), env=self.cfg.app_env())
         ready_line = {"api": "Application startup complete", "worker": " ready.", "beat": "beat: Starting"}
         wait_for(self.name, lambda: _log_has(self.log, ready_line[self.name], offset), 90, self.log, proc)
 
