@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.partitioner import DefaultPartitioner
 
 from workers.engine import admin as kafka_admin
 from workers.engine.connection import ClusterConnection, client_kwargs
@@ -118,7 +119,10 @@ class ProgressStore:
                 {
                     "cleanup.policy": "compact",
                     "min.compaction.lag.ms": "0",
-                    "segment.ms": str(6 * 3600 * 1000),
+                    # Every active partition writes progress several times a second: roll and compact often
+                    # so reading a partition's latest progress stays quick.
+                    "segment.ms": str(10 * 60 * 1000),
+                    "min.cleanable.dirty.ratio": "0.1",
                 },
             )
             if created:
@@ -144,6 +148,14 @@ class ProgressStore:
         prefix = f"{self.replicator_id}/".encode()
         try:
             partitions = await _partitions(self.target, self.topic)
+            if wanted is not None and partitions:
+                # Progress records are keyed, so the producer's partitioner put each one on a known partition:
+                # read only those instead of the whole shared topic (failover time must not grow with it).
+                ordered = sorted(partitions)
+                partitions = {
+                    DefaultPartitioner()(progress_key(self.replicator_id, source), ordered, ordered)
+                    for source in wanted
+                }
             tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
             if not tps:
                 return found
