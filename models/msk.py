@@ -37,6 +37,15 @@ _PREFERENCE = {
 class MskBootstrap:
     bootstrap_servers: str
     all_strings: dict[str, str]
+    # How workers must speak to those brokers (the listener the chosen string belongs to).
+    security_protocol: str
+
+
+def _protocol_of(key: str) -> str | None:
+    """PLAINTEXT or SSL for the listeners workers can use today; None for SASL (SCRAM, IAM) listeners."""
+    if "Sasl" in key:
+        return None
+    return "SSL" if "Tls" in key else "PLAINTEXT"
 
 
 def resolve_msk_bootstrap(cluster_arn: str, cluster_wire: dict[str, Any], parameter: str) -> MskBootstrap:
@@ -67,7 +76,16 @@ def resolve_msk_bootstrap(cluster_arn: str, cluster_wire: dict[str, Any], parame
     strings = {key: str(value) for key, value in answer.items() if key.startswith("BootstrapBrokerString")}
     for key in _PREFERENCE[_client_setup(cluster_wire)]:
         if strings.get(key):
-            return MskBootstrap(bootstrap_servers=strings[key], all_strings=strings)
+            protocol = _protocol_of(key)
+            if protocol is None:
+                # Workers cannot authenticate with SASL yet; accepting the cluster would only end in FAILED.
+                raise InvalidRequestError(
+                    f"{parameter}: MSK cluster {cluster_arn!r} is reachable only through {key} (SASL "
+                    "authentication), which Ferry's workers do not support yet; give the cluster a TLS or "
+                    "plaintext listener, or describe it as apacheKafkaCluster",
+                    parameter,
+                )
+            return MskBootstrap(bootstrap_servers=strings[key], all_strings=strings, security_protocol=protocol)
     raise InvalidRequestError(
         f"{parameter}: MSK returned no bootstrap broker string usable with this cluster's client settings",
         parameter,

@@ -31,7 +31,12 @@ def _connection(cluster: Mapping[str, Any]) -> ClusterConnection:
     servers = ferry.get("bootstrapServers")
     if not servers:
         raise ValueError(f"cluster {cluster.get('kafkaClusterAlias')!r} has no resolved bootstrap servers")
-    return ClusterConnection(bootstrap_servers=str(servers), alias=str(cluster["kafkaClusterAlias"]))
+    protocol = ferry.get("securityProtocol", "PLAINTEXT")
+    if protocol not in ("PLAINTEXT", "SSL"):
+        raise ValueError(f"cluster {cluster.get('kafkaClusterAlias')!r}: security protocol {protocol} not supported")
+    return ClusterConnection(
+        bootstrap_servers=str(servers), alias=str(cluster["kafkaClusterAlias"]), security_protocol=protocol
+    )
 
 
 def runtime_of(

@@ -1,0 +1,22 @@
+"""Which MSK listener Ferry's workers can use: the protocol stored with the cluster decides how they connect."""
+
+from __future__ import annotations
+
+import pytest
+
+from models.msk import _protocol_of
+
+
+@pytest.mark.parametrize(
+    ("key", "protocol"),
+    [
+        ("BootstrapBrokerString", "PLAINTEXT"),
+        ("BootstrapBrokerStringTls", "SSL"),
+        ("BootstrapBrokerStringPublicTls", "SSL"),
+        ("BootstrapBrokerStringSaslScram", None),
+        ("BootstrapBrokerStringSaslIam", None),
+        ("BootstrapBrokerStringPublicSaslIam", None),
+    ],
+)
+def test_listener_protocols(key: str, protocol: str | None) -> None:
+    assert _protocol_of(key) == protocol
