@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from redis.asyncio import Redis
 
-from api import health, replication_metrics, replicators, tags
+from api import health, offsets, replication_metrics, replicators, tags
 from api.errors import install_error_handling
 from api.fleet_trigger import FleetTrigger
 from models.db import async_session_factory, make_async_engine
@@ -43,6 +43,7 @@ def create_app(settings: FerrySettings | None = None) -> FastAPI:
     app.include_router(health.router)
     # Before the replicators router: its {replicatorArn:path} routes would otherwise swallow ".../metrics".
     app.include_router(replication_metrics.router)
+    app.include_router(offsets.router)
     app.include_router(replicators.router)
     app.include_router(tags.router)
     install_error_handling(app)

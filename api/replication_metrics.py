@@ -129,6 +129,7 @@ async def replicator_metrics(replicatorArn: ReplicatorArn, request: Request, cal
         "clusterPing": reading.status.get("clusterPing", {}),
         "topics": reading.status.get("topics", {}),
         "topicErrors": reading.status.get("topicErrors", {}),
+        "consumerGroups": reading.status.get("groupSync") or {"groupCount": 0, "failures": 0, "groups": {}},
         "partitions": reading.partitions,
     }
 
@@ -243,19 +244,27 @@ async def prometheus_metrics(request: Request, caller: CallerDep) -> PlainTextRe
                 {"replicator_name": name, "cluster_alias": alias},
                 ok,
             )
-        # Consumer group offset sync is not built yet (issue 6): no group is synchronised, none has failed.
+        groups = reading.status.get("groupSync") or {}
         out.add(
             "ConsumerGroupCount",
             "gauge",
             "Consumer groups whose offsets are synchronised.",
             {"replicator_name": name},
-            0,
+            groups.get("groupCount", 0),
         )
         out.add(
             "ConsumerGroupOffsetSyncFailure",
             "counter",
-            "Consumer group offset sync failures.",
+            "Consumer group offset sync failures since the replicator's metadata unit started.",
             {"replicator_name": name},
-            0,
+            groups.get("failures", 0),
         )
+        for group, entry in sorted((groups.get("groups") or {}).items()):
+            out.add(
+                "ConsumerGroupTranslationLag",
+                "gauge",
+                "Records the target group's committed offsets trail the translation of the source group's.",
+                {"replicator_name": name, "consumer_group": group},
+                entry.get("translationLagRecords"),
+            )
     return PlainTextResponse(out.render(), media_type="text/plain; version=0.0.4")

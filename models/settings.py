@@ -45,6 +45,13 @@ class FerrySettings(BaseSettings):
     fleet_lease_seconds: Annotated[float, Field(ge=3, le=300)] = 10.0
     worker_dead_after_seconds: Annotated[float, Field(ge=2, le=300)] = 10.0
     replicator_fail_after_seconds: Annotated[float, Field(ge=0, le=3600)] = 15.0
+    group_sync_interval_seconds: Annotated[float, Field(gt=0, le=3600)] = Field(
+        default=5.0, description="How often a replicator's consumer group offsets are translated and synced."
+    )
+    offset_map_max_runs: Annotated[int, Field(ge=16)] = Field(
+        default=10_000,
+        description="Offset map runs kept per source partition before old ones are thinned (with a stated bound).",
+    )
 
     @field_validator("database_url")
     @classmethod

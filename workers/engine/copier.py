@@ -337,10 +337,13 @@ class PartitionCopier:
     def assignment(self) -> frozenset[TopicPartition]:
         return frozenset(self._states)
 
-    def positions(self) -> dict[TopicPartition, tuple[str, int]]:
-        """Per assigned partition: (target topic, next source offset whose copy is acknowledged). Every batch
-        below it has already been handed to the offset map sink."""
-        return {tp: (state.target.topic, state.acked_next) for tp, state in self._states.items()}
+    def positions(self) -> dict[TopicPartition, tuple[str, int, int | None]]:
+        """Per assigned partition: (target topic, next source offset whose copy is acknowledged, target offset
+        right after the last acknowledged copy or None if unknown). Every batch below them has already been handed
+        to the offset map sink; the next copy lands at or after that target offset."""
+        return {
+            tp: (state.target.topic, state.acked_next, state.acked_target_next) for tp, state in self._states.items()
+        }
 
     def snapshot(self) -> dict[TopicPartition, PartitionStats]:
         """Measurements of every assigned partition (and of partitions revoked since the last snapshot)."""

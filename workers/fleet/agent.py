@@ -36,12 +36,15 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from models import offsets as offset_store
 from models.db import make_async_engine
 from models.settings import FerrySettings
 from workers.engine import ClusterConnection, PartitionCopier, TopicSynchronizer, client_kwargs
 from workers.engine.admin import AdminError
 from workers.fleet.config import ReplicatorRuntime, runtime_of
+from workers.fleet.groups import FailoverDriver, GroupSyncer, ScopeSource
 from workers.fleet.leases import Lease, LeaseStore
+from workers.fleet.offsets import OffsetMapBuffer
 from workers.fleet.plan import UnitKey
 
 log = logging.getLogger(__name__)
@@ -93,6 +96,8 @@ class MetadataRunner:
         interval_s: float = 2.0,
         config_interval_s: float = 10.0,
         probe_timeout_s: float = 5.0,
+        group_sync_interval_s: float = 5.0,
+        offset_map_max_runs: int = 10_000,
     ) -> None:
         self.runtime = runtime
         self.db = db
@@ -103,15 +108,26 @@ class MetadataRunner:
         self._wake = asyncio.Event()
         self._sync: TopicSynchronizer | None = None
         self._last_config_sync = 0.0
+        # Consumer group offset sync (its own loop) and planned failovers (a step per pass), issue 6.
+        self.group_sync_interval_s = group_sync_interval_s
+        self.offset_map_max_runs = offset_map_max_runs
+        self.groups = GroupSyncer(runtime, db, redis)
+        self.failovers = FailoverDriver(self.groups)
+        self.scope = ScopeSource()
+        self._last_thin = time.monotonic()
 
     def update(self, runtime: ReplicatorRuntime) -> None:
         if runtime.generation != self.runtime.generation:
             self.runtime = runtime
             if self._sync is not None:
                 self._sync.update_spec(runtime.spec)
+            self.groups.update(runtime)
             self._wake.set()
 
     async def run(self) -> None:
+        groups = asyncio.create_task(
+            self.groups.run(self.group_sync_interval_s, self.scope), name=f"groups-{self.runtime.name}"
+        )
         try:
             while True:
                 await self.pass_once()
@@ -119,6 +135,10 @@ class MetadataRunner:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.interval_s)
         finally:
+            groups.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await groups
+            await self.groups.close()
             await self._close_sync()
 
     async def _close_sync(self) -> None:
@@ -157,6 +177,12 @@ class MetadataRunner:
             sample = "; ".join(f"{topic}: {reason}" for topic, reason in sorted(report.errors.items())[:3])
             error = (_classify_topic_errors(report.errors), sample[:500])
         await self._write(runtime, partitions, error)
+        self.scope.partitions = partitions
+        await self.failovers.step(partitions)
+        if time.monotonic() - self._last_thin >= 60.0:
+            self._last_thin = time.monotonic()
+            async with self.db.begin() as conn:
+                await offset_store.thin(conn, runtime.replicator_id, self.offset_map_max_runs)
         await self.redis.hset(
             STATUS_KEY.format(replicator_id=runtime.replicator_id),
             mapping={
@@ -233,9 +259,13 @@ class MetadataRunner:
 class CopyRunner:
     """The copy units of one replicator held by this worker: one PartitionCopier with a changing assignment."""
 
-    def __init__(self, runtime: ReplicatorRuntime, lease_check: Callable[[], Awaitable[bool]]) -> None:
+    def __init__(
+        self, runtime: ReplicatorRuntime, lease_check: Callable[[], Awaitable[bool]], db: AsyncEngine | None = None
+    ) -> None:
         self.runtime = runtime
         self.lease_check = lease_check
+        self.db = db
+        self.offset_map = OffsetMapBuffer(runtime.replicator_id)
         self.copier: PartitionCopier | None = None
         self.last_failure: str | None = None
         self._retry_after = 0.0
@@ -260,7 +290,11 @@ class CopyRunner:
             if time.monotonic() < self._retry_after:
                 return
             copier = PartitionCopier(
-                self.runtime.spec, self.runtime.source, self.runtime.target, lease_check=self.lease_check
+                self.runtime.spec,
+                self.runtime.source,
+                self.runtime.target,
+                lease_check=self.lease_check,
+                offset_map_sink=self.offset_map,
             )
             await copier.start()
             self.copier = copier
@@ -270,10 +304,19 @@ class CopyRunner:
         if current - wanted:
             await copier.revoke(current - wanted)
 
+    async def flush_offset_map(self) -> None:
+        """Write the offset map runs collected since the last flush, and the heads they reach."""
+        if self.db is None:
+            return
+        heads = self.copier.positions() if self.copier is not None else {}
+        await self.offset_map.flush(self.db, heads)
+
     async def stop(self) -> None:
         if self.copier is not None:
             copier, self.copier = self.copier, None
             await copier.stop()
+            if self.db is not None:
+                await self.offset_map.flush(self.db, copier.positions())
 
 
 class FleetAgent:
@@ -355,6 +398,8 @@ class FleetAgent:
             self.leases[lease.key] = lease
         await self._load_runtimes()
         await self._converge()
+        for runner in self.copiers.values():
+            await runner.flush_offset_map()
         await self._publish_metrics()
 
     async def _load_runtimes(self) -> None:
@@ -407,6 +452,8 @@ class FleetAgent:
                 self._require(self._db),
                 self._require(self._redis),
                 probe_timeout_s=min(5.0, self.lease_seconds / 2),
+                group_sync_interval_s=self.settings.group_sync_interval_seconds,
+                offset_map_max_runs=self.settings.offset_map_max_runs,
             )
             self.metadata[replicator_id] = (
                 metadata_runner,
@@ -423,7 +470,7 @@ class FleetAgent:
         for replicator_id, partitions in wanted.items():
             copy_runner = self.copiers.get(replicator_id)
             if copy_runner is None:
-                copy_runner = CopyRunner(self.runtimes[replicator_id], self._lease_check(replicator_id))
+                copy_runner = CopyRunner(self.runtimes[replicator_id], self._lease_check(replicator_id), self._db)
                 self.copiers[replicator_id] = copy_runner
             await copy_runner.converge(partitions)
 

@@ -8,7 +8,7 @@ never sent in a Celery message.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -24,6 +24,8 @@ class ReplicatorRuntime:
     spec: ReplicationSpec
     source: ClusterConnection
     target: ClusterConnection
+    # The stored consumerGroupReplication object (workers/fleet/groups.py reads it).
+    consumer_groups: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _connection(cluster: Mapping[str, Any]) -> ClusterConnection:
@@ -67,4 +69,5 @@ def runtime_of(
         spec=spec,
         source=_connection(by_alias[source_alias]),
         target=_connection(by_alias[target_alias]),
+        consumer_groups=dict(replication_info.get("consumerGroupReplication") or {}),
     )

@@ -1,0 +1,193 @@
+"""Ferry extensions for moving consumers between clusters (issue 6).
+
+- ``GET /replication/v1/replicators/{replicatorArn}/offset-translation?topic=&partition=&offset=``: where a
+  consumer that does not use consumer groups (Flink, Spark) resumes on the target, and how many records at
+  most it re-reads there (0 inside copied data).
+- ``POST /replication/v1/replicators/{replicatorArn}/failover``: start a planned failover of consumer groups;
+  the replicator's metadata unit runs it (``workers/fleet/groups.py:FailoverDriver``).
+- ``GET /replication/v1/replicators/{replicatorArn}/failover/{operationId}``: its state, a progress line while
+  it waits, the reason when it failed, and per group and partition where each resumes on the target.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+
+from api.deps import transaction
+from api.errors import error_responses
+from api.identity import CallerDep
+from api.replicators import ReplicatorArn
+from models import offsets as offset_store
+from models import replicator_service
+from models.errors import InvalidRequestError, ResourceNotFoundError
+from models.offsets import FailoverOperation
+from models.replicator import Replicator
+
+router = APIRouter(tags=["consumer groups"])
+
+_BASE = "/replication/v1/replicators/{replicatorArn:path}"
+
+
+def _target_topic(row: Replicator, topic: str) -> str:
+    info = row.replication_info
+    naming = ((info.get("topicReplication") or {}).get("topicNameConfiguration") or {}).get("type")
+    if naming == "IDENTICAL":
+        return topic
+    return f"{info['sourceKafkaClusterAlias']}.{topic}"
+
+
+def _enhanced(row: Replicator) -> bool:
+    groups = row.replication_info.get("consumerGroupReplication") or {}
+    return groups.get("consumerGroupOffsetSyncMode") == "ENHANCED"
+
+
+class OffsetTranslation(BaseModel):
+    sourceTopic: str
+    partition: int
+    sourceOffset: int
+    targetTopic: str
+    targetOffset: int = Field(description="Where to resume reading on the target.")
+    maxRecordsReread: int = Field(description="At most this many records before the true position (0 = exact).")
+    withinCopiedData: bool = Field(
+        description="False when the source offset is past everything copied so far: targetOffset is then where "
+        "the next copied record goes."
+    )
+    translatedBy: str = Field(description="forward (this replicator's map) or reverse (ENHANCED partner's map).")
+
+
+@router.get(
+    f"{_BASE}/offset-translation",
+    operation_id="TranslateOffset",
+    summary="Translate a source offset to the target (Ferry extension)",
+    responses=error_responses(400, 404, 500),
+)
+async def offset_translation(
+    replicatorArn: ReplicatorArn,
+    request: Request,
+    caller: CallerDep,
+    *,
+    topic: Annotated[str, Query(min_length=1, max_length=249, description="Source topic name.")],
+    partition: Annotated[int, Query(ge=0)],
+    offset: Annotated[int, Query(ge=0, description="The next source offset the consumer would read.")],
+) -> OffsetTranslation:
+    """The target offset of the first copied record at or after ``offset``, and the re-read bound."""
+    async with transaction(request) as session:
+        row = await replicator_service.get_replicator(session, account_id=caller.account_id, arn=replicatorArn)
+        target_topic = _target_topic(row, topic)
+        reverse = await offset_store.reverse_replicator(session, str(row.id)) if _enhanced(row) else None
+        found = await offset_store.translate_position(
+            session, str(row.id), topic, partition, offset, reverse_replicator_id=reverse, target_topic=target_topic
+        )
+    if found is None:
+        raise ResourceNotFoundError(
+            f"topic: nothing of {topic}:{partition} has been copied by this replicator yet", "topic"
+        )
+    return OffsetTranslation(
+        sourceTopic=topic,
+        partition=partition,
+        sourceOffset=offset,
+        targetTopic=target_topic,
+        targetOffset=found.offset,
+        maxRecordsReread=found.max_reread,
+        withinCopiedData=found.covered,
+        translatedBy=found.via,
+    )
+
+
+class StartFailoverRequest(BaseModel):
+    consumerGroups: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(min_length=1, max_length=100)
+    gracePeriodSeconds: float = Field(
+        default=10.0, ge=0, le=3600, description="How long the source must see no new record (producers stopped)."
+    )
+    timeoutSeconds: float = Field(default=600.0, gt=0, le=86400, description="Give up (FAILED) after this long.")
+
+
+class FailoverStatus(BaseModel):
+    operationId: str
+    replicatorArn: str
+    consumerGroups: list[str]
+    state: str = Field(
+        description="PENDING, WAITING_FOR_PRODUCERS, WAITING_FOR_LAG, WAITING_FOR_GROUPS, SUCCEEDED or FAILED."
+    )
+    progress: str | None = Field(default=None, description="What it is waiting for now, with numbers.")
+    error: str | None = Field(default=None, description="Why it failed.")
+    result: dict[str, Any] | None = Field(
+        default=None, description="groups -> [{topic, partition, sourceOffset, targetTopic, targetOffset, maxReread}]"
+    )
+    createdAt: str
+    updatedAt: str
+
+
+def _status(op: FailoverOperation, arn: str) -> FailoverStatus:
+    return FailoverStatus(
+        operationId=str(op.id),
+        replicatorArn=arn,
+        consumerGroups=list(op.groups),
+        state=op.state,
+        progress=op.progress,
+        error=op.error,
+        result=op.result,
+        createdAt=op.created_at.isoformat(),
+        updatedAt=op.updated_at.isoformat(),
+    )
+
+
+@router.post(
+    f"{_BASE}/failover",
+    operation_id="StartFailover",
+    summary="Start a planned failover of consumer groups (Ferry extension)",
+    responses=error_responses(400, 404, 500),
+)
+async def start_failover(
+    replicatorArn: ReplicatorArn, body: StartFailoverRequest, request: Request, caller: CallerDep
+) -> FailoverStatus:
+    """Checks producers stopped, waits for zero lag, syncs the groups one last time, reports resume positions."""
+    async with transaction(request) as session:
+        row = await replicator_service.get_replicator(session, account_id=caller.account_id, arn=replicatorArn)
+        if row.state in ("DELETING", "FAILED"):
+            raise InvalidRequestError(f"replicatorArn: the replicator is {row.state}", "replicatorArn")
+        op = FailoverOperation(
+            id=uuid.uuid4(),
+            replicator_id=row.id,
+            groups=list(dict.fromkeys(body.consumerGroups)),
+            grace_seconds=body.gracePeriodSeconds,
+            timeout_seconds=body.timeoutSeconds,
+            state="PENDING",
+            progress="waiting for the replicator's metadata unit to pick it up",
+        )
+        session.add(op)
+        await session.flush()
+        await session.refresh(op)
+        return _status(op, row.arn)
+
+
+@router.get(
+    f"{_BASE}/failover/{{operationId}}",
+    operation_id="DescribeFailover",
+    summary="Progress and result of a planned failover (Ferry extension)",
+    responses=error_responses(400, 404, 500),
+)
+async def describe_failover(
+    replicatorArn: ReplicatorArn, operationId: str, request: Request, caller: CallerDep
+) -> FailoverStatus:
+    try:
+        op_id = uuid.UUID(operationId)
+    except ValueError:
+        raise InvalidRequestError(f"operationId: {operationId[:100]!r} is not an operation id", "operationId") from None
+    async with transaction(request) as session:
+        row = await replicator_service.get_replicator(session, account_id=caller.account_id, arn=replicatorArn)
+        op = (
+            await session.execute(
+                select(FailoverOperation).where(
+                    FailoverOperation.id == op_id, FailoverOperation.replicator_id == row.id
+                )
+            )
+        ).scalar_one_or_none()
+        if op is None:
+            raise ResourceNotFoundError(f"operationId: no failover {operationId} for this replicator", "operationId")
+        return _status(op, row.arn)
