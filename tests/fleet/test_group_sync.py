@@ -15,6 +15,7 @@ import contextlib
 import itertools
 import time
 import urllib.parse
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -470,3 +471,53 @@ def test_enhanced_failover_and_failback_process_every_record_once(
     duplicates = {v for v in processed if processed.count(v) > 1}
     assert not duplicates, f"{len(duplicates)} records processed twice, e.g. {sorted(duplicates)[:5]}"
     assert sorted(processed) == sorted(on_source + on_target), "every record processed exactly once"
+
+
+def test_failover_shows_what_it_waits_for_and_fails_with_the_reason(
+    worker: None, fleet_kafka: Any, fleet_api: str, unique: str, source_bootstrap: str, target_bootstrap: str
+) -> None:
+    topic, group = f"{unique}-t", f"{unique}-busy"
+    asyncio.run(create_topic(source_bootstrap, topic, 1))
+    asyncio.run(produce_values(source_bootstrap, topic, [(0, f"v-{i}".encode(), None) for i in range(20)]))
+    arn = fleet_kafka.create_replicator(**request(unique, source_bootstrap, target_bootstrap, [topic], [group]))[
+        "ReplicatorArn"
+    ]
+    wait_until("RUNNING", lambda: describe(fleet_kafka, arn)["ReplicatorState"] == "RUNNING", 60)
+    body, progress = asyncio.run(
+        _failover_with_a_consumer_still_running(fleet_api, arn, source_bootstrap, group, topic)
+    )
+    assert body["state"] == "FAILED", body
+    assert any("producers to stop" in line for line in progress), progress
+    assert group in body["error"] and "Stable" in body["error"], body["error"]
+    assert body["error"].startswith("timed out after 8s while waiting for consumers to stop on the source"), body
+
+
+async def _failover_with_a_consumer_still_running(
+    api: str, arn: str, source: str, group: str, topic: str
+) -> tuple[dict[str, Any], list[str]]:
+    member = AIOKafkaConsumer(topic, bootstrap_servers=source, group_id=group, auto_offset_reset="earliest")
+    await member.start()
+    progress: list[str] = []
+    try:
+        deadline = time.monotonic() + 30
+        while not member.assignment() and time.monotonic() < deadline:
+            await member.getmany(timeout_ms=200)
+        base = f"/replication/v1/replicators/{urllib.parse.quote(arn, safe='')}/failover"
+        async with httpx.AsyncClient(base_url=api, timeout=30) as client:
+            started = await client.post(
+                base, json={"consumerGroups": [group], "gracePeriodSeconds": 1, "timeoutSeconds": 8}
+            )
+            assert started.status_code == 200, started.text
+            operation = started.json()["operationId"]
+            missing = await client.get(f"{base}/{uuid.uuid4()}")
+            assert missing.status_code == 404 and missing.headers["x-amzn-ErrorType"] == "NotFoundException"
+            while time.monotonic() < deadline:
+                await member.getmany(timeout_ms=200)  # the consumer keeps running on the source
+                body: dict[str, Any] = (await client.get(f"{base}/{operation}")).json()
+                if body.get("progress") and body["progress"] not in progress:
+                    progress.append(body["progress"])
+                if body["state"] in ("SUCCEEDED", "FAILED"):
+                    return body, progress
+    finally:
+        await member.stop()
+    pytest.fail(f"failover did not finish: {progress}")

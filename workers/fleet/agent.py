@@ -178,11 +178,15 @@ class MetadataRunner:
             error = (_classify_topic_errors(report.errors), sample[:500])
         await self._write(runtime, partitions, error)
         self.scope.partitions = partitions
-        await self.failovers.step(partitions)
-        if time.monotonic() - self._last_thin >= 60.0:
-            self._last_thin = time.monotonic()
-            async with self.db.begin() as conn:
-                await offset_store.thin(conn, runtime.replicator_id, self.offset_map_max_runs)
+        try:
+            await self.failovers.step(partitions)
+            if time.monotonic() - self._last_thin >= 60.0:
+                self._last_thin = time.monotonic()
+                async with self.db.begin() as conn:
+                    await offset_store.thin(conn, runtime.replicator_id, self.offset_map_max_runs)
+        except Exception:
+            # Failovers and thinning retry at the next pass; they must never stop the topic sync.
+            log.exception("failover/offset map upkeep of %s failed", runtime.name)
         await self.redis.hset(
             STATUS_KEY.format(replicator_id=runtime.replicator_id),
             mapping={

@@ -1,0 +1,141 @@
+"""The offset map as stored in PostgreSQL (models/offsets.py): merging across flushes, re-copies, crash holes with
+an explicit bound, thinning, and finding an ENHANCED partner. Real database, no Kafka."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from models import offsets as store
+from models.db import make_async_engine
+from models.settings import FerrySettings
+from workers.engine.offset_map import Run
+
+T = TypeVar("T")
+
+
+def on_db(settings: FerrySettings, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    async def main() -> T:
+        engine = make_async_engine(settings)
+        try:
+            async with engine.begin() as conn:
+                return await work(conn)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(main())
+
+
+async def new_replicator(conn: AsyncConnection, source: str, target: str, naming: str = "IDENTICAL") -> str:
+    rid = uuid.uuid4()
+    clusters = [
+        {"kafkaClusterAlias": "a", "ferry": {"bootstrapServers": source}},
+        {"kafkaClusterAlias": "b", "ferry": {"bootstrapServers": target}},
+    ]
+    info = {
+        "sourceKafkaClusterAlias": "a",
+        "targetKafkaClusterAlias": "b",
+        "topicReplication": {"topicNameConfiguration": {"type": naming}},
+    }
+    await conn.execute(
+        text(
+            "INSERT INTO replicators (id, account_id, name, arn, kafka_clusters, replication_info, tags, "
+            "current_version, generation, observed_generation, state) VALUES (:id, '000000000000', :name, :arn, "
+            "CAST(:kc AS jsonb), CAST(:ri AS jsonb), '{}', 'V', 1, 0, 'RUNNING')"
+        ),
+        {
+            "id": rid,
+            "name": f"r-{rid.hex[:8]}",
+            "arn": f"arn:aws:kafka:us-east-1:000000000000:replicator/r-{rid.hex[:8]}/{rid}",
+            "kc": json.dumps(clusters),
+            "ri": json.dumps(info),
+        },
+    )
+    return str(rid)
+
+
+async def stored(conn: AsyncConnection, rid: str) -> list[Run]:
+    rows = await conn.execute(
+        text(
+            "SELECT source_start, source_end, target_start, target_end FROM offset_map_runs "
+            "WHERE replicator_id = :rid ORDER BY source_start"
+        ),
+        {"rid": uuid.UUID(rid)},
+    )
+    return [Run(*row) for row in rows]
+
+
+def test_flushes_merge_recopies_replace_and_holes_are_bounded(fleet_settings: FerrySettings) -> None:
+    async def work(conn: AsyncConnection) -> dict[str, Any]:
+        rid = await new_replicator(conn, "s:1", "t:1")
+        await store.store_runs(conn, rid, "orders", 0, [Run(0, 10, 0, 10)])
+        await store.store_runs(conn, rid, "orders", 0, [Run(10, 20, 10, 20)])  # next flush, contiguous
+        merged = await stored(conn, rid)
+        # A crash: 20..29 copied to 20..29 but never flushed; the copier resumed from progress 25 and re-copied
+        # 25..34 to target 30..39.
+        await store.store_runs(conn, rid, "orders", 0, [Run(25, 35, 30, 40)])
+        await store.store_heads(conn, rid, [("orders", 0, "orders", 35, 40)])
+        return {
+            "merged": merged,
+            "after_crash": await stored(conn, rid),
+            "inside": await store.translate(conn, rid, "orders", 0, 7),
+            "hole": await store.translate(conn, rid, "orders", 0, 22),
+            "after_hole": await store.translate(conn, rid, "orders", 0, 27),
+            "past_end": await store.translate(conn, rid, "orders", 0, 50),
+            "unknown_partition": await store.translate(conn, rid, "orders", 1, 5),
+        }
+
+    got = on_db(fleet_settings, work)
+    assert got["merged"] == [Run(0, 20, 0, 20)]
+    assert got["after_crash"] == [Run(0, 20, 0, 20), Run(25, 35, 30, 40)]
+    assert (got["inside"].offset, got["inside"].max_reread) == (7, 0)
+    # Source 22 lies in the unmapped hole: resume right after the last mapped copy (20) and state the bound: the
+    # ten target records 20..29 whose sources the map does not know.
+    assert (got["hole"].offset, got["hole"].max_reread) == (20, 10)
+    assert (got["after_hole"].offset, got["after_hole"].max_reread) == (32, 0)
+    assert (got["past_end"].offset, got["past_end"].covered) == (40, False)
+    assert got["unknown_partition"] is None
+
+
+def test_thinning_keeps_a_stated_bound(fleet_settings: FerrySettings) -> None:
+    async def work(conn: AsyncConnection) -> tuple[int, int, list[Any]]:
+        rid = await new_replicator(conn, "s:2", "t:2")
+        # 40 runs separated by one-offset gaps (transaction markers), target contiguous.
+        runs = [Run(i * 11, i * 11 + 10, i * 10, i * 10 + 10) for i in range(40)]
+        for run in runs:
+            await store.store_runs(conn, rid, "orders", 0, [run])
+        bound = await store.thin(conn, rid, 16)
+        left = len(await stored(conn, rid))
+        answers = [await store.translate(conn, rid, "orders", 0, s) for s in range(0, 440)]
+        return bound, left, answers
+
+    bound, left, answers = on_db(fleet_settings, work)
+    assert left <= 8
+    assert bound > 0
+    for s, answer in enumerate(answers):
+        truth = (s // 11) * 10 + min(s % 11, 10)  # first copied record at or after s
+        assert answer is not None
+        assert answer.offset <= truth <= answer.offset + answer.max_reread <= answer.offset + bound, s
+
+
+def test_enhanced_partner_is_the_identical_replicator_in_the_other_direction(fleet_settings: FerrySettings) -> None:
+    async def work(conn: AsyncConnection) -> tuple[str | None, str | None, str, str]:
+        forward = await new_replicator(conn, "a:1", "b:1")
+        await new_replicator(conn, "b:1", "a:1", naming="PREFIXED_WITH_SOURCE_CLUSTER_ALIAS")
+        backward = await new_replicator(conn, "b:1", "a:1")
+        return (
+            await store.reverse_replicator(conn, forward),
+            await store.reverse_replicator(conn, backward),
+            forward,
+            backward,
+        )
+
+    of_forward, of_backward, forward, backward = on_db(fleet_settings, work)
+    assert of_forward == backward
+    assert of_backward == forward
