@@ -56,6 +56,9 @@ class OffsetMapHead(Base):
     next_source_offset: Mapped[int] = mapped_column(BigInteger, nullable=False)
     # Where the copier's next copy lands at the earliest (right after its last acknowledged copy).
     next_target_offset: Mapped[int | None] = mapped_column(BigInteger)
+    # Where copying of the partition began (the first head ever stored, right after the first assignment).
+    origin_source_offset: Mapped[int | None] = mapped_column(BigInteger)
+    origin_target_offset: Mapped[int | None] = mapped_column(BigInteger)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
 
 
@@ -153,7 +156,8 @@ async def store_heads(db: Db, replicator_id: str, heads: Iterable[tuple[str, int
     await db.execute(
         text(
             "INSERT INTO offset_map_heads (replicator_id, topic, partition, target_topic, next_source_offset, "
-            "next_target_offset) VALUES (:rid, :topic, :part, :tt, :next, :nt) "
+            "next_target_offset, origin_source_offset, origin_target_offset) "
+            "VALUES (:rid, :topic, :part, :tt, :next, :nt, :next, :nt) "
             "ON CONFLICT (replicator_id, topic, partition) DO UPDATE "
             "SET target_topic = :tt, next_source_offset = :next, next_target_offset = :nt, updated_at = now()"
         ),
@@ -242,13 +246,24 @@ async def translate(db: Db, replicator_id: str, topic: str, partition: int, sour
         key,
     )
     runs = [Run(*row) for row in [*before.all(), *after.all()]]
-    next_target = await db.execute(
-        text(f"SELECT next_target_offset FROM offset_map_heads WHERE {where}"),
-        key,
-    )
+    found = (
+        await db.execute(
+            text(
+                "SELECT next_target_offset, origin_source_offset, origin_target_offset FROM offset_map_heads "
+                f"WHERE {where}"
+            ),
+            key,
+        )
+    ).one_or_none()
+    next_target = origin = None
+    if found is not None:
+        next_target = found[0]
+        if found[1] is not None and found[2] is not None:
+            origin = (int(found[1]), int(found[2]))
     # Past the last stored run, a copy not flushed yet may already sit on the target: resume no later than where
-    # the stored head says the next copy lands.
-    return RangeMap(runs).translate(source_offset, next_target=next_target.scalar_one_or_none())
+    # the stored head says the next copy lands. Before the first run, copies lost in a crash are bounded by the
+    # origin.
+    return RangeMap(runs).translate(source_offset, next_target=next_target, origin=origin)
 
 
 async def translate_back(db: Db, replicator_id: str, topic: str, partition: int, target_offset: int) -> int | None:

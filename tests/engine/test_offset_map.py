@@ -132,3 +132,17 @@ def test_invalid_runs_refused() -> None:
         Run(0, 2, 0, 3)
     with pytest.raises(ValueError, match="increase"):
         runs_of_batch([3, 3], 0)
+
+
+def test_copies_lost_before_the_first_stored_run_are_bounded_by_the_origin() -> None:
+    # Copying began at source 0 / target 0; a crash lost the runs of source 0..99 (target 0..99); the next owner
+    # re-copied from its progress, source 60, to target 100 onwards.
+    m = RangeMap([Run(60, 200, 100, 240)])
+    t = m.translate(10, origin=(0, 0))
+    assert t is not None and (t.offset, t.max_reread) == (0, 100)
+    # Without a lost range (origin right at the first run) the answer stays exact.
+    exact = RangeMap([Run(5, 10, 0, 5)]).translate(2, origin=(0, 0))
+    assert exact is not None and (exact.offset, exact.max_reread) == (0, 0)
+    # Offsets before the origin were never copied: resume at the first copy.
+    before = RangeMap([Run(50, 60, 7, 17)]).translate(3, origin=(40, 7))
+    assert before is not None and (before.offset, before.max_reread) == (7, 0)

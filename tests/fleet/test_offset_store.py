@@ -103,6 +103,23 @@ def test_flushes_merge_recopies_replace_and_holes_are_bounded(fleet_settings: Fe
     assert got["unknown_partition"] is None
 
 
+def test_a_crash_before_the_first_stored_run_is_bounded_by_the_origin(fleet_settings: FerrySettings) -> None:
+    async def work(conn: AsyncConnection) -> list[Any]:
+        rid = await new_replicator(conn, "s:3", "t:3")
+        # The first owner stored its head at assignment (origin 0/0), then died before storing any run; the next
+        # owner resumed from progress 60 and its copies landed at target 100 onwards.
+        await store.store_heads(conn, rid, [("orders", 0, "orders", 0, 0)])
+        await store.store_runs(conn, rid, "orders", 0, [Run(60, 200, 100, 240)])
+        await store.store_heads(conn, rid, [("orders", 0, "orders", 200, 240)])
+        return [await store.translate(conn, rid, "orders", 0, s) for s in (0, 59, 60, 150)]
+
+    at_0, at_59, at_60, at_150 = on_db(fleet_settings, work)
+    assert (at_0.offset, at_0.max_reread) == (0, 100)
+    assert (at_59.offset, at_59.max_reread) == (0, 100)
+    assert (at_60.offset, at_60.max_reread) == (100, 0)
+    assert (at_150.offset, at_150.max_reread) == (190, 0)
+
+
 def test_thinning_keeps_a_stated_bound(fleet_settings: FerrySettings) -> None:
     async def work(conn: AsyncConnection) -> tuple[int, int, list[Any]]:
         rid = await new_replicator(conn, "s:2", "t:2")

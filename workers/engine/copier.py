@@ -109,7 +109,12 @@ class BatchMapping:
 
 
 class OffsetMapSink(Protocol):
-    """Receives every acknowledged (or committed, in exactly-once mode) batch mapping, in partition order."""
+    """Receives every acknowledged (or committed, in exactly-once mode) batch mapping, in partition order.
+
+    A sink may also define ``async def before_progress(self) -> None``: at-least-once copiers await it before
+    each progress write, after taking the positions that write records, so a sink that stores its mappings there
+    never stores them later than the progress that covers them (a crash then leaves no unmapped copies behind).
+    """
 
     def record_batch(self, mapping: BatchMapping) -> None: ...
 
@@ -801,6 +806,9 @@ class PartitionCopier:
                 return
             await self._check_lease(dirty)
             values = [(state, state.progress()) for state in dirty]
+            before_progress = getattr(self._sink, "before_progress", None)
+            if before_progress is not None:
+                await before_progress()
             try:
                 futures = [
                     await self._producer.send(

@@ -146,19 +146,27 @@ class RangeMap:
 
     # ------------------------------------------------------------------ translation
 
-    def translate(self, source_offset: int, *, next_target: int | None = None) -> Translation | None:
+    def translate(
+        self, source_offset: int, *, next_target: int | None = None, origin: tuple[int, int] | None = None
+    ) -> Translation | None:
         """Target position for a consumer whose next source record is ``source_offset``.
 
         ``next_target``: where the next copied record will land (e.g. the copier's progress), used when the
         offset is past everything mapped. None when nothing is known (empty map and no ``next_target``).
+        ``origin``: (source, target) position where copying began, if known: target records between it and the
+        first mapped run are copies the map lost (a crash before they were stored), so an offset in between
+        resumes at the origin with that many records as the bound.
         """
         runs = self._runs
         if not runs:
             return None if next_target is None else Translation(next_target, 0, False)
         i = bisect.bisect_right([r.source_start for r in runs], source_offset) - 1
         if i < 0:
-            # Before the first mapped record: nothing earlier was copied (the map is never truncated).
-            return Translation(runs[0].target_start, 0, True)
+            first = runs[0]
+            if origin is not None and source_offset >= origin[0] and origin[1] < first.target_start:
+                return Translation(origin[1], first.target_start - origin[1], True)
+            # Before the first mapped record, and nothing copied before it: resume at it.
+            return Translation(first.target_start, 0, True)
         run = runs[i]
         if source_offset < run.source_end:
             offset, reread = _inside(run, source_offset)

@@ -269,7 +269,7 @@ class CopyRunner:
         self.runtime = runtime
         self.lease_check = lease_check
         self.db = db
-        self.offset_map = OffsetMapBuffer(runtime.replicator_id)
+        self.offset_map = OffsetMapBuffer(runtime.replicator_id, db)
         self.copier: PartitionCopier | None = None
         self.last_failure: str | None = None
         self._retry_after = 0.0
@@ -300,27 +300,30 @@ class CopyRunner:
                 lease_check=self.lease_check,
                 offset_map_sink=self.offset_map,
             )
+            self.offset_map.positions = copier.positions
             await copier.start()
             self.copier = copier
         current = set(copier.assignment())
         if wanted - current:
             await copier.assign(wanted - current)
+            # Store the new partitions' heads at once: the first head ever stored is where the offset map begins.
+            await self.flush_offset_map()
         if current - wanted:
             await copier.revoke(current - wanted)
 
     async def flush_offset_map(self) -> None:
         """Write the offset map runs collected since the last flush, and the heads they reach."""
-        if self.db is None:
-            return
-        heads = self.copier.positions() if self.copier is not None else {}
-        await self.offset_map.flush(self.db, heads)
+        await self.offset_map.flush()
 
     async def stop(self) -> None:
         if self.copier is not None:
             copier, self.copier = self.copier, None
             await copier.stop()
-            if self.db is not None:
-                await self.offset_map.flush(self.db, copier.positions())
+            if copier.failure is None:
+                await self.offset_map.flush()
+            else:
+                # A copier that lost its lease or was fenced may have a successor: its late map must not win.
+                self.offset_map.discard()
 
 
 class FleetAgent:

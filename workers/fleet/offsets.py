@@ -1,21 +1,27 @@
 """The copy units' offset map sink: collects the copier's batch mappings in memory and writes them to
-PostgreSQL (``models/offsets.py``) at every agent tick, together with each partition's head.
+PostgreSQL (``models/offsets.py``) with each partition's head.
 
 ``record_batch`` is called synchronously by the copier after the target acknowledged a batch (in partition
-order), so it only appends to an in-memory ``RangeMap`` per partition; ``flush`` (awaited by the agent) writes
-the runs and the heads in one transaction. The head written is the copier's acknowledged position, taken after
-the runs it covers were collected, so a stored head never claims copies the stored map does not hold.
+order), so it only appends to an in-memory ``RangeMap`` per partition. ``flush`` writes the runs and the heads
+in one transaction; it runs before every progress write of the copier (``before_progress``), at every agent tick,
+right after an assignment (the first head ever stored for a partition is where its map begins: its origin) and
+when the copier stops. Flushes are serialised, and the heads are taken in the same instant as the runs they
+cover, so the stored map and heads always agree.
 
-A worker that dies loses at most one tick of runs: the records it copied in that tick have no mapping. The
-map then shows a gap in source offsets whose target range is not contiguous with its neighbours, and a
-translation into that gap resumes before it, with the gap's size as the stated re-read bound (never a skip).
+Because the map is stored before the progress that covers it, a worker that dies leaves no copied-but-unmapped
+records behind: its successor resumes from that progress and its re-copies replace the older mapping. Only when
+a flush fails (database unavailable) can copies go unmapped; a translation into such a hole resumes before it
+and states the hole's size as the re-read bound, never skipping.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Callable
 
 from aiokafka import TopicPartition
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from models import offsets as offset_store
@@ -24,41 +30,60 @@ from workers.engine.offset_map import RangeMap
 
 log = logging.getLogger(__name__)
 
+Positions = Callable[[], dict[TopicPartition, tuple[str, int, int | None]]]
+
 
 class OffsetMapBuffer:
-    """An ``OffsetMapSink`` for one replicator's copier on this worker."""
+    """An ``OffsetMapSink`` for one replicator's copier on this worker. ``positions`` is the copier's
+    ``positions`` method (set once the copier exists)."""
 
-    def __init__(self, replicator_id: str) -> None:
+    def __init__(self, replicator_id: str, db: AsyncEngine | None = None) -> None:
         self.replicator_id = replicator_id
+        self.db = db
+        self.positions: Positions | None = None
         self._pending: dict[TopicPartition, RangeMap] = {}
-        self._targets: dict[TopicPartition, str] = {}
+        self._lock = asyncio.Lock()
 
     def record_batch(self, mapping: BatchMapping) -> None:
         self._pending.setdefault(mapping.source, RangeMap()).add_batch(
             mapping.source_offsets, mapping.target_base_offset
         )
-        self._targets[mapping.source] = mapping.target.topic
 
-    async def flush(self, db: AsyncEngine, heads: dict[TopicPartition, tuple[str, int, int | None]]) -> None:
-        """Write what was collected, then the heads (source partition -> (target topic, next source offset, next
-        target offset)). Take ``heads`` from the copier right before calling, with no await in between."""
-        pending, self._pending = self._pending, {}
+    def discard(self) -> None:
+        """Forget what was not stored yet (the copier that produced it may have a successor)."""
+        self._pending = {}
+        self.positions = None
+
+    async def before_progress(self) -> None:
         try:
-            async with db.begin() as conn:
-                for tp, runs in sorted(pending.items()):
-                    await offset_store.store_runs(conn, self.replicator_id, tp.topic, tp.partition, runs.runs)
-                await offset_store.store_heads(
-                    conn,
-                    self.replicator_id,
-                    [(tp.topic, tp.partition, *head) for tp, head in sorted(heads.items())],
-                )
-        except BaseException:
-            # Keep what was not written for the next flush (merged in front of anything newer).
-            for tp, runs in pending.items():
-                newer = self._pending.get(tp)
-                merged = RangeMap(runs.runs)
-                if newer is not None:
-                    for run in newer.runs:
+            await self.flush()
+        except (SQLAlchemyError, OSError) as exc:
+            log.warning(
+                "offset map of %s not stored before progress (kept for the next flush): %s", self.replicator_id, exc
+            )
+
+    async def flush(self) -> None:
+        """Write what was collected and the heads it reaches."""
+        if self.db is None:
+            return
+        async with self._lock:
+            # No await between taking the heads and the runs: every run below a head is in ``pending``.
+            heads = self.positions() if self.positions is not None else {}
+            pending, self._pending = self._pending, {}
+            try:
+                async with self.db.begin() as conn:
+                    for tp, runs in sorted(pending.items()):
+                        await offset_store.store_runs(conn, self.replicator_id, tp.topic, tp.partition, runs.runs)
+                    await offset_store.store_heads(
+                        conn,
+                        self.replicator_id,
+                        [(tp.topic, tp.partition, *head) for tp, head in sorted(heads.items())],
+                    )
+            except BaseException:
+                # Keep what was not written for the next flush (in front of anything newer).
+                for tp, runs in pending.items():
+                    merged = RangeMap(runs.runs)
+                    for run in self._pending.get(tp, RangeMap()).runs:
                         merged.add(run)
-                self._pending[tp] = merged
-            raise
+                    self._pending[tp] = merged
+                raise
