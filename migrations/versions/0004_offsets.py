@@ -47,8 +47,6 @@ def upgrade() -> None:
         sa.Column("target_topic", sa.Text(), nullable=False),
         sa.Column("next_source_offset", sa.BigInteger(), nullable=False),
         sa.Column("next_target_offset", sa.BigInteger(), nullable=True),
-        sa.Column("origin_source_offset", sa.BigInteger(), nullable=True),
-        sa.Column("origin_target_offset", sa.BigInteger(), nullable=True),
         sa.Column("updated_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
         _replicator_fk("offset_map_heads"),
         sa.PrimaryKeyConstraint("replicator_id", "topic", "partition", name=op.f("pk_offset_map_heads")),

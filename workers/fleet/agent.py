@@ -34,6 +34,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from redis.asyncio import Redis
 from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from models import offsets as offset_store
@@ -406,7 +407,11 @@ class FleetAgent:
         await self._load_runtimes()
         await self._converge()
         for runner in self.copiers.values():
-            await runner.flush_offset_map()
+            try:
+                await runner.flush_offset_map()
+            except (SQLAlchemyError, OSError) as exc:
+                # Kept in memory for the next flush; the copy and the reports go on meanwhile.
+                log.warning("offset map of %s not stored: %s", runner.runtime.name, exc)
         await self._publish_metrics()
 
     async def _load_runtimes(self) -> None:
