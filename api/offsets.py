@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -123,14 +124,30 @@ class FailoverStatus(BaseModel):
     updatedAt: str
 
 
+# An open operation nobody advanced for this long after its timeout: no metadata unit runs it (no live worker).
+ABANDONED_AFTER_SECONDS = 30.0
+
+
 def _status(op: FailoverOperation, arn: str) -> FailoverStatus:
+    state, error = op.state, op.error
+    now = datetime.now(UTC)
+    if (
+        state in offset_store.FAILOVER_ACTIVE_STATES
+        and (now - op.created_at).total_seconds() > op.timeout_seconds
+        and (now - op.updated_at).total_seconds() > ABANDONED_AFTER_SECONDS
+    ):
+        state = "FAILED"
+        error = (
+            f"timed out after {op.timeout_seconds:g}s while {op.progress or 'pending'}; no worker has advanced it "
+            f"for {(now - op.updated_at).total_seconds():.0f}s (is the replicator's metadata unit running?)"
+        )
     return FailoverStatus(
         operationId=str(op.id),
         replicatorArn=arn,
         consumerGroups=list(op.groups),
-        state=op.state,
+        state=state,
         progress=op.progress,
-        error=op.error,
+        error=error,
         result=op.result,
         createdAt=op.created_at.isoformat(),
         updatedAt=op.updated_at.isoformat(),

@@ -309,6 +309,8 @@ def test_groups_resume_exactly_on_the_target(
         metrics = client.get("/metrics").text
     assert f'ConsumerGroupCount{{replicator_name="{unique}"}} {len(cases)}' in metrics
     assert f'ConsumerGroupOffsetSyncFailure{{replicator_name="{unique}"}} 0' in metrics
+    for group in cases:
+        assert f'ConsumerGroupTranslationLag{{replicator_name="{unique}",consumer_group="{group}"}} 0' in metrics
 
     # Never backwards: the target group moved on by itself (consumers ran there); the sync leaves it ...
     group = f"{unique}-g-plain"
@@ -454,6 +456,14 @@ def test_enhanced_failover_and_failback_process_every_record_once(
     # 1. The application consumes part of the topic on the source, then stops (planned failover).
     processed = asyncio.run(consume(source_bootstrap, group, topic, at_least=120))
     with httpx.Client(base_url=fleet_api, timeout=30) as client:
+
+        def partner_found() -> bool:
+            url = f"/replication/v1/replicators/{urllib.parse.quote(arns['ab'], safe='')}/metrics"
+            groups = client.get(url).json()["consumerGroups"]
+            partner = groups.get("enhancedPartner") or ""
+            return groups.get("mode") == "ENHANCED" and bool(partner) and not partner.startswith("none")
+
+        wait_until("the ENHANCED partner to be found", partner_found, 30)
         over = run_failover(client, arns["ab"], group)
         positions = {(p["topic"], p["partition"]): p for p in over["result"]["groups"][group]}
         assert set(positions) == {(topic, 0), (topic, 1)}
@@ -521,3 +531,26 @@ async def _failover_with_a_consumer_still_running(
     finally:
         await member.stop()
     pytest.fail(f"failover did not finish: {progress}")
+
+
+def test_an_operation_nobody_advances_reads_failed_with_the_reason(
+    fleet_kafka: Any, fleet_api: str, fleet_db: Engine, unique: str, source_bootstrap: str, target_bootstrap: str
+) -> None:
+    arn = fleet_kafka.create_replicator(**request(unique, source_bootstrap, target_bootstrap, ["x"], [".*"]))[
+        "ReplicatorArn"
+    ]
+    operation = uuid.uuid4()
+    with fleet_db.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO failover_operations (id, replicator_id, groups, grace_seconds, timeout_seconds, state, "
+                "progress, created_at, updated_at) SELECT :id, id, '[\"g\"]', 1, 60, 'WAITING_FOR_LAG', "
+                "'waiting for replication to catch up: 5 records behind on 1 partitions', now() - interval '1 hour', "
+                "now() - interval '1 hour' FROM replicators WHERE arn = :arn"
+            ),
+            {"id": operation, "arn": arn},
+        )
+    url = f"/replication/v1/replicators/{urllib.parse.quote(arn, safe='')}/failover/{operation}"
+    body = httpx.get(f"{fleet_api}{url}").json()
+    assert body["state"] == "FAILED", body
+    assert body["error"].startswith("timed out after 60s while waiting for replication to catch up"), body

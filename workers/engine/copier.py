@@ -804,11 +804,12 @@ class PartitionCopier:
             dirty = [s for s in states if s.acked_next != s.committed_next]
             if not dirty or self._producer is None:
                 return
-            await self._check_lease(dirty)
             values = [(state, state.progress()) for state in dirty]
             before_progress = getattr(self._sink, "before_progress", None)
             if before_progress is not None:
                 await before_progress()
+            # Checked after the sink's await, right before writing: a pause during it cannot outlive the lease.
+            await self._check_lease(dirty)
             try:
                 futures = [
                     await self._producer.send(

@@ -125,6 +125,9 @@ class GroupSyncer:
         self._source: AIOKafkaAdminClient | None = None
         self._target: AIOKafkaAdminClient | None = None
         self._last_sync_ms: dict[str, int] = {}
+        # ENHANCED: the replicator copying this one's target back to its source (None: none found, so records that
+        # originated on the target are not accounted for and failback is not translated).
+        self.partner: str | None = None
 
     def update(self, runtime: ReplicatorRuntime) -> None:
         if runtime.generation != self.runtime.generation:
@@ -182,6 +185,7 @@ class GroupSyncer:
         if self.policy.enhanced:
             async with self.db.connect() as conn:
                 reverse = await offset_store.reverse_replicator(conn, self.runtime.replicator_id)
+        self.partner = reverse
         outcomes = []
         for group in groups:
             try:
@@ -334,6 +338,10 @@ class GroupSyncer:
                         "groupCount": len(outcomes),
                         "failures": self.failures,
                         "error": error,
+                        "mode": "ENHANCED" if self.policy.enhanced else "LEGACY",
+                        "enhancedPartner": self.partner
+                        if self.partner or not self.policy.enhanced
+                        else "none found: no IDENTICAL replicator copies the target cluster back to the source",
                         "groups": groups,
                         "reportedAtMs": now_ms,
                     }
