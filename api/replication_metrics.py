@@ -19,6 +19,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from sqlalchemy import select
 
 from api.deps import transaction
@@ -26,12 +27,12 @@ from api.errors import error_responses
 from api.identity import CallerDep
 from api.replicators import ReplicatorArn
 from models import replicator_service
+from models.errors import DependencyUnavailableError
+from models.fleet import METRICS_KEY, STATUS_KEY
 from models.replicator import Replicator
 
 router = APIRouter(tags=["monitoring"])
 
-METRICS_KEY = "ferry:metrics:{replicator_id}"
-STATUS_KEY = "ferry:status:{replicator_id}"
 STALE_AFTER_MS = 15_000
 
 
@@ -47,6 +48,13 @@ class ReplicatorReading:
 
 
 async def _reading(redis: Redis, row: Replicator) -> ReplicatorReading:
+    try:
+        return await _read(redis, row)
+    except RedisError as exc:
+        raise DependencyUnavailableError(f"the fleet's measurements in Redis cannot be read now: {exc}") from None
+
+
+async def _read(redis: Redis, row: Replicator) -> ReplicatorReading:
     now_ms = int(time.time() * 1000)
     raw = await redis.hgetall(METRICS_KEY.format(replicator_id=row.id))
     partitions = []
@@ -178,6 +186,8 @@ async def prometheus_metrics(request: Request, caller: CallerDep) -> PlainTextRe
         name = row.name
         totals = _totals(reading.partitions)
         for p in reading.partitions:
+            if p["health"] == "UNKNOWN":
+                continue  # a stale reading is not a current value: leave the series absent
             labels = {"replicator_name": name, "topic": p["sourceTopic"], "partition": p["partition"]}
             out.add(
                 "ReplicationLatency",

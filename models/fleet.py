@@ -17,6 +17,11 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base
 
+# Redis keys through which workers report to the API: the contract between workers/ and api/.
+METRICS_KEY = "ferry:metrics:{replicator_id}"  # hash: "<topic>:<partition>" -> partition measurements (JSON)
+STATUS_KEY = "ferry:status:{replicator_id}"  # hash: cluster pings, topic errors, group sync (JSON values)
+WORKER_KEY = "ferry:worker:{worker_id}"  # what one worker runs right now (JSON)
+
 
 class FleetWorker(Base):
     __tablename__ = "fleet_workers"

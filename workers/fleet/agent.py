@@ -39,8 +39,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from models import offsets as offset_store
 from models.db import make_async_engine
+from models.fleet import METRICS_KEY, STATUS_KEY, WORKER_KEY
 from models.settings import FerrySettings
-from workers.engine import ClusterConnection, PartitionCopier, TopicSynchronizer, client_kwargs
+from workers.engine import ClusterConnection, CopierError, PartitionCopier, TopicSynchronizer, client_kwargs
 from workers.engine.admin import AdminError
 from workers.fleet.config import ReplicatorRuntime, runtime_of
 from workers.fleet.groups import FailoverDriver, GroupSyncer, ScopeSource
@@ -50,9 +51,6 @@ from workers.fleet.plan import UnitKey
 
 log = logging.getLogger(__name__)
 
-METRICS_KEY = "ferry:metrics:{replicator_id}"
-STATUS_KEY = "ferry:status:{replicator_id}"
-WORKER_KEY = "ferry:worker:{worker_id}"
 METRICS_TTL_SECONDS = 30
 _T = TypeVar("_T")
 
@@ -265,10 +263,14 @@ class CopyRunner:
     """The copy units of one replicator held by this worker: one PartitionCopier with a changing assignment."""
 
     def __init__(
-        self, runtime: ReplicatorRuntime, lease_check: Callable[[], Awaitable[bool]], db: AsyncEngine | None = None
+        self,
+        runtime: ReplicatorRuntime,
+        holds: Callable[[str, frozenset[TopicPartition]], bool],
+        db: AsyncEngine | None = None,
     ) -> None:
         self.runtime = runtime
-        self.lease_check = lease_check
+        # holds(replicator_id, partitions): whether this worker holds a valid lease on every one of them.
+        self.holds = holds
         self.db = db
         self.offset_map = OffsetMapBuffer(runtime.replicator_id, db)
         self.copier: PartitionCopier | None = None
@@ -278,6 +280,19 @@ class CopyRunner:
     @property
     def partitions(self) -> frozenset[TopicPartition]:
         return self.copier.assignment() if self.copier is not None else frozenset()
+
+    def _bound_checks(self) -> tuple[Callable[[], bool], Callable[[], Awaitable[bool]], list[PartitionCopier]]:
+        """The write gate and lease check of one copier instance: they judge the partitions *that* copier
+        holds, also while it stops (a stopping copier must not write progress for partitions it lost)."""
+        box: list[PartitionCopier] = []
+
+        def gate() -> bool:
+            return not box or self.holds(self.runtime.replicator_id, box[0].assignment())
+
+        async def check() -> bool:
+            return gate()
+
+        return gate, check, box
 
     async def converge(self, wanted: set[TopicPartition]) -> None:
         copier = self.copier
@@ -294,13 +309,16 @@ class CopyRunner:
         if copier is None:
             if time.monotonic() < self._retry_after:
                 return
+            gate, check, box = self._bound_checks()
             copier = PartitionCopier(
                 self.runtime.spec,
                 self.runtime.source,
                 self.runtime.target,
-                lease_check=self.lease_check,
+                lease_check=check,
+                write_gate=gate,
                 offset_map_sink=self.offset_map,
             )
+            box.append(copier)
             self.offset_map.positions = copier.positions
             await copier.start()
             self.copier = copier
@@ -319,7 +337,14 @@ class CopyRunner:
     async def stop(self) -> None:
         if self.copier is not None:
             copier, self.copier = self.copier, None
-            await copier.stop()
+            try:
+                await copier.stop()
+            except (CopierError, KafkaError, OSError) as exc:
+                # Typically LeaseLost on the final progress write: the partition has another owner already,
+                # whose progress must win. The copier's clients are closed either way.
+                log.warning("copier of %s stopped with %s: %s", self.runtime.name, type(exc).__name__, exc)
+                self.offset_map.discard()
+                return
             if copier.failure is None:
                 await self.offset_map.flush()
             else:
@@ -345,6 +370,10 @@ class FleetAgent:
         self._db: AsyncEngine | None = None
         self._redis: Redis | None = None
         self._store: LeaseStore | None = None
+        self._published: dict[str, set[str]] = {}
+        # Bounded so a replicator whose copier blocks (e.g. a target that stopped answering) is given up on
+        # and retried well within the time other workers would take over.
+        self.converge_timeout_s = max(5.0, lease_seconds * 2)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -353,6 +382,7 @@ class FleetAgent:
         self._redis = Redis.from_url(self.settings.redis_url)
         self._store = LeaseStore(self._db, self.worker_id, self.lease_seconds)
         log.info("fleet agent %s started", self.worker_id)
+        upkeep = asyncio.create_task(self._lease_upkeep(stop), name="lease-upkeep")
         try:
             while not stop.is_set():
                 started = time.monotonic()
@@ -366,7 +396,27 @@ class FleetAgent:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), max(0.0, self.tick_s - (time.monotonic() - started)))
         finally:
+            upkeep.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await upkeep
             await self.shutdown()
+
+    async def _lease_upkeep(self, stop: asyncio.Event) -> None:
+        """Heartbeat and renew every tick, apart from the work: a slow copier start or progress read must
+        never let this worker's leases lapse or make it look dead."""
+        store = self._require(self._store)
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                await store.heartbeat(socket.gethostname(), os.getpid())
+                lost = await store.renew([*self.leases.values(), *self.releasing.values()])
+                for key in lost:
+                    if self.leases.pop(key, None) is not None:
+                        log.warning("lease on %s lost; stopping it", key)
+            except (OSError, SQLAlchemyError) as exc:
+                log.warning("heartbeat or lease renewal failed: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), max(0.0, self.tick_s - (time.monotonic() - started)))
 
     async def shutdown(self) -> None:
         for replicator_id in list(self.copiers):
@@ -388,7 +438,6 @@ class FleetAgent:
 
     async def tick(self) -> None:
         store = self._require(self._store)
-        await store.heartbeat(socket.gethostname(), os.getpid())
         mine = await store.units_of_mine()
         moved = [self.leases[u.key] for u in mine if u.key in self.leases and u.assigned_worker != self.worker_id]
         gone = [lease for key, lease in self.leases.items() if key not in {u.key for u in mine}]
@@ -398,10 +447,6 @@ class FleetAgent:
         await self._converge()  # stop the moved units before anyone else may take them
         await store.release(moved)
         self.releasing = {}
-        lost = await store.renew(self.leases.values())
-        for key in lost:
-            log.warning("lease on %s lost; stopping it", key)
-            self.leases.pop(key, None)
         for lease in await store.acquire():
             self.leases[lease.key] = lease
         await self._load_runtimes()
@@ -482,22 +527,26 @@ class FleetAgent:
         for replicator_id, partitions in wanted.items():
             copy_runner = self.copiers.get(replicator_id)
             if copy_runner is None:
-                copy_runner = CopyRunner(self.runtimes[replicator_id], self._lease_check(replicator_id), self._db)
+                copy_runner = CopyRunner(self.runtimes[replicator_id], self.holds, self._db)
                 self.copiers[replicator_id] = copy_runner
-            await copy_runner.converge(partitions)
+            try:
+                await asyncio.wait_for(copy_runner.converge(partitions), self.converge_timeout_s)
+            except (TimeoutError, CopierError, KafkaError, OSError, SQLAlchemyError) as exc:
+                # One replicator's trouble (an unreachable target, a slow progress read) must not hold up the
+                # others or this worker's heartbeat: stop its copier and retry on a later tick.
+                copy_runner.last_failure = f"{type(exc).__name__}: {exc}"[:500]
+                log.warning("replicator %s: %s; retrying", copy_runner.runtime.name, copy_runner.last_failure)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(copy_runner.stop(), self.converge_timeout_s)
 
-    def _lease_check(self, replicator_id: str) -> Callable[[], Awaitable[bool]]:
-        async def check() -> bool:
-            runner = self.copiers.get(replicator_id)
-            partitions = runner.partitions if runner is not None else frozenset()
-            for tp in partitions:
-                key = UnitKey(replicator_id, tp.topic, tp.partition)
-                lease = self.leases.get(key) or self.releasing.get(key)
-                if lease is None or not lease.is_valid():
-                    return False
-            return True
-
-        return check
+    def holds(self, replicator_id: str, partitions: frozenset[TopicPartition]) -> bool:
+        """Whether every one of these partitions is under a lease this worker holds and still trusts."""
+        for tp in partitions:
+            key = UnitKey(replicator_id, tp.topic, tp.partition)
+            lease = self.leases.get(key) or self.releasing.get(key)
+            if lease is None or not lease.is_valid():
+                return False
+        return True
 
     async def _stop_metadata(self, replicator_id: str) -> None:
         _, task = self.metadata.pop(replicator_id)
@@ -523,6 +572,7 @@ class FleetAgent:
             json.dumps({"workerId": self.worker_id, "reportedAtMs": now_ms, "replicators": running}),
             ex=METRICS_TTL_SECONDS,
         )
+        reported: dict[str, set[str]] = {}
         for replicator_id, runner in self.copiers.items():
             if runner.copier is None:
                 continue
@@ -540,6 +590,18 @@ class FleetAgent:
                 key = METRICS_KEY.format(replicator_id=replicator_id)
                 await redis.hset(key, mapping=fields)  # type: ignore[arg-type]
                 await redis.expire(key, METRICS_TTL_SECONDS)
+                reported[replicator_id] = set(fields)
+        # Partitions this worker reported before but holds no more (moved away, topic removed, replicator
+        # deleted): their readings go, or they would linger as UNKNOWN and keep alerts firing. A partition that
+        # moved is reported again by its new owner.
+        for replicator_id, previous in self._published.items():
+            gone = previous - reported.get(replicator_id, set())
+            if gone:
+                await redis.hdel(METRICS_KEY.format(replicator_id=replicator_id), *gone)
+                for field in gone:
+                    topic, _, partition = field.rpartition(":")
+                    self._last_counts.pop((replicator_id, TopicPartition(topic, int(partition))), None)
+        self._published = reported
 
     def _rates(self, replicator_id: str, tp: TopicPartition, records: int, size: int, now_ms: int) -> dict[str, float]:
         """Records and bytes per second since this worker's previous report of the partition."""

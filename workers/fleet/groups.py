@@ -38,12 +38,12 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from models import offsets as offset_store
+from models.fleet import STATUS_KEY
 from workers.engine import ClusterConnection, client_kwargs
 from workers.fleet.config import ReplicatorRuntime
 
 log = logging.getLogger(__name__)
 
-STATUS_KEY = "ferry:status:{replicator_id}"
 INACTIVE_STATES = frozenset({"Empty", "Dead"})
 
 
