@@ -23,6 +23,7 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import CoordinatorLoadInProgressError, GroupCoordinatorNotAvailableError
 from aiokafka.structs import OffsetAndMetadata
 from sqlalchemy import Engine, text
 
@@ -109,12 +110,16 @@ async def commit_on(bootstrap: str, group: str, offsets: dict[TopicPartition, in
 
 
 async def committed(bootstrap: str, group: str) -> dict[TopicPartition, int]:
+    """The group's committed offsets; empty while a fresh cluster is still creating its offsets topic."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        return {tp: om.offset for tp, om in (await admin.list_consumer_group_offsets(group)).items() if om.offset >= 0}
+        offsets = await admin.list_consumer_group_offsets(group)
+    except (GroupCoordinatorNotAvailableError, CoordinatorLoadInProgressError):
+        return {}
     finally:
         await admin.close()
+    return {tp: om.offset for tp, om in offsets.items() if om.offset >= 0}
 
 
 async def first_record_as_member(bootstrap: str, group: str, topic: str) -> dict[int, bytes | None]:

@@ -106,8 +106,11 @@ async def test_group_commit_and_admin_calls(bootstrap: str, unique: str) -> None
     try:
         await admin.create_topics([NewTopic(unique, num_partitions=2, replication_factor=1)])
         await admin.create_partitions({unique: NewPartitions(total_count=4)})
-        described = await admin.describe_topics([unique])
-        assert len(described[0]["partitions"]) == 4
+        partitions = 0
+        async with asyncio.timeout(30):  # metadata reaches the broker's cache a moment after the controller
+            while partitions != 4:
+                partitions = len((await admin.describe_topics([unique]))[0]["partitions"])
+                await asyncio.sleep(0 if partitions == 4 else 0.1)
         assert unique in await admin.list_topics()
 
         tp = TopicPartition(unique, 1)
