@@ -16,6 +16,7 @@ by the 'postgres' user Debian's package creates; otherwise it is .run/postgres.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import json
 import os
@@ -33,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 from alembic import command
 from alembic.config import Config
 
@@ -477,6 +480,22 @@ class KafkaCluster:
         return _port_open(self.port)
 
 
+def group_coordinator_ready(bootstrap: str) -> bool:
+    async def probe() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+        await admin.start()
+        try:
+            await admin.find_coordinator("ferry-stack-readiness")
+        finally:
+            await admin.close()
+
+    try:
+        asyncio.run(asyncio.wait_for(probe(), 10))
+    except (KafkaError, OSError, TimeoutError):
+        return False
+    return True
+
+
 def kafka_clusters(cfg: StackConfig) -> list[KafkaCluster]:
     return [KafkaCluster("source", cfg.source_port), KafkaCluster("target", cfg.target_port)]
 
@@ -832,6 +851,15 @@ def up(cfg: StackConfig, infra_only: bool) -> None:
     Redis(cfg).start()
     for cluster, proc in starting:
         wait_for(f"Kafka '{cluster.name}'", lambda c=cluster: c.is_up(cfg), 90, cluster.log(cfg), proc)  # type: ignore[misc]
+        # A fresh cluster creates its offsets topic on the first group request; until then every consumer
+        # group call fails. Make that happen now, so the stack is ready for groups when `up` returns.
+        wait_for(
+            f"Kafka '{cluster.name}' group coordinator",
+            lambda c=cluster: group_coordinator_ready(f"127.0.0.1:{c.port}"),  # type: ignore[misc]
+            90,
+            cluster.log(cfg),
+            proc,
+        )
         say(f"Kafka '{cluster.name}' up on 127.0.0.1:{cluster.port}")
     write_endpoints(cfg)
     if not infra_only:
