@@ -71,9 +71,10 @@ def table(results: dict[str, Any]) -> str:
         )
         lines.append("")
         lines.append(
-            "| profile | run | MB/s | records/s | time to first record (s) | / limit | rounds: MB/s each | status |"
+            "| profile | run | MB/s | records/s | time to first record (s) | / limit | replicator cores "
+            "| rounds: MB/s each | status |"
         )
-        lines.append("|---|---|---:|---:|---:|---:|---|---|")
+        lines.append("|---|---|---:|---:|---:|---:|---:|---|---|")
         for profile, spec in profiles.items():
             tag = f"{profile}: {spec['records']:,} x {spec['record_size']} B, {spec['partitions']} partitions"
             limit = results.get("limit", {}).get(profile, {})
@@ -82,19 +83,20 @@ def table(results: dict[str, Any]) -> str:
             for config, prod in limit.get("producers", {}).items():
                 lines.append(
                     f"| {tag} | limit: ProducerPerformance -> target ({config}) | {_f(prod.get('mb_per_s'))} "
-                    f"| {_f(prod.get('records_per_s'), 0)} | | | | ok |"
+                    f"| {_f(prod.get('records_per_s'), 0)} | | | | | ok |"
                 )
             if cons:
                 lines.append(
                     f"| {tag} | limit: ConsumerPerformance <- source | {_f(cons.get('mb_per_s'))} "
-                    f"| {_f(cons.get('records_per_s'), 0)} | | | | {cons.get('warning', 'ok')} |"
+                    f"| {_f(cons.get('records_per_s'), 0)} | | | | | {cons.get('warning', 'ok')} |"
                 )
             for kind, run in results.get("throughput", {}).get(profile, {}).items():
                 mb = run.get("mb_per_s")
                 each = ", ".join(f"{v:.1f}" for v in run.get("mb_per_s_all", []))
                 lines.append(
                     f"| {tag} | {kind} | {_f(mb)} | {_f(run.get('records_per_s'), 0)} "
-                    f"| {_f(run.get('time_to_first_record_s'))} | {_f(_ratio(mb, lim), 2)} | {each} | {_status(run)} |"
+                    f"| {_f(run.get('time_to_first_record_s'))} | {_f(_ratio(mb, lim), 2)} "
+                    f"| {_f(run.get('replicator_cores_median'), 2)} | {each} | {_status(run)} |"
                 )
         lines.append("")
         lines.append("### Ratios")
