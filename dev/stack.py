@@ -535,6 +535,14 @@ class Postgres:
     def is_up(self) -> bool:
         return _port_open(self.cfg.postgres_port)
 
+    def _up_or_failed(self) -> bool:
+        """Up; or raise at once when the server already gave up (e.g. its port is taken) instead of waiting."""
+        if self.is_up():
+            return True
+        if self._pid() is None and "FATAL" in _tail(self.log, 10):
+            raise StackError(f"PostgreSQL failed to start; read its log: {self.log}\n{_tail(self.log)}")
+        return False
+
     def start(self) -> None:
         port = self.cfg.postgres_port
         marker = self.cfg.run_dir / "pids" / "postgres.json"
@@ -571,7 +579,7 @@ class Postgres:
                 )
             marker.parent.mkdir(parents=True, exist_ok=True)
             marker.write_text(json.dumps({"data": str(self.data)}))
-        wait_for("PostgreSQL", self.is_up, 60, self.log)
+        wait_for("PostgreSQL", self._up_or_failed, 60, self.log)
         self._ensure_database(external=False)
 
     def _init(self) -> None:

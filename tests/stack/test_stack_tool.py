@@ -29,7 +29,7 @@ def free_ports() -> dict[str, int]:
     """Kafka needs port and port+1 (its controller), so pick from a quiet range and check each one."""
     rng = random.Random()
     for _ in range(200):
-        base = rng.randrange(30000, 39000, 10)
+        base = rng.randrange(20000, 32000, 10)  # below Linux's ephemeral range, where clients' ports come from
         ports = {"source": base, "target": base + 2, "postgres": base + 4, "redis": base + 5, "api": base + 6}
         if all(_free(p) for p in [*ports.values(), base + 1, base + 3]):
             return ports
