@@ -74,6 +74,8 @@ class ReplicatorMetadata(Base):
     # Not a failure but worth telling the user (e.g. no source topic matches the include list).
     notice_code: Mapped[str | None] = mapped_column(String(64))
     notice_message: Mapped[str | None] = mapped_column(Text)
+    # With detectAndCopyNewTopics off: {"generation": g, "topics": [...]}, the topic set fixed for generation g.
+    known_topics: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now(), onupdate=func.now()
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from aiokafka.admin import AIOKafkaAdminClient
@@ -80,14 +81,24 @@ class TopicSynchronizer:
         target: ClusterConnection,
         *,
         replication_factor: int | None = None,
+        known_topics: Iterable[str] | None = None,
     ) -> None:
+        """``known_topics``: with detectAndCopyNewTopics off, the topic set an earlier pass fixed (the caller
+        keeps it durable, so a restart elsewhere does not pick up topics created since)."""
         self.spec = spec
         self.source = source
         self.target = target
         self.replication_factor = replication_factor
         self._source_admin: AIOKafkaAdminClient | None = None
         self._target_admin: AIOKafkaAdminClient | None = None
-        self._known_topics: set[str] | None = None
+        self._known_topics: set[str] | None = None if known_topics is None else set(known_topics)
+
+    @property
+    def known_topics(self) -> frozenset[str] | None:
+        """The fixed topic set while detectAndCopyNewTopics is off; None while detection is on."""
+        if self.spec.detect_and_copy_new_topics or self._known_topics is None:
+            return None
+        return frozenset(self._known_topics)
 
     async def start(self) -> None:
         self._source_admin = AIOKafkaAdminClient(**client_kwargs(self.source, "topic-sync"))
@@ -123,7 +134,8 @@ class TopicSynchronizer:
             if not meta.is_internal and self.spec.should_replicate(name)
         }
         if not self.spec.detect_and_copy_new_topics:
-            # Without detection the topic set (and partition counts) are fixed at the first pass.
+            # Without detection the topic set is fixed at the first pass; partitions added to those topics
+            # are still followed.
             if self._known_topics is None:
                 self._known_topics = set(topics)
             topics = {name: count for name, count in topics.items() if name in self._known_topics}

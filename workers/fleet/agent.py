@@ -159,7 +159,9 @@ class MetadataRunner:
             return
         try:
             if self._sync is None:
-                sync = TopicSynchronizer(runtime.spec, runtime.source, runtime.target)
+                sync = TopicSynchronizer(
+                    runtime.spec, runtime.source, runtime.target, known_topics=await self._stored_known_topics(runtime)
+                )
                 await sync.start()
                 self._sync = sync
             due = time.monotonic() - self._last_config_sync >= self.config_interval_s
@@ -210,6 +212,21 @@ class MetadataRunner:
         )
         await self.redis.expire(key, METRICS_TTL_SECONDS)
 
+    async def _stored_known_topics(self, runtime: ReplicatorRuntime) -> list[str] | None:
+        """The topic set an earlier pass fixed for this generation (detectAndCopyNewTopics off), if any."""
+        if runtime.spec.detect_and_copy_new_topics:
+            return None
+        async with self.db.connect() as conn:
+            stored = (
+                await conn.execute(
+                    text("SELECT known_topics FROM replicator_metadata WHERE replicator_id = :id"),
+                    {"id": uuid.UUID(runtime.replicator_id)},
+                )
+            ).scalar_one_or_none()
+        if not stored or stored.get("generation") != runtime.generation:
+            return None  # an update changed the topic lists: the next pass fixes the set anew
+        return [str(topic) for topic in stored.get("topics", [])]
+
     async def _write(
         self, runtime: ReplicatorRuntime, partitions: list[tuple[str, int]] | None, error: tuple[str, str] | None
     ) -> None:
@@ -229,7 +246,11 @@ class MetadataRunner:
             "msg": error[1] if error else None,
             "ncode": notice[0] if notice else None,
             "nmsg": notice[1] if notice else None,
+            "known": None,
         }
+        known = self._sync.known_topics if self._sync is not None else None
+        if known is not None:
+            params["known"] = json.dumps({"generation": runtime.generation, "topics": sorted(known)})
         # A failed pass keeps the last good inventory and generation; only the error fields change.
         async with self.db.begin() as conn:
             if partitions is None:
@@ -246,14 +267,15 @@ class MetadataRunner:
                 await conn.execute(
                     text(
                         "INSERT INTO replicator_metadata (replicator_id, applied_generation, partitions, error_code, "
-                        "error_message, error_since, notice_code, notice_message) "
+                        "error_message, error_since, notice_code, notice_message, known_topics) "
                         "VALUES (:id, :gen, CAST(:parts AS jsonb), :code, :msg, "
-                        "CASE WHEN :failing THEN now() END, :ncode, :nmsg) "
+                        "CASE WHEN :failing THEN now() END, :ncode, :nmsg, CAST(:known AS jsonb)) "
                         "ON CONFLICT (replicator_id) DO UPDATE SET applied_generation = :gen, "
                         "partitions = CAST(:parts AS jsonb), error_code = :code, error_message = :msg, "
                         "error_since = CASE WHEN CAST(:code AS text) IS NULL THEN NULL "
                         "ELSE coalesce(replicator_metadata.error_since, now()) END, "
-                        "notice_code = :ncode, notice_message = :nmsg, updated_at = now()"
+                        "notice_code = :ncode, notice_message = :nmsg, known_topics = CAST(:known AS jsonb), "
+                        "updated_at = now()"
                     ),
                     params,
                 )
