@@ -18,21 +18,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+# The dev stack's JVM flags: brokers, MM2 and the perf tools all run with the same ones.
+from dev.stack import JVM_FLAGS
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "bench" / "results"
-LOG4J_SERVER = ROOT / "dev" / "kafka" / "log4j2-server.properties"
-LOG4J_TOOLS = ROOT / "dev" / "kafka" / "log4j2-tools.properties"
-
-# The JVM flags of Kafka's own scripts (bin/kafka-run-class.sh), the same for MM2 and the perf tools.
-JVM_FLAGS = [
-    "-XX:+UseG1GC",
-    "-XX:MaxGCPauseMillis=20",
-    "-XX:InitiatingHeapOccupancyPercent=35",
-    "-XX:+ExplicitGCInvokesConcurrent",
-    "-XX:MaxInlineLevel=15",
-    "-Djava.awt.headless=true",
-    "-XX:+ExitOnOutOfMemoryError",
-]
 
 MB = 1_000_000  # every MB/s figure of the harness is 10^6 bytes per second
 

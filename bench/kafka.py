@@ -12,7 +12,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from bench.common import LOG4J_TOOLS, MB, BenchError, java_argv, say, spawn, tail_hint
+from bench.common import MB, BenchError, java_argv, say, spawn, tail_hint
+from dev.stack import LOG4J_TOOLS
 
 UNKNOWN_TOPIC = 3
 

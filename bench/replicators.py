@@ -16,8 +16,9 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
-from bench.common import JVM_FLAGS, LOG4J_SERVER, ROOT, Stack, say, spawn, stop_process
+from bench.common import ROOT, Stack, say, spawn, stop_process
 from bench.kafka import Cluster
+from dev.stack import JVM_FLAGS, LOG4J_SERVER
 
 # The settings shared by tuned MirrorMaker 2, Ferry and the limit producer: Ferry's own, so that tuned MM2
 # gets the same acks, batching, linger, in-flight, compression, fetch sizes and parallelism. The numeric
