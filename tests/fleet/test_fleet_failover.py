@@ -8,13 +8,14 @@ import asyncio
 import hashlib
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from sqlalchemy import Engine
 
+from tests.engine.conftest import read_topic
 from tests.fleet.conftest import Fleet, unit_owners, wait_until
 from tests.fleet.test_fleet_lifecycle import create_request, create_topic, describe
 
@@ -62,22 +63,8 @@ class BackgroundProducer(threading.Thread):
 
 
 async def read_all(bootstrap: str, topic: str) -> dict[int, list[int]]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
-        consumer.assign(tps)
-        ends = await consumer.end_offsets(tps)
-        values: dict[int, list[int]] = defaultdict(list)
-        remaining = {tp for tp in tps if ends[tp] > 0}
-        while remaining:
-            for tp, records in (await consumer.getmany(timeout_ms=1000)).items():
-                values[tp.partition].extend(int(r.value) for r in records)
-                if records and records[-1].offset + 1 >= ends[tp]:
-                    remaining.discard(tp)
-        return values
-    finally:
-        await consumer.stop()
+    """The numbers the producer wrote, per target partition, in log order."""
+    return {p: [int(r.value) for r in records] for p, records in (await read_topic(bootstrap, topic)).items()}
 
 
 def checksum(numbers: set[int]) -> str:

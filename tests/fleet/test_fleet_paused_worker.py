@@ -11,9 +11,9 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from sqlalchemy import Engine
 
+from tests.engine.conftest import read_topic
 from tests.fleet.conftest import Fleet, unit_owners, wait_until
 from tests.fleet.test_fleet_failover import checksum, worker_of
 from tests.fleet.test_fleet_lifecycle import create_request, create_topic, describe, produce
@@ -73,25 +73,7 @@ def test_a_paused_worker_is_fenced_when_it_wakes(
 async def read_all_tagged(bootstrap: str, topic: str) -> dict[int, list[int]]:
     """Records written by ``produce`` carry '<tag>-<i>' values; map them to a global order for the checks."""
     order = {"before": 0, "during": 1, "after": 2}
-    raw = await read_all_raw(bootstrap, topic)
-    return {p: [order[v.split("-")[0]] * 100_000 + int(v.split("-")[1]) for v in values] for p, values in raw.items()}
-
-
-async def read_all_raw(bootstrap: str, topic: str) -> dict[int, list[str]]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        values: dict[int, list[str]] = {p: [] for p in range(PARTITIONS)}
-        remaining = {tp for tp in tps if ends[tp] > 0}
-        while remaining:
-            for tp, records in (await consumer.getmany(timeout_ms=1000)).items():
-                values[tp.partition].extend(r.value.decode() for r in records)
-                if records and records[-1].offset + 1 >= ends[tp]:
-                    remaining.discard(tp)
-        return values
-    finally:
-        await consumer.stop()
+    stages = {
+        p: [r.value.decode().split("-") for r in records] for p, records in (await read_topic(bootstrap, topic)).items()
+    }
+    return {p: [order[tag] * 100_000 + int(i) for tag, i in values] for p, values in stages.items()}

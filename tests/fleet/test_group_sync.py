@@ -29,7 +29,7 @@ from sqlalchemy import Engine, text
 
 from models.settings import FerrySettings
 from tests.fleet.conftest import Fleet, wait_until
-from tests.fleet.test_fleet_lifecycle import create_topic, describe
+from tests.fleet.test_fleet_lifecycle import create_request, create_topic, describe
 from workers.engine.admin import create_topic as admin_create_topic
 
 pytestmark = pytest.mark.slow
@@ -49,32 +49,20 @@ def worker(fleet: Fleet) -> Iterator[None]:
 def request(name: str, source: str, target: str, topics: list[str], groups: list[str], **extra: Any) -> dict[str, Any]:
     naming = extra.pop("naming", "PREFIXED_WITH_SOURCE_CLUSTER_ALIAS")
     mode = extra.pop("mode", "LEGACY")
-    return {
-        "ReplicatorName": name,
-        "ServiceExecutionRoleArn": "arn:aws:iam::000000000000:role/ferry",
-        "KafkaClusters": [
-            {"ApacheKafkaCluster": {"ApacheKafkaClusterId": f"{name}-src", "BootstrapBrokerString": source}},
-            {"ApacheKafkaCluster": {"ApacheKafkaClusterId": f"{name}-tgt", "BootstrapBrokerString": target}},
-        ],
-        "ReplicationInfoList": [
-            {
-                "SourceKafkaClusterId": f"{name}-src",
-                "TargetKafkaClusterId": f"{name}-tgt",
-                "TargetCompressionType": "NONE",
-                "TopicReplication": {
-                    "TopicsToReplicate": topics,
-                    "StartingPosition": {"Type": "EARLIEST"},
-                    "TopicNameConfiguration": {"Type": naming},
-                    # Target topics keep default configs: a compacting target would remove records under the test.
-                    "CopyTopicConfigurations": False,
-                },
-                "ConsumerGroupReplication": {
-                    "ConsumerGroupsToReplicate": groups,
-                    "ConsumerGroupOffsetSyncMode": mode,
-                },
-            }
-        ],
+    created = create_request(
+        name,
+        source,
+        target,
+        topics,
+        TopicNameConfiguration={"Type": naming},
+        # Target topics keep default configs: a compacting target would remove records under the test.
+        CopyTopicConfigurations=False,
+    )
+    created["ReplicationInfoList"][0]["ConsumerGroupReplication"] = {
+        "ConsumerGroupsToReplicate": groups,
+        "ConsumerGroupOffsetSyncMode": mode,
     }
+    return created
 
 
 # ---------------------------------------------------------------------- Kafka helpers
