@@ -59,21 +59,41 @@ def new_worker_id(hostname: str | None = None) -> str:
     return f"{hostname or socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-async def probe_cluster(connection: ClusterConnection, timeout_s: float) -> str | None:
-    """None when the cluster answers a metadata request in time, else the reason."""
-    admin = AIOKafkaAdminClient(**client_kwargs(connection, "probe"), request_timeout_ms=int(timeout_s * 1000))
-    try:
-        async with asyncio.timeout(timeout_s):
-            await admin.start()
-            await admin.describe_cluster()
-    except TimeoutError:
-        return f"no broker of {connection.bootstrap_servers} answered within {timeout_s:g}s"
-    except (KafkaError, OSError) as exc:
-        return f"{connection.bootstrap_servers}: {type(exc).__name__}: {exc}"
-    finally:
-        with contextlib.suppress(KafkaError, OSError):
-            await admin.close()
-    return None
+class ClusterProbe:
+    """Whether a cluster answers a metadata request in time, asked over one long-lived admin connection.
+
+    A metadata unit asks every pass (2 s); opening a new connection each time would cost both clusters a
+    connect and handshake per replicator per pass. The client is dropped after a failure and made anew.
+    """
+
+    def __init__(self, connection: ClusterConnection, timeout_s: float) -> None:
+        self.connection = connection
+        self.timeout_s = timeout_s
+        self._admin: AIOKafkaAdminClient | None = None
+
+    async def check(self) -> str | None:
+        """None when the cluster answered, else the reason."""
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                if self._admin is None:
+                    self._admin = AIOKafkaAdminClient(
+                        **client_kwargs(self.connection, "probe"), request_timeout_ms=int(self.timeout_s * 1000)
+                    )
+                    await self._admin.start()
+                await self._admin.describe_cluster()
+        except TimeoutError:
+            await self.close()
+            return f"no broker of {self.connection.bootstrap_servers} answered within {self.timeout_s:g}s"
+        except (KafkaError, OSError) as exc:
+            await self.close()
+            return f"{self.connection.bootstrap_servers}: {type(exc).__name__}: {exc}"
+        return None
+
+    async def close(self) -> None:
+        if self._admin is not None:
+            admin, self._admin = self._admin, None
+            with contextlib.suppress(KafkaError, OSError):
+                await admin.close()
 
 
 def _classify_topic_errors(errors: dict[str, str]) -> str:
@@ -106,6 +126,7 @@ class MetadataRunner:
         self.probe_timeout_s = probe_timeout_s
         self._wake = asyncio.Event()
         self._sync: TopicSynchronizer | None = None
+        self._probes = (ClusterProbe(runtime.source, probe_timeout_s), ClusterProbe(runtime.target, probe_timeout_s))
         self._last_config_sync = 0.0
         # Consumer group offset sync (its own loop) and planned failovers (a step per pass), issue 6.
         self.group_sync_interval_s = group_sync_interval_s
@@ -139,6 +160,11 @@ class MetadataRunner:
                 await groups
             await self.groups.close()
             await self._close_sync()
+            await self._close_probes()
+
+    async def _close_probes(self) -> None:
+        for probe in self._probes:
+            await probe.close()
 
     async def _close_sync(self) -> None:
         if self._sync is not None:
@@ -148,9 +174,7 @@ class MetadataRunner:
 
     async def pass_once(self) -> None:
         runtime = self.runtime
-        pings = {}
-        for role, connection in (("source", runtime.source), ("target", runtime.target)):
-            pings[role] = await probe_cluster(connection, self.probe_timeout_s)
+        pings = {"source": await self._probes[0].check(), "target": await self._probes[1].check()}
         await self._publish_status(runtime, pings)
         if pings["source"] or pings["target"]:
             await self._close_sync()
@@ -462,7 +486,8 @@ class FleetAgent:
         store = self._require(self._store)
         mine = await store.units_of_mine()
         moved = [self.leases[u.key] for u in mine if u.key in self.leases and u.assigned_worker != self.worker_id]
-        gone = [lease for key, lease in self.leases.items() if key not in {u.key for u in mine}]
+        mine_keys = {u.key for u in mine}
+        gone = [lease for key, lease in self.leases.items() if key not in mine_keys]
         for lease in moved + gone:
             self.leases.pop(lease.key, None)
         self.releasing = {lease.key: lease for lease in moved}
