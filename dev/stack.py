@@ -535,9 +535,25 @@ class Postgres:
     def is_up(self) -> bool:
         return _port_open(self.cfg.postgres_port)
 
+    def _accepting_connections(self) -> bool:
+        """The port opens before startup recovery ends ("the database system is starting up"); only a session counts."""
+        if not self.is_up():
+            return False
+        try:
+            psycopg.connect(
+                host=str(self.socket_dir),
+                port=self.cfg.postgres_port,
+                user="postgres",
+                dbname="postgres",
+                connect_timeout=2,
+            ).close()
+        except psycopg.OperationalError:
+            return False
+        return True
+
     def _up_or_failed(self) -> bool:
         """Up; or raise at once when the server already gave up (e.g. its port is taken) instead of waiting."""
-        if self.is_up():
+        if self._accepting_connections():
             return True
         if self._pid() is None and "FATAL" in _tail(self.log, 10):
             raise StackError(f"PostgreSQL failed to start; read its log: {self.log}\n{_tail(self.log)}")
