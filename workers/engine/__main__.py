@@ -44,6 +44,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--metrics-file", type=Path, help="write a JSON snapshot here every --metrics-interval")
     parser.add_argument("--metrics-interval", type=float, default=1.0)
     parser.add_argument("--topic-refresh", type=float, default=5.0, help="seconds between topic sync passes")
+    parser.add_argument(
+        "--no-forward-batches",
+        dest="forward_batches",
+        action="store_false",
+        help="decode and re-encode every record even where a source batch could be written as it is",
+    )
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
 
@@ -81,7 +87,7 @@ async def run(args: argparse.Namespace) -> int:
         ClusterConnection(args.source, alias=spec.source_alias),
         ClusterConnection(args.target, alias=spec.target_alias),
         transactional_id=args.transactional_id,
-        options=CopierOptions(),
+        options=CopierOptions(forward_batches=args.forward_batches),
         topic_refresh_s=args.topic_refresh,
     )
     stop = asyncio.Event()

@@ -43,6 +43,7 @@ from aiokafka.errors import (
 )
 
 from workers.engine import admin as kafka_admin
+from workers.engine import forwarding
 from workers.engine.connection import ClusterConnection, client_kwargs
 from workers.engine.metrics import ErrorKind, PartitionMetrics, PartitionStats
 from workers.engine.progress import PartitionProgress, ProgressStore, encode_progress, now_ms, progress_key
@@ -134,6 +135,8 @@ class CopierOptions:
     max_partition_fetch_bytes: int = 2 * 1024 * 1024
     transaction_timeout_ms: int = 60_000
     retry_backoff_s: float = 1.0
+    # Write eligible source batches as they are instead of re-encoding each record (workers/engine/forwarding.py).
+    forward_batches: bool = True
 
 
 @dataclass
@@ -145,7 +148,7 @@ class _Pending:
     records: int
     size: int
     first_timestamp_ms: int
-    source_offsets: list[int] | None
+    source_offsets: Sequence[int] | None
     generation: int = -1
 
 
@@ -252,8 +255,13 @@ class PartitionCopier:
         self._source_cluster_id = (await self._cluster_id(self.source)).encode()
         self._target_cluster_id = (await self._cluster_id(self.target)).encode()
         await self._store.ensure_topic()
+        forward: forwarding.ForwardBatches | None = None
+        if self.forwards_batches:
+            forwarding.install()
+            forward = forwarding.ForwardBatches(self.spec.target_compression.batch_attribute)
         self._consumer = AIOKafkaConsumer(
             **client_kwargs(self.source, "copier-consumer"),
+            key_deserializer=forward,
             enable_auto_commit=False,
             isolation_level="read_committed",
             auto_offset_reset="none",
@@ -280,6 +288,11 @@ class PartitionCopier:
             self.target.describe(),
             "exactly-once" if self.spec.exactly_once else "at-least-once",
         )
+
+    @property
+    def forwards_batches(self) -> bool:
+        """IDENTICAL naming stamps and reads a loop-prevention header on every record, so it never forwards."""
+        return self.options.forward_batches and self.spec.topic_naming is not TopicNaming.IDENTICAL
 
     async def _cluster_id(self, connection: ClusterConnection) -> str:
         admin = AIOKafkaAdminClient(**client_kwargs(connection, "copier-admin"))
@@ -621,20 +634,42 @@ class PartitionCopier:
 
     def _build_batches(self, state: _PartitionState, records: list[Any], position: int) -> list[tuple[Any, _Pending]]:
         """Producer batches for one partition's records; the last one carries ``position`` as the next offset
-        (it may lie past the last record, e.g. after a transaction marker)."""
+        (it may lie past the last record, e.g. after a transaction marker).
+
+        ``records`` holds ``ConsumerRecord`` objects and, when the copier forwards batches, ``RawBatch`` items:
+        each of those becomes a producer batch of its own, in order with the records around it.
+        """
         producer = self._producer
         identical = self.spec.topic_naming is TopicNaming.IDENTICAL
+        transactional = self.transactional_id is not None
         loop_origin = self._target_cluster_id
         stamp = (PROVENANCE_HEADER, self._source_cluster_id)
         keep_offsets = self._sink is not None
         out: list[tuple[Any, _Pending]] = []
-        builder = producer.create_batch()
+        builder = None
         count = size = 0
         first_ts = 0
         offsets: list[int] = []
         last_offset = -1
         filtered = 0
         for record in records:
+            if isinstance(record, forwarding.RawBatch):
+                if count:
+                    out.append((builder, _Pending(_resolved_future(), last_offset + 1, count, size, first_ts, offsets)))
+                    builder, count, size, offsets = None, 0, 0, []
+                last_offset = record.next_offset - 1
+                forwarded = forwarding.ForwardedBuilder(record, transactional=transactional)
+                source_offsets = range(record.base_offset, record.next_offset) if keep_offsets else None
+                pending = _Pending(
+                    _resolved_future(),
+                    record.next_offset,
+                    record.record_count,
+                    record.records_size,
+                    record.first_timestamp,
+                    source_offsets,
+                )
+                out.append((forwarded, pending))
+                continue
             headers = list(record.headers) if record.headers else []
             if identical:
                 origin = None
@@ -647,6 +682,8 @@ class PartitionCopier:
                     continue
                 if origin is None:
                     headers.append(stamp)
+            if builder is None:
+                builder = producer.create_batch()
             if builder.append(timestamp=record.timestamp, key=record.key, value=record.value, headers=headers) is None:
                 out.append((builder, _Pending(_resolved_future(), last_offset + 1, count, size, first_ts, offsets)))
                 builder = producer.create_batch()

@@ -60,6 +60,9 @@ def runs_of_batch(source_offsets: Sequence[int], target_base: int) -> list[Run]:
     runs: list[Run] = []
     if not source_offsets:
         return runs
+    if isinstance(source_offsets, range) and source_offsets.step == 1:
+        # A forwarded batch: consecutive offsets, one run.
+        return [Run(source_offsets.start, source_offsets.stop, target_base, target_base + len(source_offsets))]
     start = previous = source_offsets[0]
     t_start = target_base
     for i in range(1, len(source_offsets)):
