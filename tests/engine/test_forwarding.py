@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from tests.engine.conftest import Rec, caught_up, create_topic, produce, read_topic, running, spec_for, wait_for
@@ -128,3 +128,32 @@ async def test_a_position_inside_a_batch_decodes_that_batch_from_there(source_bo
     assert [type(item) for item in items[:20]] == [ConsumerRecord] * 20
     assert [item.offset for item in items[:20]] == list(range(10, 30))
     assert [(item.base_offset, item.record_count) for item in items[20:]] == [(30, 30), (60, 30)]
+
+
+async def test_a_batch_larger_than_the_target_default_limit_is_split(
+    source_bootstrap: str, target_bootstrap: str, unique: str
+) -> None:
+    topic = f"fwd-big-{unique}"
+    await create_topic(source_bootstrap, topic, partitions=1, configs={"max.message.bytes": str(8 * 1024 * 1024)})
+    producer = AIOKafkaProducer(
+        bootstrap_servers=source_bootstrap,
+        acks="all",
+        max_request_size=8 * 1024 * 1024,
+        max_batch_size=4 * 1024 * 1024,  # one 3 MB batch, as a producer with a big batch.size writes it
+    )
+    await producer.start()
+    try:
+        batch = producer.create_batch()
+        for i in range(3000):
+            assert batch.append(key=None, value=b"%04d" % i * 250, timestamp=None) is not None
+        await (await producer.send_batch(batch, topic, partition=0))
+    finally:
+        await producer.stop()
+    items = await fetch_items(source_bootstrap, topic, 0, 0, 3000, codec=0)
+    assert [type(item) for item in items] == [ConsumerRecord] * 3000, "a 3 MB batch must not be forwarded"
+    # Configurations not copied: the target topic keeps the broker's default 1 MiB max.message.bytes.
+    spec = spec_for(unique, [topic], copy_configs=False)
+    async with running(spec, source_bootstrap, target_bootstrap) as replicator:
+        await wait_for(caught_up(replicator), 60, "the copy to catch up")
+    copied = (await read_topic(target_bootstrap, spec.target_topic(topic)))[0]
+    assert [r.value for r in copied] == [b"%04d" % i * 250 for i in range(3000)]
