@@ -23,7 +23,7 @@ async def fetch_items(bootstrap: str, topic: str, partition: int, start: int, en
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
         isolation_level="read_committed",
-        key_deserializer=forwarding.ForwardBatches(codec),
+        key_deserializer=forwarding.ForwardBatches(codec, min_batch_bytes=0),
     )
     await consumer.start()
     try:
@@ -80,7 +80,9 @@ async def test_source_batches_arrive_with_their_boundaries_and_codec(
     recs = records_of(300, 0, "a") + records_of(120, 1, "b")
     await produce_in_batches(source_bootstrap, topic, recs, per_batch=40, compression=producer_codec)
     spec = spec_for(unique, [topic], compression=codec_name)
-    async with running(spec, source_bootstrap, target_bootstrap) as replicator:
+    # These batches are tiny: forward them all, whatever their size.
+    options = CopierOptions(retry_backoff_s=0.2, forward_min_batch_bytes=0)
+    async with running(spec, source_bootstrap, target_bootstrap, options=options) as replicator:
         await wait_for(caught_up(replicator), 60, "the copy to catch up")
     target_topic = spec.target_topic(topic)
     source_records = await read_topic(source_bootstrap, topic)
@@ -157,3 +159,20 @@ async def test_a_batch_larger_than_the_target_default_limit_is_split(
         await wait_for(caught_up(replicator), 60, "the copy to catch up")
     copied = (await read_topic(target_bootstrap, spec.target_topic(topic)))[0]
     assert [r.value for r in copied] == [b"%04d" % i * 250 for i in range(3000)]
+
+
+async def test_small_batches_are_rebatched_by_default(
+    source_bootstrap: str, target_bootstrap: str, unique: str
+) -> None:
+    topic = f"fwd-small-{unique}"
+    await create_topic(source_bootstrap, topic, partitions=1)
+    await produce_in_batches(source_bootstrap, topic, records_of(400, 0, "e"), per_batch=20, compression=None)
+    spec = spec_for(unique, [topic])
+    async with running(spec, source_bootstrap, target_bootstrap) as replicator:
+        await wait_for(caught_up(replicator), 60, "the copy to catch up")
+    target_topic = spec.target_topic(topic)
+    same_records((await read_topic(source_bootstrap, topic))[0], (await read_topic(target_bootstrap, target_topic))[0])
+    target_batches = batch_sizes(await fetch_items(target_bootstrap, target_topic, 0, 0, 400, codec=0))
+    # Under 64 KiB each, the 20 source batches are re-batched into fewer, larger producer batches.
+    assert sum(target_batches) == 400
+    assert len(target_batches) < 20, target_batches

@@ -50,6 +50,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_false",
         help="decode and re-encode every record even where a source batch could be written as it is",
     )
+    parser.add_argument(
+        "--forward-min-batch-bytes",
+        type=int,
+        default=CopierOptions.forward_min_batch_bytes,
+        help="smallest source batch written as it is; smaller ones are re-batched (default %(default)s)",
+    )
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
 
@@ -87,7 +93,9 @@ async def run(args: argparse.Namespace) -> int:
         ClusterConnection(args.source, alias=spec.source_alias),
         ClusterConnection(args.target, alias=spec.target_alias),
         transactional_id=args.transactional_id,
-        options=CopierOptions(forward_batches=args.forward_batches),
+        options=CopierOptions(
+            forward_batches=args.forward_batches, forward_min_batch_bytes=args.forward_min_batch_bytes
+        ),
         topic_refresh_s=args.topic_refresh,
     )
     stop = asyncio.Event()

@@ -137,6 +137,7 @@ class CopierOptions:
     retry_backoff_s: float = 1.0
     # Write eligible source batches as they are instead of re-encoding each record (workers/engine/forwarding.py).
     forward_batches: bool = True
+    forward_min_batch_bytes: int = forwarding.MIN_FORWARDED_BATCH_BYTES
 
 
 @dataclass
@@ -258,7 +259,9 @@ class PartitionCopier:
         forward: forwarding.ForwardBatches | None = None
         if self.forwards_batches:
             forwarding.install()
-            forward = forwarding.ForwardBatches(self.spec.target_compression.batch_attribute)
+            forward = forwarding.ForwardBatches(
+                self.spec.target_compression.batch_attribute, min_batch_bytes=self.options.forward_min_batch_bytes
+            )
         self._consumer = AIOKafkaConsumer(
             **client_kwargs(self.source, "copier-consumer"),
             key_deserializer=forward,
