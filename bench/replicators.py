@@ -290,9 +290,12 @@ class FerryEngine(Replicator):
 
     kind = "ferry"
 
-    def __init__(self, stack: Stack, log_dir: Path, label: str, tuned: dict[str, Any]) -> None:
+    def __init__(
+        self, stack: Stack, log_dir: Path, label: str, tuned: dict[str, Any], *, forward_batches: bool = True
+    ) -> None:
         super().__init__(stack, log_dir, label)
         self.tuned = tuned
+        self.forward_batches = forward_batches
         self.alias = f"f{self.token}"
         self.spec_path = log_dir / f"{label}-{self.token}.spec.json"
         self.metrics_path = log_dir / f"{label}-{self.token}.metrics.json"
@@ -338,6 +341,7 @@ class FerryEngine(Replicator):
             "spec_file": str(self.spec_path),
             "metrics_file": str(self.metrics_path),
             "processes": self.tuned["parallelism"],
+            "forward_batches": self.forward_batches,
             "client_settings": "the engine's own (CopierOptions); mirrored in settings.tuned",
             "shared_state": "progress records go to the engine's shared __ferry_progress topic on the target "
             "(keyed by the unique replicator id; the topic is not deleted)",
@@ -356,6 +360,7 @@ class FerryEngine(Replicator):
             str(self.metrics_path),
             "--metrics-interval",
             "5",
+            *([] if self.forward_batches else ["--no-forward-batches"]),
         ]
 
     def env(self) -> dict[str, str]:
@@ -368,11 +373,14 @@ class FerryEngine(Replicator):
 
 
 def make_replicator(kind: str, stack: Stack, log_dir: Path, tuned: dict[str, Any]) -> Replicator:
-    """The one place that builds a replicator run by name: mm2-default, mm2-tuned or ferry."""
+    """The one place that builds a replicator run by name: mm2-default, mm2-tuned, ferry or ferry-decode (the
+    engine with batch forwarding off: every record decoded and re-encoded)."""
     if kind == "mm2-default":
         return MirrorMaker2(stack, log_dir, kind, None)
     if kind == "mm2-tuned":
         return MirrorMaker2(stack, log_dir, kind, tuned)
     if kind == "ferry":
         return FerryEngine(stack, log_dir, kind, tuned)
+    if kind == "ferry-decode":
+        return FerryEngine(stack, log_dir, kind, tuned, forward_batches=False)
     raise ValueError(f"unknown replicator {kind!r}")

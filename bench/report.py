@@ -40,7 +40,10 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
             return run.get("mb_per_s") if run.get("status") in ("ok", "partial") else None
 
         ferry, default, tuned = mbps("ferry"), mbps("mm2-default"), mbps("mm2-tuned")
+        decode = mbps("ferry-decode")
         out[profile] = {
+            "ferry_over_ferry_decode": _ratio(ferry, decode),
+            "ferry_decode_over_mm2_tuned": _ratio(decode, tuned),
             "ferry_over_mm2_default": _ratio(ferry, default),
             "ferry_over_mm2_tuned": _ratio(ferry, tuned),
             "ferry_over_limit": _ratio(ferry, limit),
@@ -76,7 +79,10 @@ def table(results: dict[str, Any]) -> str:
         )
         lines.append("|---|---|---:|---:|---:|---:|---:|---|---|")
         for profile, spec in profiles.items():
-            tag = f"{profile}: {spec['records']:,} x {spec['record_size']} B, {spec['partitions']} partitions"
+            tag = (
+                f"{profile}: {spec['records']:,} x {spec['record_size']} B, {spec['partitions']} partitions, "
+                f"source batches {spec.get('source_batch_bytes', 0) // 1024} KiB"
+            )
             limit = results.get("limit", {}).get(profile, {})
             cons = limit.get("consumer", {})
             lim = limit.get("limit_mb_per_s")
@@ -103,16 +109,17 @@ def table(results: dict[str, Any]) -> str:
         lines.append("")
         lines.append(
             "| profile | limit MB/s | Ferry / MM2 default | Ferry / MM2 tuned | Ferry / limit | MM2 default / limit "
-            "| MM2 tuned / limit |"
+            "| MM2 tuned / limit | Ferry / Ferry decoding | Ferry decoding / MM2 tuned |"
         )
-        lines.append("|---|---:|---:|---:|---:|---:|---:|")
+        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for profile in profiles:
             r = rat.get(profile, {})
             lim = results.get("limit", {}).get(profile, {}).get("limit_mb_per_s")
             lines.append(
                 f"| {profile} | {_f(lim)} | {_f(r.get('ferry_over_mm2_default'), 2)} "
                 f"| {_f(r.get('ferry_over_mm2_tuned'), 2)} | {_f(r.get('ferry_over_limit'), 2)} "
-                f"| {_f(r.get('mm2_default_over_limit'), 2)} | {_f(r.get('mm2_tuned_over_limit'), 2)} |"
+                f"| {_f(r.get('mm2_default_over_limit'), 2)} | {_f(r.get('mm2_tuned_over_limit'), 2)} "
+                f"| {_f(r.get('ferry_over_ferry_decode'), 2)} | {_f(r.get('ferry_decode_over_mm2_tuned'), 2)} |"
             )
         lines.append("")
         lines.append(
@@ -181,7 +188,7 @@ def table(results: dict[str, Any]) -> str:
     if prof.get("status") == "ok":
         run = prof.get("run", {})
         lines.append(
-            f"### Profile: py-spy on Ferry during a separate catch-up of profile A ({prof.get('samples')} samples, "
+            f"### Profile: py-spy on Ferry during a separate catch-up of profile B ({prof.get('samples')} samples, "
             f"{_f(run.get('mb_per_s'))} MB/s under the profiler)"
         )
         lines.append("")

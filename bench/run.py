@@ -59,10 +59,14 @@ from bench.replicators import (
 )
 
 STEPS = ("limit", "throughput", "latency", "control", "scale", "profile")
-REPLICATORS = ("mm2-default", "mm2-tuned", "ferry")
+REPLICATORS = ("mm2-default", "mm2-tuned", "ferry", "ferry-decode")
+# source_batch_bytes: the batch.size the source topic is written with. A and B as an application's producer
+# writes with Kafka's defaults (16 KiB batches); C as a producer tuned for throughput (512 KiB). Ferry forwards
+# source batches as they are, so its figure depends on them; MirrorMaker 2 re-batches every record.
 BASE_PROFILES: dict[str, dict[str, int]] = {
-    "A": {"records": 1_000_000, "record_size": 1024, "partitions": 8},
-    "B": {"records": 5_000_000, "record_size": 100, "partitions": 8},
+    "A": {"records": 1_000_000, "record_size": 1024, "partitions": 8, "source_batch_bytes": 16384},
+    "B": {"records": 5_000_000, "record_size": 100, "partitions": 8, "source_batch_bytes": 16384},
+    "C": {"records": 5_000_000, "record_size": 100, "partitions": 8, "source_batch_bytes": 512 * 1024},
 }
 QUICK_SCALE = 0.05
 
@@ -72,7 +76,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help=f"small run for development (scale {QUICK_SCALE})")
     parser.add_argument("--scale", type=float, default=None, help="multiply profile record counts and latency rate")
     parser.add_argument("--only", default=",".join(STEPS), help=f"comma list of steps: {','.join(STEPS)}")
-    parser.add_argument("--profiles", default="A,B", help="comma list of throughput profiles (A, B)")
+    parser.add_argument("--profiles", default="A,B,C", help="comma list of throughput profiles (A, B, C)")
     parser.add_argument("--replicators", default=",".join(REPLICATORS), help="comma list: " + ",".join(REPLICATORS))
     parser.add_argument("--latency-rate-mb", type=float, default=5.0, help="produce rate in MB/s before --scale")
     parser.add_argument("--latency-seconds", type=float, default=None, help="default 60 (quick: 15)")
@@ -143,6 +147,16 @@ def limit_producer_configs(tuned: dict[str, Any]) -> dict[str, dict[str, str]]:
     }
 
 
+def preload_props(profile: dict[str, int]) -> dict[str, str]:
+    """How the source topic is written: the Java producer's defaults but for the profile's batch size."""
+    return {
+        "acks": "all",
+        "batch.size": str(profile["source_batch_bytes"]),
+        "linger.ms": "5",
+        "compression.type": "none",
+    }
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace, stack: Stack) -> None:
         self.args = args
@@ -182,7 +196,7 @@ class Bench:
                 "tuned_as_java_producer": java_producer_props(self.tuned),
                 "tuned_as_java_consumer": java_consumer_props(self.tuned),
                 "profiles": self.profiles,
-                "preload_producer_props": java_producer_props(self.tuned),
+                "preload_producer_props": {name: preload_props(spec) for name, spec in self.profiles.items()},
                 "rounds": args.repeat,
                 "catch_up": {
                     "measure": "poll of summed target end offsets every 0.1 s; "
@@ -278,7 +292,7 @@ class Bench:
                 topic=topic,
                 records=records,
                 record_size=size,
-                props=java_producer_props(self.tuned),
+                props=preload_props(spec),
                 log=self.log_dir / f"preload-{name}.log",
             )
             on_source = await source.total(topic, parts)
@@ -469,7 +483,7 @@ class Bench:
                 self.skip(f"control plane {key}", entry["reason"])
 
     async def py_spy(self, source: Cluster, target: Cluster) -> None:
-        """A py-spy profile of the Ferry engine during a catch-up of profile A (a separate, extra run)."""
+        """A py-spy profile of the Ferry engine during a catch-up of profile B (a separate, extra run)."""
         rep = make_replicator("ferry", self.stack, self.log_dir, self.tuned)
         assert isinstance(rep, FerryEngine)
         reason = rep.unavailable()
@@ -480,7 +494,8 @@ class Bench:
             self.skip("profile (py-spy of Ferry at full throughput)", reason)
             self.results["profile"] = {"status": "skipped", "reason": reason}
             return
-        spec = dict(BASE_PROFILES["A"])
+        # Small records written with default batching: where Ferry's per-record costs would show most.
+        spec = dict(BASE_PROFILES["B"])
         spec["records"] = max(1000, round(spec["records"] * self.args.scale))
         topic = f"bench-prof-{self.token}-{secrets.token_hex(3)}"
         await source.create_topic(topic, spec["partitions"])
@@ -493,7 +508,7 @@ class Bench:
                 topic=topic,
                 records=spec["records"],
                 record_size=spec["record_size"],
-                props=java_producer_props(self.tuned),
+                props=preload_props(spec),
                 log=self.log_dir / "preload-profile.log",
             )
             raw = self.log_dir / f"py-spy-{rep.token}.txt"
