@@ -745,6 +745,22 @@ def _log_size(path: Path) -> int:
         return 0
 
 
+def celery_worker_argv(hostname: str, *extra: str, loglevel: str = "INFO") -> list[str]:
+    """A fleet worker: Celery with this checkout's app (the one command line the stack, tests and bench use)."""
+    return [
+        sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
+        "--loglevel", loglevel, "--hostname", hostname, *extra,
+    ]  # fmt: skip
+
+
+def celery_beat_argv(schedule: Path, pidfile: Path | None, *, loglevel: str = "INFO") -> list[str]:
+    """Celery beat, which triggers the fleet's periodic reconcile; no pid file when ``pidfile`` is None."""
+    return [
+        sys.executable, "-m", "celery", "-A", "workers.celery_app", "beat",
+        "--loglevel", loglevel, "--schedule", str(schedule), "--pidfile", "" if pidfile is None else str(pidfile),
+    ]  # fmt: skip
+
+
 class FerryProcess:
     """The API, the Celery worker or beat: a child process running this checkout's code."""
 
@@ -770,34 +786,8 @@ class FerryProcess:
                 "--no-access-log",
             ]
         if self.name == "worker":
-            return [
-                py,
-                "-m",
-                "celery",
-                "-A",
-                "workers.celery_app",
-                "worker",
-                "--loglevel",
-                "INFO",
-                "--hostname",
-                f"ferry-worker-{self.cfg.api_port}@%h",
-                "--concurrency",
-                "2",
-            ]
-        return [
-            py,
-            "-m",
-            "celery",
-            "-A",
-            "workers.celery_app",
-            "beat",
-            "--loglevel",
-            "INFO",
-            "--schedule",
-            str(self.cfg.run_dir / "celerybeat-schedule"),
-            "--pidfile",
-            str(self.cfg.run_dir / "celerybeat.pid"),
-        ]
+            return celery_worker_argv(f"ferry-worker-{self.cfg.api_port}@%h", "--concurrency", "2")
+        return celery_beat_argv(self.cfg.run_dir / "celerybeat-schedule", self.cfg.run_dir / "celerybeat.pid")
 
     def marker(self) -> str:
         """A piece of the command line unique to this stack, so a recycled pid is never taken for ours."""

@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -25,6 +24,7 @@ from redis import Redis
 from sqlalchemy import Engine, text
 
 from api.app import create_app
+from dev.stack import celery_beat_argv, celery_worker_argv
 from models.db import make_sync_engine
 from models.settings import FerrySettings
 from tests.api.conftest import RunningServer, kafka_client
@@ -94,42 +94,11 @@ class Fleet:
         return proc
 
     def start_worker(self, name: str) -> subprocess.Popen[bytes]:
-        return self._spawn(
-            name,
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "workers.celery_app",
-                "worker",
-                "--loglevel",
-                "INFO",
-                "--hostname",
-                f"{name}-{uuid.uuid4().hex[:6]}@%h",
-                "--without-gossip",
-                "--without-mingle",
-            ],
-        )
+        hostname = f"{name}-{uuid.uuid4().hex[:6]}@%h"
+        return self._spawn(name, celery_worker_argv(hostname, "--without-gossip", "--without-mingle"))
 
     def start_beat(self) -> subprocess.Popen[bytes]:
-        return self._spawn(
-            "beat",
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "workers.celery_app",
-                "beat",
-                "--loglevel",
-                "WARNING",
-                "--schedule",
-                str(self.logs / "celerybeat-schedule"),
-                "--pidfile",
-                "",
-            ],
-        )
+        return self._spawn("beat", celery_beat_argv(self.logs / "celerybeat-schedule", None, loglevel="WARNING"))
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         proc = self.processes[name]
