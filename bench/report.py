@@ -161,12 +161,41 @@ def table(results: dict[str, Any]) -> str:
                 f"| {_status(entry)} |"
             )
         lines.append("")
+    fleet = results.get("fleet_scale", {})
+    if any(isinstance(v, dict) for v in fleet.values()):
+        spec = results.get("settings", {}).get("fleet_scale", {})
+        lines.append(
+            f"### Scale: one fleet worker (Celery) at {_f(spec.get('rate_mb_per_s'), 2)} MB/s over N partitions"
+        )
+        lines.append("")
+        lines.append(
+            "| partitions | RSS MiB after the load | RSS MiB idle worker | worker cores | create to all partitions "
+            "leased (s) | status |"
+        )
+        lines.append("|---:|---:|---:|---:|---:|---|")
+        for count, entry in fleet.items():
+            if not isinstance(entry, dict):
+                continue
+            rss = entry.get("memory_kib", {}).get("VmRSS")
+            idle = entry.get("memory_kib_idle_worker", {}).get("VmRSS")
+            lines.append(
+                f"| {count} | {_f(rss / 1024 if rss else None)} | {_f(idle / 1024 if idle else None)} "
+                f"| {_f(entry.get('worker_cores'), 2)} | {_f(entry.get('create_to_all_partitions_owned_s'))} "
+                f"| {_status(entry)} |"
+            )
+        if fleet.get("memory_kib_per_partition") is not None:
+            lines.append("")
+            lines.append(
+                f"Memory: {fleet['memory_kib_per_partition']:.0f} KiB per replicated partition (RSS difference "
+                f"between the two counts); an idle worker holds {fleet['memory_mib_idle_worker']} MiB."
+            )
+        lines.append("")
     scale = results.get("partitions_scale", {})
     if any(isinstance(v, dict) for v in scale.values()):
         spec = results.get("settings", {}).get("partitions_scale", {})
         lines.append(
             f"### Scale: one Ferry engine process at {_f(spec.get('rate_mb_per_s'), 2)} MB/s over N partitions "
-            "(not yet the fleet worker)"
+            "(the copier without Celery or the fleet)"
         )
         lines.append("")
         lines.append("| partitions | RSS MiB | engine cores | status |")
@@ -230,6 +259,7 @@ def ran_summary(results: dict[str, Any]) -> list[str]:
         api = next((v.get("api") for v in cp.values() if isinstance(v, dict) and v.get("api")), None)
         lines.append(f"- control plane: {statuses(cp)}" + (f" (against {api})" if api else ""))
     if "scale" in steps:
+        lines.append(f"- scale (fleet worker): {statuses(results.get('fleet_scale', {}))}")
         lines.append(f"- scale (one engine process): {statuses(results.get('partitions_scale', {}))}")
     if "profile" in steps:
         lines.append(f"- profile: {results.get('profile', {}).get('status', '-')}")

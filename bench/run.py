@@ -5,7 +5,8 @@ Steps (each can be chosen with --only):
   throughput  catch-up of a preloaded source topic by MM2 default, MM2 tuned and Ferry (per profile)
   latency     end-to-end latency at a fixed produce rate, MM2 tuned and Ferry
   control     ListReplicators / DescribeReplicator latency at 100 req/s and create-to-RUNNING (needs the API)
-  scale       worker CPU/memory at 100 and 1,000 partitions (needs the worker fleet: skipped for now)
+  scale       fleet-worker CPU/memory at 100 and 1,000 partitions (a private control plane and worker), and
+              one engine process at the same counts
   profile     py-spy profile of Ferry at full throughput (needs the engine and py-spy)
 
 Writes bench/results/<UTC time>-<mode>.json (rewritten after every step, so a failed run keeps what it
@@ -46,6 +47,7 @@ from bench.common import (
     versions,
 )
 from bench.control_plane import control_plane
+from bench.fleet import fleet_worker_scale
 from bench.kafka import Cluster, consumer_perf, producer_perf
 from bench.measure import catch_up, latency, partitions_scale
 from bench.replicators import (
@@ -258,14 +260,8 @@ class Bench:
         if "control" in self.args.only:
             await self.timed("control", self.control())
         if "scale" in self.args.only:
-            self.skip(
-                "scale: fleet worker CPU and memory at 100 and 1,000 partitions",
-                "the stack's fleet workers (Celery) are shared: other engineers' replicators run in the same "
-                "processes, so their CPU and memory cannot be attributed to the benchmark's partitions, and the "
-                "harness does not start or restart fleet services on a shared stack. Measured instead: one "
-                "Ferry engine process (the copier code the fleet runs) at those partition counts",
-            )
             async with Cluster("source", self.stack.source) as source, Cluster("target", self.stack.target) as target:
+                await self.timed("fleet scale", self.fleet_scale(source, target))
                 await self.timed("scale", self.scale(source, target))
         self.save()
 
@@ -420,6 +416,38 @@ class Bench:
             finally:
                 await self.cleanup(rep, source, target)
             self.save()
+
+    async def fleet_scale(self, source: Cluster, target: Cluster) -> None:
+        counts = (10, 100) if self.args.quick else (100, 1000)
+        spec: dict[str, Any] = {
+            "partition_counts": list(counts),
+            "rate_mb_per_s": 2.0 * self.args.scale if self.args.quick else 2.0,
+            "record_size": 1024,
+            "seconds": 10.0 if self.args.quick else 20.0,
+            "what": "a private control plane (own database, Celery queue, Redis database; this checkout's API and "
+            "beat) and one fresh fleet worker (Celery) per count, replicating one topic of N partitions created "
+            "through the API with boto3 while ProducerPerformance writes at a fixed rate; the worker's CPU over "
+            "the load, its RSS idle before the replicator and after the load",
+        }
+        self.results["settings"]["fleet_scale"] = spec
+        out = await fleet_worker_scale(
+            stack=self.stack,
+            source=source,
+            target=target,
+            counts=counts,
+            record_size=spec["record_size"],
+            rate_bytes_per_s=spec["rate_mb_per_s"] * MB,
+            seconds=spec["seconds"],
+            log_dir=self.log_dir,
+        )
+        self.results["fleet_scale"] = out
+        low, high = (out.get(str(c), {}) for c in counts)
+        if low.get("status") == "ok" and high.get("status") == "ok":
+            per_partition = (high["memory_kib"]["VmRSS"] - low["memory_kib"]["VmRSS"]) / (counts[1] - counts[0])
+            idle = statistics.mean(e["memory_kib_idle_worker"]["VmRSS"] for e in (low, high))
+            out["memory_kib_per_partition"] = round(per_partition, 1)
+            out["memory_mib_idle_worker"] = round(idle / 1024, 1)
+            say(f"  fleet worker memory: {per_partition:.0f} KiB per partition; idle worker {idle / 1024:.0f} MiB")
 
     async def scale(self, source: Cluster, target: Cluster) -> None:
         counts = (10, 100) if self.args.quick else (100, 1000)

@@ -1,0 +1,250 @@
+"""Fleet-worker CPU and memory at N replicated partitions.
+
+The stack's own workers are shared (other engineers' replicators run in them), so this step brings up a
+private control plane: its own PostgreSQL database, Celery queue and Redis database, this checkout's API on a
+free port and Celery beat, and one fleet worker per measurement, started fresh so its memory holds nothing but
+the benchmark's replicator. The replicator is created through the API with boto3, as a user would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from bench.common import MB, BenchError, CpuWindow, Stack, memory_kib, say, spawn, stop_process, wait_until
+from bench.control_plane import _client, start_private_api
+from bench.kafka import Cluster, producer_perf
+from bench.measure import TargetWatch
+from dev.stack import StackConfig, celery_beat_argv, celery_worker_argv, migrate
+
+
+class PrivateFleet:
+    def __init__(self, log_dir: Path, token: str) -> None:
+        self.log_dir = log_dir
+        self.cfg = StackConfig()
+        self.database = f"ferry_bench_{token}"
+        self.database_url = self.cfg.database_url.rsplit("/", 1)[0] + f"/{self.database}"
+        self.env = self.cfg.app_env()
+        self.env.update(
+            FERRY_DATABASE_URL=self.database_url,
+            FERRY_REDIS_URL=self.cfg.redis_url.rsplit("/", 1)[0] + "/3",
+            FERRY_CELERY_QUEUE=f"bench-{token}",
+        )
+        self.api: str | None = None
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+
+    def _admin_dsn(self) -> str:
+        return self.cfg.database_url.replace("postgresql+psycopg://", "postgresql://")
+
+    def start(self) -> None:
+        with psycopg.connect(self._admin_dsn(), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{self.database}"')
+        migrate(self.database_url)
+        self.api, self.processes["api"] = start_private_api(self.log_dir / "fleet-api.log", env=self.env)
+        self.processes["beat"] = spawn(
+            celery_beat_argv(self.log_dir / "fleet-celerybeat-schedule", None, loglevel="WARNING"),
+            self.log_dir / "fleet-beat.log",
+            env=self.env,
+        )
+
+    def start_worker(self, name: str) -> subprocess.Popen[bytes]:
+        proc = spawn(
+            celery_worker_argv(f"{name}@%h", "--without-gossip", "--without-mingle", loglevel="WARNING"),
+            self.log_dir / f"{name}.log",
+            env=self.env,
+        )
+        self.processes[name] = proc
+        return proc
+
+    def query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        with psycopg.connect(self.database_url.replace("postgresql+psycopg://", "postgresql://")) as conn:
+            return conn.execute(sql, params).fetchall()
+
+    async def stop(self) -> None:
+        for name, proc in reversed(list(self.processes.items())):
+            await stop_process(proc, name)
+        with psycopg.connect(self._admin_dsn(), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+
+
+def _create_replicator(client: Any, stack: Stack, name: str, topic: str) -> tuple[str, str]:
+    response = client.create_replicator(
+        ReplicatorName=name,
+        ServiceExecutionRoleArn="arn:aws:iam::000000000000:role/ferry-bench",
+        KafkaClusters=[
+            {"ApacheKafkaCluster": {"ApacheKafkaClusterId": "bench-source", "BootstrapBrokerString": stack.source}},
+            {"ApacheKafkaCluster": {"ApacheKafkaClusterId": "bench-target", "BootstrapBrokerString": stack.target}},
+        ],
+        ReplicationInfoList=[
+            {
+                "SourceKafkaClusterId": "bench-source",
+                "TargetKafkaClusterId": "bench-target",
+                "TargetCompressionType": "NONE",
+                "TopicReplication": {
+                    "TopicsToReplicate": [f"^{re.escape(topic)}$"],
+                    "StartingPosition": {"Type": "EARLIEST"},
+                },
+                "ConsumerGroupReplication": {"ConsumerGroupsToReplicate": [f"^ferry-bench-none-{name}$"]},
+            }
+        ],
+    )
+    arn = str(response["ReplicatorArn"])
+    info = client.describe_replicator(ReplicatorArn=arn)["ReplicationInfoList"][0]
+    return arn, f"{info['SourceKafkaClusterAlias']}.{topic}"
+
+
+async def fleet_worker_scale(
+    *,
+    stack: Stack,
+    source: Cluster,
+    target: Cluster,
+    counts: tuple[int, ...],
+    record_size: int,
+    rate_bytes_per_s: float,
+    seconds: float,
+    log_dir: Path,
+    startup_limit_s: float = 300.0,
+) -> dict[str, Any]:
+    """Per partition count: a fresh fleet worker's RSS idle, then with one replicator of that many partitions
+    running under a fixed produce rate (CPU over the load, RSS after it)."""
+    token = secrets.token_hex(4)
+    fleet = PrivateFleet(log_dir, token)
+    out: dict[str, Any] = {}
+    await asyncio.to_thread(fleet.start)
+    try:
+        assert fleet.api is not None
+        client = _client(fleet.api)
+        for count in counts:
+            say(f"-- fleet worker on {count} partitions")
+            out[str(count)] = await _one_count(
+                fleet, client, stack, source, target, count, record_size, rate_bytes_per_s, seconds, log_dir,
+                startup_limit_s, token,
+            )  # fmt: skip
+    finally:
+        await fleet.stop()
+    return out
+
+
+async def _one_count(  # noqa: PLR0917 - one measurement's parameters, passed straight through
+    fleet: PrivateFleet,
+    client: Any,
+    stack: Stack,
+    source: Cluster,
+    target: Cluster,
+    count: int,
+    record_size: int,
+    rate_bytes_per_s: float,
+    seconds: float,
+    log_dir: Path,
+    startup_limit_s: float,
+    token: str,
+) -> dict[str, Any]:
+    records_per_s = max(1, round(rate_bytes_per_s / record_size))
+    total = records_per_s * round(seconds)
+    result: dict[str, Any] = {
+        "partitions": count,
+        "record_size": record_size,
+        "rate_mb_per_s": rate_bytes_per_s / MB,
+        "seconds": seconds,
+        "records": total,
+    }
+    name = f"bench-fleet-{count}-{token}"
+    topic = f"bench-fleet-{count}-{token}"
+    worker = fleet.start_worker(name)
+    log = log_dir / f"{name}.log"
+    arn: str | None = None
+    watch: TargetWatch | None = None
+    try:
+
+        async def registered() -> bool:
+            return bool(fleet.query("SELECT 1 FROM fleet_workers WHERE pid = %s", worker.pid))
+
+        await wait_until(f"{name} registered", registered, 120.0, proc=worker, log=log)
+        result["memory_kib_idle_worker"] = memory_kib(worker.pid)
+        await source.create_topic(topic, count)
+        arn, target_topic = await asyncio.to_thread(_create_replicator, client, stack, name, topic)
+        watch = TargetWatch(target, target_topic)
+
+        async def all_partitions_owned() -> bool:
+            rows = fleet.query(
+                "SELECT count(*) FROM fleet_units u JOIN replicators r ON r.id = u.replicator_id "
+                "WHERE r.arn = %s AND u.partition >= 0 AND u.owner_worker IS NOT NULL AND u.lease_expires_at > now()",
+                arn,
+            )
+            return bool(rows) and int(rows[0][0]) >= count
+
+        started = asyncio.get_running_loop().time()
+        await wait_until(
+            f"{name}: {count} partitions leased to the worker",
+            all_partitions_owned,
+            startup_limit_s,
+            interval=0.5,
+            progress=lambda: "",
+            proc=worker,
+            log=log,
+        )
+        result["create_to_all_partitions_owned_s"] = round(asyncio.get_running_loop().time() - started, 2)
+        result["memory_kib_running_idle"] = memory_kib(worker.pid)
+        window = CpuWindow(worker.pid)
+        await producer_perf(
+            stack.kafka_lib,
+            bootstrap=stack.source,
+            topic=topic,
+            records=total,
+            record_size=record_size,
+            props={"acks": "all", "linger.ms": "5", "compression.type": "none"},
+            log=log_dir / f"fleet-load-{count}-{token}.log",
+            throughput=records_per_s,
+            limit_s=seconds + 120,
+        )
+
+        async def caught_up() -> bool:
+            assert watch is not None
+            return await watch.poll() >= total
+
+        await wait_until(
+            f"{name}: {total:,} records on {count} partitions",
+            caught_up,
+            120.0,
+            interval=0.2,
+            progress=lambda: f"| {watch.count if watch else 0:,}/{total:,}",
+            proc=worker,
+            log=log,
+        )
+        cpu = window.finish()
+        result["cpu_during_load"] = cpu
+        result["worker_cores"] = cpu.get("replicator_cores")
+        result["memory_kib"] = memory_kib(worker.pid)
+        result["status"] = "ok"
+        say(
+            f"  fleet worker on {count} partitions: RSS {result['memory_kib'].get('VmRSS', 0) / 1024:.0f} MiB "
+            f"(idle worker {result['memory_kib_idle_worker'].get('VmRSS', 0) / 1024:.0f} MiB), "
+            f"{result['worker_cores']} cores at {rate_bytes_per_s / MB:.2f} MB/s"
+        )
+    except BenchError as exc:
+        result.update(status="failed", reason=str(exc))
+        say(f"  fleet worker on {count} partitions: FAILED: {str(exc).splitlines()[0]}")
+    finally:
+        if watch is not None:
+            await watch.close()
+        if arn is not None:
+            await asyncio.to_thread(client.delete_replicator, ReplicatorArn=arn)
+
+            async def deleted() -> bool:
+                return not fleet.query("SELECT 1 FROM replicators WHERE arn = %s", arn)
+
+            try:
+                await wait_until(f"{name} deleted", deleted, 120.0, proc=worker, log=log)
+            except BenchError as exc:
+                say(f"  warning: {exc}")
+        await stop_process(worker, name)
+        fleet.processes.pop(name, None)
+        await source.delete_topics([topic])
+        await target.delete_matching(topic)
+    return result
