@@ -705,6 +705,9 @@ class PartitionCopier:
             out.append((builder, _Pending(_resolved_future(), position, count, size, first_ts, offsets)))
         elif out:
             out[-1][1].next_source_offset = position
+        for complete, _ in out:
+            # Nothing is appended to a batch after this: a closed batch is sent without waiting out linger_ms.
+            complete.close()
         return out
 
     # ------------------------------------------------------------------ at-least-once
