@@ -30,7 +30,9 @@ TUNED: dict[str, Any] = {
     # aiokafka's Sender keeps at most one produce request in flight per broker connection
     "max_in_flight_requests_per_connection": 1,
     "batch_size_bytes": 512 * 1024,
-    "linger_ms": 5,
+    # Ferry closes every data batch it hands to its producer (each poll's records are complete), so its data
+    # never waits for linger; CopierOptions.producer_linger_ms applies only to its progress records.
+    "linger_ms": 0,
     "max_request_size_bytes": 16 * 1024 * 1024,
     "compression": "none",
     "parallelism": 1,  # MM2 tasks.max = Ferry engine processes
@@ -54,7 +56,6 @@ def tuned_settings() -> tuple[dict[str, Any], str]:
     options = CopierOptions()
     mapping = {
         "batch_size_bytes": "producer_batch_bytes",
-        "linger_ms": "producer_linger_ms",
         "max_request_size_bytes": "producer_max_request_bytes",
         "fetch_max_bytes": "fetch_max_bytes",
         "max_partition_fetch_bytes": "max_partition_fetch_bytes",
