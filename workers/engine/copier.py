@@ -256,12 +256,11 @@ class PartitionCopier:
         self._source_cluster_id = (await self._cluster_id(self.source)).encode()
         self._target_cluster_id = (await self._cluster_id(self.target)).encode()
         await self._store.ensure_topic()
-        forward: forwarding.ForwardBatches | None = None
-        if self.forwards_batches:
-            forwarding.install()
-            forward = forwarding.ForwardBatches(
-                self.spec.target_compression.batch_attribute, min_batch_bytes=self.options.forward_min_batch_bytes
-            )
+        forwarding.install()
+        forward = forwarding.ForwardBatches(
+            self.spec.target_compression.batch_attribute,
+            min_batch_bytes=self.options.forward_min_batch_bytes if self.forwards_batches else forwarding.NEVER,
+        )
         self._consumer = AIOKafkaConsumer(
             **client_kwargs(self.source, "copier-consumer"),
             key_deserializer=forward,
@@ -639,7 +638,7 @@ class PartitionCopier:
         """Producer batches for one partition's records; the last one carries ``position`` as the next offset
         (it may lie past the last record, e.g. after a transaction marker).
 
-        ``records`` holds ``ConsumerRecord`` objects and, when the copier forwards batches, ``RawBatch`` items:
+        ``records`` holds aiokafka's decoded records and, when the copier forwards batches, ``RawBatch`` items:
         each of those becomes a producer batch of its own, in order with the records around it.
         """
         producer = self._producer
@@ -696,7 +695,7 @@ class PartitionCopier:
             if count == 0:
                 first_ts = record.timestamp
             count += 1
-            size += max(record.serialized_key_size, 0) + max(record.serialized_value_size, 0)
+            size += (0 if record.key is None else len(record.key)) + (0 if record.value is None else len(record.value))
             last_offset = record.offset
             if keep_offsets:
                 offsets.append(record.offset)

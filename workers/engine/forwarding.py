@@ -15,8 +15,10 @@ A batch is forwarded only when it is a plain data batch the target must hold unc
 * at most 1 MiB (Kafka's default max.message.bytes), so it fits a target topic whose configuration differs;
 * wholly at or after the fetch position (a batch the copy stands in the middle of is decoded from there).
 
-Every other batch is decoded and yields ordinary ``ConsumerRecord`` objects, exactly as aiokafka would.
-Loop prevention in IDENTICAL naming reads and stamps a header on every record, so that mode never forwards.
+Every other batch is decoded into aiokafka's C record objects (offset, timestamp, key, value, headers), not
+into ``ConsumerRecord`` objects, which cost more to build than the decoding itself. Loop prevention in IDENTICAL
+naming reads and stamps a header on every record, so that mode never forwards (``NEVER``) but decodes the same
+way.
 
 aiokafka has no public hook for raw batches: ``install()`` wraps two names in its fetcher module. The wrap
 changes nothing for other consumers in the process; only a consumer whose ``key_deserializer`` is a
@@ -49,6 +51,7 @@ MAX_FORWARDED_BATCH_BYTES = 1024 * 1024
 # forwarding small batches makes small requests: 16 KiB source batches (the Java producer's default batch.size)
 # copied at a third of the speed of re-batching them into 512 KiB producer batches (docs/performance.md).
 MIN_FORWARDED_BATCH_BYTES = 64 * 1024
+NEVER = 1 << 62  # a min_batch_bytes no batch reaches: every record decoded
 
 _HEAD = struct.Struct(">qiibIhiqqqhii")  # the whole 61-byte header
 _PRODUCER = struct.Struct(">qhi")
@@ -65,10 +68,8 @@ _DELETE_HORIZON = 0x40
 
 
 class ForwardBatches:
-    """Passed as a consumer's ``key_deserializer`` to make its fetches yield ``RawBatch`` items where possible.
-
-    Records that are not forwarded are returned undeserialized, as with no deserializer.
-    """
+    """Passed as a consumer's ``key_deserializer`` to make its fetches yield ``RawBatch`` items where possible
+    and aiokafka's C records (``DefaultRecord``: offset, timestamp, key, value, headers) for everything else."""
 
     def __init__(
         self,
@@ -174,7 +175,7 @@ _original_partition_records: Any = aiokafka_fetcher.PartitionRecords
 
 class ForwardingPartitionRecords(_original_partition_records):  # type: ignore[misc]
     """aiokafka's per-partition fetch iterator, yielding a ``RawBatch`` for every batch that can be forwarded
-    and ``ConsumerRecord`` objects for the records of every other batch."""
+    and ``DefaultRecord`` objects for the records of every other batch."""
 
     def __init__(
         self, tp: Any, records: _RawRecords, aborted: Any, fetch_offset: int, forward: ForwardBatches, *rest: Any
@@ -247,9 +248,9 @@ class ForwardingPartitionRecords(_original_partition_records):  # type: ignore[m
             for record in DefaultRecordBatch(bytes(buffer)):
                 if record.offset < self.next_fetch_offset:
                     continue
-                consumer_record = self._consumer_record(self._tp, record)
                 self.next_fetch_offset = record.offset + 1
-                yield consumer_record
+                # The C record as it is: building a ConsumerRecord per record cost more than decoding it.
+                yield record
             self.next_fetch_offset = next_offset
 
 
