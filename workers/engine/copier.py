@@ -641,24 +641,33 @@ class PartitionCopier:
         ``records`` holds aiokafka's decoded records and, when the copier forwards batches, ``RawBatch`` items:
         each of those becomes a producer batch of its own, in order with the records around it.
         """
-        producer = self._producer
         identical = self.spec.topic_naming is TopicNaming.IDENTICAL
         transactional = self.transactional_id is not None
+        codec = self.spec.target_compression.batch_attribute
+        batch_bytes = self.options.producer_batch_bytes
         loop_origin = self._target_cluster_id
         stamp = (PROVENANCE_HEADER, self._source_cluster_id)
         keep_offsets = self._sink is not None
+        raw_batch = forwarding.RawBatch
         out: list[tuple[Any, _Pending]] = []
-        builder = None
-        count = size = 0
+        builder: forwarding.RecordBatchBuilder | None = None
+        append: Any = None
+        count = 0
         first_ts = 0
         offsets: list[int] = []
         last_offset = -1
         filtered = 0
+
+        def finish(next_offset: int) -> None:
+            assert builder is not None
+            builder.records = count
+            out.append((builder, _Pending(_resolved_future(), next_offset, count, builder.size(), first_ts, offsets)))
+
         for record in records:
-            if isinstance(record, forwarding.RawBatch):
+            if type(record) is raw_batch:
                 if count:
-                    out.append((builder, _Pending(_resolved_future(), last_offset + 1, count, size, first_ts, offsets)))
-                    builder, count, size, offsets = None, 0, 0, []
+                    finish(last_offset + 1)
+                    builder, count, offsets = None, 0, []
                 last_offset = record.next_offset - 1
                 forwarded = forwarding.ForwardedBuilder(record, transactional=transactional)
                 source_offsets = range(record.base_offset, record.next_offset) if keep_offsets else None
@@ -672,7 +681,7 @@ class PartitionCopier:
                 )
                 out.append((forwarded, pending))
                 continue
-            headers = list(record.headers) if record.headers else []
+            headers = record.headers
             if identical:
                 origin = None
                 for name, value in headers:
@@ -683,30 +692,31 @@ class PartitionCopier:
                     filtered += 1
                     continue
                 if origin is None:
-                    headers.append(stamp)
+                    headers = [*headers, stamp]
             if builder is None:
-                builder = producer.create_batch()
-            if builder.append(timestamp=record.timestamp, key=record.key, value=record.value, headers=headers) is None:
-                out.append((builder, _Pending(_resolved_future(), last_offset + 1, count, size, first_ts, offsets)))
-                builder = producer.create_batch()
-                count = size = 0
+                builder = forwarding.RecordBatchBuilder(codec, batch_bytes, transactional=transactional)
+                append = builder.append
+            if append(count, record.timestamp, record.key, record.value, headers) is None:
+                # Full (the first record of a batch is always taken, whatever its size).
+                finish(last_offset + 1)
+                builder = forwarding.RecordBatchBuilder(codec, batch_bytes, transactional=transactional)
+                append = builder.append
+                count = 0
                 offsets = []
-                builder.append(timestamp=record.timestamp, key=record.key, value=record.value, headers=headers)
+                append(0, record.timestamp, record.key, record.value, headers)
             if count == 0:
                 first_ts = record.timestamp
             count += 1
-            size += (0 if record.key is None else len(record.key)) + (0 if record.value is None else len(record.value))
             last_offset = record.offset
             if keep_offsets:
                 offsets.append(record.offset)
         state.metrics.records_filtered += filtered
         if count:
-            out.append((builder, _Pending(_resolved_future(), position, count, size, first_ts, offsets)))
+            finish(position)
         elif out:
             out[-1][1].next_source_offset = position
-        for complete, _ in out:
-            # Nothing is appended to a batch after this: a closed batch is sent without waiting out linger_ms.
-            complete.close()
+        # Every batch handed over is complete (closed() is True), so the producer sends it without waiting for
+        # linger_ms.
         return out
 
     # ------------------------------------------------------------------ at-least-once

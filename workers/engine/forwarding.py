@@ -35,7 +35,7 @@ import aiokafka.consumer.fetcher as aiokafka_fetcher
 from aiokafka.errors import CorruptRecordException, KafkaError
 from aiokafka.record._crecords.cutil import crc32c_cython
 from aiokafka.record.control_record import ABORT_MARKER, ControlRecord
-from aiokafka.record.default_records import DefaultRecordBatch
+from aiokafka.record.default_records import DefaultRecordBatch, DefaultRecordBatchBuilder
 
 # Offsets in a v2 record batch header (KIP-98).
 _LENGTH_END = 12  # baseOffset int64, batchLength int32: batchLength counts the bytes after this point
@@ -147,6 +147,48 @@ class ForwardedBuilder:
             # The CRC covers everything from the attributes on, producer state included.
             _CRC_FIELD.pack_into(self._buffer, _CRC, crc32c_cython(memoryview(self._buffer)[_ATTRIBUTES:]))
             self._built = True
+        return self._buffer
+
+
+class RecordBatchBuilder:
+    """Stands in for aiokafka's ``BatchBuilder`` for decoded records. The copier appends through ``append``,
+    aiokafka's C builder method itself (``append(relative_offset, timestamp, key, value, headers)``, None when
+    full), counting the records itself; ``BatchBuilder.append`` cost more per record than the encoding."""
+
+    __slots__ = ("_buffer", "_builder", "append", "records")
+
+    def __init__(self, codec: int, batch_bytes: int, *, transactional: bool) -> None:
+        self._builder = DefaultRecordBatchBuilder(
+            2,
+            codec,
+            is_transactional=int(transactional),
+            producer_id=-1,
+            producer_epoch=-1,
+            base_sequence=0,
+            batch_size=batch_bytes,
+        )
+        self.append = self._builder.append
+        self.records = 0
+        self._buffer: bytearray | None = None
+
+    def close(self) -> None:
+        pass
+
+    def closed(self) -> bool:
+        return True
+
+    def size(self) -> int:
+        return len(self._buffer) if self._buffer is not None else int(self._builder.size())
+
+    def record_count(self) -> int:
+        return self.records
+
+    def _set_producer_state(self, producer_id: int, producer_epoch: int, base_sequence: int) -> None:
+        self._builder.set_producer_state(producer_id, producer_epoch, base_sequence)
+
+    def _build(self) -> bytearray:
+        if self._buffer is None:
+            self._buffer = self._builder.build()
         return self._buffer
 
 
