@@ -167,6 +167,7 @@ def spec_for(unique: str, topics: Iterable[str], **overrides: Any) -> Replicatio
             "topicsToReplicate": list(topics),
             "topicsToExclude": overrides.pop("exclude", []),
             "copyTopicConfigurations": overrides.pop("copy_configs", True),
+            "copyAccessControlListsForTopics": overrides.pop("copy_acls", True),
             "detectAndCopyNewTopics": overrides.pop("detect_new", True),
             "startingPosition": {"type": overrides.pop("starting", "EARLIEST")},
             "topicNameConfiguration": {"type": overrides.pop("naming", "PREFIXED_WITH_SOURCE_CLUSTER_ALIAS")},

@@ -10,6 +10,7 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import for_code
+from aiokafka.protocol.admin import CreateAclsRequest, DescribeAclsRequest
 
 # DescribeConfigs config_source values (KIP-226).
 CONFIG_SOURCE_DYNAMIC_TOPIC = 1
@@ -116,3 +117,53 @@ async def replace_topic_configs(admin: AIOKafkaAdminClient, topic: str, configs:
             code, message, name = resource[0], resource[1], resource[3]
             if code != 0:
                 raise AdminError(f"topic {name} configs", code, message or "")
+
+
+# ACL enums of the Kafka protocol (ResourceType, PatternType, AclOperation, AclPermissionType).
+RESOURCE_TOPIC = 2
+PATTERN_LITERAL = 3
+OPERATION_ANY = 1
+OPERATION_ALL = 2
+OPERATION_READ = 3
+OPERATION_WRITE = 4
+PERMISSION_ANY = 1
+PERMISSION_ALLOW = 3
+SECURITY_DISABLED = 54
+
+
+@dataclass(frozen=True, order=True)
+class TopicAcl:
+    """One ACL binding on a literal topic name."""
+
+    topic: str
+    principal: str
+    host: str
+    operation: int
+    permission: int
+
+
+async def describe_topic_acls(admin: AIOKafkaAdminClient) -> list[TopicAcl] | None:
+    """Every ACL bound to a literal topic name; None when the cluster has no authorizer.
+
+    aiokafka's admin client has no ACL calls; its protocol classes and request routing are used directly.
+    """
+    # None for name, principal and host: match any.
+    request = DescribeAclsRequest(RESOURCE_TOPIC, None, PATTERN_LITERAL, None, None, OPERATION_ANY, PERMISSION_ANY)
+    response = await admin._send_request(request)
+    if response.error_code == SECURITY_DISABLED:
+        return None
+    if response.error_code != 0:
+        raise AdminError("topic ACLs", response.error_code, response.error_message or "")
+    return [
+        TopicAcl(resource[1], acl[0], acl[1], acl[2], acl[3]) for resource in response.resources for acl in resource[-1]
+    ]
+
+
+async def create_topic_acl(admin: AIOKafkaAdminClient, acl: TopicAcl) -> None:
+    request = CreateAclsRequest(
+        RESOURCE_TOPIC, acl.topic, PATTERN_LITERAL, acl.principal, acl.host, acl.operation, acl.permission
+    )
+    response = await admin._send_request(request)
+    for code, message in response.creation_responses:
+        if code != 0:
+            raise AdminError(f"ACL on topic {acl.topic} for {acl.principal}", code, message or "")

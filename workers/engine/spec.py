@@ -67,6 +67,7 @@ class ReplicationSpec:
     topics_to_replicate: tuple[str, ...]
     topics_to_exclude: tuple[str, ...] = ()
     copy_topic_configurations: bool = True
+    copy_access_control_lists: bool = True
     detect_and_copy_new_topics: bool = True
     starting_position: StartingPosition = StartingPosition.LATEST
     topic_naming: TopicNaming = TopicNaming.PREFIXED_WITH_SOURCE_CLUSTER_ALIAS
@@ -113,6 +114,7 @@ class ReplicationSpec:
             topics_to_replicate=tuple(topic_replication.get("topicsToReplicate") or ()),
             topics_to_exclude=tuple(topic_replication.get("topicsToExclude") or ()),
             copy_topic_configurations=bool(topic_replication.get("copyTopicConfigurations", True)),
+            copy_access_control_lists=bool(topic_replication.get("copyAccessControlListsForTopics", True)),
             detect_and_copy_new_topics=bool(topic_replication.get("detectAndCopyNewTopics", True)),
             starting_position=StartingPosition(starting),
             topic_naming=TopicNaming(naming),

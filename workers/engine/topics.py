@@ -2,7 +2,9 @@
 
 Target topics are created with the source's partition count (and configs, with copyTopicConfigurations)
 before any partition of them is handed to a copier; added source partitions are added on the target; topic
-configs are kept in sync, leaving out the ones that must differ per cluster.
+configs are kept in sync, leaving out the ones that must differ per cluster; with copyAccessControlListsForTopics
+the source topics' ACLs are recreated on their target topics (as MirrorMaker 2 does: ALLOW WRITE is left out so
+only the replicator writes to a replica, ALLOW ALL becomes ALLOW READ; ACLs are added, never removed).
 """
 
 from __future__ import annotations
@@ -54,6 +56,23 @@ def copyable_configs(entries: dict[str, ConfigEntry]) -> dict[str, str]:
     }
 
 
+def target_acls(source_acls: Iterable[kafka_admin.TopicAcl], topics: dict[str, str]) -> set[kafka_admin.TopicAcl]:
+    """The ACLs the target topics should carry for the source topics' ACLs (``topics``: source -> target name)."""
+    out: set[kafka_admin.TopicAcl] = set()
+    for acl in source_acls:
+        target_topic = topics.get(acl.topic)
+        if target_topic is None:
+            continue
+        operation = acl.operation
+        if acl.permission == kafka_admin.PERMISSION_ALLOW:
+            if operation == kafka_admin.OPERATION_WRITE:
+                continue
+            if operation == kafka_admin.OPERATION_ALL:
+                operation = kafka_admin.OPERATION_READ
+        out.add(kafka_admin.TopicAcl(target_topic, acl.principal, acl.host, operation, acl.permission))
+    return out
+
+
 @dataclass(frozen=True)
 class ReplicatedTopic:
     source_topic: str
@@ -70,6 +89,7 @@ class SyncReport:
     created: list[str] = field(default_factory=list)
     partitions_added: dict[str, int] = field(default_factory=dict)
     configs_updated: list[str] = field(default_factory=list)
+    acls_created: list[kafka_admin.TopicAcl] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)
 
 
@@ -187,7 +207,37 @@ class TopicSynchronizer:
             report.topics[source_topic] = ReplicatedTopic(source_topic, target_topic, ready)
         if copy_configs and sync_configs:
             await self._sync_configs(report, source_configs, existing)
+        if self.spec.copy_access_control_lists and sync_configs and report.topics:
+            await self._sync_acls(report)
         return report
+
+    async def _sync_acls(self, report: SyncReport) -> None:
+        source_admin, target_admin = self._admins
+        try:
+            source_acls = await kafka_admin.describe_topic_acls(source_admin)
+            wanted = target_acls(source_acls or [], {t.source_topic: t.target_topic for t in report.topics.values()})
+            if not wanted:
+                return
+            present = await kafka_admin.describe_topic_acls(target_admin)
+            if present is None:
+                raise kafka_admin.AdminError(
+                    "target topic ACLs", kafka_admin.SECURITY_DISABLED, "the target cluster has no authorizer"
+                )
+        except kafka_admin.AdminError as exc:
+            for source_topic in report.topics:
+                report.errors.setdefault(source_topic, f"ACL sync: {exc}")
+            log.warning("ACL sync failed: %s", exc)
+            return
+        by_target = {t.target_topic: t.source_topic for t in report.topics.values()}
+        for acl in sorted(wanted - set(present)):
+            try:
+                await kafka_admin.create_topic_acl(target_admin, acl)
+            except kafka_admin.AdminError as exc:
+                report.errors.setdefault(by_target[acl.topic], f"ACL sync: {exc}")
+                log.warning("creating %s failed: %s", acl, exc)
+                continue
+            report.acls_created.append(acl)
+            log.info("created ACL on %s: %s", acl.topic, acl)
 
     async def _sync_configs(
         self,
