@@ -40,6 +40,7 @@ TUNED: dict[str, Any] = {
     "fetch_max_wait_ms": 200,
     "max_partition_fetch_bytes": 2 * 1024 * 1024,
     "fetch_max_bytes": 64 * 1024 * 1024,
+    # Ferry polls up to 16 source batches at a time (CopierOptions.max_batches_per_poll); MM2 counts records.
     "max_poll_records": 10_000,
     "check_crcs": True,
     "isolation_level": "read_committed",
@@ -59,7 +60,6 @@ def tuned_settings() -> tuple[dict[str, Any], str]:
         "max_request_size_bytes": "producer_max_request_bytes",
         "fetch_max_bytes": "fetch_max_bytes",
         "max_partition_fetch_bytes": "max_partition_fetch_bytes",
-        "max_poll_records": "max_records_per_poll",
     }
     for key, attribute in mapping.items():
         value = getattr(options, attribute, None)

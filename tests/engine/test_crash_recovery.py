@@ -25,6 +25,12 @@ RECORDS = 500_000
 PARTITIONS = 6
 
 
+def value_of(partition: int, seq: int) -> bytes:
+    # 100 bytes: each partition then spans several 2 MiB fetches, so an exactly-once copy commits several
+    # transactions (one per poll) and the kill can land between them.
+    return f"{partition}:{seq}".encode().ljust(100, b".")
+
+
 def per_partition(partition: int) -> int:
     return RECORDS // PARTITIONS + (1 if partition < RECORDS % PARTITIONS else 0)
 
@@ -101,7 +107,7 @@ async def test_sigkill_mid_stream_then_restart(
     await produce(
         source_bootstrap,
         topic,
-        [Rec(i % PARTITIONS, None, f"{i % PARTITIONS}:{i // PARTITIONS}".encode()) for i in range(RECORDS)],
+        [Rec(i % PARTITIONS, None, value_of(i % PARTITIONS, i // PARTITIONS)) for i in range(RECORDS)],
     )
     spec_file = tmp_path / "spec.json"
     spec_file.write_text(
@@ -165,7 +171,7 @@ async def test_sigkill_mid_stream_then_restart(
         counts = Counter(values)
         duplicates += sum(counts.values()) - len(counts)
         first_seen = list(dict.fromkeys(values))
-        assert first_seen == [f"{partition}:{seq}".encode() for seq in range(per_partition(partition))], (
+        assert first_seen == [value_of(partition, seq) for seq in range(per_partition(partition))], (
             f"partition {partition}: records missing or reordered"
         )
     print(

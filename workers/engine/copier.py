@@ -123,7 +123,12 @@ class OffsetMapSink(Protocol):
 @dataclass(frozen=True)
 class CopierOptions:
     poll_timeout_ms: int = 100
-    max_records_per_poll: int = 10_000
+    # Items of one poll: a forwarded or decoded source batch counts once (a record of an old-format batch too).
+    # Small polls keep fetching, encoding and sending overlapped: 100 B records in 16 KiB batches copied at
+    # 67, 111 and 112 MB/s with 256, 16 and 8 batches per poll (bench, same machine and hour).
+    max_batches_per_poll: int = 16
+    # Exactly-once: each poll is one transaction, and a commit costs round trips, so polls are larger.
+    max_batches_per_transaction: int = 256
     max_in_flight_bytes: int = 64 * 1024 * 1024
     progress_interval_s: float = 0.25
     housekeeping_interval_s: float = 0.5
@@ -249,6 +254,9 @@ class PartitionCopier:
         self._source_cluster_id = b""
         self._target_cluster_id = b""
         self._retired: dict[TopicPartition, PartitionStats] = {}
+        self._poll_limit = (
+            self.options.max_batches_per_transaction if spec.exactly_once else self.options.max_batches_per_poll
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -518,7 +526,7 @@ class PartitionCopier:
                     continue
                 try:
                     batches = await self._consumer.getmany(
-                        timeout_ms=self.options.poll_timeout_ms, max_records=self.options.max_records_per_poll
+                        timeout_ms=self.options.poll_timeout_ms, max_records=self._poll_limit
                     )
                 except OffsetOutOfRangeError as exc:
                     await self._handle_out_of_range(exc.args[0] if exc.args else {})
@@ -638,8 +646,8 @@ class PartitionCopier:
         """Producer batches for one partition's records; the last one carries ``position`` as the next offset
         (it may lie past the last record, e.g. after a transaction marker).
 
-        ``records`` holds aiokafka's decoded records and, when the copier forwards batches, ``RawBatch`` items:
-        each of those becomes a producer batch of its own, in order with the records around it.
+        ``records`` holds what the forwarding fetch yields (workers/engine/forwarding.py): ``DecodedBatch`` items,
+        re-batched, and ``RawBatch`` items, each a producer batch of its own in order with the records around it.
         """
         identical = self.spec.topic_naming is TopicNaming.IDENTICAL
         transactional = self.transactional_id is not None
@@ -648,7 +656,6 @@ class PartitionCopier:
         loop_origin = self._target_cluster_id
         stamp = (PROVENANCE_HEADER, self._source_cluster_id)
         keep_offsets = self._sink is not None
-        raw_batch = forwarding.RawBatch
         out: list[tuple[Any, _Pending]] = []
         builder: forwarding.RecordBatchBuilder | None = None
         append: Any = None
@@ -663,53 +670,56 @@ class PartitionCopier:
             builder.records = count
             out.append((builder, _Pending(_resolved_future(), next_offset, count, builder.size(), first_ts, offsets)))
 
-        for record in records:
-            if type(record) is raw_batch:
+        for item in records:
+            kind = type(item)
+            if kind is forwarding.RawBatch:
                 if count:
                     finish(last_offset + 1)
                     builder, count, offsets = None, 0, []
-                last_offset = record.next_offset - 1
-                forwarded = forwarding.ForwardedBuilder(record, transactional=transactional)
-                source_offsets = range(record.base_offset, record.next_offset) if keep_offsets else None
+                last_offset = item.next_offset - 1
+                forwarded = forwarding.ForwardedBuilder(item, transactional=transactional)
+                source_offsets = range(item.base_offset, item.next_offset) if keep_offsets else None
                 pending = _Pending(
                     _resolved_future(),
-                    record.next_offset,
-                    record.record_count,
-                    record.records_size,
-                    record.first_timestamp,
+                    item.next_offset,
+                    item.record_count,
+                    item.records_size,
+                    item.first_timestamp,
                     source_offsets,
                 )
                 out.append((forwarded, pending))
                 continue
-            headers = record.headers
-            if identical:
-                origin = None
-                for name, value in headers:
-                    if name == PROVENANCE_HEADER:
-                        origin = value
-                        break
-                if origin == loop_origin:
-                    filtered += 1
-                    continue
-                if origin is None:
-                    headers = [*headers, stamp]
-            if builder is None:
-                builder = forwarding.RecordBatchBuilder(codec, batch_bytes, transactional=transactional)
-                append = builder.append
-            if append(count, record.timestamp, record.key, record.value, headers) is None:
-                # Full (the first record of a batch is always taken, whatever its size).
-                finish(last_offset + 1)
-                builder = forwarding.RecordBatchBuilder(codec, batch_bytes, transactional=transactional)
-                append = builder.append
-                count = 0
-                offsets = []
-                append(0, record.timestamp, record.key, record.value, headers)
-            if count == 0:
-                first_ts = record.timestamp
-            count += 1
-            last_offset = record.offset
-            if keep_offsets:
-                offsets.append(record.offset)
+            # A DecodedBatch, or a single record of an old-format batch (aiokafka's own ConsumerRecord).
+            for record in item.records if kind is forwarding.DecodedBatch else (item,):
+                headers = record.headers
+                if identical:
+                    origin = None
+                    for name, value in headers:
+                        if name == PROVENANCE_HEADER:
+                            origin = value
+                            break
+                    if origin == loop_origin:
+                        filtered += 1
+                        continue
+                    if origin is None:
+                        headers = [*headers, stamp]
+                if builder is None:
+                    builder = forwarding.RecordBatchBuilder(codec, batch_bytes, transactional=transactional)
+                    append = builder.append
+                    first_ts = record.timestamp
+                if append(count, record.timestamp, record.key, record.value, headers) is None:
+                    # Full (the first record of a batch is always taken, whatever its size).
+                    finish(last_offset + 1)
+                    builder = forwarding.RecordBatchBuilder(codec, batch_bytes, transactional=transactional)
+                    append = builder.append
+                    count = 0
+                    offsets = []
+                    first_ts = record.timestamp
+                    append(0, record.timestamp, record.key, record.value, headers)
+                count += 1
+                last_offset = record.offset
+                if keep_offsets:
+                    offsets.append(last_offset)
         state.metrics.records_filtered += filtered
         if count:
             finish(position)

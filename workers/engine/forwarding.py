@@ -69,7 +69,8 @@ _DELETE_HORIZON = 0x40
 
 class ForwardBatches:
     """Passed as a consumer's ``key_deserializer`` to make its fetches yield ``RawBatch`` items where possible
-    and aiokafka's C records (``DefaultRecord``: offset, timestamp, key, value, headers) for everything else."""
+    and ``DecodedBatch`` items (aiokafka's C records: offset, timestamp, key, value, headers) for the rest.
+    Source batches in an old message format (magic 0 or 1) come as ``ConsumerRecord`` objects."""
 
     def __init__(
         self,
@@ -105,6 +106,15 @@ class RawBatch:
     def records_size(self) -> int:
         """Bytes of the encoded records (compressed size for a compressed batch), the copy's byte count."""
         return len(self.buffer) - HEADER_SIZE
+
+
+class DecodedBatch:
+    """The records of one source batch that is not forwarded, decoded (aiokafka's C ``DefaultRecord`` objects)."""
+
+    __slots__ = ("records",)
+
+    def __init__(self, records: list[Any]) -> None:
+        self.records = records
 
 
 class ForwardedBuilder:
@@ -217,7 +227,7 @@ _original_partition_records: Any = aiokafka_fetcher.PartitionRecords
 
 class ForwardingPartitionRecords(_original_partition_records):  # type: ignore[misc]
     """aiokafka's per-partition fetch iterator, yielding a ``RawBatch`` for every batch that can be forwarded
-    and ``DefaultRecord`` objects for the records of every other batch."""
+    and a ``DecodedBatch`` of ``DefaultRecord`` objects for every other batch."""
 
     def __init__(
         self, tp: Any, records: _RawRecords, aborted: Any, fetch_offset: int, forward: ForwardBatches, *rest: Any
@@ -287,13 +297,16 @@ class ForwardingPartitionRecords(_original_partition_records):  # type: ignore[m
                 self.next_fetch_offset = next_offset
                 yield RawBatch(buffer, base_offset, count, first_timestamp)
                 continue
-            for record in DefaultRecordBatch(bytes(buffer)):
-                if record.offset < self.next_fetch_offset:
-                    continue
-                self.next_fetch_offset = record.offset + 1
-                # The C record as it is: building a ConsumerRecord per record cost more than decoding it.
-                yield record
+            # The C records as they are, a whole batch per item: building a ConsumerRecord per record, or
+            # handing records out one by one through this generator, cost more than decoding them.
+            decoded = DefaultRecordBatch(bytes(buffer))
+            if base_offset >= self.next_fetch_offset:
+                records = list(decoded)
+            else:
+                records = [record for record in decoded if record.offset >= self.next_fetch_offset]
             self.next_fetch_offset = next_offset
+            if records:
+                yield DecodedBatch(records)
 
 
 def _partition_records(
