@@ -32,6 +32,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from aiokafka.admin import AIOKafkaAdminClient
@@ -535,18 +536,18 @@ class Postgres:
     def is_up(self) -> bool:
         return _port_open(self.cfg.postgres_port)
 
+    def _connect_as_owner(self, **options: Any) -> psycopg.Connection[Any]:
+        """A session as the cluster's owner over its Unix socket (trust authentication, set by initdb)."""
+        return psycopg.connect(
+            host=str(self.socket_dir), port=self.cfg.postgres_port, user="postgres", dbname="postgres", **options
+        )
+
     def _accepting_connections(self) -> bool:
         """The port opens before startup recovery ends ("the database system is starting up"); only a session counts."""
         if not self.is_up():
             return False
         try:
-            psycopg.connect(
-                host=str(self.socket_dir),
-                port=self.cfg.postgres_port,
-                user="postgres",
-                dbname="postgres",
-                connect_timeout=2,
-            ).close()
+            self._connect_as_owner(connect_timeout=2).close()
         except psycopg.OperationalError:
             return False
         return True
@@ -640,9 +641,7 @@ class Postgres:
                     f"usable 'ferry' database ({exc}); stop it or set FERRY_DEV_POSTGRES_PORT"
                 ) from None
             return
-        with psycopg.connect(
-            host=str(self.socket_dir), port=self.cfg.postgres_port, user="postgres", dbname="postgres", autocommit=True
-        ) as conn:
+        with self._connect_as_owner(autocommit=True) as conn:
             if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'ferry'").fetchone() is None:
                 conn.execute("CREATE ROLE ferry LOGIN CREATEDB PASSWORD 'ferry'")
             for db in ("ferry", "ferry_test"):
