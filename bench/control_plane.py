@@ -57,8 +57,15 @@ def _client(api: str) -> Any:
     )
 
 
-def _create(client: Any, stack: Stack, name: str) -> str:
+def create_replicator(
+    client: Any, stack: Stack, name: str, *, topic_pattern: str | None = None, starting_position: str | None = None
+) -> str:
+    """CreateReplicator from the stack's source to its target cluster; with no ``topic_pattern`` it replicates
+    nothing (a control-plane measurement). Consumer groups are never replicated. Returns the ARN."""
     nothing = f"^ferry-bench-matches-nothing-{secrets.token_hex(4)}$"
+    topics: dict[str, Any] = {"TopicsToReplicate": [topic_pattern or nothing]}
+    if starting_position is not None:
+        topics["StartingPosition"] = {"Type": starting_position}
     response = client.create_replicator(
         ReplicatorName=name,
         ServiceExecutionRoleArn="arn:aws:iam::000000000000:role/ferry-bench",
@@ -71,7 +78,7 @@ def _create(client: Any, stack: Stack, name: str) -> str:
                 "SourceKafkaClusterId": "bench-source",
                 "TargetKafkaClusterId": "bench-target",
                 "TargetCompressionType": "NONE",
-                "TopicReplication": {"TopicsToReplicate": [nothing]},
+                "TopicReplication": topics,
                 "ConsumerGroupReplication": {"ConsumerGroupsToReplicate": [nothing]},
             }
         ],
@@ -236,7 +243,7 @@ def _measure(
     )
     arn: str | None = None
     try:
-        arn = _create(client, stack, f"ferry-bench-{secrets.token_hex(4)}")
+        arn = create_replicator(client, stack, f"ferry-bench-{secrets.token_hex(4)}")
     except (ClientError, BotoCoreError) as exc:
         out["describe_replicator"] = {"status": "skipped", "reason": f"CreateReplicator failed: {exc}"}
     if arn is not None:
@@ -263,7 +270,7 @@ def create_to_running(client: Any, stack: Stack, count: int, limit_s: float) -> 
     for i in range(count):
         start = time.monotonic()
         try:
-            arn = _create(client, stack, f"ferry-bench-c2r-{secrets.token_hex(4)}")
+            arn = create_replicator(client, stack, f"ferry-bench-c2r-{secrets.token_hex(4)}")
         except (ClientError, BotoCoreError) as exc:
             return {"status": "failed", "reason": f"CreateReplicator failed: {exc}", "measured": len(times)}
         state = "UNKNOWN"

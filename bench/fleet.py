@@ -17,10 +17,10 @@ from typing import Any
 
 import psycopg
 
-from bench.common import MB, BenchError, CpuWindow, Stack, memory_kib, say, spawn, stop_process, wait_until
-from bench.control_plane import _client, start_private_api
-from bench.kafka import Cluster, producer_perf
-from bench.measure import TargetWatch
+from bench.common import MB, BenchError, Stack, memory_kib, say, spawn, stop_process, wait_until
+from bench.control_plane import _client, create_replicator, start_private_api
+from bench.kafka import Cluster
+from bench.measure import TargetWatch, copy_under_load, fixed_rate_load
 from dev.stack import StackConfig, celery_beat_argv, celery_worker_argv, migrate
 
 
@@ -30,6 +30,7 @@ class PrivateFleet:
         self.cfg = StackConfig()
         self.database = f"ferry_bench_{token}"
         self.database_url = self.cfg.database_url.rsplit("/", 1)[0] + f"/{self.database}"
+        self._dsn = self.database_url.replace("postgresql+psycopg://", "postgresql://")
         self.env = self.cfg.app_env()
         self.env.update(
             FERRY_DATABASE_URL=self.database_url,
@@ -63,7 +64,7 @@ class PrivateFleet:
         return proc
 
     def query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-        with psycopg.connect(self.database_url.replace("postgresql+psycopg://", "postgresql://")) as conn:
+        with psycopg.connect(self._dsn) as conn:
             return conn.execute(sql, params).fetchall()
 
     async def stop(self) -> None:
@@ -74,27 +75,8 @@ class PrivateFleet:
 
 
 def _create_replicator(client: Any, stack: Stack, name: str, topic: str) -> tuple[str, str]:
-    response = client.create_replicator(
-        ReplicatorName=name,
-        ServiceExecutionRoleArn="arn:aws:iam::000000000000:role/ferry-bench",
-        KafkaClusters=[
-            {"ApacheKafkaCluster": {"ApacheKafkaClusterId": "bench-source", "BootstrapBrokerString": stack.source}},
-            {"ApacheKafkaCluster": {"ApacheKafkaClusterId": "bench-target", "BootstrapBrokerString": stack.target}},
-        ],
-        ReplicationInfoList=[
-            {
-                "SourceKafkaClusterId": "bench-source",
-                "TargetKafkaClusterId": "bench-target",
-                "TargetCompressionType": "NONE",
-                "TopicReplication": {
-                    "TopicsToReplicate": [f"^{re.escape(topic)}$"],
-                    "StartingPosition": {"Type": "EARLIEST"},
-                },
-                "ConsumerGroupReplication": {"ConsumerGroupsToReplicate": [f"^ferry-bench-none-{name}$"]},
-            }
-        ],
-    )
-    arn = str(response["ReplicatorArn"])
+    """The replicator of one topic, from its start; returns its ARN and its target topic's name."""
+    arn = create_replicator(client, stack, name, topic_pattern=f"^{re.escape(topic)}$", starting_position="EARLIEST")
     info = client.describe_replicator(ReplicatorArn=arn)["ReplicationInfoList"][0]
     return arn, f"{info['SourceKafkaClusterAlias']}.{topic}"
 
@@ -145,15 +127,7 @@ async def _one_count(  # noqa: PLR0917 - one measurement's parameters, passed st
     startup_limit_s: float,
     token: str,
 ) -> dict[str, Any]:
-    records_per_s = max(1, round(rate_bytes_per_s / record_size))
-    total = records_per_s * round(seconds)
-    result: dict[str, Any] = {
-        "partitions": count,
-        "record_size": record_size,
-        "rate_mb_per_s": rate_bytes_per_s / MB,
-        "seconds": seconds,
-        "records": total,
-    }
+    result = fixed_rate_load(count, record_size, rate_bytes_per_s, seconds)
     name = f"bench-fleet-{count}-{token}"
     topic = f"bench-fleet-{count}-{token}"
     worker = fleet.start_worker(name)
@@ -191,36 +165,18 @@ async def _one_count(  # noqa: PLR0917 - one measurement's parameters, passed st
         )
         result["create_to_all_partitions_owned_s"] = round(asyncio.get_running_loop().time() - started, 2)
         result["memory_kib_running_idle"] = memory_kib(worker.pid)
-        window = CpuWindow(worker.pid)
-        await producer_perf(
-            stack.kafka_lib,
-            bootstrap=stack.source,
-            topic=topic,
-            records=total,
-            record_size=record_size,
-            props={"acks": "all", "linger.ms": "5", "compression.type": "none"},
-            log=log_dir / f"fleet-load-{count}-{token}.log",
-            throughput=records_per_s,
-            limit_s=seconds + 120,
-        )
-
-        async def caught_up() -> bool:
-            assert watch is not None
-            return await watch.poll() >= total
-
-        await wait_until(
-            f"{name}: {total:,} records on {count} partitions",
-            caught_up,
-            120.0,
-            interval=0.2,
-            progress=lambda: f"| {watch.count if watch else 0:,}/{total:,}",
+        result |= await copy_under_load(
+            result,
+            stack=stack,
+            source_topic=topic,
+            watch=watch,
             proc=worker,
+            pid=worker.pid,
+            what=name,
             log=log,
+            load_log=log_dir / f"fleet-load-{count}-{token}.log",
         )
-        cpu = window.finish()
-        result["cpu_during_load"] = cpu
-        result["worker_cores"] = cpu.get("replicator_cores")
-        result["memory_kib"] = memory_kib(worker.pid)
+        result["worker_cores"] = result["cpu_during_load"].get("replicator_cores")
         result["status"] = "ok"
         say(
             f"  fleet worker on {count} partitions: RSS {result['memory_kib'].get('VmRSS', 0) / 1024:.0f} MiB "

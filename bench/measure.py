@@ -385,6 +385,61 @@ async def latency(
 # ---------------------------------------------------------------------------------------------- scale
 
 
+def fixed_rate_load(partitions: int, record_size: int, rate_bytes_per_s: float, seconds: float) -> dict[str, Any]:
+    """The description of a fixed-rate load, as each scale result records it."""
+    records_per_s = max(1, round(rate_bytes_per_s / record_size))
+    return {
+        "partitions": partitions,
+        "record_size": record_size,
+        "rate_mb_per_s": rate_bytes_per_s / MB,
+        "seconds": seconds,
+        "records": records_per_s * round(seconds),
+    }
+
+
+async def copy_under_load(
+    load: dict[str, Any],
+    *,
+    stack: Stack,
+    source_topic: str,
+    watch: TargetWatch,
+    proc: subprocess.Popen[bytes],
+    pid: int,
+    what: str,
+    log: Path,
+    load_log: Path,
+) -> dict[str, Any]:
+    """ProducerPerformance writes ``load`` into the source topic at its fixed rate; waits until the target holds
+    every record. Returns the CPU of ``pid`` (and the brokers, the machine) over that time and its memory after."""
+    total: int = load["records"]
+    window = CpuWindow(pid)
+    await producer_perf(
+        stack.kafka_lib,
+        bootstrap=stack.source,
+        topic=source_topic,
+        records=total,
+        record_size=load["record_size"],
+        props={"acks": "all", "linger.ms": "5", "compression.type": "none"},
+        log=load_log,
+        throughput=max(1, round(load["rate_mb_per_s"] * MB / load["record_size"])),
+        limit_s=load["seconds"] + 120,
+    )
+
+    async def caught_up() -> bool:
+        return await watch.poll() >= total
+
+    await wait_until(
+        f"{what}: {total:,} records on {load['partitions']} partitions",
+        caught_up,
+        120.0,
+        interval=0.2,
+        progress=lambda: f"| {watch.count:,}/{total:,}",
+        proc=proc,
+        log=log,
+    )
+    return {"cpu_during_load": window.finish(), "memory_kib": memory_kib(pid)}
+
+
 async def partitions_scale(
     rep: Replicator,
     *,
@@ -401,15 +456,9 @@ async def partitions_scale(
 ) -> dict[str, Any]:
     """One replicator process on a topic of ``partitions`` partitions at a fixed produce rate: its CPU and
     memory once every partition is assigned and data flows (the per-partition cost of the engine)."""
-    records_per_s = max(1, round(rate_bytes_per_s / record_size))
-    total = records_per_s * round(seconds)
     result: dict[str, Any] = {
         "replicator": rep.kind,
-        "partitions": partitions,
-        "record_size": record_size,
-        "rate_mb_per_s": rate_bytes_per_s / MB,
-        "seconds": seconds,
-        "records": total,
+        **fixed_rate_load(partitions, record_size, rate_bytes_per_s, seconds),
     }
     await source.create_topic(source_topic, partitions)
     target_topic = rep.target_topic(source_topic)
@@ -433,33 +482,17 @@ async def partitions_scale(
         )
         result["time_to_target_topic_s"] = round(time.monotonic() - t_start, 3)
         result["memory_kib_idle"] = memory_kib(proc.pid)
-        cpu_window = CpuWindow(proc.pid)
-        await producer_perf(
-            stack.kafka_lib,
-            bootstrap=stack.source,
-            topic=source_topic,
-            records=total,
-            record_size=record_size,
-            props={"acks": "all", "linger.ms": "5", "compression.type": "none"},
-            log=log_dir / f"scale-load-{partitions}-{rep.token}.log",
-            throughput=records_per_s,
-            limit_s=seconds + 120,
-        )
-
-        async def caught_up() -> bool:
-            return await watch.poll() >= total
-
-        await wait_until(
-            f"{rep.label}: {total:,} records on {partitions} partitions",
-            caught_up,
-            120.0,
-            interval=0.2,
-            progress=lambda: f"| {watch.count:,}/{total:,}",
+        result |= await copy_under_load(
+            result,
+            stack=stack,
+            source_topic=source_topic,
+            watch=watch,
             proc=proc,
+            pid=proc.pid,
+            what=rep.label,
             log=rep.log,
+            load_log=log_dir / f"scale-load-{partitions}-{rep.token}.log",
         )
-        result["cpu_during_load"] = cpu_window.finish()
-        result["memory_kib"] = memory_kib(proc.pid)
         result["status"] = "ok"
         say(
             f"  {rep.label} on {partitions} partitions: RSS {result['memory_kib'].get('VmRSS', 0) / 1024:.0f} MiB, "

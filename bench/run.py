@@ -149,6 +149,13 @@ def limit_producer_configs(tuned: dict[str, Any]) -> dict[str, dict[str, str]]:
     }
 
 
+def rss_kib_per_partition(counts: tuple[int, int], low: dict[str, Any], high: dict[str, Any]) -> float | None:
+    """RSS growth per partition between the two counts of a scale step; None unless both measurements are ok."""
+    if low.get("status") != "ok" or high.get("status") != "ok":
+        return None
+    return float(high["memory_kib"]["VmRSS"] - low["memory_kib"]["VmRSS"]) / (counts[1] - counts[0])
+
+
 def preload_props(profile: dict[str, int]) -> dict[str, str]:
     """How the source topic is written: the Java producer's defaults but for the profile's batch size."""
     return {
@@ -417,18 +424,24 @@ class Bench:
                 await self.cleanup(rep, source, target)
             self.save()
 
-    async def fleet_scale(self, source: Cluster, target: Cluster) -> None:
+    def scale_load(self, what: str) -> tuple[tuple[int, int], dict[str, Any]]:
+        """The two partition counts of a scale step and the fixed-rate load it runs at each (recorded as given)."""
         counts = (10, 100) if self.args.quick else (100, 1000)
-        spec: dict[str, Any] = {
+        return counts, {
             "partition_counts": list(counts),
             "rate_mb_per_s": 2.0 * self.args.scale if self.args.quick else 2.0,
             "record_size": 1024,
             "seconds": 10.0 if self.args.quick else 20.0,
-            "what": "a private control plane (own database, Celery queue, Redis database; this checkout's API and "
+            "what": what,
+        }
+
+    async def fleet_scale(self, source: Cluster, target: Cluster) -> None:
+        counts, spec = self.scale_load(
+            "a private control plane (own database, Celery queue, Redis database; this checkout's API and "
             "beat) and one fresh fleet worker (Celery) per count, replicating one topic of N partitions created "
             "through the API with boto3 while ProducerPerformance writes at a fixed rate; the worker's CPU over "
-            "the load, its RSS idle before the replicator and after the load",
-        }
+            "the load, its RSS idle before the replicator and after the load"
+        )
         self.results["settings"]["fleet_scale"] = spec
         out = await fleet_worker_scale(
             stack=self.stack,
@@ -442,23 +455,18 @@ class Bench:
         )
         self.results["fleet_scale"] = out
         low, high = (out.get(str(c), {}) for c in counts)
-        if low.get("status") == "ok" and high.get("status") == "ok":
-            per_partition = (high["memory_kib"]["VmRSS"] - low["memory_kib"]["VmRSS"]) / (counts[1] - counts[0])
+        per_partition = rss_kib_per_partition(counts, low, high)
+        if per_partition is not None:
             idle = statistics.mean(e["memory_kib_idle_worker"]["VmRSS"] for e in (low, high))
             out["memory_kib_per_partition"] = round(per_partition, 1)
             out["memory_mib_idle_worker"] = round(idle / 1024, 1)
             say(f"  fleet worker memory: {per_partition:.0f} KiB per partition; idle worker {idle / 1024:.0f} MiB")
 
     async def scale(self, source: Cluster, target: Cluster) -> None:
-        counts = (10, 100) if self.args.quick else (100, 1000)
-        spec: dict[str, Any] = {
-            "partition_counts": list(counts),
-            "rate_mb_per_s": 2.0 * self.args.scale if self.args.quick else 2.0,
-            "record_size": 1024,
-            "seconds": 10.0 if self.args.quick else 20.0,
-            "what": "one engine process (python -m workers.engine) replicating one topic of N partitions while "
-            "ProducerPerformance writes at a fixed rate; CPU over the load, RSS after it",
-        }
+        counts, spec = self.scale_load(
+            "one engine process (python -m workers.engine) replicating one topic of N partitions while "
+            "ProducerPerformance writes at a fixed rate; CPU over the load, RSS after it"
+        )
         self.results["settings"]["partitions_scale"] = spec
         out: dict[str, Any] = {}
         self.results["partitions_scale"] = out
@@ -488,11 +496,10 @@ class Bench:
                 await self.cleanup(rep, source, target)
             self.save()
         low, high = (out.get(str(c), {}) for c in counts)
-        if low.get("status") == "ok" and high.get("status") == "ok":
-            rss_low, rss_high = low["memory_kib"]["VmRSS"], high["memory_kib"]["VmRSS"]
-            per_partition = (rss_high - rss_low) / (counts[1] - counts[0])
+        per_partition = rss_kib_per_partition(counts, low, high)
+        if per_partition is not None:
             out["memory_kib_per_partition"] = round(per_partition, 1)
-            out["memory_mib_base"] = round((rss_low - per_partition * counts[0]) / 1024, 1)
+            out["memory_mib_base"] = round((low["memory_kib"]["VmRSS"] - per_partition * counts[0]) / 1024, 1)
             say(f"  engine memory: {per_partition:.0f} KiB per partition above a base of {out['memory_mib_base']} MiB")
 
     async def control(self) -> None:
