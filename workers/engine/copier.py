@@ -670,12 +670,18 @@ class PartitionCopier:
             builder.records = count
             out.append((builder, _Pending(_resolved_future(), next_offset, count, builder.size(), first_ts, offsets)))
 
+        def start_batch(first: Any) -> Any:
+            nonlocal builder, count, offsets, first_ts
+            builder = forwarding.RecordBatchBuilder(codec, batch_bytes, transactional=transactional)
+            count, offsets, first_ts = 0, [], first.timestamp
+            return builder.append
+
         for item in records:
             kind = type(item)
             if kind is forwarding.RawBatch:
                 if count:
                     finish(last_offset + 1)
-                    builder, count, offsets = None, 0, []
+                    builder, count = None, 0
                 last_offset = item.next_offset - 1
                 forwarded = forwarding.ForwardedBuilder(item, transactional=transactional)
                 source_offsets = range(item.base_offset, item.next_offset) if keep_offsets else None
@@ -704,17 +710,11 @@ class PartitionCopier:
                     if origin is None:
                         headers = [*headers, stamp]
                 if builder is None:
-                    builder = forwarding.RecordBatchBuilder(codec, batch_bytes, transactional=transactional)
-                    append = builder.append
-                    first_ts = record.timestamp
+                    append = start_batch(record)
                 if append(count, record.timestamp, record.key, record.value, headers) is None:
                     # Full (the first record of a batch is always taken, whatever its size).
                     finish(last_offset + 1)
-                    builder = forwarding.RecordBatchBuilder(codec, batch_bytes, transactional=transactional)
-                    append = builder.append
-                    count = 0
-                    offsets = []
-                    first_ts = record.timestamp
+                    append = start_batch(record)
                     append(0, record.timestamp, record.key, record.value, headers)
                 count += 1
                 last_offset = record.offset
