@@ -15,7 +15,7 @@ from aiokafka.errors import KafkaError
 
 from bench.common import MB, BenchError, CpuWindow, Stack, loadavg, memory_kib, say, wait_until
 from bench.kafka import Cluster, producer_perf
-from bench.replicators import MirrorMaker2, Replicator
+from bench.replicators import BenchedReplicator, MirrorMaker2
 
 
 def _utc(ts: float) -> str:
@@ -100,7 +100,7 @@ async def _read_at(bootstrap: str, topic: str, samples: list[tuple[int, int]]) -
 
 
 async def catch_up(
-    rep: Replicator,
+    rep: BenchedReplicator,
     *,
     source_topic: str,
     records: int,
@@ -251,7 +251,7 @@ class LatencyConsumer:
 
 
 async def latency(
-    rep: Replicator,
+    rep: BenchedReplicator,
     *,
     stack: Stack,
     source: Cluster,
@@ -441,7 +441,7 @@ async def copy_under_load(
 
 
 async def partitions_scale(
-    rep: Replicator,
+    rep: BenchedReplicator,
     *,
     stack: Stack,
     source: Cluster,

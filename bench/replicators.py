@@ -97,8 +97,9 @@ def new_token() -> str:
     return secrets.token_hex(5)
 
 
-class Replicator(ABC):
-    """One run of one replicator: start it on source topics, name its target topics, stop it, clean up."""
+class BenchedReplicator(ABC):
+    """One replicator under benchmark (MirrorMaker 2 or a Ferry engine process), for one run: start it on
+    source topics, name its target topics, stop it, clean up."""
 
     kind: str
 
@@ -155,7 +156,7 @@ class Replicator(ABC):
 # ---------------------------------------------------------------------------------------------- MirrorMaker 2
 
 
-class MirrorMaker2(Replicator):
+class MirrorMaker2(BenchedReplicator):
     """MirrorMaker 2 in dedicated mode (org.apache.kafka.connect.mirror.MirrorMaker), one JVM."""
 
     kind = "mm2"
@@ -286,7 +287,7 @@ def _logged_config(log: Path, header: str, client_marker: str, keys: tuple[str, 
 ENGINE_MAIN = ROOT / "workers" / "engine" / "__main__.py"
 
 
-class FerryEngine(Replicator):
+class FerryEngine(BenchedReplicator):
     """Ferry's replication engine through its CLI: python -m workers.engine --source --target --spec spec.json."""
 
     kind = "ferry"
@@ -373,7 +374,7 @@ class FerryEngine(Replicator):
         return f"{self.alias}.{source_topic}"
 
 
-def make_replicator(kind: str, stack: Stack, log_dir: Path, tuned: dict[str, Any]) -> Replicator:
+def make_replicator(kind: str, stack: Stack, log_dir: Path, tuned: dict[str, Any]) -> BenchedReplicator:
     """The one place that builds a replicator run by name: mm2-default, mm2-tuned, ferry or ferry-decode (the
     engine with batch forwarding off: every record decoded and re-encoded)."""
     if kind == "mm2-default":

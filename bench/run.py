@@ -52,8 +52,8 @@ from bench.kafka import Cluster, consumer_perf, producer_perf
 from bench.measure import catch_up, latency, partitions_scale
 from bench.replicators import (
     TUNED,
+    BenchedReplicator,
     FerryEngine,
-    Replicator,
     java_consumer_props,
     java_producer_props,
     make_replicator,
@@ -386,7 +386,7 @@ class Bench:
         finally:
             await self.cleanup(rep, source, target)
 
-    async def cleanup(self, rep: Replicator, source: Cluster, target: Cluster) -> None:
+    async def cleanup(self, rep: BenchedReplicator, source: Cluster, target: Cluster) -> None:
         try:
             deleted = await rep.cleanup(source, target)
             say(f"  cleaned up {rep.label}: deleted {sum(len(v) for v in deleted.values())} topics")

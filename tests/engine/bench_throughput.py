@@ -1,6 +1,6 @@
 """Quick engine throughput measurement (not a test): ``python -m tests.engine.bench_throughput [records]``.
 
-Produces ``records`` 1 KiB records over 6 partitions to the source, then times an in-process Replicator
+Produces ``records`` 1 KiB records over 6 partitions to the source, then times an in-process StandaloneReplicator
 copying them (at-least-once and exactly-once, uncompressed and LZ4) until lag is zero.
 """
 
