@@ -6,9 +6,7 @@ COPY pyproject.toml README.md ./
 COPY api ./api
 COPY workers ./workers
 COPY models ./models
-COPY dev ./dev
 COPY migrations ./migrations
-COPY alembic.ini ./
 RUN pip install --no-cache-dir . && useradd --system --uid 10001 ferry
 USER ferry
 EXPOSE 8080

@@ -2,7 +2,7 @@
 #   make up     create .venv, install, start the whole local stack (Kafka x2, PostgreSQL, Redis, API, worker, beat)
 #   make test   start what the tests need (if not running) and run the test suite
 #   make down   stop everything `make up` started
-#   make lint   ruff and mypy
+#   make lint   ruff, mypy, and alembic check (models and migrations agree; starts PostgreSQL if needed)
 #   make bench  Ferry against MirrorMaker 2 and the brokers' own limit (results in bench/results/)
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -40,9 +40,10 @@ openapi: $(STAMP)
 	$(PY) -m api.openapi_dump
 
 lint: $(STAMP)
-	$(PY) -m ruff check api workers models dev tests bench
-	$(PY) -m ruff format --check api workers models dev tests bench
+	$(PY) -m ruff check api workers models migrations dev tests bench
+	$(PY) -m ruff format --check api workers models migrations dev tests bench
 	$(PY) -m mypy
+	$(PY) -m dev.stack schema-check
 
 clean: down
 	rm -rf $(VENV) .run .cache

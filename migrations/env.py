@@ -1,15 +1,25 @@
-"""Alembic environment: the URL comes from Ferry's settings, or from the caller (tests, dev.stack)."""
+"""Alembic environment: the URL comes from Ferry's settings, or from the caller (models/migrate.py, tests).
+
+Every module of ``models`` is imported, so autogenerate (and ``alembic check`` in ``make lint``) sees every table
+a model declares: a table added to models/ without a migration fails the check.
+"""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from logging.config import fileConfig
 
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-import models.replicator  # noqa: F401  (registers the tables on Base.metadata)
+import models
 from models.base import Base
 from models.settings import get_settings
+
+for module in pkgutil.iter_modules(models.__path__, "models."):
+    if module.name != "models.migrations" and not module.name.startswith("models.migrations."):
+        importlib.import_module(module.name)
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):

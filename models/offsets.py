@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Float, ForeignKey, Integer, String, Text, func, text
+from sqlalchemy import BigInteger, DateTime, Float, ForeignKey, Index, Integer, String, Text, func, text
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
@@ -32,6 +32,8 @@ FAILOVER_ACTIVE_STATES = ("PENDING", "WAITING_FOR_PRODUCERS", "WAITING_FOR_LAG",
 
 class OffsetMapRun(Base):
     __tablename__ = "offset_map_runs"
+    # Reverse translation (target offset -> source) finds the run holding a target offset.
+    __table_args__ = (Index("ix_offset_map_runs_target", "replicator_id", "topic", "partition", "target_end"),)
 
     replicator_id: Mapped[uuid.UUID] = mapped_column(
         UUID(as_uuid=True), ForeignKey("replicators.id", ondelete="CASCADE"), primary_key=True

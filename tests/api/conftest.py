@@ -15,17 +15,15 @@ import boto3
 import httpx
 import pytest
 import uvicorn
-from alembic import command
-from alembic.config import Config
 from botocore.config import Config as BotoConfig
 from fastapi import FastAPI
 from sqlalchemy import Engine, delete
 
 from api.app import create_app
 from models.db import make_sync_engine
+from models.migrate import upgrade
 from models.replicator import Replicator
 from models.settings import FerrySettings
-from tests.conftest import ROOT
 
 REGION = "us-east-1"
 
@@ -66,10 +64,7 @@ def kafka_client(endpoint_url: str, **config: Any) -> Any:
 @pytest.fixture(scope="session")
 def migrated_test_database(test_settings: FerrySettings) -> str:
     """Bring ferry_test to the head revision (idempotent), so the suite also runs right after a new migration."""
-    config = Config(str(ROOT / "alembic.ini"))
-    config.attributes["database_url"] = test_settings.database_url
-    config.attributes["configure_logger"] = False
-    command.upgrade(config, "head")
+    upgrade(test_settings.database_url)
     return test_settings.database_url
 
 

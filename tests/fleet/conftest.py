@@ -18,14 +18,13 @@ from typing import Any, TypeVar
 
 import psycopg
 import pytest
-from alembic import command
-from alembic.config import Config
 from redis import Redis
 from sqlalchemy import Engine, text
 
 from api.app import create_app
 from dev.stack import celery_beat_argv, celery_worker_argv
 from models.db import make_sync_engine
+from models.migrate import upgrade
 from models.settings import FerrySettings
 from tests.api.conftest import RunningServer, kafka_client
 from tests.conftest import ROOT
@@ -53,10 +52,7 @@ def fleet_settings(stack: dict[str, Any]) -> Iterator[FerrySettings]:
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     url = base_url.rsplit("/", 1)[0] + f"/{name}"
-    config = Config(str(ROOT / "alembic.ini"))
-    config.attributes["database_url"] = url
-    config.attributes["configure_logger"] = False
-    command.upgrade(config, "head")
+    upgrade(url)
     settings = FerrySettings(
         database_url=url,
         redis_url=str(stack["redis_url"]).rsplit("/", 1)[0] + "/1",

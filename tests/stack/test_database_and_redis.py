@@ -1,16 +1,12 @@
 from __future__ import annotations
 
 import uuid
-from pathlib import Path
 
-from alembic.config import Config
-from alembic.script import ScriptDirectory
 from redis import Redis
 from sqlalchemy import create_engine, inspect, text
 
+from models.migrate import head_revision
 from models.settings import FerrySettings
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_migrations_created_the_tables_at_head(test_settings: FerrySettings) -> None:
@@ -24,7 +20,7 @@ def test_migrations_created_the_tables_at_head(test_settings: FerrySettings) -> 
             current = conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
     finally:
         engine.dispose()
-    head = ScriptDirectory.from_config(Config(str(ROOT / "alembic.ini"))).get_current_head()
+    head = head_revision()
     assert current == head
 
 
