@@ -23,28 +23,15 @@ from api.deps import transaction
 from api.errors import error_responses
 from api.identity import CallerDep
 from api.replicators import ReplicatorArn
-from models import offsets as offset_store
-from models import replicator_service
+from models import offset_store, replicator_service
 from models.errors import InvalidRequestError, ResourceNotFoundError
-from models.offsets import FailoverOperation
-from models.replicator import Replicator
+from models.offsets import FAILOVER_ACTIVE_STATES, FailoverOperation, FailoverState
+from models.replicator import ReplicatorState
+from workers.engine.spec import ReplicationSpec
 
 router = APIRouter(tags=["consumer groups"])
 
 _BASE = "/replication/v1/replicators/{replicatorArn:path}"
-
-
-def _target_topic(row: Replicator, topic: str) -> str:
-    info = row.replication_info
-    naming = ((info.get("topicReplication") or {}).get("topicNameConfiguration") or {}).get("type")
-    if naming == "IDENTICAL":
-        return topic
-    return f"{info['sourceKafkaClusterAlias']}.{topic}"
-
-
-def _enhanced(row: Replicator) -> bool:
-    groups = row.replication_info.get("consumerGroupReplication") or {}
-    return groups.get("consumerGroupOffsetSyncMode") == "ENHANCED"
 
 
 class OffsetTranslation(BaseModel):
@@ -79,8 +66,9 @@ async def offset_translation(
     """The target offset of the first copied record at or after ``offset``, and the re-read bound."""
     async with transaction(request) as session:
         row = await replicator_service.get_replicator(session, account_id=caller.account_id, arn=replicatorArn)
-        target_topic = _target_topic(row, topic)
-        reverse = await offset_store.reverse_replicator(session, str(row.id)) if _enhanced(row) else None
+        spec = ReplicationSpec.from_replication_info(row.replication_info, replicator_id=str(row.id))
+        target_topic = spec.target_topic(topic)
+        reverse = await offset_store.reverse_replicator(session, str(row.id)) if spec.groups.enhanced else None
         found = await offset_store.translate_position(
             session, str(row.id), topic, partition, offset, reverse_replicator_id=reverse, target_topic=target_topic
         )
@@ -132,11 +120,11 @@ def _status(op: FailoverOperation, arn: str) -> FailoverStatus:
     state, error = op.state, op.error
     now = datetime.now(UTC)
     if (
-        state in offset_store.FAILOVER_ACTIVE_STATES
+        state in FAILOVER_ACTIVE_STATES
         and (now - op.created_at).total_seconds() > op.timeout_seconds
         and (now - op.updated_at).total_seconds() > ABANDONED_AFTER_SECONDS
     ):
-        state = "FAILED"
+        state = FailoverState.FAILED
         error = (
             f"timed out after {op.timeout_seconds:g}s while {op.progress or 'pending'}; no worker has advanced it "
             f"for {(now - op.updated_at).total_seconds():.0f}s (is the replicator's metadata unit running?)"
@@ -166,7 +154,7 @@ async def start_failover(
     """Checks producers stopped, waits for zero lag, syncs the groups one last time, reports resume positions."""
     async with transaction(request) as session:
         row = await replicator_service.get_replicator(session, account_id=caller.account_id, arn=replicatorArn)
-        if row.state in ("DELETING", "FAILED"):
+        if row.state in (ReplicatorState.DELETING, ReplicatorState.FAILED):
             raise InvalidRequestError(f"replicatorArn: the replicator is {row.state}", "replicatorArn")
         op = FailoverOperation(
             id=uuid.uuid4(),
@@ -174,7 +162,7 @@ async def start_failover(
             groups=list(dict.fromkeys(body.consumerGroups)),
             grace_seconds=body.gracePeriodSeconds,
             timeout_seconds=body.timeoutSeconds,
-            state="PENDING",
+            state=FailoverState.PENDING.value,
             progress="waiting for the replicator's metadata unit to pick it up",
         )
         session.add(op)

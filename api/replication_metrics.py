@@ -28,8 +28,8 @@ from api.identity import CallerDep
 from api.replicators import ReplicatorArn
 from models import replicator_service
 from models.errors import DependencyUnavailableError
-from models.fleet import METRICS_KEY, STATUS_KEY
-from models.replicator import Replicator
+from models.fleet_reports import METRICS_KEY, STATUS_KEY, PartitionReport, StatusField
+from models.replicator import ReplicatorRow, ReplicatorState
 
 router = APIRouter(tags=["monitoring"])
 
@@ -42,56 +42,57 @@ def _text(value: bytes | str) -> str:
 
 @dataclass(frozen=True)
 class ReplicatorReading:
-    replicator: Replicator
+    replicator: ReplicatorRow
     partitions: list[dict[str, Any]]
     status: dict[str, Any]
 
 
-async def _reading(redis: Redis, row: Replicator) -> ReplicatorReading:
+async def _reading(redis: Redis, row: ReplicatorRow) -> ReplicatorReading:
     try:
         return await _read(redis, row)
     except RedisError as exc:
         raise DependencyUnavailableError(f"the fleet's measurements in Redis cannot be read now: {exc}") from None
 
 
-async def _read(redis: Redis, row: Replicator) -> ReplicatorReading:
+async def _read(redis: Redis, row: ReplicatorRow) -> ReplicatorReading:
     now_ms = int(time.time() * 1000)
     raw = await redis.hgetall(METRICS_KEY.format(replicator_id=row.id))
     partitions = []
     for value in raw.values():
-        entry = json.loads(value)
-        age = now_ms - int(entry.get("reportedAtMs", 0))
-        lag = entry.get("lag_records")
-        last_ts = entry.get("last_copied_timestamp_ms")
+        report = PartitionReport.from_json(value)
+        if report is None:
+            continue  # another release's report (a rolling upgrade): it expires on its own
+        age = now_ms - report.reported_at_ms
+        fresh = age <= STALE_AFTER_MS
+        lag = report.lag_records
+        last_ts = report.last_copied_timestamp_ms
         partitions.append(
             {
-                "sourceTopic": entry["source_topic"],
-                "partition": entry["partition"],
-                "targetTopic": entry["target_topic"],
-                "owner": entry.get("owner"),
-                "health": entry["health"] if age <= STALE_AFTER_MS else "UNKNOWN",
-                "healthDetail": entry.get("health_detail", "")
-                if age <= STALE_AFTER_MS
-                else f"no report from its worker for {age // 1000}s",
+                "sourceTopic": report.source_topic,
+                "partition": report.partition,
+                "targetTopic": report.target_topic,
+                "owner": report.owner,
+                "health": report.health if fresh else "UNKNOWN",
+                "healthDetail": report.health_detail if fresh else f"no report from its worker for {age // 1000}s",
                 "lagRecords": lag,
                 # Time behind: how old the newest copied record is while records wait; zero when caught up.
                 "lagSeconds": 0.0 if lag == 0 else (None if last_ts is None else max(0.0, (now_ms - last_ts) / 1000)),
-                "latencyMs": entry.get("latency_ms_max_recent"),
-                "recordsCopied": entry.get("records_copied", 0),
-                "bytesCopied": entry.get("bytes_copied", 0),
-                "recordsFiltered": entry.get("records_filtered", 0),
-                "recordsPerSecond": entry.get("recordsPerSecond", 0.0),
-                "bytesPerSecond": entry.get("bytesPerSecond", 0.0),
-                "truncatedOffsets": entry.get("truncated_offsets", 0),
-                "errors": entry.get("errors", {}),
-                "nextSourceOffset": entry.get("next_source_offset"),
-                "sourceEndOffset": entry.get("source_end_offset"),
+                "latencyMs": report.latency_ms_max_recent,
+                "recordsCopied": report.records_copied,
+                "bytesCopied": report.bytes_copied,
+                "recordsFiltered": report.records_filtered,
+                "recordsPerSecond": report.records_per_second,
+                "bytesPerSecond": report.bytes_per_second,
+                "truncatedOffsets": report.truncated_offsets,
+                "errors": report.errors,
+                "nextSourceOffset": report.next_source_offset,
+                "sourceEndOffset": report.source_end_offset,
                 "reportedAgeSeconds": age / 1000,
             }
         )
     partitions.sort(key=lambda p: (p["sourceTopic"], p["partition"]))
     status_raw = await redis.hgetall(STATUS_KEY.format(replicator_id=row.id))
-    status = {_text(k): json.loads(v) for k, v in status_raw.items() if _text(k) != "reportedAtMs"}
+    status = {_text(k): json.loads(v) for k, v in status_raw.items() if _text(k) != StatusField.REPORTED_AT_MS}
     return ReplicatorReading(row, partitions, status)
 
 
@@ -134,10 +135,10 @@ async def replicator_metrics(replicatorArn: ReplicatorArn, request: Request, cal
         "replicatorState": row.state,
         "stateInfo": row.state_info,
         "totals": _totals(reading.partitions),
-        "clusterPing": reading.status.get("clusterPing", {}),
-        "topics": reading.status.get("topics", {}),
-        "topicErrors": reading.status.get("topicErrors", {}),
-        "consumerGroups": reading.status.get("groupSync") or {"groupCount": 0, "failures": 0, "groups": {}},
+        "clusterPing": reading.status.get(StatusField.CLUSTER_PING, {}),
+        "topics": reading.status.get(StatusField.TOPICS, {}),
+        "topicErrors": reading.status.get(StatusField.TOPIC_ERRORS, {}),
+        "consumerGroups": reading.status.get(StatusField.GROUP_SYNC) or {"groupCount": 0, "failures": 0, "groups": {}},
         "partitions": reading.partitions,
     }
 
@@ -174,7 +175,9 @@ async def prometheus_metrics(request: Request, caller: CallerDep) -> PlainTextRe
         rows = (
             (
                 await session.execute(
-                    select(Replicator).where(Replicator.account_id == caller.account_id).order_by(Replicator.seq)
+                    select(ReplicatorRow)
+                    .where(ReplicatorRow.account_id == caller.account_id)
+                    .order_by(ReplicatorRow.seq)
                 )
             )
             .scalars()
@@ -223,7 +226,7 @@ async def prometheus_metrics(request: Request, caller: CallerDep) -> PlainTextRe
             "gauge",
             "Partitions of the replicator that are not healthy now.",
             {"replicator_name": name},
-            totals["unhealthyPartitions"] + (1 if row.state == "FAILED" else 0),
+            totals["unhealthyPartitions"] + (1 if row.state == ReplicatorState.FAILED else 0),
         )
         out.add(
             "ReplicationErrors",
@@ -246,7 +249,7 @@ async def prometheus_metrics(request: Request, caller: CallerDep) -> PlainTextRe
             {"replicator_name": name},
             None,
         )
-        for alias, ok in sorted(reading.status.get("clusterPing", {}).items()):
+        for alias, ok in sorted(reading.status.get(StatusField.CLUSTER_PING, {}).items()):
             out.add(
                 "KafkaClusterPingSuccessCount",
                 "gauge",
@@ -254,7 +257,7 @@ async def prometheus_metrics(request: Request, caller: CallerDep) -> PlainTextRe
                 {"replicator_name": name, "cluster_alias": alias},
                 ok,
             )
-        groups = reading.status.get("groupSync") or {}
+        groups = reading.status.get(StatusField.GROUP_SYNC) or {}
         out.add(
             "ConsumerGroupCount",
             "gauge",

@@ -1,5 +1,6 @@
 """The fleet's shared state in PostgreSQL: live workers, units of work with their fenced leases, and what each
-replicator's metadata unit last observed.
+replicator's metadata unit last observed; with the values those tables hold, as the reconcile loop's pure
+``plan`` and the agent read them (statements: ``models/fleet_store.py``; Redis reports: ``models/fleet_reports.py``).
 
 Lease times are always PostgreSQL's ``now()``, never a worker's clock, so clock skew between hosts cannot make
 two workers believe they hold the same unit.
@@ -8,6 +9,8 @@ two workers believe they hold the same unit.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -16,11 +19,10 @@ from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base
+from models.replicator import ReplicatorState
 
-# Redis keys through which workers report to the API: the contract between workers/ and api/.
-METRICS_KEY = "ferry:metrics:{replicator_id}"  # hash: "<topic>:<partition>" -> partition measurements (JSON)
-STATUS_KEY = "ferry:status:{replicator_id}"  # hash: cluster pings, topic errors, group sync (JSON values)
-WORKER_KEY = "ferry:worker:{worker_id}"  # what one worker runs right now (JSON)
+# The partition number of a replicator's metadata unit (topic sync, group sync, failovers).
+METADATA_PARTITION = -1
 
 
 class FleetWorker(Base):
@@ -79,3 +81,63 @@ class ReplicatorMetadata(Base):
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now(), onupdate=func.now()
     )
+
+
+# ---------------------------------------------------------------------- the values the fleet's tables hold
+
+
+@dataclass(frozen=True, order=True)
+class UnitKey:
+    """A unit of work: a replicator's metadata unit (``topic == ""``, ``partition == METADATA_PARTITION``) or one
+    source topic-partition."""
+
+    replicator_id: str
+    topic: str
+    partition: int
+
+    @classmethod
+    def metadata(cls, replicator_id: str) -> UnitKey:
+        return cls(replicator_id, "", METADATA_PARTITION)
+
+    @property
+    def is_metadata(self) -> bool:
+        return self.partition == METADATA_PARTITION
+
+
+@dataclass(frozen=True)
+class DesiredReplicator:
+    """What the API asked for: the part of a ``replicators`` row the reconcile loop decides on."""
+
+    id: str
+    state: ReplicatorState
+    generation: int
+    state_info: Mapping[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class UnitObservation:
+    assigned_worker: str | None
+    owner: str | None  # holder of a live lease, None when free or expired
+
+
+@dataclass(frozen=True)
+class AssignedUnit:
+    """A unit as one worker sees it: assigned to it, owned by it, or both (for a moment while it moves)."""
+
+    key: UnitKey
+    assigned_worker: str | None
+    owner_worker: str | None
+    epoch: int
+
+
+@dataclass(frozen=True)
+class MetadataObservation:
+    """What a replicator's metadata unit last reported."""
+
+    applied_generation: int
+    partitions: frozenset[tuple[str, int]]  # source topic-partitions in scope, target topics created
+    error_code: str | None = None
+    error_message: str | None = None
+    failed: bool = False  # the error lasted long enough to count as a failure of the replicator
+    notice_code: str | None = None  # not a failure, but shown in stateInfo (e.g. no topic matches)
+    notice_message: str | None = None

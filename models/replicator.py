@@ -13,6 +13,7 @@ Stored JSON uses the MSK wire names (``models.replicator_shapes``):
 
 from __future__ import annotations
 
+import enum
 import uuid
 from datetime import datetime
 from typing import Any
@@ -24,7 +25,20 @@ from sqlalchemy.orm import Mapped, mapped_column
 from models.base import Base
 
 
-class Replicator(Base):
+class ReplicatorState(enum.StrEnum):
+    """The states of docs/replicator-states.md: the API writes CREATING, UPDATING and DELETING; the fleet moves
+    replicators to RUNNING and FAILED."""
+
+    CREATING = "CREATING"
+    RUNNING = "RUNNING"
+    UPDATING = "UPDATING"
+    DELETING = "DELETING"
+    FAILED = "FAILED"
+
+
+class ReplicatorRow(Base):
+    """One replicator: its desired state (written by the API) and the status the fleet reports."""
+
     __tablename__ = "replicators"
     __table_args__ = (
         UniqueConstraint("account_id", "name"),
@@ -53,7 +67,7 @@ class Replicator(Base):
     # generation counts desired-state changes; the fleet copies it to observed_generation once applied.
     generation: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
     observed_generation: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
-    state: Mapped[str] = mapped_column(String(16), nullable=False, default="CREATING")
+    state: Mapped[str] = mapped_column(String(16), nullable=False, default=ReplicatorState.CREATING.value)
     state_info: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(

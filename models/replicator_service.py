@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from models.errors import ConflictError, InvalidRequestError, ResourceNotFoundError
 from models.msk import resolve_msk_bootstrap
-from models.replicator import Replicator
+from models.replicator import ReplicatorRow, ReplicatorState
 from models.replicator_shapes import (
     CreateReplicatorRequest,
     DescribeReplicatorResponse,
@@ -65,7 +65,7 @@ def new_current_version() -> str:
 
 async def create_replicator(
     session: AsyncSession, *, account_id: str, region: str, request: CreateReplicatorRequest
-) -> Replicator:
+) -> ReplicatorRow:
     # Regex trials and MSK look-ups are blocking work; they must not stall the event loop.
     accepted = await asyncio.to_thread(accept_create, request)
     clusters = [await _stored_cluster(plan) for plan in accepted.clusters]
@@ -94,8 +94,10 @@ async def _stored_cluster(plan: ClusterPlan) -> dict[str, Any]:
     return {**plan.wire, "kafkaClusterAlias": plan.alias, "ferry": ferry}
 
 
-def _new_row(accepted: AcceptedCreate, clusters: list[dict[str, Any]], *, account_id: str, region: str) -> Replicator:
-    return Replicator(
+def _new_row(
+    accepted: AcceptedCreate, clusters: list[dict[str, Any]], *, account_id: str, region: str
+) -> ReplicatorRow:
+    return ReplicatorRow(
         id=uuid.uuid4(),
         account_id=account_id,
         name=accepted.name,
@@ -109,7 +111,7 @@ def _new_row(accepted: AcceptedCreate, clusters: list[dict[str, Any]], *, accoun
         current_version=new_current_version(),
         generation=1,
         observed_generation=0,
-        state="CREATING",
+        state=ReplicatorState.CREATING.value,
     )
 
 
@@ -124,14 +126,14 @@ def _violated_constraint(exc: IntegrityError) -> str | None:
 
 async def get_replicator(
     session: AsyncSession, *, account_id: str, arn: str, parameter: str = "replicatorArn", for_update: bool = False
-) -> Replicator:
+) -> ReplicatorRow:
     if not is_replicator_arn(arn):
         raise InvalidRequestError(
             f"{parameter}: {arn[:300]!r} is not a replicator ARN "
             "(arn:aws:kafka:<region>:<account>:replicator/<name>/<id>)",
             parameter,
         )
-    statement = select(Replicator).where(Replicator.account_id == account_id, Replicator.arn == arn)
+    statement = select(ReplicatorRow).where(ReplicatorRow.account_id == account_id, ReplicatorRow.arn == arn)
     if for_update:
         statement = statement.with_for_update()
     row = (await session.execute(statement)).scalar_one_or_none()
@@ -147,18 +149,18 @@ async def list_replicators(
     max_results: int | None,
     next_token: str | None,
     name_filter: str | None,
-) -> tuple[Sequence[Replicator], str | None]:
+) -> tuple[Sequence[ReplicatorRow], str | None]:
     """One page in creation order, and the token of the next page (None on the last page)."""
     page_size = DEFAULT_PAGE_SIZE if max_results is None else max_results
     if not 1 <= page_size <= MAX_PAGE_SIZE:
         raise InvalidRequestError(f"maxResults: must be between 1 and {MAX_PAGE_SIZE}, got {page_size}", "maxResults")
-    statement = select(Replicator).where(Replicator.account_id == account_id)
+    statement = select(ReplicatorRow).where(ReplicatorRow.account_id == account_id)
     if next_token:
-        statement = statement.where(Replicator.seq > _decode_page_token(next_token))
+        statement = statement.where(ReplicatorRow.seq > _decode_page_token(next_token))
     if name_filter:
         # MSK documents the filter as "replicators starting with given name": a prefix, taken literally.
-        statement = statement.where(Replicator.name.startswith(name_filter, autoescape=True))
-    rows = (await session.execute(statement.order_by(Replicator.seq).limit(page_size + 1))).scalars().all()
+        statement = statement.where(ReplicatorRow.name.startswith(name_filter, autoescape=True))
+    rows = (await session.execute(statement.order_by(ReplicatorRow.seq).limit(page_size + 1))).scalars().all()
     if len(rows) <= page_size:
         return rows, None
     page = rows[:page_size]
@@ -190,12 +192,12 @@ def _decode_page_token(token: str) -> int:
 
 async def update_replication_info(
     session: AsyncSession, *, account_id: str, arn: str, request: UpdateReplicationInfoRequest
-) -> Replicator:
+) -> ReplicatorRow:
     row = await get_replicator(session, account_id=account_id, arn=arn, for_update=True)
     _check_current_version(row, request.current_version)
     # A FAILED replicator may be updated: the fix can be in the topic lists (e.g. excluding a topic whose
     # creation is denied). It stays FAILED until the new generation runs (docs/replicator-states.md).
-    if row.state == "DELETING":
+    if row.state == ReplicatorState.DELETING:
         raise InvalidRequestError(
             f"replicatorArn: a replicator in state {row.state} cannot be updated", "replicatorArn"
         )
@@ -211,26 +213,26 @@ async def update_replication_info(
     row.log_delivery = accepted.log_delivery
     row.generation += 1
     row.current_version = new_current_version()
-    if row.state == "RUNNING":
-        row.state = "UPDATING"
+    if row.state == ReplicatorState.RUNNING:
+        row.state = ReplicatorState.UPDATING.value
     await session.flush()
     return row
 
 
 async def delete_replicator(
     session: AsyncSession, *, account_id: str, arn: str, current_version: str | None
-) -> Replicator:
+) -> ReplicatorRow:
     row = await get_replicator(session, account_id=account_id, arn=arn, for_update=True)
     if current_version is not None:
         _check_current_version(row, current_version)
-    if row.state != "DELETING":
-        row.state = "DELETING"
+    if row.state != ReplicatorState.DELETING:
+        row.state = ReplicatorState.DELETING.value
         row.generation += 1
         await session.flush()
     return row
 
 
-def _check_current_version(row: Replicator, current_version: str) -> None:
+def _check_current_version(row: ReplicatorRow, current_version: str) -> None:
     if current_version != row.current_version:
         raise InvalidRequestError(
             f"currentVersion: {current_version[:100]!r} is not the replicator's current version "
@@ -267,7 +269,7 @@ async def list_tags(session: AsyncSession, *, account_id: str, arn: str) -> dict
 # ----- shapes -------------------------------------------------------------------------------------------------
 
 
-def describe(row: Replicator) -> DescribeReplicatorResponse:
+def describe(row: ReplicatorRow) -> DescribeReplicatorResponse:
     """The DescribeReplicator shape of a row: the one conversion every read goes through."""
     clusters = [
         KafkaClusterDescription.model_validate(_members_of(KafkaClusterDescription, cluster))
@@ -299,7 +301,7 @@ def _members_of(shape: type[BaseModel], stored: dict[str, Any]) -> dict[str, Any
     return {key: value for key, value in stored.items() if key in members}
 
 
-def summarize(row: Replicator) -> ReplicatorSummary:
+def summarize(row: ReplicatorRow) -> ReplicatorSummary:
     described = describe(row)
     return ReplicatorSummary(
         creation_time=described.creation_time,

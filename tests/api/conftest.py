@@ -22,7 +22,7 @@ from sqlalchemy import Engine, delete
 from api.app import create_app
 from models.db import make_sync_engine
 from models.migrate import upgrade
-from models.replicator import Replicator
+from models.replicator import ReplicatorRow
 from models.settings import FerrySettings
 
 REGION = "us-east-1"
@@ -98,7 +98,7 @@ def _remove_this_tests_replicators(unique: str, db_engine: Engine) -> Iterator[N
     """Delete the rows a test created (every name it uses contains its ``unique`` value) once it is done."""
     yield
     with db_engine.begin() as connection:
-        connection.execute(delete(Replicator).where(Replicator.name.contains(unique, autoescape=True)))
+        connection.execute(delete(ReplicatorRow).where(ReplicatorRow.name.contains(unique, autoescape=True)))
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
-from models.replicator import Replicator
+from models.replicator import ReplicatorRow
 from tests.api.conftest import create_request
 
 TOPIC_UPDATE = {
@@ -26,9 +26,9 @@ TOPIC_UPDATE = {
 }
 
 
-def _row(db_engine: Engine, arn: str) -> Replicator:
+def _row(db_engine: Engine, arn: str) -> ReplicatorRow:
     with Session(db_engine) as session:
-        return session.scalars(select(Replicator).where(Replicator.arn == arn)).one()
+        return session.scalars(select(ReplicatorRow).where(ReplicatorRow.arn == arn)).one()
 
 
 def test_create_then_describe_returns_the_full_shape(kafka: Any, unique: str, clusters: dict[str, Any]) -> None:
@@ -144,7 +144,7 @@ def test_update_of_a_running_replicator_makes_it_updating(
 ) -> None:
     arn = kafka.create_replicator(**create_request(unique, clusters))["ReplicatorArn"]
     with db_engine.begin() as connection:  # what the worker fleet does once the replicator runs
-        connection.execute(update(Replicator).where(Replicator.arn == arn).values(state="RUNNING"))
+        connection.execute(update(ReplicatorRow).where(ReplicatorRow.arn == arn).values(state="RUNNING"))
     version = kafka.describe_replicator(ReplicatorArn=arn)["CurrentVersion"]
 
     updated = kafka.update_replication_info(
@@ -379,8 +379,8 @@ def test_describe_reports_the_state_the_fleet_wrote(
     arn = kafka.create_replicator(**create_request(unique, clusters))["ReplicatorArn"]
     with db_engine.begin() as connection:  # what the worker fleet writes when a replicator cannot start
         connection.execute(
-            update(Replicator)
-            .where(Replicator.arn == arn)
+            update(ReplicatorRow)
+            .where(ReplicatorRow.arn == arn)
             .values(state="FAILED", state_info={"code": "SourceUnreachable", "message": "no broker answered"})
         )
 
@@ -416,7 +416,7 @@ def test_ferry_annotations_stay_internal(
     with db_engine.begin() as connection:  # the fleet may annotate stored clusters further
         stored = _row(db_engine, arn).kafka_clusters
         annotated = [{**cluster, "fleetNote": "x", "ferry": {**cluster["ferry"], "leader": "w1"}} for cluster in stored]
-        connection.execute(update(Replicator).where(Replicator.arn == arn).values(kafka_clusters=annotated))
+        connection.execute(update(ReplicatorRow).where(ReplicatorRow.arn == arn).values(kafka_clusters=annotated))
 
     raw = http.get(f"/replication/v1/replicators/{quote(arn, safe='')}")
 

@@ -14,9 +14,12 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from workers.engine import ClusterConnection, CopierOptions, ReplicationSpec, Replicator
 from workers.engine.admin import create_topic as admin_create_topic
 from workers.engine.admin import describe_topics
+from workers.engine.connection import ClusterConnection
+from workers.engine.copier import CopierOptions
+from workers.engine.spec import ReplicationSpec
+from workers.engine.standalone import StandaloneReplicator
 
 
 @dataclass(frozen=True)
@@ -183,9 +186,11 @@ def spec_for(unique: str, topics: Iterable[str], **overrides: Any) -> Replicatio
 
 
 @asynccontextmanager
-async def running(spec: ReplicationSpec, source: str, target: str, **kwargs: Any) -> AsyncIterator[Replicator]:
+async def running(
+    spec: ReplicationSpec, source: str, target: str, **kwargs: Any
+) -> AsyncIterator[StandaloneReplicator]:
     kwargs.setdefault("options", CopierOptions(retry_backoff_s=0.2))
-    replicator = Replicator(
+    replicator = StandaloneReplicator(
         spec,
         ClusterConnection(source, alias=spec.source_alias),
         ClusterConnection(target, alias=spec.target_alias),
@@ -200,7 +205,7 @@ async def running(spec: ReplicationSpec, source: str, target: str, **kwargs: Any
     assert failure is None, f"copier failed: {failure!r}"
 
 
-def caught_up(replicator: Replicator) -> Callable[[], Awaitable[bool]]:
+def caught_up(replicator: StandaloneReplicator) -> Callable[[], Awaitable[bool]]:
     """Condition: every assigned partition copied up to the source end it last saw, and progress durable."""
 
     async def check() -> bool:

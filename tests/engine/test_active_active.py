@@ -5,17 +5,17 @@ from __future__ import annotations
 from collections import Counter
 
 from tests.engine.conftest import Rec, create_topic, produce, read_topic, running, spec_for, wait_for
-from workers.engine import Replicator
+from workers.engine.standalone import StandaloneReplicator
 
 PER_SIDE = 3000
 PARTITIONS = 3
 
 
-def filtered(replicator: Replicator) -> int:
+def filtered(replicator: StandaloneReplicator) -> int:
     return sum(s.records_filtered for s in replicator.snapshot().partitions.values())
 
 
-def idle(replicator: Replicator) -> bool:
+def idle(replicator: StandaloneReplicator) -> bool:
     stats = replicator.snapshot().partitions.values()
     return bool(stats) and all(s.lag_records == 0 for s in stats)
 

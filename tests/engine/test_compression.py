@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.engine.conftest import Rec, create_topic, produce, running, spec_for, topic_count, wait_for
-from workers.engine import TargetCompression
+from workers.engine.spec import TargetCompression
 
 ROOT = Path(__file__).resolve().parents[2]
 RECORDS = 500

@@ -23,16 +23,11 @@ from tests.engine.conftest import (
     topic_count,
     wait_for,
 )
-from workers.engine import (
-    ClusterConnection,
-    CopierFenced,
-    CopierOptions,
-    Health,
-    LeaseLost,
-    PartitionCopier,
-    ReplicationSpec,
-    TopicSynchronizer,
-)
+from workers.engine.connection import ClusterConnection
+from workers.engine.copier import CopierFenced, CopierOptions, LeaseLost, PartitionCopier
+from workers.engine.metrics import Health
+from workers.engine.spec import ReplicationSpec
+from workers.engine.topics import TopicSynchronizer
 
 OPTIONS = CopierOptions(retry_backoff_s=0.2)
 
@@ -116,7 +111,7 @@ async def test_lost_lease_stops_the_copier_before_progress_is_written(
     lease_held = True
     checks = 0
 
-    async def lease_check() -> bool:
+    async def lease_check(partitions: frozenset[TopicPartition]) -> bool:
         nonlocal checks
         checks += 1
         return lease_held

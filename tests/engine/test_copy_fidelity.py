@@ -16,8 +16,8 @@ from tests.engine.conftest import (
     topic_count,
     wait_for,
 )
-from workers.engine import PROVENANCE_HEADER
 from workers.engine.admin import cluster_id, describe_topic_configs
+from workers.engine.spec import PROVENANCE_HEADER
 
 MAIN_RECORDS = 100_000
 LARGE_LIMIT = 2_000_000

@@ -10,14 +10,16 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from tests.engine.conftest import Rec, caught_up, create_topic, produce, read_topic, running, spec_for, wait_for
-from workers.engine import CopierOptions, forwarding
+from workers.engine import forwarding
+from workers.engine.aiokafka_hooks import install_batch_fetching
+from workers.engine.copier import CopierOptions
 
 pytestmark = pytest.mark.asyncio
 
 
 async def fetch_items(bootstrap: str, topic: str, partition: int, start: int, end: int, codec: int) -> list[Any]:
     """What a forwarding consumer yields for offsets ``start``..``end`` of one partition."""
-    forwarding.install()
+    install_batch_fetching()
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,

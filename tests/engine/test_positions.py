@@ -17,7 +17,7 @@ from tests.engine.conftest import (
     topic_count,
     wait_for,
 )
-from workers.engine import Health
+from workers.engine.metrics import Health
 
 
 def values(data: dict[int, list[object]]) -> list[bytes]:

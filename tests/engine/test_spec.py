@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from workers.engine import ReplicationSpec, StartingPosition, TargetCompression, TopicNaming
 from workers.engine.admin import ConfigEntry
 from workers.engine.connection import ClusterConnection, client_kwargs
+from workers.engine.spec import ReplicationSpec, StartingPosition, TargetCompression, TopicNaming
 from workers.engine.topics import copyable_configs, is_per_cluster_config
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Mapping
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 
 from tests.engine.conftest import caught_up, create_topic, end_offsets, read_topic, running, spec_for, wait_for
-from workers.engine import BatchMapping
+from workers.engine.batches import AckedPosition, BatchMapping
 
 
 async def test_only_committed_records_are_copied(source_bootstrap: str, target_bootstrap: str, unique: str) -> None:
@@ -63,6 +64,9 @@ class MappingRecorder:
 
     def record_batch(self, mapping: BatchMapping) -> None:
         self.batches.append(mapping)
+
+    async def before_progress(self, positions: Callable[[], Mapping[TopicPartition, AckedPosition]]) -> None:
+        pass
 
 
 class _AbortingTransaction:

@@ -7,7 +7,7 @@ from aiokafka import TopicPartition
 
 from tests.engine.conftest import Rec, create_topic, produce, read_topic, spec_for, topic_count, wait_for
 from tests.engine.test_copier_ownership import copier, prepare_target
-from workers.engine import ErrorKind
+from workers.engine.metrics import ErrorKind
 
 
 async def test_a_closed_write_gate_keeps_every_batch_off_the_target(
@@ -24,7 +24,7 @@ async def test_a_closed_write_gate_keeps_every_batch_off_the_target(
     async def count_is(n: int) -> bool:
         return await topic_count(target_bootstrap, target_topic) == n
 
-    async with copier(spec, source_bootstrap, target_bootstrap, write_gate=lambda: gate_open) as instance:
+    async with copier(spec, source_bootstrap, target_bootstrap, write_gate=lambda partitions: gate_open) as instance:
         await instance.assign(tps)
         await produce(source_bootstrap, topic, [Rec(i % 2, None, f"a{i}".encode()) for i in range(1000)])
         await wait_for(lambda: count_is(1000), 30, "the first 1000 records copied")

@@ -1,4 +1,4 @@
-"""The offset map as stored in PostgreSQL (models/offsets.py): merging across flushes, re-copies, crash holes with
+"""The offset map as stored in PostgreSQL (models/offset_store.py): merging across flushes, re-copies, crash holes with
 an explicit bound, thinning, and finding an ENHANCED partner. Real database, no Kafka."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from typing import Any, TypeVar
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from models import offsets as store
+from models import offset_store as store
 from models.db import make_async_engine
+from models.offset_map import Run
 from models.settings import FerrySettings
-from workers.engine.offset_map import Run
 
 T = TypeVar("T")
 

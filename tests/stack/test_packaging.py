@@ -1,5 +1,5 @@
 """What ships: the wheel holds what production runs (api, models with its migrations, workers) and nothing else,
-and an installed copy migrates a database from anywhere."""
+an installed copy migrates a database from anywhere, and the API process never loads the copier."""
 
 from __future__ import annotations
 
@@ -39,6 +39,7 @@ def test_the_wheel_holds_what_production_runs_and_nothing_else(wheel: Path) -> N
     assert "models/migrations/script.py.mako" in names
     revisions = [name for name in names if name.startswith("models/migrations/versions/0")]
     assert len(revisions) >= 6
+    assert "workers/engine/aiokafka_hooks.py" in names
 
 
 @pytest.fixture
@@ -79,3 +80,15 @@ def test_an_installed_ferry_migrates_its_database_from_anywhere(
     with psycopg.connect(scratch_database.replace("postgresql+psycopg://", "postgresql://")) as conn:
         (version,) = conn.execute("SELECT version_num FROM alembic_version").fetchone() or (None,)
     assert version == head_revision()
+
+
+def test_the_api_process_loads_neither_the_copier_nor_the_fleet() -> None:
+    probe = (
+        "import sys, api.app; "
+        "loaded = [m for m in ('workers.engine.copier', 'workers.engine.aiokafka_hooks', 'workers.fleet', "
+        "'workers.celery_app') if m in sys.modules]; print(','.join(loaded))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "", f"the API imported {result.stdout.strip()}"

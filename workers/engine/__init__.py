@@ -1,61 +1,15 @@
 """Ferry's replication engine: plain asyncio + aiokafka, no Celery, FastAPI, SQLAlchemy or models imports.
 
-Parts the fleet drives separately: ``TopicSynchronizer`` (topic/partition/config sync),
-``PartitionCopier`` (copies an assignable set of source partitions), ``ProgressStore`` (durable progress on
-the target). ``Replicator`` combines them for a single process (CLI, tests, benchmarks).
+Import from the modules themselves; this package imports none of them, so the API can read the typed spec
+(``workers.engine.spec``, standard library only) without loading the copier or aiokafka:
+
+- ``spec``: ``ReplicationSpec`` (what to copy and how, from the stored ``replicationInfo``), ``NameFilter``,
+  ``GroupReplication``;
+- ``connection``: ``ClusterConnection`` and ``client_kwargs``, the one place cluster settings become client kwargs;
+- ``topics``: ``TopicSynchronizer`` (topics, partitions, configurations and ACLs on the target);
+- ``copier``: ``PartitionCopier`` (copies an assignable set of source partitions), with ``batches`` (producer
+  batches and acknowledgement bookkeeping), ``forwarding`` (which source batches travel as they are),
+  ``aiokafka_hooks`` (every use of aiokafka internals), ``progress`` (durable progress on the target) and
+  ``metrics`` (per-partition measurements);
+- ``standalone``: ``StandaloneReplicator``, sync plus one copier in one process (the CLI, tests, benchmarks).
 """
-
-from workers.engine.connection import ClusterConnection, client_kwargs
-from workers.engine.copier import (
-    BatchMapping,
-    CopierError,
-    CopierFenced,
-    CopierOptions,
-    LeaseCheck,
-    LeaseLost,
-    OffsetMapSink,
-    PartitionCopier,
-    TargetPartitionMissing,
-)
-from workers.engine.metrics import ErrorKind, Health, PartitionStats
-from workers.engine.progress import PartitionProgress, ProgressStore
-from workers.engine.replicator import Replicator, ReplicatorStats
-from workers.engine.spec import (
-    PROGRESS_TOPIC,
-    PROVENANCE_HEADER,
-    ReplicationSpec,
-    StartingPosition,
-    TargetCompression,
-    TopicNaming,
-)
-from workers.engine.topics import ReplicatedTopic, SyncReport, TopicSynchronizer
-
-__all__ = [
-    "PROGRESS_TOPIC",
-    "PROVENANCE_HEADER",
-    "BatchMapping",
-    "ClusterConnection",
-    "CopierError",
-    "CopierFenced",
-    "CopierOptions",
-    "ErrorKind",
-    "Health",
-    "LeaseCheck",
-    "LeaseLost",
-    "OffsetMapSink",
-    "PartitionCopier",
-    "PartitionProgress",
-    "PartitionStats",
-    "ProgressStore",
-    "ReplicatedTopic",
-    "ReplicationSpec",
-    "Replicator",
-    "ReplicatorStats",
-    "StartingPosition",
-    "SyncReport",
-    "TargetCompression",
-    "TargetPartitionMissing",
-    "TopicNaming",
-    "TopicSynchronizer",
-    "client_kwargs",
-]

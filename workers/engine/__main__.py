@@ -25,8 +25,8 @@ from typing import Any
 
 from workers.engine.connection import ClusterConnection
 from workers.engine.copier import CopierOptions
-from workers.engine.replicator import Replicator
 from workers.engine.spec import ReplicationSpec
+from workers.engine.standalone import StandaloneReplicator
 
 log = logging.getLogger("workers.engine")
 
@@ -77,7 +77,7 @@ def build_spec(args: argparse.Namespace) -> ReplicationSpec:
     )
 
 
-def write_metrics(path: Path, replicator: Replicator) -> None:
+def write_metrics(path: Path, replicator: StandaloneReplicator) -> None:
     stats = replicator.snapshot().as_json()
     stats["writtenAtMs"] = int(time.time() * 1000)
     stats["pid"] = os.getpid()
@@ -88,7 +88,7 @@ def write_metrics(path: Path, replicator: Replicator) -> None:
 
 async def run(args: argparse.Namespace) -> int:
     spec = build_spec(args)
-    replicator = Replicator(
+    replicator = StandaloneReplicator(
         spec,
         ClusterConnection(args.source, alias=spec.source_alias),
         ClusterConnection(args.target, alias=spec.target_alias),

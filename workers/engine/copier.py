@@ -13,8 +13,12 @@ Two delivery modes:
   records, so after any crash the target holds each source record once (for read_committed readers).
 
 The caller supplies the transactional id of the unit of work (Kafka fences an older producer with the same
-id) and optionally ``lease_check``, awaited before every batch is sent and every progress commit: returning
-False stops the copier with ``LeaseLost`` before anything more is written.
+id) and optionally ``lease_check``, awaited with the copier's partitions before every batch is sent and every
+progress commit: returning False stops the copier with ``LeaseLost`` before anything more is written.
+
+What goes into each producer batch and what an acknowledgement means for a partition is ``batches.py``; every
+use of aiokafka's internals (raw batch fetching, stand-in batch builders, the sender gate) is
+``aiokafka_hooks.py``.
 """
 
 from __future__ import annotations
@@ -24,10 +28,9 @@ import contextlib
 import functools
 import logging
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -44,14 +47,26 @@ from aiokafka.errors import (
 
 from workers.engine import admin as kafka_admin
 from workers.engine import forwarding
+from workers.engine.aiokafka_hooks import WritesFenced, gate_sender, install_batch_fetching
+from workers.engine.batches import (
+    AckedPosition,
+    BatchFormat,
+    OffsetMapSink,
+    PartitionState,
+    PendingBatch,
+    acknowledge,
+    build_batches,
+)
 from workers.engine.connection import ClusterConnection, client_kwargs
 from workers.engine.metrics import ErrorKind, PartitionMetrics, PartitionStats
 from workers.engine.progress import PartitionProgress, ProgressStore, encode_progress, now_ms, progress_key
-from workers.engine.spec import PROVENANCE_HEADER, ReplicationSpec, StartingPosition, TopicNaming
+from workers.engine.spec import ReplicationSpec, StartingPosition, TopicNaming
 
 log = logging.getLogger(__name__)
 
-LeaseCheck = Callable[[], Awaitable[bool]]
+# Both are given the partitions whose writes they judge (the copier's own, also while it stops).
+LeaseCheck = Callable[[frozenset[TopicPartition]], Awaitable[bool]]
+WriteGate = Callable[[frozenset[TopicPartition]], bool]
 
 
 class CopierError(Exception):
@@ -66,58 +81,8 @@ class CopierFenced(CopierError):
     """A newer producer with the same transactional id exists: this copier is a zombie."""
 
 
-class WritesFenced(KafkaError):  # type: ignore[misc]
-    """The write gate closed (the unit of work's lease is gone): a queued batch was dropped, never sent."""
-
-
-def _gate_sender(producer: AIOKafkaProducer, gate: Callable[[], bool]) -> None:
-    """Refuse to send any produce request while ``gate()`` is False.
-
-    aiokafka offers no hook between "batch ready" and "request sent". A worker paused past its lease (GC,
-    SIGSTOP, a frozen VM) would otherwise send what it had queued the moment it wakes, after the partition's
-    new owner started writing; checking before each batch is handed over cannot catch batches already queued.
-    """
-    sender = producer._sender
-    send = sender._send_produce_req
-
-    async def gated(node_id: int, batches: dict[TopicPartition, Any]) -> None:
-        if gate():
-            await send(node_id, batches)
-            return
-        for batch in batches.values():
-            batch.failure(exception=WritesFenced("the lease of this unit of work is gone; batch not sent"))
-        sender._in_flight.discard(node_id)
-        for tp in batches:
-            sender._muted_partitions.discard(tp)
-
-    sender._send_produce_req = gated
-
-
 class TargetPartitionMissing(CopierError):
     """A source partition was assigned before its target partition existed (topic sync must run first)."""
-
-
-@dataclass(frozen=True)
-class BatchMapping:
-    """Where a run of copied records landed: source offset ``source_offsets[i]`` is at target offset
-    ``target_base_offset + i``. Source offsets may have gaps (compaction, transaction markers, filtered
-    records); target offsets of one mapping are contiguous."""
-
-    source: TopicPartition
-    target: TopicPartition
-    source_offsets: Sequence[int]
-    target_base_offset: int
-
-
-class OffsetMapSink(Protocol):
-    """Receives every acknowledged (or committed, in exactly-once mode) batch mapping, in partition order.
-
-    A sink may also define ``async def before_progress(self) -> None``: at-least-once copiers await it before
-    each progress write, after taking the positions that write records, so a sink that stores its mappings there
-    never stores them later than the progress that covers them (a crash then leaves no unmapped copies behind).
-    """
-
-    def record_batch(self, mapping: BatchMapping) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -146,41 +111,10 @@ class CopierOptions:
 
 
 @dataclass
-class _Pending:
-    """A batch handed to the producer (or a position advance with no records, already resolved)."""
-
-    future: asyncio.Future[Any]
-    next_source_offset: int
-    records: int
-    size: int
-    first_timestamp_ms: int
-    source_offsets: Sequence[int] | None
-    generation: int = -1
-
-
-@dataclass
-class _PartitionState:
-    source: TopicPartition
-    target: TopicPartition
-    metrics: PartitionMetrics
-    acked_next: int
-    acked_target_next: int | None
-    committed_next: int | None
-    sent_next: int
-    pending: deque[_Pending] = field(default_factory=deque)
-    failed: BaseException | None = None
-    # The producer generation that has had a batch of this partition acknowledged (see _copy_pipelined).
-    confirmed_generation: int = -1
-
-    def progress(self) -> PartitionProgress:
-        return PartitionProgress(self.target.topic, self.acked_next, self.acked_target_next, now_ms())
-
-
-@dataclass
 class _AssignmentChange:
-    add: dict[TopicPartition, _PartitionState]
+    add: dict[TopicPartition, PartitionState]
     remove: set[TopicPartition]
-    applied: asyncio.Future[list[_PartitionState]]
+    applied: asyncio.Future[list[PartitionState]]
 
 
 def _error_kind(exc: BaseException) -> ErrorKind:
@@ -201,12 +135,6 @@ async def _all_or_first_error(futures: list[asyncio.Future[Any]]) -> None:
             raise result
 
 
-def _resolved_future() -> asyncio.Future[Any]:
-    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-    future.set_result(None)
-    return future
-
-
 class PartitionCopier:
     """Copies the source partitions it is assigned; assignment changes never pause the partitions that stay."""
 
@@ -218,7 +146,7 @@ class PartitionCopier:
         *,
         transactional_id: str | None = None,
         lease_check: LeaseCheck | None = None,
-        write_gate: Callable[[], bool] | None = None,
+        write_gate: WriteGate | None = None,
         offset_map_sink: OffsetMapSink | None = None,
         options: CopierOptions | None = None,
         progress_store: ProgressStore | None = None,
@@ -235,7 +163,7 @@ class PartitionCopier:
         self._write_gate = write_gate
         self._sink = offset_map_sink
         self._store = progress_store or ProgressStore(target, spec.replicator_id)
-        self._states: dict[TopicPartition, _PartitionState] = {}
+        self._states: dict[TopicPartition, PartitionState] = {}
         self._changes: list[_AssignmentChange] = []
         self._wake = asyncio.Event()
         self._stopping = False
@@ -251,8 +179,7 @@ class PartitionCopier:
         self._producer_generation = 0
         self._last_progress = time.monotonic()
         self._last_housekeeping = 0.0
-        self._source_cluster_id = b""
-        self._target_cluster_id = b""
+        self._format: BatchFormat | None = None
         self._retired: dict[TopicPartition, PartitionStats] = {}
         self._poll_limit = (
             self.options.max_batches_per_transaction if spec.exactly_once else self.options.max_batches_per_poll
@@ -261,10 +188,18 @@ class PartitionCopier:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        self._source_cluster_id = (await self._cluster_id(self.source)).encode()
-        self._target_cluster_id = (await self._cluster_id(self.target)).encode()
+        self._format = BatchFormat(
+            codec=self.spec.target_compression.batch_attribute,
+            batch_bytes=self.options.producer_batch_bytes,
+            transactional=self.transactional_id is not None,
+            identical=self.spec.topic_naming is TopicNaming.IDENTICAL,
+            # Records carrying the target cluster's id came from it: copying them back would loop.
+            loop_origin=(await self._cluster_id(self.target)).encode(),
+            origin=(await self._cluster_id(self.source)).encode(),
+            keep_offsets=self._sink is not None,
+        )
         await self._store.ensure_topic()
-        forwarding.install()
+        install_batch_fetching()
         forward = forwarding.ForwardBatches(
             self.spec.target_compression.batch_attribute,
             min_batch_bytes=self.options.forward_min_batch_bytes if self.forwards_batches else forwarding.NEVER,
@@ -300,6 +235,12 @@ class PartitionCopier:
         )
 
     @property
+    def _batch_format(self) -> BatchFormat:
+        if self._format is None:
+            raise CopierError("copier is not started")
+        return self._format
+
+    @property
     def forwards_batches(self) -> bool:
         """IDENTICAL naming stamps and reads a loop-prevention header on every record, so it never forwards."""
         return self.options.forward_batches and self.spec.topic_naming is not TopicNaming.IDENTICAL
@@ -330,7 +271,9 @@ class PartitionCopier:
             await producer.stop()
             raise
         if self._write_gate is not None:
-            _gate_sender(producer, self._write_gate)
+            write_gate = self._write_gate
+            # Judged on the partitions this copier holds at the moment of each request, also while it stops.
+            gate_sender(producer, lambda: write_gate(self.assignment()))
         self._producer = producer
         self._producer_generation += 1
 
@@ -365,13 +308,10 @@ class PartitionCopier:
     def assignment(self) -> frozenset[TopicPartition]:
         return frozenset(self._states)
 
-    def positions(self) -> dict[TopicPartition, tuple[str, int, int | None]]:
-        """Per assigned partition: (target topic, next source offset whose copy is acknowledged, target offset
-        right after the last acknowledged copy or None if unknown). Every batch below them has already been handed
-        to the offset map sink; the next copy lands at or after that target offset."""
-        return {
-            tp: (state.target.topic, state.acked_next, state.acked_target_next) for tp, state in self._states.items()
-        }
+    def positions(self) -> dict[TopicPartition, AckedPosition]:
+        """Per assigned partition, how far its copy is acknowledged. Every batch below has already been handed to
+        the offset map sink; the next copy lands at or after the position's target offset."""
+        return {tp: state.position() for tp, state in self._states.items()}
 
     def snapshot(self) -> dict[TopicPartition, PartitionStats]:
         """Measurements of every assigned partition (and of partitions revoked since the last snapshot)."""
@@ -400,7 +340,7 @@ class PartitionCopier:
         starts = await self._starting_offsets([tp for tp in new if tp not in progress])
         target_tps = {tp: TopicPartition(self.spec.target_topic(tp.topic), tp.partition) for tp in new}
         target_ends = await self._target_probe.end_offsets(list(target_tps.values()))
-        states: dict[TopicPartition, _PartitionState] = {}
+        states: dict[TopicPartition, PartitionState] = {}
         for tp in new:
             target_tp = target_tps[tp]
             metrics = PartitionMetrics(tp, target_tp.topic)
@@ -417,7 +357,7 @@ class PartitionCopier:
             else:
                 start, target_next, committed = starts[tp], target_ends[target_tp], None
             metrics.next_source_offset = start
-            states[tp] = _PartitionState(
+            states[tp] = PartitionState(
                 tp,
                 target_tp,
                 metrics,
@@ -447,7 +387,7 @@ class PartitionCopier:
         for state in revoked:
             self._retired[state.source] = state.metrics.snapshot()
 
-    async def _submit(self, change: _AssignmentChange) -> list[_PartitionState]:
+    async def _submit(self, change: _AssignmentChange) -> list[PartitionState]:
         self._changes.append(change)
         self._wake.set()
         if self._task is None:
@@ -491,7 +431,7 @@ class PartitionCopier:
         if not self._changes:
             return
         changes, self._changes = self._changes, []
-        revoked: dict[int, list[_PartitionState]] = {}
+        revoked: dict[int, list[PartitionState]] = {}
         for change in changes:
             revoked[id(change)] = [self._states.pop(tp) for tp in change.remove if tp in self._states]
             self._states.update(change.add)
@@ -612,13 +552,13 @@ class PartitionCopier:
             self._advance_without_records(state, resume)
             self._consumer.seek(tp, resume)
 
-    def _advance_without_records(self, state: _PartitionState, offset: int) -> None:
+    def _advance_without_records(self, state: PartitionState, offset: int) -> None:
         state.sent_next = offset
         if self.spec.exactly_once:
             state.acked_next = offset
             state.metrics.next_source_offset = offset
             return
-        state.pending.append(_Pending(_resolved_future(), offset, 0, 0, 0, None))
+        state.pending.append(PendingBatch.position_only(offset))
         state.pending[-1].future.add_done_callback(functools.partial(self._on_done, state))
 
     async def _housekeeping(self) -> None:
@@ -642,93 +582,6 @@ class PartitionCopier:
 
     # ------------------------------------------------------------------ record conversion
 
-    def _build_batches(self, state: _PartitionState, records: list[Any], position: int) -> list[tuple[Any, _Pending]]:
-        """Producer batches for one partition's records; the last one carries ``position`` as the next offset
-        (it may lie past the last record, e.g. after a transaction marker).
-
-        ``records`` holds what the forwarding fetch yields (workers/engine/forwarding.py): ``DecodedBatch`` items,
-        re-batched, and ``RawBatch`` items, each a producer batch of its own in order with the records around it.
-        """
-        identical = self.spec.topic_naming is TopicNaming.IDENTICAL
-        transactional = self.transactional_id is not None
-        codec = self.spec.target_compression.batch_attribute
-        batch_bytes = self.options.producer_batch_bytes
-        loop_origin = self._target_cluster_id
-        stamp = (PROVENANCE_HEADER, self._source_cluster_id)
-        keep_offsets = self._sink is not None
-        out: list[tuple[Any, _Pending]] = []
-        builder: forwarding.RecordBatchBuilder | None = None
-        append: Any = None
-        count = 0
-        first_ts = 0
-        offsets: list[int] = []
-        last_offset = -1
-        filtered = 0
-
-        def finish(next_offset: int) -> None:
-            assert builder is not None
-            builder.records = count
-            out.append((builder, _Pending(_resolved_future(), next_offset, count, builder.size(), first_ts, offsets)))
-
-        def start_batch(first: Any) -> Any:
-            nonlocal builder, count, offsets, first_ts
-            builder = forwarding.RecordBatchBuilder(codec, batch_bytes, transactional=transactional)
-            count, offsets, first_ts = 0, [], first.timestamp
-            return builder.append
-
-        for item in records:
-            kind = type(item)
-            if kind is forwarding.RawBatch:
-                if count:
-                    finish(last_offset + 1)
-                    builder, count = None, 0
-                last_offset = item.next_offset - 1
-                forwarded = forwarding.ForwardedBuilder(item, transactional=transactional)
-                source_offsets = range(item.base_offset, item.next_offset) if keep_offsets else None
-                pending = _Pending(
-                    _resolved_future(),
-                    item.next_offset,
-                    item.record_count,
-                    item.records_size,
-                    item.first_timestamp,
-                    source_offsets,
-                )
-                out.append((forwarded, pending))
-                continue
-            # A DecodedBatch, or a single record of an old-format batch (aiokafka's own ConsumerRecord).
-            for record in item.records if kind is forwarding.DecodedBatch else (item,):
-                headers = record.headers
-                if identical:
-                    origin = None
-                    for name, value in headers:
-                        if name == PROVENANCE_HEADER:
-                            origin = value
-                            break
-                    if origin == loop_origin:
-                        filtered += 1
-                        continue
-                    if origin is None:
-                        headers = [*headers, stamp]
-                if builder is None:
-                    append = start_batch(record)
-                if append(count, record.timestamp, record.key, record.value, headers) is None:
-                    # Full (the first record of a batch is always taken, whatever its size).
-                    finish(last_offset + 1)
-                    append = start_batch(record)
-                    append(0, record.timestamp, record.key, record.value, headers)
-                count += 1
-                last_offset = record.offset
-                if keep_offsets:
-                    offsets.append(last_offset)
-        state.metrics.records_filtered += filtered
-        if count:
-            finish(position)
-        elif out:
-            out[-1][1].next_source_offset = position
-        # Every batch handed over is complete (closed() is True), so the producer sends it without waiting for
-        # linger_ms.
-        return out
-
     # ------------------------------------------------------------------ at-least-once
 
     async def _copy_pipelined(self, batches: dict[TopicPartition, list[Any]]) -> None:
@@ -745,7 +598,7 @@ class PartitionCopier:
                 self._consumer.pause(tp)
                 continue
             position = await self._consumer.position(tp)
-            built = self._build_batches(state, records, position)
+            built = build_batches(self._batch_format, state, records, position)
             if not built:
                 self._advance_without_records(state, position)
                 continue
@@ -785,7 +638,7 @@ class PartitionCopier:
             self._room.clear()
             await self._room.wait()
 
-    def _mark_failed(self, state: _PartitionState, exc: BaseException) -> None:
+    def _mark_failed(self, state: PartitionState, exc: BaseException) -> None:
         if state.failed is None:
             state.failed = exc
             state.metrics.record_error(_error_kind(exc), f"{type(exc).__name__}: {exc}")
@@ -793,10 +646,10 @@ class PartitionCopier:
         self._produce_failed = True
         self._room.set()
 
-    def _on_done(self, state: _PartitionState, _future: asyncio.Future[Any]) -> None:
+    def _on_done(self, state: PartitionState, _future: asyncio.Future[Any]) -> None:
         self._drain_acks(state)
 
-    def _drain_acks(self, state: _PartitionState) -> None:
+    def _drain_acks(self, state: PartitionState) -> None:
         """Advance the partition's acknowledged position through every leading completed batch, in order."""
         ack_ms = time.time() * 1000
         while state.pending and state.failed is None and state.pending[0].future.done():
@@ -810,14 +663,7 @@ class PartitionCopier:
             if exc is not None:
                 self._mark_failed(state, exc)
                 break
-            if pending.records:
-                base = future.result().offset
-                state.acked_target_next = base + pending.records
-                state.metrics.record_copied(pending.records, pending.size, pending.first_timestamp_ms, ack_ms)
-                if self._sink is not None and pending.source_offsets:
-                    self._sink.record_batch(BatchMapping(state.source, state.target, pending.source_offsets, base))
-            state.acked_next = pending.next_source_offset
-            state.metrics.next_source_offset = pending.next_source_offset
+            acknowledge(state, pending, future.result().offset if pending.records else 0, ack_ms, self._sink)
             if pending.records and state.confirmed_generation != pending.generation:
                 state.confirmed_generation = pending.generation
                 if pending.generation == self._producer_generation and state.source in self._states:
@@ -825,7 +671,7 @@ class PartitionCopier:
         if self._in_flight_bytes <= self.options.max_in_flight_bytes:
             self._room.set()
 
-    async def _settle(self, states: Iterable[_PartitionState]) -> None:
+    async def _settle(self, states: Iterable[PartitionState]) -> None:
         """Wait until every batch sent for these partitions has succeeded or failed."""
         states = list(states)
         futures = [pending.future for state in states for pending in state.pending]
@@ -859,7 +705,7 @@ class PartitionCopier:
                 log.warning("stopping the failed producer: %s", exc)
         await self._start_producer()
 
-    async def _commit_progress(self, states: list[_PartitionState]) -> None:
+    async def _commit_progress(self, states: list[PartitionState]) -> None:
         """Write progress for partitions whose acknowledged position moved (at-least-once mode)."""
         async with self._progress_lock:
             self._last_progress = time.monotonic()
@@ -867,9 +713,8 @@ class PartitionCopier:
             if not dirty or self._producer is None:
                 return
             values = [(state, state.progress()) for state in dirty]
-            before_progress = getattr(self._sink, "before_progress", None)
-            if before_progress is not None:
-                await before_progress()
+            if self._sink is not None:
+                await self._sink.before_progress(self.positions)
             # Checked after the sink's await, right before writing: a pause during it cannot outlive the lease.
             await self._check_lease(dirty)
             try:
@@ -890,8 +735,8 @@ class PartitionCopier:
             for state, progress in values:
                 state.committed_next = progress.next_source_offset
 
-    async def _check_lease(self, states: list[_PartitionState]) -> None:
-        if self._lease_check is not None and not await self._lease_check():
+    async def _check_lease(self, states: list[PartitionState]) -> None:
+        if self._lease_check is not None and not await self._lease_check(self.assignment()):
             for state in states:
                 state.metrics.record_error(ErrorKind.LEASE_LOST, "lease check refused further writes")
             lost = LeaseLost(f"lease lost for {len(states)} partitions of {self.spec.replicator_id}")
@@ -903,7 +748,7 @@ class PartitionCopier:
     # ------------------------------------------------------------------ exactly-once
 
     async def _copy_in_transaction(self, batches: dict[TopicPartition, list[Any]]) -> None:
-        touched: list[tuple[_PartitionState, list[_Pending], int]] = []
+        touched: list[tuple[PartitionState, list[PendingBatch], int]] = []
         producer = self._producer
         if not batches and all(s.acked_next == s.committed_next for s in self._states.values()):
             return
@@ -914,8 +759,8 @@ class PartitionCopier:
                 if state is None:
                     continue
                 position = await self._consumer.position(tp)
-                sent: list[_Pending] = []
-                for builder, pending in self._build_batches(state, records, position):
+                sent: list[PendingBatch] = []
+                for builder, pending in build_batches(self._batch_format, state, records, position):
                     pending.future = await producer.send_batch(
                         builder, state.target.topic, partition=state.target.partition
                     )
@@ -952,19 +797,15 @@ class PartitionCopier:
         ack_ms = time.time() * 1000
         for state, sent, position in touched:
             for pending in sent:
-                if not pending.records:
-                    continue
-                base = pending.future.result().offset
-                state.acked_target_next = base + pending.records
-                state.metrics.record_copied(pending.records, pending.size, pending.first_timestamp_ms, ack_ms)
-                if self._sink is not None and pending.source_offsets:
-                    self._sink.record_batch(BatchMapping(state.source, state.target, pending.source_offsets, base))
+                acknowledge(
+                    state, pending, pending.future.result().offset if pending.records else 0, ack_ms, self._sink
+                )
             state.acked_next = state.sent_next = position
             state.metrics.next_source_offset = position
         for tp, value in progress.items():
             self._states[tp].committed_next = value.next_source_offset
 
-    async def _transaction_failed(self, exc: KafkaError, states: list[_PartitionState]) -> None:
+    async def _transaction_failed(self, exc: KafkaError, states: list[PartitionState]) -> None:
         for state in states or self._states.values():
             state.metrics.record_error(ErrorKind.TRANSACTION_FAILED, f"{type(exc).__name__}: {exc}")
         log.warning("transaction for %s failed, retrying from the last commit: %s", self.spec.replicator_id, exc)

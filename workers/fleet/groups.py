@@ -12,8 +12,9 @@ Every ``group_sync_interval_seconds`` (default 5 s) ``GroupSyncer.sync_once``:
    unless the source group itself moved back. The commit uses generation -1, so a consumer joining between
    the check and the commit makes the broker refuse it rather than overwrite the live group.
 
-Decisions are stored per group and partition (``group_sync_state``); counts and per-group translation lag go
-to Redis for the API's metrics. ``FailoverDriver`` runs planned-failover operations with the same parts.
+Decisions are stored per group and partition (``group_sync_state``, through ``models/group_store.py``); counts
+and per-group translation lag go to Redis for the API's metrics. Planned failovers (``workers/fleet/failover.py``)
+drive the same syncer through its public methods.
 """
 
 from __future__ import annotations
@@ -22,10 +23,8 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
 import time
-import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,43 +33,17 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 from redis.asyncio import Redis
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from models import offsets as offset_store
-from models.fleet import STATUS_KEY
-from workers.engine import ClusterConnection, client_kwargs
-from workers.fleet.config import ReplicatorRuntime
+from models import group_store, offset_store
+from models.fleet_reports import STATUS_KEY, StatusField
+from workers.engine.connection import client_kwargs
+from workers.engine.spec import GroupReplication
+from workers.fleet.runtime import ReplicatorRuntime
 
 log = logging.getLogger(__name__)
 
 INACTIVE_STATES = frozenset({"Empty", "Dead"})
-
-
-@dataclass(frozen=True)
-class GroupPolicy:
-    include: tuple[re.Pattern[str], ...]
-    exclude: tuple[re.Pattern[str], ...]
-    detect_new: bool
-    sync_offsets: bool
-    enhanced: bool
-
-    @classmethod
-    def of(cls, groups: Mapping[str, Any]) -> GroupPolicy:
-        return cls(
-            include=tuple(re.compile(p) for p in groups.get("consumerGroupsToReplicate") or ()),
-            exclude=tuple(re.compile(p) for p in groups.get("consumerGroupsToExclude") or ()),
-            detect_new=bool(groups.get("detectAndCopyNewConsumerGroups", True)),
-            sync_offsets=bool(groups.get("synchroniseConsumerGroupOffsets", True)),
-            enhanced=groups.get("consumerGroupOffsetSyncMode") == "ENHANCED",
-        )
-
-    def matches(self, group: str) -> bool:
-        if group.startswith("__"):
-            return False
-        if not any(p.fullmatch(group) for p in self.include):
-            return False
-        return not any(p.fullmatch(group) for p in self.exclude)
 
 
 @dataclass
@@ -134,7 +107,8 @@ class GroupSyncer:
             self._known_groups = None
         self.runtime = runtime
 
-    async def _admins(self) -> tuple[AIOKafkaAdminClient, AIOKafkaAdminClient]:
+    async def admins(self) -> tuple[AIOKafkaAdminClient, AIOKafkaAdminClient]:
+        """Admin clients of the source and the target, kept open between passes (closed after a failure)."""
         if self._source is None or self._target is None:
             source = AIOKafkaAdminClient(**client_kwargs(self.runtime.source, "group-sync"))
             target = AIOKafkaAdminClient(**client_kwargs(self.runtime.target, "group-sync"))
@@ -155,14 +129,14 @@ class GroupSyncer:
         self._source = self._target = None
 
     @property
-    def policy(self) -> GroupPolicy:
-        return GroupPolicy.of(self.runtime.consumer_groups)
+    def policy(self) -> GroupReplication:
+        return self.runtime.spec.groups
 
     async def matching_groups(self) -> list[str]:
-        source, _ = await self._admins()
+        source, _ = await self.admins()
         policy = self.policy
-        found = sorted({str(g[0]) for g in await source.list_consumer_groups() if policy.matches(str(g[0]))})
-        if not policy.detect_new:
+        found = sorted({str(g[0]) for g in await source.list_consumer_groups() if policy.filter.matches(str(g[0]))})
+        if not policy.detect_and_copy_new_groups:
             if self._known_groups is None:
                 self._known_groups = set(found)
             found = [g for g in found if g in self._known_groups]
@@ -200,7 +174,8 @@ class GroupSyncer:
             await self._publish(outcomes)
         return outcomes
 
-    async def _group_state(self, admin: AIOKafkaAdminClient, group: str) -> tuple[str, int]:
+    async def group_state(self, admin: AIOKafkaAdminClient, group: str) -> tuple[str, int]:
+        """The group's state on that cluster (Empty, Dead, Stable, ...) and its number of members."""
         described = await admin.describe_consumer_groups([group])
         for response in described:
             for entry in response.groups:
@@ -209,7 +184,7 @@ class GroupSyncer:
         return "Dead", 0
 
     async def _sync_group(self, group: str, scope: set[tuple[str, int]], reverse: str | None) -> GroupOutcome:
-        source, target = await self._admins()
+        source, target = await self.admins()
         spec = self.runtime.spec
         outcome = GroupOutcome(group)
         committed = await source.list_consumer_group_offsets(group)
@@ -218,23 +193,14 @@ class GroupSyncer:
         }
         if not relevant:
             return outcome
-        state, _members = await self._group_state(target, group)
+        state, _members = await self.group_state(target, group)
         outcome.target_state = state
         target_committed = {
             tp: om.offset for tp, om in (await target.list_consumer_group_offsets(group)).items() if om.offset >= 0
         }
         rid = self.runtime.replicator_id
         async with self.db.connect() as conn:
-            previous = {
-                (str(r[0]), int(r[1])): int(r[2])
-                for r in await conn.execute(
-                    text(
-                        "SELECT topic, partition, source_offset FROM group_sync_state "
-                        "WHERE replicator_id = :rid AND group_id = :g"
-                    ),
-                    {"rid": uuid.UUID(rid), "g": group},
-                )
-            }
+            previous = await group_store.last_source_offsets(conn, rid, group)
             to_commit: dict[TopicPartition, int] = {}
             for tp, source_offset in sorted(relevant.items()):
                 target_tp = TopicPartition(spec.target_topic(tp.topic), tp.partition)
@@ -262,7 +228,7 @@ class GroupSyncer:
                     decision.status = "UNCHANGED"
                 elif current is not None and translated.offset < current and not moved_back:
                     decision.status = "TARGET_AHEAD"
-                elif not self.policy.sync_offsets:
+                elif not self.policy.synchronise_offsets:
                     decision.status = "SYNC_DISABLED"
                 else:
                     to_commit[target_tp] = translated.offset
@@ -273,25 +239,17 @@ class GroupSyncer:
                 if d.status == "AHEAD_OF_REPLICATION":
                     d.status = "SYNCED_AHEAD_OF_REPLICATION"
         async with self.db.begin() as conn:
-            for d in outcome.decisions:
-                await conn.execute(
-                    text(
-                        "INSERT INTO group_sync_state (replicator_id, group_id, topic, partition, source_offset, "
-                        "target_offset, max_reread, status) VALUES (:rid, :g, :t, :p, :s, :o, :m, :st) "
-                        "ON CONFLICT (replicator_id, group_id, topic, partition) DO UPDATE SET source_offset = :s, "
-                        "target_offset = :o, max_reread = :m, status = :st, updated_at = now()"
-                    ),
-                    {
-                        "rid": uuid.UUID(rid),
-                        "g": group,
-                        "t": d.topic,
-                        "p": d.partition,
-                        "s": d.source_offset,
-                        "o": d.target_offset,
-                        "m": d.max_reread,
-                        "st": d.status,
-                    },
-                )
+            await group_store.store_decisions(
+                conn,
+                rid,
+                group,
+                [
+                    group_store.GroupDecision(
+                        d.topic, d.partition, d.source_offset, d.target_offset, d.max_reread, d.status
+                    )
+                    for d in outcome.decisions
+                ],
+            )
         if to_commit or all(d.status == "UNCHANGED" for d in outcome.decisions):
             self._last_sync_ms[group] = int(time.time() * 1000)
         return outcome
@@ -333,7 +291,7 @@ class GroupSyncer:
         await self.redis.hset(
             STATUS_KEY.format(replicator_id=self.runtime.replicator_id),
             mapping={
-                "groupSync": json.dumps(
+                StatusField.GROUP_SYNC: json.dumps(
                     {
                         "groupCount": len(outcomes),
                         "failures": self.failures,
@@ -371,170 +329,3 @@ class ScopeSource:
 
     def __call__(self) -> list[tuple[str, int]] | None:
         return self.partitions
-
-
-# ---------------------------------------------------------------------- planned failover
-
-
-async def end_offsets(
-    connection: ClusterConnection, partitions: Iterable[tuple[str, int]]
-) -> dict[tuple[str, int], int]:
-    """High watermarks (every write counts, committed or not)."""
-    tps = [TopicPartition(t, p) for t, p in partitions]
-    if not tps:
-        return {}
-    consumer = AIOKafkaConsumer(**client_kwargs(connection, "failover-probe"), enable_auto_commit=False)
-    await consumer.start()
-    try:
-        ends = await consumer.end_offsets(tps)
-    finally:
-        await consumer.stop()
-    return {(tp.topic, tp.partition): int(v) for tp, v in ends.items()}
-
-
-@dataclass(frozen=True)
-class _Operation:
-    id: uuid.UUID
-    groups: list[str]
-    grace_s: float
-    timeout_s: float
-    age_s: float
-
-
-class FailoverDriver:
-    """Moves the replicator's open failover operations forward, one step per call; every step writes a
-    readable progress line, and a timeout leaves the reason it was waiting for."""
-
-    def __init__(self, syncer: GroupSyncer) -> None:
-        self.syncer = syncer
-        self._quiet: dict[uuid.UUID, tuple[dict[tuple[str, int], int], float]] = {}
-
-    @property
-    def db(self) -> AsyncEngine:
-        return self.syncer.db
-
-    async def step(self, scope: list[tuple[str, int]] | None) -> None:
-        runtime = self.syncer.runtime
-        async with self.db.connect() as conn:
-            ops = (
-                await conn.execute(
-                    text(
-                        "SELECT id, groups, grace_seconds, timeout_seconds, state, "
-                        "extract(epoch from now() - created_at) FROM failover_operations "
-                        "WHERE replicator_id = :rid AND state = ANY(:active) ORDER BY created_at"
-                    ),
-                    {"rid": uuid.UUID(runtime.replicator_id), "active": list(offset_store.FAILOVER_ACTIVE_STATES)},
-                )
-            ).all()
-        for op_id, groups, grace, timeout, _state, age in ops:
-            op = _Operation(op_id, list(groups), float(grace), float(timeout), float(age))
-            try:
-                await self._advance(op, scope)
-            except (KafkaError, OSError) as exc:
-                await self._set(op_id, None, f"retrying after {type(exc).__name__}: {exc}"[:500])
-
-    async def _set(
-        self,
-        op_id: uuid.UUID,
-        state: str | None,
-        progress: str | None,
-        *,
-        error: str | None = None,
-        result: dict[str, Any] | None = None,
-    ) -> None:
-        async with self.db.begin() as conn:
-            await conn.execute(
-                text(
-                    "UPDATE failover_operations SET state = coalesce(:state, state), progress = :progress, "
-                    "error = :error, result = coalesce(CAST(:result AS jsonb), result), updated_at = now() "
-                    "WHERE id = :id"
-                ),
-                {
-                    "id": op_id,
-                    "state": state,
-                    "progress": progress,
-                    "error": error,
-                    "result": None if result is None else json.dumps(result),
-                },
-            )
-
-    async def _advance(self, op: _Operation, scope: list[tuple[str, int]] | None) -> None:
-        runtime = self.syncer.runtime
-        op_id, groups, grace, timeout = op.id, op.groups, op.grace_s, op.timeout_s
-        age = op.age_s
-        if scope is None:
-            await self._set(op_id, "PENDING", "waiting for the replicator's first topic sync")
-            return
-        async with self.db.connect() as conn:
-            last = (
-                await conn.execute(text("SELECT progress FROM failover_operations WHERE id = :id"), {"id": op_id})
-            ).scalar_one_or_none()
-        if age > timeout:
-            self._quiet.pop(op_id, None)
-            await self._set(op_id, "FAILED", last, error=f"timed out after {timeout:g}s while {last or 'starting'}")
-            return
-        # 1. Producers stopped: no new source record for the grace period.
-        ends = await end_offsets(runtime.source, scope)
-        seen = self._quiet.get(op_id)
-        now = time.monotonic()
-        if seen is None or seen[0] != ends:
-            arrived = 0 if seen is None else sum(max(0, ends.get(k, 0) - seen[0].get(k, 0)) for k in ends)
-            self._quiet[op_id] = (ends, now)
-            note = f"; {arrived} new source records since the last check" if arrived else ""
-            await self._set(
-                op_id,
-                "WAITING_FOR_PRODUCERS",
-                f"waiting for producers to stop: source quiet for 0.0s of {grace:g}s{note}",
-            )
-            return
-        quiet_for = now - seen[1]
-        if quiet_for < grace:
-            await self._set(
-                op_id,
-                "WAITING_FOR_PRODUCERS",
-                f"waiting for producers to stop: source quiet for {quiet_for:.1f}s of {grace:g}s",
-            )
-            return
-        # 2. Lag zero: every partition's durable copy position reached the source end.
-        async with self.db.connect() as conn:
-            heads = await offset_store.heads(conn, runtime.replicator_id)
-        behind = {k: ends[k] - heads.get(k, 0) for k in ends if heads.get(k, 0) < ends[k]}
-        if behind:
-            await self._set(
-                op_id,
-                "WAITING_FOR_LAG",
-                f"waiting for replication to catch up: {sum(behind.values())} records behind on "
-                f"{len(behind)} partitions (e.g. {_sample(behind)})",
-            )
-            return
-        # 3. Groups inactive on the source (their consumers stopped), then the last sync.
-        source_admin, _ = await self.syncer._admins()
-        active = []
-        for group in groups:
-            state, members = await self.syncer._group_state(source_admin, group)
-            if state not in INACTIVE_STATES:
-                active.append(f"{group} ({state}, {members} members)")
-        if active:
-            await self._set(
-                op_id, "WAITING_FOR_GROUPS", f"waiting for consumers to stop on the source: {', '.join(active)}"
-            )
-            return
-        outcomes = await self.syncer.sync_once(scope, only=groups)
-        result: dict[str, Any] = {"groups": {}}
-        problems = []
-        for outcome in outcomes:
-            if outcome.error:
-                problems.append(f"{outcome.group}: {outcome.error}")
-            for d in outcome.decisions:
-                if d.status in ("ACTIVE_ON_TARGET", "NOT_MAPPED", "SYNC_DISABLED"):
-                    problems.append(f"{outcome.group} {d.topic}:{d.partition}: {d.status}")
-            result["groups"][outcome.group] = [d.as_json() for d in outcome.decisions]
-        self._quiet.pop(op_id, None)
-        if problems:
-            await self._set(op_id, "FAILED", "final offset sync", error="; ".join(problems)[:2000], result=result)
-            return
-        await self._set(op_id, "SUCCEEDED", "groups synced; consumers can start on the target", result=result)
-
-
-def _sample(behind: dict[tuple[str, int], int]) -> str:
-    return ", ".join(f"{t}:{p} {n}" for (t, p), n in sorted(behind.items())[:3])

@@ -17,14 +17,13 @@ A worker may copy a unit only while it holds the unit's lease. Invariants:
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from workers.fleet.plan import UnitKey
+from models import fleet_store
+from models.fleet import AssignedUnit, UnitKey
 
 
 @dataclass
@@ -37,20 +36,9 @@ class Lease:
         return time.monotonic() < self.valid_until
 
 
-@dataclass(frozen=True)
-class AssignedUnit:
-    key: UnitKey
-    assigned_worker: str | None
-    owner_worker: str | None
-    epoch: int
-
-
-def _key(row: object) -> UnitKey:
-    replicator_id, topic, partition = row[0], row[1], row[2]  # type: ignore[index]
-    return UnitKey(str(replicator_id), str(topic), int(partition))
-
-
 class LeaseStore:
+    """One worker's leases: the statements are ``models/fleet_store.py``'s, the local deadlines are kept here."""
+
     def __init__(
         self, engine: AsyncEngine, worker_id: str, lease_seconds: float = 10.0, safety_margin: float = 2.0
     ) -> None:
@@ -66,40 +54,19 @@ class LeaseStore:
 
     async def heartbeat(self, hostname: str, pid: int) -> None:
         async with self.engine.begin() as conn:
-            await conn.execute(
-                text(
-                    "INSERT INTO fleet_workers (worker_id, hostname, pid) VALUES (:w, :h, :p) "
-                    "ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = now()"
-                ),
-                {"w": self.worker_id, "h": hostname, "p": pid},
-            )
+            await fleet_store.heartbeat(conn, self.worker_id, hostname, pid)
 
     async def units_of_mine(self) -> list[AssignedUnit]:
         """Units assigned to this worker or owned by it (a unit being moved away is both for a moment)."""
         async with self.engine.connect() as conn:
-            rows = await conn.execute(
-                text(
-                    "SELECT replicator_id, topic, partition, assigned_worker, owner_worker, epoch FROM fleet_units "
-                    "WHERE assigned_worker = :w OR owner_worker = :w"
-                ),
-                {"w": self.worker_id},
-            )
-            return [AssignedUnit(_key(r), r[3], r[4], int(r[5])) for r in rows]
+            return await fleet_store.units_of(conn, self.worker_id)
 
     async def acquire(self) -> list[Lease]:
         """Take every unit assigned to this worker whose lease is free or expired."""
         started = time.monotonic()
         async with self.engine.begin() as conn:
-            rows = await conn.execute(
-                text(
-                    "UPDATE fleet_units SET owner_worker = :w, epoch = epoch + 1, "
-                    "lease_expires_at = now() + make_interval(secs => :ttl) "
-                    "WHERE assigned_worker = :w AND (owner_worker IS NULL OR lease_expires_at < now()) "
-                    "RETURNING replicator_id, topic, partition, epoch"
-                ),
-                {"w": self.worker_id, "ttl": self.lease_seconds},
-            )
-            return [Lease(_key(r), int(r[3]), self._deadline(started)) for r in rows]
+            taken = await fleet_store.acquire(conn, self.worker_id, self.lease_seconds)
+        return [Lease(key, epoch, self._deadline(started)) for key, epoch in taken]
 
     async def renew(self, leases: Iterable[Lease]) -> set[UnitKey]:
         """Extend the given leases; returns the keys that are no longer held (stop those at once)."""
@@ -108,15 +75,7 @@ class LeaseStore:
             return set()
         started = time.monotonic()
         async with self.engine.begin() as conn:
-            rows = await conn.execute(
-                text(
-                    "UPDATE fleet_units SET lease_expires_at = now() + make_interval(secs => :ttl) "
-                    "WHERE owner_worker = :w AND lease_expires_at >= now() "
-                    "RETURNING replicator_id, topic, partition, epoch"
-                ),
-                {"w": self.worker_id, "ttl": self.lease_seconds},
-            )
-            renewed = {_key(r): int(r[3]) for r in rows}
+            renewed = await fleet_store.renew(conn, self.worker_id, self.lease_seconds)
         lost = set()
         for key, lease in held.items():
             if renewed.get(key) == lease.epoch:
@@ -128,32 +87,13 @@ class LeaseStore:
 
     async def release(self, leases: Iterable[Lease]) -> None:
         """Give leases back after their work stopped, so the next owner need not wait for expiry."""
-        params = [
-            {
-                "w": self.worker_id,
-                "r": uuid.UUID(lease.key.replicator_id),
-                "t": lease.key.topic,
-                "p": lease.key.partition,
-                "e": lease.epoch,
-            }
-            for lease in leases
-        ]
-        if not params:
+        held = [(lease.key, lease.epoch) for lease in leases]
+        if not held:
             return
         async with self.engine.begin() as conn:
-            await conn.execute(
-                text(
-                    "UPDATE fleet_units SET owner_worker = NULL, lease_expires_at = NULL "
-                    "WHERE replicator_id = :r AND topic = :t AND partition = :p AND owner_worker = :w AND epoch = :e"
-                ),
-                params,
-            )
+            await fleet_store.release(conn, self.worker_id, held)
 
     async def leave(self) -> None:
         """A clean goodbye: free every lease still held and drop this worker from the fleet."""
         async with self.engine.begin() as conn:
-            await conn.execute(
-                text("UPDATE fleet_units SET owner_worker = NULL, lease_expires_at = NULL WHERE owner_worker = :w"),
-                {"w": self.worker_id},
-            )
-            await conn.execute(text("DELETE FROM fleet_workers WHERE worker_id = :w"), {"w": self.worker_id})
+            await fleet_store.leave(conn, self.worker_id)

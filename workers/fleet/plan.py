@@ -13,6 +13,8 @@ Assignment is sticky and incremental: a unit stays on its worker while that work
 fair share, so a joining worker takes only the surplus of the others, and a dead worker's units are spread over
 the survivors. Moving a unit only changes ``assigned_worker``; the current owner releases its lease and the new
 one acquires it afterwards, so a partition never has two owners (see ``workers/fleet/leases.py``).
+
+Its inputs are the values the fleet's tables hold (``models/fleet.py``), read by ``models/fleet_store.py``.
 """
 
 from __future__ import annotations
@@ -20,49 +22,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-METADATA_PARTITION = -1
-
-
-@dataclass(frozen=True, order=True)
-class UnitKey:
-    replicator_id: str
-    topic: str
-    partition: int
-
-    @classmethod
-    def metadata(cls, replicator_id: str) -> UnitKey:
-        return cls(replicator_id, "", METADATA_PARTITION)
-
-    @property
-    def is_metadata(self) -> bool:
-        return self.partition == METADATA_PARTITION
-
-
-@dataclass(frozen=True)
-class DesiredReplicator:
-    id: str
-    state: str  # CREATING | RUNNING | UPDATING | DELETING | FAILED
-    generation: int
-    state_info: Mapping[str, str] | None = None
-
-
-@dataclass(frozen=True)
-class UnitObservation:
-    assigned_worker: str | None
-    owner: str | None  # holder of a live lease, None when free or expired
-
-
-@dataclass(frozen=True)
-class MetadataObservation:
-    """What a replicator's metadata unit last reported."""
-
-    applied_generation: int
-    partitions: frozenset[tuple[str, int]]  # source topic-partitions in scope, target topics created
-    error_code: str | None = None
-    error_message: str | None = None
-    failed: bool = False  # the error lasted long enough to count as a failure of the replicator
-    notice_code: str | None = None  # not a failure, but shown in stateInfo (e.g. no topic matches)
-    notice_message: str | None = None
+from models.fleet import DesiredReplicator, MetadataObservation, UnitKey, UnitObservation
+from models.replicator import ReplicatorState
 
 
 @dataclass(frozen=True)
@@ -74,7 +35,7 @@ class Observed:
 
 @dataclass(frozen=True)
 class StateChange:
-    state: str
+    state: ReplicatorState
     state_info: Mapping[str, str] | None
     observed_generation: int | None = None
 
@@ -95,7 +56,7 @@ class Plan:
 
 
 def wanted_units(replicator: DesiredReplicator, metadata: MetadataObservation | None) -> set[UnitKey]:
-    if replicator.state == "DELETING":
+    if replicator.state == ReplicatorState.DELETING:
         return set()
     units = {UnitKey.metadata(replicator.id)}
     if metadata is not None:
@@ -146,20 +107,23 @@ def _all_running(units: set[UnitKey], observed: Observed) -> bool:
 
 def _next_state(replicator: DesiredReplicator, wanted: set[UnitKey], observed: Observed) -> StateChange | None:
     metadata = observed.metadata.get(replicator.id)
-    if replicator.state == "DELETING":
+    if replicator.state == ReplicatorState.DELETING:
         return None
     if metadata is not None and metadata.failed:
         info = {"code": metadata.error_code or "UNKNOWN", "message": metadata.error_message or ""}
-        if replicator.state != "FAILED" or dict(replicator.state_info or {}) != info:
-            return StateChange("FAILED", info)
+        if replicator.state != ReplicatorState.FAILED or dict(replicator.state_info or {}) != info:
+            return StateChange(ReplicatorState.FAILED, info)
         return None
     applied = metadata is not None and metadata.applied_generation >= replicator.generation
     if metadata is not None and applied and _all_running(wanted, observed):
         notice = (
             {"code": metadata.notice_code, "message": metadata.notice_message or ""} if metadata.notice_code else None
         )
-        if replicator.state != "RUNNING" or (dict(replicator.state_info) if replicator.state_info else None) != notice:
-            return StateChange("RUNNING", notice, observed_generation=replicator.generation)
+        if (
+            replicator.state != ReplicatorState.RUNNING
+            or (dict(replicator.state_info) if replicator.state_info else None) != notice
+        ):
+            return StateChange(ReplicatorState.RUNNING, notice, observed_generation=replicator.generation)
         return None
     # A FAILED replicator stays FAILED, with its last reason, until the cause cleared and every unit runs again.
     return None
@@ -188,7 +152,7 @@ def plan(desired: Sequence[DesiredReplicator], observed: Observed) -> Plan:
             result.assign[unit] = worker
 
     for replicator in desired:
-        if replicator.state == "DELETING":
+        if replicator.state == ReplicatorState.DELETING:
             remaining = [
                 u for u, obs in observed.units.items() if u.replicator_id == replicator.id and obs.owner is not None
             ]

@@ -1,18 +1,20 @@
 """From a stored replicator row to what the engine runs: the spec and the two cluster connections.
 
-The one place the fleet turns the API's stored shapes (models/replicator.py) into engine objects. Connection
-secrets, when SASL/TLS arrive, are resolved here from a secret store by reference: never stored in clear,
-never sent in a Celery message.
+The one place the fleet turns the API's stored shapes (models/replicator.py) into engine objects: the
+``replicationInfo`` through the engine's typed spec (``ReplicationSpec.from_replication_info``, which also holds
+the consumer group settings), the clusters into ``ClusterConnection`` objects. Connection secrets, when SASL/TLS
+arrive, are resolved here from a secret store by reference: never stored in clear, never sent in a Celery message.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from workers.engine import ClusterConnection, ReplicationSpec
+from workers.engine.connection import ClusterConnection
+from workers.engine.spec import ReplicationSpec
 
 
 @dataclass(frozen=True)
@@ -24,8 +26,6 @@ class ReplicatorRuntime:
     spec: ReplicationSpec
     source: ClusterConnection
     target: ClusterConnection
-    # The stored consumerGroupReplication object (workers/fleet/groups.py reads it).
-    consumer_groups: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _connection(cluster: Mapping[str, Any]) -> ClusterConnection:
@@ -51,23 +51,16 @@ def runtime_of(
     replication_info: Mapping[str, Any],
     created_at: datetime,
 ) -> ReplicatorRuntime:
-    by_alias = {str(c["kafkaClusterAlias"]): c for c in kafka_clusters}
-    source_alias = str(replication_info["sourceKafkaClusterAlias"])
-    target_alias = str(replication_info["targetKafkaClusterAlias"])
     spec = ReplicationSpec.from_replication_info(
-        replication_info,
-        source_alias=source_alias,
-        target_alias=target_alias,
-        replicator_id=replicator_id,
-        created_at_ms=int(created_at.timestamp() * 1000),
+        replication_info, replicator_id=replicator_id, created_at_ms=int(created_at.timestamp() * 1000)
     )
+    by_alias = {str(c["kafkaClusterAlias"]): c for c in kafka_clusters}
     return ReplicatorRuntime(
         replicator_id=replicator_id,
         name=name,
         generation=generation,
         state=state,
         spec=spec,
-        source=_connection(by_alias[source_alias]),
-        target=_connection(by_alias[target_alias]),
-        consumer_groups=dict(replication_info.get("consumerGroupReplication") or {}),
+        source=_connection(by_alias[spec.source_alias]),
+        target=_connection(by_alias[spec.target_alias]),
     )

@@ -1,5 +1,8 @@
 """The offset map: where each copied source record landed on the target, kept as compact runs. Pure, no I/O.
 
+Shared by the copy units that fold acknowledged batches into runs (workers/fleet/offset_map_sink.py) and the
+stores that keep and translate them (models/offset_store.py); it imports nothing of Ferry's.
+
 A run ``(s0, s1, t0, t1)`` says: the records the copier wrote from source offsets ``[s0, s1)`` are the target
 records ``[t0, t1)``, in order. A run is **exact** when ``s1 - s0 == t1 - t0``: every source offset in it was
 copied, so source offset ``s`` is target offset ``t0 + s - s0``. Batches extend the last run while source and

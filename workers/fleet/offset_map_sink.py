@@ -1,12 +1,12 @@
 """The copy units' offset map sink: collects the copier's batch mappings in memory and writes them to
-PostgreSQL (``models/offsets.py``) with each partition's head.
+PostgreSQL (``models/offset_store.py``) with each partition's head.
 
 ``record_batch`` is called synchronously by the copier after the target acknowledged a batch (in partition
 order), so it only appends to an in-memory ``RangeMap`` per partition. ``flush`` writes the runs and the heads
 in one transaction; it runs before every progress write of the copier (``before_progress``), at every agent tick,
 right after an assignment (the first head ever stored for a partition is where its map begins: its origin) and
-when the copier stops. Flushes are serialised, and the heads are taken in the same instant as the runs they
-cover, so the stored map and heads always agree.
+when the copier stops. Flushes are serialised, and the heads are the copier's acknowledged positions taken in the
+same instant as the runs they cover (no await in between), so the stored map and heads always agree.
 
 Because the map is stored before the progress that covers it, a worker that dies leaves no copied-but-unmapped
 records behind: its successor resumes from that progress and its re-copies replace the older mapping. Only when
@@ -18,29 +18,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from aiokafka import TopicPartition
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from models import offsets as offset_store
-from workers.engine.copier import BatchMapping
-from workers.engine.offset_map import RangeMap
+from models import offset_store
+from models.offset_map import RangeMap
+from workers.engine.batches import AckedPosition, BatchMapping
 
 log = logging.getLogger(__name__)
 
-Positions = Callable[[], dict[TopicPartition, tuple[str, int, int | None]]]
+Positions = Mapping[TopicPartition, AckedPosition]
 
 
 class OffsetMapBuffer:
-    """An ``OffsetMapSink`` for one replicator's copier on this worker. ``positions`` is the copier's
-    ``positions`` method (set once the copier exists)."""
+    """An ``OffsetMapSink`` for one replicator's copier on this worker."""
 
     def __init__(self, replicator_id: str, db: AsyncEngine | None = None) -> None:
         self.replicator_id = replicator_id
         self.db = db
-        self.positions: Positions | None = None
         self._pending: dict[TopicPartition, RangeMap] = {}
         self._lock = asyncio.Lock()
 
@@ -52,23 +50,23 @@ class OffsetMapBuffer:
     def discard(self) -> None:
         """Forget what was not stored yet (the copier that produced it may have a successor)."""
         self._pending = {}
-        self.positions = None
 
-    async def before_progress(self) -> None:
+    async def before_progress(self, positions: Callable[[], Positions]) -> None:
         try:
-            await self.flush()
+            await self.flush(positions)
         except (SQLAlchemyError, OSError) as exc:
             log.warning(
                 "offset map of %s not stored before progress (kept for the next flush): %s", self.replicator_id, exc
             )
 
-    async def flush(self) -> None:
-        """Write what was collected and the heads it reaches."""
+    async def flush(self, positions: Callable[[], Positions]) -> None:
+        """Write what was collected and the heads it reaches; ``positions`` gives the copier's acknowledged
+        positions and is called with the collected runs taken, so every run below a head is written with it."""
         if self.db is None:
             return
         async with self._lock:
             # No await between taking the heads and the runs: every run below a head is in ``pending``.
-            heads = self.positions() if self.positions is not None else {}
+            heads = positions()
             pending, self._pending = self._pending, {}
             try:
                 async with self.db.begin() as conn:

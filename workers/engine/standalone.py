@@ -1,8 +1,8 @@
 """A whole replication flow in one process: topic sync on a timer plus one copier owning every partition.
 
-This is what the CLI, tests and benchmarks run. The worker fleet (issue 5) drives the same parts
-separately: ``TopicSynchronizer`` in its reconcile loop, and one ``PartitionCopier`` per unit of work with
-the partitions, transactional id and lease check it hands out.
+This is what the CLI (``python -m workers.engine``), tests and benchmarks run. The worker fleet drives the same
+parts separately: ``TopicSynchronizer`` in each replicator's metadata unit, and one ``PartitionCopier`` per
+replicator per worker with the partitions, transactional id and lease check it hands out.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
 from workers.engine.admin import AdminError
+from workers.engine.batches import OffsetMapSink
 from workers.engine.connection import ClusterConnection
-from workers.engine.copier import CopierError, CopierOptions, LeaseCheck, OffsetMapSink, PartitionCopier
+from workers.engine.copier import CopierError, CopierOptions, LeaseCheck, PartitionCopier
 from workers.engine.metrics import PartitionStats
 from workers.engine.spec import ReplicationSpec
 from workers.engine.topics import SyncReport, TopicSynchronizer
@@ -55,7 +56,9 @@ class ReplicatorStats:
         }
 
 
-class Replicator:
+class StandaloneReplicator:
+    """Topic sync and one copier for every partition in scope, in this process (no fleet, no leases)."""
+
     def __init__(
         self,
         spec: ReplicationSpec,

@@ -1,4 +1,4 @@
-"""The offset range map (workers/engine/offset_map.py): compact runs, exact translation, bounded thinning."""
+"""The offset range map (models/offset_map.py): compact runs, exact translation, bounded thinning."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from workers.engine.offset_map import RangeMap, Run, runs_of_batch
+from models.offset_map import RangeMap, Run, runs_of_batch
 
 
 def brute_force(pairs: list[tuple[int, int]], source_offset: int) -> int | None:

@@ -1,0 +1,378 @@
+"""Data access for the fleet's tables: live workers, units of work with their fenced leases, what each
+replicator's metadata unit observed, and the reconcile loop's reading and writing of replicators.
+
+Every statement the fleet runs lives here, written with the ORM classes of ``models/fleet.py`` and
+``models/replicator.py`` as SQLAlchemy Core expressions; the fleet (``workers/fleet``) decides, this module only
+reads and writes. Lease times are always PostgreSQL's ``now()``, never a worker's clock, so clock skew between
+hosts cannot make two workers believe they hold the same unit.
+
+The reconcile pass runs in a Celery task on a synchronous ``Connection``; the agent's lease and metadata work runs
+on the event loop with an ``AsyncConnection``. Each function takes the connection of the transaction its caller
+owns.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Row, and_, bindparam, delete, func, null, or_, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from models.fleet import (
+    AssignedUnit,
+    DesiredReplicator,
+    FleetUnit,
+    FleetWorker,
+    MetadataObservation,
+    ReplicatorMetadata,
+    UnitKey,
+    UnitObservation,
+)
+from models.replicator import ReplicatorRow, ReplicatorState
+
+# Any constant shared by every reconcile pass: the transaction-scoped advisory lock that serialises them.
+RECONCILE_LOCK_ID = 0x46455252  # "FERR"
+# Workers that stopped heartbeating this long ago are forgotten; live ones heartbeat every tick.
+FORGET_WORKERS_AFTER = timedelta(hours=1)
+
+
+def _seconds(value: float) -> timedelta:
+    return timedelta(seconds=value)
+
+
+def json_or_null(value: Any) -> Any:
+    """A JSONB value, with None stored as SQL NULL rather than as the JSON value ``null``."""
+    return null() if value is None else value
+
+
+def _key(row: Any) -> UnitKey:
+    return UnitKey(str(row.replicator_id), str(row.topic), int(row.partition))
+
+
+def _is(key: UnitKey) -> Any:
+    """The WHERE clause of one unit."""
+    return and_(
+        FleetUnit.replicator_id == uuid.UUID(key.replicator_id),
+        FleetUnit.topic == key.topic,
+        FleetUnit.partition == key.partition,
+    )
+
+
+# ---------------------------------------------------------------------- the reconcile pass (sync)
+
+
+def try_reconcile_lock(conn: Connection) -> bool:
+    """Take the reconcile lock for this transaction; False when another pass holds it."""
+    return bool(conn.execute(select(func.pg_try_advisory_xact_lock(RECONCILE_LOCK_ID))).scalar_one())
+
+
+def desired_replicators(conn: Connection) -> list[DesiredReplicator]:
+    rows = conn.execute(
+        select(ReplicatorRow.id, ReplicatorRow.state, ReplicatorRow.generation, ReplicatorRow.state_info).order_by(
+            ReplicatorRow.seq
+        )
+    )
+    return [DesiredReplicator(str(r.id), ReplicatorState(r.state), int(r.generation), r.state_info) for r in rows]
+
+
+def live_workers(conn: Connection, dead_after_seconds: float) -> frozenset[str]:
+    rows = conn.execute(
+        select(FleetWorker.worker_id).where(FleetWorker.heartbeat_at > func.now() - _seconds(dead_after_seconds))
+    )
+    return frozenset(str(r.worker_id) for r in rows)
+
+
+def observed_units(conn: Connection) -> dict[UnitKey, UnitObservation]:
+    """Every unit with its assignment and the owner of its lease while that lease is live."""
+    rows = conn.execute(
+        select(
+            FleetUnit.replicator_id,
+            FleetUnit.topic,
+            FleetUnit.partition,
+            FleetUnit.assigned_worker,
+            FleetUnit.owner_worker,
+            (FleetUnit.lease_expires_at > func.now()).label("lease_live"),
+        )
+    )
+    return {_key(r): UnitObservation(r.assigned_worker, r.owner_worker if r.lease_live else None) for r in rows}
+
+
+def metadata_observations(conn: Connection, fail_after_seconds: float) -> dict[str, MetadataObservation]:
+    failed = func.coalesce(ReplicatorMetadata.error_since < func.now() - _seconds(fail_after_seconds), False)
+    rows = conn.execute(
+        select(
+            ReplicatorMetadata.replicator_id,
+            ReplicatorMetadata.applied_generation,
+            ReplicatorMetadata.partitions,
+            ReplicatorMetadata.error_code,
+            ReplicatorMetadata.error_message,
+            ReplicatorMetadata.notice_code,
+            ReplicatorMetadata.notice_message,
+            failed.label("failed"),
+        )
+    )
+    return {
+        str(r.replicator_id): MetadataObservation(
+            applied_generation=int(r.applied_generation),
+            partitions=frozenset((str(t), int(p)) for t, p in r.partitions),
+            error_code=r.error_code,
+            error_message=r.error_message,
+            failed=bool(r.failed),
+            notice_code=r.notice_code,
+            notice_message=r.notice_message,
+        )
+        for r in rows
+    }
+
+
+def _unit_params(key: UnitKey) -> dict[str, Any]:
+    return {"unit_replicator": uuid.UUID(key.replicator_id), "unit_topic": key.topic, "unit_partition": key.partition}
+
+
+_THIS_UNIT = and_(
+    FleetUnit.replicator_id == bindparam("unit_replicator"),
+    FleetUnit.topic == bindparam("unit_topic"),
+    FleetUnit.partition == bindparam("unit_partition"),
+)
+
+
+def delete_unowned_units(conn: Connection, keys: Iterable[UnitKey]) -> None:
+    """Delete these units unless someone holds a live lease on them (that owner stops first)."""
+    params = [_unit_params(k) for k in sorted(keys)]
+    if params:
+        conn.execute(
+            delete(FleetUnit).where(
+                _THIS_UNIT, or_(FleetUnit.owner_worker.is_(None), FleetUnit.lease_expires_at < func.now())
+            ),
+            params,
+        )
+
+
+def create_units(conn: Connection, keys: Iterable[UnitKey]) -> None:
+    values = [
+        {"replicator_id": uuid.UUID(k.replicator_id), "topic": k.topic, "partition": k.partition, "epoch": 0}
+        for k in sorted(keys)
+    ]
+    if values:
+        conn.execute(insert(FleetUnit).on_conflict_do_nothing(), values)
+
+
+def assign_units(conn: Connection, assignment: Mapping[UnitKey, str | None]) -> None:
+    params = [{**_unit_params(k), "worker": w} for k, w in sorted(assignment.items())]
+    if params:
+        conn.execute(update(FleetUnit).where(_THIS_UNIT).values(assigned_worker=bindparam("worker")), params)
+
+
+def set_replicator_state(
+    conn: Connection,
+    replicator_id: str,
+    *,
+    state: ReplicatorState,
+    state_info: Mapping[str, str] | None,
+    observed_generation: int | None,
+    seen: DesiredReplicator,
+) -> None:
+    """Move a replicator to ``state`` unless the API changed it since the pass read ``seen`` (the API wins)."""
+    values: dict[str, Any] = {
+        "state": state.value,
+        "state_info": json_or_null(None if state_info is None else dict(state_info)),
+        "updated_at": func.now(),
+    }
+    if observed_generation is not None:
+        values["observed_generation"] = observed_generation
+    conn.execute(
+        update(ReplicatorRow)
+        .where(
+            ReplicatorRow.id == uuid.UUID(replicator_id),
+            ReplicatorRow.state == seen.state.value,
+            ReplicatorRow.generation == seen.generation,
+        )
+        .values(values)
+    )
+
+
+def delete_deleted_replicator(conn: Connection, replicator_id: str) -> None:
+    """Remove a DELETING replicator's row (its units, metadata and offset map go with it: ON DELETE CASCADE)."""
+    conn.execute(
+        delete(ReplicatorRow).where(
+            ReplicatorRow.id == uuid.UUID(replicator_id), ReplicatorRow.state == ReplicatorState.DELETING.value
+        )
+    )
+
+
+def forget_departed_workers(conn: Connection) -> None:
+    conn.execute(delete(FleetWorker).where(FleetWorker.heartbeat_at < func.now() - FORGET_WORKERS_AFTER))
+
+
+# ---------------------------------------------------------------------- one worker's leases (async)
+
+
+async def heartbeat(conn: AsyncConnection, worker_id: str, hostname: str, pid: int) -> None:
+    statement = insert(FleetWorker).values(worker_id=worker_id, hostname=hostname, pid=pid)
+    await conn.execute(
+        statement.on_conflict_do_update(index_elements=[FleetWorker.worker_id], set_={"heartbeat_at": func.now()})
+    )
+
+
+async def units_of(conn: AsyncConnection, worker_id: str) -> list[AssignedUnit]:
+    """Units assigned to this worker or owned by it (a unit being moved away is both for a moment)."""
+    rows = await conn.execute(
+        select(
+            FleetUnit.replicator_id,
+            FleetUnit.topic,
+            FleetUnit.partition,
+            FleetUnit.assigned_worker,
+            FleetUnit.owner_worker,
+            FleetUnit.epoch,
+        ).where(or_(FleetUnit.assigned_worker == worker_id, FleetUnit.owner_worker == worker_id))
+    )
+    return [AssignedUnit(_key(r), r.assigned_worker, r.owner_worker, int(r.epoch)) for r in rows]
+
+
+async def acquire(conn: AsyncConnection, worker_id: str, lease_seconds: float) -> list[tuple[UnitKey, int]]:
+    """Take every unit assigned to this worker whose lease is free or expired, bumping each one's epoch: the
+    fencing token of the new owner. Returns (unit, epoch) of each unit taken."""
+    rows = await conn.execute(
+        update(FleetUnit)
+        .where(
+            FleetUnit.assigned_worker == worker_id,
+            or_(FleetUnit.owner_worker.is_(None), FleetUnit.lease_expires_at < func.now()),
+        )
+        .values(
+            owner_worker=worker_id,
+            epoch=FleetUnit.epoch + 1,
+            lease_expires_at=func.now() + _seconds(lease_seconds),
+        )
+        .returning(FleetUnit.replicator_id, FleetUnit.topic, FleetUnit.partition, FleetUnit.epoch)
+    )
+    return [(_key(r), int(r.epoch)) for r in rows]
+
+
+async def renew(conn: AsyncConnection, worker_id: str, lease_seconds: float) -> dict[UnitKey, int]:
+    """Extend every live lease this worker owns; returns each renewed unit's epoch."""
+    rows = await conn.execute(
+        update(FleetUnit)
+        .where(FleetUnit.owner_worker == worker_id, FleetUnit.lease_expires_at >= func.now())
+        .values(lease_expires_at=func.now() + _seconds(lease_seconds))
+        .returning(FleetUnit.replicator_id, FleetUnit.topic, FleetUnit.partition, FleetUnit.epoch)
+    )
+    return {_key(r): int(r.epoch) for r in rows}
+
+
+async def release(conn: AsyncConnection, worker_id: str, held: Iterable[tuple[UnitKey, int]]) -> None:
+    """Give leases back (only where this worker still owns them at that epoch)."""
+    params = [{**_unit_params(key), "epoch_held": epoch} for key, epoch in held]
+    if params:
+        await conn.execute(
+            update(FleetUnit)
+            .where(_THIS_UNIT, FleetUnit.owner_worker == worker_id, FleetUnit.epoch == bindparam("epoch_held"))
+            .values(owner_worker=None, lease_expires_at=None),
+            params,
+        )
+
+
+async def leave(conn: AsyncConnection, worker_id: str) -> None:
+    """Free every lease the worker still holds and drop it from the fleet."""
+    await conn.execute(
+        update(FleetUnit).where(FleetUnit.owner_worker == worker_id).values(owner_worker=None, lease_expires_at=None)
+    )
+    await conn.execute(delete(FleetWorker).where(FleetWorker.worker_id == worker_id))
+
+
+# ---------------------------------------------------------------------- what a worker runs (async)
+
+
+async def replicators_to_run(conn: AsyncConnection, replicator_ids: Iterable[str]) -> Sequence[Row[Any]]:
+    """The stored desired state of these replicators, as the fleet turns it into engine objects."""
+    ids = [uuid.UUID(i) for i in replicator_ids]
+    if not ids:
+        return []
+    rows = await conn.execute(
+        select(
+            ReplicatorRow.id,
+            ReplicatorRow.name,
+            ReplicatorRow.generation,
+            ReplicatorRow.state,
+            ReplicatorRow.kafka_clusters,
+            ReplicatorRow.replication_info,
+            ReplicatorRow.created_at,
+        ).where(ReplicatorRow.id.in_(ids))
+    )
+    return rows.all()
+
+
+# ---------------------------------------------------------------------- a metadata unit's observations (async)
+
+
+async def record_metadata_failure(conn: AsyncConnection, replicator_id: str, code: str, message: str) -> None:
+    """A failed pass keeps the last good inventory and generation; only the error fields change, and the error's
+    start time stays that of the first failure in a row."""
+    statement = insert(ReplicatorMetadata).values(
+        replicator_id=uuid.UUID(replicator_id),
+        applied_generation=0,
+        partitions=[],
+        error_code=code,
+        error_message=message,
+        error_since=func.now(),
+    )
+    await conn.execute(
+        statement.on_conflict_do_update(
+            index_elements=[ReplicatorMetadata.replicator_id],
+            set_={
+                "error_code": code,
+                "error_message": message,
+                "error_since": func.coalesce(ReplicatorMetadata.error_since, func.now()),
+                "updated_at": func.now(),
+            },
+        )
+    )
+
+
+async def record_inventory(
+    conn: AsyncConnection,
+    replicator_id: str,
+    *,
+    generation: int,
+    partitions: Sequence[tuple[str, int]],
+    error: tuple[str, str] | None,
+    notice: tuple[str, str] | None,
+    known_topics: dict[str, Any] | None,
+) -> None:
+    """A good pass: the partitions in scope for ``generation``, with a partial error or a notice if any."""
+    code, message = error if error is not None else (None, None)
+    notice_code, notice_message = notice if notice is not None else (None, None)
+    fields: dict[str, Any] = {
+        "applied_generation": generation,
+        "partitions": [list(p) for p in partitions],
+        "error_code": code,
+        "error_message": message,
+        "notice_code": notice_code,
+        "notice_message": notice_message,
+        "known_topics": json_or_null(known_topics),
+    }
+    statement = insert(ReplicatorMetadata).values(
+        replicator_id=uuid.UUID(replicator_id), error_since=None if code is None else func.now(), **fields
+    )
+    await conn.execute(
+        statement.on_conflict_do_update(
+            index_elements=[ReplicatorMetadata.replicator_id],
+            set_={
+                **fields,
+                "error_since": None if code is None else func.coalesce(ReplicatorMetadata.error_since, func.now()),
+                "updated_at": func.now(),
+            },
+        )
+    )
+
+
+async def known_topics(conn: AsyncConnection, replicator_id: str) -> dict[str, Any] | None:
+    """The topic set stored with detectAndCopyNewTopics off: ``{"generation": g, "topics": [...]}``."""
+    stored = await conn.execute(
+        select(ReplicatorMetadata.known_topics).where(ReplicatorMetadata.replicator_id == uuid.UUID(replicator_id))
+    )
+    value = stored.scalar_one_or_none()
+    return None if value is None else dict(value)

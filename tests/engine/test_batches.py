@@ -1,0 +1,187 @@
+"""Producer batches and acknowledgement bookkeeping (workers/engine/batches.py) without a broker: what goes into
+each batch, where each pending batch moves its partition, what IDENTICAL naming filters and stamps, and what an
+acknowledgement hands to the offset map sink."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import pytest
+from aiokafka import TopicPartition
+
+from workers.engine.aiokafka_hooks import ForwardedBuilder, RecordBatchBuilder, check_version, decode_batch
+from workers.engine.batches import (
+    AckedPosition,
+    BatchFormat,
+    BatchMapping,
+    PartitionState,
+    PendingBatch,
+    acknowledge,
+    build_batches,
+)
+from workers.engine.forwarding import BatchHeader, DecodedBatch, ForwardBatches, RawBatch
+from workers.engine.metrics import PartitionMetrics
+from workers.engine.spec import PROVENANCE_HEADER
+
+SOURCE = TopicPartition("orders", 3)
+TARGET = TopicPartition("east.orders", 3)
+SOURCE_CLUSTER = b"source-cluster-id"
+TARGET_CLUSTER = b"target-cluster-id"
+
+
+def encoded_batch(first_offset: int, values: Sequence[bytes], headers: Sequence[Any] = ()) -> bytes:
+    """A v2 record batch as a producer writes it, its base offset set to ``first_offset``."""
+    builder = RecordBatchBuilder(0, 1 << 20, transactional=False)
+    for index, value in enumerate(values):
+        builder.append(index, 1_700_000_000_000 + index, f"k{index}".encode(), value, list(headers))
+    raw = bytearray(builder._build())
+    raw[0:8] = first_offset.to_bytes(8, "big")
+    return bytes(raw)
+
+
+def decoded(first_offset: int, values: Sequence[bytes], headers: Sequence[Any] = ()) -> DecodedBatch:
+    records = decode_batch(encoded_batch(first_offset, values, headers))
+    return DecodedBatch(records)
+
+
+def state(start: int = 0) -> PartitionState:
+    return PartitionState(
+        SOURCE,
+        TARGET,
+        PartitionMetrics(SOURCE, TARGET.topic),
+        acked_next=start,
+        acked_target_next=None,
+        committed_next=None,
+        sent_next=start,
+    )
+
+
+def batch_format(*, identical: bool = False, batch_bytes: int = 1 << 20) -> BatchFormat:
+    return BatchFormat(
+        codec=0,
+        batch_bytes=batch_bytes,
+        transactional=False,
+        identical=identical,
+        loop_origin=TARGET_CLUSTER,
+        origin=SOURCE_CLUSTER,
+        keep_offsets=True,
+    )
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.mappings: list[BatchMapping] = []
+
+    def record_batch(self, mapping: BatchMapping) -> None:
+        self.mappings.append(mapping)
+
+    async def before_progress(self, positions: Callable[[], Mapping[TopicPartition, AckedPosition]]) -> None:
+        pass
+
+
+def records_of(builder: Any) -> list[Any]:
+    return decode_batch(builder._build())
+
+
+async def test_decoded_batches_are_rebatched_with_their_offsets_and_the_poll_position() -> None:
+    partition = state(10)
+    items = [decoded(10, [b"a", b"b"]), decoded(12, [b"c"])]
+    built = build_batches(batch_format(), partition, items, position=14)
+    assert len(built) == 1
+    builder, pending = built[0]
+    assert [r.value for r in records_of(builder)] == [b"a", b"b", b"c"]
+    assert builder.record_count() == 3 and builder.closed(), "handed over complete, so it never waits for linger"
+    assert list(pending.source_offsets or []) == [10, 11, 12]
+    assert pending.next_source_offset == 14, "a transaction marker at 13 is passed with the batch"
+    assert pending.first_timestamp_ms == 1_700_000_000_000
+
+
+async def test_a_full_batch_is_closed_and_the_next_one_started() -> None:
+    partition = state(0)
+    values = [bytes(400) for _ in range(10)]
+    built = build_batches(batch_format(batch_bytes=1024), partition, [decoded(0, values)], position=10)
+    assert len(built) > 1
+    counts = [pending.records for _, pending in built]
+    assert sum(counts) == 10
+    nexts = [pending.next_source_offset for _, pending in built]
+    assert nexts == sorted(nexts) and nexts[-1] == 10
+    for (_, earlier), (_, later) in itertools.pairwise(built):
+        assert earlier.next_source_offset == (later.source_offsets or [None])[0], "no offset falls between batches"
+
+
+async def test_forwarded_batches_keep_their_place_between_decoded_records() -> None:
+    partition = state(0)
+    raw_bytes = encoded_batch(2, [b"r0", b"r1", b"r2"])
+    header = BatchHeader.parse(raw_bytes)
+    raw = RawBatch(memoryview(raw_bytes), 2, header.record_count, header.first_timestamp)
+    items: list[Any] = [decoded(0, [b"d0", b"d1"]), raw, decoded(5, [b"d5"])]
+    built = build_batches(batch_format(), partition, items, position=6)
+    assert [type(builder) for builder, _ in built] == [RecordBatchBuilder, ForwardedBuilder, RecordBatchBuilder]
+    assert [p.next_source_offset for _, p in built] == [2, 5, 6]
+    assert list(built[1][1].source_offsets or []) == [2, 3, 4]
+    assert built[1][1].records == 3
+
+
+def test_forwarding_takes_only_whole_batches_in_the_target_codec_within_the_size_bounds() -> None:
+    header = BatchHeader.parse(encoded_batch(100, [b"x"] * 4))
+    forward = ForwardBatches(0, min_batch_bytes=10, max_batch_bytes=1000)
+    assert forward.forwards(header, 500, fetch_position=100)
+    assert not forward.forwards(header, 500, fetch_position=101), "the copy stands inside the batch"
+    assert not forward.forwards(header, 5, fetch_position=100), "too small: re-batched instead"
+    assert not forward.forwards(header, 5000, fetch_position=100), "larger than a default max.message.bytes"
+    assert not ForwardBatches(3, min_batch_bytes=10).forwards(header, 500, 100), "another codec than the target's"
+
+
+async def test_identical_naming_filters_the_targets_own_records_and_stamps_the_others() -> None:
+    partition = state(0)
+    came_from_target = [(PROVENANCE_HEADER, TARGET_CLUSTER)]
+    came_from_third = [(PROVENANCE_HEADER, b"third-cluster")]
+    items = [decoded(0, [b"own"]), decoded(1, [b"back"], came_from_target), decoded(2, [b"third"], came_from_third)]
+    built = build_batches(batch_format(identical=True), partition, items, position=3)
+    assert partition.metrics.records_filtered == 1
+    (builder, pending), *_ = built
+    records = records_of(builder)
+    assert [r.value for r in records] == [b"own", b"third"]
+    assert list(records[0].headers) == [(PROVENANCE_HEADER, SOURCE_CLUSTER)], "stamped with its origin"
+    assert list(records[1].headers) == came_from_third, "a third cluster's origin is kept"
+    assert list(pending.source_offsets or []) == [0, 2]
+    assert pending.next_source_offset == 3
+
+
+async def test_a_poll_of_filtered_records_only_builds_nothing() -> None:
+    partition = state(0)
+    came_from_target = [(PROVENANCE_HEADER, TARGET_CLUSTER)]
+    built = build_batches(batch_format(identical=True), partition, [decoded(0, [b"a", b"b"], came_from_target)], 2)
+    assert built == []
+    assert partition.metrics.records_filtered == 2
+
+
+async def test_acknowledging_moves_the_positions_and_feeds_the_offset_map() -> None:
+    partition = state(10)
+    recorder = Recorder()
+    (_, pending), *_ = build_batches(batch_format(), partition, [decoded(10, [b"a", b"b"])], position=13)
+    acknowledge(partition, pending, 500, ack_ms=1_700_000_000_100, sink=recorder)
+    assert partition.acked_next == 13 and partition.metrics.next_source_offset == 13
+    assert partition.acked_target_next == 502
+    assert partition.metrics.records_copied == 2
+    assert recorder.mappings == [BatchMapping(SOURCE, TARGET, [10, 11], 500)]
+    assert partition.position() == AckedPosition("east.orders", 13, 502)
+    assert partition.progress().next_source_offset == 13
+
+
+async def test_a_position_only_advance_moves_the_position_and_maps_nothing() -> None:
+    partition = state(7)
+    recorder = Recorder()
+    acknowledge(partition, PendingBatch.position_only(9), 0, ack_ms=0, sink=recorder)
+    assert partition.acked_next == 9 and partition.acked_target_next is None
+    assert partition.metrics.records_copied == 0 and recorder.mappings == []
+
+
+def test_an_untested_aiokafka_release_is_refused_with_a_clear_message() -> None:
+    check_version("0.14.0")
+    check_version("0.14.3")
+    for release in ("0.13.0", "0.15.0", "1.0.0", "not-a-version"):
+        with pytest.raises(ImportError, match=r"aiokafka>=0\.14,<0\.15"):
+            check_version(release)

@@ -1,0 +1,306 @@
+"""Every use of aiokafka's internals, in one place, checked against the aiokafka release they were written for.
+
+aiokafka has no public API for what the copier needs, so it reaches into three places:
+
+1. **Raw batch fetching** (``install_batch_fetching``): the consumer's fetcher builds one ``PartitionRecords``
+   iterator per fetched partition from a ``MemoryRecords``. Two names in ``aiokafka.consumer.fetcher`` are
+   wrapped so that a consumer whose ``key_deserializer`` is a ``ForwardBatches`` gets ``RawBatch`` items
+   (forwarded untouched) and ``DecodedBatch`` items (aiokafka's C records, without building ``ConsumerRecord``
+   objects). Other consumers in the process are unaffected.
+2. **Stand-in batch builders** (``ForwardedBuilder``, ``RecordBatchBuilder``): ``AIOKafkaProducer.send_batch``
+   takes an object shaped like its private ``BatchBuilder``; these stand in for it, one for a forwarded source
+   batch, one wrapping aiokafka's C ``DefaultRecordBatchBuilder`` whose ``append`` the copier calls directly.
+3. **The sender gate** (``gate_sender``): no hook exists between "batch ready" and "request sent", so the
+   producer's ``Sender._send_produce_req`` is wrapped to refuse sending while the write gate is closed.
+
+Importing this module fails with a clear message on an aiokafka outside ``TESTED_RANGE``: every hook relies on
+private names whose meaning an upgrade may change. Before widening the range, tests/engine/test_forwarding.py and
+tests/engine/test_write_gate.py must pass on the new release.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import aiokafka
+
+TESTED_RANGE = ((0, 14), (0, 15))  # at least 0.14, below 0.15
+
+
+def _release(version: str) -> tuple[int, int]:
+    major, minor = version.split(".")[:2]
+    return int(major), int(minor)
+
+
+def check_version(version: str) -> None:
+    low, high = TESTED_RANGE
+    try:
+        release = _release(version)
+    except ValueError:
+        release = (-1, -1)
+    if not low <= release < high:
+        raise ImportError(
+            f"Ferry's engine uses aiokafka internals written for aiokafka {low[0]}.{low[1]}.x, but aiokafka "
+            f"{version} is installed; install aiokafka>={low[0]}.{low[1]},<{high[0]}.{high[1]} "
+            "(workers/engine/aiokafka_hooks.py lists what an upgrade must re-check)"
+        )
+
+
+check_version(aiokafka.__version__)
+
+# Imported after the version check: on another release these names may not exist at all.
+import aiokafka.consumer.fetcher as aiokafka_fetcher  # noqa: E402
+from aiokafka import AIOKafkaProducer, TopicPartition  # noqa: E402
+from aiokafka.errors import CorruptRecordException, KafkaError  # noqa: E402
+from aiokafka.record._crecords.cutil import crc32c_cython  # noqa: E402
+from aiokafka.record.control_record import ABORT_MARKER, ControlRecord  # noqa: E402
+from aiokafka.record.default_records import DefaultRecordBatch, DefaultRecordBatchBuilder  # noqa: E402
+
+from workers.engine.forwarding import (  # noqa: E402
+    ATTRIBUTES_AT,
+    CONTROL,
+    CRC_AT,
+    HEADER_SIZE,
+    LENGTH_END,
+    PRODUCER_STATE_AT,
+    TRANSACTIONAL,
+    BatchHeader,
+    DecodedBatch,
+    ForwardBatches,
+    RawBatch,
+)
+
+_PRODUCER = struct.Struct(">qhi")
+_BASE_OFFSET = struct.Struct(">q")
+_LEADER_EPOCH = struct.Struct(">i")
+_CRC_FIELD = struct.Struct(">I")
+_ATTRIBUTES_FIELD = struct.Struct(">h")
+
+
+# ---------------------------------------------------------------------- 3. the sender gate
+
+
+class WritesFenced(KafkaError):  # type: ignore[misc]
+    """The write gate closed (the unit of work's lease is gone): a queued batch was dropped, never sent."""
+
+
+def gate_sender(producer: AIOKafkaProducer, gate: Callable[[], bool]) -> None:
+    """Refuse to send any produce request while ``gate()`` is False.
+
+    A worker paused past its lease (GC, SIGSTOP, a frozen VM) would otherwise send what it had queued the moment
+    it wakes, after the partition's new owner started writing; checking before each batch is handed over cannot
+    catch batches already queued.
+    """
+    sender = producer._sender
+    send = sender._send_produce_req
+
+    async def gated(node_id: int, batches: dict[TopicPartition, Any]) -> None:
+        if gate():
+            await send(node_id, batches)
+            return
+        for batch in batches.values():
+            batch.failure(exception=WritesFenced("the lease of this unit of work is gone; batch not sent"))
+        sender._in_flight.discard(node_id)
+        for tp in batches:
+            sender._muted_partitions.discard(tp)
+
+    sender._send_produce_req = gated
+
+
+# ---------------------------------------------------------------------- 2. stand-in batch builders
+
+
+class ForwardedBuilder:
+    """Stands in for aiokafka's ``BatchBuilder``: the producer sets its producer state, then takes the bytes."""
+
+    def __init__(self, batch: RawBatch, *, transactional: bool) -> None:
+        self._buffer = bytearray(batch.buffer)
+        self._records = batch.record_count
+        attributes = _ATTRIBUTES_FIELD.unpack_from(self._buffer, ATTRIBUTES_AT)[0] & ~(TRANSACTIONAL | CONTROL)
+        if transactional:
+            attributes |= TRANSACTIONAL
+        _ATTRIBUTES_FIELD.pack_into(self._buffer, ATTRIBUTES_AT, attributes)
+        # As a producer writes them: the broker assigns the offsets and the leader epoch, and refuses a batch
+        # whose base offset is not 0. Without an idempotent producer it must not carry the source's identity.
+        _BASE_OFFSET.pack_into(self._buffer, 0, 0)
+        _LEADER_EPOCH.pack_into(self._buffer, LENGTH_END, -1)
+        _PRODUCER.pack_into(self._buffer, PRODUCER_STATE_AT, -1, -1, -1)
+        self._built = False
+
+    def append(self, **_: Any) -> None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+    def closed(self) -> bool:
+        return True
+
+    def size(self) -> int:
+        return len(self._buffer)
+
+    def record_count(self) -> int:
+        return self._records
+
+    def _set_producer_state(self, producer_id: int, producer_epoch: int, base_sequence: int) -> None:
+        _PRODUCER.pack_into(self._buffer, PRODUCER_STATE_AT, producer_id, producer_epoch, base_sequence)
+
+    def _build(self) -> bytearray:
+        if not self._built:
+            # The CRC covers everything from the attributes on, producer state included.
+            _CRC_FIELD.pack_into(self._buffer, CRC_AT, crc32c_cython(memoryview(self._buffer)[ATTRIBUTES_AT:]))
+            self._built = True
+        return self._buffer
+
+
+class RecordBatchBuilder:
+    """Stands in for aiokafka's ``BatchBuilder`` for decoded records. The copier appends through ``append``,
+    aiokafka's C builder method itself (``append(relative_offset, timestamp, key, value, headers)``, None when
+    full), counting the records itself; ``BatchBuilder.append`` cost more per record than the encoding."""
+
+    __slots__ = ("_buffer", "_builder", "append", "records")
+
+    def __init__(self, codec: int, batch_bytes: int, *, transactional: bool) -> None:
+        self._builder = DefaultRecordBatchBuilder(
+            2,
+            codec,
+            is_transactional=int(transactional),
+            producer_id=-1,
+            producer_epoch=-1,
+            base_sequence=0,
+            batch_size=batch_bytes,
+        )
+        self.append = self._builder.append
+        self.records = 0
+        self._buffer: bytearray | None = None
+
+    def close(self) -> None:
+        pass
+
+    def closed(self) -> bool:
+        return True
+
+    def size(self) -> int:
+        return len(self._buffer) if self._buffer is not None else int(self._builder.size())
+
+    def record_count(self) -> int:
+        return self.records
+
+    def _set_producer_state(self, producer_id: int, producer_epoch: int, base_sequence: int) -> None:
+        self._builder.set_producer_state(producer_id, producer_epoch, base_sequence)
+
+    def _build(self) -> bytearray:
+        if self._buffer is None:
+            self._buffer = self._builder.build()
+        return self._buffer
+
+
+def decode_batch(buffer: bytes | memoryview) -> list[Any]:
+    """The records of one v2 record batch as aiokafka's C ``DefaultRecord`` objects (offset, timestamp, key,
+    value, headers)."""
+    return list(DefaultRecordBatch(bytes(buffer)))
+
+
+# ---------------------------------------------------------------------- 1. raw batch fetching
+
+
+class _RawRecords:
+    """aiokafka's ``MemoryRecords`` that also keeps the fetched bytes, for ``ForwardingPartitionRecords``."""
+
+    __slots__ = ("_records", "raw")
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+        self._records = _original_memory_records(raw)
+
+    def has_next(self) -> bool:
+        return bool(self._records.has_next())
+
+    def next_batch(self) -> Any:
+        return self._records.next_batch()
+
+    def size_in_bytes(self) -> int:
+        return int(self._records.size_in_bytes())
+
+
+_original_memory_records: Any = aiokafka_fetcher.MemoryRecords
+_original_partition_records: Any = aiokafka_fetcher.PartitionRecords
+
+
+class ForwardingPartitionRecords(_original_partition_records):  # type: ignore[misc]
+    """aiokafka's per-partition fetch iterator, yielding a ``RawBatch`` for every batch ``ForwardBatches``
+    accepts and a ``DecodedBatch`` of ``DefaultRecord`` objects for every other batch."""
+
+    def __init__(
+        self, tp: Any, records: _RawRecords, aborted: Any, fetch_offset: int, forward: ForwardBatches, *rest: Any
+    ) -> None:
+        self._raw = records.raw
+        self._forward = forward
+        super().__init__(tp, records, aborted, fetch_offset, None, *rest)
+
+    def _unpack_records(self) -> Iterator[Any]:
+        raw = self._raw
+        view = memoryview(raw)
+        end = len(raw)
+        pos = 0
+        forward = self._forward
+        read_committed = self._isolation_level == aiokafka_fetcher.READ_COMMITTED
+        while end - pos >= HEADER_SIZE:
+            header = BatchHeader.parse(raw, pos)
+            batch_end = pos + LENGTH_END + header.length
+            if batch_end > end:
+                break  # a partial batch at the end of a fetch response: fetched again from its start
+            if header.magic != 2:
+                # Old message formats: aiokafka's own path for the rest of this fetch.
+                self._records = _original_memory_records(raw[pos:])
+                yield from super()._unpack_records()
+                return
+            buffer = view[pos:batch_end]
+            pos = batch_end
+            if self._check_crcs and crc32c_cython(buffer[ATTRIBUTES_AT:]) != header.crc:
+                raise CorruptRecordException(f"Invalid CRC - {self._tp}")
+            next_offset = header.next_offset
+            if read_committed and header.producer_id != -1:
+                self._consume_aborted_up_to(header.base_offset)
+                if header.is_control:
+                    marker = next(DefaultRecordBatch(bytes(buffer)), None)
+                    if marker is None:
+                        raise KafkaError("Control batch did not contain any records")
+                    if ControlRecord.parse(marker.key) == ABORT_MARKER:
+                        self._aborted_producers.discard(header.producer_id)
+                if header.is_transactional and header.producer_id in self._aborted_producers:
+                    self.next_fetch_offset = next_offset
+                    continue
+            if header.is_control:
+                self.next_fetch_offset = next_offset
+                continue
+            if forward.forwards(header, len(buffer), self.next_fetch_offset):
+                self.next_fetch_offset = next_offset
+                yield RawBatch(buffer, header.base_offset, header.record_count, header.first_timestamp)
+                continue
+            # The C records as they are, a whole batch per item: building a ConsumerRecord per record, or
+            # handing records out one by one through this generator, cost more than decoding them.
+            records = decode_batch(buffer)
+            if header.base_offset < self.next_fetch_offset:
+                records = [record for record in records if record.offset >= self.next_fetch_offset]
+            self.next_fetch_offset = next_offset
+            if records:
+                yield DecodedBatch(records)
+
+
+def _partition_records(
+    tp: Any, records: Any, aborted: Any, fetch_offset: int, key_deserializer: Any, *rest: Any
+) -> Any:
+    if isinstance(key_deserializer, ForwardBatches) and isinstance(records, _RawRecords):
+        return ForwardingPartitionRecords(tp, records, aborted, fetch_offset, key_deserializer, *rest)
+    if isinstance(records, _RawRecords):
+        records = records._records
+    return _original_partition_records(tp, records, aborted, fetch_offset, key_deserializer, *rest)
+
+
+def install_batch_fetching() -> None:
+    """Let consumers created with a ``ForwardBatches`` key deserializer fetch raw batches (idempotent)."""
+    aiokafka_fetcher.MemoryRecords = _RawRecords
+    aiokafka_fetcher.PartitionRecords = _partition_records

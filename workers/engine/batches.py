@@ -1,0 +1,229 @@
+"""Producer batches of one source partition, and the bookkeeping of their acknowledgements. No I/O.
+
+The copier's loop (``copier.py``) fetches, sends and commits; this module decides what goes into each producer
+batch and what an acknowledged batch means for its partition:
+
+- ``build_batches`` turns what one poll fetched for a partition (``RawBatch`` items forwarded as they are,
+  ``DecodedBatch`` items re-batched into aiokafka's C batch builder) into producer batches, each with the
+  ``PendingBatch`` that tracks it. IDENTICAL naming filters records that came from the target cluster and stamps
+  the origin header on the others.
+- ``acknowledge`` applies one batch the target acknowledged (at-least-once) or committed (exactly-once): the
+  partition's acknowledged positions, its measurements and the offset map sink. Both delivery modes use it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol
+
+from aiokafka import TopicPartition
+
+from workers.engine.aiokafka_hooks import ForwardedBuilder, RecordBatchBuilder
+from workers.engine.forwarding import DecodedBatch, RawBatch
+from workers.engine.metrics import PartitionMetrics
+from workers.engine.progress import PartitionProgress, now_ms
+from workers.engine.spec import PROVENANCE_HEADER
+
+
+@dataclass(frozen=True)
+class BatchMapping:
+    """Where a run of copied records landed: source offset ``source_offsets[i]`` is at target offset
+    ``target_base_offset + i``. Source offsets may have gaps (compaction, transaction markers, filtered
+    records); target offsets of one mapping are contiguous."""
+
+    source: TopicPartition
+    target: TopicPartition
+    source_offsets: Sequence[int]
+    target_base_offset: int
+
+
+class AckedPosition(NamedTuple):
+    """How far one partition's copy is acknowledged: every batch below it was handed to the offset map sink."""
+
+    target_topic: str
+    next_source_offset: int
+    # Right after the last acknowledged copy (where the next copy lands at the earliest); None when unknown.
+    next_target_offset: int | None
+
+
+class OffsetMapSink(Protocol):
+    """Receives every acknowledged (or committed, in exactly-once mode) batch mapping, in partition order."""
+
+    def record_batch(self, mapping: BatchMapping) -> None: ...
+
+    async def before_progress(self, positions: Callable[[], Mapping[TopicPartition, AckedPosition]]) -> None:
+        """Awaited by at-least-once copiers before each progress write, after taking the positions that write
+        records, so a sink that stores its mappings here never stores them later than the progress that covers
+        them (a crash then leaves no unmapped copies behind). ``positions`` reads the copier's acknowledged
+        positions at the moment the sink calls it."""
+        ...
+
+
+@dataclass
+class PendingBatch:
+    """A batch handed to the producer (or a position advance with no records, already resolved)."""
+
+    future: asyncio.Future[Any]
+    next_source_offset: int
+    records: int
+    size: int
+    first_timestamp_ms: int
+    source_offsets: Sequence[int] | None
+    # The producer generation that sent it (PartitionCopier restarts its producer after a failure).
+    generation: int = -1
+
+    @classmethod
+    def position_only(cls, next_source_offset: int) -> PendingBatch:
+        """An advance past source offsets that hold nothing to copy (markers, aborted or filtered records)."""
+        return cls(resolved_future(), next_source_offset, 0, 0, 0, None)
+
+
+@dataclass
+class PartitionState:
+    """One assigned source partition: its positions, its batches in flight and its measurements."""
+
+    source: TopicPartition
+    target: TopicPartition
+    metrics: PartitionMetrics
+    # The next source offset whose copy the target acknowledged, and the target offset right after that copy.
+    acked_next: int
+    acked_target_next: int | None
+    # The next source offset recorded in durable progress (None: no progress written yet).
+    committed_next: int | None
+    # The next source offset to hand to the producer.
+    sent_next: int
+    pending: deque[PendingBatch] = field(default_factory=deque)
+    failed: BaseException | None = None
+    # The producer generation that has had a batch of this partition acknowledged (see PartitionCopier).
+    confirmed_generation: int = -1
+
+    def progress(self) -> PartitionProgress:
+        return PartitionProgress(self.target.topic, self.acked_next, self.acked_target_next, now_ms())
+
+    def position(self) -> AckedPosition:
+        return AckedPosition(self.target.topic, self.acked_next, self.acked_target_next)
+
+
+def resolved_future() -> asyncio.Future[Any]:
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    future.set_result(None)
+    return future
+
+
+def acknowledge(
+    state: PartitionState, pending: PendingBatch, base_offset: int, ack_ms: float, sink: OffsetMapSink | None
+) -> None:
+    """Apply one batch the target acknowledged (at-least-once) or committed (exactly-once) at ``base_offset``."""
+    if pending.records:
+        state.acked_target_next = base_offset + pending.records
+        state.metrics.record_copied(pending.records, pending.size, pending.first_timestamp_ms, ack_ms)
+        if sink is not None and pending.source_offsets:
+            sink.record_batch(BatchMapping(state.source, state.target, pending.source_offsets, base_offset))
+    state.acked_next = pending.next_source_offset
+    state.metrics.next_source_offset = pending.next_source_offset
+
+
+@dataclass(frozen=True)
+class BatchFormat:
+    """How a copier writes its producer batches; fixed for the copier's life."""
+
+    codec: int  # the target codec's id in a batch's attributes
+    batch_bytes: int
+    transactional: bool
+    # IDENTICAL naming: drop records whose origin header names ``loop_origin`` (the target cluster), stamp the
+    # others that carry none with ``origin`` (the source cluster), so active-active copies never loop.
+    identical: bool
+    loop_origin: bytes
+    origin: bytes
+    # Whether mappings are kept for an offset map sink.
+    keep_offsets: bool
+
+
+def build_batches(
+    fmt: BatchFormat, state: PartitionState, records: Sequence[Any], position: int
+) -> list[tuple[Any, PendingBatch]]:
+    """Producer batches for one partition's records; the last one carries ``position`` as the next offset
+    (it may lie past the last record, e.g. after a transaction marker). Every batch is complete (``closed()``),
+    so the producer sends it without waiting for linger.
+
+    ``records`` holds what the forwarding fetch yields (``workers/engine/forwarding.py``): ``DecodedBatch`` items,
+    re-batched, and ``RawBatch`` items, each a producer batch of its own in order with the records around it.
+    Without any record to write (all filtered, say) the result is empty: the caller advances the position alone.
+    """
+    identical = fmt.identical
+    loop_origin = fmt.loop_origin
+    stamp = (PROVENANCE_HEADER, fmt.origin)
+    keep_offsets = fmt.keep_offsets
+    out: list[tuple[Any, PendingBatch]] = []
+    builder: RecordBatchBuilder | None = None
+    append: Any = None
+    count = 0
+    first_ts = 0
+    offsets: list[int] = []
+    last_offset = -1
+    filtered = 0
+
+    def finish(next_offset: int) -> None:
+        assert builder is not None
+        builder.records = count
+        out.append((builder, PendingBatch(resolved_future(), next_offset, count, builder.size(), first_ts, offsets)))
+
+    def start_batch(first: Any) -> Any:
+        nonlocal builder, count, offsets, first_ts
+        builder = RecordBatchBuilder(fmt.codec, fmt.batch_bytes, transactional=fmt.transactional)
+        count, offsets, first_ts = 0, [], first.timestamp
+        return builder.append
+
+    for item in records:
+        kind = type(item)
+        if kind is RawBatch:
+            if count:
+                finish(last_offset + 1)
+                builder, count = None, 0
+            last_offset = item.next_offset - 1
+            forwarded = ForwardedBuilder(item, transactional=fmt.transactional)
+            source_offsets = range(item.base_offset, item.next_offset) if keep_offsets else None
+            pending = PendingBatch(
+                resolved_future(),
+                item.next_offset,
+                item.record_count,
+                item.records_size,
+                item.first_timestamp,
+                source_offsets,
+            )
+            out.append((forwarded, pending))
+            continue
+        # A DecodedBatch, or a single record of an old-format batch (aiokafka's own ConsumerRecord).
+        for record in item.records if kind is DecodedBatch else (item,):
+            headers = record.headers
+            if identical:
+                origin = None
+                for name, value in headers:
+                    if name == PROVENANCE_HEADER:
+                        origin = value
+                        break
+                if origin == loop_origin:
+                    filtered += 1
+                    continue
+                if origin is None:
+                    headers = [*headers, stamp]
+            if builder is None:
+                append = start_batch(record)
+            if append(count, record.timestamp, record.key, record.value, headers) is None:
+                # Full (the first record of a batch is always taken, whatever its size).
+                finish(last_offset + 1)
+                append = start_batch(record)
+                append(0, record.timestamp, record.key, record.value, headers)
+            count += 1
+            last_offset = record.offset
+            if keep_offsets:
+                offsets.append(last_offset)
+    state.metrics.records_filtered += filtered
+    if count:
+        finish(position)
+    elif out:
+        out[-1][1].next_source_offset = position
+    return out

@@ -1,0 +1,110 @@
+"""The copy units of one replicator held by this worker: one ``PartitionCopier`` with a changing assignment.
+
+The agent (``workers/fleet/agent.py``) converges each ``CopyUnit`` on the partitions it holds leases for every
+tick: new partitions are assigned, moved ones revoked (their data and progress durable first), a failed copier
+is stopped and restarted after a pause. The copier's write gate and lease check ask the agent whether every
+partition they judge is still under a valid lease; its acknowledged batches go to the replicator's offset map
+(``workers/fleet/offset_map_sink.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from workers.engine.copier import CopierError, PartitionCopier
+from workers.fleet.offset_map_sink import OffsetMapBuffer
+from workers.fleet.runtime import ReplicatorRuntime
+
+log = logging.getLogger(__name__)
+
+
+class CopyUnit:
+    """The copy units of one replicator held by this worker: one PartitionCopier with a changing assignment."""
+
+    def __init__(
+        self,
+        runtime: ReplicatorRuntime,
+        holds: Callable[[str, frozenset[TopicPartition]], bool],
+        db: AsyncEngine | None = None,
+    ) -> None:
+        self.runtime = runtime
+        # holds(replicator_id, partitions): whether this worker holds a valid lease on every one of them.
+        self.holds = holds
+        self.db = db
+        self.offset_map = OffsetMapBuffer(runtime.replicator_id, db)
+        self.copier: PartitionCopier | None = None
+        self.last_failure: str | None = None
+        self._retry_after = 0.0
+
+    @property
+    def partitions(self) -> frozenset[TopicPartition]:
+        return self.copier.assignment() if self.copier is not None else frozenset()
+
+    def _writes_allowed(self, partitions: frozenset[TopicPartition]) -> bool:
+        """The write gate: the copier asks with the partitions it holds, also while it stops (a stopping copier
+        must not write progress for partitions it lost)."""
+        return self.holds(self.runtime.replicator_id, partitions)
+
+    async def _lease_held(self, partitions: frozenset[TopicPartition]) -> bool:
+        return self._writes_allowed(partitions)
+
+    async def converge(self, wanted: set[TopicPartition]) -> None:
+        copier = self.copier
+        failure = copier.failure if copier is not None else None
+        if failure is not None:
+            self.last_failure = f"{type(failure).__name__}: {failure}"[:500]
+            log.warning("copier of replicator %s failed (%s); restarting", self.runtime.name, self.last_failure)
+            await self.stop()
+            self._retry_after = time.monotonic() + 2.0
+            copier = None
+        if not wanted:
+            await self.stop()
+            return
+        if copier is None:
+            if time.monotonic() < self._retry_after:
+                return
+            copier = PartitionCopier(
+                self.runtime.spec,
+                self.runtime.source,
+                self.runtime.target,
+                lease_check=self._lease_held,
+                write_gate=self._writes_allowed,
+                offset_map_sink=self.offset_map,
+            )
+            await copier.start()
+            self.copier = copier
+        current = set(copier.assignment())
+        if wanted - current:
+            await copier.assign(wanted - current)
+            # Store the new partitions' heads at once: the first head ever stored is where the offset map begins.
+            await self.flush_offset_map()
+        if current - wanted:
+            await copier.revoke(current - wanted)
+
+    async def flush_offset_map(self) -> None:
+        """Write the offset map runs collected since the last flush, and the heads they reach."""
+        copier = self.copier
+        await self.offset_map.flush(copier.positions if copier is not None else dict)
+
+    async def stop(self) -> None:
+        if self.copier is not None:
+            copier, self.copier = self.copier, None
+            try:
+                await copier.stop()
+            except (CopierError, KafkaError, OSError) as exc:
+                # Typically LeaseLost on the final progress write: the partition has another owner already,
+                # whose progress must win. The copier's clients are closed either way.
+                log.warning("copier of %s stopped with %s: %s", self.runtime.name, type(exc).__name__, exc)
+                self.offset_map.discard()
+                return
+            if copier.failure is None:
+                await self.offset_map.flush(copier.positions)
+            else:
+                # A copier that lost its lease or was fenced may have a successor: its late map must not win.
+                self.offset_map.discard()

@@ -1,0 +1,248 @@
+"""A replicator's metadata unit: keeps the target's topics in step with the source and reports what is in scope.
+
+One per replicator, on whichever worker holds its lease (``workers/fleet/agent.py`` starts and stops it). Every
+pass (2 s) it probes both clusters, runs the engine's ``TopicSynchronizer`` (topics, partitions, configurations
+every 10 s, ACLs) and writes the inventory of source partitions in scope, or the failure, to
+``replicator_metadata`` (``models/fleet_store.py``): the reconcile loop makes copy units of that inventory. It
+also runs the replicator's consumer group sync (its own loop), planned failovers (a step per pass) and offset
+map thinning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from models import fleet_store, offset_store
+from models.fleet_reports import REPORT_TTL_SECONDS, STATUS_KEY, StatusField
+from workers.engine.admin import AdminError
+from workers.engine.connection import ClusterConnection, client_kwargs
+from workers.engine.topics import TopicSynchronizer
+from workers.fleet.failover import FailoverDriver
+from workers.fleet.groups import GroupSyncer, ScopeSource
+from workers.fleet.runtime import ReplicatorRuntime
+
+log = logging.getLogger(__name__)
+
+
+class ClusterProbe:
+    """Whether a cluster answers a metadata request in time, asked over one long-lived admin connection.
+
+    A metadata unit asks every pass (2 s); opening a new connection each time would cost both clusters a
+    connect and handshake per replicator per pass. The client is dropped after a failure and made anew.
+    """
+
+    def __init__(self, connection: ClusterConnection, timeout_s: float) -> None:
+        self.connection = connection
+        self.timeout_s = timeout_s
+        self._admin: AIOKafkaAdminClient | None = None
+
+    async def check(self) -> str | None:
+        """None when the cluster answered, else the reason."""
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                if self._admin is None:
+                    self._admin = AIOKafkaAdminClient(
+                        **client_kwargs(self.connection, "probe"), request_timeout_ms=int(self.timeout_s * 1000)
+                    )
+                    await self._admin.start()
+                await self._admin.describe_cluster()
+        except TimeoutError:
+            await self.close()
+            return f"no broker of {self.connection.bootstrap_servers} answered within {self.timeout_s:g}s"
+        except (KafkaError, OSError) as exc:
+            await self.close()
+            return f"{self.connection.bootstrap_servers}: {type(exc).__name__}: {exc}"
+        return None
+
+    async def close(self) -> None:
+        if self._admin is not None:
+            admin, self._admin = self._admin, None
+            with contextlib.suppress(KafkaError, OSError):
+                await admin.close()
+
+
+def _classify_topic_errors(errors: dict[str, str]) -> str:
+    joined = " ".join(errors.values()).lower()
+    if "authoriz" in joined or "denied" in joined:
+        return "TARGET_TOPIC_CREATION_DENIED"
+    return "TOPIC_SYNC_FAILED"
+
+
+class MetadataUnit:
+    """A replicator's metadata unit: keep target topics in step with the source and report the inventory."""
+
+    def __init__(
+        self,
+        runtime: ReplicatorRuntime,
+        db: AsyncEngine,
+        redis: Redis,
+        *,
+        interval_s: float = 2.0,
+        config_interval_s: float = 10.0,
+        probe_timeout_s: float = 5.0,
+        group_sync_interval_s: float = 5.0,
+        offset_map_max_runs: int = 10_000,
+    ) -> None:
+        self.runtime = runtime
+        self.db = db
+        self.redis = redis
+        self.interval_s = interval_s
+        self.config_interval_s = config_interval_s
+        self.probe_timeout_s = probe_timeout_s
+        self._wake = asyncio.Event()
+        self._sync: TopicSynchronizer | None = None
+        self._probes = (ClusterProbe(runtime.source, probe_timeout_s), ClusterProbe(runtime.target, probe_timeout_s))
+        self._last_config_sync = 0.0
+        # Consumer group offset sync (its own loop) and planned failovers (a step per pass), issue 6.
+        self.group_sync_interval_s = group_sync_interval_s
+        self.offset_map_max_runs = offset_map_max_runs
+        self.groups = GroupSyncer(runtime, db, redis)
+        self.failovers = FailoverDriver(self.groups)
+        self.scope = ScopeSource()
+        self._last_thin = time.monotonic()
+
+    def update(self, runtime: ReplicatorRuntime) -> None:
+        if runtime.generation != self.runtime.generation:
+            self.runtime = runtime
+            if self._sync is not None:
+                self._sync.update_spec(runtime.spec)
+            self.groups.update(runtime)
+            self._wake.set()
+
+    async def run(self) -> None:
+        groups = asyncio.create_task(
+            self.groups.run(self.group_sync_interval_s, self.scope), name=f"groups-{self.runtime.name}"
+        )
+        try:
+            while True:
+                await self.pass_once()
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.interval_s)
+        finally:
+            groups.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await groups
+            await self.groups.close()
+            await self._close_sync()
+            await self._close_probes()
+
+    async def _close_probes(self) -> None:
+        for probe in self._probes:
+            await probe.close()
+
+    async def _close_sync(self) -> None:
+        if self._sync is not None:
+            with contextlib.suppress(KafkaError, OSError):
+                await self._sync.close()
+            self._sync = None
+
+    async def pass_once(self) -> None:
+        runtime = self.runtime
+        pings = {"source": await self._probes[0].check(), "target": await self._probes[1].check()}
+        await self._publish_status(runtime, pings)
+        if pings["source"] or pings["target"]:
+            await self._close_sync()
+            role = "SOURCE" if pings["source"] else "TARGET"
+            await self._write(runtime, None, (f"{role}_CLUSTER_UNREACHABLE", pings["source"] or pings["target"] or ""))
+            return
+        try:
+            if self._sync is None:
+                sync = TopicSynchronizer(
+                    runtime.spec, runtime.source, runtime.target, known_topics=await self._stored_known_topics(runtime)
+                )
+                await sync.start()
+                self._sync = sync
+            due = time.monotonic() - self._last_config_sync >= self.config_interval_s
+            report = await self._sync.sync_once(sync_configs=due)
+            if due:
+                self._last_config_sync = time.monotonic()
+        except (KafkaError, AdminError, OSError) as exc:
+            await self._close_sync()
+            await self._write(runtime, None, ("TOPIC_SYNC_FAILED", f"{type(exc).__name__}: {exc}"[:500]))
+            return
+        partitions = sorted((t.source_topic, p) for t in report.topics.values() for p in range(t.partitions))
+        error = None
+        if report.errors and not report.topics:
+            sample = "; ".join(f"{topic}: {reason}" for topic, reason in sorted(report.errors.items())[:3])
+            error = (_classify_topic_errors(report.errors), sample[:500])
+        await self._write(runtime, partitions, error)
+        self.scope.partitions = partitions
+        try:
+            await self.failovers.step(partitions)
+            if time.monotonic() - self._last_thin >= 60.0:
+                self._last_thin = time.monotonic()
+                async with self.db.begin() as conn:
+                    await offset_store.thin(conn, runtime.replicator_id, self.offset_map_max_runs)
+        except Exception:
+            # Failovers and thinning retry at the next pass; they must never stop the topic sync.
+            log.exception("failover/offset map upkeep of %s failed", runtime.name)
+        await self.redis.hset(
+            STATUS_KEY.format(replicator_id=runtime.replicator_id),
+            mapping={
+                StatusField.TOPIC_ERRORS: json.dumps(report.errors),
+                StatusField.TOPICS: json.dumps({t.source_topic: t.target_topic for t in report.topics.values()}),
+            },
+        )
+
+    async def _publish_status(self, runtime: ReplicatorRuntime, pings: dict[str, str | None]) -> None:
+        key = STATUS_KEY.format(replicator_id=runtime.replicator_id)
+        await self.redis.hset(
+            key,
+            mapping={
+                StatusField.CLUSTER_PING: json.dumps(
+                    {
+                        runtime.source.alias: 0 if pings["source"] else 1,
+                        runtime.target.alias: 0 if pings["target"] else 1,
+                    }
+                ),
+                StatusField.REPORTED_AT_MS: str(int(time.time() * 1000)),
+            },
+        )
+        await self.redis.expire(key, REPORT_TTL_SECONDS)
+
+    async def _stored_known_topics(self, runtime: ReplicatorRuntime) -> list[str] | None:
+        """The topic set an earlier pass fixed for this generation (detectAndCopyNewTopics off), if any."""
+        if runtime.spec.detect_and_copy_new_topics:
+            return None
+        async with self.db.connect() as conn:
+            stored = await fleet_store.known_topics(conn, runtime.replicator_id)
+        if not stored or stored.get("generation") != runtime.generation:
+            return None  # an update changed the topic lists: the next pass fixes the set anew
+        return [str(topic) for topic in stored.get("topics", [])]
+
+    async def _write(
+        self, runtime: ReplicatorRuntime, partitions: list[tuple[str, int]] | None, error: tuple[str, str] | None
+    ) -> None:
+        notice = None
+        if partitions is not None and not partitions and error is None:
+            notice = (
+                "NO_MATCHING_TOPICS",
+                "no source topic matches topicsToReplicate "
+                f"{list(runtime.spec.topics_to_replicate)} (excluding {list(runtime.spec.topics_to_exclude)})",
+            )
+        known = self._sync.known_topics if self._sync is not None else None
+        # A failed pass keeps the last good inventory and generation; only the error fields change.
+        async with self.db.begin() as conn:
+            if partitions is None:
+                code, message = error if error is not None else ("UNKNOWN", "")
+                await fleet_store.record_metadata_failure(conn, runtime.replicator_id, code, message)
+            else:
+                await fleet_store.record_inventory(
+                    conn,
+                    runtime.replicator_id,
+                    generation=runtime.generation,
+                    partitions=partitions,
+                    error=error,
+                    notice=notice,
+                    known_topics=None if known is None else {"generation": runtime.generation, "topics": sorted(known)},
+                )
