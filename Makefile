@@ -40,8 +40,8 @@ openapi: $(STAMP)
 	$(PY) -m api.openapi_dump
 
 lint: $(STAMP)
-	$(PY) -m ruff check api workers models migrations dev tests bench
-	$(PY) -m ruff format --check api workers models migrations dev tests bench
+	$(PY) -m ruff check api cli workers models migrations dev tests bench
+	$(PY) -m ruff format --check api cli workers models migrations dev tests bench
 	$(PY) -m mypy
 	$(PY) -m dev.stack schema-check
 

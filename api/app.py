@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -11,15 +12,26 @@ from redis.asyncio import Redis
 from api import health, offsets, replication_metrics, replicators, tags
 from api.errors import install_error_handling
 from api.fleet_trigger import FleetTrigger
+from api.identity import Authentication, secret_box_of
+from models.bootstrap import AddressPolicy
 from models.db import async_session_factory, make_async_engine
 from models.settings import FerrySettings, get_settings
+
+log = logging.getLogger(__name__)
 
 
 def create_app(settings: FerrySettings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    secret_box_of(settings)  # a missing or short secret key stops the process now, not at the first request
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.auth == "disabled":
+            log.warning(
+                "API authentication is DISABLED (FERRY_AUTH=disabled): anyone who reaches this API acts for "
+                "account %s. Never run like this outside development.",
+                settings.aws_account_id,
+            )
         engine = make_async_engine(settings)
         redis = Redis.from_url(settings.redis_url, socket_timeout=settings.health_timeout_seconds)
         app.state.db_engine = engine
@@ -40,11 +52,15 @@ def create_app(settings: FerrySettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.address_policy = AddressPolicy(settings.allowed_bootstrap)
     app.include_router(health.router)
     # Before the replicators router: its {replicatorArn:path} routes would otherwise swallow ".../metrics".
     app.include_router(replication_metrics.router)
     app.include_router(offsets.router)
     app.include_router(replicators.router)
     app.include_router(tags.router)
+    # Inside the body limit and request ids (added by install_error_handling, so outermost): a request is
+    # authenticated with a bounded body, before routing, parsing or validation look at it.
+    app.add_middleware(Authentication, settings=settings)
     install_error_handling(app)
     return app

@@ -26,10 +26,13 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from models.errors import (
+    AuthenticationError,
     ConflictError,
     DependencyUnavailableError,
     FerryError,
     InvalidRequestError,
+    LimitExceededError,
+    PermissionDeniedError,
     ResourceNotFoundError,
 )
 
@@ -52,6 +55,9 @@ ERROR_TYPES: dict[int, str] = {
 }
 _DOMAIN_STATUS: dict[type[FerryError], int] = {
     InvalidRequestError: 400,
+    AuthenticationError: 401,
+    PermissionDeniedError: 403,
+    LimitExceededError: 429,
     ResourceNotFoundError: 404,
     ConflictError: 409,
     DependencyUnavailableError: 503,

@@ -17,13 +17,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
-from sqlalchemy import select
 
 from api.deps import transaction
 from api.errors import error_responses
 from api.identity import CallerDep
 from api.replicators import ReplicatorArn
-from models import offset_store, replicator_service
+from models import group_store, offset_store, replicator_service
 from models.errors import InvalidRequestError, ResourceNotFoundError
 from models.offsets import FAILOVER_ACTIVE_STATES, FailoverOperation, FailoverState
 from models.replicator import ReplicatorState
@@ -156,18 +155,13 @@ async def start_failover(
         row = await replicator_service.get_replicator(session, account_id=caller.account_id, arn=replicatorArn)
         if row.state in (ReplicatorState.DELETING, ReplicatorState.FAILED):
             raise InvalidRequestError(f"replicatorArn: the replicator is {row.state}", "replicatorArn")
-        op = FailoverOperation(
-            id=uuid.uuid4(),
-            replicator_id=row.id,
+        op = await group_store.start_failover(
+            session,
+            row.id,
             groups=list(dict.fromkeys(body.consumerGroups)),
             grace_seconds=body.gracePeriodSeconds,
             timeout_seconds=body.timeoutSeconds,
-            state=FailoverState.PENDING.value,
-            progress="waiting for the replicator's metadata unit to pick it up",
         )
-        session.add(op)
-        await session.flush()
-        await session.refresh(op)
         return _status(op, row.arn)
 
 
@@ -186,13 +180,7 @@ async def describe_failover(
         raise InvalidRequestError(f"operationId: {operationId[:100]!r} is not an operation id", "operationId") from None
     async with transaction(request) as session:
         row = await replicator_service.get_replicator(session, account_id=caller.account_id, arn=replicatorArn)
-        op = (
-            await session.execute(
-                select(FailoverOperation).where(
-                    FailoverOperation.id == op_id, FailoverOperation.replicator_id == row.id
-                )
-            )
-        ).scalar_one_or_none()
+        op = await group_store.failover_of(session, row.id, op_id)
         if op is None:
             raise ResourceNotFoundError(f"operationId: no failover {operationId} for this replicator", "operationId")
         return _status(op, row.arn)

@@ -20,11 +20,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
-from sqlalchemy import select
 
 from api.deps import transaction
 from api.errors import error_responses
-from api.identity import CallerDep
+from api.identity import CallerDep, current_caller, is_metrics_scraper
 from api.replicators import ReplicatorArn
 from models import replicator_service
 from models.errors import DependencyUnavailableError
@@ -169,29 +168,24 @@ class _Exposition:
 
 
 @router.get("/metrics", summary="Prometheus metrics with MSK Replicator's names", response_class=PlainTextResponse)
-async def prometheus_metrics(request: Request, caller: CallerDep) -> PlainTextResponse:
-    """Per replicator (and topic and partition where it applies): ReplicationLatency, MessageLag, ..."""
+async def prometheus_metrics(request: Request) -> PlainTextResponse:
+    """Per replicator (and topic and partition where it applies): ReplicationLatency, MessageLag, ...
+
+    With the metrics bearer token (Prometheus), every account's replicators, labelled with their account; signed
+    with an access key, that key's account only."""
+    account = None if is_metrics_scraper(request) else current_caller(request).account_id
     async with transaction(request) as session:
-        rows = (
-            (
-                await session.execute(
-                    select(ReplicatorRow)
-                    .where(ReplicatorRow.account_id == caller.account_id)
-                    .order_by(ReplicatorRow.seq)
-                )
-            )
-            .scalars()
-            .all()
-        )
+        rows = await replicator_service.replicators_of(session, account_id=account)
     out = _Exposition()
     for row in rows:
         reading = await _reading(request.app.state.redis, row)
         name = row.name
+        account_label = {"account_id": row.account_id}
         totals = _totals(reading.partitions)
         for p in reading.partitions:
             if p["health"] == "UNKNOWN":
                 continue  # a stale reading is not a current value: leave the series absent
-            labels = {"replicator_name": name, "topic": p["sourceTopic"], "partition": p["partition"]}
+            labels = {**account_label, "replicator_name": name, "topic": p["sourceTopic"], "partition": p["partition"]}
             out.add(
                 "ReplicationLatency",
                 "gauge",
@@ -217,7 +211,7 @@ async def prometheus_metrics(request: Request, caller: CallerDep) -> PlainTextRe
             "ReplicatorBytesInPerSec",
             "gauge",
             "Bytes per second the replicator processed (replicated, without loop-filtered records).",
-            {"replicator_name": name},
+            {**account_label, "replicator_name": name},
             totals["bytesPerSecond"],
         )
         failures = sum(totals["errors"].values())
@@ -225,28 +219,28 @@ async def prometheus_metrics(request: Request, caller: CallerDep) -> PlainTextRe
             "ReplicatorFailure",
             "gauge",
             "Partitions of the replicator that are not healthy now.",
-            {"replicator_name": name},
+            {**account_label, "replicator_name": name},
             totals["unhealthyPartitions"] + (1 if row.state == ReplicatorState.FAILED else 0),
         )
         out.add(
             "ReplicationErrors",
             "counter",
             "Errors the replicator's copiers met, by kind.",
-            {"replicator_name": name},
+            {**account_label, "replicator_name": name},
             failures,
         )
         out.add(
             "AuthError",
             "counter",
             "Authorization failures met by the replicator.",
-            {"replicator_name": name},
+            {**account_label, "replicator_name": name},
             totals["errors"].get("AUTH_DENIED", 0),
         )
         out.add(
             "ThrottleTime",
             "gauge",
             "Milliseconds requests were throttled by brokers (not measured yet).",
-            {"replicator_name": name},
+            {**account_label, "replicator_name": name},
             None,
         )
         for alias, ok in sorted(reading.status.get(StatusField.CLUSTER_PING, {}).items()):
@@ -254,7 +248,7 @@ async def prometheus_metrics(request: Request, caller: CallerDep) -> PlainTextRe
                 "KafkaClusterPingSuccessCount",
                 "gauge",
                 "1 when the cluster answered the last probe, else 0.",
-                {"replicator_name": name, "cluster_alias": alias},
+                {**account_label, "replicator_name": name, "cluster_alias": alias},
                 ok,
             )
         groups = reading.status.get(StatusField.GROUP_SYNC) or {}
@@ -262,14 +256,14 @@ async def prometheus_metrics(request: Request, caller: CallerDep) -> PlainTextRe
             "ConsumerGroupCount",
             "gauge",
             "Consumer groups whose offsets are synchronised.",
-            {"replicator_name": name},
+            {**account_label, "replicator_name": name},
             groups.get("groupCount", 0),
         )
         out.add(
             "ConsumerGroupOffsetSyncFailure",
             "counter",
             "Consumer group offset sync failures since the replicator's metadata unit started.",
-            {"replicator_name": name},
+            {**account_label, "replicator_name": name},
             groups.get("failures", 0),
         )
         for group, entry in sorted((groups.get("groups") or {}).items()):
@@ -277,7 +271,7 @@ async def prometheus_metrics(request: Request, caller: CallerDep) -> PlainTextRe
                 "ConsumerGroupTranslationLag",
                 "gauge",
                 "Records the target group's committed offsets trail the translation of the source group's.",
-                {"replicator_name": name, "consumer_group": group},
+                {**account_label, "replicator_name": name, "consumer_group": group},
                 entry.get("translationLagRecords"),
             )
     return PlainTextResponse(out.render(), media_type="text/plain; version=0.0.4")

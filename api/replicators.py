@@ -45,7 +45,12 @@ async def create_replicator(
     """Record a new replicator in state CREATING; the worker fleet starts it."""
     async with transaction(request) as session:
         row = await replicator_service.create_replicator(
-            session, account_id=caller.account_id, region=caller.region, request=body
+            session,
+            account_id=caller.account_id,
+            region=caller.region,
+            request=body,
+            address_policy=request.app.state.address_policy,
+            max_replicators=request.app.state.settings.max_replicators_per_account,
         )
     await request.app.state.fleet.reconcile_soon()
     return CreateReplicatorResponse(

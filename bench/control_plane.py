@@ -9,6 +9,7 @@ Replicators created here copy nothing (their topic regex matches no topic) and a
 
 from __future__ import annotations
 
+import configparser
 import json
 import secrets
 import socket
@@ -46,13 +47,28 @@ def api_unavailable(api: str) -> str | None:
     return None
 
 
-def _client(api: str) -> Any:
+def dev_credentials() -> tuple[str, str]:
+    """The stack's development access key (``make up`` writes it to .run/credentials, profile ferry)."""
+    from dev.stack import CREDENTIALS_PROFILE, StackConfig  # noqa: PLC0415 (the stack tool, only here)
+
+    parser = configparser.ConfigParser()
+    parser.read(StackConfig().credentials_file)
+    try:
+        section = parser[CREDENTIALS_PROFILE]
+        return section["aws_access_key_id"], section["aws_secret_access_key"]
+    except KeyError:
+        raise BenchError("no development access key in .run/credentials: run `make up` first") from None
+
+
+def kafka_client(api: str, credentials: tuple[str, str] | None = None) -> Any:
+    """A boto3 kafka client for ``api``, signing with ``credentials`` (default: the stack's development key)."""
+    key_id, secret = credentials or dev_credentials()
     return boto3.client(
         "kafka",
         endpoint_url=api,
         region_name="us-east-1",
-        aws_access_key_id="bench",
-        aws_secret_access_key="bench",
+        aws_access_key_id=key_id,
+        aws_secret_access_key=secret,
         config=Config(retries={"max_attempts": 1, "mode": "standard"}, max_pool_connections=16),
     )
 
@@ -105,7 +121,7 @@ def sustained(api: str, call_name: str, call: Any, *, rate: float, seconds: floa
 
     def worker() -> None:
         if not hasattr(local, "client"):
-            local.client = _client(api)
+            local.client = kafka_client(api)
         while True:
             with lock:
                 i = next_index[0]
@@ -231,7 +247,7 @@ def control_plane(
 def _measure(
     api: str, stack: Stack, *, rate: float, seconds: float, creates: int, running_limit_s: float
 ) -> dict[str, Any]:
-    client = _client(api)
+    client = kafka_client(api)
     out: dict[str, Any] = {}
     try:
         listed = len(client.list_replicators().get("Replicators", []))

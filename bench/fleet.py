@@ -18,10 +18,11 @@ from typing import Any
 import psycopg
 
 from bench.common import MB, BenchError, Stack, memory_kib, say, spawn, stop_process, wait_until
-from bench.control_plane import _client, create_replicator, start_private_api
+from bench.control_plane import create_replicator, kafka_client, start_private_api
 from bench.kafka import Cluster
 from bench.measure import TargetWatch, copy_under_load, fixed_rate_load
-from dev.stack import StackConfig, celery_beat_argv, celery_worker_argv, migrate
+from cli.admin import create_access_key
+from dev.stack import DEV_ACCOUNT, StackConfig, celery_beat_argv, celery_worker_argv, migrate
 
 
 class PrivateFleet:
@@ -38,6 +39,7 @@ class PrivateFleet:
             FERRY_CELERY_QUEUE=f"bench-{token}",
         )
         self.api: str | None = None
+        self.credentials: tuple[str, str] | None = None
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
     def _admin_dsn(self) -> str:
@@ -47,6 +49,9 @@ class PrivateFleet:
         with psycopg.connect(self._admin_dsn(), autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{self.database}"')
         migrate(self.database_url)
+        settings = self.cfg.settings().model_copy(update={"database_url": self.database_url})
+        issued = asyncio.run(create_access_key(settings, DEV_ACCOUNT, "bench private control plane"))
+        self.credentials = (issued.access_key_id, issued.secret_access_key)
         self.api, self.processes["api"] = start_private_api(self.log_dir / "fleet-api.log", env=self.env)
         self.processes["beat"] = spawn(
             celery_beat_argv(self.log_dir / "fleet-celerybeat-schedule", None, loglevel="WARNING"),
@@ -101,7 +106,7 @@ async def fleet_worker_scale(
     await asyncio.to_thread(fleet.start)
     try:
         assert fleet.api is not None
-        client = _client(fleet.api)
+        client = kafka_client(fleet.api, fleet.credentials)
         for count in counts:
             say(f"-- fleet worker on {count} partitions")
             out[str(count)] = await _one_count(

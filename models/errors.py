@@ -30,3 +30,17 @@ class ConflictError(FerryError):
 
 class DependencyUnavailableError(FerryError):
     """Something Ferry depends on (e.g. the AWS API) did not answer; retrying later may work (AWS: 503)."""
+
+
+class AuthenticationError(FerryError):
+    """The caller could not be identified: no, an unknown, a revoked or a wrong signature, or an expired one (AWS:
+    UnauthorizedException). The message never says more than AWS's does."""
+
+
+class PermissionDeniedError(FerryError):
+    """The caller is known but its key may not do this (AWS: ForbiddenException)."""
+
+
+class LimitExceededError(FerryError):
+    """A quota or rate limit: too many replicators in the account, or too many requests per second from one
+    access key (AWS: TooManyRequestsException)."""

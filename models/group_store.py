@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from models.fleet_store import json_or_null
 from models.offsets import FAILOVER_ACTIVE_STATES, FailoverOperation, FailoverState, GroupSyncState
@@ -128,3 +128,33 @@ async def update_failover(
     if result is not None:
         values["result"] = json_or_null(result)
     await conn.execute(update(FailoverOperation).where(FailoverOperation.id == operation_id).values(values))
+
+
+async def start_failover(
+    session: AsyncSession, replicator_id: uuid.UUID, *, groups: list[str], grace_seconds: float, timeout_seconds: float
+) -> FailoverOperation:
+    """Record a new planned failover (PENDING); the replicator's metadata unit picks it up."""
+    operation = FailoverOperation(
+        id=uuid.uuid4(),
+        replicator_id=replicator_id,
+        groups=groups,
+        grace_seconds=grace_seconds,
+        timeout_seconds=timeout_seconds,
+        state=FailoverState.PENDING.value,
+        progress="waiting for the replicator's metadata unit to pick it up",
+    )
+    session.add(operation)
+    await session.flush()
+    await session.refresh(operation)
+    return operation
+
+
+async def failover_of(
+    session: AsyncSession, replicator_id: uuid.UUID, operation_id: uuid.UUID
+) -> FailoverOperation | None:
+    found = await session.execute(
+        select(FailoverOperation).where(
+            FailoverOperation.id == operation_id, FailoverOperation.replicator_id == replicator_id
+        )
+    )
+    return found.scalar_one_or_none()

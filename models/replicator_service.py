@@ -20,11 +20,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from models.errors import ConflictError, InvalidRequestError, ResourceNotFoundError
+from models.bootstrap import AddressPolicy
+from models.errors import ConflictError, InvalidRequestError, LimitExceededError, ResourceNotFoundError
 from models.msk import resolve_msk_bootstrap
 from models.replicator import ReplicatorRow, ReplicatorState
 from models.replicator_shapes import (
@@ -64,10 +65,17 @@ def new_current_version() -> str:
 
 
 async def create_replicator(
-    session: AsyncSession, *, account_id: str, region: str, request: CreateReplicatorRequest
+    session: AsyncSession,
+    *,
+    account_id: str,
+    region: str,
+    request: CreateReplicatorRequest,
+    address_policy: AddressPolicy,
+    max_replicators: int,
 ) -> ReplicatorRow:
-    # Regex trials and MSK look-ups are blocking work; they must not stall the event loop.
-    accepted = await asyncio.to_thread(accept_create, request)
+    # Pattern compilation and MSK look-ups are blocking work; they must not stall the event loop.
+    accepted = await asyncio.to_thread(accept_create, request, address_policy)
+    await _check_replicator_quota(session, account_id, max_replicators)
     clusters = [await _stored_cluster(plan) for plan in accepted.clusters]
     row = _new_row(accepted, clusters, account_id=account_id, region=region)
     session.add(row)
@@ -80,6 +88,22 @@ async def create_replicator(
             ) from None
         raise
     return row
+
+
+async def _check_replicator_quota(session: AsyncSession, account_id: str, limit: int) -> None:
+    """Refuse a replicator beyond the account's quota. Creates of one account are serialised by a transaction
+    lock on the account, so two concurrent creates cannot both take the last place."""
+    await session.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(f"replicators:{account_id}", 0))))
+    count = (
+        await session.execute(
+            select(func.count()).select_from(ReplicatorRow).where(ReplicatorRow.account_id == account_id)
+        )
+    ).scalar_one()
+    if count >= limit:
+        raise LimitExceededError(
+            f"Limit exceeded: the account has {count} replicators and may have at most {limit} "
+            "(an operator can raise FERRY_MAX_REPLICATORS_PER_ACCOUNT); delete one first"
+        )
 
 
 async def _stored_cluster(plan: ClusterPlan) -> dict[str, Any]:
@@ -165,6 +189,14 @@ async def list_replicators(
         return rows, None
     page = rows[:page_size]
     return page, _encode_page_token(page[-1].seq)
+
+
+async def replicators_of(session: AsyncSession, *, account_id: str | None) -> Sequence[ReplicatorRow]:
+    """Every replicator of one account (None: of every account, for the platform's metrics scraper)."""
+    statement = select(ReplicatorRow).order_by(ReplicatorRow.seq)
+    if account_id is not None:
+        statement = statement.where(ReplicatorRow.account_id == account_id)
+    return (await session.execute(statement)).scalars().all()
 
 
 def _encode_page_token(last_seq: int) -> str:

@@ -19,8 +19,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from models.bootstrap import AddressPolicy, parse_bootstrap
 from models.errors import InvalidRequestError
-from models.regex_guard import check_pattern
+from models.patterns import check_pattern
 from models.replicator_shapes import (
     ConsumerGroupReplication,
     CreateReplicatorRequest,
@@ -43,7 +44,6 @@ REPLICATOR_ARN = re.compile(
 )
 IAM_ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
 APACHE_CLUSTER_ID = re.compile(r"^[A-Za-z0-9._:/+=@-]{1,256}$")
-BOOTSTRAP_SERVERS = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}(,[A-Za-z0-9.\-\[\]:]+:\d{1,5})*$")
 TAG_TEXT = re.compile(r"^[\w\s.:/=+\-@]*$")
 
 ClusterKind = Literal["amazonMskCluster", "apacheKafkaCluster"]
@@ -95,11 +95,11 @@ def cluster_alias(reference: str, display_name: str) -> str:
 # ----- CreateReplicator ---------------------------------------------------------------------------------------
 
 
-def accept_create(request: CreateReplicatorRequest) -> AcceptedCreate:
+def accept_create(request: CreateReplicatorRequest, policy: AddressPolicy) -> AcceptedCreate:
     """Validate a CreateReplicator request and return it in stored form (without MSK bootstrap servers)."""
     if not IAM_ROLE_ARN.match(request.service_execution_role_arn):
         raise refuse("serviceExecutionRoleArn", "must be an IAM role ARN (arn:aws:iam::<account>:role/<name>)")
-    clusters = _accept_clusters(request.kafka_clusters)
+    clusters = _accept_clusters(request.kafka_clusters, policy)
     if len(request.replication_info_list) != 1:
         raise refuse(
             "replicationInfoList",
@@ -118,10 +118,10 @@ def accept_create(request: CreateReplicatorRequest) -> AcceptedCreate:
     )
 
 
-def _accept_clusters(clusters: Sequence[KafkaCluster]) -> list[ClusterPlan]:
+def _accept_clusters(clusters: Sequence[KafkaCluster], policy: AddressPolicy) -> list[ClusterPlan]:
     if len(clusters) != 2:
         raise refuse("kafkaClusters", f"must contain exactly 2 clusters (source and target), got {len(clusters)}")
-    plans = [_accept_cluster(cluster, f"kafkaClusters[{index}]") for index, cluster in enumerate(clusters)]
+    plans = [_accept_cluster(cluster, f"kafkaClusters[{index}]", policy) for index, cluster in enumerate(clusters)]
     if plans[0].reference == plans[1].reference:
         raise refuse("kafkaClusters", f"both entries describe the same cluster {plans[0].reference!r}")
     if plans[0].alias == plans[1].alias:
@@ -129,7 +129,7 @@ def _accept_clusters(clusters: Sequence[KafkaCluster]) -> list[ClusterPlan]:
     return plans
 
 
-def _accept_cluster(cluster: KafkaCluster, parameter: str) -> ClusterPlan:
+def _accept_cluster(cluster: KafkaCluster, parameter: str, policy: AddressPolicy) -> ClusterPlan:
     if (cluster.amazon_msk_cluster is None) == (cluster.apache_kafka_cluster is None):
         raise refuse(parameter, "exactly one of amazonMskCluster and apacheKafkaCluster is required")
     auth = cluster.client_authentication
@@ -163,11 +163,19 @@ def _accept_cluster(cluster: KafkaCluster, parameter: str) -> ClusterPlan:
             f"{parameter}.apacheKafkaCluster.apacheKafkaClusterId",
             "must be 1-256 characters of letters, digits and ._:/+=@-",
         )
-    if len(apache.bootstrap_broker_string) > 4096 or not BOOTSTRAP_SERVERS.match(apache.bootstrap_broker_string):
-        raise refuse(
-            f"{parameter}.apacheKafkaCluster.bootstrapBrokerString",
-            f"{apache.bootstrap_broker_string[:200]!r} is not a host:port[,host:port...] list",
-        )
+    member = f"{parameter}.apacheKafkaCluster.bootstrapBrokerString"
+    try:
+        brokers = parse_bootstrap(apache.bootstrap_broker_string)
+    except ValueError as exc:
+        raise refuse(member, f"is not a host:port[,host:port...] list: {exc}") from None
+    for broker in brokers:
+        reason = policy.broker_refusal(broker)
+        if reason is not None:
+            raise refuse(
+                member,
+                f"{broker} is {reason}, which replicators may not connect to "
+                "(an operator can allow it with FERRY_ALLOWED_BOOTSTRAP)",
+            )
     return ClusterPlan(
         wire=wire(cluster),
         kind="apacheKafkaCluster",

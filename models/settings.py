@@ -7,12 +7,14 @@ with a message naming the variable.
 
 from __future__ import annotations
 
+import json
 import re
 from functools import lru_cache
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _BOOTSTRAP_RE = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}(,[A-Za-z0-9.\-\[\]:]+:\d{1,5})*$")
 
@@ -52,6 +54,35 @@ class FerrySettings(BaseSettings):
         default=10_000,
         description="Offset map runs kept per source partition before old ones are thinned (with a stated bound).",
     )
+    # ----- API security (docs/security.md)
+    auth: Literal["sigv4", "disabled"] = Field(
+        default="sigv4",
+        description="sigv4: every API call must be signed with a key Ferry issued; disabled: anyone acts for "
+        "aws_account_id (development only; a warning is logged at every start).",
+    )
+    secret_key: SecretStr | None = Field(
+        default=None, description="Seals the secret access keys in the database (at least 32 characters)."
+    )
+    secret_key_file: Path | None = Field(
+        default=None, description="A file holding the secret key instead (e.g. a mounted Kubernetes Secret)."
+    )
+    metrics_token: SecretStr | None = Field(
+        default=None, description="Bearer token with which Prometheus scrapes /metrics for every account."
+    )
+    api_requests_per_second: Annotated[float, Field(gt=0, le=100_000)] = Field(
+        default=50.0, description="Requests per second one access key may make (per API process), on average."
+    )
+    api_request_burst: Annotated[int, Field(ge=1, le=1_000_000)] = Field(
+        default=100, description="Requests one access key may make at once before the rate applies."
+    )
+    max_replicators_per_account: Annotated[int, Field(ge=1, le=1_000_000)] = Field(
+        default=100, description="Replicators one account may have (CreateReplicator answers 429 beyond)."
+    )
+    allowed_bootstrap: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="CIDRs and host patterns bootstrap servers may use although they are loopback, link-local or "
+        "metadata addresses (comma-separated or a JSON list); empty: any routable address, none of those.",
+    )
 
     @field_validator("database_url")
     @classmethod
@@ -66,6 +97,41 @@ class FerrySettings(BaseSettings):
         if not value.startswith(("redis://", "rediss://")):
             raise ValueError("must be a redis:// or rediss:// URL")
         return value
+
+    @field_validator("allowed_bootstrap", mode="before")
+    @classmethod
+    def _comma_or_json_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [item.strip() for item in text.split(",") if item.strip()]
+        return value
+
+    def as_environment(self) -> dict[str, str]:
+        """These settings as ``FERRY_*`` environment variables for a child process, secrets included."""
+        env: dict[str, str] = {}
+        for name, value in self.model_dump().items():
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                text = value.get_secret_value()
+            elif isinstance(value, dict | list):
+                text = json.dumps(value)
+            elif isinstance(value, bool):
+                text = "true" if value else "false"
+            else:
+                text = str(value)
+            env[f"FERRY_{name.upper()}"] = text
+        return env
+
+    def secret_key_material(self) -> str | None:
+        """The secret key from FERRY_SECRET_KEY, else from the file FERRY_SECRET_KEY_FILE names."""
+        if self.secret_key is not None:
+            return self.secret_key.get_secret_value()
+        if self.secret_key_file is not None:
+            return self.secret_key_file.read_text().strip()
+        return None
 
     @field_validator("kafka_probe_clusters")
     @classmethod

@@ -7,17 +7,75 @@ groups and replicators, so tests run in any order.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import uuid
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
 
+from cli.admin import create_access_key
+from models.access_keys import IssuedKey
+from models.migrate import upgrade
 from models.settings import FerrySettings
 
 ROOT = Path(__file__).resolve().parents[1]
+REGION = "us-east-1"
+ACCOUNT = "000000000000"
+# The suite's own secrets: never a deployment's.
+TEST_SECRET_KEY = "ferry-test-suite-secret-key-not-for-production"
+TEST_METRICS_TOKEN = "ferry-test-suite-metrics-token"
+# The stack's clusters listen on loopback, which Ferry refuses unless allowed.
+LOOPBACK = ["127.0.0.0/8", "::1/128", "localhost"]
+
+
+def stack_settings(stack: dict[str, Any], **overrides: Any) -> FerrySettings:
+    """Settings for the local stack's services and the suite's secrets (``overrides`` win)."""
+    values: dict[str, Any] = {
+        "database_url": stack["test_database_url"],
+        "redis_url": str(stack["redis_url"]).rsplit("/", 1)[0] + "/1",
+        "kafka_probe_clusters": stack["kafka"],
+        "secret_key": TEST_SECRET_KEY,
+        "metrics_token": TEST_METRICS_TOKEN,
+        "allowed_bootstrap": LOOPBACK,
+        "aws_region": REGION,
+        # Tests make hundreds of requests a second with one key; the limit has its own test.
+        "api_requests_per_second": 100_000.0,
+        "api_request_burst": 100_000,
+        "max_replicators_per_account": 100_000,
+    }
+    values.update(overrides)
+    return FerrySettings(**values)
+
+
+def issue_key(settings: FerrySettings, account_id: str = ACCOUNT, *, read_only: bool = False) -> IssuedKey:
+    """A new access key in the database of ``settings`` (which must be migrated)."""
+    return asyncio.run(create_access_key(settings, account_id, "test suite", read_only=read_only))
+
+
+class SigV4HttpxAuth(httpx.Auth):
+    """Signs httpx requests as boto3 signs the kafka client's (for tests that send raw HTTP)."""
+
+    requires_request_body = True
+
+    def __init__(self, key: IssuedKey, region: str = REGION) -> None:
+        self.credentials = Credentials(key.access_key_id, key.secret_access_key)
+        self.region = region
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        signed = {name: value for name, value in request.headers.items() if name.lower() in ("host", "content-type")}
+        aws = AWSRequest(method=request.method, url=str(request.url), data=request.content, headers=signed)
+        SigV4Auth(self.credentials, "kafka", self.region).add_auth(aws)
+        for name in ("Authorization", "X-Amz-Date"):
+            request.headers[name] = aws.headers[name]
+        yield request
 
 
 @pytest.fixture(scope="session")
@@ -41,24 +99,28 @@ def target_bootstrap(stack: dict[str, Any]) -> str:
 
 @pytest.fixture(scope="session")
 def test_settings(stack: dict[str, Any]) -> FerrySettings:
-    redis_url = str(stack["redis_url"]).rsplit("/", 1)[0] + "/1"
-    return FerrySettings(
-        database_url=stack["test_database_url"],
-        redis_url=redis_url,
-        kafka_probe_clusters=stack["kafka"],
-    )
+    return stack_settings(stack)
+
+
+@pytest.fixture(scope="session")
+def migrated_test_database(test_settings: FerrySettings) -> str:
+    """Bring ferry_test to the head revision (idempotent), so the suite also runs right after a new migration."""
+    upgrade(test_settings.database_url)
+    return test_settings.database_url
+
+
+@pytest.fixture(scope="session")
+def test_key(test_settings: FerrySettings, migrated_test_database: str) -> IssuedKey:
+    """An access key of the test account in ferry_test."""
+    return issue_key(test_settings)
 
 
 @pytest.fixture(scope="session")
 def test_env(test_settings: FerrySettings) -> dict[str, str]:
     """Environment for child processes (workers, API) that must use the test database and Redis."""
     env = dict(os.environ)
-    env.update(
-        FERRY_DATABASE_URL=test_settings.database_url,
-        FERRY_REDIS_URL=test_settings.redis_url,
-        FERRY_KAFKA_PROBE_CLUSTERS=json.dumps(test_settings.kafka_probe_clusters),
-        PYTHONUNBUFFERED="1",
-    )
+    env.update(test_settings.as_environment())
+    env["PYTHONUNBUFFERED"] = "1"
     return env
 
 

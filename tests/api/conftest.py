@@ -20,12 +20,11 @@ from fastapi import FastAPI
 from sqlalchemy import Engine, delete
 
 from api.app import create_app
+from models.access_keys import IssuedKey
 from models.db import make_sync_engine
-from models.migrate import upgrade
 from models.replicator import ReplicatorRow
 from models.settings import FerrySettings
-
-REGION = "us-east-1"
+from tests.conftest import REGION, SigV4HttpxAuth
 
 
 class RunningServer:
@@ -50,22 +49,16 @@ class RunningServer:
         self.sock.close()
 
 
-def kafka_client(endpoint_url: str, **config: Any) -> Any:
+def kafka_client(endpoint_url: str, key: IssuedKey, **config: Any) -> Any:
+    """A boto3 ``kafka`` client signing with ``key`` (retries off, so each call is one request)."""
     return boto3.client(
         "kafka",
         endpoint_url=endpoint_url,
         region_name=REGION,
-        aws_access_key_id="x",
-        aws_secret_access_key="x",
+        aws_access_key_id=key.access_key_id,
+        aws_secret_access_key=key.secret_access_key,
         config=BotoConfig(retries={"total_max_attempts": 1}, max_pool_connections=64, **config),
     )
-
-
-@pytest.fixture(scope="session")
-def migrated_test_database(test_settings: FerrySettings) -> str:
-    """Bring ferry_test to the head revision (idempotent), so the suite also runs right after a new migration."""
-    upgrade(test_settings.database_url)
-    return test_settings.database_url
 
 
 @pytest.fixture(scope="session")
@@ -75,14 +68,15 @@ def api_url(test_settings: FerrySettings, migrated_test_database: str) -> Iterat
 
 
 @pytest.fixture(scope="session")
-def kafka(api_url: str) -> Any:
-    """A boto3 ``kafka`` client for the API under test (retries off, so each call is one request)."""
-    return kafka_client(api_url)
+def kafka(api_url: str, test_key: IssuedKey) -> Any:
+    """A boto3 ``kafka`` client for the API under test, signing with the test account's key."""
+    return kafka_client(api_url, test_key)
 
 
 @pytest.fixture
-def http(api_url: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=api_url, timeout=30) as client:
+def http(api_url: str, test_key: IssuedKey) -> Iterator[httpx.Client]:
+    """Raw HTTP to the API, signed with the test account's key as boto3 would sign it."""
+    with httpx.Client(base_url=api_url, timeout=30, auth=SigV4HttpxAuth(test_key)) as client:
         yield client
 
 

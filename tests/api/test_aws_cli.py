@@ -9,14 +9,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from models.access_keys import IssuedKey
+
 AWS = str(Path(sys.executable).with_name("aws"))
 
 
-def aws(api_url: str, *args: str) -> dict[str, Any]:
+def aws(api_url: str, key: IssuedKey, *args: str) -> dict[str, Any]:
     env = {
         **os.environ,
-        "AWS_ACCESS_KEY_ID": "x",
-        "AWS_SECRET_ACCESS_KEY": "x",
+        "AWS_ACCESS_KEY_ID": key.access_key_id,
+        "AWS_SECRET_ACCESS_KEY": key.secret_access_key,
         "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_CONFIG_FILE": "/nonexistent",
         "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
@@ -36,7 +38,7 @@ def aws(api_url: str, *args: str) -> dict[str, Any]:
 
 
 def test_aws_cli_create_describe_list_delete(
-    api_url: str, unique: str, clusters: dict[str, Any], tmp_path: Path
+    api_url: str, test_key: IssuedKey, unique: str, clusters: dict[str, Any], tmp_path: Path
 ) -> None:
     request = {
         "ReplicatorName": unique,
@@ -68,12 +70,18 @@ def test_aws_cli_create_describe_list_delete(
     input_file = tmp_path / "create.json"
     input_file.write_text(json.dumps(request))
 
-    created = aws(api_url, "create-replicator", "--cli-input-json", f"file://{input_file}")
+    created = aws(api_url, test_key, "create-replicator", "--cli-input-json", f"file://{input_file}")
     arn = created["ReplicatorArn"]
-    described = aws(api_url, "describe-replicator", "--replicator-arn", arn)
-    listed = aws(api_url, "list-replicators", "--replicator-name-filter", unique)
+    described = aws(api_url, test_key, "describe-replicator", "--replicator-arn", arn)
+    listed = aws(api_url, test_key, "list-replicators", "--replicator-name-filter", unique)
     deleted = aws(
-        api_url, "delete-replicator", "--replicator-arn", arn, "--current-version", described["CurrentVersion"]
+        api_url,
+        test_key,
+        "delete-replicator",
+        "--replicator-arn",
+        arn,
+        "--current-version",
+        described["CurrentVersion"],
     )
 
     assert created["ReplicatorState"] == "CREATING"
@@ -82,4 +90,4 @@ def test_aws_cli_create_describe_list_delete(
     assert described["ReplicationInfoList"][0]["TopicReplication"]["TopicNameConfiguration"] == {"Type": "IDENTICAL"}
     assert [r["ReplicatorArn"] for r in listed["Replicators"]] == [arn]
     assert deleted == {"ReplicatorArn": arn, "ReplicatorState": "DELETING"}
-    assert aws(api_url, "describe-replicator", "--replicator-arn", arn)["ReplicatorState"] == "DELETING"
+    assert aws(api_url, test_key, "describe-replicator", "--replicator-arn", arn)["ReplicatorState"] == "DELETING"

@@ -17,8 +17,10 @@ import pytest
 from fastapi import FastAPI
 
 from api.app import create_app
+from models.access_keys import IssuedKey
 from models.settings import FerrySettings
 from tests.api.conftest import RunningServer, kafka_client
+from tests.conftest import SigV4HttpxAuth
 
 CREATE = "/replication/v1/replicators"
 JSON = {"Content-Type": "application/json"}
@@ -254,8 +256,8 @@ def app_with_a_failing_route(test_settings: FerrySettings) -> Iterator[str]:
         yield server.url
 
 
-def test_unexpected_exception_is_a_generic_internal_error(app_with_a_failing_route: str) -> None:
-    with httpx.Client(base_url=app_with_a_failing_route) as client:
+def test_unexpected_exception_is_a_generic_internal_error(app_with_a_failing_route: str, test_key: IssuedKey) -> None:
+    with httpx.Client(base_url=app_with_a_failing_route, auth=SigV4HttpxAuth(test_key)) as client:
         response = client.get("/replication/v1/failing")
 
     message = assert_aws_error(response, 500, "InternalServerErrorException")
@@ -263,7 +265,7 @@ def test_unexpected_exception_is_a_generic_internal_error(app_with_a_failing_rou
     assert "hunter2" not in response.text and "RuntimeError" not in response.text
 
 
-def test_database_outage_is_service_unavailable(test_settings: FerrySettings) -> None:
+def test_database_outage_is_service_unavailable(test_settings: FerrySettings, test_key: IssuedKey) -> None:
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
         closed_port = probe.getsockname()[1]
@@ -271,7 +273,7 @@ def test_database_outage_is_service_unavailable(test_settings: FerrySettings) ->
         update={"database_url": f"postgresql+psycopg://ferry:ferry@127.0.0.1:{closed_port}/ferry_test"}
     )
     with RunningServer(create_app(settings)) as server:
-        client = kafka_client(server.url)
+        client = kafka_client(server.url, test_key)
         with pytest.raises(client.exceptions.ServiceUnavailableException) as error:
             client.list_replicators()
 

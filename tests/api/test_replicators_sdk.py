@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
+from models.access_keys import IssuedKey
 from models.replicator import ReplicatorRow
 from tests.api.conftest import create_request
 
@@ -397,11 +398,16 @@ def test_describe_reports_the_state_the_fleet_wrote(
 
 
 def test_endpoint_from_the_environment(
-    api_url: str, unique: str, clusters: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    api_url: str, test_key: IssuedKey, unique: str, clusters: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Scripts switch to Ferry by setting AWS_ENDPOINT_URL_KAFKA; their code does not change.
     monkeypatch.setenv("AWS_ENDPOINT_URL_KAFKA", api_url)
-    client = boto3.client("kafka", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    client = boto3.client(
+        "kafka",
+        region_name="us-east-1",
+        aws_access_key_id=test_key.access_key_id,
+        aws_secret_access_key=test_key.secret_access_key,
+    )
 
     created = client.create_replicator(**create_request(unique, clusters))
 

@@ -158,16 +158,16 @@ CREATE_RULES: list[tuple[str, Mutation, str]] = [
         _set(f"{GROUPS}.ConsumerGroupsToReplicate", ["*"]),
         "consumerGroupsToReplicate[0]",
     ),
-    ("nested quantifier (a+)+", _set(f"{TOPICS}.TopicsToReplicate", ["(a+)+$"]), "topicsToReplicate[0]"),
-    ("nested quantifier (a*)*", _set(f"{TOPICS}.TopicsToExclude", ["(a*)*b"]), "topicsToExclude[0]"),
+    ("backreference", _set(f"{TOPICS}.TopicsToReplicate", ["(a)\\1"]), "topicsToReplicate[0]"),
+    ("lookahead", _set(f"{TOPICS}.TopicsToExclude", ["orders(?!-private)"]), "topicsToExclude[0]"),
     (
-        "overlapping alternatives (a|a)*",
-        _set(f"{GROUPS}.ConsumerGroupsToReplicate", ["(a|a)*c"]),
+        "lookbehind",
+        _set(f"{GROUPS}.ConsumerGroupsToReplicate", ["(?<=x)y"]),
         "consumerGroupsToReplicate[0]",
     ),
     (
-        "overlapping alternatives ((x)|(x))+",
-        _set(f"{GROUPS}.ConsumerGroupsToExclude", ["((x)|(x))+y"]),
+        "possessive quantifier",
+        _set(f"{GROUPS}.ConsumerGroupsToExclude", ["x*+y"]),
         "consumerGroupsToExclude[0]",
     ),
     ("ENHANCED offset sync with default PREFIXED naming", _enhanced_with_prefixed, "consumerGroupOffsetSyncMode"),
@@ -306,8 +306,8 @@ UPDATE_RULES: list[tuple[str, dict[str, Any], str]] = [
     ),
     ("no topic pattern", {"TopicReplication": {**TOPIC_UPDATE, "TopicsToReplicate": []}}, "topicsToReplicate"),
     (
-        "catastrophic topic pattern",
-        {"TopicReplication": {**TOPIC_UPDATE, "TopicsToReplicate": ["(x+)*y"]}},
+        "topic pattern with an atomic group",
+        {"TopicReplication": {**TOPIC_UPDATE, "TopicsToReplicate": ["(?>x+)y"]}},
         "topicReplication.topicsToReplicate[0]",
     ),
     (

@@ -6,7 +6,6 @@ fleet sees only the replicators its tests create, and nothing else in the suite 
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -16,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import psycopg
 import pytest
 from redis import Redis
@@ -23,11 +23,12 @@ from sqlalchemy import Engine, text
 
 from api.app import create_app
 from dev.stack import celery_beat_argv, celery_worker_argv
+from models.access_keys import IssuedKey
 from models.db import make_sync_engine
 from models.migrate import upgrade
 from models.settings import FerrySettings
 from tests.api.conftest import RunningServer, kafka_client
-from tests.conftest import ROOT
+from tests.conftest import ROOT, SigV4HttpxAuth, issue_key, stack_settings
 
 T = TypeVar("T")
 
@@ -53,10 +54,9 @@ def fleet_settings(stack: dict[str, Any]) -> Iterator[FerrySettings]:
         conn.execute(f'CREATE DATABASE "{name}"')
     url = base_url.rsplit("/", 1)[0] + f"/{name}"
     upgrade(url)
-    settings = FerrySettings(
+    settings = stack_settings(
+        stack,
         database_url=url,
-        redis_url=str(stack["redis_url"]).rsplit("/", 1)[0] + "/1",
-        kafka_probe_clusters=stack["kafka"],
         celery_queue=f"fleet-{uuid.uuid4().hex[:8]}",
         reconcile_interval_seconds=1.0,
         fleet_lease_seconds=8.0,
@@ -75,10 +75,7 @@ class Fleet:
         self.settings = settings
         self.logs = logs
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
-        self.env = dict(os.environ)
-        for field, value in settings.model_dump().items():
-            self.env[f"FERRY_{field.upper()}"] = json.dumps(value) if isinstance(value, dict) else str(value)
-        self.env["PYTHONUNBUFFERED"] = "1"
+        self.env = {**os.environ, **settings.as_environment(), "PYTHONUNBUFFERED": "1"}
 
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
         log = self.logs / f"{name}.log"
@@ -140,8 +137,20 @@ def fleet_api(fleet_settings: FerrySettings) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def fleet_kafka(fleet_api: str) -> Any:
-    return kafka_client(fleet_api)
+def fleet_key(fleet_settings: FerrySettings) -> IssuedKey:
+    return issue_key(fleet_settings)
+
+
+@pytest.fixture(scope="module")
+def fleet_kafka(fleet_api: str, fleet_key: IssuedKey) -> Any:
+    return kafka_client(fleet_api, fleet_key)
+
+
+@pytest.fixture
+def fleet_http(fleet_api: str, fleet_key: IssuedKey) -> Iterator[httpx.Client]:
+    """Raw HTTP to the fleet's API (the extension endpoints), signed with the fleet account's key."""
+    with httpx.Client(base_url=fleet_api, timeout=30, auth=SigV4HttpxAuth(fleet_key)) as client:
+        yield client
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,11 @@ from urllib.parse import quote
 import httpx
 import pytest
 
+from models.access_keys import IssuedKey
 from tests.fleet.conftest import Fleet, wait_until
 from tests.fleet.test_fleet_lifecycle import count_records, create_request, create_topic, describe, produce
+
+ACCOUNT_LABEL = 'account_id="000000000000"'
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -23,8 +26,8 @@ def _one_worker(fleet: Fleet) -> None:
     fleet.start_worker("health-w1")
 
 
-def metrics(api: str, arn: str) -> dict[str, Any]:
-    response = httpx.get(f"{api}/replication/v1/replicators/{quote(arn, safe='')}/metrics", timeout=10)
+def metrics(http: httpx.Client, arn: str) -> dict[str, Any]:
+    response = http.get(f"/replication/v1/replicators/{quote(arn, safe='')}/metrics")
     response.raise_for_status()
     body: dict[str, Any] = response.json()
     return body
@@ -32,7 +35,7 @@ def metrics(api: str, arn: str) -> dict[str, Any]:
 
 @pytest.mark.slow
 def test_metrics_match_what_was_produced(
-    fleet_api: str, fleet_kafka: Any, unique: str, source_bootstrap: str, target_bootstrap: str
+    fleet_http: httpx.Client, fleet_kafka: Any, unique: str, source_bootstrap: str, target_bootstrap: str
 ) -> None:
     topic = f"{unique}-m"
     asyncio.run(create_topic(source_bootstrap, topic, 2))
@@ -43,7 +46,7 @@ def test_metrics_match_what_was_produced(
     wait_until("RUNNING", lambda: describe(fleet_kafka, arn)["ReplicatorState"] == "RUNNING", 60)
 
     def caught_up() -> dict[str, Any] | None:
-        body = metrics(fleet_api, arn)
+        body = metrics(fleet_http, arn)
         totals = body["totals"]
         return body if totals["recordsCopied"] == 500 and totals["lagRecords"] == 0 else None
 
@@ -62,12 +65,15 @@ def test_metrics_match_what_was_produced(
     alias = describe(fleet_kafka, arn)["ReplicationInfoList"][0]["SourceKafkaClusterAlias"]
     assert asyncio.run(count_records(target_bootstrap, f"{alias}.{topic}")) == 500
 
-    exposition = httpx.get(f"{fleet_api}/metrics", timeout=10).text
+    exposition = fleet_http.get("/metrics").text
     for partition in (0, 1):
-        labels = f'replicator_name="{unique}",topic="{topic}",partition="{partition}"'
+        labels = f'account_id="000000000000",replicator_name="{unique}",topic="{topic}",partition="{partition}"'
         assert f"MessageLag{{{labels}}} 0" in exposition
         assert f"ReplicationLatency{{{labels}}} " in exposition
-    assert f'KafkaClusterPingSuccessCount{{replicator_name="{unique}",cluster_alias="{alias}"}} 1' in exposition
+    assert (
+        f'KafkaClusterPingSuccessCount{{{ACCOUNT_LABEL},replicator_name="{unique}",cluster_alias="{alias}"}} 1'
+        in exposition
+    )
     assert "# TYPE ReplicatorThroughput gauge" in exposition
 
 
@@ -112,7 +118,7 @@ class TcpForwarder:
 
 @pytest.mark.slow
 def test_unreachable_target_fails_with_a_reason_and_recovers(
-    fleet_kafka: Any, fleet_api: str, unique: str, source_bootstrap: str, target_bootstrap: str
+    fleet_kafka: Any, fleet_http: httpx.Client, unique: str, source_bootstrap: str, target_bootstrap: str
 ) -> None:
     topic = f"{unique}-u"
     asyncio.run(create_topic(source_bootstrap, topic, 1))
@@ -126,7 +132,7 @@ def test_unreachable_target_fails_with_a_reason_and_recovers(
         assert failed["StateInfo"]["Code"] == "TARGET_CLUSTER_UNREACHABLE"
         assert f"127.0.0.1:{forwarder.port}" in failed["StateInfo"]["Message"]
         target_alias = failed["ReplicationInfoList"][0]["TargetKafkaClusterAlias"]
-        assert metrics(fleet_api, arn)["clusterPing"][target_alias] == 0
+        assert metrics(fleet_http, arn)["clusterPing"][target_alias] == 0
 
         forwarder.on()  # the target becomes reachable: the state model says this recovers by itself
         recovered = wait_until(
@@ -185,3 +191,11 @@ def test_a_topic_list_matching_nothing_is_explained_until_fixed(
         lambda: asyncio.run(count_records(target_bootstrap, f"{alias}.{topic}")) == 20,
         60,
     )
+
+
+def test_worker_and_beat_logs_hold_no_secret_access_key(fleet: Fleet, fleet_key: IssuedKey) -> None:
+    """After this module's replicators ran, nothing of the access key's secret is in any process's log."""
+    logs = {path.name: path.read_text(errors="replace") for path in fleet.logs.glob("*.log")}
+    assert logs, "the fleet wrote logs"
+    for name, text in logs.items():
+        assert fleet_key.secret_access_key not in text, name

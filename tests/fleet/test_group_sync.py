@@ -27,12 +27,16 @@ from aiokafka.errors import CoordinatorLoadInProgressError, GroupCoordinatorNotA
 from aiokafka.structs import OffsetAndMetadata
 from sqlalchemy import Engine, text
 
+from models.access_keys import IssuedKey
 from models.settings import FerrySettings
+from tests.conftest import SigV4HttpxAuth
 from tests.fleet.conftest import Fleet, wait_until
 from tests.fleet.test_fleet_lifecycle import create_request, create_topic, describe
 from workers.engine.admin import create_topic as admin_create_topic
 
 pytestmark = pytest.mark.slow
+
+ACCOUNT_LABEL = 'account_id="000000000000"'
 
 
 @pytest.fixture(scope="module")
@@ -192,6 +196,7 @@ def test_groups_resume_exactly_on_the_target(
     fleet: Fleet,
     fleet_kafka: Any,
     fleet_api: str,
+    fleet_key: IssuedKey,
     fleet_db: Engine,
     unique: str,
     source_bootstrap: str,
@@ -287,7 +292,7 @@ def test_groups_resume_exactly_on_the_target(
             assert firsts.get(tp.partition) == (later[0][1] if later else None), (group, tp, offset)
 
     # The translation API gives the same answer for consumers without groups, with a zero re-read bound.
-    with httpx.Client(base_url=fleet_api) as client:
+    with httpx.Client(base_url=fleet_api, auth=SigV4HttpxAuth(fleet_key)) as client:
         for group, offsets in cases.items():
             for tp, offset in offsets.items():
                 response = client.get(
@@ -300,10 +305,13 @@ def test_groups_resume_exactly_on_the_target(
                 assert body["targetOffset"] == expected[group][target_tp], (group, body)
                 assert body["maxRecordsReread"] == 0, body
         metrics = client.get("/metrics").text
-    assert f'ConsumerGroupCount{{replicator_name="{unique}"}} {len(cases)}' in metrics
-    assert f'ConsumerGroupOffsetSyncFailure{{replicator_name="{unique}"}} 0' in metrics
+    assert f'ConsumerGroupCount{{{ACCOUNT_LABEL},replicator_name="{unique}"}} {len(cases)}' in metrics
+    assert f'ConsumerGroupOffsetSyncFailure{{{ACCOUNT_LABEL},replicator_name="{unique}"}} 0' in metrics
     for group in cases:
-        assert f'ConsumerGroupTranslationLag{{replicator_name="{unique}",consumer_group="{group}"}} 0' in metrics
+        assert (
+            f'ConsumerGroupTranslationLag{{{ACCOUNT_LABEL},replicator_name="{unique}",consumer_group="{group}"}} 0'
+            in metrics
+        )
 
     # Never backwards: the target group moved on by itself (consumers ran there); the sync leaves it ...
     group = f"{unique}-g-plain"
@@ -431,7 +439,13 @@ def run_failover(client: httpx.Client, arn: str, group: str) -> dict[str, Any]:
 
 
 def test_enhanced_failover_and_failback_process_every_record_once(
-    worker: None, fleet_kafka: Any, fleet_api: str, unique: str, source_bootstrap: str, target_bootstrap: str
+    worker: None,
+    fleet_kafka: Any,
+    fleet_api: str,
+    fleet_key: IssuedKey,
+    unique: str,
+    source_bootstrap: str,
+    target_bootstrap: str,
 ) -> None:
     topic, group = f"{unique}-orders", f"{unique}-app"
     asyncio.run(create_topic(source_bootstrap, topic, 2))
@@ -448,7 +462,7 @@ def test_enhanced_failover_and_failback_process_every_record_once(
 
     # 1. The application consumes part of the topic on the source, then stops (planned failover).
     processed = asyncio.run(consume(source_bootstrap, group, topic, at_least=120))
-    with httpx.Client(base_url=fleet_api, timeout=30) as client:
+    with httpx.Client(base_url=fleet_api, timeout=30, auth=SigV4HttpxAuth(fleet_key)) as client:
 
         def partner_found() -> bool:
             url = f"/replication/v1/replicators/{urllib.parse.quote(arns['ab'], safe='')}/metrics"
@@ -477,7 +491,13 @@ def test_enhanced_failover_and_failback_process_every_record_once(
 
 
 def test_failover_shows_what_it_waits_for_and_fails_with_the_reason(
-    worker: None, fleet_kafka: Any, fleet_api: str, unique: str, source_bootstrap: str, target_bootstrap: str
+    worker: None,
+    fleet_kafka: Any,
+    fleet_api: str,
+    fleet_key: IssuedKey,
+    unique: str,
+    source_bootstrap: str,
+    target_bootstrap: str,
 ) -> None:
     topic, group = f"{unique}-t", f"{unique}-busy"
     asyncio.run(create_topic(source_bootstrap, topic, 1))
@@ -487,7 +507,7 @@ def test_failover_shows_what_it_waits_for_and_fails_with_the_reason(
     ]
     wait_until("RUNNING", lambda: describe(fleet_kafka, arn)["ReplicatorState"] == "RUNNING", 60)
     body, progress = asyncio.run(
-        _failover_with_a_consumer_still_running(fleet_api, arn, source_bootstrap, group, topic)
+        _failover_with_a_consumer_still_running(fleet_api, fleet_key, arn, source_bootstrap, group, topic)
     )
     assert body["state"] == "FAILED", body
     assert any("producers to stop" in line for line in progress), progress
@@ -496,7 +516,7 @@ def test_failover_shows_what_it_waits_for_and_fails_with_the_reason(
 
 
 async def _failover_with_a_consumer_still_running(
-    api: str, arn: str, source: str, group: str, topic: str
+    api: str, key: IssuedKey, arn: str, source: str, group: str, topic: str
 ) -> tuple[dict[str, Any], list[str]]:
     member = AIOKafkaConsumer(topic, bootstrap_servers=source, group_id=group, auto_offset_reset="earliest")
     await member.start()
@@ -506,7 +526,7 @@ async def _failover_with_a_consumer_still_running(
         while not member.assignment() and time.monotonic() < deadline:
             await member.getmany(timeout_ms=200)
         base = f"/replication/v1/replicators/{urllib.parse.quote(arn, safe='')}/failover"
-        async with httpx.AsyncClient(base_url=api, timeout=30) as client:
+        async with httpx.AsyncClient(base_url=api, timeout=30, auth=SigV4HttpxAuth(key)) as client:
             started = await client.post(
                 base, json={"consumerGroups": [group], "gracePeriodSeconds": 1, "timeoutSeconds": 8}
             )
@@ -527,7 +547,13 @@ async def _failover_with_a_consumer_still_running(
 
 
 def test_an_operation_nobody_advances_reads_failed_with_the_reason(
-    fleet_kafka: Any, fleet_api: str, fleet_db: Engine, unique: str, source_bootstrap: str, target_bootstrap: str
+    fleet_kafka: Any,
+    fleet_api: str,
+    fleet_key: IssuedKey,
+    fleet_db: Engine,
+    unique: str,
+    source_bootstrap: str,
+    target_bootstrap: str,
 ) -> None:
     arn = fleet_kafka.create_replicator(**request(unique, source_bootstrap, target_bootstrap, ["x"], [".*"]))[
         "ReplicatorArn"
@@ -544,6 +570,6 @@ def test_an_operation_nobody_advances_reads_failed_with_the_reason(
             {"id": operation, "arn": arn},
         )
     url = f"/replication/v1/replicators/{urllib.parse.quote(arn, safe='')}/failover/{operation}"
-    body = httpx.get(f"{fleet_api}{url}").json()
+    body = httpx.get(f"{fleet_api}{url}", auth=SigV4HttpxAuth(fleet_key)).json()
     assert body["state"] == "FAILED", body
     assert body["error"].startswith("timed out after 60s while waiting for replication to catch up"), body

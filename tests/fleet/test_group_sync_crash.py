@@ -13,7 +13,9 @@ import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 from sqlalchemy import Engine
 
+from models.access_keys import IssuedKey
 from models.settings import FerrySettings
+from tests.conftest import SigV4HttpxAuth
 from tests.fleet.conftest import Fleet, unit_owners, wait_until
 from tests.fleet.test_fleet_lifecycle import create_topic, describe
 from tests.fleet.test_group_sync import commit_on, committed, read_partition, request
@@ -71,6 +73,7 @@ def test_translation_after_a_worker_is_killed_never_skips(
     fleet: Fleet,
     fleet_kafka: Any,
     fleet_api: str,
+    fleet_key: IssuedKey,
     fleet_db: Engine,
     unique: str,
     source_bootstrap: str,
@@ -129,7 +132,7 @@ def test_translation_after_a_worker_is_killed_never_skips(
     for group, offsets in cases.items():
         asyncio.run(commit_on(source_bootstrap, group, offsets))
     worst_reread, worst_bound = 0, 0
-    with httpx.Client(base_url=fleet_api) as client:
+    with httpx.Client(base_url=fleet_api, auth=SigV4HttpxAuth(fleet_key)) as client:
         for group, offsets in cases.items():
             synced = wait_until(f"group {group} synced", lambda group=group: synced_group(target_bootstrap, group), 30)
             for tp, source_offset in offsets.items():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+from models.bootstrap import AddressPolicy
 from models.fleet_reports import PartitionReport, WorkerReport
 from models.replicator_shapes import CreateReplicatorRequest
 from models.replicator_spec import accept_create
@@ -36,7 +37,7 @@ def minimal_request() -> CreateReplicatorRequest:
 def test_the_stored_defaults_are_the_specs_defaults() -> None:
     """The API fills MSK's defaults into what it stores; the engine's spec applies the same ones to a shape that
     leaves them out: the two readings of one request agree."""
-    stored = accept_create(minimal_request()).replication_info
+    stored = accept_create(minimal_request(), AddressPolicy()).replication_info
     bare = {
         "sourceKafkaClusterAlias": stored["sourceKafkaClusterAlias"],
         "targetKafkaClusterAlias": stored["targetKafkaClusterAlias"],

@@ -6,6 +6,9 @@ use ``ClusterConnection.describe()``, which names the bootstrap servers and the 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import socket
 import ssl
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -69,3 +72,49 @@ def client_kwargs(connection: ClusterConnection, role: str) -> dict[str, Any]:
         kwargs["sasl_plain_username"] = connection.sasl_username
         kwargs["sasl_plain_password"] = connection.sasl_password
     return kwargs
+
+
+async def diagnose_unreachable(connection: ClusterConnection, timeout_s: float = 3.0) -> str:
+    """Why a cluster did not answer, in general terms: refused, timed out, host not found, TLS failed, or not Kafka.
+
+    aiokafka reports any bootstrap failure as one "Unable to bootstrap" error, so each bootstrap address is tried
+    with a plain TCP connection to tell the cases apart. What the far end sent (a banner, an HTTP page) is never
+    read or repeated: a replicator's StateInfo must not turn Ferry into a port scanner.
+    """
+    outcomes: list[str] = []
+    for address in connection.bootstrap_servers.split(","):
+        host, _, port = address.strip().rpartition(":")
+        host = host.strip("[]")
+        try:
+            async with asyncio.timeout(timeout_s):
+                _, writer = await asyncio.open_connection(host, int(port))
+        except ConnectionRefusedError:
+            outcomes.append("connection refused")
+            continue
+        except TimeoutError:
+            outcomes.append("timed out")
+            continue
+        except socket.gaierror:
+            outcomes.append("host name not found")
+            continue
+        except (OSError, ValueError):
+            outcomes.append("could not connect")
+            continue
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        if connection.security_protocol in ("SSL", "SASL_SSL"):
+            outcomes.append("TLS failed or the endpoint is not a Kafka broker")
+        else:
+            outcomes.append("the endpoint did not answer as a Kafka broker")
+    # The most telling outcome first: a reachable endpoint that is not Kafka says more than a refusal.
+    for telling in (
+        "TLS failed or the endpoint is not a Kafka broker",
+        "the endpoint did not answer as a Kafka broker",
+        "timed out",
+        "connection refused",
+        "host name not found",
+    ):
+        if telling in outcomes:
+            return telling
+    return "could not connect"

@@ -2,18 +2,19 @@
 
 This is the one place a stored ``replicationInfo`` is read: the fleet builds its runtime from it, group sync
 takes its consumer group settings from it, and the API's offset endpoints take the target-topic naming rule
-from it. It imports nothing but the standard library, so the API can use it without loading the copier.
+from it. It imports nothing but the standard library and RE2, so the API can use it without loading the copier.
 Where the stored shape leaves a member out, the default is the dataclass field's default below, which is MSK's.
 """
 
 from __future__ import annotations
 
 import enum
-import re
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
+
+import re2
 
 PROGRESS_TOPIC = "__ferry_progress"
 PROVENANCE_HEADER = "__ferry"
@@ -54,11 +55,16 @@ class TargetCompression(enum.StrEnum):
         return {"NONE": 0, "GZIP": 1, "SNAPPY": 2, "LZ4": 3, "ZSTD": 4}[self.value]
 
 
+# RE2 options of every pattern (the API checks patterns with the same ones: models/patterns.py).
+PATTERN_MAX_MEMORY = 8 << 20
+
+
 class NameFilter:
-    """Include and exclude patterns for topic or consumer group names, compiled once.
+    """Include and exclude patterns for topic or consumer group names, compiled once with RE2.
 
     A name passes when it is not internal (``__*``), fully matches an include pattern (Java's ``matches()``, as
-    MSK does) and matches no exclude pattern.
+    MSK does) and matches no exclude pattern. RE2 matches in time linear in the name's length whatever the
+    pattern, so no pattern can stall a worker's event loop.
     """
 
     __slots__ = ("_exclude", "_include")
@@ -75,12 +81,15 @@ class NameFilter:
         return not any(pattern.fullmatch(name) for pattern in self._exclude)
 
 
-def _compile_all(patterns: Iterable[str], what: str) -> tuple[re.Pattern[str], ...]:
+def _compile_all(patterns: Iterable[str], what: str) -> tuple[Any, ...]:
+    options = re2.Options()
+    options.max_mem = PATTERN_MAX_MEMORY
+    options.log_errors = False
     compiled = []
     for pattern in patterns:
         try:
-            compiled.append(re.compile(pattern))
-        except re.error as exc:
+            compiled.append(re2.compile(pattern, options))
+        except re2.error as exc:
             raise ValueError(f"{what}: {pattern!r} is not a valid regular expression: {exc}") from exc
     return tuple(compiled)
 

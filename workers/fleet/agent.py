@@ -33,10 +33,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from models import fleet_store
+from models.bootstrap import AddressPolicy
 from models.db import make_async_engine
 from models.fleet import UnitKey
 from models.settings import FerrySettings
 from workers.engine.copier import CopierError
+from workers.fleet.address_vetting import AddressVetting
 from workers.fleet.copy_unit import CopyUnit
 from workers.fleet.leases import Lease, LeaseStore
 from workers.fleet.metadata_unit import MetadataUnit
@@ -70,6 +72,8 @@ class FleetAgent:
         self._redis: Redis | None = None
         self._store: LeaseStore | None = None
         self._reporter: MetricsReporter | None = None
+        # One policy and one cache of vetted bootstrap addresses for every unit of this worker.
+        self.vetting = AddressVetting(AddressPolicy(settings.allowed_bootstrap))
         # Bounded so a replicator whose copier blocks (e.g. a target that stopped answering) is given up on
         # and retried well within the time other workers would take over.
         self.converge_timeout_s = max(5.0, lease_seconds * 2)
@@ -207,6 +211,7 @@ class FleetAgent:
                 probe_timeout_s=min(5.0, self.lease_seconds / 2),
                 group_sync_interval_s=self.settings.group_sync_interval_seconds,
                 offset_map_max_runs=self.settings.offset_map_max_runs,
+                vetting=self.vetting,
             )
             self.metadata[replicator_id] = (
                 metadata_unit,
@@ -223,7 +228,7 @@ class FleetAgent:
         for replicator_id, partitions in wanted.items():
             copy_unit = self.copiers.get(replicator_id)
             if copy_unit is None:
-                copy_unit = CopyUnit(self.runtimes[replicator_id], self.holds, self._db)
+                copy_unit = CopyUnit(self.runtimes[replicator_id], self.holds, self._db, vetting=self.vetting)
                 self.copiers[replicator_id] = copy_unit
             try:
                 await asyncio.wait_for(copy_unit.converge(partitions), self.converge_timeout_s)

@@ -17,7 +17,9 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from models.bootstrap import AddressPolicy
 from workers.engine.copier import CopierError, PartitionCopier
+from workers.fleet.address_vetting import AddressVetting
 from workers.fleet.offset_map_sink import OffsetMapBuffer
 from workers.fleet.runtime import ReplicatorRuntime
 
@@ -32,8 +34,11 @@ class CopyUnit:
         runtime: ReplicatorRuntime,
         holds: Callable[[str, frozenset[TopicPartition]], bool],
         db: AsyncEngine | None = None,
+        *,
+        vetting: AddressVetting | None = None,
     ) -> None:
         self.runtime = runtime
+        self.vetting = vetting or AddressVetting(AddressPolicy())
         # holds(replicator_id, partitions): whether this worker holds a valid lease on every one of them.
         self.holds = holds
         self.db = db
@@ -69,6 +74,13 @@ class CopyUnit:
         if copier is None:
             if time.monotonic() < self._retry_after:
                 return
+            for connection in (self.runtime.source, self.runtime.target):
+                refused = await self.vetting.refusal(connection)
+                if refused is not None:
+                    # The metadata unit reports it in StateInfo; nothing here connects.
+                    self.last_failure = f"{connection.describe()}: {refused}"
+                    self._retry_after = time.monotonic() + 10.0
+                    return
             copier = PartitionCopier(
                 self.runtime.spec,
                 self.runtime.source,

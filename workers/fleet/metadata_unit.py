@@ -22,10 +22,12 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from models import fleet_store, offset_store
+from models.bootstrap import AddressPolicy
 from models.fleet_reports import REPORT_TTL_SECONDS, STATUS_KEY, StatusField
 from workers.engine.admin import AdminError
-from workers.engine.connection import ClusterConnection, client_kwargs
+from workers.engine.connection import ClusterConnection, client_kwargs, diagnose_unreachable
 from workers.engine.topics import TopicSynchronizer
+from workers.fleet.address_vetting import AddressVetting
 from workers.fleet.failover import FailoverDriver
 from workers.fleet.groups import GroupSyncer, ScopeSource
 from workers.fleet.runtime import ReplicatorRuntime
@@ -45,8 +47,8 @@ class ClusterProbe:
         self.timeout_s = timeout_s
         self._admin: AIOKafkaAdminClient | None = None
 
-    async def check(self) -> str | None:
-        """None when the cluster answered, else the reason."""
+    async def check(self) -> tuple[str | None, str | None]:
+        """(None, the cluster's id) when the cluster answered, else (why not, in general terms, None)."""
         try:
             async with asyncio.timeout(self.timeout_s):
                 if self._admin is None:
@@ -54,14 +56,12 @@ class ClusterProbe:
                         **client_kwargs(self.connection, "probe"), request_timeout_ms=int(self.timeout_s * 1000)
                     )
                     await self._admin.start()
-                await self._admin.describe_cluster()
-        except TimeoutError:
+                described = await self._admin.describe_cluster()
+        except (TimeoutError, KafkaError, OSError):
             await self.close()
-            return f"no broker of {self.connection.bootstrap_servers} answered within {self.timeout_s:g}s"
-        except (KafkaError, OSError) as exc:
-            await self.close()
-            return f"{self.connection.bootstrap_servers}: {type(exc).__name__}: {exc}"
-        return None
+            reason = await diagnose_unreachable(self.connection, min(3.0, self.timeout_s))
+            return f"{self.connection.bootstrap_servers}: {reason}", None
+        return None, str(described.get("cluster_id") or "") or None
 
     async def close(self) -> None:
         if self._admin is not None:
@@ -91,6 +91,7 @@ class MetadataUnit:
         probe_timeout_s: float = 5.0,
         group_sync_interval_s: float = 5.0,
         offset_map_max_runs: int = 10_000,
+        vetting: AddressVetting | None = None,
     ) -> None:
         self.runtime = runtime
         self.db = db
@@ -99,6 +100,7 @@ class MetadataUnit:
         self.config_interval_s = config_interval_s
         self.probe_timeout_s = probe_timeout_s
         self._wake = asyncio.Event()
+        self.vetting = vetting or AddressVetting(AddressPolicy())
         self._sync: TopicSynchronizer | None = None
         self._probes = (ClusterProbe(runtime.source, probe_timeout_s), ClusterProbe(runtime.target, probe_timeout_s))
         self._last_config_sync = 0.0
@@ -148,12 +150,37 @@ class MetadataUnit:
 
     async def pass_once(self) -> None:
         runtime = self.runtime
-        pings = {"source": await self._probes[0].check(), "target": await self._probes[1].check()}
+        for role, connection in (("SOURCE", runtime.source), ("TARGET", runtime.target)):
+            refused = await self.vetting.refusal(connection)
+            if refused is not None:
+                # Nothing connects to a refused address: no probe, no sync, no group sync, no failover step.
+                self.scope.partitions = None
+                await self._close_sync()
+                await self._close_probes()
+                await self._write(runtime, None, ("BOOTSTRAP_ADDRESS_REFUSED", f"{role.lower()} cluster: {refused}"))
+                return
+        (source_error, source_id), (target_error, target_id) = await asyncio.gather(
+            self._probes[0].check(), self._probes[1].check()
+        )
+        pings = {"source": source_error, "target": target_error}
         await self._publish_status(runtime, pings)
-        if pings["source"] or pings["target"]:
+        if source_error or target_error:
             await self._close_sync()
-            role = "SOURCE" if pings["source"] else "TARGET"
-            await self._write(runtime, None, (f"{role}_CLUSTER_UNREACHABLE", pings["source"] or pings["target"] or ""))
+            role = "SOURCE" if source_error else "TARGET"
+            await self._write(runtime, None, (f"{role}_CLUSTER_UNREACHABLE", source_error or target_error or ""))
+            return
+        if source_id is not None and source_id == target_id:
+            self.scope.partitions = None
+            await self._close_sync()
+            await self._write(
+                runtime,
+                None,
+                (
+                    "SOURCE_AND_TARGET_SAME_CLUSTER",
+                    f"the source and target bootstrap servers reach the same Kafka cluster (id {source_id}): "
+                    "copying would write every record back into the cluster it came from",
+                ),
+            )
             return
         try:
             if self._sync is None:

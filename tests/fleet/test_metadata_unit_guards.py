@@ -1,0 +1,129 @@
+"""A replicator's metadata unit on real clusters, database and Redis: it refuses a bootstrap address the worker
+must not reach (vetted again where the worker resolves it), says why a cluster is unreachable in general terms
+without echoing what the far end sent, and refuses a source and target that are the same Kafka cluster."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+from sqlalchemy import Engine, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from models.bootstrap import AddressPolicy
+from models.db import make_async_engine
+from models.settings import FerrySettings
+from workers.fleet.address_vetting import AddressVetting
+from workers.fleet.metadata_unit import MetadataUnit
+from workers.fleet.runtime import runtime_of
+
+
+@pytest.fixture
+async def adb(fleet_settings: FerrySettings) -> AsyncIterator[AsyncEngine]:
+    engine = make_async_engine(fleet_settings)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+async def aredis(fleet_settings: FerrySettings) -> AsyncIterator[Redis]:
+    client = Redis.from_url(fleet_settings.redis_url)
+    yield client
+    await client.aclose()
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def one_pass(
+    fleet_db: Engine, adb: AsyncEngine, aredis: Redis, source: str, target: str, allowed: list[str]
+) -> dict[str, Any]:
+    """Run one metadata pass for a new replicator from ``source`` to ``target``; its stored observation."""
+    rid = uuid.uuid4()
+    name = f"guard-{rid.hex[:8]}"
+    clusters = [
+        {"kafkaClusterAlias": "src", "ferry": {"bootstrapServers": source}},
+        {"kafkaClusterAlias": "dst", "ferry": {"bootstrapServers": target}},
+    ]
+    info = {
+        "sourceKafkaClusterAlias": "src",
+        "targetKafkaClusterAlias": "dst",
+        "topicReplication": {"topicsToReplicate": [f"{name}-.*"]},
+    }
+    with fleet_db.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO replicators (id, account_id, name, arn, kafka_clusters, replication_info, tags, "
+                "current_version, generation, observed_generation, state) VALUES (:id, '000000000000', :name, :arn, "
+                "'[]', '{}', '{}', 'v1', 1, 0, 'CREATING')"
+            ),
+            {"id": rid, "name": name, "arn": f"arn:aws:kafka:us-east-1:000000000000:replicator/{name}/{rid}"},
+        )
+    runtime = runtime_of(
+        replicator_id=str(rid),
+        name=name,
+        generation=1,
+        state="CREATING",
+        kafka_clusters=clusters,
+        replication_info=info,
+        created_at=datetime.now(UTC),
+    )
+    unit = MetadataUnit(runtime, adb, aredis, probe_timeout_s=3.0, vetting=AddressVetting(AddressPolicy(allowed)))
+    try:
+        await unit.pass_once()
+    finally:
+        await unit._close_probes()
+        await unit.groups.close()
+    with fleet_db.connect() as conn:
+        row = conn.execute(
+            text("SELECT error_code, error_message FROM replicator_metadata WHERE replicator_id = :id"), {"id": rid}
+        ).one()
+    return {"code": row[0], "message": row[1]}
+
+
+async def test_a_name_the_worker_must_not_reach_is_refused_before_connecting(
+    fleet_db: Engine, adb: AsyncEngine, aredis: Redis, target_bootstrap: str
+) -> None:
+    # Only the cluster's own address is allowed, not loopback names: "localhost" is refused where it resolves.
+    observed = await one_pass(fleet_db, adb, aredis, "localhost:19092", target_bootstrap, ["127.0.0.1/32"])
+    assert observed["code"] == "BOOTSTRAP_ADDRESS_REFUSED"
+    assert observed["message"].startswith("source cluster: localhost:19092 is a loopback address")
+
+
+async def test_an_unreachable_cluster_is_described_in_general_terms(
+    fleet_db: Engine, adb: AsyncEngine, aredis: Redis, target_bootstrap: str
+) -> None:
+    refused = f"127.0.0.1:{closed_port()}"
+    observed = await one_pass(fleet_db, adb, aredis, refused, target_bootstrap, ["127.0.0.0/8"])
+    assert observed["code"] == "SOURCE_CLUSTER_UNREACHABLE"
+    assert observed["message"] == f"{refused}: connection refused"
+
+
+async def test_an_endpoint_that_is_not_kafka_is_named_so_without_its_banner(
+    fleet_db: Engine, adb: AsyncEngine, aredis: Redis, source_bootstrap: str, stack: dict[str, Any]
+) -> None:
+    redis_port = int(str(stack["redis_url"]).rsplit(":", 1)[1].split("/", 1)[0])
+    not_kafka = f"127.0.0.1:{redis_port}"
+    observed = await one_pass(fleet_db, adb, aredis, source_bootstrap, not_kafka, ["127.0.0.0/8"])
+    assert observed["code"] == "TARGET_CLUSTER_UNREACHABLE"
+    assert observed["message"] == f"{not_kafka}: the endpoint did not answer as a Kafka broker"
+
+
+async def test_source_and_target_on_the_same_cluster_are_refused(
+    fleet_db: Engine, adb: AsyncEngine, aredis: Redis, source_bootstrap: str
+) -> None:
+    port = source_bootstrap.rsplit(":", 1)[1]
+    same_cluster_other_name = f"localhost:{port}"
+    observed = await one_pass(
+        fleet_db, adb, aredis, source_bootstrap, same_cluster_other_name, ["127.0.0.0/8", "localhost"]
+    )
+    assert observed["code"] == "SOURCE_AND_TARGET_SAME_CLUSTER"
+    assert "same Kafka cluster" in observed["message"]
