@@ -232,9 +232,10 @@ async def prometheus_metrics(request: Request) -> PlainTextResponse:
         out.add(
             "AuthError",
             "counter",
-            "Authorization failures met by the replicator.",
+            "Authentication and authorization failures met by the replicator (refused credentials or TLS, denied "
+            "operations).",
             {**account_label, "replicator_name": name},
-            totals["errors"].get("AUTH_DENIED", 0),
+            totals["errors"].get("AUTH_DENIED", 0) + int(reading.status.get(StatusField.AUTH_FAILURES) or 0),
         )
         out.add(
             "ThrottleTime",

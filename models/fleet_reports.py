@@ -31,6 +31,7 @@ class StatusField(enum.StrEnum):
     TOPICS = "topics"  # {source topic: target topic}
     TOPIC_ERRORS = "topicErrors"  # {source topic: reason}
     GROUP_SYNC = "groupSync"  # the group sync summary (workers/fleet/groups.py)
+    AUTH_FAILURES = "authFailures"  # passes a cluster refused the credentials or TLS handshake of (integer)
     REPORTED_AT_MS = "reportedAtMs"  # plain integer
 
 

@@ -300,6 +300,7 @@ async def replicators_to_run(conn: AsyncConnection, replicator_ids: Iterable[str
             ReplicatorRow.kafka_clusters,
             ReplicatorRow.replication_info,
             ReplicatorRow.created_at,
+            ReplicatorRow.service_execution_role_arn,
         ).where(ReplicatorRow.id.in_(ids))
     )
     return rows.all()

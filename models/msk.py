@@ -15,20 +15,24 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from models.errors import DependencyUnavailableError, InvalidRequestError
 
-# Which GetBootstrapBrokers string fits which client setup, best first. Workers speak PLAINTEXT, TLS and
-# SASL/SCRAM; IAM (SaslIam) is the last resort because it needs an MSK-specific SASL mechanism.
+# Which GetBootstrapBrokers string fits which client setup, best first. SASL/SCRAM needs the replicator's SCRAM
+# secret, so only a cluster described with saslScram uses those listeners; without client authentication, IAM
+# (tokens signed for the replicator's serviceExecutionRoleArn) is what MSK Replicator itself uses.
 _PREFERENCE = {
     "saslScram": ("BootstrapBrokerStringSaslScram", "BootstrapBrokerStringPublicSaslScram"),
     "mTLS": ("BootstrapBrokerStringTls", "BootstrapBrokerStringPublicTls"),
-    "tls": ("BootstrapBrokerStringTls", "BootstrapBrokerStringPublicTls"),
-    "default": (
-        "BootstrapBrokerString",
-        "BootstrapBrokerStringTls",
-        "BootstrapBrokerStringSaslScram",
+    "tls": (
         "BootstrapBrokerStringSaslIam",
-        "BootstrapBrokerStringPublicTls",
-        "BootstrapBrokerStringPublicSaslScram",
+        "BootstrapBrokerStringTls",
         "BootstrapBrokerStringPublicSaslIam",
+        "BootstrapBrokerStringPublicTls",
+    ),
+    "default": (
+        "BootstrapBrokerStringSaslIam",
+        "BootstrapBrokerStringTls",
+        "BootstrapBrokerString",
+        "BootstrapBrokerStringPublicSaslIam",
+        "BootstrapBrokerStringPublicTls",
     ),
 }
 
@@ -39,12 +43,15 @@ class MskBootstrap:
     all_strings: dict[str, str]
     # How workers must speak to those brokers (the listener the chosen string belongs to).
     security_protocol: str
+    # "MSK_IAM" for the IAM listener, else None (the cluster's clientAuthentication says how).
+    authentication: str | None = None
 
 
-def _protocol_of(key: str) -> str | None:
-    """PLAINTEXT or SSL for the listeners workers can use today; None for SASL (SCRAM, IAM) listeners."""
+def _protocol_of(key: str) -> str:
+    """The security protocol of the listener a GetBootstrapBrokers string belongs to (MSK's SASL listeners are all
+    on TLS)."""
     if "Sasl" in key:
-        return None
+        return "SASL_SSL"
     return "SSL" if "Tls" in key else "PLAINTEXT"
 
 
@@ -76,16 +83,12 @@ def resolve_msk_bootstrap(cluster_arn: str, cluster_wire: dict[str, Any], parame
     strings = {key: str(value) for key, value in answer.items() if key.startswith("BootstrapBrokerString")}
     for key in _PREFERENCE[_client_setup(cluster_wire)]:
         if strings.get(key):
-            protocol = _protocol_of(key)
-            if protocol is None:
-                # Workers cannot authenticate with SASL yet; accepting the cluster would only end in FAILED.
-                raise InvalidRequestError(
-                    f"{parameter}: MSK cluster {cluster_arn!r} is reachable only through {key} (SASL "
-                    "authentication), which Ferry's workers do not support yet; give the cluster a TLS or "
-                    "plaintext listener, or describe it as apacheKafkaCluster",
-                    parameter,
-                )
-            return MskBootstrap(bootstrap_servers=strings[key], all_strings=strings, security_protocol=protocol)
+            return MskBootstrap(
+                bootstrap_servers=strings[key],
+                all_strings=strings,
+                security_protocol=_protocol_of(key),
+                authentication="MSK_IAM" if "SaslIam" in key else None,
+            )
     raise InvalidRequestError(
         f"{parameter}: MSK returned no bootstrap broker string usable with this cluster's client settings",
         parameter,

@@ -114,6 +114,8 @@ async def _stored_cluster(plan: ClusterPlan) -> dict[str, Any]:
         msk = await asyncio.to_thread(resolve_msk_bootstrap, plan.reference, plan.wire, plan.parameter)
         ferry["bootstrapServers"] = msk.bootstrap_servers
         ferry["securityProtocol"] = msk.security_protocol
+        if msk.authentication is not None:
+            ferry["authentication"] = msk.authentication
         ferry["mskBootstrapBrokerStrings"] = msk.all_strings
     return {**plan.wire, "kafkaClusterAlias": plan.alias, "ferry": ferry}
 

@@ -18,6 +18,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from models.bootstrap import AddressPolicy, parse_bootstrap
 from models.errors import InvalidRequestError
@@ -132,14 +133,7 @@ def _accept_clusters(clusters: Sequence[KafkaCluster], policy: AddressPolicy) ->
 def _accept_cluster(cluster: KafkaCluster, parameter: str, policy: AddressPolicy) -> ClusterPlan:
     if (cluster.amazon_msk_cluster is None) == (cluster.apache_kafka_cluster is None):
         raise refuse(parameter, "exactly one of amazonMskCluster and apacheKafkaCluster is required")
-    auth = cluster.client_authentication
-    if auth is not None:
-        methods = [m for m in (auth.sasl_scram, auth.m_tls, auth.sasl_oauth_bearer) if m is not None]
-        if len(methods) != 1:
-            raise refuse(
-                f"{parameter}.clientAuthentication",
-                "exactly one of saslScram, mTLS and saslOAuthBearer is required",
-            )
+    _accept_security(cluster, parameter, policy)
     if cluster.amazon_msk_cluster is not None:
         arn = cluster.amazon_msk_cluster.msk_cluster_arn
         match = MSK_CLUSTER_ARN.match(arn)
@@ -184,6 +178,97 @@ def _accept_cluster(cluster: KafkaCluster, parameter: str, policy: AddressPolicy
         bootstrap_servers=apache.bootstrap_broker_string,
         parameter=f"{parameter}.apacheKafkaCluster.apacheKafkaClusterId",
     )
+
+
+SECRET_ARN = re.compile(r"^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:[A-Za-z0-9/_+=.@-]{1,512}$")
+PEM_CERTIFICATE = re.compile(r"-----BEGIN CERTIFICATE-----[A-Za-z0-9+/=\s]+-----END CERTIFICATE-----")
+
+
+def _accept_security(cluster: KafkaCluster, parameter: str, policy: AddressPolicy) -> None:
+    """Refuse what workers cannot honour, naming the member: no setting is ever silently dropped or downgraded."""
+    auth = cluster.client_authentication
+    tls = cluster.encryption_in_transit
+    base = f"{parameter}.clientAuthentication"
+    if tls is not None and tls.root_ca_certificate is not None:
+        ca = tls.root_ca_certificate
+        if not SECRET_ARN.match(ca) and not PEM_CERTIFICATE.search(ca):
+            raise refuse(
+                f"{parameter}.encryptionInTransit.rootCaCertificate",
+                "must be PEM certificates (-----BEGIN CERTIFICATE-----) or the ARN of a Secrets Manager secret "
+                "holding them",
+            )
+    if auth is None:
+        return
+    methods = [m for m in (auth.sasl_scram, auth.m_tls, auth.sasl_oauth_bearer) if m is not None]
+    if len(methods) != 1:
+        raise refuse(base, "exactly one of saslScram, mTLS and saslOAuthBearer is required")
+    if cluster.amazon_msk_cluster is not None and auth.sasl_oauth_bearer is not None:
+        raise refuse(f"{base}.saslOAuthBearer", "MSK clusters are reached with IAM or SCRAM, not OAUTHBEARER")
+    if auth.sasl_scram is not None:
+        _secret_arn(auth.sasl_scram.secret_arn, f"{base}.saslScram.secretArn")
+        if tls is None and cluster.apache_kafka_cluster is not None:
+            raise refuse(
+                f"{base}.saslScram",
+                "SASL/SCRAM needs encryptionInTransit {encryptionType: TLS}: Ferry never sends credentials to a "
+                "cluster in clear",
+            )
+    if auth.m_tls is not None:
+        _secret_arn(auth.m_tls.secret_arn, f"{base}.mTLS.secretArn")
+    oauth = auth.sasl_oauth_bearer
+    if oauth is not None:
+        member = f"{base}.saslOAuthBearer"
+        if tls is None:
+            raise refuse(
+                member,
+                "SASL/OAUTHBEARER needs encryptionInTransit {encryptionType: TLS}: Ferry never sends tokens in clear",
+            )
+        grants = [g for g in (oauth.client_credentials, oauth.iam_jwt_bearer, oauth.client_credentials_assertion) if g]
+        if len(grants) != 1:
+            raise refuse(member, "exactly one of clientCredentials, iamJwtBearer and clientCredentialsAssertion")
+        _token_endpoint(oauth.token_endpoint_url, f"{member}.tokenEndpointUrl", policy)
+        if oauth.client_credentials is not None:
+            _secret_arn(
+                oauth.client_credentials.token_request_secret_arn, f"{member}.clientCredentials.tokenRequestSecretArn"
+            )
+            if oauth.token_endpoint_authentication_method == "NONE":
+                raise refuse(
+                    f"{member}.tokenEndpointAuthenticationMethod",
+                    "clientCredentials sends the client secret: use POST or BASIC",
+                )
+        for name, grant in (
+            ("iamJwtBearer", oauth.iam_jwt_bearer),
+            ("clientCredentialsAssertion", oauth.client_credentials_assertion),
+        ):
+            if grant is None:
+                continue
+            if grant.token_request_secret_arn is None:
+                raise refuse(
+                    f"{member}.{name}.tokenRequestSecretArn",
+                    "is required: Ferry signs the assertion with the private key this secret holds "
+                    "(assertions issued by AWS IAM are not supported)",
+                )
+            _secret_arn(grant.token_request_secret_arn, f"{member}.{name}.tokenRequestSecretArn")
+        if oauth.token_endpoint_tls_certificate_arn is not None:
+            _secret_arn(oauth.token_endpoint_tls_certificate_arn, f"{member}.tokenEndpointTlsCertificateArn")
+
+
+def _secret_arn(arn: str, parameter: str) -> None:
+    if not SECRET_ARN.match(arn):
+        raise refuse(parameter, f"{arn[:200]!r} is not a Secrets Manager secret ARN (arn:aws:secretsmanager:...)")
+
+
+def _token_endpoint(url: str, parameter: str, policy: AddressPolicy) -> None:
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname or len(url) > 2048:
+        raise refuse(parameter, "must be an https:// URL")
+    try:
+        port = parts.port or 443
+        broker = parse_bootstrap(f"{'[' + parts.hostname + ']' if ':' in parts.hostname else parts.hostname}:{port}")[0]
+    except ValueError as exc:
+        raise refuse(parameter, f"is not a valid URL: {exc}") from None
+    reason = policy.broker_refusal(broker)
+    if reason is not None:
+        raise refuse(parameter, f"{broker} is {reason}, which workers may not connect to")
 
 
 def _accept_replication_info(info: ReplicationInfo, clusters: list[ClusterPlan]) -> dict[str, Any]:

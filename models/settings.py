@@ -78,6 +78,17 @@ class FerrySettings(BaseSettings):
     max_replicators_per_account: Annotated[int, Field(ge=1, le=1_000_000)] = Field(
         default=100, description="Replicators one account may have (CreateReplicator answers 429 beyond)."
     )
+    # ----- secured clusters (docs/security.md, "Clusters")
+    secrets_manager_endpoint: str | None = Field(
+        default=None,
+        description="A Secrets Manager compatible endpoint (default: AWS Secrets Manager in the ARN's region).",
+    )
+    secrets_dir: Path | None = Field(
+        default=None, description="Read secrets from files instead: <dir>/<secret name> (e.g. a mounted Secret)."
+    )
+    secret_cache_seconds: Annotated[float, Field(ge=0, le=86_400)] = Field(
+        default=300.0, description="How long a secret read is reused (a refused credential is read again at once)."
+    )
     allowed_bootstrap: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="CIDRs and host patterns bootstrap servers may use although they are loopback, link-local or "

@@ -22,6 +22,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from cli.admin import create_access_key
+from dev.secure import SECRETS_CREDENTIALS
 from models.access_keys import IssuedKey
 from models.migrate import upgrade
 from models.settings import FerrySettings
@@ -50,7 +51,12 @@ def stack_settings(stack: dict[str, Any], **overrides: Any) -> FerrySettings:
         "api_requests_per_second": 100_000.0,
         "api_request_burst": 100_000,
         "max_replicators_per_account": 100_000,
+        # Read the test secrets at once: tests change them and expect the change to be seen.
+        "secret_cache_seconds": 0.0,
     }
+    secured = stack.get("secure") or {}
+    if secured.get("aws_endpoint"):
+        values["secrets_manager_endpoint"] = secured["aws_endpoint"]
     values.update(overrides)
     return FerrySettings(**values)
 
@@ -120,6 +126,7 @@ def test_env(test_settings: FerrySettings) -> dict[str, str]:
     """Environment for child processes (workers, API) that must use the test database and Redis."""
     env = dict(os.environ)
     env.update(test_settings.as_environment())
+    env.update(SECRETS_CREDENTIALS)
     env["PYTHONUNBUFFERED"] = "1"
     return env
 

@@ -13,10 +13,10 @@ from models.msk import _protocol_of
         ("BootstrapBrokerString", "PLAINTEXT"),
         ("BootstrapBrokerStringTls", "SSL"),
         ("BootstrapBrokerStringPublicTls", "SSL"),
-        ("BootstrapBrokerStringSaslScram", None),
-        ("BootstrapBrokerStringSaslIam", None),
-        ("BootstrapBrokerStringPublicSaslIam", None),
+        ("BootstrapBrokerStringSaslScram", "SASL_SSL"),
+        ("BootstrapBrokerStringSaslIam", "SASL_SSL"),
+        ("BootstrapBrokerStringPublicSaslIam", "SASL_SSL"),
     ],
 )
-def test_listener_protocols(key: str, protocol: str | None) -> None:
+def test_listener_protocols(key: str, protocol: str) -> None:
     assert _protocol_of(key) == protocol

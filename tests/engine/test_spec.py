@@ -96,5 +96,18 @@ def test_credentials_stay_out_of_repr_and_descriptions() -> None:
     assert "s3cret" not in repr(connection) and "s3cret" not in connection.describe()
     kwargs = client_kwargs(connection, "copier")
     assert kwargs["sasl_plain_password"] == "s3cret" and kwargs["sasl_mechanism"] == "SCRAM-SHA-512"
-    with pytest.raises(ValueError, match="needs sasl_mechanism"):
+    with pytest.raises(ValueError, match="needs a sasl_mechanism"):
         ClusterConnection("broker:9096", security_protocol="SASL_SSL")
+
+
+def test_tls_settings_become_one_verified_context_per_certificate_set() -> None:
+    plain = ClusterConnection("broker:9093", security_protocol="SSL")
+    context = client_kwargs(plain, "copier")["ssl_context"]
+    assert context.check_hostname and context.verify_mode.name == "CERT_REQUIRED"
+    assert client_kwargs(plain, "probe")["ssl_context"] is context, "built once, shared by every client"
+    with pytest.raises(ValueError, match="needs its private key"):
+        ClusterConnection("broker:9093", security_protocol="SSL", certificate_pem="-----BEGIN CERTIFICATE-----")
+    with pytest.raises(ValueError, match="needs TLS"):
+        ClusterConnection("broker:9092", certificate_pem="c", private_key_pem="k")
+    with pytest.raises(ValueError, match="token provider"):
+        ClusterConnection("broker:9096", security_protocol="SASL_SSL", sasl_mechanism="OAUTHBEARER")

@@ -22,6 +22,7 @@ from redis import Redis
 from sqlalchemy import Engine, text
 
 from api.app import create_app
+from dev.secure import SECRETS_CREDENTIALS
 from dev.stack import celery_beat_argv, celery_worker_argv
 from models.access_keys import IssuedKey
 from models.db import make_sync_engine
@@ -75,7 +76,7 @@ class Fleet:
         self.settings = settings
         self.logs = logs
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
-        self.env = {**os.environ, **settings.as_environment(), "PYTHONUNBUFFERED": "1"}
+        self.env = {**os.environ, **settings.as_environment(), **SECRETS_CREDENTIALS, "PYTHONUNBUFFERED": "1"}
 
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
         log = self.logs / f"{name}.log"

@@ -438,6 +438,22 @@ def run_failover(client: httpx.Client, arn: str, group: str) -> dict[str, Any]:
     return body
 
 
+def over_scram(created: dict[str, Any], stack: dict[str, Any]) -> dict[str, Any]:
+    """The same request with both clusters reached over SASL_SSL with SCRAM-SHA-512 (the stack's listeners and
+    secrets); the test's own clients keep using the PLAINTEXT listeners of the same clusters."""
+    secure = stack["secure"]
+    side_of = {address: side for side, address in stack["kafka"].items()}
+    for entry in created["KafkaClusters"]:
+        apache = entry["ApacheKafkaCluster"]
+        apache["BootstrapBrokerString"] = secure[side_of[apache["BootstrapBrokerString"]]]["sasl_scram"]
+        entry["EncryptionInTransit"] = {"EncryptionType": "TLS", "RootCaCertificate": secure["secrets"]["ca"]}
+        entry["ClientAuthentication"] = {
+            "SaslScram": {"Mechanism": "SHA512", "SecretArn": secure["secrets"]["scram_sha512"]}
+        }
+    return created
+
+
+@pytest.mark.parametrize("transport", ["plaintext", "sasl-scram-over-tls"])
 def test_enhanced_failover_and_failback_process_every_record_once(
     worker: None,
     fleet_kafka: Any,
@@ -446,6 +462,8 @@ def test_enhanced_failover_and_failback_process_every_record_once(
     unique: str,
     source_bootstrap: str,
     target_bootstrap: str,
+    stack: dict[str, Any],
+    transport: str,
 ) -> None:
     topic, group = f"{unique}-orders", f"{unique}-app"
     asyncio.run(create_topic(source_bootstrap, topic, 2))
@@ -453,10 +471,10 @@ def test_enhanced_failover_and_failback_process_every_record_once(
     asyncio.run(produce_values(source_bootstrap, topic, [(i % 2, v, None) for i, v in enumerate(on_source)]))
     arns = {}
     for name, src, tgt in (("ab", source_bootstrap, target_bootstrap), ("ba", target_bootstrap, source_bootstrap)):
-        created = fleet_kafka.create_replicator(
-            **request(f"{unique}-{name}", src, tgt, [topic], [group], naming="IDENTICAL", mode="ENHANCED")
-        )
-        arns[name] = created["ReplicatorArn"]
+        wanted = request(f"{unique}-{name}", src, tgt, [topic], [group], naming="IDENTICAL", mode="ENHANCED")
+        if transport != "plaintext":
+            wanted = over_scram(wanted, stack)
+        arns[name] = fleet_kafka.create_replicator(**wanted)["ReplicatorArn"]
     for arn in arns.values():
         wait_until("RUNNING", lambda arn=arn: describe(fleet_kafka, arn)["ReplicatorState"] == "RUNNING", 60)
 

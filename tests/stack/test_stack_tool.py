@@ -26,12 +26,14 @@ def _free(port: int) -> bool:
 
 
 def free_ports() -> dict[str, int]:
-    """Kafka needs port and port+1 (its controller), so pick from a quiet range and check each one."""
+    """Kafka needs port to port+5 (controller and secured listeners), so pick from a quiet range and check each."""
     rng = random.Random()
     for _ in range(200):
-        base = rng.randrange(20000, 32000, 10)  # below Linux's ephemeral range, where clients' ports come from
-        ports = {"source": base, "target": base + 2, "postgres": base + 4, "redis": base + 5, "api": base + 6}
-        if all(_free(p) for p in [*ports.values(), base + 1, base + 3]):
+        base = rng.randrange(20000, 32000, 30)  # below Linux's ephemeral range, where clients' ports come from
+        ports = {"source": base, "target": base + 10, "postgres": base + 20, "redis": base + 21, "api": base + 22,
+                 "idp": base + 23, "secrets": base + 24}  # fmt: skip
+        kafka = [cluster + offset for cluster in (base, base + 10) for offset in range(6)]
+        if all(_free(p) for p in {*ports.values(), *kafka}):
             return ports
     raise RuntimeError("no free port range found")
 
@@ -79,6 +81,8 @@ def test_up_twice_is_harmless_and_down_leaves_nothing(tmp_path: Path) -> None:
         FERRY_DEV_POSTGRES_PORT=str(ports["postgres"]),
         FERRY_DEV_REDIS_PORT=str(ports["redis"]),
         FERRY_DEV_API_PORT=str(ports["api"]),
+        FERRY_DEV_IDP_PORT=str(ports["idp"]),
+        FERRY_DEV_SECRETS_PORT=str(ports["secrets"]),
         FERRY_DEV_KAFKA_HEAP="256m",
     )
 
@@ -100,7 +104,7 @@ def test_up_twice_is_harmless_and_down_leaves_nothing(tmp_path: Path) -> None:
             health = json.loads(resp.read())
         assert health["status"] == "up", health
         pids = stack_pids(run_dir)
-        assert set(pids) >= {"kafka-source", "kafka-target", "redis", "api", "worker", "beat"}
+        assert set(pids) >= {"kafka-source", "kafka-target", "redis", "api", "worker", "beat", "idp", "secrets-manager"}
 
         second = stack("up")
         assert second.returncode == 0, second.stdout + second.stderr

@@ -13,12 +13,17 @@ import asyncio
 import ipaddress
 import socket
 import time
+from typing import Protocol
 
 from models.bootstrap import AddressPolicy, IPAddress, parse_bootstrap
-from workers.engine.connection import ClusterConnection
 
 CACHE_SECONDS = 30.0
 RESOLVE_TIMEOUT_SECONDS = 5.0
+
+
+class Reachable(Protocol):
+    @property
+    def bootstrap_servers(self) -> str: ...
 
 
 class AddressVetting:
@@ -26,7 +31,7 @@ class AddressVetting:
         self.policy = policy
         self._answers: dict[str, tuple[float, str | None]] = {}
 
-    async def refusal(self, connection: ClusterConnection) -> str | None:
+    async def refusal(self, connection: Reachable) -> str | None:
         """None when workers may connect to every bootstrap address of ``connection``, else why not."""
         cached = self._answers.get(connection.bootstrap_servers)
         if cached is not None and time.monotonic() - cached[0] < CACHE_SECONDS:

@@ -43,7 +43,8 @@ from workers.fleet.copy_unit import CopyUnit
 from workers.fleet.leases import Lease, LeaseStore
 from workers.fleet.metadata_unit import MetadataUnit
 from workers.fleet.reporting import MetricsReporter
-from workers.fleet.runtime import ReplicatorRuntime, runtime_of
+from workers.fleet.runtime import ConnectionResolver, ReplicatorRuntime, runtime_of
+from workers.fleet.secrets import SecretStore
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,14 @@ class FleetAgent:
         self._reporter: MetricsReporter | None = None
         # One policy and one cache of vetted bootstrap addresses for every unit of this worker.
         self.vetting = AddressVetting(AddressPolicy(settings.allowed_bootstrap))
+        # Secrets are read here, on the worker, and kept in memory only (workers/fleet/secrets.py).
+        self.resolver = ConnectionResolver(
+            SecretStore(
+                endpoint_url=settings.secrets_manager_endpoint,
+                secrets_dir=settings.secrets_dir,
+                cache_seconds=settings.secret_cache_seconds,
+            )
+        )
         # Bounded so a replicator whose copier blocks (e.g. a target that stopped answering) is given up on
         # and retried well within the time other workers would take over.
         self.converge_timeout_s = max(5.0, lease_seconds * 2)
@@ -183,6 +192,7 @@ class FleetAgent:
                     kafka_clusters=row.kafka_clusters,
                     replication_info=row.replication_info,
                     created_at=row.created_at,
+                    service_execution_role_arn=row.service_execution_role_arn,
                 )
             except (KeyError, ValueError) as exc:
                 log.error("replicator %s cannot run: %s", row.name, exc)
@@ -212,6 +222,7 @@ class FleetAgent:
                 group_sync_interval_s=self.settings.group_sync_interval_seconds,
                 offset_map_max_runs=self.settings.offset_map_max_runs,
                 vetting=self.vetting,
+                resolver=self.resolver,
             )
             self.metadata[replicator_id] = (
                 metadata_unit,
@@ -228,7 +239,9 @@ class FleetAgent:
         for replicator_id, partitions in wanted.items():
             copy_unit = self.copiers.get(replicator_id)
             if copy_unit is None:
-                copy_unit = CopyUnit(self.runtimes[replicator_id], self.holds, self._db, vetting=self.vetting)
+                copy_unit = CopyUnit(
+                    self.runtimes[replicator_id], self.holds, self._db, vetting=self.vetting, resolver=self.resolver
+                )
                 self.copiers[replicator_id] = copy_unit
             try:
                 await asyncio.wait_for(copy_unit.converge(partitions), self.converge_timeout_s)

@@ -18,10 +18,12 @@ from aiokafka.errors import KafkaError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from models.bootstrap import AddressPolicy
+from workers.engine.connection import classify
 from workers.engine.copier import CopierError, PartitionCopier
 from workers.fleet.address_vetting import AddressVetting
 from workers.fleet.offset_map_sink import OffsetMapBuffer
-from workers.fleet.runtime import ReplicatorRuntime
+from workers.fleet.runtime import ConnectionResolver, ReplicatorRuntime
+from workers.fleet.secrets import SecretStore, SecretUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +38,11 @@ class CopyUnit:
         db: AsyncEngine | None = None,
         *,
         vetting: AddressVetting | None = None,
+        resolver: ConnectionResolver | None = None,
     ) -> None:
         self.runtime = runtime
         self.vetting = vetting or AddressVetting(AddressPolicy())
+        self.resolver = resolver or ConnectionResolver(SecretStore())
         # holds(replicator_id, partitions): whether this worker holds a valid lease on every one of them.
         self.holds = holds
         self.db = db
@@ -65,6 +69,10 @@ class CopyUnit:
         if failure is not None:
             self.last_failure = f"{type(failure).__name__}: {failure}"[:500]
             log.warning("copier of replicator %s failed (%s); restarting", self.runtime.name, self.last_failure)
+            if classify(failure) is not None:
+                # Refused credentials or TLS: the secrets may have been rotated; read them again.
+                self.resolver.forget(self.runtime.source)
+                self.resolver.forget(self.runtime.target)
             await self.stop()
             self._retry_after = time.monotonic() + 2.0
             copier = None
@@ -81,10 +89,18 @@ class CopyUnit:
                     self.last_failure = f"{connection.describe()}: {refused}"
                     self._retry_after = time.monotonic() + 10.0
                     return
+            try:
+                source = await self.resolver.resolve(self.runtime.source)
+                target = await self.resolver.resolve(self.runtime.target)
+            except SecretUnavailable as exc:
+                # The metadata unit reports it in StateInfo.
+                self.last_failure = str(exc)
+                self._retry_after = time.monotonic() + 5.0
+                return
             copier = PartitionCopier(
                 self.runtime.spec,
-                self.runtime.source,
-                self.runtime.target,
+                source,
+                target,
                 lease_check=self._lease_held,
                 write_gate=self._writes_allowed,
                 offset_map_sink=self.offset_map,

@@ -92,7 +92,7 @@ class FailoverDriver:
             )
             return
         # 1. Producers stopped: no new source record for the grace period.
-        ends = await end_offsets(runtime.source, scope)
+        ends = await end_offsets(self.syncer.source, scope)
         seen = self._quiet.get(op_id)
         now = time.monotonic()
         if seen is None or seen[0] != ends:

@@ -30,14 +30,14 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from models import group_store, offset_store
 from models.fleet_reports import STATUS_KEY, StatusField
-from workers.engine.connection import client_kwargs
+from workers.engine.connection import ClusterConnection, client_kwargs
 from workers.engine.spec import GroupReplication
 from workers.fleet.runtime import ReplicatorRuntime
 
@@ -101,6 +101,27 @@ class GroupSyncer:
         # ENHANCED: the replicator copying this one's target back to its source (None: none found, so records that
         # originated on the target are not accounted for and failback is not translated).
         self.partner: str | None = None
+        # The clusters as the metadata unit last resolved them (credentials read on this worker); None until then.
+        self.connections: tuple[ClusterConnection, ClusterConnection] | None = None
+
+    async def use(self, source: ClusterConnection, target: ClusterConnection) -> None:
+        """Connect to the clusters this way from now on (e.g. a rotated password): open clients are closed."""
+        if self.connections != (source, target):
+            await self.close()
+            self.connections = (source, target)
+
+    def _connections(self) -> tuple[ClusterConnection, ClusterConnection]:
+        if self.connections is None:
+            raise KafkaConnectionError("the clusters' connections are not resolved yet")
+        return self.connections
+
+    @property
+    def source(self) -> ClusterConnection:
+        return self._connections()[0]
+
+    @property
+    def target(self) -> ClusterConnection:
+        return self._connections()[1]
 
     def update(self, runtime: ReplicatorRuntime) -> None:
         if runtime.generation != self.runtime.generation:
@@ -110,8 +131,8 @@ class GroupSyncer:
     async def admins(self) -> tuple[AIOKafkaAdminClient, AIOKafkaAdminClient]:
         """Admin clients of the source and the target, kept open between passes (closed after a failure)."""
         if self._source is None or self._target is None:
-            source = AIOKafkaAdminClient(**client_kwargs(self.runtime.source, "group-sync"))
-            target = AIOKafkaAdminClient(**client_kwargs(self.runtime.target, "group-sync"))
+            source = AIOKafkaAdminClient(**client_kwargs(self.source, "group-sync"))
+            target = AIOKafkaAdminClient(**client_kwargs(self.target, "group-sync"))
             await source.start()
             try:
                 await target.start()
@@ -257,7 +278,7 @@ class GroupSyncer:
     async def _commit(self, group: str, offsets: dict[TopicPartition, int]) -> None:
         """Commit as a member-less client (generation -1): refused by the broker if the group became active."""
         consumer = AIOKafkaConsumer(
-            **client_kwargs(self.runtime.target, "group-sync-commit"), group_id=group, enable_auto_commit=False
+            **client_kwargs(self.target, "group-sync-commit"), group_id=group, enable_auto_commit=False
         )
         await consumer.start()
         try:
@@ -268,7 +289,7 @@ class GroupSyncer:
         log.info(
             "group %s on %s committed %s",
             group,
-            self.runtime.target.describe(),
+            self.target.describe(),
             {f"{tp.topic}:{tp.partition}": o for tp, o in sorted(offsets.items())},
         )
 

@@ -25,12 +25,19 @@ from models import fleet_store, offset_store
 from models.bootstrap import AddressPolicy
 from models.fleet_reports import REPORT_TTL_SECONDS, STATUS_KEY, StatusField
 from workers.engine.admin import AdminError
-from workers.engine.connection import ClusterConnection, client_kwargs, diagnose_unreachable
+from workers.engine.connection import (
+    AUTHENTICATION_FAILED,
+    TLS_HANDSHAKE_FAILED,
+    ClusterConnection,
+    client_kwargs,
+    diagnose_unreachable,
+)
 from workers.engine.topics import TopicSynchronizer
 from workers.fleet.address_vetting import AddressVetting
 from workers.fleet.failover import FailoverDriver
 from workers.fleet.groups import GroupSyncer, ScopeSource
-from workers.fleet.runtime import ReplicatorRuntime
+from workers.fleet.runtime import ConnectionResolver, ReplicatorRuntime
+from workers.fleet.secrets import SecretStore, SecretUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +54,9 @@ class ClusterProbe:
         self.timeout_s = timeout_s
         self._admin: AIOKafkaAdminClient | None = None
 
-    async def check(self) -> tuple[str | None, str | None]:
-        """(None, the cluster's id) when the cluster answered, else (why not, in general terms, None)."""
+    async def check(self) -> tuple[tuple[str, str] | None, str | None]:
+        """(None, the cluster's id) when the cluster answered, else ((code, why not in general terms), None); the
+        code is AUTHENTICATION_FAILED, TLS_HANDSHAKE_FAILED or UNREACHABLE."""
         try:
             async with asyncio.timeout(self.timeout_s):
                 if self._admin is None:
@@ -59,8 +67,8 @@ class ClusterProbe:
                 described = await self._admin.describe_cluster()
         except (TimeoutError, KafkaError, OSError):
             await self.close()
-            reason = await diagnose_unreachable(self.connection, min(3.0, self.timeout_s))
-            return f"{self.connection.bootstrap_servers}: {reason}", None
+            code, reason = await diagnose_unreachable(self.connection, min(3.0, self.timeout_s))
+            return (code, f"{self.connection.bootstrap_servers}: {reason}"), None
         return None, str(described.get("cluster_id") or "") or None
 
     async def close(self) -> None:
@@ -92,6 +100,7 @@ class MetadataUnit:
         group_sync_interval_s: float = 5.0,
         offset_map_max_runs: int = 10_000,
         vetting: AddressVetting | None = None,
+        resolver: ConnectionResolver | None = None,
     ) -> None:
         self.runtime = runtime
         self.db = db
@@ -101,8 +110,13 @@ class MetadataUnit:
         self.probe_timeout_s = probe_timeout_s
         self._wake = asyncio.Event()
         self.vetting = vetting or AddressVetting(AddressPolicy())
+        self.resolver = resolver or ConnectionResolver(SecretStore())
         self._sync: TopicSynchronizer | None = None
-        self._probes = (ClusterProbe(runtime.source, probe_timeout_s), ClusterProbe(runtime.target, probe_timeout_s))
+        # The clusters as last resolved (credentials read on this worker), and probes over them.
+        self.connections: tuple[ClusterConnection, ClusterConnection] | None = None
+        self._probes: tuple[ClusterProbe, ClusterProbe] | None = None
+        # Passes that a cluster refused the credentials or the TLS handshake of (the AuthError metric).
+        self.auth_failures = 0
         self._last_config_sync = 0.0
         # Consumer group offset sync (its own loop) and planned failovers (a step per pass), issue 6.
         self.group_sync_interval_s = group_sync_interval_s
@@ -139,8 +153,39 @@ class MetadataUnit:
             await self._close_probes()
 
     async def _close_probes(self) -> None:
-        for probe in self._probes:
+        for probe in self._probes or ():
             await probe.close()
+        self._probes = None
+
+    async def _connect(self, runtime: ReplicatorRuntime) -> tuple[ClusterConnection, ClusterConnection] | None:
+        """Both clusters' connections, secrets read anew when they changed; None (error written) when a secret
+        cannot be read. New connections replace the probes, the topic sync and the group sync's clients."""
+        resolved: list[ClusterConnection] = []
+        for role, access in (("source", runtime.source), ("target", runtime.target)):
+            try:
+                resolved.append(await self.resolver.resolve(access))
+            except SecretUnavailable as exc:
+                code = "SECRET_NOT_FOUND" if exc.missing else "SECRET_UNAVAILABLE"
+                await self._stop_connections()
+                await self._write(runtime, None, (code, f"{role} cluster {access.alias}: {exc}"))
+                return None
+        connections = (resolved[0], resolved[1])
+        if connections != self.connections:
+            await self._stop_connections()
+            self.connections = connections
+            self._probes = (
+                ClusterProbe(connections[0], self.probe_timeout_s),
+                ClusterProbe(connections[1], self.probe_timeout_s),
+            )
+            await self.groups.use(*connections)
+        return connections
+
+    async def _stop_connections(self) -> None:
+        self.scope.partitions = None
+        await self._close_sync()
+        await self._close_probes()
+        await self.groups.close()
+        self.connections = None
 
     async def _close_sync(self) -> None:
         if self._sync is not None:
@@ -150,15 +195,17 @@ class MetadataUnit:
 
     async def pass_once(self) -> None:
         runtime = self.runtime
-        for role, connection in (("SOURCE", runtime.source), ("TARGET", runtime.target)):
-            refused = await self.vetting.refusal(connection)
+        for role, access in (("SOURCE", runtime.source), ("TARGET", runtime.target)):
+            refused = await self.vetting.refusal(access)
             if refused is not None:
                 # Nothing connects to a refused address: no probe, no sync, no group sync, no failover step.
-                self.scope.partitions = None
-                await self._close_sync()
-                await self._close_probes()
+                await self._stop_connections()
                 await self._write(runtime, None, ("BOOTSTRAP_ADDRESS_REFUSED", f"{role.lower()} cluster: {refused}"))
                 return
+        connections = await self._connect(runtime)
+        if connections is None or self._probes is None:
+            return
+        source, target = connections
         (source_error, source_id), (target_error, target_id) = await asyncio.gather(
             self._probes[0].check(), self._probes[1].check()
         )
@@ -166,8 +213,17 @@ class MetadataUnit:
         await self._publish_status(runtime, pings)
         if source_error or target_error:
             await self._close_sync()
-            role = "SOURCE" if source_error else "TARGET"
-            await self._write(runtime, None, (f"{role}_CLUSTER_UNREACHABLE", source_error or target_error or ""))
+            failed = source_error or target_error
+            assert failed is not None
+            role, access = ("source", runtime.source) if source_error else ("target", runtime.target)
+            kind, reason = failed
+            if kind in (AUTHENTICATION_FAILED, TLS_HANDSHAKE_FAILED):
+                # The secrets may have been rotated since they were read: read them again next pass.
+                self.auth_failures += 1
+                self.resolver.forget(access)
+                await self._write(runtime, None, (kind, f"{role} cluster {access.alias}: {reason}"))
+            else:
+                await self._write(runtime, None, (f"{role.upper()}_CLUSTER_UNREACHABLE", reason))
             return
         if source_id is not None and source_id == target_id:
             self.scope.partitions = None
@@ -185,7 +241,7 @@ class MetadataUnit:
         try:
             if self._sync is None:
                 sync = TopicSynchronizer(
-                    runtime.spec, runtime.source, runtime.target, known_topics=await self._stored_known_topics(runtime)
+                    runtime.spec, source, target, known_topics=await self._stored_known_topics(runtime)
                 )
                 await sync.start()
                 self._sync = sync
@@ -221,7 +277,7 @@ class MetadataUnit:
             },
         )
 
-    async def _publish_status(self, runtime: ReplicatorRuntime, pings: dict[str, str | None]) -> None:
+    async def _publish_status(self, runtime: ReplicatorRuntime, pings: dict[str, tuple[str, str] | None]) -> None:
         key = STATUS_KEY.format(replicator_id=runtime.replicator_id)
         await self.redis.hset(
             key,
@@ -232,6 +288,7 @@ class MetadataUnit:
                         runtime.target.alias: 0 if pings["target"] else 1,
                     }
                 ),
+                StatusField.AUTH_FAILURES: str(self.auth_failures),
                 StatusField.REPORTED_AT_MS: str(int(time.time() * 1000)),
             },
         )
