@@ -22,7 +22,7 @@ from workers.engine.batches import (
     build_batches,
 )
 from workers.engine.forwarding import BatchHeader, DecodedBatch, ForwardBatches, RawBatch
-from workers.engine.metrics import PartitionMetrics
+from workers.engine.metrics import STALL_SECONDS, PartitionMetrics
 from workers.engine.spec import PROVENANCE_HEADER
 
 SOURCE = TopicPartition("orders", 3)
@@ -185,3 +185,18 @@ def test_an_untested_aiokafka_release_is_refused_with_a_clear_message() -> None:
     for release in ("0.13.0", "0.15.0", "1.0.0", "not-a-version"):
         with pytest.raises(ImportError, match=r"aiokafka>=0\.14,<0\.15"):
             check_version(release)
+
+
+def test_a_partition_with_lag_whose_position_does_not_move_says_it_is_stalled() -> None:
+    metrics = PartitionMetrics(SOURCE, TARGET.topic)
+    metrics.next_source_offset, metrics.source_end_offset = 5, 10
+    metrics.started = True
+    assert metrics.snapshot().health.value == "REPLICATING"
+    metrics._position_since -= STALL_SECONDS + 1  # the same position, seen over more than STALL_SECONDS
+    stalled = metrics.snapshot()
+    assert stalled.health.value == "STALLED" and "5 records of lag at offset 5" in stalled.health_detail
+    metrics.next_source_offset = 7
+    assert metrics.snapshot().health.value == "REPLICATING", "moving again clears it"
+    metrics.source_end_offset = 7
+    metrics._position_since -= STALL_SECONDS + 1
+    assert metrics.snapshot().health.value == "REPLICATING", "no lag, nothing to be stalled on"

@@ -559,7 +559,8 @@ class PartitionCopier:
             state.metrics.next_source_offset = offset
             return
         state.pending.append(PendingBatch.position_only(offset))
-        state.pending[-1].future.add_done_callback(functools.partial(self._on_done, state))
+        # Already resolved: applied now, behind any batch still in flight (whose acknowledgement drains it).
+        self._drain_acks(state)
 
     async def _housekeeping(self) -> None:
         now = time.monotonic()
@@ -591,9 +592,11 @@ class PartitionCopier:
             if state is None:
                 continue
             unconfirmed = state.confirmed_generation != self._producer_generation
-            if unconfirmed and state.pending:
+            if unconfirmed and any(pending.records for pending in state.pending):
                 # Records arrived while this partition's probe batch is still unacknowledged (an assignment
-                # change resumed it): fetch them again once the probe is through.
+                # change resumed it): fetch them again once the probe is through. Only a batch with records
+                # confirms the producer (and resumes the partition): waiting on a mere position advance (records
+                # all filtered, a marker) would pause the partition for good.
                 self._consumer.seek(tp, state.sent_next)
                 self._consumer.pause(tp)
                 continue

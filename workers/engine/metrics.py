@@ -11,6 +11,8 @@ from aiokafka import TopicPartition
 
 # How long a problem keeps a partition's health reason after it last happened.
 HEALTH_MEMORY_SECONDS = 60.0
+# A partition with lag whose position has not moved for this long is STALLED.
+STALL_SECONDS = 30.0
 
 
 class Health(enum.StrEnum):
@@ -22,6 +24,7 @@ class Health(enum.StrEnum):
     AUTH_DENIED = "AUTH_DENIED"
     RECORD_TOO_LARGE = "RECORD_TOO_LARGE"
     FENCED = "FENCED"
+    STALLED = "STALLED"
 
 
 class ErrorKind(enum.StrEnum):
@@ -99,6 +102,9 @@ class PartitionMetrics:
     problem_at: float = 0.0
     started: bool = False
     _window_started: float = field(default_factory=time.monotonic)
+    # The position last seen by a snapshot, and since when it has not moved.
+    _seen_position: int | None = None
+    _position_since: float = field(default_factory=time.monotonic)
 
     def record_copied(self, records: int, size: int, max_timestamp_ms: int, ack_time_ms: float) -> None:
         self.records_copied += records
@@ -121,18 +127,27 @@ class PartitionMetrics:
         self.problem_detail = detail[:300]
         self.problem_at = time.monotonic()
 
-    def health(self) -> tuple[Health, str]:
-        if self.problem is not None and time.monotonic() - self.problem_at < HEALTH_MEMORY_SECONDS:
+    def health(self, lag: int | None = None) -> tuple[Health, str]:
+        now = time.monotonic()
+        if self.next_source_offset != self._seen_position:
+            self._seen_position, self._position_since = self.next_source_offset, now
+        if self.problem is not None and now - self.problem_at < HEALTH_MEMORY_SECONDS:
             return self.problem, self.problem_detail
         if not self.started and self.next_source_offset is None:
             return Health.STARTING, ""
+        still = now - self._position_since
+        if lag and still >= STALL_SECONDS:
+            return (
+                Health.STALLED,
+                f"no progress for {still:.0f}s with {lag} records of lag at offset {self._seen_position}",
+            )
         return Health.REPLICATING, ""
 
     def snapshot(self) -> PartitionStats:
         lag = None
         if self.source_end_offset is not None and self.next_source_offset is not None:
             lag = max(0, self.source_end_offset - self.next_source_offset)
-        health, detail = self.health()
+        health, detail = self.health(lag)
         return PartitionStats(
             source_topic=self.source.topic,
             partition=self.source.partition,
