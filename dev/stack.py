@@ -442,7 +442,7 @@ log.cleaner.dedupe.buffer.size=8388608
 """
 
 
-def _kafka_cluster_id() -> str:
+def new_kafka_cluster_id() -> str:
     while True:
         candidate = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
         if not candidate.startswith("-") and candidate not in ("AAAAAAAAAAAAAAAAAAAAAA", "AAAAAAAAAAAAAAAAAAAAAQ"):
@@ -491,7 +491,7 @@ class KafkaCluster:
                 "kafka.tools.StorageTool",
                 "format",
                 "-t",
-                _kafka_cluster_id(),
+                new_kafka_cluster_id(),
                 "-c",
                 str(props),
                 *secure.scram_format_args(cfg.run_dir),

@@ -118,6 +118,12 @@ async def store_heads(db: Db, replicator_id: str, heads: Iterable[tuple[str, int
     )
 
 
+async def forget_partition(db: Db, replicator_id: str, topic: str, partition: int) -> None:
+    """Delete one partition's map and head: its copy starts anew in a recreated topic."""
+    await db.execute(delete(OffsetMapRun).where(_of_partition(replicator_id, topic, partition)))
+    await db.execute(delete(OffsetMapHead).where(_head_of(replicator_id, topic, partition)))
+
+
 async def thin(db: Db, replicator_id: str, max_runs: int) -> int:
     """Thin every partition of the replicator holding more than ``max_runs`` runs down to half of it.
     Returns the largest re-read bound left in a thinned partition (0 when none needed thinning)."""

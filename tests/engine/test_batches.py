@@ -77,6 +77,9 @@ class Recorder:
     def record_batch(self, mapping: BatchMapping) -> None:
         self.mappings.append(mapping)
 
+    def restart(self, source: TopicPartition) -> None:
+        self.mappings = [m for m in self.mappings if m.source != source]
+
     async def before_progress(self, positions: Callable[[], Mapping[TopicPartition, AckedPosition]]) -> None:
         pass
 

@@ -65,6 +65,9 @@ class MappingRecorder:
     def record_batch(self, mapping: BatchMapping) -> None:
         self.batches.append(mapping)
 
+    def restart(self, source: TopicPartition) -> None:
+        self.batches = [m for m in self.batches if m.source != source]
+
     async def before_progress(self, positions: Callable[[], Mapping[TopicPartition, AckedPosition]]) -> None:
         pass
 

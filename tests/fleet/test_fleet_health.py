@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from models.access_keys import IssuedKey
+from tests.engine.test_recreated_topics import recreate_topic
 from tests.fleet.conftest import Fleet, wait_until
 from tests.fleet.test_fleet_lifecycle import count_records, create_request, create_topic, describe, produce
 
@@ -191,6 +192,37 @@ def test_a_topic_list_matching_nothing_is_explained_until_fixed(
         lambda: asyncio.run(count_records(target_bootstrap, f"{alias}.{topic}")) == 20,
         60,
     )
+
+
+@pytest.mark.slow
+def test_a_recreated_source_topic_is_copied_again_and_said_in_state_info(
+    fleet_kafka: Any, fleet_http: httpx.Client, unique: str, source_bootstrap: str, target_bootstrap: str
+) -> None:
+    topic = f"{unique}-again"
+    asyncio.run(create_topic(source_bootstrap, topic, 1))
+    asyncio.run(produce(source_bootstrap, topic, 1000, 1, "old"))
+    arn = fleet_kafka.create_replicator(**create_request(unique, source_bootstrap, target_bootstrap, [topic]))[
+        "ReplicatorArn"
+    ]
+    running = wait_until("RUNNING", lambda: (d := describe(fleet_kafka, arn))["ReplicatorState"] == "RUNNING" and d, 60)
+    target = f"{running['ReplicationInfoList'][0]['SourceKafkaClusterAlias']}.{topic}"
+    wait_until("1,000 records", lambda: asyncio.run(count_records(target_bootstrap, target)) == 1000, 60)
+
+    asyncio.run(recreate_topic(source_bootstrap, topic))
+    asyncio.run(produce(source_bootstrap, topic, 300, 1, "new"))
+    wait_until("the new topic's 300 records", lambda: asyncio.run(count_records(target_bootstrap, target)) == 1300, 60)
+    notice = wait_until(
+        "StateInfo telling of the re-creation",
+        lambda: (
+            (info := describe(fleet_kafka, arn).get("StateInfo") or {}).get("Code") == "SOURCE_TOPIC_RECREATED" and info
+        ),
+        30,
+    )
+    assert topic in notice["Message"]
+    assert describe(fleet_kafka, arn)["ReplicatorState"] == "RUNNING"
+    partition = metrics(fleet_http, arn)["partitions"][0]
+    assert partition["errors"].get("SOURCE_RECREATED") == 1, partition
+    assert partition["health"] == "SOURCE_RECREATED"
 
 
 def test_worker_and_beat_logs_hold_no_secret_access_key(fleet: Fleet, fleet_key: IssuedKey) -> None:

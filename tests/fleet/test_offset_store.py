@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from aiokafka import TopicPartition
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -16,6 +17,8 @@ from models import offset_store as store
 from models.db import make_async_engine
 from models.offset_map import Run
 from models.settings import FerrySettings
+from workers.engine.batches import AckedPosition, BatchMapping
+from workers.fleet.offset_map_sink import OffsetMapBuffer
 
 T = TypeVar("T")
 
@@ -156,3 +159,42 @@ def test_enhanced_partner_is_the_identical_replicator_in_the_other_direction(fle
     of_forward, of_backward, forward, backward = on_db(fleet_settings, work)
     assert of_forward == backward
     assert of_backward == forward
+
+
+def test_a_restarted_partition_forgets_its_map_and_gets_a_new_origin(fleet_settings: FerrySettings) -> None:
+    """A recreated topic's copy starts anew: the buffer's next flush deletes the partition's stored runs and head in
+    the transaction that stores the new ones, so no translation points into the deleted log."""
+    source = TopicPartition("orders", 0)
+    target = TopicPartition("src.orders", 0)
+
+    async def main() -> tuple[list[Run], list[Run], Any, Any]:
+        engine = make_async_engine(fleet_settings)
+        try:
+            async with engine.begin() as conn:
+                rid = await new_replicator(conn, "s:5", "t:5", naming="PREFIXED")
+            buffer = OffsetMapBuffer(rid, engine)
+            buffer.record_batch(BatchMapping(source, target, range(0, 1000), 0))
+            await buffer.flush(lambda: {source: AckedPosition(target.topic, 1000, 1000)})
+            async with engine.connect() as conn:
+                before = await stored(conn, rid)
+            # The target topic was recreated: source offsets 0.. land at target offsets 0.. of the new log.
+            buffer.record_batch(BatchMapping(source, target, range(900, 1000), 1000))  # in flight before
+            buffer.restart(source)
+            buffer.record_batch(BatchMapping(source, target, range(0, 300), 0))
+            await buffer.flush(lambda: {source: AckedPosition(target.topic, 300, 300)})
+            async with engine.connect() as conn:
+                return (
+                    before,
+                    await stored(conn, rid),
+                    await store.translate(conn, rid, "orders", 0, 150),
+                    await store.translate(conn, rid, "orders", 0, 600),
+                )
+        finally:
+            await engine.dispose()
+
+    before, after, inside, beyond = asyncio.run(main())
+    assert before == [Run(0, 1000, 0, 1000)]
+    assert after == [Run(0, 300, 0, 300)]
+    assert (inside.offset, inside.max_reread) == (150, 0)
+    # Past the new copy, the head of the new log (not the deleted one's 1000).
+    assert (beyond.offset, beyond.covered) == (300, False)

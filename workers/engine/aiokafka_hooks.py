@@ -1,6 +1,6 @@
 """Every use of aiokafka's internals, in one place, checked against the aiokafka release they were written for.
 
-aiokafka has no public API for what the copier needs, so it reaches into three places:
+aiokafka has no public API for what the copier needs, so it reaches into four places:
 
 1. **Raw batch fetching** (``install_batch_fetching``): the consumer's fetcher builds one ``PartitionRecords``
    iterator per fetched partition from a ``MemoryRecords``. Two names in ``aiokafka.consumer.fetcher`` are
@@ -12,6 +12,9 @@ aiokafka has no public API for what the copier needs, so it reaches into three p
    batch, one wrapping aiokafka's C ``DefaultRecordBatchBuilder`` whose ``append`` the copier calls directly.
 3. **The sender gate** (``gate_sender``): no hook exists between "batch ready" and "request sent", so the
    producer's ``Sender._send_produce_req`` is wrapped to refuse sending while the write gate is closed.
+4. **Topic ids and leader epochs** (``topic_ids``, ``leader_epoch_ends``): a Metadata v12 and an
+   OffsetForLeaderEpoch v3 request, built with aiokafka's protocol types, since aiokafka's own metadata requests
+   stop at v5, before topics had ids, and it never asks where a leader epoch ends.
 
 Importing this module fails with a clear message on an aiokafka outside ``TESTED_RANGE``: every hook relies on
 private names whose meaning an upgrade may change. Before widening the range, tests/engine/test_forwarding.py and
@@ -20,11 +23,14 @@ tests/engine/test_write_gate.py must pass on the new release.
 
 from __future__ import annotations
 
+import logging
 import struct
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import aiokafka
+
+log = logging.getLogger(__name__)
 
 TESTED_RANGE = ((0, 14), (0, 15))  # at least 0.14, below 0.15
 
@@ -54,6 +60,20 @@ check_version(aiokafka.__version__)
 import aiokafka.consumer.fetcher as aiokafka_fetcher  # noqa: E402
 from aiokafka import AIOKafkaProducer, TopicPartition  # noqa: E402
 from aiokafka.errors import CorruptRecordException, KafkaError  # noqa: E402
+from aiokafka.protocol.api import Request, RequestStruct, Response  # noqa: E402
+from aiokafka.protocol.types import (  # noqa: E402
+    AbstractType,
+    Array,
+    Boolean,
+    CompactArray,
+    CompactString,
+    Int16,
+    Int32,
+    Int64,
+    Schema,
+    String,
+    TaggedFields,
+)
 from aiokafka.record._crecords.cutil import crc32c_cython  # noqa: E402
 from aiokafka.record.control_record import ABORT_MARKER, ControlRecord  # noqa: E402
 from aiokafka.record.default_records import DefaultRecordBatch, DefaultRecordBatchBuilder  # noqa: E402
@@ -278,7 +298,9 @@ class ForwardingPartitionRecords(_original_partition_records):  # type: ignore[m
                 continue
             if forward.forwards(header, len(buffer), self.next_fetch_offset):
                 self.next_fetch_offset = next_offset
-                yield RawBatch(buffer, header.base_offset, header.record_count, header.first_timestamp)
+                yield RawBatch(
+                    buffer, header.base_offset, header.record_count, header.first_timestamp, header.leader_epoch
+                )
                 continue
             # The C records as they are, a whole batch per item: building a ConsumerRecord per record, or
             # handing records out one by one through this generator, cost more than decoding them.
@@ -287,7 +309,7 @@ class ForwardingPartitionRecords(_original_partition_records):  # type: ignore[m
                 records = [record for record in records if record.offset >= self.next_fetch_offset]
             self.next_fetch_offset = next_offset
             if records:
-                yield DecodedBatch(records)
+                yield DecodedBatch(records, header.leader_epoch)
 
 
 def _partition_records(
@@ -304,3 +326,182 @@ def install_batch_fetching() -> None:
     """Let consumers created with a ``ForwardBatches`` key deserializer fetch raw batches (idempotent)."""
     aiokafka_fetcher.MemoryRecords = _RawRecords
     aiokafka_fetcher.PartitionRecords = _partition_records
+
+
+# ---------------------------------------------------------------------- 4. topic ids (Metadata v12)
+
+# aiokafka speaks Metadata up to v5, which has no topic ids (KIP-516, Metadata v10+). A topic deleted and created
+# again under the same name gets a new id: the only way to tell it from the topic a copy's progress belongs to.
+
+
+class _Uuid(AbstractType[bytes]):  # type: ignore[misc]
+    @classmethod
+    def encode(cls, value: bytes) -> bytes:
+        return value
+
+    @classmethod
+    def decode(cls, data: Any) -> bytes:
+        value: bytes = data.read(16)
+        if len(value) != 16:
+            raise ValueError("Buffer underrun decoding a UUID")
+        return value
+
+
+class _MetadataResponseV12(Response):  # type: ignore[misc]
+    API_KEY = 3
+    API_VERSION = 12
+    SCHEMA = Schema(
+        ("throttle_time_ms", Int32),
+        (
+            "brokers",
+            CompactArray(
+                ("node_id", Int32),
+                ("host", CompactString("utf-8")),
+                ("port", Int32),
+                ("rack", CompactString("utf-8")),
+                ("tags", TaggedFields),
+            ),
+        ),
+        ("cluster_id", CompactString("utf-8")),
+        ("controller_id", Int32),
+        (
+            "topics",
+            CompactArray(
+                ("error_code", Int16),
+                ("name", CompactString("utf-8")),
+                ("topic_id", _Uuid),
+                ("is_internal", Boolean),
+                (
+                    "partitions",
+                    CompactArray(
+                        ("error_code", Int16),
+                        ("partition_index", Int32),
+                        ("leader_id", Int32),
+                        ("leader_epoch", Int32),
+                        ("replica_nodes", CompactArray(Int32)),
+                        ("isr_nodes", CompactArray(Int32)),
+                        ("offline_replicas", CompactArray(Int32)),
+                        ("tags", TaggedFields),
+                    ),
+                ),
+                ("topic_authorized_operations", Int32),
+                ("tags", TaggedFields),
+            ),
+        ),
+        ("tags", TaggedFields),
+    )
+
+
+class _MetadataRequestV12(RequestStruct):  # type: ignore[misc]
+    API_KEY = 3
+    API_VERSION = 12
+    FLEXIBLE_VERSION = True
+    RESPONSE_TYPE = _MetadataResponseV12
+    SCHEMA = Schema(
+        ("topics", CompactArray(("topic_id", _Uuid), ("name", CompactString("utf-8")), ("tags", TaggedFields))),
+        ("allow_auto_topic_creation", Boolean),
+        ("include_topic_authorized_operations", Boolean),
+        ("tags", TaggedFields),
+    )
+
+
+class _TopicIdsRequest(Request[_MetadataRequestV12]):  # type: ignore[misc]
+    API_KEY = 3
+
+    def __init__(self, topics: list[str]) -> None:
+        self.topics = topics
+
+    def build(self, request_struct_class: type[_MetadataRequestV12]) -> _MetadataRequestV12:
+        return request_struct_class([(bytes(16), name, {}) for name in self.topics], False, False, {})
+
+
+async def topic_ids(admin: Any, topics: list[str]) -> dict[str, str]:
+    """The id (hex) of each of these topics that exists; a topic recreated under its name has a new one.
+
+    Empty when the cluster cannot say (a broker older than Kafka 2.8): ids are then simply not compared."""
+    if not topics:
+        return {}
+    try:
+        response = await admin._send_request(_TopicIdsRequest(sorted(set(topics))))
+    except (KafkaError, NotImplementedError) as exc:
+        log.warning("topic ids unavailable: %s", exc)
+        return {}
+    found: dict[str, str] = {}
+    for error_code, name, topic_id, *_ in response.topics:
+        if error_code == 0 and name is not None and topic_id != bytes(16):
+            found[str(name)] = topic_id.hex()
+    return found
+
+
+class _OffsetForLeaderEpochResponseV3(Response):  # type: ignore[misc]
+    API_KEY = 23
+    API_VERSION = 3
+    SCHEMA = Schema(
+        ("throttle_time_ms", Int32),
+        (
+            "topics",
+            Array(
+                ("topic", String("utf-8")),
+                (
+                    "partitions",
+                    Array(("error_code", Int16), ("partition", Int32), ("leader_epoch", Int32), ("end_offset", Int64)),
+                ),
+            ),
+        ),
+    )
+
+
+class _OffsetForLeaderEpochRequestV3(RequestStruct):  # type: ignore[misc]
+    API_KEY = 23
+    API_VERSION = 3
+    RESPONSE_TYPE = _OffsetForLeaderEpochResponseV3
+    SCHEMA = Schema(
+        ("replica_id", Int32),
+        (
+            "topics",
+            Array(
+                ("topic", String("utf-8")),
+                ("partitions", Array(("partition", Int32), ("current_leader_epoch", Int32), ("leader_epoch", Int32))),
+            ),
+        ),
+    )
+
+
+class _LeaderEpochEndsRequest(Request[_OffsetForLeaderEpochRequestV3]):  # type: ignore[misc]
+    API_KEY = 23
+
+    def __init__(self, epochs: dict[TopicPartition, int]) -> None:
+        self.epochs = epochs
+
+    def build(self, request_struct_class: type[_OffsetForLeaderEpochRequestV3]) -> _OffsetForLeaderEpochRequestV3:
+        by_topic: dict[str, list[tuple[int, int, int]]] = {}
+        for tp, epoch in sorted(self.epochs.items()):
+            # current_leader_epoch -1: no fencing of our own metadata, the leader answers whatever epoch it is in.
+            by_topic.setdefault(tp.topic, []).append((tp.partition, -1, epoch))
+        return request_struct_class(-1, list(by_topic.items()))  # replica_id -1: a consumer, not a follower
+
+
+async def leader_epoch_ends(client: Any, epochs: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
+    """Where each partition's log ends for the given leader epoch, asked of its current leader (KIP-101/320):
+    the offset at which the log diverges from one that was read under that epoch. Partitions whose leader cannot
+    answer (unknown epoch, no leader, an old broker) are left out."""
+    by_leader: dict[int, dict[TopicPartition, int]] = {}
+    for tp, epoch in epochs.items():
+        leader = client.cluster.leader_for_partition(tp)
+        if leader is None or leader < 0:
+            await client.force_metadata_update()
+            leader = client.cluster.leader_for_partition(tp)
+        if leader is not None and leader >= 0 and epoch >= 0:
+            by_leader.setdefault(leader, {})[tp] = epoch
+    ends: dict[TopicPartition, int] = {}
+    for leader, asked in by_leader.items():
+        try:
+            response = await client.send(leader, _LeaderEpochEndsRequest(asked))
+        except (KafkaError, NotImplementedError) as exc:
+            log.warning("leader epoch ends unavailable from broker %s: %s", leader, exc)
+            continue
+        for topic, partitions in response.topics:
+            for error_code, partition, _epoch, end_offset in partitions:
+                if error_code == 0 and end_offset >= 0:
+                    ends[TopicPartition(topic, partition)] = int(end_offset)
+    return ends

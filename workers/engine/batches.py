@@ -54,6 +54,11 @@ class OffsetMapSink(Protocol):
 
     def record_batch(self, mapping: BatchMapping) -> None: ...
 
+    def restart(self, source: TopicPartition) -> None:
+        """The partition's copy starts anew (its source or target topic was deleted and created again): every
+        mapping of it recorded so far, stored or not, points into a log that is gone."""
+        ...
+
     async def before_progress(self, positions: Callable[[], Mapping[TopicPartition, AckedPosition]]) -> None:
         """Awaited by at-least-once copiers before each progress write, after taking the positions that write
         records, so a sink that stores its mappings here never stores them later than the progress that covers
@@ -74,11 +79,13 @@ class PendingBatch:
     source_offsets: Sequence[int] | None
     # The producer generation that sent it (PartitionCopier restarts its producer after a failure).
     generation: int = -1
+    # The source leader epoch of the last batch it covers (-1: unknown).
+    leader_epoch: int = -1
 
     @classmethod
-    def position_only(cls, next_source_offset: int) -> PendingBatch:
+    def position_only(cls, next_source_offset: int, leader_epoch: int = -1) -> PendingBatch:
         """An advance past source offsets that hold nothing to copy (markers, aborted or filtered records)."""
-        return cls(resolved_future(), next_source_offset, 0, 0, 0, None)
+        return cls(resolved_future(), next_source_offset, 0, 0, 0, None, leader_epoch=leader_epoch)
 
 
 @dataclass
@@ -99,9 +106,25 @@ class PartitionState:
     failed: BaseException | None = None
     # The producer generation that has had a batch of this partition acknowledged (see PartitionCopier).
     confirmed_generation: int = -1
+    # The ids of the source and target topics this copy belongs to (None: unknown). A topic deleted and created
+    # again under its name has a new id, and its copy starts anew.
+    source_topic_id: str | None = None
+    target_topic_id: str | None = None
+    # The source leader epoch of the last batch fetched below ``sent_next`` and acknowledged below ``acked_next``
+    # (-1: unknown): where the source log ends for that epoch is where it diverges after a truncation.
+    fetched_epoch: int = -1
+    acked_epoch: int = -1
 
     def progress(self) -> PartitionProgress:
-        return PartitionProgress(self.target.topic, self.acked_next, self.acked_target_next, now_ms())
+        return PartitionProgress(
+            self.target.topic,
+            self.acked_next,
+            self.acked_target_next,
+            now_ms(),
+            source_topic_id=self.source_topic_id,
+            target_topic_id=self.target_topic_id,
+            source_leader_epoch=None if self.acked_epoch < 0 else self.acked_epoch,
+        )
 
     def position(self) -> AckedPosition:
         return AckedPosition(self.target.topic, self.acked_next, self.acked_target_next)
@@ -122,6 +145,8 @@ def acknowledge(
         state.metrics.record_copied(pending.records, pending.size, pending.first_timestamp_ms, ack_ms)
         if sink is not None and pending.source_offsets:
             sink.record_batch(BatchMapping(state.source, state.target, pending.source_offsets, base_offset))
+    if pending.leader_epoch >= 0:
+        state.acked_epoch = pending.leader_epoch
     state.acked_next = pending.next_source_offset
     state.metrics.next_source_offset = pending.next_source_offset
 
@@ -166,10 +191,19 @@ def build_batches(
     last_offset = -1
     filtered = 0
 
+    epoch = state.fetched_epoch
+
     def finish(next_offset: int) -> None:
         assert builder is not None
         builder.records = count
-        out.append((builder, PendingBatch(resolved_future(), next_offset, count, builder.size(), first_ts, offsets)))
+        out.append(
+            (
+                builder,
+                PendingBatch(
+                    resolved_future(), next_offset, count, builder.size(), first_ts, offsets, leader_epoch=epoch
+                ),
+            )
+        )
 
     def start_batch(first: Any) -> Any:
         nonlocal builder, count, offsets, first_ts
@@ -184,6 +218,7 @@ def build_batches(
                 finish(last_offset + 1)
                 builder, count = None, 0
             last_offset = item.next_offset - 1
+            epoch = max(epoch, item.leader_epoch)
             forwarded = ForwardedBuilder(item, transactional=fmt.transactional)
             source_offsets = range(item.base_offset, item.next_offset) if keep_offsets else None
             pending = PendingBatch(
@@ -193,10 +228,13 @@ def build_batches(
                 item.records_size,
                 item.first_timestamp,
                 source_offsets,
+                leader_epoch=epoch,
             )
             out.append((forwarded, pending))
             continue
         # A DecodedBatch, or a single record of an old-format batch (aiokafka's own ConsumerRecord).
+        item_epoch = item.leader_epoch if kind is DecodedBatch else -1
+        item_start = last_offset
         for record in item.records if kind is DecodedBatch else (item,):
             headers = record.headers
             if identical:
@@ -214,6 +252,8 @@ def build_batches(
                 append = start_batch(record)
             if append(count, record.timestamp, record.key, record.value, headers) is None:
                 # Full (the first record of a batch is always taken, whatever its size).
+                if last_offset > item_start:
+                    epoch = max(epoch, item_epoch)  # the finished batch holds records of this item
                 finish(last_offset + 1)
                 append = start_batch(record)
                 append(0, record.timestamp, record.key, record.value, headers)
@@ -221,9 +261,12 @@ def build_batches(
             last_offset = record.offset
             if keep_offsets:
                 offsets.append(last_offset)
+        epoch = max(epoch, item_epoch)
     state.metrics.records_filtered += filtered
+    state.fetched_epoch = epoch
     if count:
         finish(position)
     elif out:
         out[-1][1].next_source_offset = position
+        out[-1][1].leader_epoch = epoch
     return out

@@ -47,7 +47,13 @@ from aiokafka.errors import (
 
 from workers.engine import admin as kafka_admin
 from workers.engine import forwarding
-from workers.engine.aiokafka_hooks import WritesFenced, gate_sender, install_batch_fetching
+from workers.engine.aiokafka_hooks import (
+    WritesFenced,
+    gate_sender,
+    install_batch_fetching,
+    leader_epoch_ends,
+    topic_ids,
+)
 from workers.engine.batches import (
     AckedPosition,
     BatchFormat,
@@ -97,6 +103,9 @@ class CopierOptions:
     max_in_flight_bytes: int = 64 * 1024 * 1024
     progress_interval_s: float = 0.25
     housekeeping_interval_s: float = 0.5
+    # How often the ids of the copied topics are compared with the ones their progress belongs to: a topic
+    # deleted and created again under its name is copied anew from its beginning.
+    topic_check_interval_s: float = 5.0
     producer_batch_bytes: int = 512 * 1024
     producer_linger_ms: int = 5
     # Must exceed the largest max.message.bytes of any replicated topic: one record per request at worst.
@@ -125,6 +134,21 @@ def _error_kind(exc: BaseException) -> ErrorKind:
     if isinstance(exc, (TopicAuthorizationFailedError, TransactionalIdAuthorizationFailed)):
         return ErrorKind.AUTH_DENIED
     return ErrorKind.PRODUCE_FAILED
+
+
+def _recreated(
+    source: TopicPartition,
+    target: TopicPartition,
+    known_ids: tuple[str | None, str | None],
+    current_ids: tuple[str | None, str | None],
+) -> tuple[ErrorKind, str] | None:
+    """Why a copy must start anew: its source or target topic is no longer the one (by id) it belongs to."""
+    (known_source, known_target), (source_id, target_id) = known_ids, current_ids
+    if known_source and source_id and known_source != source_id:
+        return ErrorKind.SOURCE_RECREATED, f"source topic {source.topic} was deleted and created again"
+    if known_target and target_id and known_target != target_id:
+        return ErrorKind.TARGET_RECREATED, f"target topic {target.topic} was deleted and created again"
+    return None
 
 
 async def _all_or_first_error(futures: list[asyncio.Future[Any]]) -> None:
@@ -171,6 +195,9 @@ class PartitionCopier:
         self._consumer: Any = None
         self._producer: Any = None
         self._target_probe: Any = None
+        self._source_admin: Any = None
+        self._target_admin: Any = None
+        self._last_topic_check = time.monotonic()
         self._progress_lock = asyncio.Lock()
         self._in_flight_bytes = 0
         self._room = asyncio.Event()
@@ -199,6 +226,10 @@ class PartitionCopier:
             keep_offsets=self._sink is not None,
         )
         await self._store.ensure_topic()
+        self._source_admin = AIOKafkaAdminClient(**client_kwargs(self.source, "copier-admin"))
+        self._target_admin = AIOKafkaAdminClient(**client_kwargs(self.target, "copier-admin"))
+        await self._source_admin.start()
+        await self._target_admin.start()
         install_batch_fetching()
         forward = forwarding.ForwardBatches(
             self.spec.target_compression.batch_attribute,
@@ -293,6 +324,9 @@ class PartitionCopier:
             for client in (self._producer, self._consumer, self._target_probe):
                 if client is not None:
                     await client.stop()
+            for admin in (self._source_admin, self._target_admin):
+                if admin is not None:
+                    await admin.close()
 
     async def wait(self) -> None:
         """Return when the copier stops; raise the error that stopped it."""
@@ -337,8 +371,23 @@ class PartitionCopier:
             return
         await self._check_target_partitions(new)
         progress = await self._store.load(new)
-        starts = await self._starting_offsets([tp for tp in new if tp not in progress])
         target_tps = {tp: TopicPartition(self.spec.target_topic(tp.topic), tp.partition) for tp in new}
+        source_ids, target_ids = await self._topic_ids(new)
+        restarted: dict[TopicPartition, tuple[ErrorKind, str]] = {}
+        for tp, found in progress.items():
+            why = _recreated(
+                tp,
+                target_tps[tp],
+                (found.source_topic_id, found.target_topic_id),
+                (source_ids.get(tp.topic), target_ids.get(target_tps[tp].topic)),
+            )
+            if why is not None:
+                restarted[tp] = why
+        for tp in restarted:
+            del progress[tp]
+        starts = await self._starting_offsets([tp for tp in new if tp not in progress and tp not in restarted])
+        if restarted:
+            starts.update(await self._consumer.beginning_offsets(list(restarted)))
         target_ends = await self._target_probe.end_offsets(list(target_tps.values()))
         states: dict[TopicPartition, PartitionState] = {}
         for tp in new:
@@ -356,7 +405,14 @@ class PartitionCopier:
                     metrics.redelivered_records = max(0, target_ends[target_tp] - target_next)
             else:
                 start, target_next, committed = starts[tp], target_ends[target_tp], None
+            if tp in restarted:
+                kind, detail = restarted[tp]
+                metrics.record_error(kind, f"{detail}; copying from its beginning (offset {start})")
+                log.warning("%s: %s; copying from offset %d", tp, detail, start)
+                if self._sink is not None:
+                    self._sink.restart(tp)
             metrics.next_source_offset = start
+            epoch = saved.source_leader_epoch if saved is not None and saved.source_leader_epoch is not None else -1
             states[tp] = PartitionState(
                 tp,
                 target_tp,
@@ -365,6 +421,10 @@ class PartitionCopier:
                 acked_target_next=target_next,
                 committed_next=committed,
                 sent_next=start,
+                source_topic_id=source_ids.get(tp.topic),
+                target_topic_id=target_ids.get(target_tp.topic),
+                fetched_epoch=epoch,
+                acked_epoch=epoch,
             )
             if metrics.redelivered_records:
                 log.info("%s: %d records after the last progress will be copied again", tp, metrics.redelivered_records)
@@ -417,6 +477,12 @@ class PartitionCopier:
                 raise TargetPartitionMissing(
                     f"target topic {target_topic} has {len(available)} partitions, {needed} needed"
                 )
+
+    async def _topic_ids(self, partitions: Iterable[TopicPartition]) -> tuple[dict[str, str], dict[str, str]]:
+        """The current ids of these partitions' source topics and of their target topics, by name."""
+        sources = sorted({tp.topic for tp in partitions})
+        targets = sorted({self.spec.target_topic(topic) for topic in sources})
+        return await topic_ids(self._source_admin, sources), await topic_ids(self._target_admin, targets)
 
     async def _starting_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
         if not partitions:
@@ -515,13 +581,21 @@ class PartitionCopier:
         await asyncio.sleep(self.options.retry_backoff_s)
 
     async def _handle_out_of_range(self, positions: dict[TopicPartition, int]) -> None:
-        """Source retention (or deleteRecords) passed our position: report what was lost, go on from the
-        earliest offset still there."""
-        tps = [tp for tp in positions if tp in self._states]
+        """The source log no longer holds our position: retention (or deleteRecords) passed it, the topic was
+        recreated, or the log was truncated below it (unclean leader election). Never skip silently."""
+        states = [self._states[tp] for tp in positions if tp in self._states]
+        restarted = await self._restart_recreated(states)
+        tps = [state.source for state in states if state.source not in restarted]
         if not tps:
             return
         beginnings = await self._consumer.beginning_offsets(tps)
         ends = await self._consumer.end_offsets(tps)
+        epochs = {
+            tp: self._states[tp].fetched_epoch
+            for tp in tps
+            if positions[tp] >= beginnings[tp] and self._states[tp].fetched_epoch >= 0
+        }
+        divergences = await leader_epoch_ends(self._consumer._client, epochs) if epochs else {}
         for tp in tps:
             state = self._states[tp]
             position = positions[tp]
@@ -541,14 +615,30 @@ class PartitionCopier:
                     resume - 1,
                     resume,
                 )
+            elif tp in divergences and divergences[tp] < position:
+                # The log was cut back below our position and written again (an unclean leader election): it
+                # agrees with what was copied up to where the epoch of our last copy ends, and from there on
+                # holds records never copied.
+                resume = max(divergences[tp], beginnings[tp])
+                state.metrics.record_error(
+                    ErrorKind.SOURCE_DIVERGED,
+                    f"the source log was truncated at offset {resume} by a leader change: offsets "
+                    f"{resume}..{position - 1} copied earlier are on the target but no longer on the source; "
+                    f"copying continues from offset {resume}",
+                )
+                log.warning("%s: source log diverged at %d (position was %d), continuing there", tp, resume, position)
             else:
-                # The source log is shorter than our position (topic recreated, unclean leader election):
-                # what lies between its end and our position was never ours to copy; continue at its end.
+                # Where the log diverged is unknown (nothing copied under a known leader epoch, e.g. progress
+                # written by an older Ferry): continue at its end and say that records may be missing.
                 resume = ends[tp]
                 state.metrics.record_error(
-                    ErrorKind.SOURCE_TRUNCATED, f"position {position} is beyond the source end {resume}"
+                    ErrorKind.SOURCE_TRUNCATED,
+                    f"position {position} is beyond the source end {resume} and where the source log was truncated "
+                    "is unknown: records written to it after the truncation and before offset "
+                    f"{resume} may not have been copied",
                 )
                 log.warning("%s: position %d beyond source end %d, continuing at the end", tp, position, resume)
+            # Also when going back (diverged): applied behind the batches in flight, as the acknowledged position.
             self._advance_without_records(state, resume)
             self._consumer.seek(tp, resume)
 
@@ -556,17 +646,72 @@ class PartitionCopier:
         state.sent_next = offset
         if self.spec.exactly_once:
             state.acked_next = offset
+            state.acked_epoch = state.fetched_epoch
             state.metrics.next_source_offset = offset
             return
-        state.pending.append(PendingBatch.position_only(offset))
+        state.pending.append(PendingBatch.position_only(offset, state.fetched_epoch))
         # Already resolved: applied now, behind any batch still in flight (whose acknowledgement drains it).
         self._drain_acks(state)
+
+    async def _restart_recreated(self, states: list[PartitionState]) -> set[TopicPartition]:
+        """Start anew the copies whose source or target topic was deleted and created again; returns them."""
+        if not states:
+            return set()
+        source_ids, target_ids = await self._topic_ids([state.source for state in states])
+        restarted: set[TopicPartition] = set()
+        for state in states:
+            if self._states.get(state.source) is not state:
+                continue  # revoked meanwhile
+            current = (source_ids.get(state.source.topic), target_ids.get(state.target.topic))
+            why = _recreated(state.source, state.target, (state.source_topic_id, state.target_topic_id), current)
+            if why is None:
+                # Ids learnt for the first time (progress from an older Ferry, a broker that could not say).
+                state.source_topic_id = state.source_topic_id or current[0]
+                state.target_topic_id = state.target_topic_id or current[1]
+                continue
+            await self._restart(state, current, *why)
+            restarted.add(state.source)
+        return restarted
+
+    async def _restart(
+        self, state: PartitionState, ids: tuple[str | None, str | None], kind: ErrorKind, detail: str
+    ) -> None:
+        """Copy this partition anew from the beginning of its source log: whatever was copied or mapped belongs to
+        a topic that is gone."""
+        if not self.spec.exactly_once:
+            await self._settle([state])
+            for pending in state.pending:
+                self._in_flight_bytes -= pending.size
+            state.pending.clear()
+            state.failed = None
+        tp = state.source
+        start = (await self._consumer.beginning_offsets([tp]))[tp]
+        state.target_topic_id = None  # read again below: the target may have been recreated too
+        target_end = (await self._target_probe.end_offsets([state.target]))[state.target]
+        state.source_topic_id, state.target_topic_id = ids
+        state.acked_next = state.sent_next = start
+        state.acked_target_next = target_end
+        state.committed_next = None  # progress is written anew, with the new ids
+        state.fetched_epoch = state.acked_epoch = -1
+        state.confirmed_generation = -1
+        state.metrics.next_source_offset = start
+        state.metrics.record_error(kind, f"{detail}; copying it again from the beginning (source offset {start})")
+        log.warning("%s: %s; copying from offset %d", tp, detail, start)
+        if self._sink is not None:
+            self._sink.restart(tp)
+        self._consumer.seek(tp, start)
+        self._consumer.resume(tp)
+        if self._in_flight_bytes <= self.options.max_in_flight_bytes:
+            self._room.set()
 
     async def _housekeeping(self) -> None:
         now = time.monotonic()
         if now - self._last_housekeeping < self.options.housekeeping_interval_s:
             return
         self._last_housekeeping = now
+        if now - self._last_topic_check >= self.options.topic_check_interval_s:
+            self._last_topic_check = now
+            await self._restart_recreated(list(self._states.values()))
         for state in self._states.values():
             end = self._consumer.last_stable_offset(state.source)
             if end is not None and end >= 0:
@@ -693,6 +838,7 @@ class PartitionCopier:
             state.pending.clear()
             state.failed = None
             state.sent_next = state.acked_next
+            state.fetched_epoch = state.acked_epoch
             self._consumer.seek(state.source, state.acked_next)
             self._consumer.resume(state.source)
         await self._restart_producer()
@@ -775,7 +921,15 @@ class PartitionCopier:
                 target_next = state.acked_target_next
                 for pending in sent:
                     target_next = pending.future.result().offset + pending.records
-                progress[state.source] = PartitionProgress(state.target.topic, position, target_next, now_ms())
+                progress[state.source] = PartitionProgress(
+                    state.target.topic,
+                    position,
+                    target_next,
+                    now_ms(),
+                    source_topic_id=state.source_topic_id,
+                    target_topic_id=state.target_topic_id,
+                    source_leader_epoch=None if state.fetched_epoch < 0 else state.fetched_epoch,
+                )
             for state in self._states.values():
                 if state.source not in progress and state.acked_next != state.committed_next:
                     progress[state.source] = state.progress()
@@ -804,6 +958,7 @@ class PartitionCopier:
                     state, pending, pending.future.result().offset if pending.records else 0, ack_ms, self._sink
                 )
             state.acked_next = state.sent_next = position
+            state.acked_epoch = state.fetched_epoch
             state.metrics.next_source_offset = position
         for tp, value in progress.items():
             self._states[tp].committed_next = value.next_source_offset
@@ -819,6 +974,7 @@ class PartitionCopier:
             self._produce_failed = True
         for state in self._states.values():
             state.sent_next = state.acked_next
+            state.fetched_epoch = state.acked_epoch
             self._consumer.seek(state.source, state.acked_next)
         if self._produce_failed:
             return

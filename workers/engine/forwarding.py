@@ -120,13 +120,17 @@ class ForwardBatches:
 class RawBatch:
     """One source record batch to be written to the target as it is."""
 
-    __slots__ = ("base_offset", "buffer", "first_timestamp", "record_count")
+    __slots__ = ("base_offset", "buffer", "first_timestamp", "leader_epoch", "record_count")
 
-    def __init__(self, buffer: memoryview, base_offset: int, record_count: int, first_timestamp: int) -> None:
+    def __init__(
+        self, buffer: memoryview, base_offset: int, record_count: int, first_timestamp: int, leader_epoch: int = -1
+    ) -> None:
         self.buffer = buffer
         self.base_offset = base_offset
         self.record_count = record_count
         self.first_timestamp = first_timestamp
+        # The source partition's leader epoch that wrote it: where the source log may diverge after a truncation.
+        self.leader_epoch = leader_epoch
 
     @property
     def next_offset(self) -> int:
@@ -141,7 +145,8 @@ class RawBatch:
 class DecodedBatch:
     """The records of one source batch that is not forwarded, decoded (aiokafka's C ``DefaultRecord`` objects)."""
 
-    __slots__ = ("records",)
+    __slots__ = ("leader_epoch", "records")
 
-    def __init__(self, records: list[Any]) -> None:
+    def __init__(self, records: list[Any], leader_epoch: int = -1) -> None:
         self.records = records
+        self.leader_epoch = leader_epoch

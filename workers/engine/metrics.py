@@ -25,6 +25,9 @@ class Health(enum.StrEnum):
     RECORD_TOO_LARGE = "RECORD_TOO_LARGE"
     FENCED = "FENCED"
     STALLED = "STALLED"
+    SOURCE_RECREATED = "SOURCE_RECREATED"
+    TARGET_RECREATED = "TARGET_RECREATED"
+    SOURCE_DIVERGED = "SOURCE_DIVERGED"
 
 
 class ErrorKind(enum.StrEnum):
@@ -37,6 +40,11 @@ class ErrorKind(enum.StrEnum):
     PROGRESS_COMMIT_FAILED = "PROGRESS_COMMIT_FAILED"
     LEASE_LOST = "LEASE_LOST"
     FENCED = "FENCED"
+    # Events rather than errors: the copy restarted from the new topic's beginning, or (diverged) went back to
+    # where the source log now diverges from what was copied. Counted, and shown as health for a while.
+    SOURCE_RECREATED = "SOURCE_RECREATED"
+    TARGET_RECREATED = "TARGET_RECREATED"
+    SOURCE_DIVERGED = "SOURCE_DIVERGED"
 
 
 _HEALTH_OF_ERROR = {
@@ -49,6 +57,9 @@ _HEALTH_OF_ERROR = {
     ErrorKind.AUTH_DENIED: Health.AUTH_DENIED,
     ErrorKind.LEASE_LOST: Health.FENCED,
     ErrorKind.FENCED: Health.FENCED,
+    ErrorKind.SOURCE_RECREATED: Health.SOURCE_RECREATED,
+    ErrorKind.TARGET_RECREATED: Health.TARGET_RECREATED,
+    ErrorKind.SOURCE_DIVERGED: Health.SOURCE_DIVERGED,
 }
 
 

@@ -2,7 +2,10 @@
 
 One record per (replicator, source topic, partition), keyed ``<replicator id>/<source topic>/<partition>``
 (topic names cannot contain ``/``, so the key splits from the right). The value says which source offset to
-copy next and which target offset that source position maps to (the seam for offset translation, issue 6).
+copy next and which target offset that source position maps to (the seam for offset translation), and which
+source and target topics it belongs to by id: names survive a topic's deletion and re-creation, ids do not, so
+progress of a deleted topic never positions the copy of its successor. It also keeps the source leader epoch of
+the last copied batch, which finds where the source log diverges after a truncation (unclean leader election).
 At-least-once copiers write it after the target acknowledged the data; exactly-once copiers write it inside
 the transaction that carries the data, so data and progress become visible together or not at all.
 """
@@ -26,7 +29,8 @@ from workers.engine.spec import PROGRESS_TOPIC
 log = logging.getLogger(__name__)
 
 PROGRESS_TOPIC_PARTITIONS = 12
-PROGRESS_FORMAT_VERSION = 1
+# 2 added topic ids and the leader epoch; version 1 records are read with those unknown.
+PROGRESS_FORMAT_VERSION = 2
 _LOAD_TIMEOUT_SECONDS = 60.0
 
 
@@ -37,13 +41,17 @@ class PartitionProgress:
     ``next_source_offset``: the first source offset not yet durably copied.
     ``next_target_offset``: the target offset the record at ``next_source_offset`` will get if nothing else
     writes into the target partition (the target end offset right after the last copied record), or None
-    when unknown.
+    when unknown. ``source_topic_id`` / ``target_topic_id``: the topics (hex ids) the positions belong to;
+    ``source_leader_epoch``: the source leader epoch of the last copied batch. None when unknown.
     """
 
     target_topic: str
     next_source_offset: int
     next_target_offset: int | None
     updated_ms: int
+    source_topic_id: str | None = None
+    target_topic_id: str | None = None
+    source_leader_epoch: int | None = None
 
 
 def progress_key(replicator_id: str, source: TopicPartition) -> bytes:
@@ -66,6 +74,9 @@ def encode_progress(progress: PartitionProgress) -> bytes:
             "nextSourceOffset": progress.next_source_offset,
             "nextTargetOffset": progress.next_target_offset,
             "updatedMs": progress.updated_ms,
+            "sourceTopicId": progress.source_topic_id,
+            "targetTopicId": progress.target_topic_id,
+            "sourceLeaderEpoch": progress.source_leader_epoch,
         },
         separators=(",", ":"),
     ).encode()
@@ -78,7 +89,14 @@ def decode_progress(value: bytes) -> PartitionProgress:
         next_source_offset=int(data["nextSourceOffset"]),
         next_target_offset=None if data.get("nextTargetOffset") is None else int(data["nextTargetOffset"]),
         updated_ms=int(data.get("updatedMs", 0)),
+        source_topic_id=_optional_str(data.get("sourceTopicId")),
+        target_topic_id=_optional_str(data.get("targetTopicId")),
+        source_leader_epoch=None if data.get("sourceLeaderEpoch") is None else int(data["sourceLeaderEpoch"]),
     )
+
+
+def _optional_str(value: object) -> str | None:
+    return None if value is None else str(value)
 
 
 async def _partitions(connection: ClusterConnection, topic: str) -> set[int]:

@@ -18,6 +18,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from workers.engine import admin as kafka_admin
 from workers.engine.admin import CONFIG_SOURCE_DYNAMIC_TOPIC, AdminError, ConfigEntry
+from workers.engine.aiokafka_hooks import topic_ids
 from workers.engine.connection import ClusterConnection, client_kwargs
 from workers.engine.spec import ReplicationSpec
 
@@ -91,6 +92,10 @@ class SyncReport:
     configs_updated: list[str] = field(default_factory=list)
     acls_created: list[kafka_admin.TopicAcl] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)
+    # Topics that were deleted and created again under their name since the previous pass (their ids changed):
+    # source topic names, and target topic names (a target topic deleted by hand is created again by the pass).
+    recreated_sources: list[str] = field(default_factory=list)
+    recreated_targets: list[str] = field(default_factory=list)
 
 
 class TopicSynchronizer:
@@ -112,6 +117,9 @@ class TopicSynchronizer:
         self._source_admin: AIOKafkaAdminClient | None = None
         self._target_admin: AIOKafkaAdminClient | None = None
         self._known_topics: set[str] | None = None if known_topics is None else set(known_topics)
+        # Topic ids seen by the previous pass, by name.
+        self._source_ids: dict[str, str] = {}
+        self._target_ids: dict[str, str] = {}
 
     @property
     def known_topics(self) -> frozenset[str] | None:
@@ -205,11 +213,27 @@ class TopicSynchronizer:
                     continue
                 ready = min(partitions, existing[target_topic].partitions)
             report.topics[source_topic] = ReplicatedTopic(source_topic, target_topic, ready)
+        await self._note_recreated(report)
         if copy_configs and sync_configs:
             await self._sync_configs(report, source_configs, existing)
         if self.spec.copy_access_control_lists and sync_configs and report.topics:
             await self._sync_acls(report)
         return report
+
+    async def _note_recreated(self, report: SyncReport) -> None:
+        """Compare the ids of the topics in scope with the previous pass's (copiers restart such copies)."""
+        source_admin, target_admin = self._admins
+        sources = await topic_ids(source_admin, sorted(report.topics))
+        targets = await topic_ids(target_admin, sorted(t.target_topic for t in report.topics.values()))
+        report.recreated_sources = sorted(
+            name for name, known in self._source_ids.items() if sources.get(name, known) != known
+        )
+        report.recreated_targets = sorted(
+            name for name, known in self._target_ids.items() if targets.get(name, known) != known
+        )
+        # A topic missing for a moment keeps its last id, so its return under a new one is still noticed.
+        self._source_ids.update(sources)
+        self._target_ids.update(targets)
 
     async def _sync_acls(self, report: SyncReport) -> None:
         source_admin, target_admin = self._admins

@@ -41,6 +41,9 @@ from workers.fleet.secrets import SecretStore, SecretUnavailable
 
 log = logging.getLogger(__name__)
 
+# How long StateInfo tells of a topic deleted and created again (an event, not a lasting state).
+RECREATION_NOTICE_SECONDS = 600.0
+
 
 class ClusterProbe:
     """Whether a cluster answers a metadata request in time, asked over one long-lived admin connection.
@@ -117,6 +120,8 @@ class MetadataUnit:
         self._probes: tuple[ClusterProbe, ClusterProbe] | None = None
         # Passes that a cluster refused the credentials or the TLS handshake of (the AuthError metric).
         self.auth_failures = 0
+        # (when, (code, message)) of the last topic re-creation seen, shown in StateInfo for a while.
+        self._recreation: tuple[float, tuple[str, str]] | None = None
         self._last_config_sync = 0.0
         # Consumer group offset sync (its own loop) and planned failovers (a step per pass), issue 6.
         self.group_sync_interval_s = group_sync_interval_s
@@ -253,6 +258,7 @@ class MetadataUnit:
             await self._close_sync()
             await self._write(runtime, None, ("TOPIC_SYNC_FAILED", f"{type(exc).__name__}: {exc}"[:500]))
             return
+        self._note_recreations(report.recreated_sources, report.recreated_targets)
         partitions = sorted((t.source_topic, p) for t in report.topics.values() for p in range(t.partitions))
         error = None
         if report.errors and not report.topics:
@@ -276,6 +282,24 @@ class MetadataUnit:
                 StatusField.TOPICS: json.dumps({t.source_topic: t.target_topic for t in report.topics.values()}),
             },
         )
+
+    def _note_recreations(self, sources: list[str], targets: list[str]) -> None:
+        if not sources and not targets:
+            return
+        parts = []
+        if sources:
+            parts.append(
+                f"source topic {', '.join(sources[:5])} was deleted and created again: "
+                "its copy restarted from the new topic's beginning"
+            )
+        if targets:
+            parts.append(
+                f"target topic {', '.join(targets[:5])} was deleted and created again: "
+                "the source is copied into it again from the beginning of what the source still holds"
+            )
+        code = "SOURCE_TOPIC_RECREATED" if sources else "TARGET_TOPIC_RECREATED"
+        self._recreation = (time.monotonic(), (code, "; ".join(parts)[:500]))
+        log.warning("%s: %s", self.runtime.name, "; ".join(parts))
 
     async def _publish_status(self, runtime: ReplicatorRuntime, pings: dict[str, tuple[str, str] | None]) -> None:
         key = STATUS_KEY.format(replicator_id=runtime.replicator_id)
@@ -308,6 +332,8 @@ class MetadataUnit:
         self, runtime: ReplicatorRuntime, partitions: list[tuple[str, int]] | None, error: tuple[str, str] | None
     ) -> None:
         notice = None
+        if self._recreation is not None and time.monotonic() - self._recreation[0] < RECREATION_NOTICE_SECONDS:
+            notice = self._recreation[1]
         if partitions is not None and not partitions and error is None:
             notice = (
                 "NO_MATCHING_TOPICS",

@@ -40,12 +40,18 @@ class OffsetMapBuffer:
         self.replicator_id = replicator_id
         self.db = db
         self._pending: dict[TopicPartition, RangeMap] = {}
+        # Partitions whose stored map and head are deleted by the next flush, before anything newer is stored.
+        self._restarted: set[TopicPartition] = set()
         self._lock = asyncio.Lock()
 
     def record_batch(self, mapping: BatchMapping) -> None:
         self._pending.setdefault(mapping.source, RangeMap()).add_batch(
             mapping.source_offsets, mapping.target_base_offset
         )
+
+    def restart(self, source: TopicPartition) -> None:
+        self._pending.pop(source, None)
+        self._restarted.add(source)
 
     def discard(self) -> None:
         """Forget what was not stored yet (the copier that produced it may have a successor)."""
@@ -68,8 +74,12 @@ class OffsetMapBuffer:
             # No await between taking the heads and the runs: every run below a head is in ``pending``.
             heads = positions()
             pending, self._pending = self._pending, {}
+            restarted, self._restarted = self._restarted, set()
             try:
                 async with self.db.begin() as conn:
+                    for tp in sorted(restarted):
+                        # The next head stored becomes the partition's new origin.
+                        await offset_store.forget_partition(conn, self.replicator_id, tp.topic, tp.partition)
                     for tp, runs in sorted(pending.items()):
                         await offset_store.store_runs(conn, self.replicator_id, tp.topic, tp.partition, runs.runs)
                     await offset_store.store_heads(
@@ -79,6 +89,7 @@ class OffsetMapBuffer:
                     )
             except BaseException:
                 # Keep what was not written for the next flush (in front of anything newer).
+                self._restarted |= restarted
                 for tp, runs in pending.items():
                     merged = RangeMap(runs.runs)
                     for run in self._pending.get(tp, RangeMap()).runs:
