@@ -78,6 +78,10 @@ class ReplicatorMetadata(Base):
     notice_message: Mapped[str | None] = mapped_column(Text)
     # With detectAndCopyNewTopics off: {"generation": g, "topics": [...]}, the topic set fixed for generation g.
     known_topics: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    # {topic: partition count} in scope at the first good pass: startingPosition applies to these partitions only,
+    # any partition that appears later (new topic, added partition, a topic list update) is copied from its
+    # beginning. Set once.
+    initial_scope: Mapped[dict[str, int] | None] = mapped_column(JSONB)
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now(), onupdate=func.now()
     )

@@ -355,8 +355,14 @@ async def record_inventory(
         "notice_message": notice_message,
         "known_topics": json_or_null(known_topics),
     }
+    scope: dict[str, int] = {}
+    for topic, partition in partitions:
+        scope[topic] = max(scope.get(topic, 0), partition + 1)
     statement = insert(ReplicatorMetadata).values(
-        replicator_id=uuid.UUID(replicator_id), error_since=None if code is None else func.now(), **fields
+        replicator_id=uuid.UUID(replicator_id),
+        error_since=None if code is None else func.now(),
+        initial_scope=scope,
+        **fields,
     )
     await conn.execute(
         statement.on_conflict_do_update(
@@ -364,10 +370,21 @@ async def record_inventory(
             set_={
                 **fields,
                 "error_since": None if code is None else func.coalesce(ReplicatorMetadata.error_since, func.now()),
+                # The first good pass fixes it (a failed pass records no inventory and leaves it unset).
+                "initial_scope": func.coalesce(ReplicatorMetadata.initial_scope, statement.excluded.initial_scope),
                 "updated_at": func.now(),
             },
         )
     )
+
+
+async def initial_scope(conn: AsyncConnection, replicator_id: str) -> dict[str, int] | None:
+    """{topic: partition count} in scope at the replicator's first good metadata pass; None before it."""
+    stored = await conn.execute(
+        select(ReplicatorMetadata.initial_scope).where(ReplicatorMetadata.replicator_id == uuid.UUID(replicator_id))
+    )
+    value = stored.scalar_one_or_none()
+    return None if value is None else {str(topic): int(count) for topic, count in value.items()}
 
 
 async def known_topics(conn: AsyncConnection, replicator_id: str) -> dict[str, Any] | None:

@@ -3,13 +3,16 @@ the engine's position is reported and replication continues from the earliest av
 
 from __future__ import annotations
 
+import time
+
 from aiokafka import TopicPartition
-from aiokafka.admin import RecordsToDelete
+from aiokafka.admin import NewPartitions, RecordsToDelete
 
 from tests.engine.conftest import (
     Rec,
     admin_client,
     create_topic,
+    partitions_of,
     produce,
     read_topic,
     running,
@@ -88,3 +91,42 @@ async def test_source_truncation_is_reported_and_replication_continues(
 
 async def _count_is(bootstrap: str, topic: str, count: int) -> bool:
     return await topic_count(bootstrap, topic) == count
+
+
+async def test_topics_and_partitions_that_appear_later_are_copied_from_their_beginning_whatever_latest_says(
+    source_bootstrap: str, target_bootstrap: str, unique: str
+) -> None:
+    """startingPosition LATEST is for what existed when the replicator started. A topic created later, and a
+    partition added later, are copied whole, even records backfilled with timestamps from before the start."""
+    existing = f"{unique}-existing"
+    await create_topic(source_bootstrap, existing, 1)
+    await produce(source_bootstrap, existing, [Rec(0, None, f"before-{i}".encode()) for i in range(30)])
+    spec = spec_for(unique, [f"{unique}-.*"], starting="LATEST")
+    # Older than the replicator, within the default retention (7 days) of both clusters.
+    days_ago = int(time.time() * 1000) - 3 * 24 * 3600 * 1000
+    async with running(spec, source_bootstrap, target_bootstrap, topic_refresh_s=1.0):
+        await wait_for(lambda: _partitions_copied(target_bootstrap, f"src.{existing}", 1), 60, "the existing topic")
+        backfilled = f"{unique}-backfilled"
+        await create_topic(source_bootstrap, backfilled, 2)
+        await produce(
+            source_bootstrap,
+            backfilled,
+            [Rec(i % 2, None, f"old-{i}".encode(), timestamp=days_ago + i) for i in range(200)],
+        )
+        async with admin_client(source_bootstrap) as admin:
+            await admin.create_partitions({existing: NewPartitions(total_count=2)})
+        await produce(
+            source_bootstrap, existing, [Rec(1, None, f"added-{i}".encode(), timestamp=days_ago) for i in range(40)]
+        )
+        await wait_for(lambda: _count_is(target_bootstrap, f"src.{backfilled}", 200), 60, "200 backfilled records")
+        await wait_for(lambda: _count_is(target_bootstrap, f"src.{existing}", 40), 60, "the added partition's 40")
+    assert sorted(values(await read_topic(target_bootstrap, f"src.{backfilled}"))) == sorted(
+        f"old-{i}".encode() for i in range(200)
+    )
+    copied = values(await read_topic(target_bootstrap, f"src.{existing}"))
+    # LATEST held for the partition that existed: what was there before the start is not copied.
+    assert sorted(copied) == sorted(f"added-{i}".encode() for i in range(40))
+
+
+async def _partitions_copied(bootstrap: str, topic: str, partitions: int) -> bool:
+    return len(await partitions_of(bootstrap, topic)) == partitions

@@ -8,15 +8,18 @@ import asyncio
 import contextlib
 import socket
 import threading
+import time
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 import pytest
+from aiokafka import AIOKafkaProducer
+from sqlalchemy import Engine
 
 from models.access_keys import IssuedKey
 from tests.engine.test_recreated_topics import recreate_topic
-from tests.fleet.conftest import Fleet, wait_until
+from tests.fleet.conftest import Fleet, unit_owners, wait_until
 from tests.fleet.test_fleet_lifecycle import count_records, create_request, create_topic, describe, produce
 
 ACCOUNT_LABEL = 'account_id="000000000000"'
@@ -223,6 +226,52 @@ def test_a_recreated_source_topic_is_copied_again_and_said_in_state_info(
     partition = metrics(fleet_http, arn)["partitions"][0]
     assert partition["errors"].get("SOURCE_RECREATED") == 1, partition
     assert partition["health"] == "SOURCE_RECREATED"
+
+
+async def produce_backfill(bootstrap: str, topic: str, count: int, timestamp_ms: int) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(topic, value=f"old-{i}".encode(), timestamp_ms=timestamp_ms + i) for i in range(count)
+        ]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+@pytest.mark.slow
+def test_a_topic_created_after_a_latest_replicator_started_is_copied_whole(
+    fleet_kafka: Any, fleet_db: Engine, unique: str, source_bootstrap: str, target_bootstrap: str
+) -> None:
+    existing = f"{unique}-was"
+    asyncio.run(create_topic(source_bootstrap, existing, 1))
+    asyncio.run(produce(source_bootstrap, existing, 50, 1, "before"))
+    request = create_request(
+        unique, source_bootstrap, target_bootstrap, [f"{unique}-.*"], StartingPosition={"Type": "LATEST"}
+    )
+    arn = fleet_kafka.create_replicator(**request)["ReplicatorArn"]
+    running = wait_until("RUNNING", lambda: (d := describe(fleet_kafka, arn))["ReplicatorState"] == "RUNNING" and d, 60)
+    alias = running["ReplicationInfoList"][0]["SourceKafkaClusterAlias"]
+    wait_until("the existing topic's copy", lambda: (existing, 0) in unit_owners(fleet_db, arn), 30)
+
+    backfilled = f"{unique}-new"
+    asyncio.run(create_topic(source_bootstrap, backfilled, 2))
+    # Older than the replicator, within the default retention (7 days) of both clusters.
+    days_ago = int(time.time() * 1000) - 3 * 24 * 3600 * 1000
+    asyncio.run(produce_backfill(source_bootstrap, backfilled, 300, days_ago))
+    wait_until(
+        "every backfilled record of the new topic",
+        lambda: asyncio.run(count_records(target_bootstrap, f"{alias}.{backfilled}")) == 300,
+        60,
+    )
+    # LATEST still held for the topic that existed at the start.
+    asyncio.run(produce(source_bootstrap, existing, 20, 1, "after"))
+    wait_until(
+        "only the records produced after the start",
+        lambda: asyncio.run(count_records(target_bootstrap, f"{alias}.{existing}")) == 20,
+        60,
+    )
 
 
 def test_worker_and_beat_logs_hold_no_secret_access_key(fleet: Fleet, fleet_key: IssuedKey) -> None:

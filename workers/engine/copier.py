@@ -357,12 +357,17 @@ class PartitionCopier:
 
     # ------------------------------------------------------------------ assignment
 
-    async def assign(self, partitions: Iterable[TopicPartition]) -> None:
+    async def assign(
+        self, partitions: Iterable[TopicPartition], *, from_beginning: Iterable[TopicPartition] = ()
+    ) -> None:
         """Start copying these source partitions (already assigned ones are ignored).
 
         Their target partitions must exist (``TargetPartitionMissing`` otherwise). Each resumes from its
-        durable progress, or, the first time, from startingPosition; that first position is made durable
-        before this returns (at-least-once) or with the next transaction (exactly-once).
+        durable progress, or, the first time, from startingPosition, except the ``from_beginning`` ones: partitions
+        that appeared after the replicator started (a new topic, an added partition) are copied from their
+        beginning whatever startingPosition says, as MirrorMaker 2 does, so records backfilled into them are
+        never skipped. That first position is made durable before this returns (at-least-once) or with the next
+        transaction (exactly-once).
         """
         self._raise_if_failed()
         queued = {tp for change in self._changes for tp in change.add}
@@ -385,9 +390,12 @@ class PartitionCopier:
                 restarted[tp] = why
         for tp in restarted:
             del progress[tp]
-        starts = await self._starting_offsets([tp for tp in new if tp not in progress and tp not in restarted])
-        if restarted:
-            starts.update(await self._consumer.beginning_offsets(list(restarted)))
+        later = set(from_beginning)
+        first_time = [tp for tp in new if tp not in progress]
+        starts = await self._starting_offsets([tp for tp in first_time if tp not in restarted and tp not in later])
+        at_beginning = [tp for tp in first_time if tp in restarted or tp in later]
+        if at_beginning:
+            starts.update(await self._consumer.beginning_offsets(at_beginning))
         target_ends = await self._target_probe.end_offsets(list(target_tps.values()))
         states: dict[TopicPartition, PartitionState] = {}
         for tp in new:

@@ -92,6 +92,8 @@ class StandaloneReplicator:
         self._last_sync: float | None = None
         self._last_config_sync = 0.0
         self._wake = asyncio.Event()
+        # The partitions in scope at the first sync pass: startingPosition applies to these only.
+        self._initial_scope: frozenset[TopicPartition] | None = None
 
     async def start(self) -> None:
         """Connect, create target topics, start copying everything in scope; then keep following changes."""
@@ -145,11 +147,13 @@ class StandaloneReplicator:
         if configs_due:
             self._last_config_sync = time.monotonic()
         wanted = {TopicPartition(t.source_topic, p) for t in report.topics.values() for p in range(t.partitions)}
+        if self._initial_scope is None:
+            self._initial_scope = frozenset(wanted)
         current = self.copier.assignment()
         if current - wanted:
             await self.copier.revoke(current - wanted)
         if wanted - current:
-            await self.copier.assign(wanted - current)
+            await self.copier.assign(wanted - current, from_beginning=wanted - current - self._initial_scope)
         self._last_report = report
         self._last_sync = time.monotonic()
         return report

@@ -17,6 +17,7 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from models import fleet_store
 from models.bootstrap import AddressPolicy
 from workers.engine.connection import classify
 from workers.engine.copier import CopierError, PartitionCopier
@@ -109,11 +110,22 @@ class CopyUnit:
             self.copier = copier
         current = set(copier.assignment())
         if wanted - current:
-            await copier.assign(wanted - current)
+            await copier.assign(wanted - current, from_beginning=await self._appeared_later(wanted - current))
             # Store the new partitions' heads at once: the first head ever stored is where the offset map begins.
             await self.flush_offset_map()
         if current - wanted:
             await copier.revoke(current - wanted)
+
+    async def _appeared_later(self, partitions: set[TopicPartition]) -> set[TopicPartition]:
+        """The partitions that were not in scope at the replicator's first inventory (startingPosition is not
+        theirs: they are copied from their beginning)."""
+        if self.db is None:
+            return set()
+        async with self.db.connect() as conn:
+            scope = await fleet_store.initial_scope(conn, self.runtime.replicator_id)
+        if scope is None:
+            return set()  # no inventory yet: these are the first partitions
+        return {tp for tp in partitions if tp.partition >= scope.get(tp.topic, 0)}
 
     async def flush_offset_map(self) -> None:
         """Write the offset map runs collected since the last flush, and the heads they reach."""
