@@ -11,13 +11,28 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from models.settings import FerrySettings
 
+# A database that stops answering must make calls fail, not hang: a bounded connect, and TCP keepalives plus a
+# user timeout so a connection whose packets vanish (a dead host, a blackholed route) errors within seconds.
+CONNECT_ARGS = {
+    "connect_timeout": 5,
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 10_000,
+}
+
 
 def make_async_engine(settings: FerrySettings) -> AsyncEngine:
-    return create_async_engine(settings.database_url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return create_async_engine(
+        settings.database_url, pool_pre_ping=True, pool_size=10, max_overflow=20, connect_args=CONNECT_ARGS
+    )
 
 
 def make_sync_engine(settings: FerrySettings) -> Engine:
-    return create_engine(settings.database_url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    return create_engine(
+        settings.database_url, pool_pre_ping=True, pool_size=5, max_overflow=5, connect_args=CONNECT_ARGS
+    )
 
 
 def async_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

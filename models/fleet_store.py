@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, bindparam, delete, func, null, or_, select, update
+from sqlalchemy import Connection, Row, and_, bindparam, delete, func, null, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -252,11 +252,23 @@ async def acquire(conn: AsyncConnection, worker_id: str, lease_seconds: float) -
     return [(_key(r), int(r.epoch)) for r in rows]
 
 
-async def renew(conn: AsyncConnection, worker_id: str, lease_seconds: float) -> dict[UnitKey, int]:
-    """Extend every live lease this worker owns; returns each renewed unit's epoch."""
+async def renew(
+    conn: AsyncConnection, worker_id: str, held: Iterable[tuple[UnitKey, int]], lease_seconds: float
+) -> dict[UnitKey, int]:
+    """Extend the live leases this worker holds, each only at the epoch it holds it at; returns the renewed ones.
+
+    Never "every lease I own": a lease the worker lost track of (a release that failed, an acquire whose answer
+    was lost) must expire, or its unit would be held by nobody, forever."""
+    pairs = [(uuid.UUID(key.replicator_id), key.topic, key.partition, epoch) for key, epoch in held]
+    if not pairs:
+        return {}
     rows = await conn.execute(
         update(FleetUnit)
-        .where(FleetUnit.owner_worker == worker_id, FleetUnit.lease_expires_at >= func.now())
+        .where(
+            FleetUnit.owner_worker == worker_id,
+            FleetUnit.lease_expires_at >= func.now(),
+            tuple_(FleetUnit.replicator_id, FleetUnit.topic, FleetUnit.partition, FleetUnit.epoch).in_(pairs),
+        )
         .values(lease_expires_at=func.now() + _seconds(lease_seconds))
         .returning(FleetUnit.replicator_id, FleetUnit.topic, FleetUnit.partition, FleetUnit.epoch)
     )

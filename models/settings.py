@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _BOOTSTRAP_RE = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}(,[A-Za-z0-9.\-\[\]:]+:\d{1,5})*$")
@@ -43,9 +43,20 @@ class FerrySettings(BaseSettings):
     fleet_agent_enabled: bool = Field(
         default=True, description="Run a fleet agent (replication work) in each Celery worker process."
     )
-    fleet_tick_seconds: Annotated[float, Field(gt=0, le=10)] = 1.0
-    fleet_lease_seconds: Annotated[float, Field(ge=3, le=300)] = 10.0
+    fleet_tick_seconds: Annotated[float, Field(gt=0, le=10)] = Field(
+        default=1.0, description="How often a worker heartbeats, renews its leases and converges on its units."
+    )
+    fleet_lease_seconds: Annotated[float, Field(ge=3, le=300)] = Field(
+        default=10.0,
+        description="How long a unit's lease lasts without renewal: a dead worker's units move after it. A worker "
+        "stops writing a safety margin (a fifth of it, at least 1 s) before the database would hand it over.",
+    )
     worker_dead_after_seconds: Annotated[float, Field(ge=2, le=300)] = 10.0
+    worker_liveness_file: Path | None = Field(
+        default=None,
+        description="A file each worker rewrites every tick with when its control and work loops last ran, for "
+        "a process supervisor's probe (python -m workers.liveness).",
+    )
     replicator_fail_after_seconds: Annotated[float, Field(ge=0, le=3600)] = 15.0
     group_sync_interval_seconds: Annotated[float, Field(gt=0, le=3600)] = Field(
         default=5.0, description="How often a replicator's consumer group offsets are translated and synced."
@@ -94,6 +105,28 @@ class FerrySettings(BaseSettings):
         description="CIDRs and host patterns bootstrap servers may use although they are loopback, link-local or "
         "metadata addresses (comma-separated or a JSON list); empty: any routable address, none of those.",
     )
+
+    @property
+    def fleet_lease_margin_seconds(self) -> float:
+        """How long before a lease's expiry in the database a worker already treats it as lost (pauses, clock
+        rates and the time a request takes to reach a broker fit in it)."""
+        return max(1.0, self.fleet_lease_seconds / 5)
+
+    @model_validator(mode="after")
+    def _fleet_timings_agree(self) -> FerrySettings:
+        renewals = (self.fleet_lease_seconds - self.fleet_lease_margin_seconds) / self.fleet_tick_seconds
+        if renewals < 3:
+            raise ValueError(
+                f"FERRY_FLEET_LEASE_SECONDS ({self.fleet_lease_seconds:g}) minus its safety margin "
+                f"({self.fleet_lease_margin_seconds:g}) must span at least three ticks of FERRY_FLEET_TICK_SECONDS "
+                f"({self.fleet_tick_seconds:g}), so one slow renewal does not lose every lease"
+            )
+        if self.worker_dead_after_seconds < 3 * self.fleet_tick_seconds:
+            raise ValueError(
+                f"FERRY_WORKER_DEAD_AFTER_SECONDS ({self.worker_dead_after_seconds:g}) must be at least three ticks "
+                f"of FERRY_FLEET_TICK_SECONDS ({self.fleet_tick_seconds:g}): a worker heartbeats once per tick"
+            )
+        return self
 
     @field_validator("database_url")
     @classmethod

@@ -9,7 +9,10 @@ and stops with itself: Celery supervises it, and the agent does the replication 
 
 from __future__ import annotations
 
+import faulthandler
 import logging
+import signal
+import sys
 from typing import Any
 
 from celery import Celery, bootsteps
@@ -31,6 +34,10 @@ class FleetAgentStep(bootsteps.StartStopStep):
         self.thread: AgentThread | None = None
 
     def start(self, worker: Any) -> None:
+        # kill -USR1 <pid> prints every thread's stack to the log: how to see where a hung worker waits.
+        # (Celery replaces sys.stderr with a logging proxy; the real stream is sys.__stderr__.)
+        if sys.__stderr__ is not None:
+            faulthandler.register(signal.SIGUSR1, file=sys.__stderr__, all_threads=True)
         settings = get_settings()
         if not settings.fleet_agent_enabled:
             log.info("fleet agent disabled (FERRY_FLEET_AGENT_ENABLED=false)")

@@ -100,6 +100,17 @@ class Fleet:
         if sig == signal.SIGKILL:
             proc.wait(timeout=30)
 
+    def stop(self, name: str, timeout: float = 60.0) -> None:
+        """A clean stop (SIGTERM) of one process, waited for."""
+        proc = self.processes[name]
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+
     def stop_all(self) -> None:
         for proc in self.processes.values():
             if proc.poll() is None:

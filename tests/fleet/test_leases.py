@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from models.db import make_async_engine
 from models.settings import FerrySettings
-from workers.fleet.leases import LeaseStore
+from workers.fleet.leases import Lease, LeaseStore
 from workers.fleet.plan import UnitKey
 from workers.fleet.reconcile import reconcile_once
 
@@ -59,8 +59,8 @@ async def test_a_moved_unit_is_taken_only_after_the_old_owner_lets_go(
     adb: AsyncEngine, fleet_db: Engine, replicator_id: str
 ) -> None:
     key = UnitKey(replicator_id, "orders", 0)
-    a = LeaseStore(adb, "worker-a", lease_seconds=30)
-    b = LeaseStore(adb, "worker-b", lease_seconds=30)
+    a = LeaseStore(adb, "worker-a", lease_seconds=30, safety_margin=2)
+    b = LeaseStore(adb, "worker-b", lease_seconds=30, safety_margin=2)
     assign(fleet_db, key, "worker-a")
     [lease_a] = await a.acquire()
     assert lease_a.key == key and lease_a.is_valid()
@@ -78,7 +78,7 @@ async def test_a_moved_unit_is_taken_only_after_the_old_owner_lets_go(
 
 async def test_racing_acquirers_never_both_win(adb: AsyncEngine, fleet_db: Engine, replicator_id: str) -> None:
     keys = [UnitKey(replicator_id, "race", p) for p in range(20)]
-    stores = [LeaseStore(adb, f"racer-{i}", lease_seconds=30) for i in range(4)]
+    stores = [LeaseStore(adb, f"racer-{i}", lease_seconds=30, safety_margin=2) for i in range(4)]
     for round_number in range(5):
         for key in keys:
             assign(fleet_db, key, f"racer-{round_number % 4}")
@@ -162,3 +162,27 @@ def test_redelivered_reconcile_tasks_change_nothing(fleet_db: Engine, replicator
     assert snapshot() == first
     with fleet_db.begin() as conn:
         conn.execute(text("DELETE FROM fleet_workers WHERE worker_id IN ('dup-a', 'dup-b')"))
+
+
+async def test_renewal_extends_only_the_leases_held_so_a_forgotten_one_expires_and_moves_on(
+    adb: AsyncEngine, fleet_db: Engine, replicator_id: str
+) -> None:
+    """A worker that lost track of a lease (its release failed in a database outage, or an acquire's answer was
+    lost) must not keep it alive by renewing everything it owns: the unit would have no worker, forever."""
+    kept, forgotten = UnitKey(replicator_id, "kept", 0), UnitKey(replicator_id, "forgotten", 0)
+    a = LeaseStore(adb, "forgetful", lease_seconds=3, safety_margin=1)
+    b = LeaseStore(adb, "successor", lease_seconds=3, safety_margin=1)
+    assign(fleet_db, kept, "forgetful")
+    assign(fleet_db, forgotten, "forgetful")
+    leases = {lease.key: lease for lease in await a.acquire()}
+    assign(fleet_db, forgotten, "successor")  # moved; A stopped it, but its release never reached the database
+    deadline = time.monotonic() + 10
+    taken: list[Lease] = []
+    while not taken:
+        assert time.monotonic() < deadline, "the forgotten lease was kept alive"
+        assert await a.renew([leases[kept]]) == set(), "the lease A holds stays renewed"
+        taken = await b.acquire()
+        await asyncio.sleep(0.2)
+    assert [lease.key for lease in taken] == [forgotten]
+    assert taken[0].epoch == leases[forgotten].epoch + 1
+    assert leases[kept].is_valid()

@@ -4,9 +4,10 @@ A worker may copy a unit only while it holds the unit's lease. Invariants:
 
 - Acquire succeeds only for a unit assigned to this worker whose lease is free or expired, and bumps ``epoch``:
   the fencing token of the new owner. So at most one live lease per unit exists at any moment.
-- Renew extends only leases this worker still owns *at the same epoch*; anything else is lost and must stop at
-  once. A unit moved to another worker stays renewed until its owner stopped it and released it, so a
-  rebalance never makes a partition that stays look lost.
+- Renew extends only the (unit, epoch) pairs this worker holds and still owns; anything else is lost and must stop
+  at once, and a lease it lost track of (a release that failed, an acquire whose answer never came) is not
+  renewed, so it expires and its unit moves on. A unit moved to another worker stays renewed until its owner
+  stopped it; its release is then retried until it succeeds or the lease expires.
 - Lease expiry is judged by PostgreSQL's clock on the server side; on the worker side a lease counts as valid
   only until ``renew request start + lease_seconds - safety_margin`` on the local monotonic clock. A worker that
   was paused (GC, SIGSTOP, a slow disk) therefore considers its lease gone before the database hands it to
@@ -39,9 +40,7 @@ class Lease:
 class LeaseStore:
     """One worker's leases: the statements are ``models/fleet_store.py``'s, the local deadlines are kept here."""
 
-    def __init__(
-        self, engine: AsyncEngine, worker_id: str, lease_seconds: float = 10.0, safety_margin: float = 2.0
-    ) -> None:
+    def __init__(self, engine: AsyncEngine, worker_id: str, lease_seconds: float, safety_margin: float) -> None:
         if safety_margin >= lease_seconds:
             raise ValueError("the safety margin must be shorter than the lease")
         self.engine = engine
@@ -75,7 +74,9 @@ class LeaseStore:
             return set()
         started = time.monotonic()
         async with self.engine.begin() as conn:
-            renewed = await fleet_store.renew(conn, self.worker_id, self.lease_seconds)
+            renewed = await fleet_store.renew(
+                conn, self.worker_id, [(key, lease.epoch) for key, lease in held.items()], self.lease_seconds
+            )
         lost = set()
         for key, lease in held.items():
             if renewed.get(key) == lease.epoch:

@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable
 
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
@@ -104,8 +105,12 @@ class MetadataUnit:
         offset_map_max_runs: int = 10_000,
         vetting: AddressVetting | None = None,
         resolver: ConnectionResolver | None = None,
+        may_write: Callable[[], bool] = lambda: True,
     ) -> None:
         self.runtime = runtime
+        # Whether this worker still holds the unit's lease: asked before anything is written to a cluster or to
+        # the database, so a unit that moved or whose replicator is being deleted writes nothing more.
+        self.may_write = may_write
         self.db = db
         self.redis = redis
         self.interval_s = interval_s
@@ -200,6 +205,8 @@ class MetadataUnit:
 
     async def pass_once(self) -> None:
         runtime = self.runtime
+        if not self.may_write():
+            return  # the lease is gone or going: this unit is about to be stopped
         for role, access in (("SOURCE", runtime.source), ("TARGET", runtime.target)):
             refused = await self.vetting.refusal(access)
             if refused is not None:

@@ -28,7 +28,6 @@ from models.fleet_reports import (
 )
 from workers.engine.metrics import PartitionStats
 from workers.fleet.copy_unit import CopyUnit
-from workers.fleet.leases import Lease
 
 
 class MetricsReporter:
@@ -40,8 +39,9 @@ class MetricsReporter:
         self._published: dict[str, set[str]] = {}
 
     async def publish(
-        self, copy_units: Mapping[str, CopyUnit], metadata_units: Iterable[str], leases: Mapping[UnitKey, Lease]
+        self, copy_units: Mapping[str, CopyUnit], metadata_units: Iterable[str], epochs: Mapping[UnitKey, int]
     ) -> None:
+        """``epochs``: the lease epoch of every unit this worker holds (a partition without one is not reported)."""
         now_ms = int(time.time() * 1000)
         running = {rid: {"partitions": len(unit.partitions), "metadata": False} for rid, unit in copy_units.items()}
         for rid in metadata_units:
@@ -57,10 +57,10 @@ class MetricsReporter:
                 continue
             fields = {}
             for tp, stats in unit.copier.snapshot().items():
-                lease = leases.get(UnitKey(replicator_id, tp.topic, tp.partition))
-                if lease is None:
+                epoch = epochs.get(UnitKey(replicator_id, tp.topic, tp.partition))
+                if epoch is None:
                     continue
-                report = self._report(replicator_id, tp, stats, lease.epoch, now_ms)
+                report = self._report(replicator_id, tp, stats, epoch, now_ms)
                 fields[report.field_name] = report.to_json()
             if fields:
                 key = METRICS_KEY.format(replicator_id=replicator_id)

@@ -1,0 +1,64 @@
+"""Counting what reached a target topic: records produced, copied, distinct (lost and duplicated follow)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+
+@dataclass
+class Delivery:
+    produced: int
+    copied: int
+    distinct: int
+
+    @property
+    def lost(self) -> int:
+        return self.produced - self.distinct
+
+    @property
+    def duplicated(self) -> int:
+        return self.copied - self.distinct
+
+
+async def produce_numbered(bootstrap: str, topic: str, numbers: Iterable[int], partitions: int) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, value=str(n).encode(), partition=n % partitions) for n in numbers]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def delivered(bootstrap: str, topic: str, produced: int) -> Delivery:
+    """Every record on the target topic, read to its end: how many, and how many distinct values."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        if not partitions:
+            await consumer._client.force_metadata_update()
+            partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        if not tps:
+            return Delivery(produced, 0, 0)
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        values: list[bytes] = []
+        deadline = time.monotonic() + 60
+        remaining = {tp for tp in tps if ends[tp] > 0}
+        while remaining:
+            assert time.monotonic() < deadline, f"reading {topic} did not reach its end"
+            for records in (await consumer.getmany(*remaining, timeout_ms=500)).values():
+                values.extend(r.value for r in records)
+            for tp in list(remaining):
+                if await consumer.position(tp) >= ends[tp]:
+                    remaining.discard(tp)
+        return Delivery(produced, len(values), len(set(values)))
+    finally:
+        await consumer.stop()

@@ -1,0 +1,175 @@
+"""The fleet through outages of what it depends on, with real processes: a database that goes away in the middle
+of a hand-off, a dead beat process, Redis and PostgreSQL killed and restarted. Every scenario counts records
+produced, lost (never any) and duplicated, and how long recovery took."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, text
+from sqlalchemy.engine import make_url
+
+from models.settings import FerrySettings
+from tests.faults import TcpProxy
+from tests.fleet.conftest import Fleet, unit_owners, wait_until
+from tests.fleet.records import delivered, produce_numbered
+from tests.fleet.test_fleet_lifecycle import create_request, create_topic, describe
+from workers.fleet.agent import AgentThread
+from workers.fleet.leases import Lease, LeaseStore
+
+
+def longest_lease_left(db: Engine, arn: str) -> float:
+    with db.connect() as conn:
+        return float(
+            conn.execute(
+                text(
+                    "SELECT extract(epoch FROM max(u.lease_expires_at) - now()) FROM fleet_units u "
+                    "JOIN replicators r ON r.id = u.replicator_id WHERE r.arn = :arn"
+                ),
+                {"arn": arn},
+            ).scalar_one()
+        )
+
+
+def owners_like(db: Engine, arn: str, prefix: str) -> set[tuple[str, int]]:
+    return {unit for unit, (owner, _) in unit_owners(db, arn).items() if owner and owner.startswith(prefix)}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _beat_runs(fleet: Fleet) -> None:
+    """The module's fleet fixture starts beat; workers are started by each test."""
+
+
+@pytest.mark.slow
+def test_a_release_lost_to_a_database_outage_in_a_hand_off_is_retried_and_the_units_move_on(
+    fleet: Fleet,
+    fleet_settings: FerrySettings,
+    fleet_kafka: Any,
+    fleet_db: Engine,
+    unique: str,
+    source_bootstrap: str,
+    target_bootstrap: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    url = make_url(fleet_settings.database_url)
+    proxy = TcpProxy(int(url.port or 5432))
+    through_proxy = url.set(port=proxy.port).render_as_string(hide_password=False)
+    settings_a = fleet_settings.model_copy(update={"database_url": through_proxy})
+    cut_at: list[float] = []
+    release = LeaseStore.release
+
+    async def release_meets_an_outage(store: LeaseStore, leases: Iterable[Lease]) -> None:
+        leases = list(leases)
+        if leases and not cut_at and store.worker_id == "outage-a":
+            # The moved units have stopped; the database goes away for 3 s as their release is sent.
+            cut_at.append(time.monotonic())
+            proxy.cut()
+            threading.Timer(3.0, proxy.forward).start()
+        await release(store, leases)
+
+    monkeypatch.setattr(LeaseStore, "release", release_meets_an_outage)
+    topic = f"{unique}-handoff"
+    partitions = 4
+    asyncio.run(create_topic(source_bootstrap, topic, partitions))
+    asyncio.run(produce_numbered(source_bootstrap, topic, range(400), partitions))
+    worker_a = AgentThread(settings_a, "outage-a")
+    worker_a.start()
+    try:
+        arn = fleet_kafka.create_replicator(**create_request(unique, source_bootstrap, target_bootstrap, [topic]))[
+            "ReplicatorArn"
+        ]
+        running = wait_until(
+            "RUNNING", lambda: (d := describe(fleet_kafka, arn))["ReplicatorState"] == "RUNNING" and d, 60
+        )
+        target = f"{running['ReplicationInfoList'][0]['SourceKafkaClusterAlias']}.{topic}"
+        assert len(owners_like(fleet_db, arn, "outage-a")) == partitions
+
+        fleet.start_worker("outage-b")
+        wait_until("the hand-off to meet the outage", lambda: bool(cut_at), 60)
+        moved = wait_until("worker B to own its share", lambda: owners_like(fleet_db, arn, "outage-b"), 60)
+        recovery_s = time.monotonic() - cut_at[0]
+        assert recovery_s < fleet_settings.fleet_lease_seconds + 5, f"the units moved only after {recovery_s:.1f}s"
+        assert moved
+
+        asyncio.run(produce_numbered(source_bootstrap, topic, range(400, 800), partitions))
+        result = wait_until(
+            "all 800 records on the target",
+            lambda: (d := asyncio.run(delivered(target_bootstrap, target, 800))).distinct == 800 and d,
+            60,
+        )
+        print(
+            f"hand-off with a 3 s database outage: produced {result.produced}, lost {result.lost}, "
+            f"duplicated {result.duplicated}, units moved {recovery_s:.1f}s after the outage began"
+        )
+        assert result.lost == 0
+    finally:
+        worker_a.stop()
+        proxy.close()
+        if "outage-b" in fleet.processes:
+            fleet.stop("outage-b")
+
+
+@pytest.mark.slow
+def test_without_beat_a_dead_workers_partitions_still_move_within_30_seconds(
+    fleet: Fleet,
+    fleet_settings: FerrySettings,
+    fleet_kafka: Any,
+    fleet_db: Engine,
+    unique: str,
+    source_bootstrap: str,
+    target_bootstrap: str,
+) -> None:
+    """Reconcile has no single point of failure: every worker's agent runs it under the advisory lock, so with
+    Celery beat dead and a worker SIGKILLed the dead worker's partitions are reassigned and copied."""
+    topic = f"{unique}-nobeat"
+    partitions = 4
+    asyncio.run(create_topic(source_bootstrap, topic, partitions))
+    asyncio.run(produce_numbered(source_bootstrap, topic, range(400), partitions))
+    fleet.start_worker("nobeat-1")
+    fleet.start_worker("nobeat-2")
+    try:
+        arn = fleet_kafka.create_replicator(**create_request(unique, source_bootstrap, target_bootstrap, [topic]))[
+            "ReplicatorArn"
+        ]
+        running = wait_until(
+            "RUNNING", lambda: (d := describe(fleet_kafka, arn))["ReplicatorState"] == "RUNNING" and d, 60
+        )
+        target = f"{running['ReplicationInfoList'][0]['SourceKafkaClusterAlias']}.{topic}"
+        wait_until(
+            "both workers copying",
+            lambda: owners_like(fleet_db, arn, "nobeat-1") and owners_like(fleet_db, arn, "nobeat-2"),
+            60,
+        )
+        # The workers use FERRY_FLEET_LEASE_SECONDS (8 s here), not a built-in value.
+        assert 0 < longest_lease_left(fleet_db, arn) <= fleet_settings.fleet_lease_seconds + 0.5
+        fleet.kill("beat")
+        fleet.kill("nobeat-1")
+        killed_at = time.monotonic()
+        wait_until(
+            "every partition owned by a live worker",
+            lambda: (
+                len(owned := unit_owners(fleet_db, arn)) == partitions
+                and all(owner and not owner.startswith("nobeat-1") for owner, _ in owned.values())
+            ),
+            30,
+        )
+        moved_s = time.monotonic() - killed_at
+        asyncio.run(produce_numbered(source_bootstrap, topic, range(400, 800), partitions))
+        result = wait_until(
+            "all 800 records on the target",
+            lambda: (d := asyncio.run(delivered(target_bootstrap, target, 800))).distinct == 800 and d,
+            60,
+        )
+        print(
+            f"beat and a worker killed: produced {result.produced}, lost {result.lost}, "
+            f"duplicated {result.duplicated}, partitions moved {moved_s:.1f}s after the kill"
+        )
+        assert result.lost == 0
+    finally:
+        fleet.start_beat()
+        fleet.stop("nobeat-2")

@@ -1,0 +1,330 @@
+"""The fleet agent's control loop: heartbeat, leases, which units this worker runs, and reconcile.
+
+It runs on a thread and event loop of its own (``workers/fleet/agent.py``), apart from the replication work
+(``workers/fleet/work.py``), so no amount of copying, topic syncing or protocol decoding delays a renewal, a
+release or an acquire. Every tick (``FERRY_FLEET_TICK_SECONDS``) it:
+
+1. heartbeats (``fleet_workers``) and renews the (unit, epoch) pairs it holds; a lease it failed to renew is
+   dropped at once, which closes the write gate of its unit;
+2. reads the units assigned to or owned by this worker and sorts its leases: a unit no longer wanted (its
+   replicator is DELETING, its topic left the scope) is dropped at once, so nothing of it is written again; a unit
+   moved to another worker stays renewed while its work stops (final progress written under the lease), for
+   at most one lease period; then its lease is released, retried every tick while the database is away;
+3. acquires the units newly assigned to it;
+4. hands the work loop the set of units to run with their replicators' settings (``DesiredWork``);
+5. runs a reconcile pass when one is due, under the database's advisory lock: every agent does, so the fleet
+   does not depend on one beat process (beat and the API's triggers only make passes come sooner);
+6. writes its liveness (``FERRY_WORKER_LIVENESS_FILE``) for a process supervisor.
+
+Every database call has a deadline below the lease margin's reach, so a database that stops answering makes a
+tick fail quickly instead of hanging it, and leases whose renewal keeps failing lapse locally before the
+database could hand them to anyone else (``workers/fleet/leases.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from aiokafka import TopicPartition
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from models import fleet_store
+from models.db import make_async_engine, make_sync_engine
+from models.fleet import UnitKey
+from models.settings import FerrySettings
+from workers.fleet.leases import Lease, LeaseStore
+from workers.fleet.reconcile import reconcile_once
+from workers.fleet.runtime import ReplicatorRuntime, runtime_of
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DesiredWork:
+    """What the work loop should run: the units whose leases this worker holds, and their replicators."""
+
+    units: frozenset[UnitKey] = frozenset()
+    runtimes: Mapping[str, ReplicatorRuntime] = field(default_factory=dict)
+
+    def signature(self) -> tuple[frozenset[UnitKey], frozenset[tuple[str, int]]]:
+        return self.units, frozenset((rid, r.generation) for rid, r in self.runtimes.items())
+
+
+class ControlLoop:
+    def __init__(
+        self,
+        settings: FerrySettings,
+        worker_id: str,
+        *,
+        running: Callable[[], frozenset[UnitKey]],
+        offer: Callable[[DesiredWork], None],
+        work_beat: Callable[[], float],
+    ) -> None:
+        self.settings = settings
+        self.worker_id = worker_id
+        self.tick_s = settings.fleet_tick_seconds
+        # Every database call of a tick must end well within the lease's safety margin.
+        self.call_timeout_s = max(1.0, min(5.0, settings.fleet_lease_margin_seconds * 2))
+        self._running = running  # units whose work is still going (the work loop's answer)
+        self._offer = offer  # hands a DesiredWork to the work loop (thread-safe)
+        self._work_beat = work_beat  # wall-clock time of the work loop's last iteration
+        self.leases: dict[UnitKey, Lease] = {}
+        # Moved to another worker: renewed (so their final writes stay valid) until stopped, at most a lease.
+        self.moving: dict[UnitKey, tuple[Lease, float]] = {}
+        # Work stopped or no longer wanted, release not yet through: retried until done or expired.
+        self.unreleased: dict[UnitKey, Lease] = {}
+        self.runtimes: dict[str, ReplicatorRuntime] = {}
+        self._offered: DesiredWork | None = None
+        self._store: LeaseStore | None = None
+        self._db: AsyncEngine | None = None
+        self._sync_db: Engine | None = None
+        self._last_reconcile = 0.0
+        self._reconcile: asyncio.Task[None] | None = None
+        self.last_tick_at = 0.0  # wall clock of the last tick that completed
+        self.last_reconcile_at = 0.0
+
+    # ------------------------------------------------------------------ what other threads ask
+
+    def holds(self, replicator_id: str, partitions: frozenset[TopicPartition]) -> bool:
+        """Whether every one of these partitions is under a lease this worker holds and still trusts."""
+        return all(self.holds_unit(UnitKey(replicator_id, tp.topic, tp.partition)) for tp in partitions)
+
+    def holds_unit(self, key: UnitKey) -> bool:
+        lease = self.leases.get(key)
+        if lease is None:
+            moving = self.moving.get(key)
+            lease = moving[0] if moving is not None else None
+        return lease is not None and lease.is_valid()
+
+    def lease_epochs(self) -> dict[UnitKey, int]:
+        epochs = {key: lease.epoch for key, lease in list(self.leases.items())}
+        epochs.update({key: lease.epoch for key, (lease, _) in list(self.moving.items())})
+        return epochs
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self, stop: asyncio.Event, work_stopped: asyncio.Event | None = None) -> None:
+        """Tick until ``stop``; then keep renewing until ``work_stopped`` (the work's final writes need valid
+        leases) and leave the fleet, releasing everything."""
+        self._db = make_async_engine(self.settings)
+        self._sync_db = make_sync_engine(self.settings)
+        self._store = LeaseStore(
+            self._db, self.worker_id, self.settings.fleet_lease_seconds, self.settings.fleet_lease_margin_seconds
+        )
+        log.info("fleet agent %s: control loop started", self.worker_id)
+        try:
+            while not stop.is_set():
+                await self._tick_once()
+                await self._sleep_until_next(stop, time.monotonic())
+            while work_stopped is not None and not work_stopped.is_set():
+                started = time.monotonic()
+                with contextlib.suppress(TimeoutError, OSError, SQLAlchemyError):
+                    await self._renew()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(work_stopped.wait(), max(0.0, self.tick_s - (time.monotonic() - started)))
+        finally:
+            if self._reconcile is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.shield(self._reconcile), self.call_timeout_s)
+            with contextlib.suppress(TimeoutError, OSError, SQLAlchemyError):
+                async with asyncio.timeout(self.call_timeout_s):
+                    await self._require_store().leave()
+            await self._db.dispose()
+            self._sync_db.dispose()
+            log.info("fleet agent %s: control loop stopped", self.worker_id)
+
+    async def _sleep_until_next(self, stop: asyncio.Event, started: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), max(0.05, self.tick_s - (time.monotonic() - started) % self.tick_s))
+
+    async def _tick_once(self) -> None:
+        try:
+            await self.tick()
+            self.last_tick_at = time.time()
+        except (TimeoutError, OSError, SQLAlchemyError, ConnectionError) as exc:
+            log.warning("fleet agent %s: control tick failed: %s: %s", self.worker_id, type(exc).__name__, exc)
+        except Exception:
+            # A bug in one tick must not kill the agent: the next tick re-reads everything.
+            log.exception("fleet agent %s: control tick failed", self.worker_id)
+        self._write_liveness()
+
+    # ------------------------------------------------------------------ one tick
+
+    async def tick(self) -> None:
+        await self._heartbeat()
+        await self._renew()
+        await self._sort_leases()
+        await self._release()
+        store = self._require_store()
+        async with asyncio.timeout(self.call_timeout_s):
+            taken = await store.acquire()
+        for lease in taken:
+            self.leases[lease.key] = lease
+        await self._load_runtimes()
+        self._publish()
+        await self._reconcile_if_due()
+
+    async def _heartbeat(self) -> None:
+        async with asyncio.timeout(self.call_timeout_s):
+            await self._require_store().heartbeat(socket.gethostname(), os.getpid())
+
+    async def _renew(self) -> None:
+        held = [*self.leases.values(), *(lease for lease, _ in self.moving.values())]
+        try:
+            async with asyncio.timeout(self.call_timeout_s):
+                lost = await self._require_store().renew(held)
+        finally:
+            # Leases whose renewal failed keep their old local deadline and lapse by themselves.
+            for key, lease in list(self.leases.items()):
+                if not lease.is_valid():
+                    log.warning("lease on %s lapsed; its work stops", key)
+                    self.leases.pop(key, None)
+                    self._publish()
+        for key in lost:
+            if self.leases.pop(key, None) is not None:
+                log.warning("lease on %s lost; its work stops", key)
+            self.moving.pop(key, None)
+        if lost:
+            self._publish()
+
+    async def _sort_leases(self) -> None:
+        async with asyncio.timeout(self.call_timeout_s):
+            mine = {unit.key: unit for unit in await self._require_store().units_of_mine()}
+        now = time.monotonic()
+        for key, lease in list(self.leases.items()):
+            unit = mine.get(key)
+            if unit is None or unit.owner_worker != self.worker_id or unit.epoch != lease.epoch:
+                self.leases.pop(key)  # the unit is gone, or someone else holds it now
+            elif unit.assigned_worker is None:
+                # Not wanted any more (replicator deleting, topic out of scope): nothing of it is written again.
+                self.leases.pop(key)
+                self.unreleased[key] = lease
+            elif unit.assigned_worker != self.worker_id:
+                self.leases.pop(key)
+                self.moving[key] = (lease, now)
+        running = self._running()
+        for key, (lease, since) in list(self.moving.items()):
+            if key not in running or now - since > self.settings.fleet_lease_seconds:
+                if key in running:
+                    log.warning("work on %s did not stop within a lease; releasing it (its writes are gated)", key)
+                self.moving.pop(key)
+                self.unreleased[key] = lease
+        for key, unit in mine.items():
+            tracked = key in self.leases or key in self.moving or key in self.unreleased
+            if unit.owner_worker == self.worker_id and not tracked:
+                # Owned in the database but unknown here (an acquire whose answer was lost): give it back.
+                self.unreleased[key] = Lease(key, unit.epoch, 0.0)
+        self._publish()
+
+    async def _release(self) -> None:
+        if not self.unreleased:
+            return
+        # The database expires a lease ``margin`` after its local deadline: after that, nothing to release.
+        expired_before = time.monotonic() - self.settings.fleet_lease_margin_seconds
+        pending = [
+            lease
+            for lease in self.unreleased.values()
+            if lease.valid_until == 0.0 or lease.valid_until > expired_before
+        ]
+        try:
+            async with asyncio.timeout(self.call_timeout_s):
+                await self._require_store().release(pending)
+        except (TimeoutError, OSError, SQLAlchemyError) as exc:
+            log.warning("releasing %d leases failed (retried next tick): %s", len(pending), exc)
+            self.unreleased = {lease.key: lease for lease in pending}
+            return
+        self.unreleased = {}
+
+    async def _load_runtimes(self) -> None:
+        ids = sorted({key.replicator_id for key in self.leases})
+        if not ids:
+            self.runtimes = {}
+            return
+        db = self._db
+        assert db is not None
+        async with asyncio.timeout(self.call_timeout_s), db.connect() as conn:
+            rows = await fleet_store.replicators_to_run(conn, ids)
+        runtimes = {}
+        for row in rows:
+            try:
+                runtimes[str(row.id)] = runtime_of(
+                    replicator_id=str(row.id),
+                    name=row.name,
+                    generation=row.generation,
+                    state=row.state,
+                    kafka_clusters=row.kafka_clusters,
+                    replication_info=row.replication_info,
+                    created_at=row.created_at,
+                    service_execution_role_arn=row.service_execution_role_arn,
+                )
+            except (KeyError, ValueError) as exc:
+                log.error("replicator %s cannot run: %s", row.name, exc)
+        self.runtimes = runtimes
+
+    def _publish(self) -> None:
+        desired = DesiredWork(
+            frozenset(key for key in self.leases if key.replicator_id in self.runtimes),
+            {rid: runtime for rid, runtime in self.runtimes.items()},
+        )
+        if self._offered is None or desired.signature() != self._offered.signature():
+            self._offered = desired
+            self._offer(desired)
+
+    async def _reconcile_if_due(self) -> None:
+        """Start a reconcile pass in a thread when one is due and none is under way; never waited for here."""
+        running = self._reconcile
+        if running is not None and not running.done():
+            return
+        if running is not None and running.exception() is not None:
+            exc = running.exception()
+            log.warning("reconcile pass failed: %s: %s", type(exc).__name__, exc)
+        if time.monotonic() - self._last_reconcile < self.settings.reconcile_interval_seconds:
+            return
+        self._last_reconcile = time.monotonic()
+        self._reconcile = asyncio.create_task(self._reconcile_once(), name="reconcile")
+
+    async def _reconcile_once(self) -> None:
+        assert self._sync_db is not None
+        result = await asyncio.to_thread(
+            reconcile_once,
+            self._sync_db,
+            self.settings.worker_dead_after_seconds,
+            self.settings.replicator_fail_after_seconds,
+        )
+        if result is not None:
+            self.last_reconcile_at = time.time()
+
+    # ------------------------------------------------------------------ liveness
+
+    def _write_liveness(self) -> None:
+        path = self.settings.worker_liveness_file
+        if path is None:
+            return
+        record = {
+            "workerId": self.worker_id,
+            "pid": os.getpid(),
+            "controlAt": self.last_tick_at,
+            "workAt": self._work_beat(),
+            "leases": len(self.leases),
+        }
+        temporary = path.with_name(f".{path.name}.{os.getpid()}")
+        try:
+            temporary.write_text(json.dumps(record))
+            temporary.replace(path)
+        except OSError as exc:
+            log.warning("liveness file %s not written: %s", path, exc)
+
+    def _require_store(self) -> LeaseStore:
+        if self._store is None:
+            raise RuntimeError("ControlLoop.run() has not started")
+        return self._store

@@ -1,0 +1,272 @@
+"""The fleet agent's work loop: runs the units the control loop holds leases for, on a thread of its own.
+
+Given a ``DesiredWork`` (``workers/fleet/control.py``) it converges: first it stops what is no longer wanted
+(the units of replicators that are gone or DELETING first, then units moved away, whose final progress is
+written while their lease is still renewed), then starts what is new: a replicator's metadata unit
+(``workers/fleet/metadata_unit.py``) and its copy units, one ``CopyUnit`` per replicator
+(``workers/fleet/copy_unit.py``; assign/revoke never pause the others). Between changes it flushes the offset
+maps and publishes per-partition measurements to Redis (``workers/fleet/reporting.py``).
+
+``running`` tells the control loop which units still have work going, so it releases a moved unit only once its
+work stopped. The work never decides ownership: every write it makes is gated by the control loop's leases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TypeVar
+
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from models.bootstrap import AddressPolicy
+from models.db import make_async_engine
+from models.fleet import UnitKey
+from models.settings import FerrySettings
+from workers.engine.copier import CopierError
+from workers.fleet.address_vetting import AddressVetting
+from workers.fleet.control import DesiredWork
+from workers.fleet.copy_unit import CopyUnit
+from workers.fleet.metadata_unit import MetadataUnit
+from workers.fleet.reporting import MetricsReporter
+from workers.fleet.runtime import ConnectionResolver, ReplicatorRuntime
+from workers.fleet.secrets import SecretStore
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+# Replicators whose copy units are started or stopped at the same time.
+_CONVERGE_CONCURRENCY = 8
+
+
+def redis_client(settings: FerrySettings) -> Redis:
+    """Redis with deadlines: a Redis that stops answering fails a call within seconds instead of hanging it."""
+    return Redis.from_url(
+        settings.redis_url,
+        socket_timeout=5,
+        socket_connect_timeout=5,
+        socket_keepalive=True,
+        health_check_interval=10,
+        retry_on_timeout=False,
+    )
+
+
+class WorkLoop:
+    def __init__(
+        self,
+        settings: FerrySettings,
+        worker_id: str,
+        *,
+        holds: Callable[[str, frozenset[TopicPartition]], bool],
+        holds_unit: Callable[[UnitKey], bool],
+        lease_epochs: Callable[[], Mapping[UnitKey, int]],
+    ) -> None:
+        self.settings = settings
+        self.worker_id = worker_id
+        self.tick_s = settings.fleet_tick_seconds
+        self._holds = holds
+        self._holds_unit = holds_unit
+        self._lease_epochs = lease_epochs
+        self.metadata: dict[str, tuple[MetadataUnit, asyncio.Task[None]]] = {}
+        self.copiers: dict[str, CopyUnit] = {}
+        # Read by the control loop's thread: replaced whole, never mutated.
+        self.running: frozenset[UnitKey] = frozenset()
+        self.last_beat = 0.0  # wall clock of the last iteration
+        self._desired = DesiredWork()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._db: AsyncEngine | None = None
+        self._redis: Redis | None = None
+        self._reporter: MetricsReporter | None = None
+        self.vetting = AddressVetting(AddressPolicy(settings.allowed_bootstrap))
+        # Secrets are read here, on the worker, and kept in memory only (workers/fleet/secrets.py).
+        self.resolver = ConnectionResolver(
+            SecretStore(
+                endpoint_url=settings.secrets_manager_endpoint,
+                secrets_dir=settings.secrets_dir,
+                cache_seconds=settings.secret_cache_seconds,
+            )
+        )
+        # Bounded so a replicator whose copier blocks (e.g. a target that stopped answering) is given up on
+        # and retried well within the time other workers would take over.
+        self.converge_timeout_s = max(5.0, settings.fleet_lease_seconds * 2)
+
+    def offer(self, desired: DesiredWork) -> None:
+        """Called from the control loop's thread: run this from now on."""
+        self._desired = desired
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None:
+            with contextlib.suppress(RuntimeError):  # the loop already closed
+                loop.call_soon_threadsafe(wake.set)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._db = make_async_engine(self.settings)
+        self._redis = redis_client(self.settings)
+        self._reporter = MetricsReporter(self._redis, self.worker_id)
+        log.info("fleet agent %s: work loop started", self.worker_id)
+        try:
+            while not stop.is_set():
+                started = time.monotonic()
+                await self._iteration()
+                self.last_beat = time.time()
+                self._wake.clear()
+                waits = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
+                _, pending = await asyncio.wait(
+                    waits,
+                    timeout=max(0.05, self.tick_s - (time.monotonic() - started)),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                for waiter in pending:
+                    waiter.cancel()
+        finally:
+            await self.shutdown()
+
+    async def _iteration(self) -> None:
+        try:
+            await self.converge(self._desired)
+        except Exception:
+            log.exception("fleet agent %s: converging failed", self.worker_id)
+        for runner in list(self.copiers.values()):
+            try:
+                await asyncio.wait_for(runner.flush_offset_map(), self.converge_timeout_s)
+            except (TimeoutError, SQLAlchemyError, OSError) as exc:
+                # Kept in memory for the next flush; the copy and the reports go on meanwhile.
+                log.warning("offset map of %s not stored: %s", runner.runtime.name, exc)
+        try:
+            reporter = self._require(self._reporter)
+            await asyncio.wait_for(reporter.publish(self.copiers, self.metadata, self._lease_epochs()), 10)
+        except (TimeoutError, RedisError, OSError) as exc:
+            log.warning("measurements not published: %s", exc)
+
+    async def shutdown(self) -> None:
+        """Stop every unit (copiers write their final progress while the control loop still renews)."""
+        await self.converge(DesiredWork())
+        if self._reporter is not None:
+            with contextlib.suppress(RedisError, OSError, TimeoutError):
+                await asyncio.wait_for(self._reporter.forget_worker(), 5)
+        if self._redis is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await self._redis.aclose()
+        if self._db is not None:
+            await self._db.dispose()
+        log.info("fleet agent %s: work loop stopped", self.worker_id)
+
+    # ------------------------------------------------------------------ converging
+
+    async def converge(self, desired: DesiredWork) -> None:
+        runtimes = desired.runtimes
+        held_metadata = {k.replicator_id for k in desired.units if k.is_metadata}
+        wanted: dict[str, set[TopicPartition]] = {}
+        for key in desired.units:
+            if not key.is_metadata and key.replicator_id in runtimes:
+                wanted.setdefault(key.replicator_id, set()).add(TopicPartition(key.topic, key.partition))
+
+        # 1. Stop: replicators with nothing left here first (deleted, DELETING), then metadata units, then
+        #    partitions moved away.
+        gone = [rid for rid in self.copiers if rid not in wanted]
+        await self._each(gone, self._stop_copy_unit)
+        for replicator_id in list(self.metadata):
+            if replicator_id not in held_metadata or replicator_id not in runtimes:
+                await self._stop_metadata(replicator_id)
+        shrinking = [rid for rid, unit in self.copiers.items() if unit.partitions - wanted[rid]]
+        await self._each(shrinking, lambda rid: self._converge_copy_unit(rid, wanted[rid], runtimes[rid]))
+        self._note_running()
+
+        # 2. Start and update.
+        for replicator_id in held_metadata:
+            runtime = runtimes.get(replicator_id)
+            if runtime is not None:
+                self._ensure_metadata(runtime)
+        await self._each(list(wanted), lambda rid: self._converge_copy_unit(rid, wanted[rid], runtimes[rid]))
+        self._note_running()
+
+    async def _each(self, replicator_ids: list[str], work: Callable[[str], Awaitable[None]]) -> None:
+        limit = asyncio.Semaphore(_CONVERGE_CONCURRENCY)
+
+        async def one(replicator_id: str) -> None:
+            async with limit:
+                await work(replicator_id)
+
+        await asyncio.gather(*(one(rid) for rid in replicator_ids))
+
+    def _note_running(self) -> None:
+        units = {UnitKey.metadata(rid) for rid, (_, task) in self.metadata.items() if not task.done()}
+        for replicator_id, unit in self.copiers.items():
+            units |= {UnitKey(replicator_id, tp.topic, tp.partition) for tp in unit.partitions}
+        self.running = frozenset(units)
+
+    async def _stop_copy_unit(self, replicator_id: str) -> None:
+        unit = self.copiers.pop(replicator_id, None)
+        if unit is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(unit.stop(), self.converge_timeout_s)
+
+    async def _converge_copy_unit(
+        self, replicator_id: str, partitions: set[TopicPartition], runtime: ReplicatorRuntime
+    ) -> None:
+        copy_unit = self.copiers.get(replicator_id)
+        if copy_unit is None:
+            copy_unit = CopyUnit(runtime, self._holds, self._db, vetting=self.vetting, resolver=self.resolver)
+            self.copiers[replicator_id] = copy_unit
+        try:
+            await asyncio.wait_for(copy_unit.converge(partitions), self.converge_timeout_s)
+        except (TimeoutError, CopierError, KafkaError, OSError, SQLAlchemyError) as exc:
+            # One replicator's trouble (an unreachable target, a slow progress read) must not hold up the
+            # others: stop its copier and retry on a later pass.
+            copy_unit.last_failure = f"{type(exc).__name__}: {exc}"[:500]
+            log.warning("replicator %s: %s; retrying", copy_unit.runtime.name, copy_unit.last_failure)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(copy_unit.stop(), self.converge_timeout_s)
+
+    def _ensure_metadata(self, runtime: ReplicatorRuntime) -> None:
+        replicator_id = runtime.replicator_id
+        if replicator_id in self.metadata:
+            runner, task = self.metadata[replicator_id]
+            if not task.done():
+                runner.update(runtime)
+                return
+            if not task.cancelled() and task.exception() is not None:
+                log.error("metadata unit of %s ended: %r; restarting it", runtime.name, task.exception())
+        key = UnitKey.metadata(replicator_id)
+        metadata_unit = MetadataUnit(
+            runtime,
+            self._require(self._db),
+            self._require(self._redis),
+            probe_timeout_s=min(5.0, self.settings.fleet_lease_seconds / 2),
+            group_sync_interval_s=self.settings.group_sync_interval_seconds,
+            offset_map_max_runs=self.settings.offset_map_max_runs,
+            vetting=self.vetting,
+            resolver=self.resolver,
+            may_write=lambda: self._holds_unit(key),
+        )
+        self.metadata[replicator_id] = (
+            metadata_unit,
+            asyncio.create_task(metadata_unit.run(), name=f"metadata-{runtime.name}"),
+        )
+
+    async def _stop_metadata(self, replicator_id: str) -> None:
+        _, task = self.metadata.pop(replicator_id)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        if not task.cancelled() and task.exception() is not None:
+            log.error("metadata unit of %s ended: %r", replicator_id, task.exception())
+
+    @staticmethod
+    def _require(value: _T | None) -> _T:
+        if value is None:
+            raise RuntimeError("WorkLoop.run() has not started")
+        return value
