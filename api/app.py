@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,7 +12,7 @@ from redis.asyncio import Redis
 
 from api import health, offsets, replication_metrics, replicators, tags
 from api.errors import install_error_handling
-from api.fleet_trigger import FleetTrigger
+from api.fleet_trigger import FleetTrigger, ReconcileWatch
 from api.identity import Authentication, secret_box_of
 from models.bootstrap import AddressPolicy
 from models.db import async_session_factory, make_async_engine
@@ -38,9 +39,18 @@ def create_app(settings: FerrySettings | None = None) -> FastAPI:
         app.state.db_sessions = async_session_factory(engine)
         app.state.redis = redis
         app.state.fleet = FleetTrigger(settings)
+        stop_watch = asyncio.Event()
+        watch = (
+            asyncio.create_task(ReconcileWatch(settings).run(stop_watch), name="reconcile-watch")
+            if settings.api_reconcile
+            else None
+        )
         try:
             yield
         finally:
+            stop_watch.set()
+            if watch is not None:
+                await watch
             app.state.fleet.close()
             await redis.aclose()
             await engine.dispose()

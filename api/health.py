@@ -1,4 +1,12 @@
-"""GET /healthz: whether the database, Redis and each configured Kafka cluster answer."""
+"""Health probes, open to anyone (no credentials):
+
+- ``GET /livez``: the API process serves requests (a supervisor restarts it when this fails);
+- ``GET /readyz``: Ferry can do its job: the database and Redis answer, and the fleet works: live workers,
+  units without an owner, how long ago the last reconcile pass ran. 503 when the database or Redis is down, or
+  when replicators exist but no worker is alive or reconcile passes stopped;
+- ``GET /healthz``: the database, Redis and each cluster of ``FERRY_KAFKA_PROBE_CLUSTERS`` (kept for existing
+  probes; a Kafka cluster down makes it 503).
+"""
 
 from __future__ import annotations
 
@@ -13,7 +21,15 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from models import fleet_store
+from models.settings import FerrySettings
+
 router = APIRouter()
+
+# With replicators to run, a fleet whose last reconcile pass is older than this is stuck: every worker runs
+# passes every FERRY_RECONCILE_INTERVAL_SECONDS.
+RECONCILE_STALE_AFTER_INTERVALS = 10
+RECONCILE_STALE_AFTER_MIN_SECONDS = 30.0
 
 
 async def _database(engine: AsyncEngine) -> None:
@@ -48,6 +64,60 @@ async def _check(probe: Callable[[], Awaitable[None]], limit_seconds: float) -> 
     except Exception as exc:  # noqa: BLE001  (any failure of a dependency means "down", with its reason)
         return {"status": "down", "reason": f"{type(exc).__name__}: {exc}"[:300]}
     return {"status": "up"}
+
+
+@router.get("/livez", tags=["health"], summary="The API process serves requests")
+async def livez() -> dict[str, str]:
+    """Always 200 while the process can answer: nothing else is checked."""
+    return {"status": "up"}
+
+
+async def _fleet(engine: AsyncEngine, settings: FerrySettings) -> dict[str, Any]:
+    async with engine.connect() as conn:
+        found = await fleet_store.overview(conn, settings.worker_dead_after_seconds, settings.fleet_lease_seconds)
+    stale_after = max(
+        RECONCILE_STALE_AFTER_MIN_SECONDS, RECONCILE_STALE_AFTER_INTERVALS * settings.reconcile_interval_seconds
+    )
+    problems = []
+    if found.replicators and not found.live_workers:
+        problems.append("no live worker: nothing is copied")
+    age = found.last_reconcile_age_seconds
+    if found.replicators and (age is None or age > stale_after):
+        problems.append("no reconcile pass has run" if age is None else f"the last reconcile pass ran {age:.0f}s ago")
+    body: dict[str, Any] = {
+        "status": "down" if problems else "up",
+        "liveWorkers": found.live_workers,
+        "replicators": found.replicators,
+        "units": found.units,
+        "unitsWithoutOwner": found.units_without_owner,
+        "unitsWithoutOwnerOverLease": found.units_without_owner_too_long,
+        "lastReconcileAgeSeconds": None if age is None else round(age, 1),
+    }
+    if problems:
+        body["reason"] = "; ".join(problems)
+    return body
+
+
+@router.get("/readyz", tags=["health"], summary="Whether Ferry can do its job now")
+async def readyz(request: Request) -> JSONResponse:
+    """The database, Redis and the fleet, each up or down with a reason; 200 when all are up, 503 otherwise."""
+    state = request.app.state
+    timeout = state.settings.health_timeout_seconds
+    database, redis = await asyncio.gather(
+        _check(lambda: _database(state.db_engine), timeout), _check(lambda: _redis(state.redis), timeout)
+    )
+    fleet: dict[str, Any] = {"status": "down", "reason": "the database is down"}
+    if database["status"] == "up":
+        fleet_probe: dict[str, Any] = {}
+
+        async def probe() -> None:
+            fleet_probe.update(await _fleet(state.db_engine, state.settings))
+
+        checked = await _check(probe, timeout)
+        fleet = fleet_probe if checked["status"] == "up" else checked
+    all_up = all(c["status"] == "up" for c in (database, redis, fleet))
+    body = {"status": "up" if all_up else "down", "database": database, "redis": redis, "fleet": fleet}
+    return JSONResponse(body, status_code=200 if all_up else 503)
 
 
 @router.get("/healthz", tags=["health"], summary="Health of Ferry's dependencies")

@@ -4,8 +4,10 @@
   seconds), latency, throughput, errors, owner worker and health, for one replicator.
 - ``GET /metrics``: every replicator in Prometheus text format, with MSK Replicator's CloudWatch metric names.
 
-Workers publish at every tick (``workers/fleet/agent.py``); a reading older than ``STALE_AFTER_MS`` is shown
-as such (health ``UNKNOWN``) rather than as if it were current.
+Workers publish at every tick (``workers/fleet/work.py``). Nothing reads as a healthy zero when nobody reports: a
+reading older than ``STALE_AFTER_MS`` is shown as such (health ``UNKNOWN``, its age) rather than as if it were
+current, a partition in scope that no worker reports at all is listed as ``UNKNOWN`` with no numbers, totals
+that depend on them are null, and Prometheus series without a current value are absent.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from api.deps import transaction
 from api.errors import error_responses
 from api.identity import CallerDep, current_caller, is_metrics_scraper
 from api.replicators import ReplicatorArn
-from models import replicator_service
+from models import fleet_store, replicator_service
 from models.errors import DependencyUnavailableError
 from models.fleet_reports import METRICS_KEY, STATUS_KEY, PartitionReport, StatusField
 from models.replicator import ReplicatorRow, ReplicatorState
@@ -33,6 +35,7 @@ from models.replicator import ReplicatorRow, ReplicatorState
 router = APIRouter(tags=["monitoring"])
 
 STALE_AFTER_MS = 15_000
+STATUS_STALE_AFTER_MS = 30_000
 
 
 def _text(value: bytes | str) -> str:
@@ -46,14 +49,38 @@ class ReplicatorReading:
     status: dict[str, Any]
 
 
-async def _reading(redis: Redis, row: ReplicatorRow) -> ReplicatorReading:
+async def _reading(redis: Redis, row: ReplicatorRow, in_scope: list[tuple[str, int]]) -> ReplicatorReading:
     try:
-        return await _read(redis, row)
+        return await _read(redis, row, in_scope)
     except RedisError as exc:
         raise DependencyUnavailableError(f"the fleet's measurements in Redis cannot be read now: {exc}") from None
 
 
-async def _read(redis: Redis, row: ReplicatorRow) -> ReplicatorReading:
+def _unreported(topic: str, partition: int, target_topic: str | None) -> dict[str, Any]:
+    return {
+        "sourceTopic": topic,
+        "partition": partition,
+        "targetTopic": target_topic,
+        "owner": None,
+        "health": "UNKNOWN",
+        "healthDetail": "no worker reports this partition: it may have no live owner",
+        "lagRecords": None,
+        "lagSeconds": None,
+        "latencyMs": None,
+        "recordsCopied": None,
+        "bytesCopied": None,
+        "recordsFiltered": None,
+        "recordsPerSecond": None,
+        "bytesPerSecond": None,
+        "truncatedOffsets": None,
+        "errors": {},
+        "nextSourceOffset": None,
+        "sourceEndOffset": None,
+        "reportedAgeSeconds": None,
+    }
+
+
+async def _read(redis: Redis, row: ReplicatorRow, in_scope: list[tuple[str, int]]) -> ReplicatorReading:
     now_ms = int(time.time() * 1000)
     raw = await redis.hgetall(METRICS_KEY.format(replicator_id=row.id))
     partitions = []
@@ -89,28 +116,49 @@ async def _read(redis: Redis, row: ReplicatorRow) -> ReplicatorReading:
                 "reportedAgeSeconds": age / 1000,
             }
         )
+    reported = {(p["sourceTopic"], p["partition"]) for p in partitions}
+    topics = json.loads(await redis.hget(STATUS_KEY.format(replicator_id=row.id), StatusField.TOPICS) or "{}")
+    for topic, partition in in_scope:
+        if (topic, partition) not in reported:
+            partitions.append(_unreported(topic, partition, topics.get(topic)))
     partitions.sort(key=lambda p: (p["sourceTopic"], p["partition"]))
-    status_raw = await redis.hgetall(STATUS_KEY.format(replicator_id=row.id))
-    status = {_text(k): json.loads(v) for k, v in status_raw.items() if _text(k) != StatusField.REPORTED_AT_MS}
+    status_raw = {_text(k): v for k, v in (await redis.hgetall(STATUS_KEY.format(replicator_id=row.id))).items()}
+    reported_at = int(status_raw.pop(StatusField.REPORTED_AT_MS, 0) or 0)
+    # The metadata unit's readings (cluster pings, group sync) count only while it reports.
+    fresh = now_ms - reported_at <= STATUS_STALE_AFTER_MS
+    status = {k: json.loads(v) for k, v in status_raw.items()} if fresh else {}
     return ReplicatorReading(row, partitions, status)
 
 
+def _sum(partitions: list[dict[str, Any]], name: str) -> float:
+    total: float = 0  # stays an int when every value is one
+    for p in partitions:
+        if p[name] is not None:
+            total += p[name]
+    return total
+
+
 def _totals(partitions: list[dict[str, Any]]) -> dict[str, Any]:
+    """Sums and maxima over the partitions; a figure that needs a partition nobody reports now is null, not a
+    number that would read as healthy."""
     errors: dict[str, int] = defaultdict(int)
     for p in partitions:
         for kind, count in p["errors"].items():
             errors[kind] += count
-    lags = [p["lagRecords"] for p in partitions if p["lagRecords"] is not None]
-    lag_seconds = [p["lagSeconds"] for p in partitions if p["lagSeconds"] is not None]
-    latencies = [p["latencyMs"] for p in partitions if p["latencyMs"] is not None]
+    current = [p for p in partitions if p["health"] != "UNKNOWN"]
+    complete = len(current) == len(partitions)
+    lags = [p["lagRecords"] for p in current if p["lagRecords"] is not None]
+    lag_seconds = [p["lagSeconds"] for p in current if p["lagSeconds"] is not None]
+    latencies = [p["latencyMs"] for p in current if p["latencyMs"] is not None]
     return {
         "partitions": len(partitions),
-        "recordsCopied": sum(p["recordsCopied"] for p in partitions),
-        "bytesCopied": sum(p["bytesCopied"] for p in partitions),
-        "recordsPerSecond": sum(p["recordsPerSecond"] for p in partitions),
-        "bytesPerSecond": sum(p["bytesPerSecond"] for p in partitions),
-        "lagRecords": sum(lags) if lags else None,
-        "maxLagSeconds": max(lag_seconds) if lag_seconds else None,
+        "partitionsUnreported": len(partitions) - len(current),
+        "recordsCopied": _sum(partitions, "recordsCopied"),
+        "bytesCopied": _sum(partitions, "bytesCopied"),
+        "recordsPerSecond": _sum(current, "recordsPerSecond") if current else None,
+        "bytesPerSecond": _sum(current, "bytesPerSecond") if current else None,
+        "lagRecords": sum(lags) if lags and complete else None,
+        "maxLagSeconds": max(lag_seconds) if lag_seconds and complete else None,
         "maxLatencyMs": max(latencies) if latencies else None,
         "errors": dict(errors),
         "unhealthyPartitions": sum(1 for p in partitions if p["health"] not in ("REPLICATING", "STARTING")),
@@ -127,7 +175,8 @@ async def replicator_metrics(replicatorArn: ReplicatorArn, request: Request, cal
     """Totals and per topic-partition lag, latency, throughput, errors, owner worker and health."""
     async with transaction(request) as session:
         row = await replicator_service.get_replicator(session, account_id=caller.account_id, arn=replicatorArn)
-    reading = await _reading(request.app.state.redis, row)
+        in_scope = (await fleet_store.inventories(session, [str(row.id)])).get(str(row.id), [])
+    reading = await _reading(request.app.state.redis, row, in_scope)
     return {
         "replicatorArn": row.arn,
         "replicatorName": row.name,
@@ -176,9 +225,10 @@ async def prometheus_metrics(request: Request) -> PlainTextResponse:
     account = None if is_metrics_scraper(request) else current_caller(request).account_id
     async with transaction(request) as session:
         rows = await replicator_service.replicators_of(session, account_id=account)
+        scopes = await fleet_store.inventories(session, [str(row.id) for row in rows])
     out = _Exposition()
     for row in rows:
-        reading = await _reading(request.app.state.redis, row)
+        reading = await _reading(request.app.state.redis, row, scopes.get(str(row.id), []))
         name = row.name
         account_label = {"account_id": row.account_id}
         totals = _totals(reading.partitions)
@@ -215,6 +265,13 @@ async def prometheus_metrics(request: Request) -> PlainTextResponse:
             totals["bytesPerSecond"],
         )
         failures = sum(totals["errors"].values())
+        out.add(
+            "FerryUnreportedPartitions",
+            "gauge",
+            "Partitions in scope without a current report from a worker (not copied, or their worker is gone).",
+            {**account_label, "replicator_name": name},
+            totals["partitionsUnreported"],
+        )
         out.add(
             "ReplicatorFailure",
             "gauge",
@@ -258,14 +315,14 @@ async def prometheus_metrics(request: Request) -> PlainTextResponse:
             "gauge",
             "Consumer groups whose offsets are synchronised.",
             {**account_label, "replicator_name": name},
-            groups.get("groupCount", 0),
+            groups.get("groupCount"),
         )
         out.add(
             "ConsumerGroupOffsetSyncFailure",
             "counter",
             "Consumer group offset sync failures since the replicator's metadata unit started.",
             {**account_label, "replicator_name": name},
-            groups.get("failures", 0),
+            groups.get("failures"),
         )
         for group, entry in sorted((groups.get("groups") or {}).items()):
             out.add(

@@ -35,11 +35,22 @@ class FleetWorker(Base):
     heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
 
 
+class FleetReconcile(Base):
+    """One row: when a reconcile pass last ran, and where (every agent runs passes; beat only adds some)."""
+
+    __tablename__ = "fleet_reconciles"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ran_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    ran_by: Mapped[str] = mapped_column(String(200), nullable=False)
+
+
 class FleetUnit(Base):
     """One unit of work: a replicator's metadata unit (partition -1) or one source topic-partition.
 
     ``assigned_worker`` is the reconcile loop's decision; ``owner_worker`` holds the lease until
-    ``lease_expires_at``. ``epoch`` increases on every acquisition: the fencing token of the current owner.
+    ``lease_expires_at``; without an owner, ``lease_expires_at`` says since when the unit has had none.
+    ``epoch`` increases on every acquisition: the fencing token of the current owner.
     """
 
     __tablename__ = "fleet_units"
@@ -122,6 +133,19 @@ class DesiredReplicator:
 class UnitObservation:
     assigned_worker: str | None
     owner: str | None  # holder of a live lease, None when free or expired
+    unowned_seconds: float = 0.0  # how long it has had no live lease (0 while it has one)
+
+
+@dataclass(frozen=True)
+class FleetOverview:
+    """The fleet at a glance (``/readyz``)."""
+
+    live_workers: int
+    replicators: int
+    units: int
+    units_without_owner: int
+    units_without_owner_too_long: int
+    last_reconcile_age_seconds: float | None
 
 
 @dataclass(frozen=True)

@@ -20,11 +20,13 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, and_, bindparam, delete, func, null, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from models.fleet import (
     AssignedUnit,
     DesiredReplicator,
+    FleetOverview,
+    FleetReconcile,
     FleetUnit,
     FleetWorker,
     MetadataObservation,
@@ -86,8 +88,14 @@ def live_workers(conn: Connection, dead_after_seconds: float) -> frozenset[str]:
     return frozenset(str(r.worker_id) for r in rows)
 
 
+def _unowned_seconds() -> Any:
+    """Seconds since a unit last had a live lease (0 while it has one): lease_expires_at holds when it ended."""
+    return func.greatest(0.0, func.extract("epoch", func.now() - func.coalesce(FleetUnit.lease_expires_at, func.now())))
+
+
 def observed_units(conn: Connection) -> dict[UnitKey, UnitObservation]:
-    """Every unit with its assignment and the owner of its lease while that lease is live."""
+    """Every unit with its assignment, the owner of its lease while that lease is live, and how long it has had
+    no live owner."""
     rows = conn.execute(
         select(
             FleetUnit.replicator_id,
@@ -96,9 +104,17 @@ def observed_units(conn: Connection) -> dict[UnitKey, UnitObservation]:
             FleetUnit.assigned_worker,
             FleetUnit.owner_worker,
             (FleetUnit.lease_expires_at > func.now()).label("lease_live"),
+            _unowned_seconds().label("unowned_seconds"),
         )
     )
-    return {_key(r): UnitObservation(r.assigned_worker, r.owner_worker if r.lease_live else None) for r in rows}
+    return {
+        _key(r): UnitObservation(
+            r.assigned_worker,
+            r.owner_worker if r.lease_live else None,
+            0.0 if r.lease_live else float(r.unowned_seconds),
+        )
+        for r in rows
+    }
 
 
 def metadata_observations(conn: Connection, fail_after_seconds: float) -> dict[str, MetadataObservation]:
@@ -158,7 +174,8 @@ def create_units(conn: Connection, keys: Iterable[UnitKey]) -> None:
         for k in sorted(keys)
     ]
     if values:
-        conn.execute(insert(FleetUnit).on_conflict_do_nothing(), values)
+        # A unit without an owner keeps in lease_expires_at when it last had one (here: since when it exists).
+        conn.execute(insert(FleetUnit).values(lease_expires_at=func.now()).on_conflict_do_nothing(), values)
 
 
 def assign_units(conn: Connection, assignment: Mapping[UnitKey, str | None]) -> None:
@@ -201,6 +218,64 @@ def delete_deleted_replicator(conn: Connection, replicator_id: str) -> None:
         delete(ReplicatorRow).where(
             ReplicatorRow.id == uuid.UUID(replicator_id), ReplicatorRow.state == ReplicatorState.DELETING.value
         )
+    )
+
+
+def record_reconcile(conn: Connection, by: str) -> None:
+    """Note that a reconcile pass ran now (read by /readyz: a fleet whose passes stopped is not ready)."""
+    statement = insert(FleetReconcile).values(id=1, ran_at=func.now(), ran_by=by[:200])
+    conn.execute(
+        statement.on_conflict_do_update(
+            index_elements=[FleetReconcile.id], set_={"ran_at": func.now(), "ran_by": statement.excluded.ran_by}
+        )
+    )
+
+
+async def inventories(
+    db: AsyncConnection | AsyncSession, replicator_ids: Iterable[str]
+) -> dict[str, list[tuple[str, int]]]:
+    """The source partitions each replicator's metadata unit last reported in scope (those that should be copied)."""
+    ids = [uuid.UUID(i) for i in replicator_ids]
+    if not ids:
+        return {}
+    rows = await db.execute(
+        select(ReplicatorMetadata.replicator_id, ReplicatorMetadata.partitions).where(
+            ReplicatorMetadata.replicator_id.in_(ids)
+        )
+    )
+    return {str(r.replicator_id): [(str(t), int(p)) for t, p in r.partitions] for r in rows}
+
+
+async def overview(conn: AsyncConnection, dead_after_seconds: float, unowned_after_seconds: float) -> FleetOverview:
+    """The fleet at a glance, for /readyz."""
+    workers = (
+        await conn.execute(
+            select(func.count()).where(FleetWorker.heartbeat_at > func.now() - _seconds(dead_after_seconds))
+        )
+    ).scalar_one()
+    live = FleetUnit.lease_expires_at > func.now()
+    units = (
+        await conn.execute(
+            select(
+                func.count(),
+                func.count().filter(~func.coalesce(live, False)),
+                func.count().filter(_unowned_seconds() > unowned_after_seconds, ~func.coalesce(live, False)),
+            )
+        )
+    ).one()
+    reconciled = (
+        await conn.execute(
+            select(func.extract("epoch", func.now() - FleetReconcile.ran_at)).where(FleetReconcile.id == 1)
+        )
+    ).scalar_one_or_none()
+    replicators = (await conn.execute(select(func.count()).select_from(ReplicatorRow))).scalar_one()
+    return FleetOverview(
+        live_workers=int(workers),
+        replicators=int(replicators),
+        units=int(units[0]),
+        units_without_owner=int(units[1]),
+        units_without_owner_too_long=int(units[2]),
+        last_reconcile_age_seconds=None if reconciled is None else float(reconciled),
     )
 
 
@@ -282,7 +357,7 @@ async def release(conn: AsyncConnection, worker_id: str, held: Iterable[tuple[Un
         await conn.execute(
             update(FleetUnit)
             .where(_THIS_UNIT, FleetUnit.owner_worker == worker_id, FleetUnit.epoch == bindparam("epoch_held"))
-            .values(owner_worker=None, lease_expires_at=None),
+            .values(owner_worker=None, lease_expires_at=func.now()),
             params,
         )
 
@@ -290,7 +365,9 @@ async def release(conn: AsyncConnection, worker_id: str, held: Iterable[tuple[Un
 async def leave(conn: AsyncConnection, worker_id: str) -> None:
     """Free every lease the worker still holds and drop it from the fleet."""
     await conn.execute(
-        update(FleetUnit).where(FleetUnit.owner_worker == worker_id).values(owner_worker=None, lease_expires_at=None)
+        update(FleetUnit)
+        .where(FleetUnit.owner_worker == worker_id)
+        .values(owner_worker=None, lease_expires_at=func.now())
     )
     await conn.execute(delete(FleetWorker).where(FleetWorker.worker_id == worker_id))
 

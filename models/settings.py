@@ -39,7 +39,14 @@ class FerrySettings(BaseSettings):
     )
     health_timeout_seconds: Annotated[float, Field(gt=0, le=30)] = 3.0
     celery_queue: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")] = "ferry"
-    reconcile_interval_seconds: Annotated[float, Field(gt=0, le=60)] = 2.0
+    reconcile_interval_seconds: Annotated[float, Field(gt=0, le=60)] = Field(
+        default=2.0, description="How often each worker (and each API process) runs a reconcile pass."
+    )
+    api_reconcile: bool = Field(
+        default=True,
+        description="API processes run reconcile passes too, so a fleet whose every worker died is still seen "
+        "(its replicators become FAILED with NO_LIVE_WORKER).",
+    )
     fleet_agent_enabled: bool = Field(
         default=True, description="Run a fleet agent (replication work) in each Celery worker process."
     )

@@ -53,6 +53,8 @@ def stack_settings(stack: dict[str, Any], **overrides: Any) -> FerrySettings:
         "max_replicators_per_account": 100_000,
         # Read the test secrets at once: tests change them and expect the change to be seen.
         "secret_cache_seconds": 0.0,
+        # API tests have no fleet: their replicators must stay as the API left them (the fleet tests turn it on).
+        "api_reconcile": False,
     }
     secured = stack.get("secure") or {}
     if secured.get("aws_endpoint"):

@@ -10,9 +10,9 @@ from typing import Any
 from sqlalchemy import Engine
 
 from models.db import make_sync_engine
+from models.fleet_reconcile import reconcile_once
 from models.settings import get_settings
 from workers.celery_app import app
-from workers.fleet.reconcile import reconcile_once
 
 
 @lru_cache(maxsize=1)
@@ -28,11 +28,6 @@ def ping() -> dict[str, Any]:
 
 @app.task(name="ferry.reconcile", ignore_result=True)
 def reconcile() -> bool:
-    """One reconcile pass (see workers/fleet/reconcile.py); False when another pass was already running."""
-    settings = get_settings()
-    result = reconcile_once(
-        _database(),
-        worker_dead_after=settings.worker_dead_after_seconds,
-        fail_after=settings.replicator_fail_after_seconds,
-    )
+    """One reconcile pass (see models/fleet_reconcile.py); False when another pass was already running."""
+    result = reconcile_once(_database(), get_settings(), f"task@{socket.gethostname()}:{os.getpid()}")
     return result is not None

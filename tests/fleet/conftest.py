@@ -63,6 +63,7 @@ def fleet_settings(stack: dict[str, Any]) -> Iterator[FerrySettings]:
         fleet_lease_seconds=8.0,
         worker_dead_after_seconds=8.0,
         replicator_fail_after_seconds=5.0,
+        api_reconcile=True,
     )
     yield settings
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
@@ -78,18 +79,23 @@ class Fleet:
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.env = {**os.environ, **settings.as_environment(), **SECRETS_CREDENTIALS, "PYTHONUNBUFFERED": "1"}
 
-    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         log = self.logs / f"{name}.log"
         with log.open("ab") as out:
             proc = subprocess.Popen(
-                argv, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                argv,
+                cwd=ROOT,
+                env={**self.env, **(env or {})},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         self.processes[name] = proc
         return proc
 
-    def start_worker(self, name: str) -> subprocess.Popen[bytes]:
+    def start_worker(self, name: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         hostname = f"{name}-{uuid.uuid4().hex[:6]}@%h"
-        return self._spawn(name, celery_worker_argv(hostname, "--without-gossip", "--without-mingle"))
+        return self._spawn(name, celery_worker_argv(hostname, "--without-gossip", "--without-mingle"), env)
 
     def start_beat(self) -> subprocess.Popen[bytes]:
         return self._spawn("beat", celery_beat_argv(self.logs / "celerybeat-schedule", None, loglevel="WARNING"))

@@ -5,11 +5,18 @@ produced, lost (never any) and duplicated, and how long recovery took."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
+import httpx
 import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
@@ -173,3 +180,109 @@ def test_without_beat_a_dead_workers_partitions_still_move_within_30_seconds(
     finally:
         fleet.start_beat()
         fleet.stop("nobeat-2")
+
+
+@pytest.mark.slow
+def test_a_fleet_without_live_workers_says_so_everywhere_and_recovers(
+    fleet: Fleet,
+    fleet_settings: FerrySettings,
+    fleet_kafka: Any,
+    fleet_http: httpx.Client,
+    fleet_api: str,
+    fleet_db: Engine,
+    unique: str,
+    source_bootstrap: str,
+    target_bootstrap: str,
+) -> None:
+    """The last worker dies: the replicator leaves RUNNING with NO_LIVE_WORKER, its partitions read UNKNOWN with
+    no numbers (not healthy zeros), their Prometheus series vanish and /readyz answers 503; a new worker brings
+    everything back."""
+    topic = f"{unique}-alone"
+    partitions = 3
+    asyncio.run(create_topic(source_bootstrap, topic, partitions))
+    asyncio.run(produce_numbered(source_bootstrap, topic, range(300), partitions))
+    fleet.start_worker("lonely-1")
+    arn = fleet_kafka.create_replicator(**create_request(unique, source_bootstrap, target_bootstrap, [topic]))[
+        "ReplicatorArn"
+    ]
+    running = wait_until("RUNNING", lambda: (d := describe(fleet_kafka, arn))["ReplicatorState"] == "RUNNING" and d, 60)
+    target = f"{running['ReplicationInfoList'][0]['SourceKafkaClusterAlias']}.{topic}"
+    wait_until("300 copied", lambda: asyncio.run(delivered(target_bootstrap, target, 300)).distinct == 300, 60)
+    assert httpx.get(f"{fleet_api}/readyz", timeout=10).status_code == 200
+
+    fleet.kill("lonely-1")
+    killed_at = time.monotonic()
+    failed = wait_until(
+        "FAILED with NO_LIVE_WORKER",
+        lambda: (d := describe(fleet_kafka, arn))["ReplicatorState"] == "FAILED" and d,
+        fleet_settings.worker_dead_after_seconds + fleet_settings.fleet_lease_seconds + 30,
+    )
+    noticed_s = time.monotonic() - killed_at
+    assert failed["StateInfo"]["Code"] == "NO_LIVE_WORKER", failed["StateInfo"]
+    assert "start a worker" in failed["StateInfo"]["Message"]
+
+    def unknown() -> dict[str, Any] | None:
+        response = fleet_http.get(f"/replication/v1/replicators/{quote(arn, safe='')}/metrics")
+        body: dict[str, Any] = response.json()
+        return body if all(p["health"] == "UNKNOWN" for p in body["partitions"]) else None
+
+    body = wait_until("every partition UNKNOWN", unknown, 30)
+    assert len(body["partitions"]) == partitions
+    assert body["totals"]["lagRecords"] is None, "no lag figure while nobody measures it"
+    assert body["totals"]["recordsPerSecond"] is None
+    assert body["totals"]["partitionsUnreported"] == partitions
+    exposition = fleet_http.get("/metrics").text
+    name_label = f'replicator_name="{unique}"'
+    assert not [line for line in exposition.splitlines() if line.startswith("MessageLag{") and name_label in line]
+    assert f'FerryUnreportedPartitions{{account_id="000000000000",{name_label}}} {partitions}' in exposition
+    ready = httpx.get(f"{fleet_api}/readyz", timeout=10)
+    assert ready.status_code == 503
+    assert ready.json()["fleet"]["liveWorkers"] == 0
+    assert "no live worker" in ready.json()["fleet"]["reason"]
+
+    fleet.start_worker("lonely-2")
+    restarted_at = time.monotonic()
+    recovered = wait_until(
+        "RUNNING again", lambda: (d := describe(fleet_kafka, arn))["ReplicatorState"] == "RUNNING" and d, 60
+    )
+    recovery_s = time.monotonic() - restarted_at
+    assert not (recovered.get("StateInfo") or {}).get("Code")
+    asyncio.run(produce_numbered(source_bootstrap, topic, range(300, 600), partitions))
+    result = wait_until(
+        "600 on the target",
+        lambda: (d := asyncio.run(delivered(target_bootstrap, target, 600))).distinct == 600 and d,
+        60,
+    )
+    wait_until("/readyz 200", lambda: httpx.get(f"{fleet_api}/readyz", timeout=10).status_code == 200, 30)
+    print(
+        f"last worker killed: FAILED/NO_LIVE_WORKER {noticed_s:.1f}s after the kill; RUNNING {recovery_s:.1f}s after "
+        f"a new worker started; produced {result.produced}, lost {result.lost}, duplicated {result.duplicated}"
+    )
+    assert result.lost == 0
+    fleet.stop("lonely-2")
+
+
+@pytest.mark.slow
+def test_a_worker_reports_its_liveness_for_a_supervisor(fleet: Fleet, tmp_path: Path) -> None:
+    live = tmp_path / "worker.live"
+    worker = fleet.start_worker("liveness", env={"FERRY_WORKER_LIVENESS_FILE": str(live)})
+
+    def probe() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "workers.liveness", "--file", str(live), "--max-age", "5"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+
+    try:
+        wait_until("a live worker", lambda: probe().returncode == 0, 60)
+        os.killpg(worker.pid, signal.SIGSTOP)  # frozen: its loops stop going round
+        stopped = wait_until("the probe to fail", lambda: (r := probe()).returncode == 1 and r, 30)
+        assert "loop last went round" in stopped.stderr
+        os.killpg(worker.pid, signal.SIGCONT)
+        wait_until("live again", lambda: probe().returncode == 0, 30)
+    finally:
+        os.killpg(worker.pid, signal.SIGCONT)
+        fleet.stop("liveness")

@@ -13,10 +13,10 @@ from sqlalchemy import Engine, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from models.db import make_async_engine
+from models.fleet_plan import UnitKey
+from models.fleet_reconcile import reconcile_once
 from models.settings import FerrySettings
 from workers.fleet.leases import Lease, LeaseStore
-from workers.fleet.plan import UnitKey
-from workers.fleet.reconcile import reconcile_once
 
 
 @pytest.fixture
@@ -124,7 +124,9 @@ async def test_a_paused_owner_loses_its_lease_before_anyone_else_can_take_it(
     assert await a.renew([lease_a]) == {key}, "the woken worker cannot renew a lease someone else holds"
 
 
-def test_redelivered_reconcile_tasks_change_nothing(fleet_db: Engine, replicator_id: str) -> None:
+def test_redelivered_reconcile_tasks_change_nothing(
+    fleet_db: Engine, fleet_settings: FerrySettings, replicator_id: str
+) -> None:
     """A late or duplicated reconcile message (Redis visibility timeout) re-runs a level-triggered pass."""
     with fleet_db.begin() as conn:
         conn.execute(
@@ -140,7 +142,7 @@ def test_redelivered_reconcile_tasks_change_nothing(fleet_db: Engine, replicator
             ),
             {"r": uuid.UUID(replicator_id), "parts": '[["dup", 0], ["dup", 1], ["dup", 2], ["dup", 3]]'},
         )
-    reconcile_once(fleet_db, worker_dead_after=60)
+    reconcile_once(fleet_db, fleet_settings.model_copy(update={"worker_dead_after_seconds": 60}), "test")
 
     def snapshot() -> list[tuple[object, ...]]:
         with fleet_db.connect() as conn:
@@ -158,7 +160,7 @@ def test_redelivered_reconcile_tasks_change_nothing(fleet_db: Engine, replicator
     first = snapshot()
     assert len(first) == 5  # the metadata unit and four partitions
     for _ in range(10):
-        reconcile_once(fleet_db, worker_dead_after=60)
+        reconcile_once(fleet_db, fleet_settings.model_copy(update={"worker_dead_after_seconds": 60}), "test")
     assert snapshot() == first
     with fleet_db.begin() as conn:
         conn.execute(text("DELETE FROM fleet_workers WHERE worker_id IN ('dup-a', 'dup-b')"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from workers.fleet.plan import (
+from models.fleet_plan import (
     DesiredReplicator,
     MetadataObservation,
     Observed,
@@ -14,6 +14,7 @@ from workers.fleet.plan import (
     balance,
     plan,
 )
+from models.replicator import ReplicatorState
 
 R = "rep-1"
 
@@ -158,3 +159,44 @@ def test_units_of_a_dead_worker_are_reassigned_but_ownership_waits_for_the_lease
     step = plan([DesiredReplicator(R, "RUNNING", 1)], observed)
     assert step.assign == {UnitKey(R, "a", 0): "w1"}
     assert step.state_changes == {}
+
+
+def _running_fleet(unowned: dict[UnitKey, float], live: frozenset[str]) -> tuple[DesiredReplicator, Observed]:
+    meta = UnitKey.metadata(R)
+    units = [meta, *copy_units(4)]
+    observed_units = {u: UnitObservation("w1", None if u in unowned else "w1", unowned.get(u, 0.0)) for u in units}
+    metadata = MetadataObservation(
+        applied_generation=1, partitions=frozenset((u.topic, u.partition) for u in units if not u.is_metadata)
+    )
+    observed = Observed(live, observed_units, {R: metadata}, unowned_after_seconds=10.0)
+    return DesiredReplicator(R, ReplicatorState.RUNNING, 1), observed
+
+
+def test_units_without_a_live_owner_for_over_a_lease_make_the_replicator_fail_with_which() -> None:
+    stranded = copy_units(4)[1]
+    replicator, observed = _running_fleet({stranded: 12.0}, frozenset({"w1"}))
+    change = plan([replicator], observed).state_changes[R]
+    assert change.state == ReplicatorState.FAILED
+    assert change.state_info is not None
+    assert change.state_info["code"] == "PARTITIONS_UNASSIGNED"
+    assert f"{stranded.topic}-{stranded.partition}" in change.state_info["message"]
+    assert "1 of 5 units" in change.state_info["message"]
+
+
+def test_a_unit_between_owners_for_less_than_a_lease_changes_nothing() -> None:
+    replicator, observed = _running_fleet({copy_units(4)[0]: 3.0}, frozenset({"w1"}))
+    assert R not in plan([replicator], observed).state_changes
+
+
+def test_no_live_worker_at_all_is_said_so() -> None:
+    replicator, observed = _running_fleet({u: 30.0 for u in [UnitKey.metadata(R), *copy_units(4)]}, frozenset())
+    info = plan([replicator], observed).state_changes[R].state_info
+    assert info is not None and info["code"] == "NO_LIVE_WORKER"
+
+
+def test_once_every_unit_runs_again_the_replicator_is_running_again() -> None:
+    replicator, observed = _running_fleet({}, frozenset({"w1"}))
+    failed = DesiredReplicator(R, ReplicatorState.FAILED, 1, {"code": "PARTITIONS_UNASSIGNED", "message": "x"})
+    change = plan([failed], observed).state_changes[R]
+    assert change.state == ReplicatorState.RUNNING and change.state_info is None
+    assert R not in plan([replicator], observed).state_changes

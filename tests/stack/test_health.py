@@ -60,3 +60,50 @@ async def test_docs_page_and_openapi_are_served(test_settings: FerrySettings) ->
     assert docs.status_code == 200
     assert "swagger" in docs.text.lower()
     assert "/healthz" in spec.json()["paths"]
+
+
+async def _get(settings: FerrySettings, path: str) -> httpx.Response:
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://ferry") as client:
+            return await client.get(path)
+
+
+async def test_livez_answers_while_the_process_serves_even_without_its_database(test_settings: FerrySettings) -> None:
+    gone = test_settings.model_copy(
+        update={"database_url": f"postgresql+psycopg://ferry:ferry@127.0.0.1:{closed_port()}/ferry"}
+    )
+    response = await _get(gone, "/livez")
+    assert response.status_code == 200
+    assert response.json() == {"status": "up"}
+
+
+async def test_readyz_reports_the_database_redis_and_the_fleet(test_settings: FerrySettings) -> None:
+    response = await _get(test_settings, "/readyz")
+    body = response.json()
+    assert body["database"]["status"] == "up"
+    assert body["redis"]["status"] == "up"
+    fleet = body["fleet"]
+    for field in ("liveWorkers", "replicators", "units", "unitsWithoutOwner", "lastReconcileAgeSeconds"):
+        assert field in fleet
+    # The suite's API database has replicators and no fleet: not ready, and it says why.
+    if fleet["replicators"] and not fleet["liveWorkers"]:
+        assert response.status_code == 503
+        assert "no live worker" in fleet["reason"]
+
+
+async def test_readyz_is_503_with_the_reason_when_the_database_is_down(test_settings: FerrySettings) -> None:
+    gone = test_settings.model_copy(
+        update={
+            "database_url": f"postgresql+psycopg://ferry:ferry@127.0.0.1:{closed_port()}/ferry",
+            "health_timeout_seconds": 2.0,
+        }
+    )
+    response = await _get(gone, "/readyz")
+    body = response.json()
+    assert response.status_code == 503
+    assert body["status"] == "down"
+    assert body["database"]["status"] == "down" and body["database"]["reason"]
+    assert body["fleet"]["status"] == "down"
+    assert body["redis"]["status"] == "up"

@@ -41,9 +41,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from models import fleet_store
 from models.db import make_async_engine, make_sync_engine
 from models.fleet import UnitKey
+from models.fleet_reconcile import reconcile_once
 from models.settings import FerrySettings
 from workers.fleet.leases import Lease, LeaseStore
-from workers.fleet.reconcile import reconcile_once
 from workers.fleet.runtime import ReplicatorRuntime, runtime_of
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ class ControlLoop:
         self._sync_db: Engine | None = None
         self._last_reconcile = 0.0
         self._reconcile: asyncio.Task[None] | None = None
-        self.last_tick_at = 0.0  # wall clock of the last tick that completed
+        self.last_tick_ok_at = 0.0  # wall clock of the last tick that completed without an error
         self.last_reconcile_at = 0.0
 
     # ------------------------------------------------------------------ what other threads ask
@@ -150,7 +150,7 @@ class ControlLoop:
     async def _tick_once(self) -> None:
         try:
             await self.tick()
-            self.last_tick_at = time.time()
+            self.last_tick_ok_at = time.time()
         except (TimeoutError, OSError, SQLAlchemyError, ConnectionError) as exc:
             log.warning("fleet agent %s: control tick failed: %s: %s", self.worker_id, type(exc).__name__, exc)
         except Exception:
@@ -295,12 +295,7 @@ class ControlLoop:
 
     async def _reconcile_once(self) -> None:
         assert self._sync_db is not None
-        result = await asyncio.to_thread(
-            reconcile_once,
-            self._sync_db,
-            self.settings.worker_dead_after_seconds,
-            self.settings.replicator_fail_after_seconds,
-        )
+        result = await asyncio.to_thread(reconcile_once, self._sync_db, self.settings, self.worker_id)
         if result is not None:
             self.last_reconcile_at = time.time()
 
@@ -310,11 +305,14 @@ class ControlLoop:
         path = self.settings.worker_liveness_file
         if path is None:
             return
+        # Whether the loops turn, not whether the database answers: a supervisor restarting workers during a
+        # database outage would only add to it. The last good tick is there for people to read.
         record = {
             "workerId": self.worker_id,
             "pid": os.getpid(),
-            "controlAt": self.last_tick_at,
+            "controlAt": time.time(),
             "workAt": self._work_beat(),
+            "lastGoodTickAt": self.last_tick_ok_at,
             "leases": len(self.leases),
         }
         temporary = path.with_name(f".{path.name}.{os.getpid()}")

@@ -31,6 +31,8 @@ class Observed:
     live_workers: frozenset[str]
     units: Mapping[UnitKey, UnitObservation]
     metadata: Mapping[str, MetadataObservation]
+    # A unit without a live owner for longer than this (a lease) makes its replicator FAILED: copying stopped.
+    unowned_after_seconds: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -105,9 +107,40 @@ def _all_running(units: set[UnitKey], observed: Observed) -> bool:
     return all((obs := observed.units.get(u)) is not None and obs.owner is not None for u in units)
 
 
+def _stranded(wanted: set[UnitKey], observed: Observed) -> dict[str, str] | None:
+    """StateInfo for units nobody has run for longer than a lease, or None."""
+    stranded = sorted(
+        unit
+        for unit in wanted
+        if (obs := observed.units.get(unit)) is not None
+        and obs.owner is None
+        and obs.unowned_seconds > observed.unowned_after_seconds
+    )
+    if not stranded:
+        return None
+    names = ", ".join("metadata unit" if u.is_metadata else f"{u.topic}-{u.partition}" for u in stranded[:10])
+    more = f" and {len(stranded) - 10} more" if len(stranded) > 10 else ""
+    if not observed.live_workers:
+        return {
+            "code": "NO_LIVE_WORKER",
+            "message": f"no Ferry worker is alive, so nothing is copied: {len(stranded)} of {len(wanted)} units "
+            f"have had no owner for over {observed.unowned_after_seconds:g}s ({names}{more}); start a worker",
+        }
+    return {
+        "code": "PARTITIONS_UNASSIGNED",
+        "message": f"{len(stranded)} of {len(wanted)} units have had no live worker for over "
+        f"{observed.unowned_after_seconds:g}s and are not copied: {names}{more}",
+    }
+
+
 def _next_state(replicator: DesiredReplicator, wanted: set[UnitKey], observed: Observed) -> StateChange | None:
     metadata = observed.metadata.get(replicator.id)
     if replicator.state == ReplicatorState.DELETING:
+        return None
+    stranded = _stranded(wanted, observed)
+    if stranded is not None:
+        if replicator.state != ReplicatorState.FAILED or dict(replicator.state_info or {}) != stranded:
+            return StateChange(ReplicatorState.FAILED, stranded)
         return None
     if metadata is not None and metadata.failed:
         info = {"code": metadata.error_code or "UNKNOWN", "message": metadata.error_message or ""}

@@ -1,8 +1,9 @@
 """One pass of the level-triggered reconcile loop: read desired and observed state, ``plan``, apply.
 
-Runs as a short Celery task (beat every few seconds, and whenever the API changes a replicator). Passes are
-serialised by a PostgreSQL advisory lock, so concurrent triggers never interleave their writes; a trigger
-that finds a pass under way simply returns, because the running pass or the next beat covers it.
+Every worker's agent runs a pass every ``FERRY_RECONCILE_INTERVAL_SECONDS`` (``workers/fleet/control.py``), so
+no single process is needed for it; beat and the API's Celery task (on every change) only make passes come
+sooner. Passes are serialised by a PostgreSQL advisory lock, so concurrent triggers never interleave their
+writes; a trigger that finds a pass under way simply returns, because the running pass or the next covers it.
 Writes are guarded by the state and generation the pass read, so an API change that lands in between wins.
 Every statement is in ``models/fleet_store.py``; this module only sequences them around the pure ``plan``.
 """
@@ -13,15 +14,19 @@ from sqlalchemy import Connection, Engine
 
 from models import fleet_store
 from models.fleet import DesiredReplicator
-from workers.fleet.plan import Observed, Plan, plan
+from models.fleet_plan import Observed, Plan, plan
+from models.settings import FerrySettings
 
 
-def gather(conn: Connection, worker_dead_after: float, fail_after: float) -> tuple[list[DesiredReplicator], Observed]:
+def gather(
+    conn: Connection, worker_dead_after: float, fail_after: float, unowned_after: float
+) -> tuple[list[DesiredReplicator], Observed]:
     desired = fleet_store.desired_replicators(conn)
     observed = Observed(
         live_workers=fleet_store.live_workers(conn, worker_dead_after),
         units=fleet_store.observed_units(conn),
         metadata=fleet_store.metadata_observations(conn, fail_after),
+        unowned_after_seconds=unowned_after,
     )
     return desired, observed
 
@@ -45,13 +50,21 @@ def apply(conn: Connection, desired: list[DesiredReplicator], result: Plan) -> N
     fleet_store.forget_departed_workers(conn)
 
 
-def reconcile_once(engine: Engine, worker_dead_after: float = 10.0, fail_after: float = 15.0) -> Plan | None:
-    """One pass; returns the applied plan, or None when another pass held the lock."""
+def reconcile_once(engine: Engine, settings: FerrySettings, by: str) -> Plan | None:
+    """One pass; returns the applied plan, or None when another pass held the lock. ``by`` names who ran it."""
     with engine.begin() as conn:
         if not fleet_store.try_reconcile_lock(conn):
             return None
-        desired, observed = gather(conn, worker_dead_after, fail_after)
+        desired, observed = gather(
+            conn,
+            settings.worker_dead_after_seconds,
+            settings.replicator_fail_after_seconds,
+            # A dead worker's units are reassigned after worker_dead_after and taken once its leases expired:
+            # only units unowned for a lease past that are stranded.
+            settings.fleet_lease_seconds,
+        )
         result = plan(desired, observed)
         if not result.is_empty:
             apply(conn, desired, result)
+        fleet_store.record_reconcile(conn, by)
         return result
