@@ -56,7 +56,13 @@ class FerrySettings(BaseSettings):
     fleet_lease_seconds: Annotated[float, Field(ge=3, le=300)] = Field(
         default=10.0,
         description="How long a unit's lease lasts without renewal: a dead worker's units move after it. A worker "
-        "stops writing a safety margin (a fifth of it, at least 1 s) before the database would hand it over.",
+        "stops writing a safety margin (FERRY_FLEET_WRITE_TIMEOUT_SECONDS + 0.5 s, at least a fifth of the lease) "
+        "before the database would hand it over.",
+    )
+    fleet_write_timeout_seconds: Annotated[float, Field(ge=0.5, le=120)] = Field(
+        default=5.0,
+        description="How long a worker's Kafka clients wait for a broker before abandoning a request (and its "
+        "connection): bounds how late a write that passed the lease check can still be pending.",
     )
     worker_dead_after_seconds: Annotated[float, Field(ge=2, le=300)] = 10.0
     worker_liveness_file: Path | None = Field(
@@ -117,7 +123,7 @@ class FerrySettings(BaseSettings):
     def fleet_lease_margin_seconds(self) -> float:
         """How long before a lease's expiry in the database a worker already treats it as lost (pauses, clock
         rates and the time a request takes to reach a broker fit in it)."""
-        return max(1.0, self.fleet_lease_seconds / 5)
+        return max(self.fleet_lease_seconds / 5, self.fleet_write_timeout_seconds + 0.5)
 
     @model_validator(mode="after")
     def _fleet_timings_agree(self) -> FerrySettings:
@@ -125,7 +131,8 @@ class FerrySettings(BaseSettings):
         if renewals < 3:
             raise ValueError(
                 f"FERRY_FLEET_LEASE_SECONDS ({self.fleet_lease_seconds:g}) minus its safety margin "
-                f"({self.fleet_lease_margin_seconds:g}) must span at least three ticks of FERRY_FLEET_TICK_SECONDS "
+                f"({self.fleet_lease_margin_seconds:g}: FERRY_FLEET_WRITE_TIMEOUT_SECONDS + 0.5 s, at least a fifth "
+                f"of the lease) must span at least three ticks of FERRY_FLEET_TICK_SECONDS "
                 f"({self.fleet_tick_seconds:g}), so one slow renewal does not lose every lease"
             )
         if self.worker_dead_after_seconds < 3 * self.fleet_tick_seconds:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from aiokafka.admin import NewPartitions
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
@@ -18,6 +19,9 @@ from tests.engine.conftest import (
     wait_for,
 )
 from workers.engine.admin import describe_topic_configs
+from workers.engine.aiokafka_hooks import WritesFenced
+from workers.engine.connection import ClusterConnection
+from workers.engine.topics import TopicSynchronizer
 
 
 async def test_new_topic_and_new_partitions_are_followed_within_10s(
@@ -102,3 +106,33 @@ async def _dynamic_configs(bootstrap: str, topic: str) -> dict[str, str | None]:
 async def _partition_has(bootstrap: str, topic: str, partition: int, count: int) -> bool:
     ends = await end_offsets(bootstrap, topic)
     return ends.get(partition, 0) >= count
+
+
+async def test_topic_sync_writes_nothing_once_its_write_gate_closes(
+    source_bootstrap: str, target_bootstrap: str, unique: str
+) -> None:
+    """The metadata unit's lease ends in the middle of a pass: the topic created before stays, nothing after it
+    is created, and the pass stops with WritesFenced."""
+    topics = [f"{unique}-g{i}" for i in range(3)]
+    for topic in topics:
+        await create_topic(source_bootstrap, topic, 1)
+    spec = spec_for(unique, [f"{unique}-g.*"])
+    writes_left = {"count": 1}
+
+    def gate() -> bool:
+        allowed = writes_left["count"] > 0
+        writes_left["count"] -= 1
+        return allowed
+
+    sync = TopicSynchronizer(
+        spec, ClusterConnection(source_bootstrap), ClusterConnection(target_bootstrap), write_gate=gate
+    )
+    await sync.start()
+    try:
+        with pytest.raises(WritesFenced):
+            await sync.sync_once()
+    finally:
+        await sync.close()
+    async with admin_client(target_bootstrap) as admin:
+        present = {t for t in await admin.list_topics() if t.startswith(f"src.{unique}-g")}
+    assert present == {f"src.{topics[0]}"}

@@ -3,11 +3,17 @@ batches already queued in the producer, and copies everything once the gate open
 
 from __future__ import annotations
 
+import contextlib
+
+import pytest
 from aiokafka import TopicPartition
 
 from tests.engine.conftest import Rec, create_topic, produce, read_topic, spec_for, topic_count, wait_for
 from tests.engine.test_copier_ownership import copier, prepare_target
+from workers.engine.connection import ClusterConnection
+from workers.engine.copier import CopierOptions, LeaseLost, PartitionCopier
 from workers.engine.metrics import ErrorKind
+from workers.engine.progress import ProgressStore
 
 
 async def test_a_closed_write_gate_keeps_every_batch_off_the_target(
@@ -48,3 +54,86 @@ async def test_a_closed_write_gate_keeps_every_batch_off_the_target(
             f"b{i}" for i in range(1000) if i % 2 == partition
         ]
         assert values == expected, f"partition {partition}: lost, duplicated or reordered records"
+
+
+async def test_the_gate_judges_each_batch_by_its_own_partition(
+    source_bootstrap: str, target_bootstrap: str, unique: str
+) -> None:
+    """One partition's lease is gone, the other's holds: only the lost partition's batches are refused, even when
+    they travel in the same produce request as the other's."""
+    topic = f"{unique}-half"
+    await create_topic(source_bootstrap, topic, 2)
+    spec = spec_for(unique, [topic])
+    await prepare_target(spec, source_bootstrap, target_bootstrap)
+    held, lost = TopicPartition(topic, 0), TopicPartition(topic, 1)
+    target = spec.target_topic(topic)
+    asked: list[frozenset[TopicPartition]] = []
+
+    def gate(partitions: frozenset[TopicPartition]) -> bool:
+        asked.append(partitions)
+        return lost not in partitions
+
+    async with copier(spec, source_bootstrap, target_bootstrap, write_gate=gate) as instance:
+        await instance.assign([held, lost])
+        await produce(source_bootstrap, topic, [Rec(i % 2, None, f"r{i}".encode()) for i in range(2000)])
+
+        async def held_copied() -> bool:
+            data = await read_topic(target_bootstrap, target)
+            return len(data[0]) == 1000
+
+        await wait_for(held_copied, 60, "every record of the partition whose lease holds")
+
+        async def lost_refused() -> bool:
+            return instance.snapshot()[lost].errors.get(ErrorKind.LEASE_LOST.value, 0) >= 1
+
+        await wait_for(lost_refused, 30, "the lost partition's batches refused")
+        data = await read_topic(target_bootstrap, target)
+    assert data[1] == [], "a batch of the partition whose lease is gone reached the target"
+    assert frozenset({held}) in asked and frozenset({lost}) in asked, "each batch judged alone"
+    assert frozenset() not in asked
+
+
+async def test_a_revoked_partition_whose_lease_is_gone_writes_no_final_progress(
+    source_bootstrap: str, target_bootstrap: str, unique: str
+) -> None:
+    """Revoking the last partition leaves the copier with no assignment: its final progress must still be judged
+    by that partition's lease, never waved through as "nothing held"."""
+    topic = f"{unique}-last"
+    await create_topic(source_bootstrap, topic, 1)
+    spec = spec_for(unique, [topic])
+    await prepare_target(spec, source_bootstrap, target_bootstrap)
+    tp = TopicPartition(topic, 0)
+    lease = {"held": True}
+
+    def gate(partitions: frozenset[TopicPartition]) -> bool:
+        return lease["held"] or tp not in partitions
+
+    async def lease_check(partitions: frozenset[TopicPartition]) -> bool:
+        return gate(partitions)
+
+    instance = PartitionCopier(
+        spec,
+        ClusterConnection(source_bootstrap),
+        ClusterConnection(target_bootstrap),
+        write_gate=gate,
+        lease_check=lease_check,
+        # No periodic progress: only the assignment's and the revocation's.
+        options=CopierOptions(retry_backoff_s=0.2, progress_interval_s=3600),
+    )
+    await instance.start()
+    try:
+        await instance.assign([tp])
+        await produce(source_bootstrap, topic, [Rec(0, None, f"r{i}".encode()) for i in range(100)])
+        await wait_for(lambda: _acked(instance, tp, 100), 30, "100 records acknowledged")
+        lease["held"] = False  # another worker owns the partition now
+        with pytest.raises(LeaseLost):
+            await instance.revoke([tp])
+    finally:
+        with contextlib.suppress(LeaseLost):
+            await instance.stop()
+    saved = await ProgressStore(ClusterConnection(target_bootstrap), spec.replicator_id).load([tp])
+    assert saved[tp].next_source_offset == 0, "the final progress of a partition whose lease is gone was written"
+
+
+async def _acked(instance: PartitionCopier, tp: TopicPartition, offset: int) -> bool:
+    return instance.positions()[tp].next_source_offset >= offset

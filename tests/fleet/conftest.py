@@ -61,6 +61,7 @@ def fleet_settings(stack: dict[str, Any]) -> Iterator[FerrySettings]:
         celery_queue=f"fleet-{uuid.uuid4().hex[:8]}",
         reconcile_interval_seconds=1.0,
         fleet_lease_seconds=8.0,
+        fleet_write_timeout_seconds=3.0,
         worker_dead_after_seconds=8.0,
         replicator_fail_after_seconds=5.0,
         api_reconcile=True,

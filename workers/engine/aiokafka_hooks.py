@@ -106,25 +106,27 @@ class WritesFenced(KafkaError):  # type: ignore[misc]
     """The write gate closed (the unit of work's lease is gone): a queued batch was dropped, never sent."""
 
 
-def gate_sender(producer: AIOKafkaProducer, gate: Callable[[], bool]) -> None:
-    """Refuse to send any produce request while ``gate()`` is False.
+def gate_sender(producer: AIOKafkaProducer, allows: Callable[[TopicPartition], bool]) -> None:
+    """Send no batch of a partition ``allows`` refuses: checked for every batch of every produce request, right
+    before the request is written to the connection (a retried batch is checked again when it is sent again).
 
     A worker paused past its lease (GC, SIGSTOP, a frozen VM) would otherwise send what it had queued the moment
     it wakes, after the partition's new owner started writing; checking before each batch is handed over cannot
-    catch batches already queued.
+    catch batches already queued. Refused batches fail with ``WritesFenced``; the others of the request go.
     """
     sender = producer._sender
     send = sender._send_produce_req
 
     async def gated(node_id: int, batches: dict[TopicPartition, Any]) -> None:
-        if gate():
-            await send(node_id, batches)
-            return
-        for batch in batches.values():
-            batch.failure(exception=WritesFenced("the lease of this unit of work is gone; batch not sent"))
-        sender._in_flight.discard(node_id)
-        for tp in batches:
-            sender._muted_partitions.discard(tp)
+        allowed = {tp: batch for tp, batch in batches.items() if allows(tp)}
+        for tp, batch in batches.items():
+            if tp not in allowed:
+                batch.failure(exception=WritesFenced(f"the lease of {tp} is not held; batch not sent"))
+                sender._muted_partitions.discard(tp)
+        if allowed:
+            await send(node_id, allowed)  # unmutes the node and the allowed partitions when done
+        else:
+            sender._in_flight.discard(node_id)
 
     sender._send_produce_req = gated
 

@@ -63,6 +63,10 @@ class ClusterConnection:
     # OAUTHBEARER: an aiokafka AbstractTokenProvider (caches and refreshes its tokens).
     token_provider: Any = field(default=None, repr=False, compare=False)
     client_id_prefix: str = "ferry"
+    # How long a client waits for any broker's answer before abandoning the request and its connection (None: the
+    # library's 40 s). The fleet sets it below its lease margin: a write that passed the lease check cannot
+    # still be pending once the lease could belong to someone else.
+    request_timeout_ms: int | None = None
 
     def __post_init__(self) -> None:
         if not self.bootstrap_servers.strip():
@@ -138,6 +142,8 @@ def client_kwargs(connection: ClusterConnection, role: str) -> dict[str, Any]:
         "client_id": f"{connection.client_id_prefix}-{role}",
         "security_protocol": connection.security_protocol,
     }
+    if connection.request_timeout_ms is not None:
+        kwargs["request_timeout_ms"] = connection.request_timeout_ms
     if connection.uses_tls:
         kwargs["ssl_context"] = ssl_context(connection)
     if connection.security_protocol.startswith("SASL_"):

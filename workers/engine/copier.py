@@ -28,6 +28,7 @@ import contextlib
 import functools
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,7 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
     TransactionalIdAuthorizationFailed,
 )
+from aiokafka.partitioner import DefaultPartitioner
 
 from workers.engine import admin as kafka_admin
 from workers.engine import forwarding
@@ -199,6 +201,10 @@ class PartitionCopier:
         self._target_admin: Any = None
         self._last_topic_check = time.monotonic()
         self._progress_lock = asyncio.Lock()
+        # For the write gate: whose data a target partition holds, and whose progress records are in flight on
+        # each partition of the progress topic.
+        self._sources_by_target: dict[TopicPartition, TopicPartition] = {}
+        self._progress_in_flight: dict[int, Counter[TopicPartition]] = {}
         self._in_flight_bytes = 0
         self._room = asyncio.Event()
         self._produce_failed = False
@@ -302,9 +308,8 @@ class PartitionCopier:
             await producer.stop()
             raise
         if self._write_gate is not None:
-            write_gate = self._write_gate
-            # Judged on the partitions this copier holds at the moment of each request, also while it stops.
-            gate_sender(producer, lambda: write_gate(self.assignment()))
+            # Judged per batch of each produce request, on the source partitions that batch belongs to.
+            gate_sender(producer, self._allows)
         self._producer = producer
         self._producer_generation += 1
 
@@ -421,6 +426,7 @@ class PartitionCopier:
                     self._sink.restart(tp)
             metrics.next_source_offset = start
             epoch = saved.source_leader_epoch if saved is not None and saved.source_leader_epoch is not None else -1
+            self._sources_by_target[target_tp] = tp
             states[tp] = PartitionState(
                 tp,
                 target_tp,
@@ -876,12 +882,7 @@ class PartitionCopier:
             await self._check_lease(dirty)
             try:
                 futures = [
-                    await self._producer.send(
-                        self._store.topic,
-                        key=progress_key(self.spec.replicator_id, state.source),
-                        value=encode_progress(progress),
-                    )
-                    for state, progress in values
+                    await self._send_progress(self._producer, state.source, progress) for state, progress in values
                 ]
                 await asyncio.gather(*futures)
             except KafkaError as exc:
@@ -892,8 +893,48 @@ class PartitionCopier:
             for state, progress in values:
                 state.committed_next = progress.next_source_offset
 
+    async def _send_progress(
+        self, producer: Any, source: TopicPartition, progress: PartitionProgress
+    ) -> asyncio.Future[Any]:
+        """Send one progress record to the partition its key hashes to, known to the write gate while in flight."""
+        key = progress_key(self.spec.replicator_id, source)
+        partitions = sorted(await producer.partitions_for(self._store.topic))
+        partition = DefaultPartitioner()(key, partitions, partitions)
+        in_flight = self._progress_in_flight.setdefault(partition, Counter())
+        in_flight[source] += 1
+
+        def done(_: object = None) -> None:
+            in_flight[source] -= 1
+            if in_flight[source] <= 0:
+                del in_flight[source]
+
+        try:
+            future: asyncio.Future[Any] = await producer.send(
+                self._store.topic, key=key, value=encode_progress(progress), partition=partition
+            )
+        except BaseException:
+            done()
+            raise
+        future.add_done_callback(done)
+        return future
+
+    def _allows(self, target: TopicPartition) -> bool:
+        """The write gate of one batch of a produce request: its partitions' leases must all hold."""
+        gate = self._write_gate
+        if gate is None:
+            return True
+        if target.topic == self._store.topic:
+            sources = frozenset(self._progress_in_flight.get(target.partition, ()))
+        else:
+            source = self._sources_by_target.get(target)
+            sources = frozenset() if source is None else frozenset({source})
+        # A batch of no known partition belongs to nobody: refused (the gate would pass an empty set).
+        return bool(sources) and gate(sources)
+
     async def _check_lease(self, states: list[PartitionState]) -> None:
-        if self._lease_check is not None and not await self._lease_check(self.assignment()):
+        """Before writing for these partitions (also revoked ones writing their final progress)."""
+        partitions = frozenset(state.source for state in states)
+        if self._lease_check is not None and not await self._lease_check(partitions):
             for state in states:
                 state.metrics.record_error(ErrorKind.LEASE_LOST, "lease check refused further writes")
             lost = LeaseLost(f"lease lost for {len(states)} partitions of {self.spec.replicator_id}")
@@ -941,12 +982,7 @@ class PartitionCopier:
             for state in self._states.values():
                 if state.source not in progress and state.acked_next != state.committed_next:
                     progress[state.source] = state.progress()
-            futures = [
-                await producer.send(
-                    self._store.topic, key=progress_key(self.spec.replicator_id, tp), value=encode_progress(value)
-                )
-                for tp, value in progress.items()
-            ]
+            futures = [await self._send_progress(producer, tp, value) for tp, value in progress.items()]
             await _all_or_first_error(futures)
             await self._check_lease(list(self._states.values()))
             await producer.commit_transaction()

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from aiokafka.admin import AIOKafkaAdminClient
 
 from workers.engine import admin as kafka_admin
 from workers.engine.admin import CONFIG_SOURCE_DYNAMIC_TOPIC, AdminError, ConfigEntry
-from workers.engine.aiokafka_hooks import topic_ids
+from workers.engine.aiokafka_hooks import WritesFenced, topic_ids
 from workers.engine.connection import ClusterConnection, client_kwargs
 from workers.engine.spec import ReplicationSpec
 
@@ -107,9 +107,13 @@ class TopicSynchronizer:
         *,
         replication_factor: int | None = None,
         known_topics: Iterable[str] | None = None,
+        write_gate: Callable[[], bool] | None = None,
     ) -> None:
         """``known_topics``: with detectAndCopyNewTopics off, the topic set an earlier pass fixed (the caller
-        keeps it durable, so a restart elsewhere does not pick up topics created since)."""
+        keeps it durable, so a restart elsewhere does not pick up topics created since). ``write_gate``: asked
+        right before every write to the target (topic, partitions, configs, ACLs); False stops the pass with
+        ``WritesFenced`` (the caller's lease on this work is gone)."""
+        self.write_gate = write_gate
         self.spec = spec
         self.source = source
         self.target = target
@@ -169,6 +173,10 @@ class TopicSynchronizer:
             topics = {name: count for name, count in topics.items() if name in self._known_topics}
         return topics
 
+    def _may_write(self) -> None:
+        if self.write_gate is not None and not self.write_gate():
+            raise WritesFenced("the lease of this replicator's metadata unit is gone; nothing more is written")
+
     async def sync_once(self, *, sync_configs: bool = True) -> SyncReport:
         source_admin, target_admin = self._admins
         report = SyncReport()
@@ -190,6 +198,7 @@ class TopicSynchronizer:
                 current = existing.get(target_topic)
                 if current is None:
                     configs = copyable_configs(source_configs.get(source_topic, {})) if copy_configs else {}
+                    self._may_write()
                     if await kafka_admin.create_topic(target_admin, target_topic, partitions, rf, configs):
                         report.created.append(target_topic)
                         log.info(
@@ -200,6 +209,7 @@ class TopicSynchronizer:
                         )
                     ready = partitions
                 elif current.partitions < partitions:
+                    self._may_write()
                     await kafka_admin.add_partitions(target_admin, target_topic, partitions)
                     report.partitions_added[target_topic] = partitions - current.partitions
                     log.info("added %d partitions to target topic %s", partitions - current.partitions, target_topic)
@@ -254,6 +264,7 @@ class TopicSynchronizer:
             return
         by_target = {t.target_topic: t.source_topic for t in report.topics.values()}
         for acl in sorted(wanted - set(present)):
+            self._may_write()
             try:
                 await kafka_admin.create_topic_acl(target_admin, acl)
             except kafka_admin.AdminError as exc:
@@ -289,6 +300,7 @@ class TopicSynchronizer:
             desired.update({name: value for name, value in current.items() if is_per_cluster_config(name)})
             if desired == current:
                 continue
+            self._may_write()
             try:
                 await kafka_admin.replace_topic_configs(target_admin, target_topic, desired)
             except AdminError as exc:

@@ -24,7 +24,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from models import group_store, offset_store
 from models.fleet_reports import STATUS_KEY, StatusField
+from workers.engine.aiokafka_hooks import WritesFenced
 from workers.engine.connection import ClusterConnection, client_kwargs
 from workers.engine.spec import GroupReplication
 from workers.fleet.runtime import ReplicatorRuntime
@@ -103,6 +104,8 @@ class GroupSyncer:
         self.partner: str | None = None
         # The clusters as the metadata unit last resolved them (credentials read on this worker); None until then.
         self.connections: tuple[ClusterConnection, ClusterConnection] | None = None
+        # Whether this worker still holds the metadata unit's lease: asked right before every commit.
+        self.may_write: Callable[[], bool] = lambda: True
 
     async def use(self, source: ClusterConnection, target: ClusterConnection) -> None:
         """Connect to the clusters this way from now on (e.g. a rotated password): open clients are closed."""
@@ -277,12 +280,16 @@ class GroupSyncer:
 
     async def _commit(self, group: str, offsets: dict[TopicPartition, int]) -> None:
         """Commit as a member-less client (generation -1): refused by the broker if the group became active."""
+        if not self.may_write():
+            raise WritesFenced(f"the metadata unit's lease is gone; group {group} is not committed")
         consumer = AIOKafkaConsumer(
             **client_kwargs(self.target, "group-sync-commit"), group_id=group, enable_auto_commit=False
         )
         await consumer.start()
         try:
             consumer.assign(list(offsets))
+            if not self.may_write():  # starting the client took a while
+                raise WritesFenced(f"the metadata unit's lease is gone; group {group} is not committed")
             await consumer.commit({tp: OffsetAndMetadata(offset, "") for tp, offset in offsets.items()})
         finally:
             await consumer.stop()

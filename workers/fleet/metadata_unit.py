@@ -132,6 +132,7 @@ class MetadataUnit:
         self.group_sync_interval_s = group_sync_interval_s
         self.offset_map_max_runs = offset_map_max_runs
         self.groups = GroupSyncer(runtime, db, redis)
+        self.groups.may_write = may_write
         self.failovers = FailoverDriver(self.groups)
         self.scope = ScopeSource()
         self._last_thin = time.monotonic()
@@ -253,7 +254,11 @@ class MetadataUnit:
         try:
             if self._sync is None:
                 sync = TopicSynchronizer(
-                    runtime.spec, source, target, known_topics=await self._stored_known_topics(runtime)
+                    runtime.spec,
+                    source,
+                    target,
+                    known_topics=await self._stored_known_topics(runtime),
+                    write_gate=self.may_write,
                 )
                 await sync.start()
                 self._sync = sync
@@ -274,6 +279,8 @@ class MetadataUnit:
         await self._write(runtime, partitions, error)
         self.scope.partitions = partitions
         try:
+            if not self.may_write():
+                return
             await self.failovers.step(partitions)
             if time.monotonic() - self._last_thin >= 60.0:
                 self._last_thin = time.monotonic()
@@ -348,6 +355,8 @@ class MetadataUnit:
                 f"{list(runtime.spec.topics_to_replicate)} (excluding {list(runtime.spec.topics_to_exclude)})",
             )
         known = self._sync.known_topics if self._sync is not None else None
+        if not self.may_write():
+            return  # the lease is gone: another worker's metadata unit reports now
         # A failed pass keeps the last good inventory and generation; only the error fields change.
         async with self.db.begin() as conn:
             if partitions is None:

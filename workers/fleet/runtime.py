@@ -148,8 +148,10 @@ class ConnectionResolver:
     """``ClusterAccess`` -> ``ClusterConnection`` on this worker, secrets read here. Token providers are kept per
     access and secret content, so their cached tokens survive a re-resolve that changes nothing."""
 
-    def __init__(self, secrets: SecretStore) -> None:
+    def __init__(self, secrets: SecretStore, *, request_timeout_ms: int | None = None) -> None:
         self.secrets = secrets
+        # Every client of the fleet abandons a request after this (FERRY_FLEET_WRITE_TIMEOUT_SECONDS).
+        self.request_timeout_ms = request_timeout_ms
         self._providers: dict[str, Any] = {}
 
     async def resolve(self, access: ClusterAccess) -> ClusterConnection:
@@ -181,6 +183,7 @@ class ConnectionResolver:
                 alias=access.alias,
                 security_protocol=access.security_protocol,
                 ca_pem=ca_pem,
+                request_timeout_ms=self.request_timeout_ms,
                 **kwargs,
             )
         except ValueError as exc:

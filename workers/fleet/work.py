@@ -94,7 +94,8 @@ class WorkLoop:
                 endpoint_url=settings.secrets_manager_endpoint,
                 secrets_dir=settings.secrets_dir,
                 cache_seconds=settings.secret_cache_seconds,
-            )
+            ),
+            request_timeout_ms=int(settings.fleet_write_timeout_seconds * 1000),
         )
         # Bounded so a replicator whose copier blocks (e.g. a target that stopped answering) is given up on
         # and retried well within the time other workers would take over.
