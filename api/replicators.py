@@ -51,6 +51,7 @@ async def create_replicator(
             request=body,
             address_policy=request.app.state.address_policy,
             max_replicators=request.app.state.settings.max_replicators_per_account,
+            default_delivery=request.app.state.settings.default_delivery,
         )
     await request.app.state.fleet.reconcile_soon()
     return CreateReplicatorResponse(

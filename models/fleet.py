@@ -68,6 +68,9 @@ class FleetUnit(Base):
     owner_worker: Mapped[str | None] = mapped_column(String(200))
     epoch: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The worker that held the lease before (set when a lease ends or is taken): an exactly-once copy fences its
+    # transactional producer before copying.
+    previous_owner: Mapped[str | None] = mapped_column(String(200))
 
 
 class ReplicatorMetadata(Base):

@@ -308,9 +308,9 @@ async def units_of(conn: AsyncConnection, worker_id: str) -> list[AssignedUnit]:
     return [AssignedUnit(_key(r), r.assigned_worker, r.owner_worker, int(r.epoch)) for r in rows]
 
 
-async def acquire(conn: AsyncConnection, worker_id: str, lease_seconds: float) -> list[tuple[UnitKey, int]]:
+async def acquire(conn: AsyncConnection, worker_id: str, lease_seconds: float) -> list[tuple[UnitKey, int, str | None]]:
     """Take every unit assigned to this worker whose lease is free or expired, bumping each one's epoch: the
-    fencing token of the new owner. Returns (unit, epoch) of each unit taken."""
+    fencing token of the new owner. Returns (unit, epoch, previous owner) of each unit taken."""
     rows = await conn.execute(
         update(FleetUnit)
         .where(
@@ -321,10 +321,14 @@ async def acquire(conn: AsyncConnection, worker_id: str, lease_seconds: float) -
             owner_worker=worker_id,
             epoch=FleetUnit.epoch + 1,
             lease_expires_at=func.now() + _seconds(lease_seconds),
+            # The right-hand side reads the row before this update: the owner whose lease expired, if any.
+            previous_owner=func.coalesce(FleetUnit.owner_worker, FleetUnit.previous_owner),
         )
-        .returning(FleetUnit.replicator_id, FleetUnit.topic, FleetUnit.partition, FleetUnit.epoch)
+        .returning(
+            FleetUnit.replicator_id, FleetUnit.topic, FleetUnit.partition, FleetUnit.epoch, FleetUnit.previous_owner
+        )
     )
-    return [(_key(r), int(r.epoch)) for r in rows]
+    return [(_key(r), int(r.epoch), r.previous_owner) for r in rows]
 
 
 async def renew(
@@ -357,7 +361,7 @@ async def release(conn: AsyncConnection, worker_id: str, held: Iterable[tuple[Un
         await conn.execute(
             update(FleetUnit)
             .where(_THIS_UNIT, FleetUnit.owner_worker == worker_id, FleetUnit.epoch == bindparam("epoch_held"))
-            .values(owner_worker=None, lease_expires_at=func.now()),
+            .values(owner_worker=None, lease_expires_at=func.now(), previous_owner=FleetUnit.owner_worker),
             params,
         )
 
@@ -367,7 +371,7 @@ async def leave(conn: AsyncConnection, worker_id: str) -> None:
     await conn.execute(
         update(FleetUnit)
         .where(FleetUnit.owner_worker == worker_id)
-        .values(owner_worker=None, lease_expires_at=func.now())
+        .values(owner_worker=None, lease_expires_at=func.now(), previous_owner=FleetUnit.owner_worker)
     )
     await conn.execute(delete(FleetWorker).where(FleetWorker.worker_id == worker_id))
 
@@ -390,6 +394,7 @@ async def replicators_to_run(conn: AsyncConnection, replicator_ids: Iterable[str
             ReplicatorRow.replication_info,
             ReplicatorRow.created_at,
             ReplicatorRow.service_execution_role_arn,
+            ReplicatorRow.delivery,
         ).where(ReplicatorRow.id.in_(ids))
     )
     return rows.all()

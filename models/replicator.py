@@ -63,6 +63,8 @@ class ReplicatorRow(Base):
     replication_info: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
     log_delivery: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     tags: Mapped[dict[str, str]] = mapped_column(JSONB, nullable=False, default=dict)
+    # "at-least-once" or "exactly-once": chosen at creation (the reserved tag ferry:delivery, or the default).
+    delivery: Mapped[str] = mapped_column(String(16), nullable=False, server_default="at-least-once")
     current_version: Mapped[str] = mapped_column(String(64), nullable=False)
     # generation counts desired-state changes; the fleet copies it to observed_generation once applied.
     generation: Mapped[int] = mapped_column(Integer, nullable=False, default=1)

@@ -41,9 +41,12 @@ from models.replicator_shapes import (
     UpdateReplicationInfoRequest,
 )
 from models.replicator_spec import (
+    AT_LEAST_ONCE,
+    DELIVERY_TAG,
     AcceptedCreate,
     ClusterPlan,
     accept_create,
+    accept_delivery_tag,
     accept_tags,
     accept_update,
     is_replicator_arn,
@@ -72,12 +75,15 @@ async def create_replicator(
     request: CreateReplicatorRequest,
     address_policy: AddressPolicy,
     max_replicators: int,
+    default_delivery: str = AT_LEAST_ONCE,
 ) -> ReplicatorRow:
     # Pattern compilation and MSK look-ups are blocking work; they must not stall the event loop.
     accepted = await asyncio.to_thread(accept_create, request, address_policy)
+    delivery = accept_delivery_tag(accepted.tags, "tags") or default_delivery
     await _check_replicator_quota(session, account_id, max_replicators)
     clusters = [await _stored_cluster(plan) for plan in accepted.clusters]
     row = _new_row(accepted, clusters, account_id=account_id, region=region)
+    row.delivery = delivery
     session.add(row)
     try:
         await session.flush()
@@ -282,6 +288,12 @@ async def tag_resource(session: AsyncSession, *, account_id: str, arn: str, tags
     row = await get_replicator(session, account_id=account_id, arn=arn, parameter="resourceArn", for_update=True)
     if not tags:
         raise InvalidRequestError("tags: at least one tag is required", "tags")
+    if DELIVERY_TAG in tags and tags[DELIVERY_TAG] != row.tags.get(DELIVERY_TAG):
+        raise InvalidRequestError(
+            f"tags: {DELIVERY_TAG!r} is chosen when a replicator is created and cannot change "
+            f"(this one delivers {row.delivery}); create a new replicator instead",
+            "tags",
+        )
     row.tags = accept_tags({**row.tags, **tags}, "tags")
     await session.flush()
 
@@ -291,6 +303,12 @@ async def untag_resource(session: AsyncSession, *, account_id: str, arn: str, ta
     if not tag_keys:
         raise InvalidRequestError("tagKeys: at least one tag key is required", "tagKeys")
     removed = set(tag_keys)
+    if DELIVERY_TAG in removed and DELIVERY_TAG in row.tags:
+        raise InvalidRequestError(
+            f"tagKeys: {DELIVERY_TAG!r} is chosen when a replicator is created and cannot be removed "
+            f"(this one delivers {row.delivery})",
+            "tagKeys",
+        )
     row.tags = {key: value for key, value in row.tags.items() if key not in removed}
     await session.flush()
 

@@ -369,6 +369,22 @@ def accept_log_delivery(log_delivery: LogDelivery) -> dict[str, Any]:
     return wire(log_delivery)
 
 
+# A reserved tag, set at creation only: the replicator's delivery guarantee (MSK's API has no field for it, and a
+# tag is what boto3 and the AWS CLI can send unchanged). Absent: FERRY_DEFAULT_DELIVERY.
+DELIVERY_TAG = "ferry:delivery"
+AT_LEAST_ONCE = "at-least-once"
+EXACTLY_ONCE = "exactly-once"
+DELIVERIES = (AT_LEAST_ONCE, EXACTLY_ONCE)
+
+
+def accept_delivery_tag(tags: dict[str, str], parameter: str) -> str | None:
+    """The delivery a creation asks for through the reserved tag, or None."""
+    value = tags.get(DELIVERY_TAG)
+    if value is not None and value not in DELIVERIES:
+        raise refuse(parameter, f"tag {DELIVERY_TAG!r} must be one of {', '.join(DELIVERIES)}; got {value[:64]!r}")
+    return value
+
+
 def accept_tags(tags: dict[str, str], parameter: str) -> dict[str, str]:
     if len(tags) > MAX_TAGS:
         raise refuse(parameter, f"a resource can have at most {MAX_TAGS} tags, got {len(tags)}")

@@ -42,6 +42,10 @@ class FerrySettings(BaseSettings):
     reconcile_interval_seconds: Annotated[float, Field(gt=0, le=60)] = Field(
         default=2.0, description="How often each worker (and each API process) runs a reconcile pass."
     )
+    default_delivery: Literal["at-least-once", "exactly-once"] = Field(
+        default="at-least-once",
+        description="Delivery of a replicator created without the reserved tag ferry:delivery.",
+    )
     api_reconcile: bool = Field(
         default=True,
         description="API processes run reconcile passes too, so a fleet whose every worker died is still seen "

@@ -272,6 +272,31 @@ def test_tag_validation(kafka: Any, unique: str, clusters: dict[str, Any]) -> No
     assert kafka.list_tags_for_resource(ResourceArn=arn)["Tags"] == {"team": "platform"}
 
 
+def test_delivery_is_chosen_at_creation_with_the_reserved_tag(
+    kafka: Any, unique: str, clusters: dict[str, Any], db_engine: Engine
+) -> None:
+    """MSK's API has no delivery field: the reserved tag ferry:delivery (which boto3 and the AWS CLI send
+    unchanged) asks for exactly-once at creation; without it, FERRY_DEFAULT_DELIVERY applies. It cannot change
+    later."""
+    request = create_request(f"{unique}-eos", clusters)
+    request["Tags"] = {"ferry:delivery": "exactly-once"}
+    exactly_once = kafka.create_replicator(**request)["ReplicatorArn"]
+    plain = kafka.create_replicator(**create_request(unique, clusters))["ReplicatorArn"]
+    assert _row(db_engine, exactly_once).delivery == "exactly-once"
+    assert _row(db_engine, plain).delivery == "at-least-once"
+    assert kafka.list_tags_for_resource(ResourceArn=exactly_once)["Tags"]["ferry:delivery"] == "exactly-once"
+
+    with pytest.raises(kafka.exceptions.BadRequestException, match=r"ferry:delivery.*cannot change"):
+        kafka.tag_resource(ResourceArn=plain, Tags={"ferry:delivery": "exactly-once"})
+    with pytest.raises(kafka.exceptions.BadRequestException, match=r"ferry:delivery.*cannot be removed"):
+        kafka.untag_resource(ResourceArn=exactly_once, TagKeys=["ferry:delivery"])
+    kafka.tag_resource(ResourceArn=exactly_once, Tags={"ferry:delivery": "exactly-once", "team": "x"})  # unchanged
+    bad = create_request(f"{unique}-bad", clusters)
+    bad["Tags"] = {"ferry:delivery": "at-most-once"}
+    with pytest.raises(kafka.exceptions.BadRequestException, match=r"ferry:delivery.*must be one of"):
+        kafka.create_replicator(**bad)
+
+
 def test_list_pages_through_250_replicators_with_the_sdk_paginator(
     kafka: Any, unique: str, clusters: dict[str, Any]
 ) -> None:

@@ -35,9 +35,15 @@ async def produce_numbered(bootstrap: str, topic: str, numbers: Iterable[int], p
         await producer.stop()
 
 
-async def delivered(bootstrap: str, topic: str, produced: int) -> Delivery:
-    """Every record on the target topic, read to its end: how many, and how many distinct values."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+async def delivered(bootstrap: str, topic: str, produced: int, *, committed_only: bool = False) -> Delivery:
+    """Every record on the target topic, read to its end: how many, and how many distinct values.
+    ``committed_only``: as a read_committed consumer sees it (exactly-once copies)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed" if committed_only else "read_uncommitted",
+    )
     await consumer.start()
     try:
         partitions = consumer.partitions_for_topic(topic) or set()

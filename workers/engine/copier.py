@@ -138,6 +138,22 @@ def _error_kind(exc: BaseException) -> ErrorKind:
     return ErrorKind.PRODUCE_FAILED
 
 
+async def fence_transactional_ids(connection: ClusterConnection, transactional_ids: Iterable[str]) -> None:
+    """Fence the producers that used these transactional ids (a unit's previous owners): a producer initialised
+    with the same id bumps its epoch, which aborts any transaction it left open and makes the broker refuse its
+    late writes. Done before the new owner reads progress, so the progress read (read_committed) is not held
+    back by an open transaction of a dead or paused owner, and before it copies."""
+    for transactional_id in sorted(set(transactional_ids)):
+        producer = AIOKafkaProducer(
+            **client_kwargs(connection, "fencer"), transactional_id=transactional_id, enable_idempotence=True
+        )
+        try:
+            await producer.start()  # InitProducerId: the fencing itself
+            log.info("fenced transactional id %s on %s", transactional_id, connection.describe())
+        finally:
+            await producer.stop()
+
+
 def _recreated(
     source: TopicPartition,
     target: TopicPartition,

@@ -55,6 +55,8 @@ class DesiredWork:
 
     units: frozenset[UnitKey] = frozenset()
     runtimes: Mapping[str, ReplicatorRuntime] = field(default_factory=dict)
+    # The worker that held each unit before this one (exactly-once copies fence its transactional producer).
+    previous_owners: Mapping[UnitKey, str] = field(default_factory=dict)
 
     def signature(self) -> tuple[frozenset[UnitKey], frozenset[tuple[str, int]]]:
         return self.units, frozenset((rid, r.generation) for rid, r in self.runtimes.items())
@@ -266,15 +268,22 @@ class ControlLoop:
                     replication_info=row.replication_info,
                     created_at=row.created_at,
                     service_execution_role_arn=row.service_execution_role_arn,
+                    delivery=row.delivery,
                 )
             except (KeyError, ValueError) as exc:
                 log.error("replicator %s cannot run: %s", row.name, exc)
         self.runtimes = runtimes
 
     def _publish(self) -> None:
+        units = frozenset(key for key in self.leases if key.replicator_id in self.runtimes)
         desired = DesiredWork(
-            frozenset(key for key in self.leases if key.replicator_id in self.runtimes),
+            units,
             {rid: runtime for rid, runtime in self.runtimes.items()},
+            {
+                key: previous
+                for key in units
+                if (previous := self.leases[key].previous_owner) is not None and previous != self.worker_id
+            },
         )
         if self._offered is None or desired.signature() != self._offered.signature():
             self._offered = desired

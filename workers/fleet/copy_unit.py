@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from models import fleet_store
 from models.bootstrap import AddressPolicy
 from workers.engine.connection import classify
-from workers.engine.copier import CopierError, PartitionCopier
+from workers.engine.copier import CopierError, PartitionCopier, fence_transactional_ids
 from workers.fleet.address_vetting import AddressVetting
 from workers.fleet.offset_map_sink import OffsetMapBuffer
 from workers.fleet.runtime import ConnectionResolver, ReplicatorRuntime
@@ -40,6 +40,7 @@ class CopyUnit:
         *,
         vetting: AddressVetting | None = None,
         resolver: ConnectionResolver | None = None,
+        worker_id: str = "standalone",
     ) -> None:
         self.runtime = runtime
         self.vetting = vetting or AddressVetting(AddressPolicy())
@@ -51,6 +52,8 @@ class CopyUnit:
         self.copier: PartitionCopier | None = None
         self.last_failure: str | None = None
         self._retry_after = 0.0
+        # Set by the work loop: this worker's id, which names its exactly-once producer.
+        self.worker_id = worker_id
 
     @property
     def partitions(self) -> frozenset[TopicPartition]:
@@ -64,7 +67,15 @@ class CopyUnit:
     async def _lease_held(self, partitions: frozenset[TopicPartition]) -> bool:
         return self._writes_allowed(partitions)
 
-    async def converge(self, wanted: set[TopicPartition]) -> None:
+    def transactional_id(self, worker_id: str) -> str:
+        """The transactional id of a worker's exactly-once producer for this replicator."""
+        return f"ferry-{self.runtime.replicator_id}-{worker_id}"
+
+    async def converge(
+        self, wanted: set[TopicPartition], previous_owners: Mapping[TopicPartition, str] | None = None
+    ) -> None:
+        """Copy exactly ``wanted``. ``previous_owners``: the worker that held each partition before this one,
+        whose exactly-once producer is fenced before the partition is copied here."""
         copier = self.copier
         failure = copier.failure if copier is not None else None
         if failure is not None:
@@ -102,6 +113,7 @@ class CopyUnit:
                 self.runtime.spec,
                 source,
                 target,
+                transactional_id=self.transactional_id(self.worker_id) if self.runtime.spec.exactly_once else None,
                 lease_check=self._lease_held,
                 write_gate=self._writes_allowed,
                 offset_map_sink=self.offset_map,
@@ -110,6 +122,9 @@ class CopyUnit:
             self.copier = copier
         current = set(copier.assignment())
         if wanted - current:
+            if self.runtime.spec.exactly_once and previous_owners:
+                owners = {previous_owners[tp] for tp in wanted - current if tp in previous_owners}
+                await fence_transactional_ids(copier.target, [self.transactional_id(owner) for owner in owners])
             await copier.assign(wanted - current, from_beginning=await self._appeared_later(wanted - current))
             # Store the new partitions' heads at once: the first head ever stored is where the offset map begins.
             await self.flush_offset_map()

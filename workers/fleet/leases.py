@@ -32,6 +32,8 @@ class Lease:
     key: UnitKey
     epoch: int
     valid_until: float  # local monotonic deadline
+    # The worker that held the unit before this lease (its exactly-once producer is fenced before copying).
+    previous_owner: str | None = None
 
     def is_valid(self) -> bool:
         return time.monotonic() < self.valid_until
@@ -65,7 +67,7 @@ class LeaseStore:
         started = time.monotonic()
         async with self.engine.begin() as conn:
             taken = await fleet_store.acquire(conn, self.worker_id, self.lease_seconds)
-        return [Lease(key, epoch, self._deadline(started)) for key, epoch in taken]
+        return [Lease(key, epoch, self._deadline(started), previous) for key, epoch, previous in taken]
 
     async def renew(self, leases: Iterable[Lease]) -> set[UnitKey]:
         """Extend the given leases; returns the keys that are no longer held (stop those at once)."""

@@ -65,7 +65,7 @@ class ClusterProbe:
             async with asyncio.timeout(self.timeout_s):
                 if self._admin is None:
                     self._admin = AIOKafkaAdminClient(
-                        **client_kwargs(self.connection, "probe"), request_timeout_ms=int(self.timeout_s * 1000)
+                        **{**client_kwargs(self.connection, "probe"), "request_timeout_ms": int(self.timeout_s * 1000)}
                     )
                     await self._admin.start()
                 described = await self._admin.describe_cluster()

@@ -278,9 +278,13 @@ def runtime_of(
     replication_info: Mapping[str, Any],
     created_at: datetime,
     service_execution_role_arn: str | None = None,
+    delivery: str = "at-least-once",
 ) -> ReplicatorRuntime:
     spec = ReplicationSpec.from_replication_info(
-        replication_info, replicator_id=replicator_id, created_at_ms=int(created_at.timestamp() * 1000)
+        replication_info,
+        replicator_id=replicator_id,
+        created_at_ms=int(created_at.timestamp() * 1000),
+        exactly_once=delivery == "exactly-once",
     )
     by_alias = {str(c["kafkaClusterAlias"]): c for c in kafka_clusters}
     return ReplicatorRuntime(

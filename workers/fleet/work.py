@@ -182,8 +182,13 @@ class WorkLoop:
         for replicator_id in list(self.metadata):
             if replicator_id not in held_metadata or replicator_id not in runtimes:
                 await self._stop_metadata(replicator_id)
+        previous: dict[str, dict[TopicPartition, str]] = {}
+        for key, owner in desired.previous_owners.items():
+            previous.setdefault(key.replicator_id, {})[TopicPartition(key.topic, key.partition)] = owner
         shrinking = [rid for rid, unit in self.copiers.items() if unit.partitions - wanted[rid]]
-        await self._each(shrinking, lambda rid: self._converge_copy_unit(rid, wanted[rid], runtimes[rid]))
+        await self._each(
+            shrinking, lambda rid: self._converge_copy_unit(rid, wanted[rid], runtimes[rid], previous.get(rid))
+        )
         self._note_running()
 
         # 2. Start and update.
@@ -191,7 +196,9 @@ class WorkLoop:
             runtime = runtimes.get(replicator_id)
             if runtime is not None:
                 self._ensure_metadata(runtime)
-        await self._each(list(wanted), lambda rid: self._converge_copy_unit(rid, wanted[rid], runtimes[rid]))
+        await self._each(
+            list(wanted), lambda rid: self._converge_copy_unit(rid, wanted[rid], runtimes[rid], previous.get(rid))
+        )
         self._note_running()
 
     async def _each(self, replicator_ids: list[str], work: Callable[[str], Awaitable[None]]) -> None:
@@ -216,14 +223,25 @@ class WorkLoop:
                 await asyncio.wait_for(unit.stop(), self.converge_timeout_s)
 
     async def _converge_copy_unit(
-        self, replicator_id: str, partitions: set[TopicPartition], runtime: ReplicatorRuntime
+        self,
+        replicator_id: str,
+        partitions: set[TopicPartition],
+        runtime: ReplicatorRuntime,
+        previous_owners: Mapping[TopicPartition, str] | None,
     ) -> None:
         copy_unit = self.copiers.get(replicator_id)
         if copy_unit is None:
-            copy_unit = CopyUnit(runtime, self._holds, self._db, vetting=self.vetting, resolver=self.resolver)
+            copy_unit = CopyUnit(
+                runtime,
+                self._holds,
+                self._db,
+                vetting=self.vetting,
+                resolver=self.resolver,
+                worker_id=self.worker_id,
+            )
             self.copiers[replicator_id] = copy_unit
         try:
-            await asyncio.wait_for(copy_unit.converge(partitions), self.converge_timeout_s)
+            await asyncio.wait_for(copy_unit.converge(partitions, previous_owners), self.converge_timeout_s)
         except (TimeoutError, CopierError, KafkaError, OSError, SQLAlchemyError) as exc:
             # One replicator's trouble (an unreachable target, a slow progress read) must not hold up the
             # others: stop its copier and retry on a later pass.
