@@ -594,6 +594,7 @@ class Postgres:
             self.data = cfg.run_dir / "postgres"
         self.socket_dir = self.data if len(str(self.data)) < 80 else Path(f"/tmp/ferry-pg-{cfg.postgres_port}")
         self.log = self.data / "postgres.log" if self.as_root else cfg.logs / "postgres.log"
+        self._log_offset = 0
 
     def _as_owner(self, argv: list[str]) -> list[str]:
         return ["runuser", "-u", "postgres", "--", *argv] if self.as_root else argv
@@ -634,9 +635,18 @@ class Postgres:
         """Up; or raise at once when the server already gave up (e.g. its port is taken) instead of waiting."""
         if self._accepting_connections():
             return True
-        if self._pid() is None and "FATAL" in _tail(self.log, 10):
+        if self._pid() is None and "FATAL" in self._log_since_start():
             raise StackError(f"PostgreSQL failed to start; read its log: {self.log}\n{_tail(self.log)}")
         return False
+
+    def _log_since_start(self) -> str:
+        """What this start wrote: a server that was killed leaves FATAL lines of its own ending in the log."""
+        try:
+            with self.log.open("rb") as log:
+                log.seek(self._log_offset)
+                return log.read().decode(errors="replace")
+        except OSError:
+            return ""
 
     def start(self) -> None:
         port = self.cfg.postgres_port
@@ -650,6 +660,7 @@ class Postgres:
         else:
             self._init()
             say(f"starting PostgreSQL on 127.0.0.1:{port} (data {self.data})")
+            self._log_offset = self.log.stat().st_size if self.log.exists() else 0
             result = subprocess.run(
                 self._as_owner(
                     [

@@ -23,7 +23,22 @@ task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
 broker_connection_retry_on_startup = True
-broker_transport_options = {"visibility_timeout": 600}
+# Redis going away is an outage to ride out, not a reason to exit: retry the broker forever (Celery's default gives
+# up after 100 attempts), and give every Redis socket a deadline so a Redis that stops answering fails calls
+# instead of hanging the consumer. Replication never waits on Celery or Redis either way.
+broker_connection_retry = True
+broker_connection_max_retries = None
+broker_connection_timeout = 5
+broker_transport_options = {
+    "visibility_timeout": 600,
+    "socket_timeout": 10,
+    "socket_connect_timeout": 5,
+    "socket_keepalive": True,
+    "health_check_interval": 10,
+}
+redis_socket_timeout = 10
+redis_socket_connect_timeout = 5
+redis_backend_health_check_interval = 10
 timezone = "UTC"
 beat_schedule = {
     "reconcile": {

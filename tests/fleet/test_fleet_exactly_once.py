@@ -6,55 +6,20 @@ consumer on the target sees every record once."""
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaProducer
 from sqlalchemy import Engine
 
 from tests.fleet.conftest import Fleet, unit_owners, wait_until
-from tests.fleet.records import delivered
+from tests.fleet.records import SteadyProducer, delivered
 from tests.fleet.test_fleet_lifecycle import create_request, create_topic, describe
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _beat_runs(fleet: Fleet) -> None:
     """The module's fleet fixture starts beat; workers are started by the test."""
-
-
-class SteadyProducer:
-    """Writes numbered records to every partition, a small batch every 20 ms, until stopped."""
-
-    def __init__(self, bootstrap: str, topic: str, partitions: int) -> None:
-        self.bootstrap, self.topic, self.partitions = bootstrap, topic, partitions
-        self.sent = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
-
-    async def _run(self) -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True)
-        await producer.start()
-        try:
-            while not self._stop.is_set():
-                futures = [
-                    await producer.send(self.topic, value=str(n).encode(), partition=n % self.partitions)
-                    for n in range(self.sent, self.sent + 30)
-                ]
-                await asyncio.gather(*futures)
-                self.sent += 30
-                await asyncio.sleep(0.02)
-        finally:
-            await producer.stop()
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> int:
-        self._stop.set()
-        self._thread.join(30)
-        return self.sent
 
 
 @pytest.mark.slow

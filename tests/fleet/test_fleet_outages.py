@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -27,7 +27,9 @@ from tests.fleet.conftest import Fleet, unit_owners, wait_until
 from tests.fleet.records import delivered, produce_numbered
 from tests.fleet.test_fleet_lifecycle import create_request, create_topic, describe
 from workers.fleet.agent import AgentThread
+from workers.fleet.control import DesiredWork
 from workers.fleet.leases import Lease, LeaseStore
+from workers.fleet.work import WorkLoop
 
 
 def longest_lease_left(db: Engine, arn: str) -> float:
@@ -47,9 +49,21 @@ def owners_like(db: Engine, arn: str, prefix: str) -> set[tuple[str, int]]:
     return {unit for unit, (owner, _) in unit_owners(db, arn).items() if owner and owner.startswith(prefix)}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _beat_runs(fleet: Fleet) -> None:
-    """The module's fleet fixture starts beat; workers are started by each test."""
+@pytest.fixture(autouse=True)
+def _each_test_alone(fleet: Fleet, fleet_kafka: Any) -> Iterator[None]:
+    """Each test starts from a fleet with beat running, no worker and no replicator, whatever the one before left
+    behind (a failed test's workers and replicators would otherwise take units and change every count)."""
+    yield
+    for name, proc in list(fleet.processes.items()):
+        if name != "beat" and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGCONT)
+            fleet.stop(name)
+    if fleet.processes["beat"].poll() is not None:
+        fleet.start_beat()
+    for page in fleet_kafka.get_paginator("list_replicators").paginate():
+        for replicator in page.get("Replicators", []):
+            if replicator["ReplicatorState"] != "DELETING":
+                fleet_kafka.delete_replicator(ReplicatorArn=replicator["ReplicatorArn"])
 
 
 @pytest.mark.slow
@@ -286,3 +300,101 @@ def test_a_worker_reports_its_liveness_for_a_supervisor(fleet: Fleet, tmp_path: 
     finally:
         os.killpg(worker.pid, signal.SIGCONT)
         fleet.stop("liveness")
+
+
+@pytest.mark.slow
+def test_a_stray_cancellation_in_the_work_loop_does_not_stop_copying(
+    fleet_settings: FerrySettings,
+    fleet_kafka: Any,
+    fleet_db: Engine,
+    unique: str,
+    source_bootstrap: str,
+    target_bootstrap: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """aiokafka's consumer can re-raise a fetch's CancelledError when it is closed (seen on a worker woken from
+    SIGSTOP): that ended the work loop while the control loop went on holding leases, so the partitions stalled
+    silently. Now the work loop goes on; and were it ever to end, the control loop leaves the fleet."""
+    raised: list[float] = []
+    converge = WorkLoop.converge
+
+    async def converge_meets_a_stray_cancellation(loop: WorkLoop, desired: DesiredWork) -> None:
+        if desired.units and not raised:
+            raised.append(time.monotonic())
+            raise asyncio.CancelledError  # not a cancellation of the loop's own task
+        await converge(loop, desired)
+
+    monkeypatch.setattr(WorkLoop, "converge", converge_meets_a_stray_cancellation)
+    topic = f"{unique}-stray"
+    asyncio.run(create_topic(source_bootstrap, topic, 2))
+    asyncio.run(produce_numbered(source_bootstrap, topic, range(500), 2))
+    agent = AgentThread(fleet_settings, "stray-a")
+    agent.start()
+    try:
+        arn = fleet_kafka.create_replicator(**create_request(unique, source_bootstrap, target_bootstrap, [topic]))[
+            "ReplicatorArn"
+        ]
+        running = wait_until(
+            "RUNNING", lambda: (d := describe(fleet_kafka, arn))["ReplicatorState"] == "RUNNING" and d, 60
+        )
+        target = f"{running['ReplicationInfoList'][0]['SourceKafkaClusterAlias']}.{topic}"
+        result = wait_until(
+            "all 500 records on the target",
+            lambda: (d := asyncio.run(delivered(target_bootstrap, target, 500))).distinct == 500 and d,
+            60,
+        )
+        assert raised, "the stray cancellation was never raised"
+        assert agent.is_alive(), "the work loop or the control loop ended"
+        assert result.lost == 0
+    finally:
+        agent.stop()
+
+
+@pytest.mark.slow
+def test_a_worker_whose_work_loop_ended_leaves_the_fleet(
+    fleet: Fleet,
+    fleet_settings: FerrySettings,
+    fleet_kafka: Any,
+    fleet_db: Engine,
+    unique: str,
+    source_bootstrap: str,
+    target_bootstrap: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Were the work loop to end by a bug, its leases must not stay held by a worker that copies nothing."""
+    ended: list[float] = []
+    iteration = WorkLoop._iteration
+
+    async def iteration_then_a_bug(loop: WorkLoop) -> None:
+        await iteration(loop)
+        if loop.worker_id.startswith("broken-") and loop.copiers:
+            ended.append(time.monotonic())
+            raise RuntimeError("a bug ended the work loop")
+
+    monkeypatch.setattr(WorkLoop, "_iteration", iteration_then_a_bug)
+    topic = f"{unique}-ended"
+    asyncio.run(create_topic(source_bootstrap, topic, 2))
+    asyncio.run(produce_numbered(source_bootstrap, topic, range(300), 2))
+    broken = AgentThread(fleet_settings, "broken-a")
+    broken.start()
+    try:
+        arn = fleet_kafka.create_replicator(**create_request(unique, source_bootstrap, target_bootstrap, [topic]))[
+            "ReplicatorArn"
+        ]
+        wait_until("the work loop to end", lambda: bool(ended), 60)
+        wait_until("the broken worker to leave", lambda: not owners_like(fleet_db, arn, "broken-"), 30)
+        fleet.start_worker("healthy-b")
+        running = wait_until(
+            "RUNNING on the healthy worker",
+            lambda: (d := describe(fleet_kafka, arn))["ReplicatorState"] == "RUNNING" and d,
+            60,
+        )
+        target = f"{running['ReplicationInfoList'][0]['SourceKafkaClusterAlias']}.{topic}"
+        result = wait_until(
+            "all 300 records on the target",
+            lambda: (d := asyncio.run(delivered(target_bootstrap, target, 300))).distinct == 300 and d,
+            60,
+        )
+        assert result.lost == 0
+    finally:
+        broken.stop()

@@ -344,10 +344,10 @@ class PartitionCopier:
         finally:
             for client in (self._producer, self._consumer, self._target_probe):
                 if client is not None:
-                    await client.stop()
+                    await _closed(client.stop(), "client")
             for admin in (self._source_admin, self._target_admin):
                 if admin is not None:
-                    await admin.close()
+                    await _closed(admin.close(), "admin client")
 
     async def wait(self) -> None:
         """Return when the copier stops; raise the error that stopped it."""
@@ -1039,3 +1039,16 @@ class PartitionCopier:
         if self._produce_failed:
             return
         await asyncio.sleep(self.options.retry_backoff_s)
+
+
+async def _closed(closing: Awaitable[object], what: str) -> None:
+    """Close one client. aiokafka's consumer re-raises the CancelledError of a fetch it cancels on close when that
+    fetch was timing out (seen on a worker woken from SIGSTOP); that is not a cancellation of ours, and letting it
+    out would end the fleet's work loop. A real cancellation of this task still propagates."""
+    try:
+        await closing
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        log.warning("closing a %s surfaced a CancelledError of its own; it is closed", what)

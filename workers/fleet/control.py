@@ -126,6 +126,11 @@ class ControlLoop:
         log.info("fleet agent %s: control loop started", self.worker_id)
         try:
             while not stop.is_set():
+                if work_stopped is not None and work_stopped.is_set():
+                    # Holding leases for work nobody does would stall those partitions silently: leave the fleet
+                    # so other workers take them over, and stop answering the liveness probe.
+                    log.error("fleet agent %s: the work loop ended unexpectedly; leaving the fleet", self.worker_id)
+                    break
                 await self._tick_once()
                 await self._sleep_until_next(stop, time.monotonic())
             while work_stopped is not None and not work_stopped.is_set():
@@ -158,7 +163,19 @@ class ControlLoop:
         except Exception:
             # A bug in one tick must not kill the agent: the next tick re-reads everything.
             log.exception("fleet agent %s: control tick failed", self.worker_id)
+        finally:
+            # Whatever failed (the database away fails the heartbeat before any renewal is tried), leases past
+            # their local deadline stop their work now.
+            self._drop_lapsed()
         self._write_liveness()
+
+    def _drop_lapsed(self) -> None:
+        lapsed = [key for key, lease in self.leases.items() if not lease.is_valid()]
+        for key in lapsed:
+            log.warning("lease on %s lapsed; its work stops", key)
+            self.leases.pop(key, None)
+        if lapsed:
+            self._publish()
 
     # ------------------------------------------------------------------ one tick
 
@@ -187,11 +204,7 @@ class ControlLoop:
                 lost = await self._require_store().renew(held)
         finally:
             # Leases whose renewal failed keep their old local deadline and lapse by themselves.
-            for key, lease in list(self.leases.items()):
-                if not lease.is_valid():
-                    log.warning("lease on %s lapsed; its work stops", key)
-                    self.leases.pop(key, None)
-                    self._publish()
+            self._drop_lapsed()
         for key in lost:
             if self.leases.pop(key, None) is not None:
                 log.warning("lease on %s lost; its work stops", key)

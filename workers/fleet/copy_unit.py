@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from models import fleet_store
@@ -121,15 +122,31 @@ class CopyUnit:
             await copier.start()
             self.copier = copier
         current = set(copier.assignment())
-        if wanted - current:
-            if self.runtime.spec.exactly_once and previous_owners:
-                owners = {previous_owners[tp] for tp in wanted - current if tp in previous_owners}
-                await fence_transactional_ids(copier.target, [self.transactional_id(owner) for owner in owners])
-            await copier.assign(wanted - current, from_beginning=await self._appeared_later(wanted - current))
-            # Store the new partitions' heads at once: the first head ever stored is where the offset map begins.
-            await self.flush_offset_map()
         if current - wanted:
             await copier.revoke(current - wanted)
+        if wanted - current:
+            await self._assign(copier, wanted - current, previous_owners or {})
+
+    async def _assign(
+        self, copier: PartitionCopier, added: set[TopicPartition], previous_owners: Mapping[TopicPartition, str]
+    ) -> None:
+        try:
+            from_beginning = await self._appeared_later(added)
+        except (SQLAlchemyError, OSError) as exc:
+            # The database is away: the partitions already copying go on; these wait for a later pass.
+            self.last_failure = f"{type(exc).__name__}: {exc}"[:500]
+            log.warning("replicator %s: %d partitions not started yet: %s", self.runtime.name, len(added), exc)
+            return
+        if self.runtime.spec.exactly_once and previous_owners:
+            owners = {previous_owners[tp] for tp in added if tp in previous_owners}
+            await fence_transactional_ids(copier.target, [self.transactional_id(owner) for owner in owners])
+        await copier.assign(added, from_beginning=from_beginning)
+        # Store the new partitions' heads at once: the first head stored is where the offset map begins. A
+        # database that is away keeps them for the next flush; copying does not wait for it.
+        try:
+            await self.flush_offset_map()
+        except (SQLAlchemyError, OSError) as exc:
+            log.warning("offset map of %s not stored yet (kept for the next flush): %s", self.runtime.name, exc)
 
     async def _appeared_later(self, partitions: set[TopicPartition]) -> set[TopicPartition]:
         """The partitions that were not in scope at the replicator's first inventory (startingPosition is not
@@ -159,7 +176,13 @@ class CopyUnit:
                 self.offset_map.discard()
                 return
             if copier.failure is None:
-                await self.offset_map.flush(copier.positions)
+                try:
+                    await self.offset_map.flush(copier.positions)
+                except (SQLAlchemyError, OSError) as exc:
+                    # Consumer groups committed on the target over this stretch translate conservatively (from
+                    # the last stored head), never past what was copied.
+                    log.warning("offset map of %s lost at stop (database away): %s", self.runtime.name, exc)
+                    self.offset_map.discard()
             else:
                 # A copier that lost its lease or was fenced may have a successor: its late map must not win.
                 self.offset_map.discard()

@@ -140,6 +140,12 @@ class WorkLoop:
             await self.converge(self._desired)
         except Exception:
             log.exception("fleet agent %s: converging failed", self.worker_id)
+        except asyncio.CancelledError:
+            # A library's stray CancelledError must not end the work loop; a real stop still does.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            log.exception("fleet agent %s: converging failed with a stray cancellation", self.worker_id)
         for runner in list(self.copiers.values()):
             try:
                 await asyncio.wait_for(runner.flush_offset_map(), self.converge_timeout_s)
