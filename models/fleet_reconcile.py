@@ -10,12 +10,21 @@ Every statement is in ``models/fleet_store.py``; this module only sequences them
 
 from __future__ import annotations
 
+import logging
+import time
+
 from sqlalchemy import Connection, Engine
 
 from models import fleet_store
 from models.fleet import DesiredReplicator
 from models.fleet_plan import Observed, Plan, plan
 from models.settings import FerrySettings
+
+log = logging.getLogger(__name__)
+
+# A pass slower than this is logged with where its time went: passes are serialised, so a slow one delays
+# every change behind it.
+SLOW_PASS_SECONDS = 0.5
 
 
 def gather(
@@ -52,9 +61,11 @@ def apply(conn: Connection, desired: list[DesiredReplicator], result: Plan) -> N
 
 def reconcile_once(engine: Engine, settings: FerrySettings, by: str) -> Plan | None:
     """One pass; returns the applied plan, or None when another pass held the lock. ``by`` names who ran it."""
+    started = time.monotonic()
     with engine.begin() as conn:
         if not fleet_store.try_reconcile_lock(conn):
             return None
+        locked = time.monotonic()
         desired, observed = gather(
             conn,
             settings.worker_dead_after_seconds,
@@ -63,8 +74,22 @@ def reconcile_once(engine: Engine, settings: FerrySettings, by: str) -> Plan | N
             # only units unowned for a lease past that are stranded.
             settings.fleet_lease_seconds,
         )
+        gathered = time.monotonic()
         result = plan(desired, observed)
+        planned = time.monotonic()
         if not result.is_empty:
             apply(conn, desired, result)
         fleet_store.record_reconcile(conn, by)
-        return result
+    took = time.monotonic() - started
+    if took > SLOW_PASS_SECONDS:
+        log.warning(
+            "reconcile pass by %s took %.1fs (lock %.2fs, read %.2fs over %d units, plan %.2fs, write %.2fs)",
+            by,
+            took,
+            locked - started,
+            gathered - locked,
+            len(observed.units),
+            planned - gathered,
+            time.monotonic() - planned,
+        )
+    return result

@@ -15,11 +15,29 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, bindparam, delete, func, null, or_, select, tuple_, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Integer,
+    Row,
+    Select,
+    Text,
+    and_,
+    bindparam,
+    delete,
+    func,
+    null,
+    or_,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, insert
+from sqlalchemy.dialects.postgresql import UUID as PgUUID
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from models.fleet import (
@@ -308,15 +326,40 @@ async def units_of(conn: AsyncConnection, worker_id: str) -> list[AssignedUnit]:
     return [AssignedUnit(_key(r), r.assigned_worker, r.owner_worker, int(r.epoch)) for r in rows]
 
 
+_UNIT_KEY = (FleetUnit.replicator_id, FleetUnit.topic, FleetUnit.partition)
+
+
+def _locked_in_key_order(*where: Any) -> Select[uuid.UUID, str, int]:
+    """The keys of the units matching ``where`` that no other transaction is changing, locked in key order.
+
+    Every writer that changes many units locks them in this order (sorted unit keys: ``assign_units``,
+    ``release``; COLLATE "C" is code-point order, Python's string order), so two of them never deadlock; rows
+    locked elsewhere are skipped rather than waited for."""
+    return (
+        select(*_UNIT_KEY)
+        .where(*where)
+        .order_by(FleetUnit.replicator_id, FleetUnit.topic.collate("C"), FleetUnit.partition)
+        .with_for_update(skip_locked=True)
+    )
+
+
 async def acquire(conn: AsyncConnection, worker_id: str, lease_seconds: float) -> list[tuple[UnitKey, int, str | None]]:
     """Take every unit assigned to this worker whose lease is free or expired, bumping each one's epoch: the
     fencing token of the new owner. Returns (unit, epoch, previous owner) of each unit taken."""
+    free = (
+        FleetUnit.assigned_worker == worker_id,
+        or_(FleetUnit.owner_worker.is_(None), FleetUnit.lease_expires_at < func.now()),
+        # A deleted replicator's units are never taken again, even before a reconcile pass unassigns them.
+        FleetUnit.replicator_id.not_in(
+            select(ReplicatorRow.id).where(ReplicatorRow.state == ReplicatorState.DELETING.value)
+        ),
+    )
+    # Units a reconcile pass is changing right now are left for the next tick instead of waited for; the rest are
+    # locked in key order (see ``renew``).
+    takeable = _locked_in_key_order(*free)
     rows = await conn.execute(
         update(FleetUnit)
-        .where(
-            FleetUnit.assigned_worker == worker_id,
-            or_(FleetUnit.owner_worker.is_(None), FleetUnit.lease_expires_at < func.now()),
-        )
+        .where(*free, tuple_(*_UNIT_KEY).in_(takeable))
         .values(
             owner_worker=worker_id,
             epoch=FleetUnit.epoch + 1,
@@ -331,32 +374,81 @@ async def acquire(conn: AsyncConnection, worker_id: str, lease_seconds: float) -
     return [(_key(r), int(r.epoch), r.previous_owner) for r in rows]
 
 
+@dataclass(frozen=True)
+class Renewal:
+    """What a renewal found: ``renewed`` (unit -> epoch) were extended; ``busy`` are still held at their epoch but
+    were being changed by a reconcile pass at that moment, so they keep their old deadline until the next try."""
+
+    renewed: dict[UnitKey, int]
+    busy: set[UnitKey]
+
+
 async def renew(
     conn: AsyncConnection, worker_id: str, held: Iterable[tuple[UnitKey, int]], lease_seconds: float
-) -> dict[UnitKey, int]:
-    """Extend the live leases this worker holds, each only at the epoch it holds it at; returns the renewed ones.
+) -> Renewal:
+    """Extend the live leases this worker holds, each only at the epoch it holds it at.
 
     Never "every lease I own": a lease the worker lost track of (a release that failed, an acquire whose answer
-    was lost) must expire, or its unit would be held by nobody, forever."""
-    pairs = [(uuid.UUID(key.replicator_id), key.topic, key.partition, epoch) for key, epoch in held]
+    was lost) must expire, or its unit would be held by nobody, forever.
+
+    Never waits on a reconcile pass either: its transaction keeps the rows it reassigns locked until it commits
+    (a burst of deletes: seconds), and a renewal queued behind it would let every other lease of this worker
+    lapse. Rows locked right now are skipped (locking the rest in key order, as ``assign_units`` and ``release``
+    do, so the two never deadlock; COLLATE "C" is code-point order, Python's string order) and reported busy
+    when a plain read shows them still held: they are the units being moved or deleted."""
+    pairs = sorted(held)
     if not pairs:
-        return {}
+        return Renewal({}, set())
+    # The pairs travel as four arrays (four parameters, however many leases): thousands of bound tuples cost the
+    # driver more CPU per tick than the statement costs the database.
+    listed = (
+        func.unnest(
+            bindparam("held_replicators", [uuid.UUID(key.replicator_id) for key, _ in pairs], type_=ARRAY(PgUUID)),
+            bindparam("held_topics", [key.topic for key, _ in pairs], type_=ARRAY(Text)),
+            bindparam("held_partitions", [key.partition for key, _ in pairs], type_=ARRAY(Integer)),
+            bindparam("held_epochs", [epoch for _, epoch in pairs], type_=ARRAY(BigInteger)),
+        )
+        .table_valued("replicator_id", "topic", "partition", "epoch")
+        .render_derived(name="held")
+    )
+    held_here = and_(
+        FleetUnit.replicator_id == listed.c.replicator_id,
+        FleetUnit.topic == listed.c.topic,
+        FleetUnit.partition == listed.c.partition,
+        FleetUnit.epoch == listed.c.epoch,
+        FleetUnit.owner_worker == worker_id,
+        FleetUnit.lease_expires_at >= func.now(),
+    )
+    # Driven from the listed keys through the primary key (one index probe each), whatever the table's statistics.
+    locked = (
+        select(*_UNIT_KEY)
+        .select_from(listed.join(FleetUnit, held_here))
+        .order_by(FleetUnit.replicator_id, FleetUnit.topic.collate("C"), FleetUnit.partition)
+        .with_for_update(of=FleetUnit, skip_locked=True)
+        .subquery("locked")
+    )
     rows = await conn.execute(
         update(FleetUnit)
         .where(
-            FleetUnit.owner_worker == worker_id,
-            FleetUnit.lease_expires_at >= func.now(),
-            tuple_(FleetUnit.replicator_id, FleetUnit.topic, FleetUnit.partition, FleetUnit.epoch).in_(pairs),
+            FleetUnit.replicator_id == locked.c.replicator_id,
+            FleetUnit.topic == locked.c.topic,
+            FleetUnit.partition == locked.c.partition,
         )
         .values(lease_expires_at=func.now() + _seconds(lease_seconds))
-        .returning(FleetUnit.replicator_id, FleetUnit.topic, FleetUnit.partition, FleetUnit.epoch)
+        .returning(*_UNIT_KEY, FleetUnit.epoch)
     )
-    return {_key(r): int(r.epoch) for r in rows}
+    renewed = {_key(r): int(r.epoch) for r in rows}
+    busy: set[UnitKey] = set()
+    if len(renewed) < len(pairs):
+        # A plain read never waits on a row lock: it sees the row as last committed.
+        rows = await conn.execute(select(*_UNIT_KEY, FleetUnit.epoch).select_from(listed.join(FleetUnit, held_here)))
+        busy = {key for r in rows if (key := _key(r)) not in renewed}
+    return Renewal(renewed, busy)
 
 
 async def release(conn: AsyncConnection, worker_id: str, held: Iterable[tuple[UnitKey, int]]) -> None:
     """Give leases back (only where this worker still owns them at that epoch)."""
-    params = [{**_unit_params(key), "epoch_held": epoch} for key, epoch in held]
+    params = [{**_unit_params(key), "epoch_held": epoch} for key, epoch in sorted(held)]
     if params:
         await conn.execute(
             update(FleetUnit)

@@ -42,6 +42,7 @@ from models import fleet_store
 from models.db import make_async_engine, make_sync_engine
 from models.fleet import UnitKey
 from models.fleet_reconcile import reconcile_once
+from models.replicator import ReplicatorState
 from models.settings import FerrySettings
 from workers.fleet.leases import Lease, LeaseStore
 from workers.fleet.runtime import ReplicatorRuntime, runtime_of
@@ -180,18 +181,38 @@ class ControlLoop:
     # ------------------------------------------------------------------ one tick
 
     async def tick(self) -> None:
+        phases: list[tuple[str, float]] = []
+        started = time.monotonic()
+
+        def done(phase: str) -> None:
+            phases.append((phase, time.monotonic()))
+
         await self._heartbeat()
+        done("heartbeat")
         await self._renew()
+        done("renew")
         await self._sort_leases()
+        done("sort")
         await self._release()
+        done("release")
         store = self._require_store()
         async with asyncio.timeout(self.call_timeout_s):
             taken = await store.acquire()
         for lease in taken:
             self.leases[lease.key] = lease
+        done("acquire")
         await self._load_runtimes()
         self._publish()
+        done("publish")
         await self._reconcile_if_due()
+        took = time.monotonic() - started
+        if took > self.tick_s:
+            # A slow tick eats into the lease margin: say where the time went.
+            steps, last = [], started
+            for phase, at in phases:
+                steps.append(f"{phase} {at - last:.2f}s")
+                last = at
+            log.warning("fleet agent %s: control tick took %.1fs (%s)", self.worker_id, took, ", ".join(steps))
 
     async def _heartbeat(self) -> None:
         async with asyncio.timeout(self.call_timeout_s):
@@ -270,7 +291,17 @@ class ControlLoop:
         async with asyncio.timeout(self.call_timeout_s), db.connect() as conn:
             rows = await fleet_store.replicators_to_run(conn, ids)
         runtimes = {}
+        deleting = {str(row.id) for row in rows if row.state == ReplicatorState.DELETING} | (
+            set(ids) - {str(row.id) for row in rows}
+        )
+        if deleting:
+            # Deleted: nothing of it is written again from this tick on, without waiting for a reconcile pass to
+            # take its units away (a burst of deletes makes those passes slow).
+            for key in [key for key in self.leases if key.replicator_id in deleting]:
+                self.unreleased[key] = self.leases.pop(key)
         for row in rows:
+            if str(row.id) in deleting:
+                continue
             try:
                 runtimes[str(row.id)] = runtime_of(
                     replicator_id=str(row.id),

@@ -76,16 +76,17 @@ class LeaseStore:
             return set()
         started = time.monotonic()
         async with self.engine.begin() as conn:
-            renewed = await fleet_store.renew(
+            renewal = await fleet_store.renew(
                 conn, self.worker_id, [(key, lease.epoch) for key, lease in held.items()], self.lease_seconds
             )
         lost = set()
         for key, lease in held.items():
-            if renewed.get(key) == lease.epoch:
+            if renewal.renewed.get(key) == lease.epoch:
                 lease.valid_until = self._deadline(started)
-            else:
+            elif key not in renewal.busy:
                 lease.valid_until = 0.0
                 lost.add(key)
+            # Busy (a reconcile pass is changing it): the old deadline stands; the next tick tries again.
         return lost
 
     async def release(self, leases: Iterable[Lease]) -> None:

@@ -42,6 +42,9 @@ from workers.fleet.secrets import SecretStore, SecretUnavailable
 
 log = logging.getLogger(__name__)
 
+# A pass slower than this says where its time went: the copy units wait for its inventory.
+SLOW_PASS_SECONDS = 3.0
+
 # How long StateInfo tells of a topic deleted and created again (an event, not a lasting state).
 RECREATION_NOTICE_SECONDS = 600.0
 
@@ -215,6 +218,7 @@ class MetadataUnit:
                 await self._stop_connections()
                 await self._write(runtime, None, ("BOOTSTRAP_ADDRESS_REFUSED", f"{role.lower()} cluster: {refused}"))
                 return
+        started = time.monotonic()
         connections = await self._connect(runtime)
         if connections is None or self._probes is None:
             return
@@ -222,6 +226,7 @@ class MetadataUnit:
         (source_error, source_id), (target_error, target_id) = await asyncio.gather(
             self._probes[0].check(), self._probes[1].check()
         )
+        probed = time.monotonic()
         pings = {"source": source_error, "target": target_error}
         await self._publish_status(runtime, pings)
         if source_error or target_error:
@@ -270,6 +275,15 @@ class MetadataUnit:
             await self._close_sync()
             await self._write(runtime, None, ("TOPIC_SYNC_FAILED", f"{type(exc).__name__}: {exc}"[:500]))
             return
+        synced = time.monotonic()
+        if synced - started > SLOW_PASS_SECONDS:
+            log.warning(
+                "metadata pass of %s took %.1fs (clusters probed in %.1fs, topics synced in %.1fs)",
+                runtime.name,
+                synced - started,
+                probed - started,
+                synced - probed,
+            )
         self._note_recreations(report.recreated_sources, report.recreated_targets)
         partitions = sorted((t.source_topic, p) for t in report.topics.values() for p in range(t.partitions))
         error = None

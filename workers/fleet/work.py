@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -78,6 +79,8 @@ class WorkLoop:
         self._lease_epochs = lease_epochs
         self.metadata: dict[str, tuple[MetadataUnit, asyncio.Task[None]]] = {}
         self.copiers: dict[str, CopyUnit] = {}
+        # Replicators with nothing left here, stopping in the background: the partitions they had, and the task.
+        self._stopping: dict[str, tuple[frozenset[TopicPartition], asyncio.Task[None]]] = {}
         # Read by the control loop's thread: replaced whole, never mutated.
         self.running: frozenset[UnitKey] = frozenset()
         self.last_beat = 0.0  # wall clock of the last iteration
@@ -161,6 +164,8 @@ class WorkLoop:
     async def shutdown(self) -> None:
         """Stop every unit (copiers write their final progress while the control loop still renews)."""
         await self.converge(DesiredWork())
+        while self._stopping:
+            await asyncio.wait([task for _, task in self._stopping.values()])
         if self._reporter is not None:
             with contextlib.suppress(RedisError, OSError, TimeoutError):
                 await asyncio.wait_for(self._reporter.forget_worker(), 5)
@@ -183,29 +188,61 @@ class WorkLoop:
 
         # 1. Stop: replicators with nothing left here first (deleted, DELETING), then metadata units, then
         #    partitions moved away.
-        gone = [rid for rid in self.copiers if rid not in wanted]
-        await self._each(gone, self._stop_copy_unit)
-        for replicator_id in list(self.metadata):
-            if replicator_id not in held_metadata or replicator_id not in runtimes:
-                await self._stop_metadata(replicator_id)
+        #    A replicator with nothing left here stops in the background: its writes are gated already, and
+        #    closing a copier's clients on a busy broker must not hold up starting anything else. Its partitions
+        #    count as running until it has stopped.
+        for rid in list(self.copiers):
+            if rid not in wanted and rid not in self._stopping:
+                self._begin_stop(rid)
+        # Together, not one after another: each waits for its clients to close, which a busy broker makes slow.
+        await asyncio.gather(
+            *(
+                self._stop_metadata(replicator_id)
+                for replicator_id in list(self.metadata)
+                if replicator_id not in held_metadata or replicator_id not in runtimes
+            )
+        )
         previous: dict[str, dict[TopicPartition, str]] = {}
         for key, owner in desired.previous_owners.items():
             previous.setdefault(key.replicator_id, {})[TopicPartition(key.topic, key.partition)] = owner
-        shrinking = [rid for rid, unit in self.copiers.items() if unit.partitions - wanted[rid]]
+
+        async def shrink(rid: str) -> None:
+            await self._converge_copy_unit(rid, wanted[rid], runtimes[rid], previous.get(rid))
+
+        shrinking = [
+            rid
+            for rid, unit in self.copiers.items()
+            if rid in wanted and rid not in self._stopping and unit.partitions - wanted[rid]
+        ]
+        await self._each(shrinking, shrink)
+        self._note_running()
+
+        # 2. Start and update, metadata units first.
+        for replicator_id in held_metadata:
+            runtime = runtimes.get(replicator_id)
+            if runtime is not None and self._still_wanted(UnitKey.metadata(replicator_id)):
+                self._ensure_metadata(runtime)
+        starting = [rid for rid in wanted if rid not in self._stopping]
         await self._each(
-            shrinking, lambda rid: self._converge_copy_unit(rid, wanted[rid], runtimes[rid], previous.get(rid))
+            starting, lambda rid: self._start_or_update(rid, wanted[rid], runtimes[rid], previous.get(rid))
         )
         self._note_running()
 
-        # 2. Start and update.
-        for replicator_id in held_metadata:
-            runtime = runtimes.get(replicator_id)
-            if runtime is not None:
-                self._ensure_metadata(runtime)
-        await self._each(
-            list(wanted), lambda rid: self._converge_copy_unit(rid, wanted[rid], runtimes[rid], previous.get(rid))
-        )
-        self._note_running()
+    async def _start_or_update(
+        self,
+        rid: str,
+        partitions: set[TopicPartition],
+        runtime: ReplicatorRuntime,
+        previous_owners: Mapping[TopicPartition, str] | None,
+    ) -> None:
+        # Skip what the control loop dropped since this pass began (a replicator deleted meanwhile): the next
+        # pass stops it before it starts anything.
+        still = {tp for tp in partitions if self._still_wanted(UnitKey(rid, tp.topic, tp.partition))}
+        if still == partitions or rid in self.copiers:
+            await self._converge_copy_unit(rid, still, runtime, previous_owners)
+
+    def _still_wanted(self, key: UnitKey) -> bool:
+        return key in self._desired.units
 
     async def _each(self, replicator_ids: list[str], work: Callable[[str], Awaitable[None]]) -> None:
         limit = asyncio.Semaphore(_CONVERGE_CONCURRENCY)
@@ -220,7 +257,23 @@ class WorkLoop:
         units = {UnitKey.metadata(rid) for rid, (_, task) in self.metadata.items() if not task.done()}
         for replicator_id, unit in self.copiers.items():
             units |= {UnitKey(replicator_id, tp.topic, tp.partition) for tp in unit.partitions}
+        for replicator_id, (partitions, _) in self._stopping.items():
+            units |= {UnitKey(replicator_id, tp.topic, tp.partition) for tp in partitions}
         self.running = frozenset(units)
+
+    def _begin_stop(self, replicator_id: str) -> None:
+        unit = self.copiers.get(replicator_id)
+        partitions = unit.partitions if unit is not None else frozenset()
+        task = asyncio.create_task(self._stop_copy_unit(replicator_id), name=f"stop-{replicator_id}")
+        self._stopping[replicator_id] = (partitions, task)
+        task.add_done_callback(functools.partial(self._stopped, replicator_id))
+
+    def _stopped(self, replicator_id: str, task: asyncio.Task[None]) -> None:
+        if self._stopping.get(replicator_id, (None, None))[1] is task:
+            del self._stopping[replicator_id]
+        if not task.cancelled() and task.exception() is not None:
+            log.error("stopping replicator %s failed: %r", replicator_id, task.exception())
+        self._note_running()
 
     async def _stop_copy_unit(self, replicator_id: str) -> None:
         unit = self.copiers.pop(replicator_id, None)
@@ -285,9 +338,10 @@ class WorkLoop:
     async def _stop_metadata(self, replicator_id: str) -> None:
         _, task = self.metadata.pop(replicator_id)
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        if not task.cancelled() and task.exception() is not None:
+        # Its writes are gated by its lease already; closing its clients is housekeeping that must not hold up
+        # the pass, so it finishes in the background past this bound.
+        done, _ = await asyncio.wait({task}, timeout=5.0)
+        if done and not task.cancelled() and task.exception() is not None:
             log.error("metadata unit of %s ended: %r", replicator_id, task.exception())
 
     @staticmethod
