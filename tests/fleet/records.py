@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from tests.fleet.conftest import wait_until
+
 
 @dataclass
 class Delivery:
@@ -102,3 +104,18 @@ class SteadyProducer:
         self._stop.set()
         self._thread.join(30)
         return self.sent
+
+
+def all_delivered(
+    bootstrap: str, topic: str, produced: int, timeout: float = 60, *, committed_only: bool = False
+) -> Delivery:
+    """Wait until every one of ``produced`` records is on ``topic``; the delivery counts, for the caller's checks."""
+    return wait_until(
+        f"all {produced} records on {topic}",
+        lambda: (
+            (d := asyncio.run(delivered(bootstrap, topic, produced, committed_only=committed_only))).distinct
+            == produced
+            and d
+        ),
+        timeout,
+    )

@@ -14,7 +14,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from sqlalchemy import Engine, text
 
 from tests.fleet.conftest import Fleet, wait_until
-from tests.fleet.records import delivered, produce_numbered
+from tests.fleet.records import all_delivered, produce_numbered
 from tests.fleet.test_fleet_lifecycle import create_request, create_topic, describe
 
 SOURCE_TOPICS = 240
@@ -132,11 +132,7 @@ def test_a_burst_of_creates_and_deletes_never_starves_the_control_path(
     written_after_delete = asyncio.run(existing_topics(target_bootstrap, [*late, fresh_topic]))
 
     target = f"{running['ReplicationInfoList'][0]['SourceKafkaClusterAlias']}.{fresh_topic}"
-    result = wait_until(
-        "the new replicator's 200 records",
-        lambda: (d := asyncio.run(delivered(target_bootstrap, target, 200))).distinct == 200 and d,
-        60,
-    )
+    result = all_delivered(target_bootstrap, target, 200, 60)
     print(
         f"burst of {BURST} replicators x {SOURCE_TOPICS} topics: slowest delete {slowest:.1f}s, new replicator "
         f"taken by a worker after {fresh_owned_s:.1f}s, RUNNING after {fresh_running_s:.1f}s"

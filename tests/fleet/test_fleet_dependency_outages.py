@@ -27,7 +27,7 @@ from models.settings import FerrySettings
 from tests.conftest import stack_settings
 from tests.faults import TcpProxy
 from tests.fleet.conftest import Fleet, unit_owners, wait_until
-from tests.fleet.records import SteadyProducer, delivered
+from tests.fleet.records import SteadyProducer, all_delivered, delivered
 from tests.fleet.test_fleet_lifecycle import create_request, create_topic, describe
 
 
@@ -156,11 +156,7 @@ class LogWatch:
 
 def finish(producer: SteadyProducer, target_bootstrap: str, target: str, scenario: str, recovery_s: float) -> None:
     produced = producer.stop()
-    result = wait_until(
-        f"all {produced} records on the target",
-        lambda: (d := asyncio.run(delivered(target_bootstrap, target, produced))).distinct == produced and d,
-        90,
-    )
+    result = all_delivered(target_bootstrap, target, produced, 90)
     print(
         f"{scenario}: produced {result.produced}, lost {result.lost}, duplicated {result.duplicated}, "
         f"recovered in {recovery_s:.1f}s"

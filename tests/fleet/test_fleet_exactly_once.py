@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import Engine
 
 from tests.fleet.conftest import Fleet, unit_owners, wait_until
-from tests.fleet.records import SteadyProducer, delivered
+from tests.fleet.records import SteadyProducer, all_delivered, delivered
 from tests.fleet.test_fleet_lifecycle import create_request, create_topic, describe
 
 
@@ -59,14 +59,7 @@ def test_exactly_once_survives_three_workers_killed_mid_transaction(
     finally:
         produced = producer.stop()
     started = time.monotonic()
-    result = wait_until(
-        f"all {produced} records committed on the target",
-        lambda: (
-            (d := asyncio.run(delivered(target_bootstrap, target, produced, committed_only=True))).distinct == produced
-            and d
-        ),
-        90,
-    )
+    result = all_delivered(target_bootstrap, target, produced, 90, committed_only=True)
     print(
         f"exactly-once, 3 workers SIGKILLed mid-transaction: produced {result.produced}, lost {result.lost}, "
         f"duplicated {result.duplicated} (read_committed), caught up {time.monotonic() - started:.1f}s after "

@@ -24,7 +24,7 @@ from sqlalchemy.engine import make_url
 from models.settings import FerrySettings
 from tests.faults import TcpProxy
 from tests.fleet.conftest import Fleet, unit_owners, wait_until
-from tests.fleet.records import delivered, produce_numbered
+from tests.fleet.records import all_delivered, produce_numbered
 from tests.fleet.test_fleet_lifecycle import create_request, create_topic, describe
 from workers.fleet.agent import AgentThread
 from workers.fleet.control import DesiredWork
@@ -118,11 +118,7 @@ def test_a_release_lost_to_a_database_outage_in_a_hand_off_is_retried_and_the_un
         assert moved
 
         asyncio.run(produce_numbered(source_bootstrap, topic, range(400, 800), partitions))
-        result = wait_until(
-            "all 800 records on the target",
-            lambda: (d := asyncio.run(delivered(target_bootstrap, target, 800))).distinct == 800 and d,
-            60,
-        )
+        result = all_delivered(target_bootstrap, target, 800, 60)
         print(
             f"hand-off with a 3 s database outage: produced {result.produced}, lost {result.lost}, "
             f"duplicated {result.duplicated}, units moved {recovery_s:.1f}s after the outage began"
@@ -181,11 +177,7 @@ def test_without_beat_a_dead_workers_partitions_still_move_within_30_seconds(
         )
         moved_s = time.monotonic() - killed_at
         asyncio.run(produce_numbered(source_bootstrap, topic, range(400, 800), partitions))
-        result = wait_until(
-            "all 800 records on the target",
-            lambda: (d := asyncio.run(delivered(target_bootstrap, target, 800))).distinct == 800 and d,
-            60,
-        )
+        result = all_delivered(target_bootstrap, target, 800, 60)
         print(
             f"beat and a worker killed: produced {result.produced}, lost {result.lost}, "
             f"duplicated {result.duplicated}, partitions moved {moved_s:.1f}s after the kill"
@@ -221,7 +213,7 @@ def test_a_fleet_without_live_workers_says_so_everywhere_and_recovers(
     ]
     running = wait_until("RUNNING", lambda: (d := describe(fleet_kafka, arn))["ReplicatorState"] == "RUNNING" and d, 60)
     target = f"{running['ReplicationInfoList'][0]['SourceKafkaClusterAlias']}.{topic}"
-    wait_until("300 copied", lambda: asyncio.run(delivered(target_bootstrap, target, 300)).distinct == 300, 60)
+    all_delivered(target_bootstrap, target, 300)
     assert httpx.get(f"{fleet_api}/readyz", timeout=10).status_code == 200
 
     fleet.kill("lonely-1")
@@ -262,11 +254,7 @@ def test_a_fleet_without_live_workers_says_so_everywhere_and_recovers(
     recovery_s = time.monotonic() - restarted_at
     assert not (recovered.get("StateInfo") or {}).get("Code")
     asyncio.run(produce_numbered(source_bootstrap, topic, range(300, 600), partitions))
-    result = wait_until(
-        "600 on the target",
-        lambda: (d := asyncio.run(delivered(target_bootstrap, target, 600))).distinct == 600 and d,
-        60,
-    )
+    result = all_delivered(target_bootstrap, target, 600, 60)
     wait_until("/readyz 200", lambda: httpx.get(f"{fleet_api}/readyz", timeout=10).status_code == 200, 30)
     print(
         f"last worker killed: FAILED/NO_LIVE_WORKER {noticed_s:.1f}s after the kill; RUNNING {recovery_s:.1f}s after "
@@ -338,11 +326,7 @@ def test_a_stray_cancellation_in_the_work_loop_does_not_stop_copying(
             "RUNNING", lambda: (d := describe(fleet_kafka, arn))["ReplicatorState"] == "RUNNING" and d, 60
         )
         target = f"{running['ReplicationInfoList'][0]['SourceKafkaClusterAlias']}.{topic}"
-        result = wait_until(
-            "all 500 records on the target",
-            lambda: (d := asyncio.run(delivered(target_bootstrap, target, 500))).distinct == 500 and d,
-            60,
-        )
+        result = all_delivered(target_bootstrap, target, 500, 60)
         assert raised, "the stray cancellation was never raised"
         assert agent.is_alive(), "the work loop or the control loop ended"
         assert result.lost == 0
@@ -390,11 +374,7 @@ def test_a_worker_whose_work_loop_ended_leaves_the_fleet(
             60,
         )
         target = f"{running['ReplicationInfoList'][0]['SourceKafkaClusterAlias']}.{topic}"
-        result = wait_until(
-            "all 300 records on the target",
-            lambda: (d := asyncio.run(delivered(target_bootstrap, target, 300))).distinct == 300 and d,
-            60,
-        )
+        result = all_delivered(target_bootstrap, target, 300, 60)
         assert result.lost == 0
     finally:
         broken.stop()
