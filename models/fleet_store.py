@@ -468,6 +468,24 @@ async def leave(conn: AsyncConnection, worker_id: str) -> None:
     await conn.execute(delete(FleetWorker).where(FleetWorker.worker_id == worker_id))
 
 
+async def may_write(conn: AsyncConnection, worker_id: str, key: UnitKey, epoch: int) -> bool:
+    """Whether this worker still owns the unit at this epoch, under a lease that has not expired, and its
+    replicator is not being deleted: the committed truth behind the in-memory lease check, asked by a unit right
+    before it acts on what it just read from a cluster."""
+    owned = await conn.execute(
+        select(FleetUnit.epoch)
+        .join(ReplicatorRow, ReplicatorRow.id == FleetUnit.replicator_id)
+        .where(
+            _is(key),
+            FleetUnit.owner_worker == worker_id,
+            FleetUnit.epoch == epoch,
+            FleetUnit.lease_expires_at > func.now(),
+            ReplicatorRow.state != ReplicatorState.DELETING.value,
+        )
+    )
+    return owned.first() is not None
+
+
 # ---------------------------------------------------------------------- what a worker runs (async)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 from aiokafka.admin import AIOKafkaAdminClient
@@ -108,12 +108,17 @@ class TopicSynchronizer:
         replication_factor: int | None = None,
         known_topics: Iterable[str] | None = None,
         write_gate: Callable[[], bool] | None = None,
+        confirm_writes: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         """``known_topics``: with detectAndCopyNewTopics off, the topic set an earlier pass fixed (the caller
         keeps it durable, so a restart elsewhere does not pick up topics created since). ``write_gate``: asked
         right before every write to the target (topic, partitions, configs, ACLs); False stops the pass with
-        ``WritesFenced`` (the caller's lease on this work is gone)."""
+        ``WritesFenced`` (the caller's lease on this work is gone). ``confirm_writes``: the authoritative (and
+        slower) form of the gate, awaited once per pass, after the source was read and before the pass's first
+        write: whatever a pass saw on the source after its work was withdrawn is never acted on."""
         self.write_gate = write_gate
+        self.confirm_writes = confirm_writes
+        self._confirmed = False
         self.spec = spec
         self.source = source
         self.target = target
@@ -173,13 +178,18 @@ class TopicSynchronizer:
             topics = {name: count for name, count in topics.items() if name in self._known_topics}
         return topics
 
-    def _may_write(self) -> None:
+    async def _may_write(self) -> None:
         if self.write_gate is not None and not self.write_gate():
             raise WritesFenced("the lease of this replicator's metadata unit is gone; nothing more is written")
+        if self.confirm_writes is not None and not self._confirmed:
+            if not await self.confirm_writes():
+                raise WritesFenced("this replicator's metadata unit is no longer this worker's; nothing is written")
+            self._confirmed = True
 
     async def sync_once(self, *, sync_configs: bool = True) -> SyncReport:
         source_admin, target_admin = self._admins
         report = SyncReport()
+        self._confirmed = False
         wanted = await self.source_topics()
         target_names = {name: self.spec.target_topic(name) for name in wanted}
         existing = (
@@ -198,7 +208,7 @@ class TopicSynchronizer:
                 current = existing.get(target_topic)
                 if current is None:
                     configs = copyable_configs(source_configs.get(source_topic, {})) if copy_configs else {}
-                    self._may_write()
+                    await self._may_write()
                     if await kafka_admin.create_topic(target_admin, target_topic, partitions, rf, configs):
                         report.created.append(target_topic)
                         log.info(
@@ -209,7 +219,7 @@ class TopicSynchronizer:
                         )
                     ready = partitions
                 elif current.partitions < partitions:
-                    self._may_write()
+                    await self._may_write()
                     await kafka_admin.add_partitions(target_admin, target_topic, partitions)
                     report.partitions_added[target_topic] = partitions - current.partitions
                     log.info("added %d partitions to target topic %s", partitions - current.partitions, target_topic)
@@ -263,8 +273,9 @@ class TopicSynchronizer:
             log.warning("ACL sync failed: %s", exc)
             return
         by_target = {t.target_topic: t.source_topic for t in report.topics.values()}
+        self._confirmed = False  # the source's ACLs were read after this pass's earlier confirmation
         for acl in sorted(wanted - set(present)):
-            self._may_write()
+            await self._may_write()
             try:
                 await kafka_admin.create_topic_acl(target_admin, acl)
             except kafka_admin.AdminError as exc:
@@ -300,7 +311,7 @@ class TopicSynchronizer:
             desired.update({name: value for name, value in current.items() if is_per_cluster_config(name)})
             if desired == current:
                 continue
-            self._may_write()
+            await self._may_write()
             try:
                 await kafka_admin.replace_topic_configs(target_admin, target_topic, desired)
             except AdminError as exc:

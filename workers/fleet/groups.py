@@ -24,7 +24,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,6 +106,7 @@ class GroupSyncer:
         self.connections: tuple[ClusterConnection, ClusterConnection] | None = None
         # Whether this worker still holds the metadata unit's lease: asked right before every commit.
         self.may_write: Callable[[], bool] = lambda: True
+        self.confirm_writes: Callable[[], Awaitable[bool]] | None = None
 
     async def use(self, source: ClusterConnection, target: ClusterConnection) -> None:
         """Connect to the clusters this way from now on (e.g. a rotated password): open clients are closed."""
@@ -290,6 +291,8 @@ class GroupSyncer:
             consumer.assign(list(offsets))
             if not self.may_write():  # starting the client took a while
                 raise WritesFenced(f"the metadata unit's lease is gone; group {group} is not committed")
+            if self.confirm_writes is not None and not await self.confirm_writes():
+                raise WritesFenced(f"the metadata unit is no longer this worker's; group {group} is not committed")
             await consumer.commit({tp: OffsetAndMetadata(offset, "") for tp, offset in offsets.items()})
         finally:
             await consumer.stop()

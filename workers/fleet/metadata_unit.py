@@ -15,7 +15,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
@@ -26,6 +26,7 @@ from models import fleet_store, offset_store
 from models.bootstrap import AddressPolicy
 from models.fleet_reports import REPORT_TTL_SECONDS, STATUS_KEY, StatusField
 from workers.engine.admin import AdminError
+from workers.engine.aiokafka_hooks import WritesFenced
 from workers.engine.connection import (
     AUTHENTICATION_FAILED,
     TLS_HANDSHAKE_FAILED,
@@ -109,11 +110,14 @@ class MetadataUnit:
         vetting: AddressVetting | None = None,
         resolver: ConnectionResolver | None = None,
         may_write: Callable[[], bool] = lambda: True,
+        confirm_writes: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self.runtime = runtime
         # Whether this worker still holds the unit's lease: asked before anything is written to a cluster or to
         # the database, so a unit that moved or whose replicator is being deleted writes nothing more.
         self.may_write = may_write
+        # The same question asked of the database (slower, authoritative): once per pass before acting on it.
+        self.confirm_writes = confirm_writes
         self.db = db
         self.redis = redis
         self.interval_s = interval_s
@@ -136,6 +140,7 @@ class MetadataUnit:
         self.offset_map_max_runs = offset_map_max_runs
         self.groups = GroupSyncer(runtime, db, redis)
         self.groups.may_write = may_write
+        self.groups.confirm_writes = confirm_writes
         self.failovers = FailoverDriver(self.groups)
         self.scope = ScopeSource()
         self._last_thin = time.monotonic()
@@ -264,6 +269,7 @@ class MetadataUnit:
                     target,
                     known_topics=await self._stored_known_topics(runtime),
                     write_gate=self.may_write,
+                    confirm_writes=self.confirm_writes,
                 )
                 await sync.start()
                 self._sync = sync
@@ -271,6 +277,10 @@ class MetadataUnit:
             report = await self._sync.sync_once(sync_configs=due)
             if due:
                 self._last_config_sync = time.monotonic()
+        except WritesFenced as exc:
+            # The lease is gone or the replicator is being deleted: the control loop stops this unit next.
+            log.info("metadata pass of %s wrote nothing: %s", runtime.name, exc)
+            return
         except (KafkaError, AdminError, OSError) as exc:
             await self._close_sync()
             await self._write(runtime, None, ("TOPIC_SYNC_FAILED", f"{type(exc).__name__}: {exc}"[:500]))

@@ -28,6 +28,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from models import fleet_store
 from models.bootstrap import AddressPolicy
 from models.db import make_async_engine
 from models.fleet import UnitKey
@@ -329,11 +330,26 @@ class WorkLoop:
             vetting=self.vetting,
             resolver=self.resolver,
             may_write=lambda: self._holds_unit(key),
+            confirm_writes=functools.partial(self._confirm_unit, key),
         )
         self.metadata[replicator_id] = (
             metadata_unit,
             asyncio.create_task(metadata_unit.run(), name=f"metadata-{runtime.name}"),
         )
+
+    async def _confirm_unit(self, key: UnitKey) -> bool:
+        """Ask the database whether this worker's lease on the unit stands and its replicator is not being
+        deleted. The in-memory check learns of a delete only at the next control tick; a unit about to act on
+        what it just read asks this first, so nothing it saw after a delete is ever written."""
+        epoch = self._lease_epochs().get(key)
+        if epoch is None or not self._holds_unit(key):
+            return False
+        try:
+            async with self._require(self._db).connect() as conn:
+                return await fleet_store.may_write(conn, self.worker_id, key, epoch)
+        except (SQLAlchemyError, OSError) as exc:
+            log.warning("could not confirm the lease of %s, so nothing is written this pass: %s", key, exc)
+            return False
 
     async def _stop_metadata(self, replicator_id: str) -> None:
         _, task = self.metadata.pop(replicator_id)
