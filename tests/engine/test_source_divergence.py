@@ -5,8 +5,9 @@ own (dev/cluster.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,24 +63,7 @@ async def test_a_source_log_truncated_by_an_unclean_election_is_copied_from_wher
     # The leader dies; the stale follower is elected uncleanly: its log ends at offset 100 and takes new records.
     cluster.kill_broker(0)
     cluster.start_broker(1)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            cluster.run_tool(
-                "org.apache.kafka.tools.LeaderElectionCommand",
-                "--bootstrap-server",
-                f"127.0.0.1:{cluster.brokers[1].port}",
-                "--election-type",
-                "unclean",
-                "--topic",
-                topic,
-                "--partition",
-                "0",
-            )
-            break
-        except RuntimeError:
-            assert time.monotonic() < deadline, "the unclean election never succeeded"
-    await wait_for(lambda: _leader_is(cluster.bootstrap, topic, second), 60, f"broker {second} leading {topic}")
+    await _elect_uncleanly(cluster, topic, second)
     await produce(cluster.bootstrap, topic, [Rec(0, None, f"c-{i}".encode()) for i in range(50)])
 
     async with running(spec, cluster.bootstrap, target_bootstrap) as replicator:
@@ -96,6 +80,50 @@ async def test_a_source_log_truncated_by_an_unclean_election_is_copied_from_wher
     assert stats.health is Health.SOURCE_DIVERGED
     assert "truncated at offset 100" in stats.health_detail
     assert stats.truncated_offsets == 0
+
+
+async def _elect_uncleanly(cluster: LocalCluster, topic: str, broker: int) -> None:
+    """Run the unclean election until ``broker`` leads. It is asked again rather than once: a broker that has just
+    started may still be fenced and refuse, and under load it can lose the leadership it won before the test saw it."""
+    deadline = time.monotonic() + 180
+    last_refusal = "none"
+    while not await _leader_is(cluster.bootstrap, topic, broker):
+        assert time.monotonic() < deadline, (
+            f"broker {broker} never led {topic} after an unclean election; "
+            f"leader seen: {await _leader_or_error(cluster.bootstrap, topic)}; last refusal: {last_refusal}"
+        )
+        try:
+            cluster.run_tool(
+                "org.apache.kafka.tools.LeaderElectionCommand",
+                "--bootstrap-server",
+                f"127.0.0.1:{cluster.brokers[1].port}",
+                "--election-type",
+                "unclean",
+                "--topic",
+                topic,
+                "--partition",
+                "0",
+            )
+        except RuntimeError as refused:
+            last_refusal = str(refused)[-500:]
+        # The election is asynchronous on the controller: give the new leader a few seconds to show in metadata.
+        await _wait_quietly(lambda: _leader_is(cluster.bootstrap, topic, broker), 5)
+
+
+async def _wait_quietly(condition: Callable[[], Awaitable[bool]], deadline_s: float) -> bool:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if await condition():
+            return True
+        await asyncio.sleep(0.2)
+    return False
+
+
+async def _leader_or_error(bootstrap: str, topic: str) -> str:
+    try:
+        return str(await leader_of(bootstrap, topic))
+    except (KafkaError, OSError) as error:
+        return repr(error)
 
 
 async def _leader_is(bootstrap: str, topic: str, broker: int) -> bool:
