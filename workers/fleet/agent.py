@@ -54,6 +54,7 @@ class FleetAgent:
             holds=self.control.holds,
             holds_unit=self.control.holds_unit,
             lease_epochs=self.control.lease_epochs,
+            request_reconcile=self.control.request_reconcile,
         )
 
     def _offer_work(self, desired: DesiredWork) -> None:

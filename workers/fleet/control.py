@@ -49,6 +49,9 @@ from workers.fleet.runtime import ReplicatorRuntime, runtime_of
 
 log = logging.getLogger(__name__)
 
+# A tick brought forward by an event comes at least this fraction of a tick after the previous one.
+KICKED_TICK_MIN_FRACTION = 0.25
+
 
 @dataclass(frozen=True)
 class DesiredWork:
@@ -93,6 +96,10 @@ class ControlLoop:
         self._sync_db: Engine | None = None
         self._last_reconcile = 0.0
         self._reconcile: asyncio.Task[None] | None = None
+        # Asked for by an event (units acquired here, a new inventory written): a pass sooner than the interval.
+        self._reconcile_wanted = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._kick: asyncio.Event | None = None  # set to tick now instead of at the next period
         self.last_tick_ok_at = 0.0  # wall clock of the last tick that completed without an error
         self.last_reconcile_at = 0.0
 
@@ -109,6 +116,19 @@ class ControlLoop:
             lease = moving[0] if moving is not None else None
         return lease is not None and lease.is_valid()
 
+    def request_reconcile(self) -> None:
+        """Ask for a reconcile pass now rather than at the next interval (thread-safe): what changed (a new
+        inventory, units taken) moves a replicator on only once a pass has seen it."""
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop already closed
+                loop.call_soon_threadsafe(self._want_reconcile)
+
+    def _want_reconcile(self) -> None:
+        self._reconcile_wanted = True
+        if self._kick is not None:
+            self._kick.set()
+
     def lease_epochs(self) -> dict[UnitKey, int]:
         epochs = {key: lease.epoch for key, lease in list(self.leases.items())}
         epochs.update({key: lease.epoch for key, (lease, _) in list(self.moving.items())})
@@ -119,6 +139,8 @@ class ControlLoop:
     async def run(self, stop: asyncio.Event, work_stopped: asyncio.Event | None = None) -> None:
         """Tick until ``stop``; then keep renewing until ``work_stopped`` (the work's final writes need valid
         leases) and leave the fleet, releasing everything."""
+        self._loop = asyncio.get_running_loop()
+        self._kick = asyncio.Event()
         self._db = make_async_engine(self.settings)
         self._sync_db = make_sync_engine(self.settings)
         self._store = LeaseStore(
@@ -132,8 +154,9 @@ class ControlLoop:
                     # so other workers take them over, and stop answering the liveness probe.
                     log.error("fleet agent %s: the work loop ended unexpectedly; leaving the fleet", self.worker_id)
                     break
+                started = time.monotonic()
                 await self._tick_once()
-                await self._sleep_until_next(stop, time.monotonic())
+                await self._sleep_until_next(stop, started)
             while work_stopped is not None and not work_stopped.is_set():
                 started = time.monotonic()
                 with contextlib.suppress(TimeoutError, OSError, SQLAlchemyError):
@@ -152,8 +175,26 @@ class ControlLoop:
             log.info("fleet agent %s: control loop stopped", self.worker_id)
 
     async def _sleep_until_next(self, stop: asyncio.Event, started: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), max(0.05, self.tick_s - (time.monotonic() - started) % self.tick_s))
+        """Until the next period, or sooner when kicked (a reconcile pass to run, units it assigned to take)."""
+        period = max(0.05, self.tick_s - (time.monotonic() - started) % self.tick_s)
+        kick = self._kick
+        if kick is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), period)
+            return
+        # A kicked tick comes no sooner than a fraction of the period after the last: bursts of events must not
+        # turn the tick into a busy loop against the database.
+        earliest = started + self.tick_s * KICKED_TICK_MIN_FRACTION
+        waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(kick.wait())]
+        try:
+            await asyncio.wait(waits, timeout=period, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waits:
+                waiter.cancel()
+        kick.clear()
+        if not stop.is_set() and time.monotonic() < earliest:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), earliest - time.monotonic())
 
     async def _tick_once(self) -> None:
         try:
@@ -200,6 +241,8 @@ class ControlLoop:
             taken = await store.acquire()
         for lease in taken:
             self.leases[lease.key] = lease
+        if taken:
+            self._reconcile_wanted = True  # a replicator whose units are all taken now is RUNNING
         done("acquire")
         await self._load_runtimes()
         self._publish()
@@ -341,8 +384,12 @@ class ControlLoop:
         if running is not None and running.exception() is not None:
             exc = running.exception()
             log.warning("reconcile pass failed: %s: %s", type(exc).__name__, exc)
-        if time.monotonic() - self._last_reconcile < self.settings.reconcile_interval_seconds:
+        since = time.monotonic() - self._last_reconcile
+        if since < self.settings.reconcile_interval_seconds and not (
+            self._reconcile_wanted and since >= self.tick_s * KICKED_TICK_MIN_FRACTION
+        ):
             return
+        self._reconcile_wanted = False
         self._last_reconcile = time.monotonic()
         self._reconcile = asyncio.create_task(self._reconcile_once(), name="reconcile")
 
@@ -351,6 +398,8 @@ class ControlLoop:
         result = await asyncio.to_thread(reconcile_once, self._sync_db, self.settings, self.worker_id)
         if result is not None:
             self.last_reconcile_at = time.time()
+            if result.assign and self._kick is not None:
+                self._kick.set()  # take (or hand over) at once what the pass assigned
 
     # ------------------------------------------------------------------ liveness
 

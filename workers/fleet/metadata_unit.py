@@ -111,6 +111,7 @@ class MetadataUnit:
         resolver: ConnectionResolver | None = None,
         may_write: Callable[[], bool] = lambda: True,
         confirm_writes: Callable[[], Awaitable[bool]] | None = None,
+        on_inventory: Callable[[], None] = lambda: None,
     ) -> None:
         self.runtime = runtime
         # Whether this worker still holds the unit's lease: asked before anything is written to a cluster or to
@@ -118,6 +119,10 @@ class MetadataUnit:
         self.may_write = may_write
         # The same question asked of the database (slower, authoritative): once per pass before acting on it.
         self.confirm_writes = confirm_writes
+        # Told when the inventory written changed (first pass, a new topic or partition, an update applied): the
+        # reconcile loop makes or drops copy units of it, sooner than its next interval.
+        self.on_inventory = on_inventory
+        self._last_inventory: tuple[int, list[tuple[str, int]]] | None = None
         self.db = db
         self.redis = redis
         self.interval_s = interval_s
@@ -301,6 +306,13 @@ class MetadataUnit:
             sample = "; ".join(f"{topic}: {reason}" for topic, reason in sorted(report.errors.items())[:3])
             error = (_classify_topic_errors(report.errors), sample[:500])
         await self._write(runtime, partitions, error)
+        if self._last_inventory is None:
+            log.info(
+                "metadata unit of %s: first inventory written after %.1fs", runtime.name, time.monotonic() - started
+            )
+        if self._last_inventory != (runtime.generation, partitions):
+            self._last_inventory = (runtime.generation, partitions)
+            self.on_inventory()
         self.scope.partitions = partitions
         try:
             if not self.may_write():

@@ -49,6 +49,9 @@ _T = TypeVar("_T")
 # Replicators whose copy units are started or stopped at the same time.
 _CONVERGE_CONCURRENCY = 8
 
+# An iteration longer than this many ticks is logged with its phases.
+SLOW_ITERATION_TICKS = 3
+
 
 def redis_client(settings: FerrySettings) -> Redis:
     """Redis with deadlines: a Redis that stops answering fails a call within seconds instead of hanging it."""
@@ -71,6 +74,7 @@ class WorkLoop:
         holds: Callable[[str, frozenset[TopicPartition]], bool],
         holds_unit: Callable[[UnitKey], bool],
         lease_epochs: Callable[[], Mapping[UnitKey, int]],
+        request_reconcile: Callable[[], None] = lambda: None,
     ) -> None:
         self.settings = settings
         self.worker_id = worker_id
@@ -78,10 +82,13 @@ class WorkLoop:
         self._holds = holds
         self._holds_unit = holds_unit
         self._lease_epochs = lease_epochs
+        self._request_reconcile = request_reconcile  # thread-safe: asks the control loop for a pass now
         self.metadata: dict[str, tuple[MetadataUnit, asyncio.Task[None]]] = {}
         self.copiers: dict[str, CopyUnit] = {}
         # Replicators with nothing left here, stopping in the background: the partitions they had, and the task.
         self._stopping: dict[str, tuple[frozenset[TopicPartition], asyncio.Task[None]]] = {}
+        # Metadata units cancelled and closing their clients in the background.
+        self._stopping_metadata: dict[str, asyncio.Task[None]] = {}
         # Read by the control loop's thread: replaced whole, never mutated.
         self.running: frozenset[UnitKey] = frozenset()
         self.last_beat = 0.0  # wall clock of the last iteration
@@ -111,7 +118,15 @@ class WorkLoop:
         loop, wake = self._loop, self._wake
         if loop is not None and wake is not None:
             with contextlib.suppress(RuntimeError):  # the loop already closed
-                loop.call_soon_threadsafe(wake.set)
+                loop.call_soon_threadsafe(self._on_offer)
+
+    def _on_offer(self) -> None:
+        try:
+            self._converge_metadata(self._desired)
+        except Exception:
+            log.exception("fleet agent %s: converging metadata units failed", self.worker_id)
+        if self._wake is not None:
+            self._wake.set()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -140,6 +155,7 @@ class WorkLoop:
             await self.shutdown()
 
     async def _iteration(self) -> None:
+        started = time.monotonic()
         try:
             await self.converge(self._desired)
         except Exception:
@@ -150,23 +166,38 @@ class WorkLoop:
             if task is not None and task.cancelling():
                 raise
             log.exception("fleet agent %s: converging failed with a stray cancellation", self.worker_id)
+        converged = time.monotonic()
         for runner in list(self.copiers.values()):
             try:
                 await asyncio.wait_for(runner.flush_offset_map(), self.converge_timeout_s)
             except (TimeoutError, SQLAlchemyError, OSError) as exc:
                 # Kept in memory for the next flush; the copy and the reports go on meanwhile.
                 log.warning("offset map of %s not stored: %s", runner.runtime.name, exc)
+        flushed = time.monotonic()
         try:
             reporter = self._require(self._reporter)
             await asyncio.wait_for(reporter.publish(self.copiers, self.metadata, self._lease_epochs()), 10)
         except (TimeoutError, RedisError, OSError) as exc:
             log.warning("measurements not published: %s", exc)
+        published = time.monotonic()
+        if published - started > SLOW_ITERATION_TICKS * self.tick_s:
+            # New units start only between iterations: say where the time went.
+            log.warning(
+                "fleet agent %s: work iteration took %.1fs (converge %.2fs, offset maps %.2fs, reports %.2fs)",
+                self.worker_id,
+                published - started,
+                converged - started,
+                flushed - converged,
+                published - flushed,
+            )
 
     async def shutdown(self) -> None:
         """Stop every unit (copiers write their final progress while the control loop still renews)."""
         await self.converge(DesiredWork())
-        while self._stopping:
-            await asyncio.wait([task for _, task in self._stopping.values()])
+        while self._stopping or self._stopping_metadata:
+            await asyncio.wait(
+                [*(task for _, task in self._stopping.values()), *self._stopping_metadata.values()], timeout=1.0
+            )
         if self._reporter is not None:
             with contextlib.suppress(RedisError, OSError, TimeoutError):
                 await asyncio.wait_for(self._reporter.forget_worker(), 5)
@@ -179,30 +210,42 @@ class WorkLoop:
 
     # ------------------------------------------------------------------ converging
 
+    def _converge_metadata(self, desired: DesiredWork) -> None:
+        """Stop the metadata units no longer held (in the background) and start or update those held. Never
+        waits, so it also runs the moment the control loop offers new work, even while an iteration is busy
+        starting copy units: a new replicator's copy units wait for its metadata unit's first inventory."""
+        if self._db is None or self._redis is None:
+            return  # the loop has not started yet: its first iteration converges
+        held_metadata = {k.replicator_id for k in desired.units if k.is_metadata}
+        for replicator_id in list(self.metadata):
+            if replicator_id not in held_metadata or replicator_id not in desired.runtimes:
+                self._stop_metadata(replicator_id)
+        for replicator_id in held_metadata:
+            runtime = desired.runtimes.get(replicator_id)
+            if (
+                runtime is not None
+                and replicator_id not in self._stopping_metadata  # the old one's writes must end first
+                and self._still_wanted(UnitKey.metadata(replicator_id))
+            ):
+                self._ensure_metadata(runtime)
+        self._note_running()
+
     async def converge(self, desired: DesiredWork) -> None:
         runtimes = desired.runtimes
-        held_metadata = {k.replicator_id for k in desired.units if k.is_metadata}
         wanted: dict[str, set[TopicPartition]] = {}
         for key in desired.units:
             if not key.is_metadata and key.replicator_id in runtimes:
                 wanted.setdefault(key.replicator_id, set()).add(TopicPartition(key.topic, key.partition))
 
-        # 1. Stop: replicators with nothing left here first (deleted, DELETING), then metadata units, then
-        #    partitions moved away.
-        #    A replicator with nothing left here stops in the background: its writes are gated already, and
-        #    closing a copier's clients on a busy broker must not hold up starting anything else. Its partitions
-        #    count as running until it has stopped.
+        # 1. Stop replicators with nothing left here (deleted, DELETING) in the background: their writes are
+        #    gated by their leases already, and closing clients on a busy broker must not hold up starting
+        #    anything else. Their units count as running until they have stopped.
         for rid in list(self.copiers):
             if rid not in wanted and rid not in self._stopping:
                 self._begin_stop(rid)
-        # Together, not one after another: each waits for its clients to close, which a busy broker makes slow.
-        await asyncio.gather(
-            *(
-                self._stop_metadata(replicator_id)
-                for replicator_id in list(self.metadata)
-                if replicator_id not in held_metadata or replicator_id not in runtimes
-            )
-        )
+        # 2. Start and update metadata units, before anything that waits on brokers.
+        self._converge_metadata(desired)
+
         previous: dict[str, dict[TopicPartition, str]] = {}
         for key, owner in desired.previous_owners.items():
             previous.setdefault(key.replicator_id, {})[TopicPartition(key.topic, key.partition)] = owner
@@ -215,14 +258,11 @@ class WorkLoop:
             for rid, unit in self.copiers.items()
             if rid in wanted and rid not in self._stopping and unit.partitions - wanted[rid]
         ]
+        # 3. Shrink copy units whose partitions moved away (their final progress written under the lease), then
+        #    start and update copy units.
         await self._each(shrinking, shrink)
         self._note_running()
 
-        # 2. Start and update, metadata units first.
-        for replicator_id in held_metadata:
-            runtime = runtimes.get(replicator_id)
-            if runtime is not None and self._still_wanted(UnitKey.metadata(replicator_id)):
-                self._ensure_metadata(runtime)
         starting = [rid for rid in wanted if rid not in self._stopping]
         await self._each(
             starting, lambda rid: self._start_or_update(rid, wanted[rid], runtimes[rid], previous.get(rid))
@@ -256,6 +296,7 @@ class WorkLoop:
 
     def _note_running(self) -> None:
         units = {UnitKey.metadata(rid) for rid, (_, task) in self.metadata.items() if not task.done()}
+        units |= {UnitKey.metadata(rid) for rid in self._stopping_metadata}
         for replicator_id, unit in self.copiers.items():
             units |= {UnitKey(replicator_id, tp.topic, tp.partition) for tp in unit.partitions}
         for replicator_id, (partitions, _) in self._stopping.items():
@@ -331,11 +372,13 @@ class WorkLoop:
             resolver=self.resolver,
             may_write=lambda: self._holds_unit(key),
             confirm_writes=functools.partial(self._confirm_unit, key),
+            on_inventory=self._request_reconcile,
         )
         self.metadata[replicator_id] = (
             metadata_unit,
             asyncio.create_task(metadata_unit.run(), name=f"metadata-{runtime.name}"),
         )
+        log.info("metadata unit of %s started", runtime.name)
 
     async def _confirm_unit(self, key: UnitKey) -> bool:
         """Ask the database whether this worker's lease on the unit stands and its replicator is not being
@@ -351,14 +394,20 @@ class WorkLoop:
             log.warning("could not confirm the lease of %s, so nothing is written this pass: %s", key, exc)
             return False
 
-    async def _stop_metadata(self, replicator_id: str) -> None:
+    def _stop_metadata(self, replicator_id: str) -> None:
         _, task = self.metadata.pop(replicator_id)
         task.cancel()
-        # Its writes are gated by its lease already; closing its clients is housekeeping that must not hold up
-        # the pass, so it finishes in the background past this bound.
-        done, _ = await asyncio.wait({task}, timeout=5.0)
-        if done and not task.cancelled() and task.exception() is not None:
+        self._stopping_metadata[replicator_id] = task
+        task.add_done_callback(functools.partial(self._metadata_stopped, replicator_id))
+
+    def _metadata_stopped(self, replicator_id: str, task: asyncio.Task[None]) -> None:
+        if self._stopping_metadata.get(replicator_id) is task:
+            del self._stopping_metadata[replicator_id]
+        if not task.cancelled() and task.exception() is not None:
             log.error("metadata unit of %s ended: %r", replicator_id, task.exception())
+        self._note_running()
+        if self._wake is not None:
+            self._wake.set()  # its replicator's metadata unit may be wanted here again
 
     @staticmethod
     def _require(value: _T | None) -> _T:
