@@ -1,7 +1,8 @@
 """The Celery application (``celery -A workers.celery_app worker|beat``).
 
 Creating the Celery object connects to nothing; its configuration is read from Ferry's settings only when
-Celery first needs it (``workers.celery_config``), so importing this module has no side effects.
+Celery first needs it (``workers.celery_config``), so importing this module connects to nothing. It does mend
+one kombu bug on import (``_tolerate_restore_after_connection_loss``), so a Redis restart never stops a worker.
 
 Every worker process also runs a fleet agent (``workers/fleet/agent.py``) in a thread that the worker starts
 and stops with itself: Celery supervises it, and the agent does the replication work it holds leases for.
@@ -10,17 +11,54 @@ and stops with itself: Celery supervises it, and the agent does the replication 
 from __future__ import annotations
 
 import faulthandler
+import functools
 import logging
 import signal
 import sys
 from typing import Any
 
 from celery import Celery, bootsteps
+from kombu.transport import redis as kombu_redis
 
 from models.settings import get_settings
 from workers.fleet.agent import AgentThread, new_worker_id
 
 log = logging.getLogger(__name__)
+
+
+def _tolerate_restore_after_connection_loss() -> None:
+    """Keep the worker alive when Redis dies while it holds unacknowledged messages.
+
+    kombu 5.x closes the channel after the connection is gone, and restoring the unacknowledged messages then
+    fails with ``AttributeError: 'NoneType' object has no attribute 'hostname'`` (the connection's parameters
+    are cleared), which Celery treats as unrecoverable: the whole worker, and its fleet agent with it, exits
+    on a Redis restart. Nothing is lost by not restoring here: the messages stay in Redis's unacked set, and
+    Redis hands them out again after the visibility timeout (``restore_visible``).
+    """
+    original = kombu_redis.QoS.restore_unacked
+    if getattr(original, "_ferry_tolerant", False):
+        return
+
+    @functools.wraps(original)
+    def restore_unacked(self: Any, client: Any = None) -> Any:
+        try:
+            return original(self, client)
+        except AttributeError:
+            connection = getattr(self.channel, "connection", None)
+            if connection is not None and getattr(connection, "client", None) is not None:
+                raise  # not the closed-connection case: a real bug, keep it loud
+            log.warning(
+                "the broker connection is gone: %d unacknowledged messages are left to Redis's visibility "
+                "timeout to redeliver",
+                len(self._delivered),
+            )
+            return None
+
+    restore_unacked._ferry_tolerant = True  # type: ignore[attr-defined]
+    kombu_redis.QoS.restore_unacked = restore_unacked  # type: ignore[method-assign]
+
+
+_tolerate_restore_after_connection_loss()
 
 app = Celery("ferry", include=["workers.tasks"])
 app.config_from_object("workers.celery_config")
