@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from redis.asyncio import Redis
 
-from api import health, offsets, replication_metrics, replicators, tags
+from api import audits, health, offsets, replication_metrics, replicators, tags
 from api.errors import install_error_handling
 from api.fleet_trigger import FleetTrigger, ReconcileWatch
 from api.identity import Authentication, secret_box_of
@@ -67,6 +67,7 @@ def create_app(settings: FerrySettings | None = None) -> FastAPI:
     # Before the replicators router: its {replicatorArn:path} routes would otherwise swallow ".../metrics".
     app.include_router(replication_metrics.router)
     app.include_router(offsets.router)
+    app.include_router(audits.router)
     app.include_router(replicators.router)
     app.include_router(tags.router)
     # Inside the body limit and request ids (added by install_error_handling, so outermost): a request is

@@ -146,6 +146,21 @@ async def thin(db: Db, replicator_id: str, max_runs: int) -> int:
 # ---------------------------------------------------------------------- reading it
 
 
+async def runs_of_partition(db: Db, replicator_id: str, topic: str, partition: int) -> list[Run]:
+    """Every stored run of one source partition, by source offset (what the auditor follows)."""
+    return await _runs(
+        db,
+        select(*_RUN_COLUMNS).where(_of_partition(replicator_id, topic, partition)).order_by(OffsetMapRun.source_start),
+    )
+
+
+async def origin(db: Db, replicator_id: str, topic: str, partition: int) -> int | None:
+    """The source offset the partition's copy (and its map) began at, when a head was ever stored."""
+    return (
+        await db.execute(select(OffsetMapHead.origin_source_offset).where(_head_of(replicator_id, topic, partition)))
+    ).scalar_one_or_none()
+
+
 async def head(db: Db, replicator_id: str, topic: str, partition: int) -> int | None:
     value = (
         await db.execute(select(OffsetMapHead.next_source_offset).where(_head_of(replicator_id, topic, partition)))

@@ -4,8 +4,8 @@ One per replicator, on whichever worker holds its lease (``workers/fleet/agent.p
 pass (2 s) it probes both clusters, runs the engine's ``TopicSynchronizer`` (topics, partitions, configurations
 every 10 s, ACLs) and writes the inventory of source partitions in scope, or the failure, to
 ``replicator_metadata`` (``models/fleet_store.py``): the reconcile loop makes copy units of that inventory. It
-also runs the replicator's consumer group sync (its own loop), planned failovers (a step per pass) and offset
-map thinning.
+also runs the replicator's consumer group sync (its own loop), planned failovers (a step per pass), the audit
+jobs users ask for (``workers/fleet/audits.py``, its own loop) and offset map thinning.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from workers.engine.connection import (
 )
 from workers.engine.topics import TopicSynchronizer
 from workers.fleet.address_vetting import AddressVetting
+from workers.fleet.audits import AuditRunner
 from workers.fleet.failover import FailoverDriver
 from workers.fleet.groups import GroupSyncer, ScopeSource
 from workers.fleet.runtime import ConnectionResolver, ReplicatorRuntime
@@ -112,6 +113,7 @@ class MetadataUnit:
         may_write: Callable[[], bool] = lambda: True,
         confirm_writes: Callable[[], Awaitable[bool]] | None = None,
         on_inventory: Callable[[], None] = lambda: None,
+        worker_id: str = "",
     ) -> None:
         self.runtime = runtime
         # Whether this worker still holds the unit's lease: asked before anything is written to a cluster or to
@@ -148,6 +150,16 @@ class MetadataUnit:
         self.groups.confirm_writes = confirm_writes
         self.failovers = FailoverDriver(self.groups)
         self.scope = ScopeSource()
+        self.target_cluster_id: str | None = None  # as the last probe found it (loop prevention in audits)
+        self.audits = AuditRunner(
+            db,
+            worker_id,
+            runtime=lambda: self.runtime,
+            connections=lambda: self.connections,
+            target_cluster_id=lambda: self.target_cluster_id,
+            partitions=self.scope,
+            may_write=self.may_write,
+        )
         self._last_thin = time.monotonic()
 
     def update(self, runtime: ReplicatorRuntime) -> None:
@@ -162,6 +174,7 @@ class MetadataUnit:
         groups = asyncio.create_task(
             self.groups.run(self.group_sync_interval_s, self.scope), name=f"groups-{self.runtime.name}"
         )
+        audit_jobs = asyncio.create_task(self.audits.run(), name=f"audits-{self.runtime.name}")
         try:
             while True:
                 await self.pass_once()
@@ -170,8 +183,11 @@ class MetadataUnit:
                     await asyncio.wait_for(self._wake.wait(), self.interval_s)
         finally:
             groups.cancel()
+            audit_jobs.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await groups
+            with contextlib.suppress(asyncio.CancelledError):
+                await audit_jobs
             await self.groups.close()
             await self._close_sync()
             await self._close_probes()
@@ -253,6 +269,7 @@ class MetadataUnit:
             else:
                 await self._write(runtime, None, (f"{role.upper()}_CLUSTER_UNREACHABLE", reason))
             return
+        self.target_cluster_id = target_id
         if source_id is not None and source_id == target_id:
             self.scope.partitions = None
             await self._close_sync()

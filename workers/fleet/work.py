@@ -373,6 +373,7 @@ class WorkLoop:
             may_write=lambda: self._holds_unit(key),
             confirm_writes=functools.partial(self._confirm_unit, key),
             on_inventory=self._request_reconcile,
+            worker_id=self.worker_id,
         )
         self.metadata[replicator_id] = (
             metadata_unit,
