@@ -19,6 +19,7 @@ from typing import Any
 
 from celery import Celery, bootsteps
 from kombu.transport import redis as kombu_redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from models.settings import get_settings
 from workers.fleet.agent import AgentThread, new_worker_id
@@ -29,33 +30,27 @@ log = logging.getLogger(__name__)
 def _tolerate_restore_after_connection_loss() -> None:
     """Keep the worker alive when Redis dies while it holds unacknowledged messages.
 
-    kombu 5.x closes the channel after the connection is gone, and restoring the unacknowledged messages then
-    fails with ``AttributeError: 'NoneType' object has no attribute 'hostname'`` (the connection's parameters
-    are cleared), which Celery treats as unrecoverable: the whole worker, and its fleet agent with it, exits
-    on a Redis restart. Nothing is lost by not restoring here: the messages stay in Redis's unacked set, and
-    Redis hands them out again after the visibility timeout (``restore_visible``).
+    After the broker connection is lost, kombu 5.x still uses the closed channel: to restore the unacknowledged
+    messages when it closes the channel, and to acknowledge a task (``task_acks_late``) that finished meanwhile.
+    Both build a new Redis client from the connection's parameters, which are gone by then, and fail with an
+    ``AttributeError`` that Celery treats as unrecoverable: the whole worker, and its fleet agent with it, exited
+    on a Redis restart (seen in the test suite, both ways). Raised as a Redis ``ConnectionError`` instead, kombu
+    and Celery handle it as the connection error it is (logged, and the reconnect goes on). Nothing is lost: the
+    messages stay in Redis's unacked set and are handed out again after the visibility timeout.
     """
-    original = kombu_redis.QoS.restore_unacked
+    original = getattr(kombu_redis.Channel, "_connparams")  # noqa: B009 (private, untyped in the stubs)
     if getattr(original, "_ferry_tolerant", False):
         return
 
     @functools.wraps(original)
-    def restore_unacked(self: Any, client: Any = None) -> Any:
-        try:
-            return original(self, client)
-        except AttributeError:
-            connection = getattr(self.channel, "connection", None)
-            if connection is not None and getattr(connection, "client", None) is not None:
-                raise  # not the closed-connection case: a real bug, keep it loud
-            log.warning(
-                "the broker connection is gone: %d unacknowledged messages are left to Redis's visibility "
-                "timeout to redeliver",
-                len(self._delivered),
-            )
-            return None
+    def connparams(self: Any, asynchronous: bool = False) -> Any:
+        connection = self.connection
+        if connection is None or connection.client is None:
+            raise RedisConnectionError("the broker connection is closed")
+        return original(self, asynchronous=asynchronous)
 
-    restore_unacked._ferry_tolerant = True  # type: ignore[attr-defined]
-    kombu_redis.QoS.restore_unacked = restore_unacked  # type: ignore[method-assign]
+    connparams._ferry_tolerant = True  # type: ignore[attr-defined]
+    setattr(kombu_redis.Channel, "_connparams", connparams)  # noqa: B010
 
 
 _tolerate_restore_after_connection_loss()

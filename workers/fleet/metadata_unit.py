@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from models import fleet_store, offset_store
@@ -342,13 +343,17 @@ class MetadataUnit:
         except Exception:
             # Failovers and thinning retry at the next pass; they must never stop the topic sync.
             log.exception("failover/offset map upkeep of %s failed", runtime.name)
-        await self.redis.hset(
-            STATUS_KEY.format(replicator_id=runtime.replicator_id),
-            mapping={
-                StatusField.TOPIC_ERRORS: json.dumps(report.errors),
-                StatusField.TOPICS: json.dumps({t.source_topic: t.target_topic for t in report.topics.values()}),
-            },
-        )
+        try:
+            await self.redis.hset(
+                STATUS_KEY.format(replicator_id=runtime.replicator_id),
+                mapping={
+                    StatusField.TOPIC_ERRORS: json.dumps(report.errors),
+                    StatusField.TOPICS: json.dumps({t.source_topic: t.target_topic for t in report.topics.values()}),
+                },
+            )
+        except (RedisError, OSError) as exc:
+            # Reports are best effort: a Redis outage must not restart the unit (its clients, its group sync).
+            log.warning("status of %s not reported: %s", runtime.name, exc)
 
     def _note_recreations(self, sources: list[str], targets: list[str]) -> None:
         if not sources and not targets:
@@ -369,6 +374,12 @@ class MetadataUnit:
         log.warning("%s: %s", self.runtime.name, "; ".join(parts))
 
     async def _publish_status(self, runtime: ReplicatorRuntime, pings: dict[str, tuple[str, str] | None]) -> None:
+        try:
+            await self._write_status(runtime, pings)
+        except (RedisError, OSError) as exc:
+            log.warning("cluster status of %s not reported: %s", runtime.name, exc)
+
+    async def _write_status(self, runtime: ReplicatorRuntime, pings: dict[str, tuple[str, str] | None]) -> None:
         key = STATUS_KEY.format(replicator_id=runtime.replicator_id)
         await self.redis.hset(
             key,
