@@ -181,6 +181,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         return response
     if exc.status_code == 413:
         return aws_error(413, f"The request body is larger than {MAX_BODY_BYTES} bytes", "body", "BadRequestException")
+    if isinstance(exc, NulInRequest):
+        return aws_error(400, str(exc.detail), "body", "BadRequestException")
     if exc.status_code >= 500:
         logger.error(
             "HTTP %s raised while serving %s %s: %s", exc.status_code, request.method, request.url.path, exc.detail
@@ -224,8 +226,21 @@ class RequestTooLarge(StarletteHTTPException):
         super().__init__(status_code=413)
 
 
+class NulInRequest(StarletteHTTPException):
+    """A NUL character in the body: no field accepts one, and PostgreSQL cannot store one in text or JSON."""
+
+    def __init__(self) -> None:
+        super().__init__(status_code=400, detail=NUL_MESSAGE.format(where="body"))
+
+
+NUL_MESSAGE = "The request's {where} contains a NUL character (\\u0000 or %00), which no field accepts"
+# A NUL in a JSON body: raw, or escaped (the escape may be split across two chunks of the body).
+_NUL_FORMS = (b"\x00", b"\\u0000")
+
+
 class BodyLimitAndRequestId:
-    """Refuse bodies over ``max_bytes`` without reading them, and give every response an x-amzn-RequestId."""
+    """Refuse bodies over ``max_bytes`` without reading them, requests carrying a NUL character anywhere (no field
+    takes one, and PostgreSQL would refuse it as a server error), and give every response an x-amzn-RequestId."""
 
     def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES) -> None:
         self.app = app
@@ -243,6 +258,12 @@ class BodyLimitAndRequestId:
                 MutableHeaders(scope=message)["x-amzn-RequestId"] = request_id
             await send(message)
 
+        if _has_nul(scope.get("query_string", b"")) or _has_nul(scope.get("raw_path") or b""):
+            await aws_error(400, NUL_MESSAGE.format(where="URL"), None, "BadRequestException")(
+                scope, receive, send_with_id
+            )
+            return
+
         declared = _content_length(scope)
         if declared is not None and declared > self.max_bytes:
             response = aws_error(
@@ -253,18 +274,28 @@ class BodyLimitAndRequestId:
             return
 
         received = 0
+        tail = b""
 
         async def receive_with_limit() -> Message:
-            nonlocal received
+            nonlocal received, tail
             message = await receive()
             if message["type"] == "http.request":
-                received += len(message.get("body", b""))
+                chunk = message.get("body", b"")
+                received += len(chunk)
                 if received > self.max_bytes:
                     # An HTTPException, so FastAPI passes it through its body reader to our handler.
                     raise RequestTooLarge
+                seen = tail + chunk
+                if any(form in seen for form in _NUL_FORMS):
+                    raise NulInRequest
+                tail = seen[-5:]
             return message
 
         await self.app(scope, receive_with_limit, send_with_id)
+
+
+def _has_nul(raw: bytes) -> bool:
+    return b"\x00" in raw or b"%00" in raw
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -110,10 +110,9 @@ class Authentication:
             return
         try:
             body = await _read_body(receive)
-        except StarletteHTTPException as exc:  # the body limit, met while reading a chunked body
-            await aws_error(
-                exc.status_code, f"The request body is too large ({exc.status_code})", "body", "BadRequestException"
-            )(scope, receive, send)
+        except StarletteHTTPException as exc:  # the body limit or a NUL, met while reading the body
+            message = exc.detail if exc.status_code == 400 else f"The request body is too large ({exc.status_code})"
+            await aws_error(exc.status_code, message, "body", "BadRequestException")(scope, receive, send)
             return
         try:
             scope[CALLER_SCOPE_KEY] = await self._authenticate(scope, body)

@@ -77,6 +77,22 @@ def test_malformed_json(http: httpx.Client) -> None:
     assert "not valid JSON" in message
 
 
+def test_a_nul_character_anywhere_is_refused_not_a_server_error(
+    http: httpx.Client, unique: str, clusters: dict[str, Any]
+) -> None:
+    """Found by the fuzzer: PostgreSQL cannot store NUL in text or JSON, so it surfaced as a 500."""
+    body = valid_body(f"{unique}-nul", clusters)
+    body["tags"] = {"team": "pay\u0000ments"}
+    escaped = http.post(CREATE, content=json.dumps(body).encode(), headers=JSON)  # "pay\\u0000ments"
+    assert "NUL character" in assert_aws_error(escaped, 400, "BadRequestException", "body")
+    raw = http.post(CREATE, content=json.dumps(body).replace("\\u0000", "\x00").encode(), headers=JSON)
+    assert "NUL character" in assert_aws_error(raw, 400, "BadRequestException", "body")
+    listed = http.get("/replication/v1/replicators", params={"replicatorNameFilter": "a\x00"})
+    assert "NUL character" in assert_aws_error(listed, 400, "BadRequestException")
+    described = http.get(f"/replication/v1/replicators/{quote(FAKE_ARN + '%00', safe='%')}")
+    assert "NUL character" in assert_aws_error(described, 400, "BadRequestException")
+
+
 def test_wrong_or_missing_content_type(http: httpx.Client, unique: str, clusters: dict[str, Any]) -> None:
     body = json.dumps(valid_body(unique, clusters))
     for headers in ({"Content-Type": "text/plain"}, {"Content-Type": "application/x-www-form-urlencoded"}, {}):
