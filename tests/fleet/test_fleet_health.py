@@ -155,6 +155,25 @@ def test_unreachable_target_fails_with_a_reason_and_recovers(
 
 
 @pytest.mark.slow
+def test_a_source_port_that_is_not_kafka_fails_with_a_reason_within_30s(
+    fleet_kafka: Any, fleet_api: str, unique: str, target_bootstrap: str
+) -> None:
+    """The bootstrap points at a live port that speaks HTTP (the API's own): FAILED with a readable reason."""
+    not_kafka = fleet_api.removeprefix("http://")
+    created = time.monotonic()
+    arn = fleet_kafka.create_replicator(**create_request(unique, not_kafka, target_bootstrap, [f"{unique}-.*"]))[
+        "ReplicatorArn"
+    ]
+    failed = wait_until(
+        "FAILED", lambda: (d := describe(fleet_kafka, arn))["ReplicatorState"] == "FAILED" and d, 30, interval=0.5
+    )
+    print(f"a port that is not Kafka: FAILED after {time.monotonic() - created:.1f}s")
+    assert failed["StateInfo"]["Code"] == "SOURCE_CLUSTER_UNREACHABLE"
+    assert not_kafka in failed["StateInfo"]["Message"]
+    assert "did not answer as a Kafka broker" in failed["StateInfo"]["Message"]
+
+
+@pytest.mark.slow
 def test_a_topic_list_matching_nothing_is_explained_until_fixed(
     fleet_kafka: Any, unique: str, source_bootstrap: str, target_bootstrap: str
 ) -> None:
