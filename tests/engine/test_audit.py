@@ -56,6 +56,10 @@ async def test_a_faithful_copy_is_consistent_and_every_kind_of_damage_is_reporte
     assert clean.consistent, clean.to_json()
     assert (clean.matched, clean.source_records, clean.unchecked) == (TOTAL, TOTAL, [])
     assert clean.bytes_compared > 0
+    # A range inside the copy: the target records past its end are not counted as unexpected.
+    middle = await audit(source_bootstrap, target_bootstrap, topic, runs, from_offset=1_000, to_offset=2_500)
+    assert middle.consistent, middle.to_json()
+    assert (middle.matched, middle.from_offset, middle.to_offset) == (1_500, 1_000, 2_500)
 
     # A record written by hand into the target partition, then 1,000 more copied after it: the map has a gap
     # on the target side there.
@@ -147,3 +151,12 @@ async def test_records_of_the_targets_origin_are_filtered_not_missing(
     result = await audit(source_bootstrap, target_bootstrap, topic, runs, loop_origin=b"target-cluster", copied_from=0)
     assert result.consistent, result.to_json()
     assert (result.filtered, result.matched) == (100, 200)
+    # The same map thinned into one inexact run: records are paired in order from the run's start, and a range
+    # that ends inside it counts nothing past its end.
+    thinned = [Run(0, 300, 0, 200)]
+    origin = b"target-cluster"
+    part = await audit(
+        source_bootstrap, target_bootstrap, topic, thinned, loop_origin=origin, from_offset=150, to_offset=240
+    )
+    assert part.consistent, part.to_json()
+    assert (part.filtered, part.matched) == (80, 160)

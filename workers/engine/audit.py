@@ -390,6 +390,10 @@ async def _compare(
     run: Run | None = runs[index]
     assert run is not None
     exact = _exact(run)
+    if not exact and low > run.source_start:
+        # Inside an inexact run offsets are paired in order from the run's start: compare from there.
+        low = run.source_start
+        source.seek(low)
     target.seek(run.target_start + max(0, low - run.source_start) if exact else run.target_start)
     inexact_next = run.target_start  # inside an inexact run: the next target offset to pair
     filtering = auditor.loop_origin is not None
@@ -445,12 +449,28 @@ async def _compare(
             result.source_records, result.position, result.seconds = count, offset + 1, reported - started
             await progress(result)
     result.source_records = count
-    # Target records past the last compared one, up to the end of the runs compared: unmapped.
-    covered_end = max((run.target_end for run in runs if run.source_start < high), default=0)
+    # Target records past the last compared one, up to where the source range ends on the target: unmapped.
+    covered_end = _target_end_of(runs, high, target.next_offset)
     while (extra := await target.peek()) is not None and extra.offset < covered_end:
         target.take()
         auditor.unmapped_target(extra.offset, record_digest(extra))
     auditor.finish()
+
+
+def _target_end_of(runs: Sequence[Run], high: int, position: int) -> int:
+    """The target offset where the source range ``[.., high)`` ends: the target records below it that no compared
+    source record claimed are unmapped. Inside an inexact run that ``high`` cuts, only what was paired is known."""
+    last = None
+    for run in runs:
+        if run.source_start < high:
+            last = run
+    if last is None:
+        return 0
+    if high >= last.source_end:
+        return last.target_end
+    if _exact(last):
+        return last.target_start + high - last.source_start
+    return position
 
 
 async def _target_at(target: _Stream, offset: int, auditor: _Auditor) -> ConsumerRecord[Any, Any] | None:
