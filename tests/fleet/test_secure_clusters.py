@@ -12,12 +12,14 @@ import re
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
 from cryptography.hazmat.primitives.asymmetric import ec
 from redis import Redis
 from sqlalchemy import Engine, text
@@ -28,6 +30,9 @@ from models.access_keys import IssuedKey
 from tests.conftest import ROOT
 from tests.fleet.conftest import Fleet, wait_until
 from tests.fleet.test_fleet_lifecycle import count_records, create_topic, describe, produce
+from workers.engine.admin import OPERATION_ALL, OPERATION_WRITE, PERMISSION_ALLOW, TopicAcl, create_topic_acl
+
+PERMISSION_DENY = 2
 
 RECORDS = 3000  # more than a fetch, a producer batch and a poll hold
 
@@ -333,6 +338,45 @@ def test_a_missing_secret_is_named_in_state_info(
     arn = fleet_kafka.create_replicator(**secured_request(unique, source, target, f"{unique}-t"))["ReplicatorArn"]
     failed = _wait_for_state_info(fleet_kafka, arn, "SECRET_NOT_FOUND")
     assert failed["StateInfo"]["Message"].startswith("source cluster ") and missing in failed["StateInfo"]["Message"]
+    fleet_kafka.delete_replicator(ReplicatorArn=arn)
+
+
+async def deny_writes(bootstrap: str, topic: str, principal: str) -> None:
+    """ACLs on ``topic`` for ``principal`` allowing everything but WRITE (once a topic has an ACL, operations
+    nothing allows are denied), created over the PLAINTEXT listener (a super user)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await create_topic_acl(admin, TopicAcl(topic, principal, "*", OPERATION_ALL, PERMISSION_ALLOW))
+        await create_topic_acl(admin, TopicAcl(topic, principal, "*", OPERATION_WRITE, PERMISSION_DENY))
+    finally:
+        await admin.close()
+
+
+def test_a_target_that_refuses_writes_fails_with_a_reason_within_30s(
+    fleet_kafka: Any, secure: dict[str, Any], unique: str, source_bootstrap: str, target_bootstrap: str
+) -> None:
+    """The replicator's SCRAM user may create the target topic but not write to it: the copy can never succeed,
+    and the replicator must say so rather than stay RUNNING with nothing copied."""
+    topic = f"{unique}-nowrite"
+    asyncio.run(create_topic(source_bootstrap, topic, 2))
+    asyncio.run(produce(source_bootstrap, topic, 50, 2, "w"))
+    asyncio.run(deny_writes(target_bootstrap, topic, "User:ferry"))  # IDENTICAL naming: the target has its name
+    source = {
+        "ApacheKafkaCluster": {"ApacheKafkaClusterId": f"{unique}-source", "BootstrapBrokerString": source_bootstrap}
+    }
+    request = secured_request(unique, source, cluster(secure, "target", "scram512", unique), topic)
+    request["ReplicationInfoList"][0]["TopicReplication"]["TopicNameConfiguration"] = {"Type": "IDENTICAL"}
+    created = time.monotonic()
+    arn = fleet_kafka.create_replicator(**request)["ReplicatorArn"]
+    failed = wait_until(
+        "FAILED", lambda: (d := describe(fleet_kafka, arn))["ReplicatorState"] == "FAILED" and d, 30, interval=0.5
+    )
+    print(f"a target that refuses writes: FAILED after {time.monotonic() - created:.1f}s")
+    assert failed["StateInfo"]["Code"] == "PARTITIONS_NOT_AUTHORIZED", failed["StateInfo"]
+    message = failed["StateInfo"]["Message"]
+    assert message.startswith("2 partitions cannot be copied") and f"{topic}-0" in message, message
+    assert "WRITE on the target topics" in message
     fleet_kafka.delete_replicator(ReplicatorArn=arn)
 
 

@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from models import fleet_store, offset_store
 from models.bootstrap import AddressPolicy
-from models.fleet_reports import REPORT_TTL_SECONDS, STATUS_KEY, StatusField
+from models.fleet_reports import METRICS_KEY, REPORT_TTL_SECONDS, STATUS_KEY, PartitionReport, StatusField
 from workers.engine.admin import AdminError
 from workers.engine.aiokafka_hooks import WritesFenced
 from workers.engine.connection import (
@@ -35,6 +35,7 @@ from workers.engine.connection import (
     client_kwargs,
     diagnose_unreachable,
 )
+from workers.engine.metrics import Health
 from workers.engine.topics import TopicSynchronizer
 from workers.fleet.address_vetting import AddressVetting
 from workers.fleet.audits import AuditRunner
@@ -47,6 +48,21 @@ log = logging.getLogger(__name__)
 
 # A pass slower than this says where its time went: the copy units wait for its inventory.
 SLOW_PASS_SECONDS = 3.0
+
+# Partition healths that no retry cures, with the replicator's StateInfo code for them and what to do.
+BLOCKING_HEALTHS = {
+    Health.AUTH_DENIED.value: (
+        "PARTITIONS_NOT_AUTHORIZED",
+        "a cluster refused the replicator's principal (it needs READ on the source topics and WRITE on the "
+        "target topics)",
+    ),
+    Health.RECORD_TOO_LARGE.value: (
+        "RECORD_TOO_LARGE",
+        "a record is larger than the target accepts (raise max.message.bytes on the target topic)",
+    ),
+}
+# Reports older than this are ignored (their worker stopped reporting: the fleet's own checks say so).
+BLOCKED_REPORT_FRESH_MS = 30_000
 
 # How long StateInfo tells of a topic deleted and created again (an event, not a lasting state).
 RECREATION_NOTICE_SECONDS = 600.0
@@ -323,6 +339,8 @@ class MetadataUnit:
         if report.errors and not report.topics:
             sample = "; ".join(f"{topic}: {reason}" for topic, reason in sorted(report.errors.items())[:3])
             error = (_classify_topic_errors(report.errors), sample[:500])
+        if error is None:
+            error = await self._blocked_copies(runtime)
         await self._write(runtime, partitions, error)
         if self._last_inventory is None:
             log.info(
@@ -354,6 +372,30 @@ class MetadataUnit:
         except (RedisError, OSError) as exc:
             # Reports are best effort: a Redis outage must not restart the unit (its clients, its group sync).
             log.warning("status of %s not reported: %s", runtime.name, exc)
+
+    async def _blocked_copies(self, runtime: ReplicatorRuntime) -> tuple[str, str] | None:
+        """(code, message) when partitions report a health no retry cures (the copy units retry, but only a
+        change to the clusters' ACLs or configuration helps): the replicator's StateInfo says so, and it turns
+        FAILED if it lasts FERRY_REPLICATOR_FAIL_AFTER_SECONDS, instead of RUNNING with nothing copied."""
+        try:
+            raw = await self.redis.hgetall(METRICS_KEY.format(replicator_id=runtime.replicator_id))
+        except (RedisError, OSError):
+            return None  # without reports nothing is known either way; the next pass asks again
+        now_ms = time.time() * 1000
+        blocked: dict[str, list[PartitionReport]] = {}
+        for value in raw.values():
+            report = PartitionReport.from_json(value)
+            if report is None or now_ms - report.reported_at_ms > BLOCKED_REPORT_FRESH_MS:
+                continue
+            if report.health in BLOCKING_HEALTHS:
+                blocked.setdefault(report.health, []).append(report)
+        if not blocked:
+            return None
+        health = min(blocked, key=list(BLOCKING_HEALTHS).index)
+        code, what = BLOCKING_HEALTHS[health]
+        reports = sorted(blocked[health], key=lambda r: (r.source_topic, r.partition))
+        sample = "; ".join(f"{r.source_topic}-{r.partition}: {r.health_detail}" for r in reports[:3])
+        return code, f"{len(reports)} partitions cannot be copied: {what} ({sample})"[:500]
 
     def _note_recreations(self, sources: list[str], targets: list[str]) -> None:
         if not sources and not targets:
