@@ -20,12 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError
-
-from bench.common import MB, RESULTS_DIR, ROOT, BenchError, load_stack, machine_info, say
-from bench.kafka import consumer_perf, producer_perf
+from bench.common import MB, RESULTS_DIR, ROOT, BenchError, Stack, load_stack, machine_info, say, wait_until
+from bench.kafka import Cluster, consumer_perf, producer_perf
 from models.offset_map import Run
 from workers.engine.audit import audit_partition
 from workers.engine.connection import ClusterConnection
@@ -35,26 +31,7 @@ from workers.engine.standalone import StandaloneReplicator
 TARGET_MB_PER_S = 50.0  # issue 14: at least 50 MB/s per partition on this machine
 
 
-async def _create(bootstrap: str, topic: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, 1, 1)])
-    finally:
-        await admin.close()
-
-
-async def _end(bootstrap: str, topic: str) -> int:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await consumer.start()
-    try:
-        tp = TopicPartition(topic, 0)
-        return int((await consumer.end_offsets([tp]))[tp])
-    finally:
-        await consumer.stop()
-
-
-async def _copy(source: str, target: str, topic: str, records: int) -> tuple[str, float]:
+async def _copy(source: Cluster, target: Cluster, topic: str, records: int) -> tuple[str, float]:
     unique = secrets.token_hex(4)
     spec = ReplicationSpec.from_replication_info(
         {
@@ -70,22 +47,24 @@ async def _copy(source: str, target: str, topic: str, records: int) -> tuple[str
         f"bench-audit-{unique}",
     )
     replicator = StandaloneReplicator(
-        spec, ClusterConnection(source, alias=spec.source_alias), ClusterConnection(target, alias=spec.target_alias)
+        spec,
+        ClusterConnection(source.bootstrap, alias=spec.source_alias),
+        ClusterConnection(target.bootstrap, alias=spec.target_alias),
     )
     started = time.monotonic()
     await replicator.start()
     target_topic = spec.target_topic(topic)
+    copied = 0
+
+    async def done() -> bool:
+        nonlocal copied
+        if not await target.partitions(target_topic):
+            return False  # the engine has not created it yet
+        copied = await target.total(target_topic, 1)
+        return copied >= records
+
     try:
-        deadline = time.monotonic() + 600
-        while True:
-            try:
-                if await _end(target, target_topic) >= records:
-                    break
-            except KafkaError:
-                pass  # the target topic is not there yet
-            if time.monotonic() > deadline:
-                raise BenchError(f"the copy of {topic} did not finish within 600 s")
-            await asyncio.sleep(0.5)
+        await wait_until(f"the copy of {topic}", done, 600, interval=0.5, progress=lambda: f"| {copied}/{records}")
     finally:
         await replicator.stop()
     return target_topic, time.monotonic() - started
@@ -96,7 +75,36 @@ async def main(records: int, record_size: int, runs: int) -> dict[str, Any]:
     logs = ROOT / ".run" / "bench" / "audit"
     logs.mkdir(parents=True, exist_ok=True)
     topic = f"bench-audit-{secrets.token_hex(4)}"
-    await _create(stack.source, topic)
+    async with Cluster("source", stack.source) as source_cluster, Cluster("target", stack.target) as target_cluster:
+        await source_cluster.create_topic(topic, 1)
+        try:
+            return await _measure(
+                stack,
+                source_cluster=source_cluster,
+                target_cluster=target_cluster,
+                topic=topic,
+                records=records,
+                record_size=record_size,
+                runs=runs,
+                logs=logs,
+            )
+        finally:
+            # 200 MB per run: never left behind on the shared clusters.
+            await source_cluster.delete_matching(topic)
+            await target_cluster.delete_matching(topic)
+
+
+async def _measure(
+    stack: Stack,
+    *,
+    source_cluster: Cluster,
+    target_cluster: Cluster,
+    topic: str,
+    records: int,
+    record_size: int,
+    runs: int,
+    logs: Path,
+) -> dict[str, Any]:
     say(f"preloading {records} records of {record_size} B into {topic}")
     preload = await producer_perf(
         stack.kafka_lib,
@@ -108,7 +116,7 @@ async def main(records: int, record_size: int, runs: int) -> dict[str, Any]:
         log=logs / f"{topic}-preload.log",
     )
     say("copying it with Ferry's engine")
-    target_topic, copy_s = await _copy(stack.source, stack.target, topic, records)
+    target_topic, copy_s = await _copy(source_cluster, target_cluster, topic, records)
     source, target = ClusterConnection(stack.source, alias="src"), ClusterConnection(stack.target, alias="tgt")
     audits = []
     for index in range(runs):
