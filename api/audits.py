@@ -10,21 +10,19 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field, model_validator
 
-from api.deps import transaction
+from api.deps import id_in_path, spec_of, transaction
 from api.errors import error_responses
 from api.identity import CallerDep
 from api.replicators import ReplicatorArn
 from models import audits, replicator_service
 from models.errors import InvalidRequestError, ResourceNotFoundError
 from models.replicator import ReplicatorState
-from workers.engine.spec import ReplicationSpec
 
 router = APIRouter(tags=["audits"])
 
@@ -121,7 +119,7 @@ async def start_audit(
         row = await replicator_service.get_replicator(session, account_id=caller.account_id, arn=replicatorArn)
         if row.state == ReplicatorState.DELETING:
             raise InvalidRequestError("replicatorArn: the replicator is being deleted", "replicatorArn")
-        spec = ReplicationSpec.from_replication_info(row.replication_info, replicator_id=str(row.id))
+        spec = spec_of(row)
         if not spec.should_replicate(body.topic):
             raise InvalidRequestError(
                 f"topic: {body.topic} is not replicated by this replicator (topicsToReplicate / topicsToExclude)",
@@ -147,14 +145,11 @@ async def start_audit(
 async def describe_audit(
     replicatorArn: ReplicatorArn, auditId: str, request: Request, caller: CallerDep
 ) -> AuditStatus:
-    try:
-        audit_id = uuid.UUID(auditId)
-    except ValueError:
-        raise InvalidRequestError(f"auditId: {auditId[:100]!r} is not an audit id", "auditId") from None
+    audit_id = id_in_path(auditId, "auditId", "an audit id")
     async with transaction(request) as session:
         row = await replicator_service.get_replicator(session, account_id=caller.account_id, arn=replicatorArn)
         job = await audits.audit_of(session, row.id, audit_id)
         if job is None:
             raise ResourceNotFoundError(f"auditId: no audit {auditId} for this replicator", "auditId")
-        spec = ReplicationSpec.from_replication_info(row.replication_info, replicator_id=str(row.id))
+        spec = spec_of(row)
         return _status(job, row.arn, spec.target_topic(job.topic))

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from models.errors import InvalidRequestError
+from models.replicator import ReplicatorRow
+from workers.engine.spec import ReplicationSpec
 
 
 @asynccontextmanager
@@ -19,3 +24,16 @@ async def transaction(request: Request) -> AsyncIterator[AsyncSession]:
     sessions: async_sessionmaker[AsyncSession] = request.app.state.db_sessions
     async with sessions() as session, session.begin():
         yield session
+
+
+def id_in_path(value: str, member: str, what: str) -> uuid.UUID:
+    """A path member that must be one of the ids this service issues; a clear 400 naming it otherwise."""
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise InvalidRequestError(f"{member}: {value[:100]!r} is not {what}", member) from None
+
+
+def spec_of(row: ReplicatorRow) -> ReplicationSpec:
+    """The typed reading of a stored replicator's replicationInfo (target topic names, scope)."""
+    return ReplicationSpec.from_replication_info(row.replication_info, replicator_id=str(row.id))

@@ -11,14 +11,13 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
-from api.deps import transaction
+from api.deps import id_in_path, spec_of, transaction
 from api.errors import error_responses
 from api.identity import CallerDep
 from api.replicators import ReplicatorArn
@@ -26,7 +25,6 @@ from models import group_store, offset_store, replicator_service
 from models.errors import InvalidRequestError, ResourceNotFoundError
 from models.offsets import FAILOVER_ACTIVE_STATES, FailoverOperation, FailoverState
 from models.replicator import ReplicatorState
-from workers.engine.spec import ReplicationSpec
 
 router = APIRouter(tags=["consumer groups"])
 
@@ -65,7 +63,7 @@ async def offset_translation(
     """The target offset of the first copied record at or after ``offset``, and the re-read bound."""
     async with transaction(request) as session:
         row = await replicator_service.get_replicator(session, account_id=caller.account_id, arn=replicatorArn)
-        spec = ReplicationSpec.from_replication_info(row.replication_info, replicator_id=str(row.id))
+        spec = spec_of(row)
         target_topic = spec.target_topic(topic)
         reverse = await offset_store.reverse_replicator(session, str(row.id)) if spec.groups.enhanced else None
         found = await offset_store.translate_position(
@@ -174,10 +172,7 @@ async def start_failover(
 async def describe_failover(
     replicatorArn: ReplicatorArn, operationId: str, request: Request, caller: CallerDep
 ) -> FailoverStatus:
-    try:
-        op_id = uuid.UUID(operationId)
-    except ValueError:
-        raise InvalidRequestError(f"operationId: {operationId[:100]!r} is not an operation id", "operationId") from None
+    op_id = id_in_path(operationId, "operationId", "an operation id")
     async with transaction(request) as session:
         row = await replicator_service.get_replicator(session, account_id=caller.account_id, arn=replicatorArn)
         op = await group_store.failover_of(session, row.id, op_id)
