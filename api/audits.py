@@ -31,15 +31,23 @@ _BASE = "/replication/v1/replicators/{replicatorArn:path}"
 # A job nobody advanced for this long: no metadata unit runs it (no live worker, or the replicator is stuck).
 ABANDONED_AFTER_SECONDS = 120.0
 
+# Kafka offsets are signed 64-bit, and so is the column that keeps them: a larger number is refused, not a 500.
+MAX_OFFSET = 2**63 - 1
+
 TopicName = Annotated[str, Field(min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$")]
 
 
 class StartAuditRequest(BaseModel):
     topic: TopicName = Field(description="Source topic to audit.")
     partition: int | None = Field(default=None, ge=0, le=1_000_000, description="One partition; default: all.")
-    fromOffset: int | None = Field(default=None, ge=0, description="First source offset; default: the log start.")
+    fromOffset: int | None = Field(
+        default=None, ge=0, le=MAX_OFFSET, description="First source offset; default: the log start."
+    )
     toOffset: int | None = Field(
-        default=None, ge=0, description="Source offset to stop before; default: the end when the audit starts."
+        default=None,
+        ge=0,
+        le=MAX_OFFSET,
+        description="Source offset to stop before; default: the end when the audit starts.",
     )
 
     @model_validator(mode="after")

@@ -183,6 +183,8 @@ def test_bad_audit_requests_get_clear_errors(
     base = f"/replication/v1/replicators/{quote(arn, safe='')}/audits"
     outside = fleet_http.post(base, json={"topic": "not-replicated"})
     assert outside.status_code == 400 and "not replicated by this replicator" in outside.json()["message"]
+    huge = fleet_http.post(base, json={"topic": topic, "fromOffset": 2**70})
+    assert huge.status_code == 400 and "fromOffset" in huge.json()["message"]
     backwards = fleet_http.post(base, json={"topic": topic, "fromOffset": 10, "toOffset": 5})
     assert backwards.status_code == 400 and "below fromOffset" in backwards.text
     bad_id = fleet_http.get(f"{base}/not-an-id")
