@@ -50,7 +50,8 @@ class AckedPosition(NamedTuple):
 
 
 class OffsetMapSink(Protocol):
-    """Receives every acknowledged (or committed, in exactly-once mode) batch mapping, in partition order."""
+    """Receives every acknowledged batch mapping, in partition order (in exactly-once mode, each transaction's
+    before its commit: a transaction that aborts has its mappings replaced by its re-copy's)."""
 
     def record_batch(self, mapping: BatchMapping) -> None: ...
 
@@ -61,9 +62,10 @@ class OffsetMapSink(Protocol):
 
     async def before_progress(self, positions: Callable[[], Mapping[TopicPartition, AckedPosition]]) -> None:
         """Awaited by at-least-once copiers before each progress write, after taking the positions that write
-        records, so a sink that stores its mappings here never stores them later than the progress that covers
-        them (a crash then leaves no unmapped copies behind). ``positions`` reads the copier's acknowledged
-        positions at the moment the sink calls it."""
+        records, and by exactly-once copiers before each commit, after handing it the transaction's mappings, so
+        a sink that stores its mappings here never stores them later than the progress that covers them (a crash
+        then leaves no unmapped copies behind). ``positions`` reads the copier's acknowledged positions at the
+        moment the sink calls it (in exactly-once mode, those before the transaction)."""
         ...
 
 

@@ -59,6 +59,7 @@ from workers.engine.aiokafka_hooks import (
 from workers.engine.batches import (
     AckedPosition,
     BatchFormat,
+    BatchMapping,
     OffsetMapSink,
     PartitionState,
     PendingBatch,
@@ -998,6 +999,18 @@ class PartitionCopier:
             for state in self._states.values():
                 if state.source not in progress and state.acked_next != state.committed_next:
                     progress[state.source] = state.progress()
+            if self._sink is not None:
+                # The mappings are stored before the commit that makes them visible (as at-least-once stores
+                # them before its progress): a worker killed between the two leaves no committed copy unmapped.
+                # If the transaction aborts instead, its re-copy replaces these mappings.
+                for state, sent, _ in touched:
+                    for pending in sent:
+                        if pending.records and pending.source_offsets:
+                            base = pending.future.result().offset
+                            self._sink.record_batch(
+                                BatchMapping(state.source, state.target, pending.source_offsets, base)
+                            )
+                await self._sink.before_progress(self.positions)
             futures = [await self._send_progress(producer, tp, value) for tp, value in progress.items()]
             await _all_or_first_error(futures)
             await self._check_lease(list(self._states.values()))
@@ -1014,9 +1027,8 @@ class PartitionCopier:
         ack_ms = time.time() * 1000
         for state, sent, position in touched:
             for pending in sent:
-                acknowledge(
-                    state, pending, pending.future.result().offset if pending.records else 0, ack_ms, self._sink
-                )
+                # The sink has these mappings already (above, before the commit).
+                acknowledge(state, pending, pending.future.result().offset if pending.records else 0, ack_ms, None)
             state.acked_next = state.sent_next = position
             state.acked_epoch = state.fetched_epoch
             state.metrics.next_source_offset = position
