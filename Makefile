@@ -4,13 +4,15 @@
 #   make down   stop everything `make up` started
 #   make lint   ruff, mypy, and alembic check (models and migrations agree; starts PostgreSQL if needed)
 #   make bench  Ferry against MirrorMaker 2 and the brokers' own limit (results in bench/results/)
+#   make chaos  the reliability suite: every fault scenario on a lab of its own, the auditor deciding
+#               (chaos/results/, docs/reliability.md)
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: up down status test lint bench openapi clean
+.PHONY: up down status test lint bench chaos openapi clean
 
 $(STAMP): pyproject.toml
 	@# A venv left half-made by an earlier failure (no pip in it) is made again.
@@ -36,12 +38,15 @@ bench: $(STAMP)
 	$(PY) -m dev.stack up --infra
 	$(PY) -m bench.run $(BENCH_ARGS)
 
+chaos: $(STAMP)
+	$(PY) -m chaos.run $(CHAOS_ARGS)
+
 openapi: $(STAMP)
 	$(PY) -m api.openapi_dump
 
 lint: $(STAMP)
-	$(PY) -m ruff check api cli workers models migrations dev tests bench
-	$(PY) -m ruff format --check api cli workers models migrations dev tests bench
+	$(PY) -m ruff check api cli workers models migrations dev tests bench chaos
+	$(PY) -m ruff format --check api cli workers models migrations dev tests bench chaos
 	$(PY) -m mypy
 	$(PY) -m dev.stack schema-check
 

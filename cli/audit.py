@@ -30,7 +30,9 @@ from botocore.credentials import Credentials
 POLL_SECONDS = 2.0
 
 
-class _SigV4(httpx.Auth):
+class KafkaSigV4(httpx.Auth):
+    """Signs httpx requests as the AWS CLI signs the kafka service's (SigV4, service ``kafka``)."""
+
     requires_request_body = True
 
     def __init__(self, credentials: Credentials, region: str) -> None:
@@ -67,7 +69,7 @@ def _client(endpoint: str, region: str | None) -> httpx.Client:
     if credentials is None:
         raise SystemExit("ferry audit: no AWS credentials found (set AWS_PROFILE or AWS_ACCESS_KEY_ID/...)")
     region = region or os.environ.get("AWS_REGION") or session.get_config_variable("region") or "us-east-1"
-    return httpx.Client(base_url=endpoint, timeout=30, auth=_SigV4(credentials.get_frozen_credentials(), region))
+    return httpx.Client(base_url=endpoint, timeout=30, auth=KafkaSigV4(credentials.get_frozen_credentials(), region))
 
 
 def _answer(response: httpx.Response) -> dict[str, Any]:
