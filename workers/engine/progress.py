@@ -109,6 +109,19 @@ async def _partitions(connection: ClusterConnection, topic: str) -> set[int]:
     return set(range(found[topic].partitions)) if topic in found else set()
 
 
+async def _high_watermarks(
+    connection: ClusterConnection, partitions: list[TopicPartition]
+) -> dict[TopicPartition, int]:
+    consumer = AIOKafkaConsumer(
+        **client_kwargs(connection, "progress-reader"), enable_auto_commit=False, isolation_level="read_uncommitted"
+    )
+    await consumer.start()
+    try:
+        return dict(await consumer.end_offsets(partitions))
+    finally:
+        await consumer.stop()
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -179,7 +192,13 @@ class ProgressStore:
                 return found
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
-            end = await consumer.end_offsets(tps)
+            # To the high watermark, not to read_committed's end (the last stable offset): that one stops where
+            # the first still-open transaction begins, and the topic is shared, so some live exactly-once copier
+            # has one open almost always. Progress committed after it began (by an owner killed right after its
+            # commit) would be missed, and the copy would start again below records already committed. Every
+            # transaction open now is decided soon: at its producer's next commit, when the new owner fenced it,
+            # or at the transaction timeout.
+            end = await _high_watermarks(self.target, tps)
             remaining = {tp for tp in tps if end[tp] > 0}
             deadline = time.monotonic() + _LOAD_TIMEOUT_SECONDS
             while remaining:

@@ -1,0 +1,62 @@
+"""Reading progress: the latest committed value, even when another producer's transaction is still open on the same
+progress partition.
+
+Under read_committed a partition's end offset is its last stable offset: where the first still-open transaction
+begins. The progress topic is shared by every replicator on the target cluster, so a live exactly-once copier
+almost always has a transaction open on some of its partitions. Progress committed after that transaction began
+(by an owner killed a moment after its commit) lies beyond that offset: a new owner reading only to it would
+start from older progress and copy committed records a second time (seen by `make chaos`: 274 duplicates in an
+exactly-once replicator after a worker was SIGKILLed)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.partitioner import DefaultPartitioner
+
+from workers.engine.connection import ClusterConnection
+from workers.engine.progress import (
+    PROGRESS_TOPIC_PARTITIONS,
+    PartitionProgress,
+    ProgressStore,
+    encode_progress,
+    now_ms,
+    progress_key,
+)
+
+
+async def test_progress_committed_after_an_open_transaction_began_is_read(target_bootstrap: str, unique: str) -> None:
+    store = ProgressStore(ClusterConnection(target_bootstrap), f"{unique}-replicator", topic=f"{unique}-progress")
+    await store.ensure_topic()
+    source = TopicPartition(f"{unique}-source", 0)
+    key = progress_key(store.replicator_id, source)
+    every = list(range(PROGRESS_TOPIC_PARTITIONS))
+    partition = DefaultPartitioner()(key, every, every)
+
+    def progress(offset: int) -> bytes:
+        return encode_progress(PartitionProgress(f"{unique}-target", offset, offset, now_ms()))
+
+    survivor = AIOKafkaProducer(bootstrap_servers=target_bootstrap, transactional_id=f"{unique}-survivor")
+    killed_owner = AIOKafkaProducer(bootstrap_servers=target_bootstrap, transactional_id=f"{unique}-killed")
+    await survivor.start()
+    await killed_owner.start()
+    try:
+        async with killed_owner.transaction():
+            await killed_owner.send_and_wait(store.topic, key=key, value=progress(100), partition=partition)
+        # Another replicator's live copier opens a transaction on the same progress partition...
+        await survivor.begin_transaction()
+        await survivor.send_and_wait(store.topic, key=b"another-replicator/x/0", value=b"-", partition=partition)
+        # ...and the owner of our partition commits its next progress, then dies.
+        async with killed_owner.transaction():
+            await killed_owner.send_and_wait(store.topic, key=key, value=progress(200), partition=partition)
+
+        loading = asyncio.create_task(store.load([source]))
+        done, _ = await asyncio.wait({loading}, timeout=2.0)
+        assert not done, f"progress was read while a transaction before it was open: {loading.result()}"
+        await survivor.commit_transaction()  # the live copier's transaction ends, as every one does within seconds
+        found = await asyncio.wait_for(loading, 30)
+    finally:
+        await killed_owner.stop()
+        await survivor.stop()
+    assert found[source].next_source_offset == 200, f"read older progress: {found[source]}"
