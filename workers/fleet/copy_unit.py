@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from models import fleet_store
@@ -178,6 +178,10 @@ class CopyUnit:
             if copier.failure is None:
                 try:
                     await self.offset_map.flush(copier.positions)
+                except IntegrityError:
+                    # The replicator was deleted while it stopped: its map went with it.
+                    log.info("offset map of %s not stored at stop: the replicator is deleted", self.runtime.name)
+                    self.offset_map.discard()
                 except (SQLAlchemyError, OSError) as exc:
                     # Consumer groups committed on the target over this stretch translate conservatively (from
                     # the last stored head), never past what was copied.
