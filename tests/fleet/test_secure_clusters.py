@@ -445,31 +445,37 @@ async def creation_refused(connection: ClusterConnection, probe_topic: str, plai
     return False
 
 
+def copied_to(bootstrap: str, topic: str) -> int:
+    return asyncio.run(count_records(bootstrap, topic))
+
+
 def test_a_target_that_refuses_topic_creation_fails_with_a_reason_within_30s(
     fleet_kafka: Any, manager: Any, secure: dict[str, Any], stack: dict[str, Any], unique: str, own_secret: str,
     source_bootstrap: str, target_bootstrap: str,
 ) -> None:  # fmt: skip
     """The replicator's SCRAM user (its own, so the shared ``ferry`` user keeps no ACL) may do everything on the
-    target but create topics: the replicator must say so rather than stay RUNNING with nothing copied, and run
-    once creation is granted.
+    target but create one of its two topics: the replicator must say which and why rather than stay RUNNING with
+    that topic never copied, copy the other meanwhile, and run once creation is granted.
 
-    Kafka's CreateTopics asks for CREATE on the cluster and, refused, for CREATE on the topic; both are denied to
-    this user. Every other principal keeps what allow.everyone.if.no.acl.found gave it: an ACL on a resource ends
-    that default for everybody, so each denial comes with an allowance of everything to ``User:*``."""
-    topic = f"{unique}-nocreate"
+    Kafka's CreateTopics asks for CREATE on the cluster and, refused, for CREATE on the topic: the user is denied
+    both for the first topic, and only the cluster's for the second (which no ACL covers, so the stack's
+    allow.everyone.if.no.acl.found allows it). Every other principal keeps what that default gave it: an ACL on a
+    resource ends the default for everybody, so each denial comes with an allowance of everything to ``User:*``."""
+    refused, allowed_topic = f"{unique}-nocreate", f"{unique}-ok"
     user, password = f"{unique}-u", secrets.token_hex(16)
     principal = f"User:{user}"
     allowed: list[Acl] = [
         (RESOURCE_CLUSTER, CLUSTER_RESOURCE_NAME, PATTERN_LITERAL, "User:*", "*", OPERATION_ALL, PERMISSION_ALLOW),
-        (RESOURCE_TOPIC, topic, PATTERN_PREFIXED, "User:*", "*", OPERATION_ALL, PERMISSION_ALLOW),
+        (RESOURCE_TOPIC, refused, PATTERN_PREFIXED, "User:*", "*", OPERATION_ALL, PERMISSION_ALLOW),
     ]
     denied: list[Acl] = [
         (RESOURCE_CLUSTER, CLUSTER_RESOURCE_NAME, PATTERN_LITERAL, principal, "*", OPERATION_CREATE, PERMISSION_DENY),
-        (RESOURCE_TOPIC, topic, PATTERN_PREFIXED, principal, "*", OPERATION_CREATE, PERMISSION_DENY),
+        (RESOURCE_TOPIC, refused, PATTERN_PREFIXED, principal, "*", OPERATION_CREATE, PERMISSION_DENY),
     ]
     lib = Path(stack["kafka_lib"])
-    asyncio.run(create_topic(source_bootstrap, topic, 2))
-    asyncio.run(produce(source_bootstrap, topic, RECORDS, 2, "before"))
+    for topic in (refused, allowed_topic):
+        asyncio.run(create_topic(source_bootstrap, topic, 2))
+        asyncio.run(produce(source_bootstrap, topic, RECORDS, 2, "before"))
     arn = None
     try:
         made = alter_scram_credential(
@@ -487,7 +493,7 @@ def test_a_target_that_refuses_topic_creation_fails_with_a_reason_within_30s(
         )
         wait_until(
             f"{user} authenticated and refused topic creation",
-            lambda: asyncio.run(creation_refused(connection, f"{topic}-probe", target_bootstrap)),
+            lambda: asyncio.run(creation_refused(connection, f"{refused}-probe", target_bootstrap)),
             60,
         )
         secret_arn = put_secret(manager, own_secret, json.dumps({"username": user, "password": password}))
@@ -499,28 +505,34 @@ def test_a_target_that_refuses_topic_creation_fails_with_a_reason_within_30s(
         }
         target = cluster(secure, "target", "scram512", unique)
         target["ClientAuthentication"]["SaslScram"]["SecretArn"] = secret_arn
-        request = secured_request(unique, source, target, topic)
-        request["ReplicationInfoList"][0]["TopicReplication"]["TopicNameConfiguration"] = {"Type": "IDENTICAL"}
+        request = secured_request(unique, source, target, refused)
+        replication = request["ReplicationInfoList"][0]["TopicReplication"]
+        replication["TopicsToReplicate"] = [refused, allowed_topic]
+        replication["TopicNameConfiguration"] = {"Type": "IDENTICAL"}  # the target topics have the source's names
         created = time.monotonic()
         arn = fleet_kafka.create_replicator(**request)["ReplicatorArn"]
         failed = wait_until(
             "FAILED", lambda: (d := describe(fleet_kafka, arn))["ReplicatorState"] == "FAILED" and d, 30, interval=0.5
         )
-        print(f"a target that refuses topic creation: FAILED after {time.monotonic() - created:.1f}s")
+        took = time.monotonic() - created
+        print(f"a target that refuses topic creation: FAILED after {took:.1f}s: {failed['StateInfo']}")
         assert failed["StateInfo"]["Code"] == "TARGET_TOPIC_CREATION_DENIED", failed["StateInfo"]
         message = failed["StateInfo"]["Message"]
-        assert topic in message, message
+        alias = failed["ReplicationInfoList"][0]["TargetKafkaClusterAlias"]
+        assert message.startswith(f"target cluster {alias} refused to create 1 topic (TopicAuthorization"), message
+        assert "needs CREATE on the target cluster" in message, message
+        assert message.endswith(f"not created: {refused}"), message
+        # The topic it may create is copied meanwhile.
+        wait_until("the other topic copied", lambda: copied_to(target_bootstrap, allowed_topic) == RECORDS, 60)
 
         asyncio.run(alter_acls(target_bootstrap, denied, delete=True))
         granted = time.monotonic()
         wait_until("RUNNING", lambda: describe(fleet_kafka, arn)["ReplicatorState"] == "RUNNING", 60, interval=0.5)
         print(f"a target that refuses topic creation: RUNNING {time.monotonic() - granted:.1f}s after the grant")
-        asyncio.run(produce(source_bootstrap, topic, RECORDS, 2, "after"))
-        wait_until(
-            "every record on the target",
-            lambda: asyncio.run(count_records(target_bootstrap, topic)) == 2 * RECORDS,
-            60,
-        )
+        for topic in (refused, allowed_topic):
+            asyncio.run(produce(source_bootstrap, topic, RECORDS, 2, "after"))
+        for topic in (refused, allowed_topic):
+            wait_until(f"all of {topic} copied", lambda t=topic: copied_to(target_bootstrap, t) == 2 * RECORDS, 60)
     finally:
         if arn is not None:
             fleet_kafka.delete_replicator(ReplicatorArn=arn)
