@@ -123,16 +123,24 @@ def ensure_scram_user(bootstrap: str, lib: Path, jvm: list[str], marker: Path, r
     if marker.exists() and marker.read_text().strip() == password:
         return True
     for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512"):  # one credential per request
-        result = subprocess.run(
-            ["java", *jvm, "-cp", f"{lib}/*", "kafka.admin.ConfigCommand", "--bootstrap-server", bootstrap,
-             "--alter", "--entity-type", "users", "--entity-name", SCRAM_USER,
-             "--add-config", f"{mechanism}=[password={password}]"],
-            capture_output=True, text=True, check=False, timeout=120,
-        )  # fmt: skip
+        result = alter_scram_credential(bootstrap, lib, jvm, SCRAM_USER, mechanism=mechanism, password=password)
         if result.returncode != 0:
             return False
     marker.write_text(password)
     return True
+
+
+def alter_scram_credential(
+    bootstrap: str, lib: Path, jvm: list[str], user: str, *, mechanism: str, password: str | None
+) -> subprocess.CompletedProcess[str]:
+    """Set (``password``) or delete (None) one SCRAM credential of ``user`` with Kafka's ConfigCommand, over a
+    listener where the caller may alter users (the PLAINTEXT one: a super user)."""
+    change = ["--add-config", f"{mechanism}=[password={password}]"] if password else ["--delete-config", mechanism]
+    return subprocess.run(
+        ["java", *jvm, "-cp", f"{lib}/*", "kafka.admin.ConfigCommand", "--bootstrap-server", bootstrap,
+         "--alter", "--entity-type", "users", "--entity-name", user, *change],
+        capture_output=True, text=True, check=False, timeout=120,
+    )  # fmt: skip
 
 
 def write_idp_clients(run_dir: Path) -> str:

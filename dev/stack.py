@@ -55,6 +55,8 @@ ROOT = Path(__file__).resolve().parents[1]
 POM = ROOT / "dev" / "kafka" / "pom.xml"
 LOG4J_SERVER = ROOT / "dev" / "kafka" / "log4j2-server.properties"
 LOG4J_TOOLS = ROOT / "dev" / "kafka" / "log4j2-tools.properties"
+# JVM flags of Kafka's command-line tools (ConfigCommand, AclCommand): small, quick to start, quiet.
+TOOLS_JVM = ["-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", f"-Dlog4j2.configurationFile={LOG4J_TOOLS}"]
 
 
 DEV_REGION = "us-east-1"
@@ -1050,10 +1052,9 @@ def start_secure_side(cfg: StackConfig, lib: Path) -> dict[str, Any]:
     wait_for("the Secrets Manager", lambda: secure.secrets_manager_answers(cfg.secrets_endpoint), 60, manager.log,
              manager_proc)  # fmt: skip
     arns = secure.seed_secrets(cfg.secrets_endpoint, cfg.run_dir, client_secret)
-    tools = ["-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", f"-Dlog4j2.configurationFile={LOG4J_TOOLS}"]
     for cluster in kafka_clusters(cfg):
         bootstrap = f"127.0.0.1:{cluster.port}"
-        if not secure.ensure_scram_user(bootstrap, lib, tools, _scram_marker(cfg, cluster), cfg.run_dir):
+        if not secure.ensure_scram_user(bootstrap, lib, TOOLS_JVM, _scram_marker(cfg, cluster), cfg.run_dir):
             raise StackError(f"could not create the SCRAM user on Kafka '{cluster.name}' ({bootstrap})")
     listeners = {}
     for cluster in kafka_clusters(cfg):

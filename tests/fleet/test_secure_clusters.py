@@ -9,6 +9,7 @@ import asyncio
 import json
 import os
 import re
+import secrets
 import socket
 import subprocess
 import sys
@@ -20,19 +21,39 @@ from typing import Any
 import httpx
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+from aiokafka.protocol.admin import CreateAclsRequest, DeleteAclsRequest
 from cryptography.hazmat.primitives.asymmetric import ec
 from redis import Redis
 from sqlalchemy import Engine, text
 
 from dev import pki
-from dev.secure import put_secret, secrets_client
+from dev.secure import alter_scram_credential, put_secret, secrets_client
+from dev.stack import TOOLS_JVM
 from models.access_keys import IssuedKey
 from tests.conftest import ROOT
 from tests.fleet.conftest import Fleet, wait_until
 from tests.fleet.test_fleet_lifecycle import count_records, create_topic, describe, produce
-from workers.engine.admin import OPERATION_ALL, OPERATION_WRITE, PERMISSION_ALLOW, TopicAcl, create_topic_acl
+from workers.engine import admin as kafka_admin
+from workers.engine.admin import (
+    OPERATION_ALL,
+    OPERATION_WRITE,
+    PERMISSION_ALLOW,
+    RESOURCE_TOPIC,
+    AdminError,
+    TopicAcl,
+    create_topic_acl,
+)
+from workers.engine.connection import ClusterConnection, client_kwargs
 
 PERMISSION_DENY = 2
+# More of the Kafka protocol's ACL enums (ResourceType, PatternType, AclOperation) than the engine needs.
+RESOURCE_CLUSTER = 4
+CLUSTER_RESOURCE_NAME = "kafka-cluster"
+PATTERN_LITERAL = 3
+PATTERN_PREFIXED = 4
+OPERATION_CREATE = 5
+TOPIC_AUTHORIZATION_FAILED = 29
 
 RECORDS = 3000  # more than a fetch, a producer batch and a poll hold
 
@@ -378,6 +399,145 @@ def test_a_target_that_refuses_writes_fails_with_a_reason_within_30s(
     assert message.startswith("2 partitions cannot be copied") and f"{topic}-0" in message, message
     assert "WRITE on the target topics" in message
     fleet_kafka.delete_replicator(ReplicatorArn=arn)
+
+
+# An ACL binding: (resource type, resource name, pattern type, principal, host, operation, permission).
+Acl = tuple[int, str, int, str, str, int, int]
+
+
+async def alter_acls(bootstrap: str, acls: list[Acl], *, delete: bool = False) -> None:
+    """Create (or delete) ACL bindings over the PLAINTEXT listener (a super user); deleting one that is not there
+    is not an error."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        for acl in acls:
+            if delete:
+                deleted = await admin._send_request(DeleteAclsRequest(*acl))
+                answers = [(answer[0], answer[1]) for answer in deleted.filter_responses]
+            else:
+                answers = (await admin._send_request(CreateAclsRequest(*acl))).creation_responses
+            for code, message in answers:
+                assert code == 0, f"{'deleting' if delete else 'creating'} ACL {acl}: error {code} {message}"
+    finally:
+        await admin.close()
+
+
+async def creation_refused(connection: ClusterConnection, probe_topic: str, plaintext: str) -> bool:
+    """Whether ``connection``'s user authenticates and is refused creating ``probe_topic`` (a topic the ACLs
+    cover). A probe created before the ACLs took effect is deleted again (as the super user) and False returned."""
+    admin = AIOKafkaAdminClient(**client_kwargs(connection, "test-probe"))
+    try:
+        await admin.start()
+        await kafka_admin.create_topic(admin, probe_topic, 1, 1, {})
+    except AdminError as exc:
+        return exc.code == TOPIC_AUTHORIZATION_FAILED
+    except (KafkaError, OSError):
+        return False  # the new SCRAM credential is not known to the broker yet
+    finally:
+        await admin.close()
+    super_user = AIOKafkaAdminClient(bootstrap_servers=plaintext)
+    await super_user.start()
+    try:
+        await super_user.delete_topics([probe_topic])
+    finally:
+        await super_user.close()
+    return False
+
+
+def copied_to(bootstrap: str, topic: str) -> int:
+    return asyncio.run(count_records(bootstrap, topic))
+
+
+def test_a_target_that_refuses_topic_creation_fails_with_a_reason_within_30s(
+    fleet_kafka: Any, manager: Any, secure: dict[str, Any], stack: dict[str, Any], unique: str, own_secret: str,
+    source_bootstrap: str, target_bootstrap: str,
+) -> None:  # fmt: skip
+    """The replicator's SCRAM user (its own, so the shared ``ferry`` user keeps no ACL) may do everything on the
+    target but create one of its two topics: the replicator must say which and why rather than stay RUNNING with
+    that topic never copied, copy the other meanwhile, and run once creation is granted.
+
+    Kafka's CreateTopics asks for CREATE on the cluster and, refused, for CREATE on the topic: the user is denied
+    both for the first topic, and only the cluster's for the second (which no ACL covers, so the stack's
+    allow.everyone.if.no.acl.found allows it). Every other principal keeps what that default gave it: an ACL on a
+    resource ends the default for everybody, so each denial comes with an allowance of everything to ``User:*``."""
+    refused, allowed_topic = f"{unique}-nocreate", f"{unique}-ok"
+    user, password = f"{unique}-u", secrets.token_hex(16)
+    principal = f"User:{user}"
+    allowed: list[Acl] = [
+        (RESOURCE_CLUSTER, CLUSTER_RESOURCE_NAME, PATTERN_LITERAL, "User:*", "*", OPERATION_ALL, PERMISSION_ALLOW),
+        (RESOURCE_TOPIC, refused, PATTERN_PREFIXED, "User:*", "*", OPERATION_ALL, PERMISSION_ALLOW),
+    ]
+    denied: list[Acl] = [
+        (RESOURCE_CLUSTER, CLUSTER_RESOURCE_NAME, PATTERN_LITERAL, principal, "*", OPERATION_CREATE, PERMISSION_DENY),
+        (RESOURCE_TOPIC, refused, PATTERN_PREFIXED, principal, "*", OPERATION_CREATE, PERMISSION_DENY),
+    ]
+    lib = Path(stack["kafka_lib"])
+    for topic in (refused, allowed_topic):
+        asyncio.run(create_topic(source_bootstrap, topic, 2))
+        asyncio.run(produce(source_bootstrap, topic, RECORDS, 2, "before"))
+    arn = None
+    try:
+        made = alter_scram_credential(
+            target_bootstrap, lib, TOOLS_JVM, user, mechanism="SCRAM-SHA-512", password=password
+        )
+        assert made.returncode == 0, made.stderr
+        asyncio.run(alter_acls(target_bootstrap, allowed + denied))
+        connection = ClusterConnection(
+            secure["target"]["sasl_scram"],
+            security_protocol="SASL_SSL",
+            ca_pem=ca_pem(secure),
+            sasl_mechanism="SCRAM-SHA-512",
+            sasl_username=user,
+            sasl_password=password,
+        )
+        wait_until(
+            f"{user} authenticated and refused topic creation",
+            lambda: asyncio.run(creation_refused(connection, f"{refused}-probe", target_bootstrap)),
+            60,
+        )
+        secret_arn = put_secret(manager, own_secret, json.dumps({"username": user, "password": password}))
+        source = {
+            "ApacheKafkaCluster": {
+                "ApacheKafkaClusterId": f"{unique}-source",
+                "BootstrapBrokerString": source_bootstrap,
+            }
+        }
+        target = cluster(secure, "target", "scram512", unique)
+        target["ClientAuthentication"]["SaslScram"]["SecretArn"] = secret_arn
+        request = secured_request(unique, source, target, refused)
+        replication = request["ReplicationInfoList"][0]["TopicReplication"]
+        replication["TopicsToReplicate"] = [refused, allowed_topic]
+        replication["TopicNameConfiguration"] = {"Type": "IDENTICAL"}  # the target topics have the source's names
+        created = time.monotonic()
+        arn = fleet_kafka.create_replicator(**request)["ReplicatorArn"]
+        failed = wait_until(
+            "FAILED", lambda: (d := describe(fleet_kafka, arn))["ReplicatorState"] == "FAILED" and d, 30, interval=0.5
+        )
+        took = time.monotonic() - created
+        print(f"a target that refuses topic creation: FAILED after {took:.1f}s: {failed['StateInfo']}")
+        assert failed["StateInfo"]["Code"] == "TARGET_TOPIC_CREATION_DENIED", failed["StateInfo"]
+        message = failed["StateInfo"]["Message"]
+        alias = failed["ReplicationInfoList"][0]["TargetKafkaClusterAlias"]
+        assert message.startswith(f"target cluster {alias} refused to create 1 topic (TopicAuthorization"), message
+        assert "needs CREATE on the target cluster" in message, message
+        assert message.endswith(f"not created: {refused}"), message
+        # The topic it may create is copied meanwhile.
+        wait_until("the other topic copied", lambda: copied_to(target_bootstrap, allowed_topic) == RECORDS, 60)
+
+        asyncio.run(alter_acls(target_bootstrap, denied, delete=True))
+        granted = time.monotonic()
+        wait_until("RUNNING", lambda: describe(fleet_kafka, arn)["ReplicatorState"] == "RUNNING", 60, interval=0.5)
+        print(f"a target that refuses topic creation: RUNNING {time.monotonic() - granted:.1f}s after the grant")
+        for topic in (refused, allowed_topic):
+            asyncio.run(produce(source_bootstrap, topic, RECORDS, 2, "after"))
+        for topic in (refused, allowed_topic):
+            wait_until(f"all of {topic} copied", lambda t=topic: copied_to(target_bootstrap, t) == 2 * RECORDS, 60)
+    finally:
+        if arn is not None:
+            fleet_kafka.delete_replicator(ReplicatorArn=arn)
+        asyncio.run(alter_acls(target_bootstrap, allowed + denied, delete=True))
+        alter_scram_credential(target_bootstrap, lib, TOOLS_JVM, user, mechanism="SCRAM-SHA-512", password=None)
 
 
 # ----- no secret value where it must not be ------------------------------------------------------------------

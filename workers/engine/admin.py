@@ -15,6 +15,10 @@ from aiokafka.protocol.admin import CreateAclsRequest, DescribeAclsRequest
 # DescribeConfigs config_source values (KIP-226).
 CONFIG_SOURCE_DYNAMIC_TOPIC = 1
 TOPIC_ALREADY_EXISTS = 36
+# The refusals of a principal that lacks a permission (no retry helps until an ACL changes).
+TOPIC_AUTHORIZATION_FAILED = 29
+CLUSTER_AUTHORIZATION_FAILED = 31
+AUTHORIZATION_FAILED = frozenset({TOPIC_AUTHORIZATION_FAILED, CLUSTER_AUTHORIZATION_FAILED})
 
 
 @dataclass(frozen=True)

@@ -92,6 +92,9 @@ class SyncReport:
     configs_updated: list[str] = field(default_factory=list)
     acls_created: list[kafka_admin.TopicAcl] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)
+    # Target topics the target refused to create for lack of a permission (the broker's error name by topic):
+    # retried every pass, but only an ACL change on the target helps. Also in ``errors``, by source topic.
+    creation_denied: dict[str, str] = field(default_factory=dict)
     # Topics that were deleted and created again under their name since the previous pass (their ids changed):
     # source topic names, and target topic names (a target topic deleted by hand is created again by the pass).
     recreated_sources: list[str] = field(default_factory=list)
@@ -228,6 +231,8 @@ class TopicSynchronizer:
                     ready = partitions
             except AdminError as exc:
                 report.errors[source_topic] = str(exc)
+                if current is None and exc.code in kafka_admin.AUTHORIZATION_FAILED:
+                    report.creation_denied[target_topic] = exc.error_name
                 log.warning("target topic %s not ready: %s", target_topic, exc)
                 if target_topic not in existing:
                     continue

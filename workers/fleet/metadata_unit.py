@@ -111,6 +111,20 @@ def _classify_topic_errors(errors: dict[str, str]) -> str:
     return "TOPIC_SYNC_FAILED"
 
 
+def _creation_denied(alias: str, denied: dict[str, str], copied: int) -> tuple[str, str]:
+    """StateInfo for target topics the target cluster refuses to create for lack of a permission: the cluster,
+    the permission, then the topics (first, so the message's 500 characters never cut the permission off)."""
+    names = sorted(denied)
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    others = f"; {copied} other topic{' is' if copied == 1 else 's are'} copied" if copied else ""
+    message = (
+        f"target cluster {alias} refused to create {len(names)} topic{'' if len(names) == 1 else 's'} "
+        f"({', '.join(sorted(set(denied.values())))}): the replicator's principal needs CREATE on the target "
+        f"cluster, or on each topic it creates{others}; not created: {shown}"
+    )
+    return "TARGET_TOPIC_CREATION_DENIED", message[:500]
+
+
 class MetadataUnit:
     """A replicator's metadata unit: keep target topics in step with the source and report the inventory."""
 
@@ -336,7 +350,10 @@ class MetadataUnit:
         self._note_recreations(report.recreated_sources, report.recreated_targets)
         partitions = sorted((t.source_topic, p) for t in report.topics.values() for p in range(t.partitions))
         error = None
-        if report.errors and not report.topics:
+        if report.creation_denied:
+            # Even one topic: it is never copied until an ACL changes (the other topics' partitions copy on).
+            error = _creation_denied(runtime.target.alias, report.creation_denied, len(report.topics))
+        elif report.errors and not report.topics:
             sample = "; ".join(f"{topic}: {reason}" for topic, reason in sorted(report.errors.items())[:3])
             error = (_classify_topic_errors(report.errors), sample[:500])
         if error is None:
