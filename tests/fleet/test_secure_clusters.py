@@ -41,8 +41,6 @@ from workers.engine.admin import (
     PERMISSION_ALLOW,
     RESOURCE_TOPIC,
     AdminError,
-    TopicAcl,
-    create_topic_acl,
 )
 from workers.engine.connection import ClusterConnection, client_kwargs
 
@@ -362,16 +360,13 @@ def test_a_missing_secret_is_named_in_state_info(
     fleet_kafka.delete_replicator(ReplicatorArn=arn)
 
 
-async def deny_writes(bootstrap: str, topic: str, principal: str) -> None:
+def write_denied(topic: str, principal: str) -> list[Acl]:
     """ACLs on ``topic`` for ``principal`` allowing everything but WRITE (once a topic has an ACL, operations
-    nothing allows are denied), created over the PLAINTEXT listener (a super user)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await create_topic_acl(admin, TopicAcl(topic, principal, "*", OPERATION_ALL, PERMISSION_ALLOW))
-        await create_topic_acl(admin, TopicAcl(topic, principal, "*", OPERATION_WRITE, PERMISSION_DENY))
-    finally:
-        await admin.close()
+    nothing allows are denied)."""
+    return [
+        (RESOURCE_TOPIC, topic, PATTERN_LITERAL, principal, "*", OPERATION_ALL, PERMISSION_ALLOW),
+        (RESOURCE_TOPIC, topic, PATTERN_LITERAL, principal, "*", OPERATION_WRITE, PERMISSION_DENY),
+    ]
 
 
 def test_a_target_that_refuses_writes_fails_with_a_reason_within_30s(
@@ -382,7 +377,17 @@ def test_a_target_that_refuses_writes_fails_with_a_reason_within_30s(
     topic = f"{unique}-nowrite"
     asyncio.run(create_topic(source_bootstrap, topic, 2))
     asyncio.run(produce(source_bootstrap, topic, 50, 2, "w"))
-    asyncio.run(deny_writes(target_bootstrap, topic, "User:ferry"))  # IDENTICAL naming: the target has its name
+    denied = write_denied(topic, "User:ferry")  # IDENTICAL naming: the target topic has the source's name
+    asyncio.run(alter_acls(target_bootstrap, denied))
+    try:
+        refused_writes_fail(fleet_kafka, secure, unique, source_bootstrap, topic)
+    finally:
+        asyncio.run(alter_acls(target_bootstrap, denied, delete=True))
+
+
+def refused_writes_fail(
+    fleet_kafka: Any, secure: dict[str, Any], unique: str, source_bootstrap: str, topic: str
+) -> None:
     source = {
         "ApacheKafkaCluster": {"ApacheKafkaClusterId": f"{unique}-source", "BootstrapBrokerString": source_bootstrap}
     }
