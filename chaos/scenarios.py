@@ -101,6 +101,8 @@ class Workload:
         self.target_topic: str | None = None
         self.producer = AckedProducer(lab.source.bootstrap, self.topic, PARTITIONS, RATE)
         self.tail: TargetTail | None = None
+        # When copying ran on every partition (before the fault): worst latency counts records acknowledged since.
+        self.steady_at: float | None = None
         # Source offsets below which a scenario deleted the records on purpose (retention), per partition.
         self.deleted_below: dict[int, int] = {}
 
@@ -230,6 +232,11 @@ class Workload:
 
         return wait_for("replication to resume on every partition", every_partition_resumed, timeout)[0]
 
+    def wait_copying(self) -> None:
+        """Wait until every partition copies; from now on, the worst latency counts."""
+        self.resumed_after(0.0)
+        self.steady_at = time.monotonic()
+
     def wait_delivered(self, timeout: float = 90.0) -> None:
         """Wait until every acknowledged record (but the excused) is on the target; the judge counts any left."""
         assert self.tail is not None
@@ -297,7 +304,8 @@ class Workload:
         missing = [v for v in acked if v not in seen and v not in excused]
         outcome.lost = len(missing)
         outcome.duplicated = self.tail.records - len(seen)
-        latencies = [seen[v] - ack.at for v, ack in acked.items() if v in seen]
+        steady = self.steady_at if self.steady_at is not None else 0.0
+        latencies = [seen[v] - ack.at for v, ack in acked.items() if v in seen and ack.at >= steady]
         if latencies:
             outcome.worst_latency_s = round(max(0.0, *latencies), 2)
         outcome.duplicates_allowed = duplicates_allowed
@@ -355,7 +363,7 @@ def _fault_scenario(fault: Fault, *, duplicates: bool) -> Callable[[Lab, Outcome
             work.create_replicator()
             work.wait_running()
             work.start_tail()
-            work.resumed_after(0.0)  # copying on every partition before the fault
+            work.wait_copying()  # copying on every partition before the fault
             fault_ends = fault(lab, work)
             outcome.resumed_s = max(work.resumed_after(end) for end in fault_ends)
             work.run_for(3.0)
@@ -490,6 +498,7 @@ def _api_killed_mid_create(lab: Lab, outcome: Outcome) -> None:
         work.wait_running(timeout=60)  # never left half-created: it runs
         work.start_tail()
         outcome.resumed_s = work.resumed_after(back)
+        work.steady_at = time.monotonic()  # records written before the replicator existed waited for it
         work.run_for(2.0)
         work.producer.stop()
         work.wait_delivered()
@@ -502,7 +511,7 @@ def _api_killed_mid_delete(lab: Lab, outcome: Outcome) -> None:
         arn = work.create_replicator()
         work.wait_running()
         work.start_tail()
-        work.resumed_after(0.0)
+        work.wait_copying()
         work.run_for(2.0)
         work.producer.stop()
         work.wait_delivered()
@@ -552,7 +561,7 @@ def _source_retention(lab: Lab, outcome: Outcome) -> None:
         arn = work.create_replicator()
         work.wait_running()
         work.start_tail()
-        work.resumed_after(0.0)
+        work.wait_copying()
         for name in lab.workers():
             lab.kill(name, signal.SIGTERM)
         work.run_for(3.0)  # records pile up, uncopied
