@@ -51,8 +51,8 @@ def table(outcomes: list[Outcome], result_file: str) -> str:
             lost += f" (+{o.details['deletedBeforeCopy']:,} deleted by retention, reported {reported})"
         verdict = "pass" if o.passed else "**FAIL**"
         lines.append(
-            f"| `{o.scenario}` | {o.mode} | {o.produced:,} | {o.acknowledged:,} | {o.found:,} | {lost} | {o.duplicated:,} "
-            f"| {resumed} | {worst} | {audit} | {verdict} |"
+            f"| `{o.scenario}` | {o.mode} | {o.produced:,} | {o.acknowledged:,} | {o.found:,} | {lost} "
+            f"| {o.duplicated:,} | {resumed} | {worst} | {audit} | {verdict} |"
         )
     return "\n".join(lines)
 
