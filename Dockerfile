@@ -1,13 +1,38 @@
-# One image for the API, the Celery worker and beat (docker-compose.yml picks the command).
-FROM python:3.11-slim
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
-WORKDIR /app
-COPY pyproject.toml README.md ./
+# One image for every role: `ferry api` (the default), `ferry worker`, `ferry beat`, `ferry migrate`.
+#   docker build -t ferry .        docker run --env-file ferry.env ferry [api|worker|beat|migrate]
+# The dependency layer is built from pyproject.toml alone, so a code change rebuilds only the last layers.
+
+FROM python:3.11-slim AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/ferry
+WORKDIR /src
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > requirements.txt \
+    && /opt/ferry/bin/pip install -r requirements.txt
+COPY README.md LICENSE ./
 COPY api ./api
-COPY workers ./workers
+COPY cli ./cli
 COPY models ./models
 COPY migrations ./migrations
-RUN pip install --no-cache-dir . && useradd --system --uid 10001 ferry
-USER ferry
+COPY workers ./workers
+RUN /opt/ferry/bin/pip install --no-deps . && /opt/ferry/bin/ferry --version
+
+FROM python:3.11-slim
+ARG VERSION=0.1.0
+LABEL org.opencontainers.image.title="Ferry" \
+      org.opencontainers.image.description="Kafka cluster-to-cluster replication with an MSK Replicator compatible API" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.source="https://github.com/ferry-replication/ferry"
+ENV PATH=/opt/ferry/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
+    FERRY_WORKER_LIVENESS_FILE=/tmp/ferry-worker.live
+COPY --from=build /opt/ferry /opt/ferry
+RUN useradd --system --uid 10001 --home-dir /home/ferry --create-home ferry
+USER 10001
+WORKDIR /home/ferry
 EXPOSE 8080
-CMD ["uvicorn", "--factory", "api.app:create_app", "--host", "0.0.0.0", "--port", "8080"]
+# Checks whichever role this container runs: the API's /livez, a worker's liveness file, beat's process.
+HEALTHCHECK --interval=15s --timeout=10s --start-period=30s --retries=3 CMD ["ferry", "healthcheck"]
+ENTRYPOINT ["ferry"]
+CMD ["api"]

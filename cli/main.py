@@ -1,12 +1,17 @@
-"""The ``ferry`` command.
+"""The ``ferry`` command: every role of a deployment, and the tools around it.
 
     ferry --version
-    ferry migrate                      bring the database (FERRY_DATABASE_URL) to the current schema
-    ferry admin create-access-key ...  access keys (cli/admin.py)
-    ferry audit --replicator-arn ...   compare a replicator's target with its source (cli/audit.py)
+    ferry api [--host H] [--port P] [--workers N]   the REST API (uvicorn)
+    ferry worker [--concurrency N] [--hostname H]   a fleet worker (Celery worker + fleet agent)
+    ferry beat [--schedule FILE]                    Celery beat: the periodic reconcile trigger (optional: every
+                                                    worker and API process also reconciles on its own)
+    ferry migrate                                   bring the database (FERRY_DATABASE_URL) to the current schema
+    ferry healthcheck [--pid N]                     is this container's Ferry process alive (cli/healthcheck.py)
+    ferry admin create-access-key ...               access keys (cli/admin.py)
+    ferry audit --replicator-arn ...                compare a replicator's target with its source (cli/audit.py)
 
-Every subcommand reads the same ``FERRY_*`` settings as the server; a bad value stops it with a message naming
-the variable.
+Every subcommand reads the same ``FERRY_*`` settings (environment variables, or files in ``FERRY_SETTINGS_DIR``);
+a missing or bad value stops it at once with a message naming the variable.
 """
 
 from __future__ import annotations
@@ -15,10 +20,9 @@ import argparse
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
-from pydantic import ValidationError
-
-from cli import admin, audit
+from cli import admin, audit, healthcheck
 from models.migrate import main as migrate_main
+from models.settings import SettingsError, get_settings
 
 
 def ferry_version() -> str:
@@ -32,20 +36,68 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="ferry", description="Ferry: Kafka replication with an MSK Replicator API")
     top.add_argument("--version", action="version", version=f"ferry {ferry_version()}")
     sub = top.add_subparsers(dest="command", required=True)
+    api = sub.add_parser("api", help="serve the REST API")
+    api.add_argument("--host", default="0.0.0.0", help="address to listen on (default: every interface)")
+    api.add_argument("--port", type=int, default=8080)
+    api.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
+    worker = sub.add_parser("worker", help="run a fleet worker")
+    worker.add_argument("--concurrency", type=int, default=2, help="Celery task slots (reconcile tasks)")
+    worker.add_argument("--hostname", default="ferry-worker@%h", help="Celery node name (%%h: this host)")
+    worker.add_argument("--loglevel", default="INFO")
+    beat = sub.add_parser("beat", help="run Celery beat (the periodic reconcile trigger)")
+    beat.add_argument("--schedule", default="celerybeat-schedule", help="beat's schedule file (writable)")
+    beat.add_argument("--loglevel", default="INFO")
     sub.add_parser("migrate", help="bring the database to the current schema")
+    healthcheck.add_commands(sub)
     admin.add_commands(sub)
     audit.add_commands(sub)
     return top
 
 
+def _serve_api(args: argparse.Namespace) -> int:
+    import uvicorn  # noqa: PLC0415 (only this role needs the server)
+
+    get_settings()  # a bad setting stops here, named, before the server starts
+    uvicorn.run(
+        "api.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        access_log=False,
+        # SIGTERM: stop accepting, finish the requests in flight (bounded), then exit.
+        timeout_graceful_shutdown=30,
+    )
+    return 0
+
+
+def _celery(argv: list[str]) -> int:
+    get_settings()
+    from workers.celery_app import app  # noqa: PLC0415 (importing it reads the settings)
+
+    app.start(argv)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
+        if args.command == "api":
+            return _serve_api(args)
+        if args.command == "worker":
+            return _celery([
+                "worker", "--loglevel", args.loglevel, "--hostname", args.hostname,
+                "--concurrency", str(args.concurrency), "--without-gossip", "--without-mingle",
+            ])  # fmt: skip
+        if args.command == "beat":
+            return _celery(["beat", "--loglevel", args.loglevel, "--schedule", args.schedule])
         if args.command == "migrate":
             return migrate_main(["upgrade"])
         if args.command == "audit":
             return audit.run(args)
+        if args.command == "healthcheck":
+            return healthcheck.run(args, get_settings().worker_liveness_file)
         return admin.run(args)
-    except ValidationError as exc:
+    except SettingsError as exc:
         print(f"ferry: invalid settings: {exc}", file=sys.stderr)
         return 2

@@ -8,12 +8,13 @@ with a message naming the variable.
 from __future__ import annotations
 
 import json
+import os
 import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _BOOTSTRAP_RE = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}(,[A-Za-z0-9.\-\[\]:]+:\d{1,5})*$")
@@ -23,18 +24,16 @@ class FerrySettings(BaseSettings):
     # hide_input_in_errors: a bad FERRY_DATABASE_URL must not print its password into every process's log.
     model_config = SettingsConfigDict(env_prefix="FERRY_", extra="ignore", frozen=True, hide_input_in_errors=True)
 
-    database_url: str = Field(
-        default="postgresql+psycopg://ferry:ferry@127.0.0.1:15432/ferry",
-        description="SQLAlchemy URL of the PostgreSQL database (psycopg 3 driver).",
-    )
+    # No defaults: a deployment that forgot them must stop at start with the variable's name, not talk to
+    # whatever listens on a developer's port.
+    database_url: str = Field(min_length=1, description="SQLAlchemy URL of the PostgreSQL database (psycopg 3 driver).")
     redis_url: str = Field(
-        default="redis://127.0.0.1:16379/0",
-        description="Redis used as the Celery broker and result backend and for worker reports.",
+        min_length=1, description="Redis used as the Celery broker and result backend and for worker reports."
     )
     aws_region: Annotated[str, Field(pattern=r"^[a-z]{2}(-[a-z]+)+-\d$")] = "us-east-1"
     aws_account_id: Annotated[str, Field(pattern=r"^\d{12}$")] = "000000000000"
     kafka_probe_clusters: dict[str, str] = Field(
-        default={"source": "127.0.0.1:19092", "target": "127.0.0.1:29092"},
+        default={},
         description="Named Kafka clusters that /healthz reports on (JSON object name -> bootstrap servers).",
     )
     health_timeout_seconds: Annotated[float, Field(gt=0, le=30)] = 3.0
@@ -204,7 +203,31 @@ class FerrySettings(BaseSettings):
         return value
 
 
+SETTINGS_DIR_VARIABLE = "FERRY_SETTINGS_DIR"
+
+
+class SettingsError(Exception):
+    """Settings that cannot start a process; the message names each variable and what is wrong with it."""
+
+
+def read_settings() -> FerrySettings:
+    """Settings from ``FERRY_*`` environment variables and, where one is not set, from a file of that variable's
+    name in the folder ``FERRY_SETTINGS_DIR`` names (a Kubernetes Secret or ConfigMap mounted as files)."""
+    folder = os.environ.get(SETTINGS_DIR_VARIABLE)
+    if folder and not Path(folder).is_dir():
+        raise SettingsError(f"{SETTINGS_DIR_VARIABLE}={folder}: not a folder")
+    try:
+        return FerrySettings(_secrets_dir=folder or None)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = "FERRY_" + "_".join(str(part) for part in error["loc"][:1]).upper()
+            problem = "is required (not set)" if error["type"] == "missing" else error["msg"]
+            problems.append(f"{name} {problem}")
+        raise SettingsError("; ".join(problems)) from None
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> FerrySettings:
-    """The process-wide settings, read from the environment on first use."""
-    return FerrySettings()
+    """The process-wide settings (``read_settings``), read on first use."""
+    return read_settings()
