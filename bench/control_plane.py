@@ -109,8 +109,18 @@ def _delete(client: Any, arn: str) -> None:
         say(f"warning: could not delete bench replicator {arn}: {exc}")
 
 
-def sustained(api: str, call_name: str, call: Any, *, rate: float, seconds: float, threads: int = 8) -> dict[str, Any]:
-    """Issue ``call`` on an open-loop schedule of ``rate`` per second for ``seconds``; per-call latency."""
+def sustained(
+    api: str,
+    call_name: str,
+    call: Any,
+    *,
+    rate: float,
+    seconds: float,
+    threads: int = 8,
+    credentials: tuple[str, str] | None = None,
+) -> dict[str, Any]:
+    """Issue ``call`` on an open-loop schedule of ``rate`` per second for ``seconds``; per-call latency.
+    ``credentials``: the access key to sign with (default: the stack's development key)."""
     total = round(rate * seconds)
     latencies: list[float] = []
     errors: dict[str, int] = {}
@@ -121,7 +131,7 @@ def sustained(api: str, call_name: str, call: Any, *, rate: float, seconds: floa
 
     def worker() -> None:
         if not hasattr(local, "client"):
-            local.client = kafka_client(api)
+            local.client = kafka_client(api, credentials)
         while True:
             with lock:
                 i = next_index[0]
