@@ -22,8 +22,12 @@ def render(document: dict[str, Any]) -> str:
 
 
 def current_document() -> str:
-    # Default settings: the document must not depend on the environment it is generated in.
-    return render(create_app(FerrySettings(auth="disabled")).openapi())
+    # Default settings: the document must not depend on the environment it is generated in. The two URLs have no
+    # default (a deployment must name them) and play no part in the document: placeholders, never connected to.
+    settings = FerrySettings(
+        auth="disabled", database_url="postgresql+psycopg://openapi-dump/unused", redis_url="redis://openapi-dump/0"
+    )
+    return render(create_app(settings).openapi())
 
 
 def main(argv: list[str]) -> int:
