@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field, model_validator
 from api.deps import id_in_path, spec_of, transaction
 from api.errors import error_responses
 from api.identity import CallerDep
+from api.links import ARN_IN_BODY, link, on_success
 from api.replicators import ReplicatorArn
 from models import audits, replicator_service
 from models.errors import InvalidRequestError, ResourceNotFoundError
@@ -116,7 +117,19 @@ def _status(job: audits.AuditJob, arn: str, target_topic: str) -> AuditStatus:
     f"{_BASE}/audits",
     operation_id="StartAudit",
     summary="Start comparing a topic's copy with its source (Ferry extension)",
-    responses=error_responses(400, 404, 500),
+    responses={
+        **error_responses(400, 404, 500),
+        **on_success(
+            200,
+            {
+                "DescribeAudit": link(
+                    "DescribeAudit",
+                    "The audit's progress and result",
+                    {"path.replicatorArn": ARN_IN_BODY, "path.auditId": "$response.body#/auditId"},
+                )
+            },
+        ),
+    },
 )
 async def start_audit(
     replicatorArn: ReplicatorArn, body: StartAuditRequest, request: Request, caller: CallerDep

@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 from api.deps import id_in_path, spec_of, transaction
 from api.errors import error_responses
 from api.identity import CallerDep
+from api.links import ARN_IN_BODY, link, on_success
 from api.replicators import ReplicatorArn
 from models import group_store, offset_store, replicator_service
 from models.errors import InvalidRequestError, ResourceNotFoundError
@@ -143,7 +144,19 @@ def _status(op: FailoverOperation, arn: str) -> FailoverStatus:
     f"{_BASE}/failover",
     operation_id="StartFailover",
     summary="Start a planned failover of consumer groups (Ferry extension)",
-    responses=error_responses(400, 404, 500),
+    responses={
+        **error_responses(400, 404, 500),
+        **on_success(
+            200,
+            {
+                "DescribeFailover": link(
+                    "DescribeFailover",
+                    "The failover's progress",
+                    {"path.replicatorArn": ARN_IN_BODY, "path.operationId": "$response.body#/operationId"},
+                )
+            },
+        ),
+    },
 )
 async def start_failover(
     replicatorArn: ReplicatorArn, body: StartFailoverRequest, request: Request, caller: CallerDep

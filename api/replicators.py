@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from api.deps import transaction
 from api.errors import error_responses, require_json_body
 from api.identity import CallerDep
+from api.links import ARN_IN_BODY, VERSION_IN_BODY, link, on_success, replicator_links
 from models import replicator_service
 from models.replicator_shapes import (
     CreateReplicatorRequest,
@@ -28,6 +29,9 @@ router = APIRouter(tags=["replicators"])
 
 _READ_ERRORS = (400, 401, 403, 404, 429, 500, 503)
 ReplicatorArn = Annotated[str, Path(description="The replicator ARN, percent-encoded (`:` as %3A, `/` as %2F).")]
+_TO_DESCRIBE = {
+    "DescribeReplicator": link("DescribeReplicator", "The replicator's new state", {"path.replicatorArn": ARN_IN_BODY})
+}
 
 
 @router.post(
@@ -36,7 +40,10 @@ ReplicatorArn = Annotated[str, Path(description="The replicator ARN, percent-enc
     summary="Create a replicator",
     response_model=CreateReplicatorResponse,
     response_model_exclude_none=True,
-    responses=error_responses(400, 401, 403, 404, 409, 429, 500, 503, body=True),
+    responses={
+        **error_responses(400, 401, 403, 404, 409, 429, 500, 503, body=True),
+        **on_success(200, replicator_links("CreateReplicator", ARN_IN_BODY)),
+    },
     dependencies=[Depends(require_json_body)],
 )
 async def create_replicator(
@@ -67,7 +74,19 @@ async def create_replicator(
     summary="List replicators",
     response_model=ListReplicatorsResponse,
     response_model_exclude_none=True,
-    responses=error_responses(*_READ_ERRORS),
+    responses={
+        **error_responses(*_READ_ERRORS),
+        **on_success(
+            200,
+            {
+                "DescribeReplicator": link(
+                    "DescribeReplicator",
+                    "The first replicator listed",
+                    {"path.replicatorArn": "$response.body#/replicators/0/replicatorArn"},
+                )
+            },
+        ),
+    },
 )
 async def list_replicators(
     request: Request,
@@ -95,7 +114,10 @@ async def list_replicators(
     summary="Describe a replicator",
     response_model=DescribeReplicatorResponse,
     response_model_exclude_none=True,
-    responses=error_responses(*_READ_ERRORS),
+    responses={
+        **error_responses(*_READ_ERRORS),
+        **on_success(200, replicator_links("DescribeReplicator", ARN_IN_BODY, version=VERSION_IN_BODY)),
+    },
 )
 async def describe_replicator(
     replicatorArn: ReplicatorArn, request: Request, caller: CallerDep
@@ -112,7 +134,7 @@ async def describe_replicator(
     summary="Update a replicator's topic, consumer group or log delivery settings",
     response_model=ReplicatorStateResponse,
     response_model_exclude_none=True,
-    responses=error_responses(*_READ_ERRORS, body=True),
+    responses={**error_responses(*_READ_ERRORS, body=True), **on_success(200, _TO_DESCRIBE)},
     dependencies=[Depends(require_json_body)],
 )
 async def update_replication_info(
@@ -136,7 +158,7 @@ async def update_replication_info(
     summary="Delete a replicator",
     response_model=ReplicatorStateResponse,
     response_model_exclude_none=True,
-    responses=error_responses(*_READ_ERRORS),
+    responses={**error_responses(*_READ_ERRORS), **on_success(200, _TO_DESCRIBE)},
 )
 async def delete_replicator(
     replicatorArn: ReplicatorArn,

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from api.deps import transaction
 from api.errors import error_responses, require_json_body
 from api.identity import CallerDep
+from api.links import link, on_success
 from models import replicator_service
 from models.replicator_shapes import ListTagsForResourceResponse, TagResourceRequest
 
@@ -17,6 +18,11 @@ router = APIRouter(tags=["tags"])
 # The service model lists 400, 404 and 500 for the tag operations; 503 is Ferry's database being down.
 _TAG_ERRORS = (400, 404, 500, 503)
 ResourceArn = Annotated[str, Path(description="The replicator ARN, percent-encoded (`:` as %3A, `/` as %2F).")]
+_TO_LIST_TAGS = {
+    "ListTagsForResource": link(
+        "ListTagsForResource", "The replicator's tags now", {"path.resourceArn": "$request.path.resourceArn"}
+    )
+}
 
 
 @router.post(
@@ -25,7 +31,7 @@ ResourceArn = Annotated[str, Path(description="The replicator ARN, percent-encod
     summary="Add or overwrite tags on a replicator",
     status_code=204,
     response_class=Response,
-    responses=error_responses(*_TAG_ERRORS, body=True),
+    responses={**error_responses(*_TAG_ERRORS, body=True), **on_success(204, _TO_LIST_TAGS)},
     dependencies=[Depends(require_json_body)],
 )
 async def tag_resource(
@@ -43,7 +49,7 @@ async def tag_resource(
     summary="Remove tags from a replicator",
     status_code=204,
     response_class=Response,
-    responses=error_responses(*_TAG_ERRORS),
+    responses={**error_responses(*_TAG_ERRORS), **on_success(204, _TO_LIST_TAGS)},
 )
 async def untag_resource(
     resourceArn: ResourceArn,

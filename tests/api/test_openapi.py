@@ -64,3 +64,47 @@ def test_docs_page_and_document_are_served(http: httpx.Client) -> None:
     assert {op["operationId"] for path in served.json()["paths"].values() for op in path.values()} >= {
         operation_id for operation_id, _ in OPERATIONS.values()
     }
+
+
+def test_links_name_operations_parameters_and_response_members_that_exist() -> None:
+    """The links (api/links.py) chain the operations for clients and the fuzzer's stateful test
+    (tests/api/test_fuzz.py): each names an operation, parameters it has and members its source response has."""
+    document: dict[str, Any] = json.loads(OPENAPI_PATH.read_text())
+    operations = {op["operationId"]: op for path in document["paths"].values() for op in path.values()}
+
+    def member(schema: dict[str, Any], pointer: list[str]) -> bool:
+        if "$ref" in schema:
+            schema = document["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+        if not pointer:
+            return True
+        if "anyOf" in schema:
+            return any(member(option, pointer) for option in schema["anyOf"])
+        head, *rest = pointer
+        if schema.get("type") == "array":
+            return head.isdigit() and member(schema["items"], rest)
+        return head in schema.get("properties", {}) and member(schema["properties"][head], rest)
+
+    links = 0
+    for source in operations.values():
+        for status, response in source["responses"].items():
+            for name, link in response.get("links", {}).items():
+                links += 1
+                target = operations[link["operationId"]]
+                expressions = dict(link["parameters"])
+                assert set(expressions) <= parameters_of(target), f"{source['operationId']} -> {name}"
+                if "requestBody" in link:
+                    body = target["requestBody"]["content"]["application/json"]["schema"]
+                    assert all(member(body, [key]) for key in link["requestBody"]), name
+                    expressions.update(link["requestBody"])
+                for expression in expressions.values():
+                    if expression.startswith("$response.body#/"):
+                        schema = response["content"]["application/json"]["schema"]
+                        pointer = expression.removeprefix("$response.body#/").split("/")
+                        assert member(schema, pointer), f"{source['operationId']} {status}: {expression}"
+                    else:
+                        assert expression.removeprefix("$request.") in parameters_of(source), expression
+    assert links >= 20
+
+
+def parameters_of(operation: dict[str, Any]) -> set[str]:
+    return {f"{p['in']}.{p['name']}" for p in operation.get("parameters", [])}
