@@ -31,6 +31,11 @@ router = APIRouter(tags=["consumer groups"])
 
 _BASE = "/replication/v1/replicators/{replicatorArn:path}"
 
+# Kafka's partition ids are 32-bit and its offsets 64-bit, signed, as the columns that keep them: a larger number
+# is refused naming the parameter, not a database error.
+MAX_PARTITION = 2**31 - 1
+MAX_OFFSET = 2**63 - 1
+
 
 class OffsetTranslation(BaseModel):
     sourceTopic: str
@@ -58,8 +63,8 @@ async def offset_translation(
     caller: CallerDep,
     *,
     topic: Annotated[str, Query(min_length=1, max_length=249, description="Source topic name.")],
-    partition: Annotated[int, Query(ge=0)],
-    offset: Annotated[int, Query(ge=0, description="The next source offset the consumer would read.")],
+    partition: Annotated[int, Query(ge=0, le=MAX_PARTITION)],
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="The next source offset the consumer would read.")],
 ) -> OffsetTranslation:
     """The target offset of the first copied record at or after ``offset``, and the re-read bound."""
     async with transaction(request) as session:

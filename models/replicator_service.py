@@ -207,6 +207,9 @@ async def replicators_of(session: AsyncSession, *, account_id: str | None) -> Se
     return (await session.execute(statement)).scalars().all()
 
 
+_MAX_SEQ = 2**63 - 1
+
+
 def _encode_page_token(last_seq: int) -> str:
     return base64.urlsafe_b64encode(f"{_PAGE_TOKEN_PREFIX}{last_seq}".encode()).decode()
 
@@ -217,7 +220,7 @@ def _decode_page_token(token: str) -> int:
         if not decoded.startswith(_PAGE_TOKEN_PREFIX):
             raise ValueError(decoded)
         last_seq = int(decoded.removeprefix(_PAGE_TOKEN_PREFIX))
-        if last_seq < 0:
+        if not 0 <= last_seq <= _MAX_SEQ:  # seq is a bigint: a larger number is a forged token, not a 500
             raise ValueError(decoded)
     except (ValueError, UnicodeError, binascii.Error):
         raise InvalidRequestError(

@@ -6,6 +6,7 @@ stack trace.
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 from collections.abc import Iterator
@@ -195,6 +196,34 @@ def test_query_parameters(http: httpx.Client) -> None:
         assert_aws_error(http.get(CREATE, params={"maxResults": value}), 400, "BadRequestException", "maxResults")
     assert_aws_error(http.get(CREATE, params={"nextToken": "%%%"}), 400, "BadRequestException", "nextToken")
     assert_aws_error(http.delete(f"/v1/tags/{quote(FAKE_ARN, safe='')}"), 400, "BadRequestException", "tagKeys")
+
+
+@pytest.mark.parametrize(
+    ("query", "member"),
+    [
+        ({"topic": "orders", "partition": 2**31, "offset": 0}, "partition"),
+        ({"topic": "orders", "partition": 0, "offset": 2**63}, "offset"),
+    ],
+    ids=["partition over 2**31-1", "offset over 2**63-1"],
+)
+def test_numbers_beyond_kafkas_are_refused_by_name(
+    http: httpx.Client, unique: str, clusters: dict[str, Any], query: dict[str, Any], member: str
+) -> None:
+    """Found by the stateful fuzzer: past the columns that keep them, these reached PostgreSQL as a 500."""
+    arn = http.post(CREATE, json=valid_body(unique, clusters)).json()["replicatorArn"]
+
+    response = http.get(f"{CREATE}/{quote(arn, safe='')}/offset-translation", params=query)
+
+    assert "less than or equal to" in assert_aws_error(response, 400, "BadRequestException", member)
+
+
+def test_a_forged_next_token_past_the_sequence_is_refused_by_name(http: httpx.Client) -> None:
+    """Found while fuzzing: a token holding a number over the bigint column's range was a 500."""
+    forged = base64.urlsafe_b64encode(b"ferry-list-v1:" + b"9" * 20).decode()
+
+    message = assert_aws_error(http.get(CREATE, params={"nextToken": forged}), 400, "BadRequestException", "nextToken")
+
+    assert "not one this service issued" in message
 
 
 def test_body_over_the_limit_is_refused_unread(http: httpx.Client) -> None:
