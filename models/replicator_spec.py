@@ -37,6 +37,8 @@ MAX_PATTERNS_PER_LIST = 100
 MAX_TAGS = 50
 ALIAS_NAME_LENGTH = 28
 
+# Each of these is matched against the whole value (fullmatch): with match, "$" would also let a trailing
+# newline through.
 MSK_CLUSTER_ARN = re.compile(
     r"^arn:aws[a-z-]*:kafka:(?P<region>[a-z0-9-]+):(?P<account>\d{12}):cluster/(?P<name>[A-Za-z0-9-]{1,64})/[A-Za-z0-9-]+$"
 )
@@ -45,7 +47,9 @@ REPLICATOR_ARN = re.compile(
 )
 IAM_ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
 APACHE_CLUSTER_ID = re.compile(r"^[A-Za-z0-9._:/+=@-]{1,256}$")
-TAG_TEXT = re.compile(r"^[\w\s.:/=+\-@]*$")
+# AWS's tag text, [\p{L}\p{Z}\p{N}_.:/=+\-@]*: letters, digits, space separators (not tabs, newlines or other
+# control characters, which \s would let in) and _.:/=+-@.
+TAG_TEXT = re.compile(r"(?:[\w.:/=+\-@]|[^\S\x00-\x1f\x7f-\x9f])*")
 
 ClusterKind = Literal["amazonMskCluster", "apacheKafkaCluster"]
 
@@ -98,7 +102,7 @@ def cluster_alias(reference: str, display_name: str) -> str:
 
 def accept_create(request: CreateReplicatorRequest, policy: AddressPolicy) -> AcceptedCreate:
     """Validate a CreateReplicator request and return it in stored form (without MSK bootstrap servers)."""
-    if not IAM_ROLE_ARN.match(request.service_execution_role_arn):
+    if not IAM_ROLE_ARN.fullmatch(request.service_execution_role_arn):
         raise refuse("serviceExecutionRoleArn", "must be an IAM role ARN (arn:aws:iam::<account>:role/<name>)")
     clusters = _accept_clusters(request.kafka_clusters, policy)
     if len(request.replication_info_list) != 1:
@@ -136,7 +140,7 @@ def _accept_cluster(cluster: KafkaCluster, parameter: str, policy: AddressPolicy
     _accept_security(cluster, parameter, policy)
     if cluster.amazon_msk_cluster is not None:
         arn = cluster.amazon_msk_cluster.msk_cluster_arn
-        match = MSK_CLUSTER_ARN.match(arn)
+        match = MSK_CLUSTER_ARN.fullmatch(arn)
         if not match:
             raise refuse(
                 f"{parameter}.amazonMskCluster.mskClusterArn",
@@ -152,7 +156,7 @@ def _accept_cluster(cluster: KafkaCluster, parameter: str, policy: AddressPolicy
         )
     apache = cluster.apache_kafka_cluster
     assert apache is not None
-    if not APACHE_CLUSTER_ID.match(apache.apache_kafka_cluster_id):
+    if not APACHE_CLUSTER_ID.fullmatch(apache.apache_kafka_cluster_id):
         raise refuse(
             f"{parameter}.apacheKafkaCluster.apacheKafkaClusterId",
             "must be 1-256 characters of letters, digits and ._:/+=@-",
@@ -191,7 +195,7 @@ def _accept_security(cluster: KafkaCluster, parameter: str, policy: AddressPolic
     base = f"{parameter}.clientAuthentication"
     if tls is not None and tls.root_ca_certificate is not None:
         ca = tls.root_ca_certificate
-        if not SECRET_ARN.match(ca) and not PEM_CERTIFICATE.search(ca):
+        if not SECRET_ARN.fullmatch(ca) and not PEM_CERTIFICATE.search(ca):
             raise refuse(
                 f"{parameter}.encryptionInTransit.rootCaCertificate",
                 "must be PEM certificates (-----BEGIN CERTIFICATE-----) or the ARN of a Secrets Manager secret "
@@ -253,7 +257,7 @@ def _accept_security(cluster: KafkaCluster, parameter: str, policy: AddressPolic
 
 
 def _secret_arn(arn: str, parameter: str) -> None:
-    if not SECRET_ARN.match(arn):
+    if not SECRET_ARN.fullmatch(arn):
         raise refuse(parameter, f"{arn[:200]!r} is not a Secrets Manager secret ARN (arn:aws:secretsmanager:...)")
 
 
@@ -389,14 +393,14 @@ def accept_tags(tags: dict[str, str], parameter: str) -> dict[str, str]:
     if len(tags) > MAX_TAGS:
         raise refuse(parameter, f"a resource can have at most {MAX_TAGS} tags, got {len(tags)}")
     for key, value in tags.items():
-        if not 1 <= len(key) <= 128 or not TAG_TEXT.match(key):
+        if not 1 <= len(key) <= 128 or not TAG_TEXT.fullmatch(key):
             raise refuse(
                 parameter,
                 f"tag key {key[:140]!r} must be 1-128 letters, digits, spaces and _.:/=+-@",
             )
         if key.lower().startswith("aws:"):
             raise refuse(parameter, f"tag key {key!r} uses the reserved prefix 'aws:'")
-        if len(value) > 256 or not TAG_TEXT.match(value):
+        if len(value) > 256 or not TAG_TEXT.fullmatch(value):
             raise refuse(
                 parameter,
                 f"the value of tag {key!r} must be at most 256 letters, digits, spaces and _.:/=+-@",
@@ -480,4 +484,4 @@ def _check_same_cluster(arn: str | None, cluster_id: str | None, role: str, stor
 
 
 def is_replicator_arn(arn: str) -> bool:
-    return REPLICATOR_ARN.match(arn) is not None
+    return REPLICATOR_ARN.fullmatch(arn) is not None
