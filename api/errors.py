@@ -10,6 +10,7 @@ the log, never to the caller.
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -234,13 +235,18 @@ class NulInRequest(StarletteHTTPException):
 
 
 NUL_MESSAGE = "The request's {where} contains a NUL character (\\u0000 or %00), which no field accepts"
+# Any other control character in the path (percent-encoded: a request line cannot carry one raw) is in no ARN or id,
+# and routing would not refuse it: a trailing %0A falls off a path parameter, so "<arn>\n" would act on <arn>.
+_CONTROL_IN_PATH = re.compile(rb"%(?:[01][0-9a-f]|7f)|[\x00-\x1f\x7f]", re.IGNORECASE)
+CONTROL_MESSAGE = "The request's path contains a control character (%01-%1F or %7F), which no ARN or id has"
 # A NUL in a JSON body: raw, or escaped (the escape may be split across two chunks of the body).
 _NUL_FORMS = (b"\x00", b"\\u0000")
 
 
 class BodyLimitAndRequestId:
     """Refuse bodies over ``max_bytes`` without reading them, requests carrying a NUL character anywhere (no field
-    takes one, and PostgreSQL would refuse it as a server error), and give every response an x-amzn-RequestId."""
+    takes one, and PostgreSQL would refuse it as a server error) or another control character in the path, and give
+    every response an x-amzn-RequestId."""
 
     def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES) -> None:
         self.app = app
@@ -262,6 +268,9 @@ class BodyLimitAndRequestId:
             await aws_error(400, NUL_MESSAGE.format(where="URL"), None, "BadRequestException")(
                 scope, receive, send_with_id
             )
+            return
+        if _CONTROL_IN_PATH.search(scope.get("raw_path") or b""):
+            await aws_error(400, CONTROL_MESSAGE, None, "BadRequestException")(scope, receive, send_with_id)
             return
 
         declared = _content_length(scope)

@@ -461,6 +461,18 @@ def test_malformed_and_foreign_arns_in_the_path_of_every_operation(
     assert http.get(f"/v1/tags/{quote(arns['own'], safe='')}").json()["tags"] == {}
 
 
+@pytest.mark.parametrize("control", ["\n", "\r", "\t", "\u001b", "\u007f"], ids=["LF", "CR", "TAB", "ESC", "DEL"])
+def test_a_control_character_in_the_path_is_refused_before_routing(
+    http: httpx.Client, arns: dict[str, str], control: str
+) -> None:
+    """Routing would let a trailing %0A fall off the path parameter (and act on the ARN without it)."""
+    for operation in ON_A_REPLICATOR:
+        for arn in (f"{arns['own']}{control}", arns["own"].replace("/hostile-", f"/hostile{control}-")):
+            response = _on_a_replicator(http, operation, arn)
+            assert "control character" in assert_aws_error(response, 400, "BadRequestException"), operation
+    assert http.get(f"/v1/tags/{quote(arns['own'], safe='')}").json()["tags"] == {}
+
+
 def test_another_accounts_replicator_is_not_found_by_any_operation_and_stays_untouched(
     http: httpx.Client, api_url: str, other_key: IssuedKey, arns: dict[str, str]
 ) -> None:
