@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from cli import admin, audit, healthcheck
 from models.migrate import main as migrate_main
@@ -32,16 +33,29 @@ def ferry_version() -> str:
         return "unknown (not installed)"
 
 
+def _bounded(low: int, high: int) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not between {low} and {high}")
+        return value
+
+    return parse
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="ferry", description="Ferry: Kafka replication with an MSK Replicator API")
     top.add_argument("--version", action="version", version=f"ferry {ferry_version()}")
     sub = top.add_subparsers(dest="command", required=True)
     api = sub.add_parser("api", help="serve the REST API")
     api.add_argument("--host", default="0.0.0.0", help="address to listen on (default: every interface)")
-    api.add_argument("--port", type=int, default=8080)
-    api.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
+    api.add_argument("--port", type=_bounded(1, 65535), default=8080)
+    api.add_argument("--workers", type=_bounded(1, 256), default=1, help="uvicorn worker processes (default 1)")
     worker = sub.add_parser("worker", help="run a fleet worker")
-    worker.add_argument("--concurrency", type=int, default=2, help="Celery task slots (reconcile tasks)")
+    worker.add_argument("--concurrency", type=_bounded(1, 256), default=2, help="Celery task slots (reconcile tasks)")
     worker.add_argument("--hostname", default="ferry-worker@%h", help="Celery node name (%%h: this host)")
     worker.add_argument("--loglevel", default="INFO")
     beat = sub.add_parser("beat", help="run Celery beat (the periodic reconcile trigger)")
