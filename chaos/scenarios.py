@@ -203,6 +203,22 @@ class Workload:
     def start_traffic(self) -> None:
         self.producer.start()
 
+    def start_copying(self) -> str:
+        """The usual start: traffic, the replicator created and RUNNING, the tail, copying on every partition."""
+        self.start_traffic()
+        arn = self.create_replicator()
+        self.wait_running()
+        self.start_tail()
+        self.wait_copying()
+        return arn
+
+    def finish(self, seconds: float, *, duplicates_allowed: bool) -> None:
+        """Write ``seconds`` more, stop the producer, wait for every acknowledged record, judge."""
+        self.run_for(seconds)
+        self.producer.stop()
+        self.wait_delivered()
+        self.judge(duplicates_allowed=duplicates_allowed)
+
     def start_tail(self) -> None:
         assert self.target_topic is not None
         self.tail = TargetTail(self.lab.target.bootstrap, self.target_topic, read_committed=self.exactly_once)
@@ -359,17 +375,10 @@ def _fault_scenario(fault: Fault, *, duplicates: bool) -> Callable[[Lab, Outcome
 
     def scenario(lab: Lab, outcome: Outcome) -> None:
         with Workload(lab, outcome) as work:
-            work.start_traffic()
-            work.create_replicator()
-            work.wait_running()
-            work.start_tail()
-            work.wait_copying()  # copying on every partition before the fault
+            work.start_copying()  # copying on every partition before the fault
             fault_ends = fault(lab, work)
             outcome.resumed_s = max(work.resumed_after(end) for end in fault_ends)
-            work.run_for(3.0)
-            work.producer.stop()
-            work.wait_delivered()
-            work.judge(duplicates_allowed=duplicates and outcome.mode == AT_LEAST_ONCE)
+            work.finish(3.0, duplicates_allowed=duplicates and outcome.mode == AT_LEAST_ONCE)
 
     return scenario
 
@@ -499,23 +508,13 @@ def _api_killed_mid_create(lab: Lab, outcome: Outcome) -> None:
         work.start_tail()
         outcome.resumed_s = work.resumed_after(back)
         work.steady_at = time.monotonic()  # records written before the replicator existed waited for it
-        work.run_for(2.0)
-        work.producer.stop()
-        work.wait_delivered()
-        work.judge(duplicates_allowed=False)
+        work.finish(2.0, duplicates_allowed=False)
 
 
 def _api_killed_mid_delete(lab: Lab, outcome: Outcome) -> None:
     with Workload(lab, outcome) as work:
-        work.start_traffic()
-        arn = work.create_replicator()
-        work.wait_running()
-        work.start_tail()
-        work.wait_copying()
-        work.run_for(2.0)
-        work.producer.stop()
-        work.wait_delivered()
-        work.judge(duplicates_allowed=False)
+        arn = work.start_copying()
+        work.finish(2.0, duplicates_allowed=False)
         replicator_id = lab.query("SELECT id FROM replicators WHERE arn = %s", arn)[0][0]
         attempts = []
         back = time.monotonic()
@@ -557,11 +556,7 @@ def _source_retention(lab: Lab, outcome: Outcome) -> None:
     """The fleet is stopped; retention (DeleteRecords) removes records it had not copied; the fleet comes back.
     The loss must be reported on the replicator (health SOURCE_TRUNCATED, truncatedOffsets) and match."""
     with Workload(lab, outcome) as work:
-        work.start_traffic()
-        arn = work.create_replicator()
-        work.wait_running()
-        work.start_tail()
-        work.wait_copying()
+        arn = work.start_copying()
         for name in lab.workers():
             lab.kill(name, signal.SIGTERM)
         work.run_for(3.0)  # records pile up, uncopied
@@ -598,11 +593,8 @@ def _source_retention(lab: Lab, outcome: Outcome) -> None:
                 outcome.failures.append(f"partitions read {report['health']}, not SOURCE_TRUNCATED")
         except LabError as error:
             outcome.failures.append(f"the loss of {lost_on_purpose()} records was not reported: {error}")
-        work.run_for(2.0)
-        work.producer.stop()
-        work.wait_delivered()
+        work.finish(2.0, duplicates_allowed=outcome.mode == AT_LEAST_ONCE)
         outcome.details["deletedBeforeCopy"] = lost_on_purpose()
-        work.judge(duplicates_allowed=outcome.mode == AT_LEAST_ONCE)
 
 
 async def _end_offsets(bootstrap: str, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
