@@ -118,9 +118,13 @@ def sustained(
     seconds: float,
     threads: int = 8,
     credentials: tuple[str, str] | None = None,
+    client_factory: Any = None,
+    failures: tuple[type[BaseException], ...] = (ClientError, BotoCoreError),
+    client_note: str = "boto3 (SigV4 with dummy credentials), one client per thread, retries off",
 ) -> dict[str, Any]:
-    """Issue ``call`` on an open-loop schedule of ``rate`` per second for ``seconds``; per-call latency.
-    ``credentials``: the access key to sign with (default: the stack's development key)."""
+    """Issue ``call(client)`` on an open-loop schedule of ``rate`` per second for ``seconds``; per-call latency.
+    Each thread has its own client: ``client_factory()``, by default a boto3 kafka client signing with
+    ``credentials`` (default: the stack's development key). ``failures``: what counts as a failed call."""
     total = round(rate * seconds)
     latencies: list[float] = []
     errors: dict[str, int] = {}
@@ -131,7 +135,7 @@ def sustained(
 
     def worker() -> None:
         if not hasattr(local, "client"):
-            local.client = kafka_client(api, credentials)
+            local.client = client_factory() if client_factory is not None else kafka_client(api, credentials)
         while True:
             with lock:
                 i = next_index[0]
@@ -145,7 +149,7 @@ def sustained(
             start = time.perf_counter()
             try:
                 call(local.client)
-            except (ClientError, BotoCoreError) as exc:
+            except failures as exc:
                 with lock:
                     errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
                 continue
@@ -166,7 +170,7 @@ def sustained(
         "ok": len(values),
         "errors": errors,
         "achieved_rate_per_s": round(len(values) / wall, 1) if wall > 0 else None,
-        "client": "boto3 (SigV4 with dummy credentials), one client per thread, retries off",
+        "client": client_note,
     }
     if values:
         out.update(

@@ -18,7 +18,6 @@ import json
 import logging
 import random
 import shutil
-import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -98,70 +97,24 @@ async def _target_counts(bootstrap: str, topics: list[str]) -> dict[str, int]:
         await consumer.stop()
 
 
-def signed_http_load(
-    lab: Lab, name: str, path: Any, *, rate: float, seconds: float, threads: int = 8
-) -> dict[str, Any]:
-    """GET ``path()`` on an open-loop schedule of ``rate`` a second, SigV4-signed, the JSON body read: the API's
-    latency as a client measures it, without boto3's parsing (on this 2-CPU machine the load generator shares
-    the cores with the fleet and the API, and boto3's parsing capped the achievable rate)."""
-    total = round(rate * seconds)
-    latencies: list[float] = []
-    errors: Counter[str] = Counter()
-    lock = threading.Lock()
-    t0 = time.monotonic() + 0.5
-    next_index = iter(range(total))
+def signed_http_load(lab: Lab, name: str, path: Any, *, rate: float, seconds: float) -> dict[str, Any]:
+    """GET ``path()`` on ``sustained``'s open-loop schedule, SigV4-signed, the JSON body read: the API's latency as
+    a client measures it, without boto3's parsing (on this 2-CPU machine the load generator shares the cores with
+    the fleet and the API, and boto3's parsing capped the achievable rate)."""
 
-    def worker() -> None:
-        with lab.http() as http:
-            while True:
-                with lock:
-                    i = next(next_index, None)
-                if i is None:
-                    return
-                delay = t0 + i / rate - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)  # pacing of the open-loop schedule, not synchronisation
-                began = time.perf_counter()
-                try:
-                    answer = http.get(path())
-                    answer.json()
-                except (httpx.HTTPError, ValueError) as exc:
-                    with lock:
-                        errors[type(exc).__name__] += 1
-                    continue
-                elapsed = (time.perf_counter() - began) * 1000
-                with lock:
-                    if answer.status_code == 200:
-                        latencies.append(elapsed)
-                    else:
-                        errors[str(answer.status_code)] += 1
+    def get(http: httpx.Client) -> None:
+        http.get(path()).raise_for_status().json()
 
-    say(f"  {name}: {total} signed GETs at {rate:.0f}/s over {seconds:.0f}s with {threads} threads")
-    with ThreadPoolExecutor(threads) as pool:
-        for _ in range(threads):
-            pool.submit(worker)
-    wall = time.monotonic() - t0
-    values = sorted(latencies)
-    out: dict[str, Any] = {
-        "operation": name,
-        "client": "httpx, SigV4-signed, JSON body parsed; one client per thread",
-        "target_rate_per_s": rate,
-        "calls": total,
-        "ok": len(values),
-        "errors": dict(errors),
-        "achieved_rate_per_s": round(len(values) / wall, 1) if wall > 0 else None,
-    }
-    if values:
-        out.update(
-            status="ok",
-            p50_ms=round(percentile(values, 0.5), 2),
-            p99_ms=round(percentile(values, 0.99), 2),
-            max_ms=round(values[-1], 2),
-        )
-        say(f"  {name}: p50 {out['p50_ms']} ms, p99 {out['p99_ms']} ms, {out['achieved_rate_per_s']}/s")
-    else:
-        out.update(status="failed", reason=f"no call succeeded; errors: {dict(errors)}")
-    return out
+    return sustained(
+        lab.api_url,
+        name,
+        get,
+        rate=rate,
+        seconds=seconds,
+        client_factory=lab.http,
+        failures=(httpx.HTTPError, ValueError),
+        client_note="httpx, SigV4-signed, JSON body parsed; one client per thread",
+    )
 
 
 def _wait(what: str, probe: Any, timeout: float, every: float = 10.0) -> float:
