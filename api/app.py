@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from redis.asyncio import Redis
 
-from api import audits, health, offsets, replication_metrics, replicators, tags
+from api import audits, fleet, health, offsets, replication_metrics, replicators, tags
 from api.errors import install_error_handling
 from api.fleet_trigger import FleetTrigger, ReconcileWatch
 from api.identity import Authentication, secret_box_of
@@ -66,6 +66,7 @@ def create_app(settings: FerrySettings | None = None) -> FastAPI:
     app.include_router(health.router)
     # Before the replicators router: its {replicatorArn:path} routes would otherwise swallow ".../metrics".
     app.include_router(replication_metrics.router)
+    app.include_router(fleet.router)
     app.include_router(offsets.router)
     app.include_router(audits.router)
     app.include_router(replicators.router)

@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 
 from api.deps import transaction
 from api.errors import error_responses
+from api.fleet import read_fleet
 from api.identity import CallerDep, current_caller, is_metrics_scraper
 from api.replicators import ReplicatorArn
 from models import fleet_store, replicator_service
@@ -207,7 +208,10 @@ class _Exposition:
         if value is None:
             return
         rendered = ",".join(f'{k}="{_label(v)}"' for k, v in labels.items())
-        self.samples[name].append(f"{name}{{{rendered}}} {float(value):g}")
+        # Whole numbers exactly (a lag of 1,234,567 must not read 1.23457e+06), the rest as repr does.
+        number = float(value)
+        shown = str(int(number)) if number.is_integer() else repr(number)
+        self.samples[name].append(f"{name}{{{rendered}}} {shown}")
 
     def render(self) -> str:
         lines = []
@@ -332,4 +336,55 @@ async def prometheus_metrics(request: Request) -> PlainTextResponse:
                 {**account_label, "replicator_name": name, "consumer_group": group},
                 entry.get("translationLagRecords"),
             )
+    await _fleet_metrics(request, out)
     return PlainTextResponse(out.render(), media_type="text/plain; version=0.0.4")
+
+
+async def _fleet_metrics(request: Request, out: _Exposition) -> None:
+    """The fleet's size and load; ``ferry_fleet_desired_workers`` is what autoscalers follow."""
+    load, demand = await read_fleet(request)
+    out.add(
+        "ferry_fleet_desired_workers",
+        "gauge",
+        "Workers the fleet needs to copy its current load with headroom and clear its lag in time.",
+        {},
+        demand.desired_workers,
+    )
+    out.add("ferry_fleet_live_workers", "gauge", "Workers heartbeating now.", {}, len(load.workers))
+    out.add("ferry_fleet_units", "gauge", "Units of work (partitions and metadata units).", {}, load.units)
+    out.add(
+        "ferry_fleet_unassigned_units",
+        "gauge",
+        "Units the reconcile loop could give to no worker.",
+        {},
+        load.unassigned_units,
+    )
+    out.add(
+        "ferry_fleet_copied_bytes_per_second",
+        "gauge",
+        "Bytes per second the fleet copies.",
+        {},
+        demand.bytes_per_second,
+    )
+    out.add(
+        "ferry_fleet_lag_bytes", "gauge", "Bytes the fleet's partitions trail their sources by.", {}, demand.lag_bytes
+    )
+    if load.last_reconcile_age_seconds is not None:
+        out.add(
+            "ferry_fleet_last_reconcile_age_seconds",
+            "gauge",
+            "Seconds since the last reconcile pass.",
+            {},
+            load.last_reconcile_age_seconds,
+        )
+    for worker in load.workers:
+        labels: dict[str, object] = {"worker_id": worker.worker_id}
+        out.add("ferry_worker_cpu_cores", "gauge", "CPU cores a worker's process uses.", labels, worker.cpu_cores)
+        out.add("ferry_worker_units", "gauge", "Units whose lease a worker holds.", labels, worker.units)
+        out.add(
+            "ferry_worker_copied_bytes_per_second",
+            "gauge",
+            "Bytes per second a worker copies.",
+            labels,
+            worker.bytes_per_second,
+        )

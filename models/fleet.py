@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, Integer, String, Text, func
+from sqlalchemy import BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, false, func
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -33,6 +33,13 @@ class FleetWorker(Base):
     pid: Mapped[int] = mapped_column(Integer, nullable=False)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
     heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    # The worker's load at its last heartbeat: CPU cores its process used, bytes per second it copied, and the
+    # bytes its partitions lag behind their sources (estimated from records and their mean size).
+    cpu_cores: Mapped[float] = mapped_column(Float, nullable=False, server_default="0")
+    bytes_per_second: Mapped[float] = mapped_column(Float, nullable=False, server_default="0")
+    lag_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+    # Being stopped (scale-in): the reconcile loop assigns it nothing and moves its units away.
+    draining: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=false())
 
 
 class FleetReconcile(Base):
@@ -71,6 +78,8 @@ class FleetUnit(Base):
     # The worker that held the lease before (set when a lease ends or is taken): an exactly-once copy fences its
     # transactional producer before copying.
     previous_owner: Mapped[str | None] = mapped_column(String(200))
+    # Bytes per second its owner copied lately (rounded, written when it changed): assignment balances this.
+    load_bytes_per_second: Mapped[float] = mapped_column(Float, nullable=False, server_default="0")
 
 
 class ReplicatorMetadata(Base):
@@ -137,6 +146,23 @@ class UnitObservation:
     assigned_worker: str | None
     owner: str | None  # holder of a live lease, None when free or expired
     unowned_seconds: float = 0.0  # how long it has had no live lease (0 while it has one)
+    load: float = 0.0  # bytes per second its owner last reported copying
+
+
+@dataclass(frozen=True)
+class WorkerLoad:
+    """One live worker as the fleet sees it: what it holds and how busy it is (``GET /replication/v1/fleet``)."""
+
+    worker_id: str
+    hostname: str
+    pid: int
+    heartbeat_age_seconds: float
+    started_at: datetime
+    units: int
+    cpu_cores: float
+    bytes_per_second: float
+    lag_bytes: int
+    draining: bool
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ def gather(
     desired = fleet_store.desired_replicators(conn)
     observed = Observed(
         live_workers=fleet_store.live_workers(conn, worker_dead_after),
+        draining_workers=fleet_store.draining_workers(conn, worker_dead_after),
         units=fleet_store.observed_units(conn),
         metadata=fleet_store.metadata_observations(conn, fail_after),
         unowned_after_seconds=unowned_after,

@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Connection,
+    Float,
     Integer,
     Row,
     Select,
@@ -51,6 +52,7 @@ from models.fleet import (
     ReplicatorMetadata,
     UnitKey,
     UnitObservation,
+    WorkerLoad,
 )
 from models.replicator import ReplicatorRow, ReplicatorState
 
@@ -106,6 +108,15 @@ def live_workers(conn: Connection, dead_after_seconds: float) -> frozenset[str]:
     return frozenset(str(r.worker_id) for r in rows)
 
 
+def draining_workers(conn: Connection, dead_after_seconds: float) -> frozenset[str]:
+    rows = conn.execute(
+        select(FleetWorker.worker_id).where(
+            FleetWorker.heartbeat_at > func.now() - _seconds(dead_after_seconds), FleetWorker.draining
+        )
+    )
+    return frozenset(str(r.worker_id) for r in rows)
+
+
 def _unowned_seconds() -> Any:
     """Seconds since a unit last had a live lease (0 while it has one): lease_expires_at holds when it ended."""
     return func.greatest(0.0, func.extract("epoch", func.now() - func.coalesce(FleetUnit.lease_expires_at, func.now())))
@@ -123,6 +134,7 @@ def observed_units(conn: Connection) -> dict[UnitKey, UnitObservation]:
             FleetUnit.owner_worker,
             (FleetUnit.lease_expires_at > func.now()).label("lease_live"),
             _unowned_seconds().label("unowned_seconds"),
+            FleetUnit.load_bytes_per_second,
         )
     )
     return {
@@ -130,6 +142,8 @@ def observed_units(conn: Connection) -> dict[UnitKey, UnitObservation]:
             r.assigned_worker,
             r.owner_worker if r.lease_live else None,
             0.0 if r.lease_live else float(r.unowned_seconds),
+            # The load of a unit nobody runs is unknown, not zero; it still counts until measured again.
+            float(r.load_bytes_per_second),
         )
         for r in rows
     }
@@ -301,13 +315,167 @@ def forget_departed_workers(conn: Connection) -> None:
     conn.execute(delete(FleetWorker).where(FleetWorker.heartbeat_at < func.now() - FORGET_WORKERS_AFTER))
 
 
+# ---------------------------------------------------------------------- the fleet's load (API, CLI, autoscaler)
+
+
+def _worker_loads(dead_after_seconds: float) -> Select[Any]:
+    held = (
+        select(func.count())
+        .where(FleetUnit.owner_worker == FleetWorker.worker_id, FleetUnit.lease_expires_at > func.now())
+        .correlate(FleetWorker)
+        .scalar_subquery()
+    )
+    return (
+        select(
+            FleetWorker.worker_id,
+            FleetWorker.hostname,
+            FleetWorker.pid,
+            FleetWorker.started_at,
+            func.extract("epoch", func.now() - FleetWorker.heartbeat_at).label("heartbeat_age"),
+            held.label("units"),
+            FleetWorker.cpu_cores,
+            FleetWorker.bytes_per_second,
+            FleetWorker.lag_bytes,
+            FleetWorker.draining,
+        )
+        .where(FleetWorker.heartbeat_at > func.now() - _seconds(dead_after_seconds))
+        .order_by(FleetWorker.started_at, FleetWorker.worker_id)
+    )
+
+
+def _worker_load(row: Any) -> WorkerLoad:
+    return WorkerLoad(
+        worker_id=str(row.worker_id),
+        hostname=str(row.hostname),
+        pid=int(row.pid),
+        heartbeat_age_seconds=max(0.0, float(row.heartbeat_age)),
+        started_at=row.started_at,
+        units=int(row.units),
+        cpu_cores=float(row.cpu_cores),
+        bytes_per_second=float(row.bytes_per_second),
+        lag_bytes=int(row.lag_bytes),
+        draining=bool(row.draining),
+    )
+
+
+_UNIT_COUNTS = select(
+    func.count(),
+    func.count().filter(FleetUnit.assigned_worker.is_(None)),
+    func.count().filter(~func.coalesce(FleetUnit.lease_expires_at > func.now(), False)),
+)
+
+
+@dataclass(frozen=True)
+class FleetLoad:
+    workers: list[WorkerLoad]
+    units: int
+    unassigned_units: int
+    units_without_owner: int
+    last_reconcile_age_seconds: float | None
+
+
+_RECONCILE_AGE = select(func.extract("epoch", func.now() - FleetReconcile.ran_at)).where(FleetReconcile.id == 1)
+
+
+def fleet_load(conn: Connection, dead_after_seconds: float) -> FleetLoad:
+    workers = [_worker_load(r) for r in conn.execute(_worker_loads(dead_after_seconds))]
+    units = conn.execute(_UNIT_COUNTS).one()
+    age = conn.execute(_RECONCILE_AGE).scalar_one_or_none()
+    return FleetLoad(workers, int(units[0]), int(units[1]), int(units[2]), None if age is None else float(age))
+
+
+async def fleet_load_async(conn: AsyncConnection, dead_after_seconds: float) -> FleetLoad:
+    workers = [_worker_load(r) for r in await conn.execute(_worker_loads(dead_after_seconds))]
+    units = (await conn.execute(_UNIT_COUNTS)).one()
+    age = (await conn.execute(_RECONCILE_AGE)).scalar_one_or_none()
+    return FleetLoad(workers, int(units[0]), int(units[1]), int(units[2]), None if age is None else float(age))
+
+
+def set_draining(conn: Connection, worker_id: str, draining: bool = True) -> bool:
+    """Mark a worker as draining (scale-in): the next reconcile pass moves its units away. False if unknown."""
+    result = conn.execute(update(FleetWorker).where(FleetWorker.worker_id == worker_id).values(draining=draining))
+    return bool(result.rowcount)
+
+
+def workers_on(conn: Connection, hostname: str, dead_after_seconds: float) -> dict[int, str]:
+    """Live workers on one host by process id (the autoscaler finds the workers it started)."""
+    rows = conn.execute(
+        select(FleetWorker.worker_id, FleetWorker.pid).where(
+            FleetWorker.hostname == hostname, FleetWorker.heartbeat_at > func.now() - _seconds(dead_after_seconds)
+        )
+    )
+    return {int(r.pid): str(r.worker_id) for r in rows}
+
+
 # ---------------------------------------------------------------------- one worker's leases (async)
 
 
-async def heartbeat(conn: AsyncConnection, worker_id: str, hostname: str, pid: int) -> None:
-    statement = insert(FleetWorker).values(worker_id=worker_id, hostname=hostname, pid=pid)
+@dataclass(frozen=True)
+class LoadSample:
+    """A worker's load as it measured it: CPU cores of its process, bytes per second copied, bytes of lag."""
+
+    cpu_cores: float = 0.0
+    bytes_per_second: float = 0.0
+    lag_bytes: int = 0
+
+
+async def heartbeat(
+    conn: AsyncConnection, worker_id: str, hostname: str, pid: int, load: LoadSample | None = None
+) -> None:
+    measured = (
+        {}
+        if load is None
+        else {
+            "cpu_cores": load.cpu_cores,
+            "bytes_per_second": load.bytes_per_second,
+            "lag_bytes": load.lag_bytes,
+        }
+    )
+    statement = insert(FleetWorker).values(worker_id=worker_id, hostname=hostname, pid=pid, **measured)
     await conn.execute(
-        statement.on_conflict_do_update(index_elements=[FleetWorker.worker_id], set_={"heartbeat_at": func.now()})
+        statement.on_conflict_do_update(
+            index_elements=[FleetWorker.worker_id], set_={"heartbeat_at": func.now(), **measured}
+        )
+    )
+
+
+async def record_unit_loads(conn: AsyncConnection, worker_id: str, loads: Mapping[UnitKey, float]) -> None:
+    """Store the bytes per second of units this worker owns (rows a reconcile pass is changing are skipped: the
+    next write catches up)."""
+    pairs = sorted(loads.items())
+    if not pairs:
+        return
+    listed = (
+        func.unnest(
+            bindparam("load_replicators", [uuid.UUID(key.replicator_id) for key, _ in pairs], type_=ARRAY(PgUUID)),
+            bindparam("load_topics", [key.topic for key, _ in pairs], type_=ARRAY(Text)),
+            bindparam("load_partitions", [key.partition for key, _ in pairs], type_=ARRAY(Integer)),
+            bindparam("load_values", [load for _, load in pairs], type_=ARRAY(Float)),
+        )
+        .table_valued("replicator_id", "topic", "partition", "load")
+        .render_derived(name="measured")
+    )
+    mine = and_(
+        FleetUnit.replicator_id == listed.c.replicator_id,
+        FleetUnit.topic == listed.c.topic,
+        FleetUnit.partition == listed.c.partition,
+        FleetUnit.owner_worker == worker_id,
+    )
+    locked = (
+        select(*_UNIT_KEY, listed.c.load)
+        .select_from(listed.join(FleetUnit, mine))
+        .order_by(FleetUnit.replicator_id, FleetUnit.topic.collate("C"), FleetUnit.partition)
+        .with_for_update(of=FleetUnit, skip_locked=True)
+        .subquery("locked")
+    )
+    await conn.execute(
+        update(FleetUnit)
+        .where(
+            FleetUnit.replicator_id == locked.c.replicator_id,
+            FleetUnit.topic == locked.c.topic,
+            FleetUnit.partition == locked.c.partition,
+        )
+        .values(load_bytes_per_second=locked.c.load)
     )
 
 

@@ -68,6 +68,21 @@ class FerrySettings(BaseSettings):
         "connection): bounds how late a write that passed the lease check can still be pending.",
     )
     worker_dead_after_seconds: Annotated[float, Field(ge=2, le=300)] = 10.0
+    # ----- autoscaling signal (docs/operations.md, "Sizing and autoscaling")
+    fleet_worker_capacity_bytes_per_second: Annotated[float, Field(gt=0)] = Field(
+        default=50_000_000.0,
+        description="Bytes per second one worker is counted on to copy (make bench's figures, with a margin): the "
+        "fleet asks for enough workers to carry the copied bytes, and to clear the lag in "
+        "FERRY_FLEET_LAG_CLEAR_SECONDS, at FERRY_FLEET_TARGET_UTILISATION of this.",
+    )
+    fleet_target_utilisation: Annotated[float, Field(gt=0, le=1)] = Field(
+        default=0.7,
+        description="The share of a worker's capacity (and of one CPU core, a worker's copy loop runs on one) the "
+        "fleet plans to use: the headroom for bursts.",
+    )
+    fleet_lag_clear_seconds: Annotated[float, Field(gt=0, le=86_400)] = Field(
+        default=300.0, description="How soon the fleet should clear a lag: more workers are asked for until it can."
+    )
     worker_liveness_file: Path | None = Field(
         default=None,
         description="A file each worker rewrites every tick with when its control and work loops last ran, for "

@@ -200,3 +200,89 @@ def test_once_every_unit_runs_again_the_replicator_is_running_again() -> None:
     change = plan([failed], observed).state_changes[R]
     assert change.state == ReplicatorState.RUNNING and change.state_info is None
     assert R not in plan([replicator], observed).state_changes
+
+
+# ---------------------------------------------------------------------- assignment by load
+
+
+def worker_loads(assignment: dict[UnitKey, str | None], measured: dict[UnitKey, float]) -> dict[str | None, float]:
+    totals: dict[str | None, float] = {}
+    for unit, worker in assignment.items():
+        totals[worker] = totals.get(worker, 0.0) + measured.get(unit, 0.0)
+    return totals
+
+
+def test_a_hot_partition_gets_a_worker_nearly_to_itself_while_another_has_room() -> None:
+    units = copy_units(21)
+    hot = units[0]
+    measured = {hot: 20_000_000.0}  # 20 MB/s; the other 20 partitions are idle
+    by_count = balance(units, {}, ["w1", "w2"])
+    assert loads(by_count) == {"w1": 11, "w2": 10}
+    by_load = balance(units, by_count, ["w1", "w2"], measured)
+    hot_worker = by_load[hot]
+    beside_hot = [u for u, w in by_load.items() if w == hot_worker and u != hot]
+    assert beside_hot == [], "idle partitions moved off the hot partition's worker"
+    # Only idle partitions moved: the hot one stayed where it ran.
+    assert by_load[hot] == by_count[hot]
+
+
+def test_busy_partitions_are_spread_by_bytes_not_by_count() -> None:
+    units = copy_units(12)
+    # Four busy partitions of different weights and eight idle ones.
+    measured = {units[0]: 8e6, units[1]: 4e6, units[2]: 2e6, units[3]: 2e6}
+    result = balance(units, {}, ["w1", "w2"], measured)
+    totals = worker_loads(result, measured)
+    assert sorted(totals.values()) == [8e6, 8e6]
+    assert result[units[0]] != result[units[1]]
+
+
+def test_small_load_changes_move_nothing() -> None:
+    units = copy_units(8)
+    measured = {u: 1e6 for u in units}
+    first = balance(units, {}, ["w1", "w2"], measured)
+    nudged = {u: (1.05e6 if first[u] == "w1" else 0.95e6) for u in units}
+    assert balance(units, first, ["w1", "w2"], nudged) == first
+
+
+def test_balance_by_load_is_deterministic_and_stable() -> None:
+    units = copy_units(40)
+    measured = {u: float((i * 7919) % 13) * 1e5 for i, u in enumerate(units)}
+    first = balance(units, {}, ["c", "a", "b"], measured)
+    assert balance(units, {}, ["a", "b", "c"], measured) == first
+    assert balance(units, first, ["a", "b", "c"], measured) == first
+
+
+def test_a_draining_worker_is_given_nothing_and_its_units_move() -> None:
+    units = copy_units(6)
+    before = balance(units, {}, ["w1", "w2"])
+    observed = Observed(
+        frozenset({"w1", "w2"}),
+        {u: UnitObservation(w, w) for u, w in before.items()},
+        {R: MetadataObservation(1, frozenset((u.topic, u.partition) for u in units))},
+        draining_workers=frozenset({"w2"}),
+    )
+    result = plan([DesiredReplicator(R, ReplicatorState.RUNNING, 1)], observed)
+    moved = {u for u, w in result.assign.items() if not u.is_metadata}
+    assert moved == {u for u, w in before.items() if w == "w2"}
+    assert set(result.assign.values()) == {"w1"}
+
+
+def test_when_every_worker_drains_units_stay_assigned() -> None:
+    units = copy_units(4)
+    before = balance(units, {}, ["w1"])
+    observed = Observed(
+        frozenset({"w1"}),
+        {u: UnitObservation(w, w) for u, w in before.items()}
+        | {UnitKey.metadata(R): UnitObservation("w1", "w1")},
+        {R: MetadataObservation(1, frozenset((u.topic, u.partition) for u in units))},
+        draining_workers=frozenset({"w1"}),
+    )
+    result = plan([DesiredReplicator(R, ReplicatorState.RUNNING, 1)], observed)
+    assert not result.assign
+
+
+def test_balance_of_ten_thousand_units_is_quick_enough_for_every_pass() -> None:
+    units = copy_units(10_000)
+    before = balance(units, {}, ["w1", "w2"])
+    after = balance(units, before, ["w1", "w2", "w3"], {units[0]: 5e6, units[1]: 5e6})
+    assert sorted(loads(after).values())[0] >= 3_000

@@ -47,6 +47,7 @@ class FleetAgent:
             running=lambda: self.work.running,
             offer=self._offer_work,
             work_beat=lambda: self.work.last_beat,
+            load=lambda: self.work.load_meter.sample,
         )
         self.work = WorkLoop(
             settings,

@@ -45,6 +45,7 @@ from models.fleet_reconcile import reconcile_once
 from models.replicator import ReplicatorState
 from models.settings import FerrySettings
 from workers.fleet.leases import Lease, LeaseStore
+from workers.fleet.load import WorkerLoadSample
 from workers.fleet.runtime import ReplicatorRuntime, runtime_of
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ class ControlLoop:
         running: Callable[[], frozenset[UnitKey]],
         offer: Callable[[DesiredWork], None],
         work_beat: Callable[[], float],
+        load: Callable[[], WorkerLoadSample] = WorkerLoadSample,
     ) -> None:
         self.settings = settings
         self.worker_id = worker_id
@@ -84,6 +86,9 @@ class ControlLoop:
         self._running = running  # units whose work is still going (the work loop's answer)
         self._offer = offer  # hands a DesiredWork to the work loop (thread-safe)
         self._work_beat = work_beat  # wall-clock time of the work loop's last iteration
+        self._load = load  # the work loop's latest load sample
+        self._loads_written: dict[UnitKey, float] = {}  # unit loads as last stored
+        self._load_sequence_written = 0
         self.leases: dict[UnitKey, Lease] = {}
         # Moved to another worker: renewed (so their final writes stay valid) until stopped, at most a lease.
         self.moving: dict[UnitKey, tuple[Lease, float]] = {}
@@ -247,6 +252,8 @@ class ControlLoop:
         await self._load_runtimes()
         self._publish()
         done("publish")
+        await self._record_unit_loads()
+        done("loads")
         await self._reconcile_if_due()
         took = time.monotonic() - started
         if took > self.tick_s:
@@ -258,8 +265,33 @@ class ControlLoop:
             log.warning("fleet agent %s: control tick took %.1fs (%s)", self.worker_id, took, ", ".join(steps))
 
     async def _heartbeat(self) -> None:
+        sample = self._load()
+        measured = fleet_store.LoadSample(sample.cpu_cores, sample.bytes_per_second, sample.lag_bytes)
         async with asyncio.timeout(self.call_timeout_s):
-            await self._require_store().heartbeat(socket.gethostname(), os.getpid())
+            await self._require_store().heartbeat(socket.gethostname(), os.getpid(), measured)
+
+    async def _record_unit_loads(self) -> None:
+        """Store the loads of held units that changed since last stored (once per new sample): what ``balance``
+        weighs. A failure only delays it to the next sample."""
+        sample = self._load()
+        if sample.sequence == self._load_sequence_written:
+            return
+        self._load_sequence_written = sample.sequence
+        self._loads_written = {key: load for key, load in self._loads_written.items() if key in self.leases}
+        changed = {
+            key: load
+            for key, load in sample.unit_loads.items()
+            if key in self.leases and self._loads_written.get(key) != load
+        }
+        if not changed:
+            return
+        try:
+            async with asyncio.timeout(self.call_timeout_s):
+                await self._require_store().record_unit_loads(changed)
+        except (TimeoutError, OSError, SQLAlchemyError) as exc:
+            log.warning("unit loads not stored (next sample retries): %s", exc)
+            return
+        self._loads_written.update(changed)
 
     async def _renew(self) -> None:
         held = [*self.leases.values(), *(lease for lease, _ in self.moving.values())]

@@ -18,7 +18,7 @@ A worker may copy a unit only while it holds the unit's lease. Invariants:
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -53,9 +53,13 @@ class LeaseStore:
     def _deadline(self, started: float) -> float:
         return started + self.lease_seconds - self.safety_margin
 
-    async def heartbeat(self, hostname: str, pid: int) -> None:
+    async def heartbeat(self, hostname: str, pid: int, load: fleet_store.LoadSample | None = None) -> None:
         async with self.engine.begin() as conn:
-            await fleet_store.heartbeat(conn, self.worker_id, hostname, pid)
+            await fleet_store.heartbeat(conn, self.worker_id, hostname, pid, load)
+
+    async def record_unit_loads(self, loads: Mapping[UnitKey, float]) -> None:
+        async with self.engine.begin() as conn:
+            await fleet_store.record_unit_loads(conn, self.worker_id, loads)
 
     async def units_of_mine(self) -> list[AssignedUnit]:
         """Units assigned to this worker or owned by it (a unit being moved away is both for a moment)."""

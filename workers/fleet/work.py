@@ -37,6 +37,7 @@ from workers.engine.copier import CopierError
 from workers.fleet.address_vetting import AddressVetting
 from workers.fleet.control import DesiredWork
 from workers.fleet.copy_unit import CopyUnit
+from workers.fleet.load import LoadMeter
 from workers.fleet.metadata_unit import MetadataUnit
 from workers.fleet.reporting import MetricsReporter
 from workers.fleet.runtime import ConnectionResolver, ReplicatorRuntime
@@ -98,6 +99,8 @@ class WorkLoop:
         self._db: AsyncEngine | None = None
         self._redis: Redis | None = None
         self._reporter: MetricsReporter | None = None
+        # Read by the control loop's thread (its ``sample``), which writes it to the database.
+        self.load_meter = LoadMeter()
         self.vetting = AddressVetting(AddressPolicy(settings.allowed_bootstrap))
         # Secrets are read here, on the worker, and kept in memory only (workers/fleet/secrets.py).
         self.resolver = ConnectionResolver(
@@ -179,6 +182,15 @@ class WorkLoop:
             await asyncio.wait_for(reporter.publish(self.copiers, self.metadata, self._lease_epochs()), 10)
         except (TimeoutError, RedisError, OSError) as exc:
             log.warning("measurements not published: %s", exc)
+        if self.load_meter.due():
+            self.load_meter.observe(
+                {
+                    UnitKey(replicator_id, tp.topic, tp.partition): stats
+                    for replicator_id, unit in self.copiers.items()
+                    if unit.copier is not None
+                    for tp, stats in unit.copier.snapshot().items()
+                }
+            )
         published = time.monotonic()
         if published - started > SLOW_ITERATION_TICKS * self.tick_s:
             # New units start only between iterations: say where the time went.
