@@ -9,6 +9,8 @@
     ferry healthcheck [--pid N]                     is this container's Ferry process alive (cli/healthcheck.py)
     ferry admin create-access-key ...               access keys (cli/admin.py)
     ferry audit --replicator-arn ...                compare a replicator's target with its source (cli/audit.py)
+    ferry fleet status|drain|autoscale ...          the worker fleet: its load, draining, a local autoscaler
+                                                    (cli/fleet.py)
 
 Every subcommand reads the same ``FERRY_*`` settings (environment variables, or files in ``FERRY_SETTINGS_DIR``);
 a missing or bad value stops it at once with a message naming the variable.
@@ -21,7 +23,7 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from cli import admin, audit, healthcheck
+from cli import admin, audit, fleet, healthcheck
 from models.migrate import main as migrate_main
 from models.settings import SettingsError, get_settings
 
@@ -65,6 +67,7 @@ def parser() -> argparse.ArgumentParser:
     healthcheck.add_commands(sub)
     admin.add_commands(sub)
     audit.add_commands(sub)
+    fleet.add_commands(sub)
     return top
 
 
@@ -109,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
             return migrate_main(["upgrade"])
         if args.command == "audit":
             return audit.run(args)
+        if args.command == "fleet":
+            return fleet.run(args)
         if args.command == "healthcheck":
             return healthcheck.run(args, get_settings().worker_liveness_file)
         return admin.run(args)

@@ -3,10 +3,12 @@
     python -m dev.stack up [--infra]    start what is not running (idempotent); --infra: Kafka, PG, Redis only
     python -m dev.stack down [--purge]  stop what this tool started, by pid; nothing else (--purge: delete its data)
     python -m dev.stack status          one line per service; exit 1 when any is down
-    python -m dev.stack restart         restart the API, worker and beat on this checkout's code
+    python -m dev.stack restart         restart the API, workers and beat on this checkout's code
+    python -m dev.stack scale N         run N fleet workers (extra ones stop with SIGTERM: they hand over)
 
 Everything lives in git-ignored folders of the checkout: jars in .cache/, data, logs and pid files in .run/.
-Ports come from FERRY_DEV_* variables (see StackConfig). The endpoints of a running stack are written to
+Ports come from FERRY_DEV_* variables (see StackConfig); FERRY_DEV_WORKERS (default 1) is how many fleet workers
+``up`` starts. The endpoints of a running stack are written to
 .run/stack.json, which the tests read.
 
 PostgreSQL refuses to run as root, so as root its data folder is /var/lib/postgresql/ferry-dev-<port>, owned
@@ -89,6 +91,7 @@ class StackConfig:
     idp_port: int = field(default_factory=lambda: _env_int("FERRY_DEV_IDP_PORT", 14443))
     secrets_port: int = field(default_factory=lambda: _env_int("FERRY_DEV_SECRETS_PORT", 14566))
     kafka_heap: str = field(default_factory=lambda: os.environ.get("FERRY_DEV_KAFKA_HEAP", "512m"))
+    workers: int = field(default_factory=lambda: _env_int("FERRY_DEV_WORKERS", 1))
 
     @property
     def logs(self) -> Path:
@@ -964,17 +967,22 @@ class FerryProcess:
                 str(self.cfg.api_port),
                 "--no-access-log",
             ]
-        if self.name == "worker":
-            return celery_worker_argv(f"ferry-worker-{self.cfg.api_port}@%h", "--concurrency", "2")
+        if self.name.startswith("worker"):
+            return celery_worker_argv(f"{self._worker_node()}%h", "--concurrency", "2")
         return celery_beat_argv(self.cfg.run_dir / "celerybeat-schedule", self.cfg.run_dir / "celerybeat.pid")
 
     def marker(self) -> str:
         """A piece of the command line unique to this stack, so a recycled pid is never taken for ours."""
         if self.name == "api":
             return f"--port {self.cfg.api_port}"
-        if self.name == "worker":
-            return f"ferry-worker-{self.cfg.api_port}@"
+        if self.name.startswith("worker"):
+            return self._worker_node()
         return str(self.cfg.run_dir / "celerybeat-schedule")
+
+    def _worker_node(self) -> str:
+        """The Celery node name's prefix: ``worker`` is the first worker, ``worker-2`` the second and so on."""
+        number = self.name.removeprefix("worker")
+        return f"ferry-worker-{self.cfg.api_port}{number}@"
 
     def healthy(self) -> bool:
         if self.name != "api":
@@ -999,14 +1007,35 @@ class FerryProcess:
         say(f"starting {self.name}")
         argv = self.argv()
         proc = spawn(self.cfg, self.name, argv, marker=self.marker(), env=self.cfg.app_env())
-        ready_line = {"api": "Application startup complete", "worker": " ready.", "beat": "beat: Starting"}
-        wait_for(self.name, lambda: _log_has(self.log, ready_line[self.name], offset), 90, self.log, proc)
+        ready_line = {"api": "Application startup complete", "beat": "beat: Starting"}.get(self.name, " ready.")
+        wait_for(self.name, lambda: _log_has(self.log, ready_line, offset), 90, self.log, proc)
 
     def stop(self) -> None:
         pid = self.pidfile.live_pid()
         if pid is not None:
             stop_pid(self.name, pid)
         self.pidfile.clear()
+
+
+def worker_names(count: int) -> list[str]:
+    return ["worker", *(f"worker-{n}" for n in range(2, count + 1))]
+
+
+def running_worker_names(cfg: StackConfig) -> list[str]:
+    """Every worker this stack has a pid file for, first to last."""
+    names = {path.stem for path in cfg.pids.glob("worker*.json")}
+    return sorted(names, key=lambda name: int(name.removeprefix("worker-") or 1) if name != "worker" else 1)
+
+
+def scale(cfg: StackConfig, count: int) -> None:
+    """Run ``count`` workers: start the missing ones, stop the newest extra ones (SIGTERM: they hand over)."""
+    wanted = worker_names(count)
+    for name in reversed(running_worker_names(cfg)):
+        if name not in wanted:
+            FerryProcess(cfg, name).stop()
+    for name in wanted:
+        FerryProcess(cfg, name).start()
+    say(f"{count} workers running")
 
 
 class HelperProcess:
@@ -1133,7 +1162,7 @@ def up(cfg: StackConfig, infra_only: bool) -> None:
     secured = start_secure_side(cfg, lib)
     write_endpoints(cfg, secured)
     if not infra_only:
-        for name in ("api", "worker", "beat"):
+        for name in ("api", *worker_names(max(1, cfg.workers)), "beat"):
             FerryProcess(cfg, name).start()
     say(f"stack up in {time.monotonic() - started:.0f}s")
     if not infra_only:
@@ -1146,7 +1175,7 @@ def up(cfg: StackConfig, infra_only: bool) -> None:
 
 
 def down(cfg: StackConfig, purge: bool) -> None:
-    for name in ("beat", "worker", "api"):
+    for name in ("beat", *reversed(running_worker_names(cfg)), "api"):
         FerryProcess(cfg, name).stop()
     for helper in ("idp", "secrets-manager"):
         HelperProcess(cfg, helper).stop()
@@ -1172,7 +1201,7 @@ def status(cfg: StackConfig) -> int:
         rows.append((f"kafka-{cluster.name}", cluster.is_up(cfg), f"127.0.0.1:{cluster.port}"))
     rows.append(("postgres", Postgres(cfg).is_up(), f"127.0.0.1:{cfg.postgres_port}"))
     rows.append(("redis", Redis(cfg).ping(), f"127.0.0.1:{cfg.redis_port}"))
-    for name in ("api", "worker", "beat"):
+    for name in ("api", *(running_worker_names(cfg) or ["worker"]), "beat"):
         rows.append((name, FerryProcess(cfg, name).healthy(), str(cfg.logs / f"{name}.log")))
     for name, ok, where in rows:
         print(f"{name:14} {'up' if ok else 'DOWN':5} {where}")
@@ -1188,7 +1217,9 @@ def main(argv: Iterable[str] | None = None) -> int:
     down_parser.add_argument("--purge", action="store_true", help="also delete the stack's data and logs")
     sub.add_parser("status", help="show what is up")
     sub.add_parser("schema-check", help="check that the migrations create exactly what the models declare")
-    sub.add_parser("restart", help="restart the API, worker and beat (after a code change); infra keeps running")
+    sub.add_parser("restart", help="restart the API, workers and beat (after a code change); infra keeps running")
+    scale_parser = sub.add_parser("scale", help="run this many fleet workers")
+    scale_parser.add_argument("workers", type=int, choices=range(1, 17), metavar="N (1-16)")
     args = parser.parse_args(list(argv) if argv is not None else None)
     cfg = StackConfig()
     try:
@@ -1199,9 +1230,13 @@ def main(argv: Iterable[str] | None = None) -> int:
         elif args.command == "schema-check":
             schema_check(cfg)
         elif args.command == "restart":
-            for name in ("beat", "worker", "api"):
+            workers = running_worker_names(cfg)
+            for name in ("beat", *reversed(workers), "api"):
                 FerryProcess(cfg, name).stop()
             up(cfg, infra_only=False)
+            scale(cfg, max(len(workers), cfg.workers, 1))
+        elif args.command == "scale":
+            scale(cfg, args.workers)
         else:
             return status(cfg)
     except StackError as exc:
