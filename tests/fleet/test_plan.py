@@ -272,8 +272,7 @@ def test_when_every_worker_drains_units_stay_assigned() -> None:
     before = balance(units, {}, ["w1"])
     observed = Observed(
         frozenset({"w1"}),
-        {u: UnitObservation(w, w) for u, w in before.items()}
-        | {UnitKey.metadata(R): UnitObservation("w1", "w1")},
+        {u: UnitObservation(w, w) for u, w in before.items()} | {UnitKey.metadata(R): UnitObservation("w1", "w1")},
         {R: MetadataObservation(1, frozenset((u.topic, u.partition) for u in units))},
         draining_workers=frozenset({"w1"}),
     )
