@@ -66,6 +66,7 @@ async def read_fleet(request: Request) -> tuple[fleet_store.FleetLoad, FleetDema
     demand = fleet_demand(
         load.workers,
         load.units,
+        copied_bytes_per_second=load.copied_bytes_per_second,
         worker_capacity_bytes_per_second=settings.fleet_worker_capacity_bytes_per_second,
         target_utilisation=settings.fleet_target_utilisation,
         lag_clear_seconds=settings.fleet_lag_clear_seconds,
@@ -78,7 +79,7 @@ async def read_fleet(request: Request) -> tuple[fleet_store.FleetLoad, FleetDema
     operation_id="DescribeFleet",
     summary="The worker fleet: live workers, their load, and how many workers it needs (Ferry extension)",
     response_model=FleetView,
-    responses=error_responses(403, 500, 503),
+    responses=error_responses(401, 403, 500, 503),
 )
 async def describe_fleet(request: Request, caller: CallerDep) -> FleetView:
     load, demand = await read_fleet(request)

@@ -94,6 +94,7 @@ def demand_of(settings: FerrySettings, load: fleet_store.FleetLoad) -> FleetDema
     return fleet_demand(
         load.workers,
         load.units,
+        copied_bytes_per_second=load.copied_bytes_per_second,
         worker_capacity_bytes_per_second=settings.fleet_worker_capacity_bytes_per_second,
         target_utilisation=settings.fleet_target_utilisation,
         lag_clear_seconds=settings.fleet_lag_clear_seconds,

@@ -48,11 +48,14 @@ def fleet_demand(
     workers: Sequence[WorkerLoad],
     units: int,
     *,
+    copied_bytes_per_second: float | None = None,
     worker_capacity_bytes_per_second: float,
     target_utilisation: float,
     lag_clear_seconds: float,
 ) -> FleetDemand:
-    copied = sum(w.bytes_per_second for w in workers)
+    """``copied_bytes_per_second``: the fleet's rate from its units' loads when known (steady while units move);
+    otherwise the sum of the workers' rates."""
+    copied = sum(w.bytes_per_second for w in workers) if copied_bytes_per_second is None else copied_bytes_per_second
     lag = sum(w.lag_bytes for w in workers)
     cores = sum(w.cpu_cores for w in workers)
     usable = worker_capacity_bytes_per_second * target_utilisation

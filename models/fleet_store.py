@@ -362,6 +362,7 @@ _UNIT_COUNTS = select(
     func.count(),
     func.count().filter(FleetUnit.assigned_worker.is_(None)),
     func.count().filter(~func.coalesce(FleetUnit.lease_expires_at > func.now(), False)),
+    func.coalesce(func.sum(FleetUnit.load_bytes_per_second), 0.0),
 )
 
 
@@ -372,6 +373,9 @@ class FleetLoad:
     unassigned_units: int
     units_without_owner: int
     last_reconcile_age_seconds: float | None
+    # The sum of every unit's last measured rate: unlike the workers' own rates, it does not dip while units move
+    # (a unit keeps its last load until its new owner measured it).
+    copied_bytes_per_second: float = 0.0
 
 
 _RECONCILE_AGE = select(func.extract("epoch", func.now() - FleetReconcile.ran_at)).where(FleetReconcile.id == 1)
@@ -381,14 +385,18 @@ def fleet_load(conn: Connection, dead_after_seconds: float) -> FleetLoad:
     workers = [_worker_load(r) for r in conn.execute(_worker_loads(dead_after_seconds))]
     units = conn.execute(_UNIT_COUNTS).one()
     age = conn.execute(_RECONCILE_AGE).scalar_one_or_none()
-    return FleetLoad(workers, int(units[0]), int(units[1]), int(units[2]), None if age is None else float(age))
+    return FleetLoad(
+        workers, int(units[0]), int(units[1]), int(units[2]), None if age is None else float(age), float(units[3])
+    )
 
 
 async def fleet_load_async(conn: AsyncConnection, dead_after_seconds: float) -> FleetLoad:
     workers = [_worker_load(r) for r in await conn.execute(_worker_loads(dead_after_seconds))]
     units = (await conn.execute(_UNIT_COUNTS)).one()
     age = (await conn.execute(_RECONCILE_AGE)).scalar_one_or_none()
-    return FleetLoad(workers, int(units[0]), int(units[1]), int(units[2]), None if age is None else float(age))
+    return FleetLoad(
+        workers, int(units[0]), int(units[1]), int(units[2]), None if age is None else float(age), float(units[3])
+    )
 
 
 def set_draining(conn: Connection, worker_id: str, draining: bool = True) -> bool:

@@ -1,6 +1,7 @@
 """The fleet scales itself with the load, on real brokers: ``ferry fleet autoscale`` follows the desired-workers
 signal, starting a second worker when the source rate rises past what one worker is counted on to carry, and
-draining and stopping it when the rate falls, with every record copied once.
+draining and stopping it when the rate falls, with every record copied once; meanwhile a partition carrying most
+of the traffic gets a worker nearly to itself.
 
 The per-worker capacity is set low (FERRY_FLEET_WORKER_CAPACITY_BYTES_PER_SECOND=200 kB/s) so that a rate this
 shared test machine produces easily stands for "more than one worker can carry"; the signal's CPU and lag terms
@@ -16,15 +17,17 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
+from sqlalchemy import Engine
 
 from models.settings import FerrySettings
-from tests.fleet.conftest import ROOT, Fleet, wait_until
+from tests.fleet.conftest import ROOT, Fleet, unit_owners, wait_until
 from tests.fleet.records import all_delivered
 from tests.fleet.test_fleet_lifecycle import create_request, create_topic, describe
 
@@ -44,11 +47,13 @@ def fleet_settings(fleet_settings: FerrySettings) -> FerrySettings:
 
 
 class RateProducer:
-    """Numbered records of RECORD_BYTES at a rate that can be changed while it runs."""
+    """Numbered records of RECORD_BYTES at a rate that can be changed while it runs; ``hot_share`` of them go to
+    partition 0, the rest round the others."""
 
     def __init__(self, bootstrap: str, topic: str) -> None:
         self.bootstrap, self.topic = bootstrap, topic
         self.rate = LOW_RATE
+        self.hot_share = 0.0
         self.sent = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
@@ -66,7 +71,7 @@ class RateProducer:
                 count = int(owed)
                 owed -= count
                 futures = [
-                    await producer.send(self.topic, value=f"{n:012d}".encode() + padding, partition=n % PARTITIONS)
+                    await producer.send(self.topic, value=f"{n:012d}".encode() + padding, partition=self._partition(n))
                     for n in range(self.sent, self.sent + count)
                 ]
                 await asyncio.gather(*futures)
@@ -74,6 +79,11 @@ class RateProducer:
                 await asyncio.sleep(0.05)
         finally:
             await producer.stop()
+
+    def _partition(self, n: int) -> int:
+        if (n % 100) < self.hot_share * 100:
+            return 0
+        return 1 + n % (PARTITIONS - 1)
 
     def start(self) -> None:
         self._thread.start()
@@ -127,12 +137,14 @@ def test_the_fleet_scales_out_with_the_load_and_back_in_without_losing_or_duplic
     fleet_kafka: Any,
     fleet_http: httpx.Client,
     fleet_api: str,
+    fleet_db: Engine,
     unique: str,
     source_bootstrap: str,
     target_bootstrap: str,
 ) -> None:
     unsigned = httpx.get(f"{fleet_api}/replication/v1/fleet", timeout=30)
-    assert unsigned.status_code == 403 and "x-amzn-ErrorType" in unsigned.headers, unsigned.text
+    assert unsigned.status_code == 401, unsigned.text
+    assert unsigned.headers["x-amzn-ErrorType"].startswith("UnauthorizedException")
     supervisor = Supervisor(fleet, fleet.logs / "autoscale.log")
     producer: RateProducer | None = None
     try:
@@ -155,6 +167,8 @@ def test_the_fleet_scales_out_with_the_load_and_back_in_without_losing_or_duplic
         assert low["demand"]["desiredWorkers"] == 1, low["demand"]
         assert len(low["liveWorkers"]) == 1
 
+        # Most of the high rate on one partition: the fleet must give it a worker nearly to itself.
+        producer.hot_share = 0.9
         producer.rate = HIGH_RATE
         raised_at = time.monotonic()
         wait_until("a second worker asked for", lambda: fleet_view(fleet_http)["demand"]["desiredWorkers"] >= 2, 60)
@@ -173,6 +187,16 @@ def test_the_fleet_scales_out_with_the_load_and_back_in_without_losing_or_duplic
         metrics = fleet_http.get("/metrics").text
         assert "ferry_fleet_desired_workers{} " in metrics
         assert "ferry_fleet_live_workers{} 2" in metrics
+        hot_alone = wait_until(
+            "the hot partition's worker holding at most one other partition",
+            lambda: (
+                (owners := unit_owners(fleet_db, arn))
+                and (hot := owners[(topic, 0)][0]) is not None
+                and sum(1 for owner, _ in owners.values() if owner == hot) <= 2
+                and Counter(owner for owner, _ in owners.values())
+            ),
+            90,
+        )
         caught_up = wait_until(
             "lag under a second of the high rate on two workers",
             lambda: (
@@ -184,6 +208,7 @@ def test_the_fleet_scales_out_with_the_load_and_back_in_without_losing_or_duplic
         )
 
         producer.rate = LOW_RATE
+        producer.hot_share = 0.0
         lowered_at = time.monotonic()
         wait_until("the extra worker drained and stopped", lambda: "worker 2 stopped" in supervisor.output(), 150)
         scaled_in_s = time.monotonic() - lowered_at
@@ -205,7 +230,8 @@ def test_the_fleet_scales_out_with_the_load_and_back_in_without_losing_or_duplic
             f"autoscale: out in {scaled_out_s:.1f}s ({both['demand']['reason']}), caught up at "
             f"{caught_up['demand']['bytesPerSecond'] / 1e3:.0f} kB/s with {caught_up['demand']['lagBytes']} B lag, "
             f"in in {scaled_in_s:.1f}s; produced {produced}, lost {result.lost}, duplicated {result.duplicated}; "
-            f"after: {after['liveWorkers'][0]['units']} units on one worker"
+            f"after: {after['liveWorkers'][0]['units']} units on one worker; partitions per worker with the hot "
+            f"one: {sorted(hot_alone.values())}"
         )
         assert result.lost == 0
         assert result.duplicated == 0, f"{result.duplicated} records copied twice across scale-out and scale-in"

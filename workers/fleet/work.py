@@ -92,6 +92,7 @@ class WorkLoop:
         self._stopping_metadata: dict[str, asyncio.Task[None]] = {}
         # Read by the control loop's thread: replaced whole, never mutated.
         self.running: frozenset[UnitKey] = frozenset()
+        self._starting: set[UnitKey] = set()  # being started by the converge under way (count as running)
         self.last_beat = 0.0  # wall clock of the last iteration
         self._desired = DesiredWork()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -276,9 +277,18 @@ class WorkLoop:
         self._note_running()
 
         starting = [rid for rid in wanted if rid not in self._stopping]
-        await self._each(
-            starting, lambda rid: self._start_or_update(rid, wanted[rid], runtimes[rid], previous.get(rid))
-        )
+        # What is about to start counts as running from now, before any copier takes it: the control loop
+        # (another thread) releases a unit that moved away at once when it is not running, and a copier that took
+        # a partition whose lease was just released fails its lease check for every partition it holds (all of
+        # them are copied again from their last progress).
+        self._starting = {UnitKey(rid, tp.topic, tp.partition) for rid in starting for tp in wanted[rid]}
+        self._note_running()
+        try:
+            await self._each(
+                starting, lambda rid: self._start_or_update(rid, wanted[rid], runtimes[rid], previous.get(rid))
+            )
+        finally:
+            self._starting = set()
         self._note_running()
 
     async def _start_or_update(
@@ -313,7 +323,7 @@ class WorkLoop:
             units |= {UnitKey(replicator_id, tp.topic, tp.partition) for tp in unit.partitions}
         for replicator_id, (partitions, _) in self._stopping.items():
             units |= {UnitKey(replicator_id, tp.topic, tp.partition) for tp in partitions}
-        self.running = frozenset(units)
+        self.running = frozenset(units | self._starting)
 
     def _begin_stop(self, replicator_id: str) -> None:
         unit = self.copiers.get(replicator_id)
