@@ -4,7 +4,7 @@
 #   make down   stop everything `make up` started
 #   make lint   ruff, mypy, alembic check (models and migrations agree; starts PostgreSQL if needed) and helm-lint
 #   make helm-lint  the Helm chart (deploy/helm/ferry): helm lint --strict and helm template with each ci/ value set
-#               (builds the pinned Helm with Go into .cache/bin the first time: about 3 minutes)
+#               (the first time, builds the pinned Helm with Go into .cache/bin: 3-4 minutes, 1.2 GB of .cache)
 #   make bench  Ferry against MirrorMaker 2 and the brokers' own limit (results in bench/results/)
 #   make chaos  the reliability suite: every fault scenario on a lab of its own, the auditor deciding
 #               (chaos/results/, docs/reliability.md)
