@@ -21,7 +21,7 @@ Its inputs are the values the fleet's tables hold (``models/fleet.py``), read by
 
 from __future__ import annotations
 
-from bisect import bisect_left, insort
+from bisect import bisect_left, bisect_right, insort
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -119,6 +119,8 @@ def balance(
             homeless.append(unit)
     for entries in held.values():
         entries.sort()
+    # Among equally busy donors the one that held fewer gives first, so those that held the most keep the most.
+    held_before = {w: len(held[w]) for w in live}
     for unit in sorted(homeless, key=lambda u: (-cost[u], u)):
         worker = min(live, key=lambda w: (total[w], len(held[w]), w))
         insort(held[worker], (cost[unit], unit))
@@ -127,7 +129,7 @@ def balance(
     for _ in range(4 * len(ordered_units) + 1):
         receiver = min(live, key=lambda w: (total[w], len(held[w]), w))
         move = None
-        for donor in sorted(live, key=lambda w: (-total[w], -len(held[w]), w)):
+        for donor in sorted(live, key=lambda w: (-total[w], held_before[w], w)):
             if donor == receiver:
                 break
             move = _best_move(held[donor], total[donor] - total[receiver], tolerance)
@@ -150,7 +152,10 @@ def _best_move(entries: list[tuple[float, UnitKey]], gap: float, tolerance: floa
         return None
     at = bisect_left(entries, (gap / 2,))
     candidates = [i for i in (at - 1, at) if 0 <= i < len(entries) and entries[i][0] < limit]
-    return min(candidates, key=lambda i: (abs(entries[i][0] - gap / 2), i))
+    cost = entries[min(candidates, key=lambda i: abs(entries[i][0] - gap / 2))][0]
+    # Of the units costing that, the last (largest key) moves: the same ones on every pass, and a replicator's
+    # metadata unit (the smallest key of its replicator) stays where it runs.
+    return bisect_right(entries, cost, key=lambda entry: entry[0]) - 1
 
 
 def _all_running(units: set[UnitKey], observed: Observed) -> bool:

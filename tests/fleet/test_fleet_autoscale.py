@@ -11,6 +11,7 @@ are covered by tests/models/test_fleet_capacity.py.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -184,6 +185,12 @@ def test_the_fleet_scales_out_with_the_load_and_back_in_without_losing_or_duplic
         )
         scaled_out_s = time.monotonic() - raised_at
         assert "starting worker 2" in supervisor.output()
+        status = subprocess.run(
+            [sys.executable, "-m", "cli", "fleet", "status", "--json"],
+            cwd=ROOT, env=fleet.env, capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+        shown = json.loads(status.stdout)
+        assert len(shown["liveWorkers"]) == 2 and shown["desiredWorkers"] >= 2, shown
         metrics = fleet_http.get("/metrics").text
         assert "ferry_fleet_desired_workers{} " in metrics
         assert "ferry_fleet_live_workers{} 2" in metrics

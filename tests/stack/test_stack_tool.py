@@ -1,4 +1,5 @@
-"""The dev stack tool on a second, private stack: `up` twice is harmless, `down` leaves no process behind."""
+"""The dev stack tool on a second, private stack: `up` twice is harmless, FERRY_DEV_WORKERS and `scale` set how many
+workers run, `down` leaves no process behind."""
 
 from __future__ import annotations
 
@@ -70,7 +71,7 @@ def processes_mentioning(text: str) -> list[int]:
 
 
 @pytest.mark.slow
-def test_up_twice_is_harmless_and_down_leaves_nothing(tmp_path: Path) -> None:
+def test_up_twice_is_harmless_scale_sets_the_workers_and_down_leaves_nothing(tmp_path: Path) -> None:
     ports = free_ports()
     run_dir = tmp_path / "run"
     env = dict(
@@ -84,6 +85,7 @@ def test_up_twice_is_harmless_and_down_leaves_nothing(tmp_path: Path) -> None:
         FERRY_DEV_IDP_PORT=str(ports["idp"]),
         FERRY_DEV_SECRETS_PORT=str(ports["secrets"]),
         FERRY_DEV_KAFKA_HEAP="256m",
+        FERRY_DEV_WORKERS="2",
     )
 
     def stack(*args: str) -> subprocess.CompletedProcess[str]:
@@ -104,13 +106,28 @@ def test_up_twice_is_harmless_and_down_leaves_nothing(tmp_path: Path) -> None:
             health = json.loads(resp.read())
         assert health["status"] == "up", health
         pids = stack_pids(run_dir)
-        assert set(pids) >= {"kafka-source", "kafka-target", "redis", "api", "worker", "beat", "idp", "secrets-manager"}
+        assert set(pids) >= {
+            "kafka-source", "kafka-target", "redis", "api", "worker", "worker-2", "beat", "idp", "secrets-manager"
+        }  # fmt: skip
 
         second = stack("up")
         assert second.returncode == 0, second.stdout + second.stderr
         assert "already running" in second.stdout
         assert stack_pids(run_dir) == pids, "a second `up` must not start anything again"
         assert stack("status").returncode == 0
+
+        more = stack("scale", "3")
+        assert more.returncode == 0, more.stdout + more.stderr
+        scaled = stack_pids(run_dir)
+        assert {name: pid for name, pid in scaled.items() if name != "worker-3"} == pids
+        assert alive(scaled["worker-3"])
+        assert "worker-3" in stack("status").stdout
+        fewer = stack("scale", "1")
+        assert fewer.returncode == 0, fewer.stdout + fewer.stderr
+        assert "stopping worker-3" in fewer.stdout and "stopping worker-2" in fewer.stdout
+        assert not alive(scaled["worker-2"]) and not alive(scaled["worker-3"])
+        assert alive(pids["worker"])
+        pids = scaled
     finally:
         down = stack("down", "--purge")
     assert down.returncode == 0, down.stdout + down.stderr
