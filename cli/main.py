@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import sys
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import Any, Literal
 
 from cli import admin, audit, fleet, healthcheck
 from models import logs
@@ -92,14 +92,16 @@ def _serve_api(args: argparse.Namespace) -> int:
     return 0
 
 
-def _celery(command: str, argv: list[str], loglevel: str | None) -> int:
+def _celery(command: Literal["worker", "beat"], argv: list[str], loglevel: str | None) -> int:
     settings = get_settings()
+    level = loglevel or settings.log_level
+    # Configured now for what Celery says before it sets its logging up (its warnings), and again from Celery's
+    # setup_logging signal (workers/celery_app.py). --quiet leaves out the banner, which is no log line.
+    logs.configure(command, settings.log_format, level)
     from workers.celery_app import app  # noqa: PLC0415 (importing it reads the settings)
 
-    # Logging is configured from Celery's setup_logging signal (workers/celery_app.py); --quiet leaves out the
-    # banner Celery prints, which is not a log line.
     quiet = ["--quiet"] if settings.log_format == "json" else []
-    app.start([*quiet, command, "--loglevel", loglevel or settings.log_level, *argv])
+    app.start([*quiet, command, "--loglevel", level, *argv])
     return 0
 
 

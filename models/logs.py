@@ -35,6 +35,7 @@ import functools
 import json
 import logging
 import logging.config
+import os
 import re
 from collections.abc import Callable, Coroutine, Iterator, Mapping
 from datetime import UTC, datetime
@@ -107,7 +108,7 @@ def _known(fields: Mapping[str, object]) -> dict[str, object]:
 
 # ---------------------------------------------------------------------------------------------------- masking
 
-_URL_PASSWORD = re.compile(r"(?P<keep>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^@\s/]+@")
+_URL_PASSWORD = re.compile(r"(?P<keep>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^@\s]+@")
 _SIGNATURE = re.compile(r"(?P<keep>Signature=)[0-9a-fA-F]{16,}")
 
 
@@ -200,7 +201,22 @@ def dict_config(role: Role, style: LogFormat = "text", level: str | int = "INFO"
     }
 
 
+_configured = FerryFormatter("api")
+
+
 def configure(role: Role, style: LogFormat = "text", level: str | int = "INFO") -> None:
     """Configure this process's logging (warnings included) for ``role``."""
+    global _configured  # noqa: PLW0603 (what write_from_signal_handler formats with)
     logging.config.dictConfig(dict_config(role, style, level))
     logging.captureWarnings(True)
+    _configured = FerryFormatter(role, style)
+
+
+def write_from_signal_handler(logger: str, message: str, level: int = logging.INFO) -> None:
+    """One line in the configured format, written straight to stderr's descriptor without taking logging's
+    locks: for what a signal handler says (Celery's shutdown notices), which may interrupt a thread holding one."""
+    if level < logging.getLogger().getEffectiveLevel():
+        return
+    record = logging.LogRecord(logger, level, __file__, 0, message.strip(), None, None)
+    with contextlib.suppress(OSError):
+        os.write(2, (_configured.format(record) + "\n").encode())

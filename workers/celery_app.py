@@ -18,6 +18,7 @@ import sys
 from typing import Any
 
 from celery import Celery, bootsteps, signals
+from celery.apps import worker as celery_worker_program
 from kombu.transport import redis as kombu_redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -69,6 +70,12 @@ def _role() -> logs.Role:
 def _setup_logging(loglevel: int | str | None = None, **_: Any) -> None:
     """Ferry's log format (models/logs.py) for worker and beat; Celery installs no handlers of its own."""
     logs.configure(_role(), get_settings().log_format, loglevel or get_settings().log_level)
+    # Celery's notices from its signal handlers ("worker: Warm shutdown") bypass logging: as log lines instead.
+    celery_worker_program.safe_say = _say  # type: ignore[attr-defined]
+
+
+def _say(message: str, _stream: Any = None) -> None:
+    logs.write_from_signal_handler("celery.apps.worker", message)
 
 
 class FleetAgentStep(bootsteps.StartStopStep):
