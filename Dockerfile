@@ -26,7 +26,7 @@ LABEL org.opencontainers.image.title="Ferry" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.source="https://github.com/ferry-replication/ferry"
 ENV PATH=/opt/ferry/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
-    FERRY_WORKER_LIVENESS_FILE=/tmp/ferry-worker.live
+    FERRY_WORKER_LIVENESS_FILE=/tmp/ferry-worker.live FERRY_LOG_FORMAT=json
 COPY --from=build /opt/ferry /opt/ferry
 RUN useradd --system --uid 10001 --home-dir /home/ferry --create-home ferry
 USER 10001

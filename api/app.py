@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from redis.asyncio import Redis
 
 from api import audits, fleet, health, offsets, replication_metrics, replicators, tags
+from api.access_log import AccessLog
 from api.errors import install_error_handling
 from api.fleet_trigger import FleetTrigger, ReconcileWatch
 from api.identity import Authentication, secret_box_of
@@ -75,4 +76,5 @@ def create_app(settings: FerrySettings | None = None) -> FastAPI:
     # authenticated with a bounded body, before routing, parsing or validation look at it.
     app.add_middleware(Authentication, settings=settings)
     install_error_handling(app)
+    app.add_middleware(AccessLog)  # outermost: it logs every response, the request id's refusals included
     return app

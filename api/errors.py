@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from models import logs
 from models.errors import (
     AuthenticationError,
     ConflictError,
@@ -258,6 +259,8 @@ class BodyLimitAndRequestId:
             return
         request_id = str(uuid.uuid4())
         scope[REQUEST_ID_SCOPE_KEY] = request_id
+        # Every line logged for this request carries its id (uvicorn runs each request in a task of its own).
+        logs.bind_log_context(request_id=request_id)
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":

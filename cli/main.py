@@ -21,9 +21,10 @@ from __future__ import annotations
 import argparse
 import sys
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import Any, Literal
 
 from cli import admin, audit, fleet, healthcheck
+from models import logs
 from models.migrate import main as migrate_main
 from models.settings import SettingsError, get_settings
 
@@ -59,10 +60,10 @@ def parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run a fleet worker")
     worker.add_argument("--concurrency", type=_bounded(1, 256), default=2, help="Celery task slots (reconcile tasks)")
     worker.add_argument("--hostname", default="ferry-worker@%h", help="Celery node name (%%h: this host)")
-    worker.add_argument("--loglevel", default="INFO")
+    worker.add_argument("--loglevel", default=None, help="least severe level logged (default: FERRY_LOG_LEVEL)")
     beat = sub.add_parser("beat", help="run Celery beat (the periodic reconcile trigger)")
     beat.add_argument("--schedule", default="celerybeat-schedule", help="beat's schedule file (writable)")
-    beat.add_argument("--loglevel", default="INFO")
+    beat.add_argument("--loglevel", default=None, help="least severe level logged (default: FERRY_LOG_LEVEL)")
     sub.add_parser("migrate", help="bring the database to the current schema")
     healthcheck.add_commands(sub)
     admin.add_commands(sub)
@@ -74,13 +75,16 @@ def parser() -> argparse.ArgumentParser:
 def _serve_api(args: argparse.Namespace) -> int:
     import uvicorn  # noqa: PLC0415 (only this role needs the server)
 
-    get_settings()  # a bad setting stops here, named, before the server starts
+    settings = get_settings()  # a bad setting stops here, named, before the server starts
     uvicorn.run(
         "api.app:create_app",
         factory=True,
         host=args.host,
         port=args.port,
         workers=args.workers,
+        # Ferry's log format (models/logs.py), applied in each uvicorn worker process too; the access lines
+        # are the API's own (api/access_log.py: with the request id and the duration).
+        log_config=logs.dict_config("api", settings.log_format, settings.log_level),
         access_log=False,
         # SIGTERM: stop accepting, finish the requests in flight (bounded), then exit.
         timeout_graceful_shutdown=30,
@@ -88,11 +92,16 @@ def _serve_api(args: argparse.Namespace) -> int:
     return 0
 
 
-def _celery(argv: list[str]) -> int:
-    get_settings()
+def _celery(command: Literal["worker", "beat"], argv: list[str], loglevel: str | None) -> int:
+    settings = get_settings()
+    level = loglevel or settings.log_level
+    # Configured now for what Celery says before it sets its logging up (its warnings), and again from Celery's
+    # setup_logging signal (workers/celery_app.py). --quiet leaves out the banner, which is no log line.
+    logs.configure(command, settings.log_format, level)
     from workers.celery_app import app  # noqa: PLC0415 (importing it reads the settings)
 
-    app.start(argv)
+    quiet = ["--quiet"] if settings.log_format == "json" else []
+    app.start([*quiet, command, "--loglevel", level, *argv])
     return 0
 
 
@@ -102,12 +111,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "api":
             return _serve_api(args)
         if args.command == "worker":
-            return _celery([
-                "worker", "--loglevel", args.loglevel, "--hostname", args.hostname,
-                "--concurrency", str(args.concurrency), "--without-gossip", "--without-mingle",
-            ])  # fmt: skip
+            return _celery("worker", [
+                "--hostname", args.hostname, "--concurrency", str(args.concurrency), "--without-gossip",
+                "--without-mingle",
+            ], args.loglevel)  # fmt: skip
         if args.command == "beat":
-            return _celery(["beat", "--loglevel", args.loglevel, "--schedule", args.schedule])
+            return _celery("beat", ["--schedule", args.schedule], args.loglevel)
         if args.command == "migrate":
             return migrate_main(["upgrade"])
         if args.command == "audit":

@@ -681,6 +681,7 @@ async def replicators_to_run(conn: AsyncConnection, replicator_ids: Iterable[str
             ReplicatorRow.created_at,
             ReplicatorRow.service_execution_role_arn,
             ReplicatorRow.delivery,
+            ReplicatorRow.arn,
         ).where(ReplicatorRow.id.in_(ids))
     )
     return rows.all()

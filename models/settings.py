@@ -96,6 +96,14 @@ class FerrySettings(BaseSettings):
         default=10_000,
         description="Offset map runs kept per source partition before old ones are thinned (with a stated bound).",
     )
+    # ----- logs (docs/operations.md, "Logs")
+    log_format: Literal["json", "text"] = Field(
+        default="text",
+        description="json: one JSON object a line (the image's default); text: human-readable lines (development).",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        default="INFO", description="The least severe level written (ferry worker/beat --loglevel overrides it)."
+    )
     # ----- API security (docs/security.md)
     auth: Literal["sigv4", "disabled"] = Field(
         default="sigv4",
@@ -173,6 +181,16 @@ class FerrySettings(BaseSettings):
         if not value.startswith(("redis://", "rediss://")):
             raise ValueError("must be a redis:// or rediss:// URL")
         return value
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower_case(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_case(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value
 
     @field_validator("allowed_bootstrap", mode="before")
     @classmethod

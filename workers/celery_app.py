@@ -17,10 +17,12 @@ import signal
 import sys
 from typing import Any
 
-from celery import Celery, bootsteps
+from celery import Celery, bootsteps, signals
+from celery.apps import worker as celery_worker_program
 from kombu.transport import redis as kombu_redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from models import logs
 from models.settings import get_settings
 from workers.fleet.agent import AgentThread, new_worker_id
 
@@ -59,6 +61,23 @@ app = Celery("ferry", include=["workers.tasks"])
 app.config_from_object("workers.celery_config")
 
 
+def _role() -> logs.Role:
+    """Which Celery program this process runs (``celery ... beat`` or ``ferry beat``; else a worker)."""
+    return "beat" if next((arg for arg in sys.argv[1:] if arg in ("worker", "beat")), None) == "beat" else "worker"
+
+
+@signals.setup_logging.connect
+def _setup_logging(loglevel: int | str | None = None, **_: Any) -> None:
+    """Ferry's log format (models/logs.py) for worker and beat; Celery installs no handlers of its own."""
+    logs.configure(_role(), get_settings().log_format, loglevel or get_settings().log_level)
+    # Celery's notices from its signal handlers ("worker: Warm shutdown") bypass logging: as log lines instead.
+    celery_worker_program.safe_say = _say  # type: ignore[attr-defined]
+
+
+def _say(message: str, _stream: Any = None) -> None:
+    logs.write_from_signal_handler("celery.apps.worker", message)
+
+
 class FleetAgentStep(bootsteps.StartStopStep):
     requires = ("celery.worker.components:Pool",)
 
@@ -75,7 +94,9 @@ class FleetAgentStep(bootsteps.StartStopStep):
         if not settings.fleet_agent_enabled:
             log.info("fleet agent disabled (FERRY_FLEET_AGENT_ENABLED=false)")
             return
-        self.thread = AgentThread(settings, new_worker_id(worker.hostname))
+        worker_id = new_worker_id(worker.hostname)
+        logs.set_process_context(worker_id=worker_id)  # one agent per worker process: every line names it
+        self.thread = AgentThread(settings, worker_id)
         self.thread.start()
 
     def stop(self, worker: Any) -> None:

@@ -71,6 +71,7 @@ from workers.engine.metrics import ErrorKind, PartitionMetrics, PartitionStats
 from workers.engine.progress import PartitionProgress, ProgressStore, encode_progress, now_ms, progress_key
 from workers.engine.spec import ReplicationSpec, StartingPosition, TopicNaming
 
+# A line about one partition names it as extra={"partition": tp}: its own field in the JSON log (models/logs.py).
 log = logging.getLogger(__name__)
 
 # Both are given the partitions whose writes they judge (the copier's own, also while it stops).
@@ -438,7 +439,7 @@ class PartitionCopier:
             if tp in restarted:
                 kind, detail = restarted[tp]
                 metrics.record_error(kind, f"{detail}; copying from its beginning (offset {start})")
-                log.warning("%s: %s; copying from offset %d", tp, detail, start)
+                log.warning("%s: %s; copying from offset %d", tp, detail, start, extra={"partition": tp})
                 if self._sink is not None:
                     self._sink.restart(tp)
             metrics.next_source_offset = start
@@ -458,7 +459,12 @@ class PartitionCopier:
                 acked_epoch=epoch,
             )
             if metrics.redelivered_records:
-                log.info("%s: %d records after the last progress will be copied again", tp, metrics.redelivered_records)
+                log.info(
+                    "%s: %d records after the last progress will be copied again",
+                    tp,
+                    metrics.redelivered_records,
+                    extra={"partition": tp},
+                )
         await self._submit(_AssignmentChange(states, set(), asyncio.get_running_loop().create_future()))
         if not self.spec.exactly_once:
             # Durable at once, so a crash before the first periodic write neither re-resolves LATEST nor
@@ -645,6 +651,7 @@ class PartitionCopier:
                     position,
                     resume - 1,
                     resume,
+                    extra={"partition": tp},
                 )
             elif tp in divergences and divergences[tp] < position:
                 # The log was cut back below our position and written again (an unclean leader election): it
@@ -657,7 +664,13 @@ class PartitionCopier:
                     f"{resume}..{position - 1} copied earlier are on the target but no longer on the source; "
                     f"copying continues from offset {resume}",
                 )
-                log.warning("%s: source log diverged at %d (position was %d), continuing there", tp, resume, position)
+                log.warning(
+                    "%s: source log diverged at %d (position was %d), continuing there",
+                    tp,
+                    resume,
+                    position,
+                    extra={"partition": tp},
+                )
             else:
                 # Where the log diverged is unknown (nothing copied under a known leader epoch, e.g. progress
                 # written by an older Ferry): continue at its end and say that records may be missing.
@@ -668,7 +681,13 @@ class PartitionCopier:
                     "is unknown: records written to it after the truncation and before offset "
                     f"{resume} may not have been copied",
                 )
-                log.warning("%s: position %d beyond source end %d, continuing at the end", tp, position, resume)
+                log.warning(
+                    "%s: position %d beyond source end %d, continuing at the end",
+                    tp,
+                    position,
+                    resume,
+                    extra={"partition": tp},
+                )
             # Also when going back (diverged): applied behind the batches in flight, as the acknowledged position.
             self._advance_without_records(state, resume)
             self._consumer.seek(tp, resume)
@@ -727,7 +746,7 @@ class PartitionCopier:
         state.confirmed_generation = -1
         state.metrics.next_source_offset = start
         state.metrics.record_error(kind, f"{detail}; copying it again from the beginning (source offset {start})")
-        log.warning("%s: %s; copying from offset %d", tp, detail, start)
+        log.warning("%s: %s; copying from offset %d", tp, detail, start, extra={"partition": tp})
         if self._sink is not None:
             self._sink.restart(tp)
         self._consumer.seek(tp, start)
@@ -821,7 +840,9 @@ class PartitionCopier:
         if state.failed is None:
             state.failed = exc
             state.metrics.record_error(_error_kind(exc), f"{type(exc).__name__}: {exc}")
-            log.warning("copy of %s to %s failed: %s", state.source, state.target, exc)
+            log.warning(
+                "copy of %s to %s failed: %s", state.source, state.target, exc, extra={"partition": state.source}
+            )
         self._produce_failed = True
         self._room.set()
 

@@ -388,6 +388,7 @@ class ControlLoop:
                     created_at=row.created_at,
                     service_execution_role_arn=row.service_execution_role_arn,
                     delivery=row.delivery,
+                    arn=row.arn,
                 )
             except (KeyError, ValueError) as exc:
                 log.error("replicator %s cannot run: %s", row.name, exc)

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from models import fleet_store
 from models.bootstrap import AddressPolicy
+from models.logs import in_log_context
 from workers.engine.connection import classify
 from workers.engine.copier import CopierError, PartitionCopier, fence_transactional_ids
 from workers.fleet.address_vetting import AddressVetting
@@ -28,6 +29,9 @@ from workers.fleet.runtime import ConnectionResolver, ReplicatorRuntime
 from workers.fleet.secrets import SecretStore, SecretUnavailable
 
 log = logging.getLogger(__name__)
+
+# Its lines, and its copier's (whose tasks start inside these methods), carry the replicator's ARN.
+_replicator_context = in_log_context(lambda unit: {"replicator_arn": unit.runtime.arn})
 
 
 class CopyUnit:
@@ -72,6 +76,7 @@ class CopyUnit:
         """The transactional id of a worker's exactly-once producer for this replicator."""
         return f"ferry-{self.runtime.replicator_id}-{worker_id}"
 
+    @_replicator_context
     async def converge(
         self, wanted: set[TopicPartition], previous_owners: Mapping[TopicPartition, str] | None = None
     ) -> None:
@@ -159,11 +164,13 @@ class CopyUnit:
             return set()  # no inventory yet: these are the first partitions
         return {tp for tp in partitions if tp.partition >= scope.get(tp.topic, 0)}
 
+    @_replicator_context
     async def flush_offset_map(self) -> None:
         """Write the offset map runs collected since the last flush, and the heads they reach."""
         copier = self.copier
         await self.offset_map.flush(copier.positions if copier is not None else dict)
 
+    @_replicator_context
     async def stop(self) -> None:
         if self.copier is not None:
             copier, self.copier = self.copier, None

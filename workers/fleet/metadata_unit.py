@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from models import fleet_store, offset_store
 from models.bootstrap import AddressPolicy
 from models.fleet_reports import METRICS_KEY, REPORT_TTL_SECONDS, STATUS_KEY, PartitionReport, StatusField
+from models.logs import in_log_context
 from workers.engine.admin import AdminError
 from workers.engine.aiokafka_hooks import WritesFenced
 from workers.engine.connection import (
@@ -201,6 +202,7 @@ class MetadataUnit:
             self.groups.update(runtime)
             self._wake.set()
 
+    @in_log_context(lambda unit: {"replicator_arn": unit.runtime.arn})  # its tasks' lines too
     async def run(self) -> None:
         groups = asyncio.create_task(
             self.groups.run(self.group_sync_interval_s, self.scope), name=f"groups-{self.runtime.name}"

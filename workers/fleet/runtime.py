@@ -266,6 +266,7 @@ class ReplicatorRuntime:
     spec: ReplicationSpec
     source: ClusterAccess
     target: ClusterAccess
+    arn: str = ""  # the replicator's ARN: its log lines carry it (models/logs.py)
 
 
 def runtime_of(
@@ -279,6 +280,7 @@ def runtime_of(
     created_at: datetime,
     service_execution_role_arn: str | None = None,
     delivery: str = "at-least-once",
+    arn: str = "",
 ) -> ReplicatorRuntime:
     spec = ReplicationSpec.from_replication_info(
         replication_info,
@@ -295,4 +297,5 @@ def runtime_of(
         spec=spec,
         source=access_of(by_alias[spec.source_alias], role_arn=service_execution_role_arn),
         target=access_of(by_alias[spec.target_alias], role_arn=service_execution_role_arn),
+        arn=arn,
     )
