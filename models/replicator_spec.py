@@ -468,9 +468,15 @@ def accept_update(
 
 
 def _check_same_cluster(arn: str | None, cluster_id: str | None, role: str, stored: dict[str, Any]) -> None:
+    if arn == "" and stored["ferry"]["kind"] == "apacheKafkaCluster":
+        # terraform-provider-aws sends `aws.String(<source|target>_kafka_cluster_arn)` on every update, which is ""
+        # for a self-managed cluster (identified by id, and it sends no id): an empty ARN there names no cluster.
+        arn = None
     if arn is not None and cluster_id is not None:
         raise refuse(f"{role}KafkaClusterArn", f"give at most one of {role}KafkaClusterArn and {role}KafkaClusterId")
     reference = stored["ferry"]["reference"]
+    if arn == "":
+        raise refuse(f"{role}KafkaClusterArn", f"is empty: give this replicator's {role} cluster ARN or leave it out")
     if arn is not None and (stored["ferry"]["kind"] != "amazonMskCluster" or arn != reference):
         raise refuse(
             f"{role}KafkaClusterArn",
