@@ -92,6 +92,11 @@ class FerrySettings(BaseSettings):
     group_sync_interval_seconds: Annotated[float, Field(gt=0, le=3600)] = Field(
         default=5.0, description="How often a replicator's consumer group offsets are translated and synced."
     )
+    usage_flush_seconds: Annotated[float, Field(ge=1, le=300)] = Field(
+        default=10.0,
+        description="How often a worker adds what it copied and ran to the usage table (docs/usage.md): what a "
+        "worker killed with SIGKILL had not stored yet, at most this long's worth, is not counted.",
+    )
     offset_map_max_runs: Annotated[int, Field(ge=16)] = Field(
         default=10_000,
         description="Offset map runs kept per source partition before old ones are thinned (with a stated bound).",

@@ -232,6 +232,8 @@ class PartitionCopier:
         self._last_housekeeping = 0.0
         self._format: BatchFormat | None = None
         self._retired: dict[TopicPartition, PartitionStats] = {}
+        # Every partition's measurements since this copier started, revoked ones included: ``copied_totals``.
+        self._counted: dict[TopicPartition, list[PartitionMetrics]] = {}
         self._poll_limit = (
             self.options.max_batches_per_transaction if spec.exactly_once else self.options.max_batches_per_poll
         )
@@ -378,6 +380,15 @@ class PartitionCopier:
             stats[tp] = state.metrics.snapshot()
         return stats
 
+    def copied_totals(self) -> dict[TopicPartition, tuple[int, int]]:
+        """Records and bytes copied per partition since this copier started, partitions revoked since (and
+        assigned again) included: these never decrease for as long as the copier lives, so a reader's deltas
+        between two readings are exact (usage accounting, ``workers/fleet/usage.py``)."""
+        return {
+            tp: (sum(m.records_copied for m in counted), sum(m.bytes_copied for m in counted))
+            for tp, counted in self._counted.items()
+        }
+
     # ------------------------------------------------------------------ assignment
 
     async def assign(
@@ -424,6 +435,7 @@ class PartitionCopier:
         for tp in new:
             target_tp = target_tps[tp]
             metrics = PartitionMetrics(tp, target_tp.topic)
+            self._counted.setdefault(tp, []).append(metrics)
             saved = progress.get(tp)
             if saved is not None:
                 start, target_next, committed = (

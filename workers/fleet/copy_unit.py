@@ -27,6 +27,7 @@ from workers.fleet.address_vetting import AddressVetting
 from workers.fleet.offset_map_sink import OffsetMapBuffer
 from workers.fleet.runtime import ConnectionResolver, ReplicatorRuntime
 from workers.fleet.secrets import SecretStore, SecretUnavailable
+from workers.fleet.usage import UsageMeter, billed
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,11 @@ class CopyUnit:
         vetting: AddressVetting | None = None,
         resolver: ConnectionResolver | None = None,
         worker_id: str = "standalone",
+        usage: UsageMeter | None = None,
     ) -> None:
         self.runtime = runtime
+        # What its copiers copy is counted there (workers/fleet/usage.py).
+        self.usage = usage
         self.vetting = vetting or AddressVetting(AddressPolicy())
         self.resolver = resolver or ConnectionResolver(SecretStore())
         # holds(replicator_id, partitions): whether this worker holds a valid lease on every one of them.
@@ -164,6 +168,12 @@ class CopyUnit:
             return set()  # no inventory yet: these are the first partitions
         return {tp for tp in partitions if tp.partition >= scope.get(tp.topic, 0)}
 
+    def read_usage(self, copier: PartitionCopier | None = None) -> None:
+        """Add what the copier copied since it was last read to the worker's usage."""
+        copier = copier or self.copier
+        if self.usage is not None and copier is not None:
+            self.usage.copied(billed(self.runtime), copier, copier.copied_totals())
+
     @_replicator_context
     async def flush_offset_map(self) -> None:
         """Write the offset map runs collected since the last flush, and the heads they reach."""
@@ -182,6 +192,9 @@ class CopyUnit:
                 log.warning("copier of %s stopped with %s: %s", self.runtime.name, type(exc).__name__, exc)
                 self.offset_map.discard()
                 return
+            finally:
+                # Its last batches were acknowledged while it stopped: counted before the copier is dropped.
+                self.read_usage(copier)
             if copier.failure is None:
                 try:
                     await self.offset_map.flush(copier.positions)

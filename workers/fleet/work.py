@@ -42,6 +42,7 @@ from workers.fleet.metadata_unit import MetadataUnit
 from workers.fleet.reporting import MetricsReporter
 from workers.fleet.runtime import ConnectionResolver, ReplicatorRuntime
 from workers.fleet.secrets import SecretStore
+from workers.fleet.usage import UsageMeter
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ class WorkLoop:
         self._reporter: MetricsReporter | None = None
         # Read by the control loop's thread (its ``sample``), which writes it to the database.
         self.load_meter = LoadMeter()
+        self.usage = UsageMeter(worker_id, flush_seconds=settings.usage_flush_seconds)  # docs/usage.md
         self.vetting = AddressVetting(AddressPolicy(settings.allowed_bootstrap))
         # Secrets are read here, on the worker, and kept in memory only (workers/fleet/secrets.py).
         self.resolver = ConnectionResolver(
@@ -177,6 +179,7 @@ class WorkLoop:
             except (TimeoutError, SQLAlchemyError, OSError) as exc:
                 # Kept in memory for the next flush; the copy and the reports go on meanwhile.
                 log.warning("offset map of %s not stored: %s", runner.runtime.name, exc)
+        await self.usage.tick(self.copiers, self.metadata, self._db)
         flushed = time.monotonic()
         try:
             reporter = self._require(self._reporter)
@@ -206,11 +209,14 @@ class WorkLoop:
 
     async def shutdown(self) -> None:
         """Stop every unit (copiers write their final progress while the control loop still renews)."""
+        self.usage.read(self.copiers, self.metadata)
         await self.converge(DesiredWork())
         while self._stopping or self._stopping_metadata:
             await asyncio.wait(
                 [*(task for _, task in self._stopping.values()), *self._stopping_metadata.values()], timeout=1.0
             )
+        if self._db is not None:
+            await self.usage.flush(self._db)  # what the stopped copiers copied last included
         if self._reporter is not None:
             with contextlib.suppress(RedisError, OSError, TimeoutError):
                 await asyncio.wait_for(self._reporter.forget_worker(), 5)
@@ -361,6 +367,7 @@ class WorkLoop:
                 vetting=self.vetting,
                 resolver=self.resolver,
                 worker_id=self.worker_id,
+                usage=self.usage,
             )
             self.copiers[replicator_id] = copy_unit
         try:
