@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from redis.asyncio import Redis
 
-from api import audits, fleet, health, offsets, replication_metrics, replicators, tags
+from api import audits, fleet, health, offsets, replication_metrics, replicators, tags, usage
 from api.access_log import AccessLog
 from api.errors import install_error_handling
 from api.fleet_trigger import FleetTrigger, ReconcileWatch
@@ -70,6 +70,7 @@ def create_app(settings: FerrySettings | None = None) -> FastAPI:
     app.include_router(fleet.router)
     app.include_router(offsets.router)
     app.include_router(audits.router)
+    app.include_router(usage.router)
     app.include_router(replicators.router)
     app.include_router(tags.router)
     # Inside the body limit and request ids (added by install_error_handling, so outermost): a request is

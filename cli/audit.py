@@ -63,11 +63,12 @@ def add_commands(sub: Any) -> None:
     audit.add_argument("--timeout", type=float, default=3600.0, help="give up waiting after this many seconds")
 
 
-def _client(endpoint: str, region: str | None) -> httpx.Client:
+def signed_client(endpoint: str, region: str | None, command: str = "ferry audit") -> httpx.Client:
+    """An HTTP client to the Ferry API whose requests are SigV4-signed with the AWS CLI's credentials chain."""
     session = botocore.session.get_session()
     credentials = session.get_credentials()
     if credentials is None:
-        raise SystemExit("ferry audit: no AWS credentials found (set AWS_PROFILE or AWS_ACCESS_KEY_ID/...)")
+        raise SystemExit(f"{command}: no AWS credentials found (set AWS_PROFILE or AWS_ACCESS_KEY_ID/...)")
     region = region or os.environ.get("AWS_REGION") or session.get_config_variable("region") or "us-east-1"
     return httpx.Client(base_url=endpoint, timeout=30, auth=KafkaSigV4(credentials.get_frozen_credentials(), region))
 
@@ -90,7 +91,7 @@ def run(args: Any) -> int:
         return 2
     base = f"/replication/v1/replicators/{quote(args.replicator_arn, safe='')}/audits"
     try:
-        with _client(args.endpoint_url, args.region) as client:
+        with signed_client(args.endpoint_url, args.region) as client:
             if args.audit_id:
                 status = _answer(client.get(f"{base}/{quote(args.audit_id, safe='')}"))
             else:

@@ -9,6 +9,7 @@
     ferry healthcheck [--pid N]                     is this container's Ferry process alive (cli/healthcheck.py)
     ferry admin create-access-key ...               access keys (cli/admin.py)
     ferry audit --replicator-arn ...                compare a replicator's target with its source (cli/audit.py)
+    ferry usage --from ... --to ...                 usage for chargeback, as a table, JSON or CSV (cli/usage.py)
     ferry fleet status|drain|autoscale ...          the worker fleet: its load, draining, a local autoscaler
                                                     (cli/fleet.py)
 
@@ -23,7 +24,7 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Literal
 
-from cli import admin, audit, fleet, healthcheck
+from cli import admin, audit, fleet, healthcheck, usage
 from models import logs
 from models.migrate import main as migrate_main
 from models.settings import SettingsError, get_settings
@@ -68,6 +69,7 @@ def parser() -> argparse.ArgumentParser:
     healthcheck.add_commands(sub)
     admin.add_commands(sub)
     audit.add_commands(sub)
+    usage.add_commands(sub)
     fleet.add_commands(sub)
     return top
 
@@ -121,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
             return migrate_main(["upgrade"])
         if args.command == "audit":
             return audit.run(args)
+        if args.command == "usage":
+            return usage.run(args)
         if args.command == "fleet":
             return fleet.run(args)
         if args.command == "healthcheck":

@@ -30,6 +30,7 @@ OPERATIONS = {
     ("post", "/v1/tags/{resourceArn}"): ("TagResource", {"400", "404", "500"}),
     ("delete", "/v1/tags/{resourceArn}"): ("UntagResource", {"400", "404", "500"}),
     ("get", "/v1/tags/{resourceArn}"): ("ListTagsForResource", {"400", "404", "500"}),
+    ("get", "/replication/v1/usage"): ("GetUsage", {"400", "401", "403", "503"}),
 }
 
 
