@@ -119,15 +119,19 @@ def balance(
             homeless.append(unit)
     for entries in held.values():
         entries.sort()
-    # Among equally busy donors the one that held fewer gives first, so those that held the most keep the most.
+    # Among equally busy workers, the one that held more receives first and gives last, so those that held the
+    # most keep the most (as count-fair shares did: the holder of a metadata unit takes the odd unit).
     held_before = {w: len(held[w]) for w in live}
+
+    def least_busy() -> str:
+        return min(live, key=lambda w: (total[w], -held_before[w], w))
     for unit in sorted(homeless, key=lambda u: (-cost[u], u)):
-        worker = min(live, key=lambda w: (total[w], len(held[w]), w))
+        worker = least_busy()
         insort(held[worker], (cost[unit], unit))
         total[worker] += cost[unit]
     # Every move lowers the sum of squared worker totals, so this ends; the bound only guards against float noise.
     for _ in range(4 * len(ordered_units) + 1):
-        receiver = min(live, key=lambda w: (total[w], len(held[w]), w))
+        receiver = least_busy()
         move = None
         for donor in sorted(live, key=lambda w: (-total[w], held_before[w], w)):
             if donor == receiver:

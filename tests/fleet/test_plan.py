@@ -285,3 +285,14 @@ def test_balance_of_ten_thousand_units_is_quick_enough_for_every_pass() -> None:
     before = balance(units, {}, ["w1", "w2"])
     after = balance(units, before, ["w1", "w2", "w3"], {units[0]: 5e6, units[1]: 5e6})
     assert sorted(loads(after).values())[0] >= 3_000
+
+
+def test_copy_units_stay_count_fair_whichever_worker_runs_the_metadata_unit() -> None:
+    units = [UnitKey.metadata(R), *copy_units(48)]
+    for first in ("w1", "w2"):
+        with_metadata = balance(units[:1], {}, [first])
+        two = balance(units, with_metadata, ["w1", "w2"])
+        three = balance(units, two, ["w1", "w2", "w3"])
+        copies = Counter(w for u, w in three.items() if not u.is_metadata)
+        assert copies == {"w1": 16, "w2": 16, "w3": 16}, (first, copies)
+        assert three[units[0]] == first, "the metadata unit moved"
