@@ -125,6 +125,7 @@ def balance(
 
     def least_busy() -> str:
         return min(live, key=lambda w: (total[w], -held_before[w], w))
+
     for unit in sorted(homeless, key=lambda u: (-cost[u], u)):
         worker = least_busy()
         insort(held[worker], (cost[unit], unit))
