@@ -4,6 +4,7 @@ virtualenv installed with the image's own steps runs every role with the ``ferry
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import socket
@@ -200,6 +201,10 @@ def test_a_fresh_virtualenv_runs_every_role_with_the_ferry_command(
               worker, worker_log, 90)  # fmt: skip
         api_check = subprocess.run([*probe, str(api.pid)], cwd=elsewhere, env=env, capture_output=True, check=False)
         assert api_check.returncode == 0, api_check.stderr
+        fleet = subprocess.run([ferry, "fleet", "status", "--json"], cwd=elsewhere, env=env, capture_output=True,
+                               text=True, check=False)  # fmt: skip
+        assert fleet.returncode == 0, fleet.stderr
+        assert worker.pid in {w["pid"] for w in json.loads(fleet.stdout)["liveWorkers"]}, fleet.stdout
     finally:
         api_exit = _stop(api)
         worker_exit = _stop(worker)
