@@ -15,11 +15,27 @@ from api.access_log import AccessLog
 from api.errors import install_error_handling
 from api.fleet_trigger import FleetTrigger, ReconcileWatch
 from api.identity import Authentication, secret_box_of
+from api.openapi_document import document_security, operation_id_of_handler
 from models.bootstrap import AddressPolicy
 from models.db import async_session_factory, make_async_engine
 from models.settings import FerrySettings, get_settings
 
 log = logging.getLogger(__name__)
+
+API_DESCRIPTION = """Self-hosted Kafka replication with an Amazon MSK Replicator compatible API.
+
+The MSK operations (CreateReplicator, DescribeReplicator, ListReplicators, UpdateReplicationInfo,
+DeleteReplicator, TagResource, UntagResource, ListTagsForResource) are MSK's `kafka` service, API version
+2018-11-14, on the wire: boto3, the AWS CLI and Terraform's aws provider work unchanged with an endpoint URL
+(`boto3.client("kafka", endpoint_url=...)`, `aws kafka ... --endpoint-url ...`, `AWS_ENDPOINT_URL_KAFKA`).
+Replicator ARNs in paths are percent-encoded (`:` as `%3A`, `/` as `%2F`), as botocore sends them.
+
+Operations marked "Ferry extension" are Ferry's own: replication metrics, offset translation, planned failover,
+audits of a copy, the worker fleet, and Prometheus metrics.
+
+Every call but the health probes is signed with AWS Signature Version 4 (service `kafka`) with an access key Ferry
+issued; /metrics also takes the metrics bearer token. Errors are AWS-style: the error code in the
+`x-amzn-ErrorType` header, a JSON body `{"message": ..., "invalidParameter": ...}`."""
 
 
 def create_app(settings: FerrySettings | None = None) -> FastAPI:
@@ -59,8 +75,9 @@ def create_app(settings: FerrySettings | None = None) -> FastAPI:
     app = FastAPI(
         title="Ferry",
         version="0.1.0",
-        description="Self-hosted Kafka replication with an Amazon MSK Replicator compatible API.",
+        description=API_DESCRIPTION,
         lifespan=lifespan,
+        generate_unique_id_function=operation_id_of_handler,
     )
     app.state.settings = settings
     app.state.address_policy = AddressPolicy(settings.allowed_bootstrap)
@@ -78,4 +95,5 @@ def create_app(settings: FerrySettings | None = None) -> FastAPI:
     app.add_middleware(Authentication, settings=settings)
     install_error_handling(app)
     app.add_middleware(AccessLog)  # outermost: it logs every response, the request id's refusals included
+    document_security(app)
     return app

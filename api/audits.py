@@ -11,11 +11,12 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Body, Path, Request
 from pydantic import BaseModel, Field, model_validator
 
+from api import examples
 from api.deps import id_in_path, spec_of, transaction
 from api.errors import error_responses
 from api.identity import CallerDep
@@ -39,6 +40,8 @@ TopicName = Annotated[str, Field(min_length=1, max_length=249, pattern=r"^[A-Za-
 
 
 class StartAuditRequest(BaseModel):
+    """The source range to compare with its copy: a topic, and optionally one partition and an offset range."""
+
     topic: TopicName = Field(description="Source topic to audit.")
     partition: int | None = Field(default=None, ge=0, le=1_000_000, description="One partition; default: all.")
     fromOffset: int | None = Field(
@@ -58,15 +61,90 @@ class StartAuditRequest(BaseModel):
         return self
 
 
+class MissingRecords(BaseModel):
+    """Source records with no copy on the target."""
+
+    count: int = Field(
+        description="Source records with no copy: the map skips them (never copied), or their target record is gone."
+    )
+    sourceOffsets: list[int] = Field(description="The source offsets of the first of them (at most 100).")
+
+
+class DifferingPair(BaseModel):
+    """A source record and the target record the offset map points to, which differs from it."""
+
+    sourceOffset: int = Field(description="The source record's offset.")
+    targetOffset: int = Field(description="The offset of its copy on the target.")
+
+
+class DifferingRecords(BaseModel):
+    """Source records whose copy differs."""
+
+    count: int = Field(description="Source records whose target record, where the offset map points, is another.")
+    offsets: list[DifferingPair] = Field(description="The first of them, source and target offset (at most 100).")
+
+
+class TargetRecords(BaseModel):
+    """Target records of one kind (duplicated or unexpected)."""
+
+    count: int = Field(description="How many there are.")
+    targetOffsets: list[int] = Field(description="The target offsets of the first of them (at most 100).")
+
+
+class UncheckedRange(BaseModel):
+    """A source range that could not be compared."""
+
+    fromOffset: int = Field(description="First source offset of the range.")
+    toOffset: int = Field(description="Source offset the range ends before.")
+    reason: str = Field(
+        description="Why it could not be compared: deleted from the source before the audit, before the replicator's "
+        "first copied record, or not copied yet."
+    )
+
+
+class PartitionAuditResult(BaseModel):
+    """One partition's comparison of the source range with its copy (docs/auditor.md)."""
+
+    topic: str = Field(description="The source topic.")
+    targetTopic: str = Field(description="The topic it is copied to on the target.")
+    partition: int = Field(description="The partition (the same number on both clusters).")
+    fromOffset: int = Field(description="First source offset compared.")
+    toOffset: int = Field(description="Source offset the comparison ended before.")
+    consistent: bool = Field(description="True when no record is missing, duplicated, differing or unexpected.")
+    sourceRecords: int = Field(description="Source records in the range.")
+    matched: int = Field(description="Source records whose copy, where the offset map says it went, is identical.")
+    filtered: int = Field(
+        description="Source records the replicator does not copy by design: with IDENTICAL naming, records whose "
+        "origin is the target cluster."
+    )
+    missing: MissingRecords = Field(description="Source records of the range with no copy on the target.")
+    differing: DifferingRecords = Field(description="Copies that differ from their source record.")
+    duplicated: TargetRecords = Field(
+        description="Target records no run of the offset map points to whose content is a source record's (an "
+        "at-least-once re-copy after a crash)."
+    )
+    unexpected: TargetRecords = Field(
+        description="Target records no run of the offset map points to that match no source record (written by "
+        "something other than this replicator)."
+    )
+    unchecked: list[UncheckedRange] = Field(description="Source ranges that could not be compared, with why.")
+    bytesCompared: int = Field(description="Key and value bytes of the source records compared.")
+    seconds: float = Field(description="How long the partition's comparison took.")
+
+
 class AuditStatus(BaseModel):
-    auditId: str
-    replicatorArn: str
-    topic: str
-    targetTopic: str
-    partition: int | None
-    fromOffset: int | None
-    toOffset: int | None
-    state: str = Field(description="PENDING, RUNNING, SUCCEEDED or FAILED.")
+    """An audit job: its state, what it is doing, and per partition what it found."""
+
+    auditId: str = Field(description="The audit's id (DescribeAudit's auditId).")
+    replicatorArn: str = Field(description="The replicator whose copy is audited.")
+    topic: str = Field(description="The source topic audited.")
+    targetTopic: str = Field(description="The topic the replicator copies it to on the target.")
+    partition: int | None = Field(description="The partition audited; null: every partition of the topic.")
+    fromOffset: int | None = Field(description="First source offset to compare; null: each partition's log start.")
+    toOffset: int | None = Field(
+        description="Source offset to stop before; null: each partition's end when the audit starts."
+    )
+    state: audits.AuditState = Field(description="PENDING, RUNNING, SUCCEEDED or FAILED.")
     consistent: bool | None = Field(
         default=None,
         description="When SUCCEEDED: true when no record is missing, duplicated, differing or unexpected (ranges "
@@ -74,14 +152,12 @@ class AuditStatus(BaseModel):
     )
     progress: str | None = Field(default=None, description="What it is doing now, with numbers.")
     error: str | None = Field(default=None, description="Why it failed.")
-    partitions: list[dict[str, Any]] | None = Field(
+    partitions: list[PartitionAuditResult] | None = Field(
         default=None,
-        description="Per partition: fromOffset, toOffset, sourceRecords, matched, filtered, missing, differing, "
-        "duplicated, unexpected (count and first offsets), unchecked [{fromOffset, toOffset, reason}], "
-        "bytesCompared, seconds.",
+        description="The partitions compared so far (all of them when SUCCEEDED); null before the first is done.",
     )
-    createdAt: str
-    updatedAt: str
+    createdAt: str = Field(description="When it was started (ISO 8601 with its UTC offset).")
+    updatedAt: str = Field(description="When it last changed (ISO 8601 with its UTC offset).")
 
 
 def _status(job: audits.AuditJob, arn: str, target_topic: str) -> AuditStatus:
@@ -107,7 +183,7 @@ def _status(job: audits.AuditJob, arn: str, target_topic: str) -> AuditStatus:
         consistent=result.get("consistent") if state == audits.AuditState.SUCCEEDED else None,
         progress=job.progress,
         error=error,
-        partitions=partitions,
+        partitions=None if partitions is None else [PartitionAuditResult.model_validate(p) for p in partitions],
         createdAt=job.created_at.isoformat(),
         updatedAt=job.updated_at.isoformat(),
     )
@@ -118,7 +194,7 @@ def _status(job: audits.AuditJob, arn: str, target_topic: str) -> AuditStatus:
     operation_id="StartAudit",
     summary="Start comparing a topic's copy with its source (Ferry extension)",
     responses={
-        **error_responses(400, 404, 500),
+        **error_responses(400, 401, 403, 404, 429, 500, 503, body=True),
         **on_success(
             200,
             {
@@ -132,10 +208,18 @@ def _status(job: audits.AuditJob, arn: str, target_topic: str) -> AuditStatus:
     },
 )
 async def start_audit(
-    replicatorArn: ReplicatorArn, body: StartAuditRequest, request: Request, caller: CallerDep
+    replicatorArn: ReplicatorArn,
+    body: Annotated[StartAuditRequest, Body(openapi_examples=examples.START_AUDIT)],
+    request: Request,
+    caller: CallerDep,
 ) -> AuditStatus:
-    """Records an audit job; the replicator's metadata unit runs it. Read its progress and result with
-    DescribeAudit."""
+    """Records an audit job (state PENDING): the replicator's metadata unit compares the source range with its copy
+    on the target, record by record, following the offset map (docs/auditor.md). A range of any size streams
+    through in one pass; follow it with DescribeAudit.
+
+    Errors: 400 when the body is invalid (a reversed range, an unknown member), the topic is not one the
+    replicator copies, or the replicator is DELETING; 404 when the replicator does not exist; 401, 403, 429 and
+    503 as for every signed call."""
     async with transaction(request) as session:
         row = await replicator_service.get_replicator(session, account_id=caller.account_id, arn=replicatorArn)
         if row.state == ReplicatorState.DELETING:
@@ -161,11 +245,21 @@ async def start_audit(
     f"{_BASE}/audits/{{auditId}}",
     operation_id="DescribeAudit",
     summary="Progress and result of an audit (Ferry extension)",
-    responses=error_responses(400, 404, 500),
+    responses=error_responses(400, 401, 403, 404, 429, 500, 503),
 )
 async def describe_audit(
-    replicatorArn: ReplicatorArn, auditId: str, request: Request, caller: CallerDep
+    replicatorArn: ReplicatorArn,
+    auditId: Annotated[str, Path(description="The audit's id, as StartAudit returned it.")],
+    request: Request,
+    caller: CallerDep,
 ) -> AuditStatus:
+    """The audit's state, a progress line while it runs, the reason when it failed, and per partition compared so
+    far the records matched, missing, duplicated, differing and unexpected (with their first offsets) and the
+    ranges that could not be checked, with why. An audit no worker advanced for two minutes says so in `error`
+    (a live worker picks it up again).
+
+    Errors: 400 when auditId is not an audit id or the ARN not a replicator ARN; 404 when the replicator or the
+    audit (of this replicator) does not exist; 401, 403, 429 and 503 as for every signed call."""
     audit_id = id_in_path(auditId, "auditId", "an audit id")
     async with transaction(request) as session:
         row = await replicator_service.get_replicator(session, account_id=caller.account_id, arn=replicatorArn)

@@ -24,11 +24,13 @@ router = APIRouter(tags=["fleet"])
 
 
 class FleetWorkerView(BaseModel):
-    workerId: str
-    hostname: str
-    pid: int
-    startedAt: datetime
-    heartbeatAgeSeconds: float
+    """A live worker and its load."""
+
+    workerId: str = Field(description="The worker's id (hostname, process id and a random part).")
+    hostname: str = Field(description="The host the worker runs on.")
+    pid: int = Field(description="The worker's process id on that host.")
+    startedAt: datetime = Field(description="When the worker started.")
+    heartbeatAgeSeconds: float = Field(description="Seconds since the worker's last heartbeat.")
     units: int = Field(description="Units (partitions and metadata units) whose lease the worker holds.")
     cpuCores: float = Field(description="CPU cores the worker's process used over its last measurement window.")
     bytesPerSecond: float = Field(description="Bytes per second the worker copied from sources to targets.")
@@ -37,25 +39,34 @@ class FleetWorkerView(BaseModel):
 
 
 class FleetDemandView(BaseModel):
+    """How many workers the fleet's load needs (models/fleet_capacity.py), and why."""
+
     desiredWorkers: int = Field(
         description="Workers the fleet needs for its load with headroom (the autoscaling "
         "signal, ferry_fleet_desired_workers)."
     )
-    byThroughput: int
-    byCpu: int
-    bytesPerSecond: float
-    lagBytes: int
-    cpuCores: float
-    reason: str
+    byThroughput: int = Field(
+        description="Workers needed to copy the measured bytes per second and clear the lag in time "
+        "(FERRY_FLEET_WORKER_CAPACITY_BYTES_PER_SECOND, FERRY_FLEET_TARGET_UTILISATION, FERRY_FLEET_LAG_CLEAR_SECONDS)."
+    )
+    byCpu: int = Field(
+        description="Workers needed for the CPU cores the workers use, each at the target utilisation of a core."
+    )
+    bytesPerSecond: float = Field(description="Bytes per second the fleet copies.")
+    lagBytes: int = Field(description="Bytes all partitions trail their sources by.")
+    cpuCores: float = Field(description="CPU cores the workers use together.")
+    reason: str = Field(description="The numbers behind byThroughput and byCpu, in words.")
 
 
 class FleetView(BaseModel):
-    liveWorkers: list[FleetWorkerView]
-    units: int
+    """The worker fleet at a glance."""
+
+    liveWorkers: list[FleetWorkerView] = Field(description="Workers whose heartbeat is recent.")
+    units: int = Field(description="Units of work: a metadata unit per replicator and a copy unit per partition.")
     unassignedUnits: int = Field(description="Units the reconcile loop could give to no live worker.")
     unitsWithoutOwner: int = Field(description="Units no worker holds a live lease on right now.")
-    demand: FleetDemandView
-    lastReconcileAgeSeconds: float | None
+    demand: FleetDemandView = Field(description="How many workers the load needs.")
+    lastReconcileAgeSeconds: float | None = Field(description="Seconds since the last reconcile pass; null: none ran.")
 
 
 async def read_fleet(request: Request) -> tuple[fleet_store.FleetLoad, FleetDemand]:
@@ -82,6 +93,13 @@ async def read_fleet(request: Request) -> tuple[fleet_store.FleetLoad, FleetDema
     responses=error_responses(401, 403, 500, 503),
 )
 async def describe_fleet(request: Request, caller: CallerDep) -> FleetView:
+    """Live workers with their load (units held, CPU, bytes per second, lag), units without a worker, how many
+    workers the fleet needs for its load (the autoscaling signal, also `ferry_fleet_desired_workers` on /metrics)
+    and how old the last reconcile pass is. The fleet is shared by every account and nothing here names a
+    replicator, so any signed caller may read it.
+
+    Errors: 401 when the signature or key is not valid, 403 when it is refused, 429 when the key's request rate is
+    exceeded, 503 when the database does not answer."""
     load, demand = await read_fleet(request)
     return FleetView(
         liveWorkers=[

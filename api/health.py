@@ -66,9 +66,10 @@ async def _check(probe: Callable[[], Awaitable[None]], limit_seconds: float) -> 
     return {"status": "up"}
 
 
-@router.get("/livez", tags=["health"], summary="The API process serves requests")
+@router.get("/livez", tags=["health"], operation_id="CheckLiveness", summary="The API process serves requests")
 async def livez() -> dict[str, str]:
-    """Always 200 while the process can answer: nothing else is checked."""
+    """Always 200 `{"status": "up"}` while the process can answer: nothing else is checked. Open to anyone (no
+    credentials), as a supervisor's liveness probe."""
     return {"status": "up"}
 
 
@@ -98,9 +99,18 @@ async def _fleet(engine: AsyncEngine, settings: FerrySettings) -> dict[str, Any]
     return body
 
 
-@router.get("/readyz", tags=["health"], summary="Whether Ferry can do its job now")
+@router.get(
+    "/readyz",
+    tags=["health"],
+    operation_id="CheckReadiness",
+    summary="Whether Ferry can do its job now",
+    responses={503: {"description": "The database or Redis is down, or the fleet cannot copy (same body)."}},
+)
 async def readyz(request: Request) -> JSONResponse:
-    """The database, Redis and the fleet, each up or down with a reason; 200 when all are up, 503 otherwise."""
+    """The database, Redis and the fleet (live workers, units without an owner, the age of the last reconcile
+    pass), each `up` or `down` with a `reason`; 200 when all are up, 503 otherwise: when the database or Redis is
+    down, or when replicators exist but no worker is alive or reconcile passes stopped. Open to anyone (no
+    credentials), as a load balancer's readiness probe."""
     state = request.app.state
     timeout = state.settings.health_timeout_seconds
     database, redis = await asyncio.gather(
@@ -120,9 +130,17 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=200 if all_up else 503)
 
 
-@router.get("/healthz", tags=["health"], summary="Health of Ferry's dependencies")
+@router.get(
+    "/healthz",
+    tags=["health"],
+    operation_id="CheckHealth",
+    summary="Health of Ferry's dependencies",
+    responses={503: {"description": "A dependency is down (same body)."}},
+)
 async def healthz(request: Request) -> JSONResponse:
-    """Each dependency up or down with a reason; 200 when all are up, 503 otherwise."""
+    """The database, Redis and each Kafka cluster of FERRY_KAFKA_PROBE_CLUSTERS, each `up` or `down` with a
+    `reason`; 200 when all are up, 503 otherwise. Open to anyone (no credentials); kept for existing probes
+    (/readyz is the readiness probe)."""
     state = request.app.state
     timeout = state.settings.health_timeout_seconds
     clusters: dict[str, str] = state.settings.kafka_probe_clusters

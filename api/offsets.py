@@ -12,11 +12,12 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Body, Path, Query, Request
 from pydantic import BaseModel, Field
 
+from api import examples
 from api.deps import id_in_path, spec_of, transaction
 from api.errors import error_responses
 from api.identity import CallerDep
@@ -38,10 +39,12 @@ MAX_OFFSET = 2**63 - 1
 
 
 class OffsetTranslation(BaseModel):
-    sourceTopic: str
-    partition: int
-    sourceOffset: int
-    targetTopic: str
+    """Where a consumer that read a source partition up to ``sourceOffset`` resumes on the target."""
+
+    sourceTopic: str = Field(description="The source topic asked about.")
+    partition: int = Field(description="The partition asked about (the same number on both clusters).")
+    sourceOffset: int = Field(description="The source offset asked about: the next one the consumer would read.")
+    targetTopic: str = Field(description="The topic the replicator copies sourceTopic to on the target.")
     targetOffset: int = Field(description="Where to resume reading on the target.")
     maxRecordsReread: int = Field(description="At most this many records before the true position (0 = exact).")
     withinCopiedData: bool = Field(
@@ -55,18 +58,28 @@ class OffsetTranslation(BaseModel):
     f"{_BASE}/offset-translation",
     operation_id="TranslateOffset",
     summary="Translate a source offset to the target (Ferry extension)",
-    responses=error_responses(400, 404, 500),
+    responses=error_responses(400, 401, 403, 404, 429, 500, 503),
 )
 async def offset_translation(
     replicatorArn: ReplicatorArn,
     request: Request,
     caller: CallerDep,
     *,
-    topic: Annotated[str, Query(min_length=1, max_length=249, description="Source topic name.")],
-    partition: Annotated[int, Query(ge=0, le=MAX_PARTITION)],
-    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="The next source offset the consumer would read.")],
+    topic: Annotated[str, Query(min_length=1, max_length=249, description="Source topic name.", examples=["orders"])],
+    partition: Annotated[int, Query(ge=0, le=MAX_PARTITION, description="The partition number.", examples=[0])],
+    offset: Annotated[
+        int,
+        Query(ge=0, le=MAX_OFFSET, description="The next source offset the consumer would read.", examples=[1500]),
+    ],
 ) -> OffsetTranslation:
-    """The target offset of the first copied record at or after ``offset``, and the re-read bound."""
+    """Where a consumer that keeps its own source positions (Flink, Spark, no consumer group) resumes on the
+    target: the target offset of the first copied record at or after `offset`, and how many records at most it
+    reads again there (0 inside copied data). With ENHANCED offset sync, positions copied back by the partner
+    replicator are translated through its map (`translatedBy: reverse`).
+
+    Errors: 400 when a parameter is missing or out of range, or the ARN is not a replicator ARN; 404 when the
+    replicator does not exist or nothing of this topic partition has been copied yet (`invalidParameter`:
+    `topic`); 401, 403, 429 and 503 as for every signed call."""
     async with transaction(request) as session:
         row = await replicator_service.get_replicator(session, account_id=caller.account_id, arn=replicatorArn)
         spec = spec_of(row)
@@ -92,27 +105,69 @@ async def offset_translation(
 
 
 class StartFailoverRequest(BaseModel):
-    consumerGroups: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(min_length=1, max_length=100)
+    """The consumer groups to move to the target, and how long to wait for the source to go quiet."""
+
+    consumerGroups: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
+        min_length=1,
+        max_length=100,
+        description="The consumer groups to move (1 to 100; repeats are ignored). Each must be Empty on the source "
+        "(its consumers stopped) before the last sync.",
+    )
     gracePeriodSeconds: float = Field(
         default=10.0, ge=0, le=3600, description="How long the source must see no new record (producers stopped)."
     )
     timeoutSeconds: float = Field(default=600.0, gt=0, le=86400, description="Give up (FAILED) after this long.")
 
 
+class GroupPartitionResume(BaseModel):
+    """Where a group resumes on the target for one partition, as the failover's last sync decided."""
+
+    topic: str = Field(description="The source topic.")
+    partition: int = Field(description="The partition (the same number on both clusters).")
+    sourceOffset: int = Field(description="The group's committed offset on the source.")
+    targetTopic: str = Field(description="The topic the replicator copies it to on the target.")
+    targetOffset: int | None = Field(
+        description="The offset committed for the group on the target: where its consumers resume. Null when "
+        "nothing was committed (see status)."
+    )
+    maxReread: int | None = Field(
+        description="At most this many records the group reads again on the target (0 inside copied data); null "
+        "when targetOffset is."
+    )
+    status: str = Field(
+        description="What the sync did: SYNCED, SYNCED_AHEAD_OF_REPLICATION (committed where the next copied record "
+        "goes), UNCHANGED (already there), TARGET_AHEAD (the target group is further on: not moved back), "
+        "ACTIVE_ON_TARGET (the group has members on the target: not touched), NOT_MAPPED (nothing of the partition "
+        "copied yet) or SYNC_DISABLED (synchroniseConsumerGroupOffsets is off). The last three fail the failover."
+    )
+
+
+class FailoverResult(BaseModel):
+    """The last sync's decisions, per consumer group."""
+
+    groups: dict[str, list[GroupPartitionResume]] = Field(
+        description="Per consumer group, per source partition it has committed offsets on: where it resumes."
+    )
+
+
 class FailoverStatus(BaseModel):
-    operationId: str
-    replicatorArn: str
-    consumerGroups: list[str]
-    state: str = Field(
-        description="PENDING, WAITING_FOR_PRODUCERS, WAITING_FOR_LAG, WAITING_FOR_GROUPS, SUCCEEDED or FAILED."
+    """A planned failover: its state, what it waits for, and when done where each group resumes on the target."""
+
+    operationId: str = Field(description="The failover's id (DescribeFailover's operationId).")
+    replicatorArn: str = Field(description="The replicator whose metadata unit runs it.")
+    consumerGroups: list[str] = Field(description="The consumer groups it moves.")
+    state: FailoverState = Field(
+        description="PENDING, WAITING_FOR_PRODUCERS, WAITING_FOR_LAG, WAITING_FOR_GROUPS and SYNCING while it runs; "
+        "SUCCEEDED or FAILED when done (docs/failover-runbook.md)."
     )
     progress: str | None = Field(default=None, description="What it is waiting for now, with numbers.")
     error: str | None = Field(default=None, description="Why it failed.")
-    result: dict[str, Any] | None = Field(
-        default=None, description="groups -> [{topic, partition, sourceOffset, targetTopic, targetOffset, maxReread}]"
+    result: FailoverResult | None = Field(
+        default=None,
+        description="When the last sync ran (SUCCEEDED, or FAILED by that sync): where each group resumes.",
     )
-    createdAt: str
-    updatedAt: str
+    createdAt: str = Field(description="When it was started (ISO 8601 with its UTC offset).")
+    updatedAt: str = Field(description="When it last changed (ISO 8601 with its UTC offset).")
 
 
 # An open operation nobody advanced for this long after its timeout: no metadata unit runs it (no live worker).
@@ -139,7 +194,7 @@ def _status(op: FailoverOperation, arn: str) -> FailoverStatus:
         state=state,
         progress=op.progress,
         error=error,
-        result=op.result,
+        result=None if op.result is None else FailoverResult.model_validate(op.result),
         createdAt=op.created_at.isoformat(),
         updatedAt=op.updated_at.isoformat(),
     )
@@ -150,7 +205,7 @@ def _status(op: FailoverOperation, arn: str) -> FailoverStatus:
     operation_id="StartFailover",
     summary="Start a planned failover of consumer groups (Ferry extension)",
     responses={
-        **error_responses(400, 404, 500),
+        **error_responses(400, 401, 403, 404, 429, 500, 503, body=True),
         **on_success(
             200,
             {
@@ -164,9 +219,19 @@ def _status(op: FailoverOperation, arn: str) -> FailoverStatus:
     },
 )
 async def start_failover(
-    replicatorArn: ReplicatorArn, body: StartFailoverRequest, request: Request, caller: CallerDep
+    replicatorArn: ReplicatorArn,
+    body: Annotated[StartFailoverRequest, Body(openapi_examples=examples.START_FAILOVER)],
+    request: Request,
+    caller: CallerDep,
 ) -> FailoverStatus:
-    """Checks producers stopped, waits for zero lag, syncs the groups one last time, reports resume positions."""
+    """Starts moving consumer groups to the target (docs/failover-runbook.md); the replicator's metadata unit runs
+    it: it waits until no new record reaches the source for `gracePeriodSeconds` (producers stopped), until the
+    copy has no lag, and until every group is Empty on the source (consumers stopped), then syncs the groups' offsets
+    one last time and reports, per group and partition, where each resumes on the target. Follow it with
+    DescribeFailover; it fails after `timeoutSeconds`.
+
+    Errors: 400 when the body is invalid or the replicator is DELETING or FAILED; 404 when the replicator does not
+    exist; 401, 403, 429 and 503 as for every signed call."""
     async with transaction(request) as session:
         row = await replicator_service.get_replicator(session, account_id=caller.account_id, arn=replicatorArn)
         if row.state in (ReplicatorState.DELETING, ReplicatorState.FAILED):
@@ -185,11 +250,20 @@ async def start_failover(
     f"{_BASE}/failover/{{operationId}}",
     operation_id="DescribeFailover",
     summary="Progress and result of a planned failover (Ferry extension)",
-    responses=error_responses(400, 404, 500),
+    responses=error_responses(400, 401, 403, 404, 429, 500, 503),
 )
 async def describe_failover(
-    replicatorArn: ReplicatorArn, operationId: str, request: Request, caller: CallerDep
+    replicatorArn: ReplicatorArn,
+    operationId: Annotated[str, Path(description="The failover's id, as StartFailover returned it.")],
+    request: Request,
+    caller: CallerDep,
 ) -> FailoverStatus:
+    """The failover's state, what it waits for now (`progress`), why it failed (`error`), and when its last sync
+    ran, where each group resumes on the target (`result`). An operation no worker advanced for a while after its
+    timeout reads FAILED with the reason (is the replicator's metadata unit running?).
+
+    Errors: 400 when operationId is not an operation id or the ARN not a replicator ARN; 404 when the replicator
+    or the operation (of this replicator) does not exist; 401, 403, 429 and 503 as for every signed call."""
     op_id = id_in_path(operationId, "operationId", "an operation id")
     async with transaction(request) as session:
         row = await replicator_service.get_replicator(session, account_id=caller.account_id, arn=replicatorArn)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Body, Depends, Path, Query, Request
 
+from api import examples
 from api.deps import transaction
 from api.errors import error_responses, require_json_body
 from api.identity import CallerDep
@@ -23,6 +24,7 @@ from models.replicator_shapes import (
     ListReplicatorsResponse,
     ReplicatorStateResponse,
     UpdateReplicationInfoRequest,
+    msk_documentation,
 )
 
 router = APIRouter(tags=["replicators"])
@@ -47,9 +49,22 @@ _TO_DESCRIBE = {
     dependencies=[Depends(require_json_body)],
 )
 async def create_replicator(
-    body: CreateReplicatorRequest, request: Request, caller: CallerDep
+    body: Annotated[CreateReplicatorRequest, Body(openapi_examples=examples.CREATE_REPLICATOR)],
+    request: Request,
+    caller: CallerDep,
 ) -> CreateReplicatorResponse:
-    """Record a new replicator in state CREATING; the worker fleet starts it."""
+    """Records a new replicator in state CREATING; the worker fleet starts it, and it becomes RUNNING once every
+    partition is copied (docs/replicator-states.md). Clusters are MSK clusters (their bootstrap brokers looked up
+    with the AWS MSK API) or self-managed Apache Kafka clusters (bootstrapBrokerString); credentials are never in
+    the request, only the ARNs of Secrets Manager secrets the workers read. The reserved tag `ferry:delivery`
+    (`at-least-once` or `exactly-once`) chooses the delivery mode (docs/delivery.md).
+
+    Errors: 400 when the body is invalid (the member is named in `invalidParameter`: an unknown or missing member,
+    a pattern RE2 cannot run, a bootstrap address the address policy refuses, a cluster the replication does not
+    name, an MSK cluster that does not exist); 409 when the account has a replicator of this name; 429 when the
+    account has as many replicators as it may (FERRY_MAX_REPLICATORS_PER_ACCOUNT) or the key's request rate is
+    exceeded; 401 when the signature or key is not valid, 403 for a read-only key; 503 when the database or the
+    AWS MSK API is unavailable."""
     async with transaction(request) as session:
         row = await replicator_service.create_replicator(
             session,
@@ -91,11 +106,33 @@ async def create_replicator(
 async def list_replicators(
     request: Request,
     caller: CallerDep,
-    max_results: Annotated[int | None, Query(alias="maxResults", ge=1, le=100)] = None,
-    next_token: Annotated[str | None, Query(alias="nextToken", max_length=1024)] = None,
-    replicator_name_filter: Annotated[str | None, Query(alias="replicatorNameFilter", max_length=128)] = None,
+    max_results: Annotated[
+        int | None,
+        Query(
+            alias="maxResults",
+            ge=1,
+            le=100,
+            description=msk_documentation("ListReplicatorsRequest", "maxResults") + " 1 to 100; default 100.",
+        ),
+    ] = None,
+    next_token: Annotated[
+        str | None,
+        Query(alias="nextToken", max_length=1024, description=msk_documentation("ListReplicatorsRequest", "nextToken")),
+    ] = None,
+    replicator_name_filter: Annotated[
+        str | None,
+        Query(
+            alias="replicatorNameFilter",
+            max_length=128,
+            description=msk_documentation("ListReplicatorsRequest", "replicatorNameFilter"),
+        ),
+    ] = None,
 ) -> ListReplicatorsResponse:
-    """Replicators in creation order, optionally only those whose name starts with replicatorNameFilter."""
+    """The account's replicators in creation order, a page at a time (`nextToken` names the next page), optionally
+    only those whose name starts with `replicatorNameFilter`.
+
+    Errors: 400 when maxResults is out of range or nextToken is not one this service issued; 401, 403, 429 and 503
+    as for every signed call."""
     async with transaction(request) as session:
         rows, token = await replicator_service.list_replicators(
             session,
@@ -122,7 +159,11 @@ async def list_replicators(
 async def describe_replicator(
     replicatorArn: ReplicatorArn, request: Request, caller: CallerDep
 ) -> DescribeReplicatorResponse:
-    """The replicator's configuration, cluster aliases, state and currentVersion."""
+    """The replicator's configuration, cluster aliases, state (with `stateInfo` saying why when it is FAILED or
+    degraded), tags and `currentVersion` (what UpdateReplicationInfo and DeleteReplicator check).
+
+    Errors: 400 when the ARN is not a replicator ARN; 404 when the account has no such replicator (another
+    account's replicators are not found either); 401, 403, 429 and 503 as for every signed call."""
     async with transaction(request) as session:
         row = await replicator_service.get_replicator(session, account_id=caller.account_id, arn=replicatorArn)
         return replicator_service.describe(row)
@@ -139,11 +180,17 @@ async def describe_replicator(
 )
 async def update_replication_info(
     replicatorArn: ReplicatorArn,
-    body: UpdateReplicationInfoRequest,
+    body: Annotated[UpdateReplicationInfoRequest, Body(openapi_examples=examples.UPDATE_REPLICATION_INFO)],
     request: Request,
     caller: CallerDep,
 ) -> ReplicatorStateResponse:
-    """Change the updatable settings; refused when currentVersion is stale or nothing would change."""
+    """Changes what MSK lets change after creation: the topic and consumer group lists and their switches, or the
+    log delivery (not both in one call). A RUNNING replicator becomes UPDATING until the workers run the new
+    settings; the response carries no new currentVersion (DescribeReplicator does).
+
+    Errors: 400 when the body is invalid, `currentVersion` is not the replicator's (it changed since you read it),
+    the clusters named are not the replicator's, nothing would change, or the replicator is DELETING; 404 when the
+    replicator does not exist; 401, 403, 429 and 503 as for every signed call."""
     async with transaction(request) as session:
         row = await replicator_service.update_replication_info(
             session, account_id=caller.account_id, arn=replicatorArn, request=body
@@ -164,9 +211,21 @@ async def delete_replicator(
     replicatorArn: ReplicatorArn,
     request: Request,
     caller: CallerDep,
-    current_version: Annotated[str | None, Query(alias="currentVersion", max_length=64)] = None,
+    current_version: Annotated[
+        str | None,
+        Query(
+            alias="currentVersion",
+            max_length=64,
+            description=msk_documentation("DeleteReplicatorRequest", "currentVersion")
+            + " When given, the delete is refused (400) unless it is the replicator's currentVersion.",
+        ),
+    ] = None,
 ) -> ReplicatorStateResponse:
-    """Mark the replicator DELETING; the fleet stops it and removes it, after which Describe answers 404."""
+    """Marks the replicator DELETING; the fleet stops copying and removes it, after which DescribeReplicator
+    answers 404. Target topics and their records stay. Deleting a replicator already DELETING answers the same.
+
+    Errors: 400 when the ARN is not a replicator ARN or `currentVersion` is given and is not the replicator's; 404
+    when the replicator does not exist; 401, 403, 429 and 503 as for every signed call."""
     async with transaction(request) as session:
         row = await replicator_service.delete_replicator(
             session, account_id=caller.account_id, arn=replicatorArn, current_version=current_version

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
 
+from api import examples
 from api.deps import transaction
 from api.errors import error_responses, require_json_body
 from api.identity import CallerDep
@@ -35,9 +36,17 @@ _TO_LIST_TAGS = {
     dependencies=[Depends(require_json_body)],
 )
 async def tag_resource(
-    resourceArn: ResourceArn, body: TagResourceRequest, request: Request, caller: CallerDep
+    resourceArn: ResourceArn,
+    body: Annotated[TagResourceRequest, Body(openapi_examples=examples.TAG_RESOURCE)],
+    request: Request,
+    caller: CallerDep,
 ) -> Response:
-    """Tags with existing keys are overwritten."""
+    """Adds tags to a replicator; tags with existing keys are overwritten. Answers 204 with no body.
+
+    Errors: 400 when the body is invalid, it has no tag, a key or value breaks MSK's tag rules (at most 128 and
+    256 characters of letters, digits, spaces and `_.:/=+-@`, no `aws:` prefix, at most 50 tags), or it changes the
+    reserved `ferry:delivery` tag (chosen at creation); 404 when the replicator does not exist; 401, 403, 429 and
+    503 as for every signed call."""
     async with transaction(request) as session:
         await replicator_service.tag_resource(session, account_id=caller.account_id, arn=resourceArn, tags=body.tags)
     return Response(status_code=204)
@@ -55,9 +64,15 @@ async def untag_resource(
     resourceArn: ResourceArn,
     request: Request,
     caller: CallerDep,
-    tag_keys: Annotated[list[str], Query(alias="tagKeys")],
+    tag_keys: Annotated[
+        list[str],
+        Query(alias="tagKeys", description="The keys of the tags to remove (the query parameter repeated per key)."),
+    ],
 ) -> Response:
-    """Keys that are not present are ignored."""
+    """Removes tags from a replicator; keys that are not present are ignored. Answers 204 with no body.
+
+    Errors: 400 when no tag key is given or a key is the reserved `ferry:delivery` (chosen at creation); 404 when
+    the replicator does not exist; 401, 403, 429 and 503 as for every signed call."""
     async with transaction(request) as session:
         await replicator_service.untag_resource(
             session, account_id=caller.account_id, arn=resourceArn, tag_keys=tag_keys
@@ -75,6 +90,10 @@ async def untag_resource(
 async def list_tags_for_resource(
     resourceArn: ResourceArn, request: Request, caller: CallerDep
 ) -> ListTagsForResourceResponse:
+    """The replicator's tags, the reserved `ferry:delivery` among them when it was given at creation.
+
+    Errors: 400 when the ARN is not a replicator ARN; 404 when the replicator does not exist; 401, 403, 429 and
+    503 as for every signed call."""
     async with transaction(request) as session:
         tags = await replicator_service.list_tags(session, account_id=caller.account_id, arn=resourceArn)
     return ListTagsForResourceResponse(tags=tags)

@@ -26,6 +26,8 @@ AUDIT_STALE_SECONDS = 30.0
 
 
 class AuditState(enum.StrEnum):
+    """An audit job's states: PENDING until a worker claims it, RUNNING, then SUCCEEDED or FAILED."""
+
     PENDING = "PENDING"
     RUNNING = "RUNNING"
     SUCCEEDED = "SUCCEEDED"

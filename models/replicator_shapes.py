@@ -6,15 +6,21 @@ members, enums, lengths, the name pattern); the rules the model leaves to the se
 ``models.replicator_spec``. Response shapes are built by ``models.replicator_service`` and serialised by alias.
 
 The stored JSONB of a replicator uses these same wire names (see ``models.replicator``).
+
+Their JSON schemas (the OpenAPI document) describe each shape and member in MSK's words, from ``models.msk_docs``
+(a shape is documented as the MSK shape of its class name, or of ``msk_shape``); a ``Field(description=...)`` here
+takes precedence where Ferry has more to say.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.alias_generators import to_camel
+
+from models.msk_docs import MEMBER_DOCS, SHAPE_DOCS
 
 ReplicatorState = Literal["RUNNING", "CREATING", "UPDATING", "DELETING", "FAILED"]
 TargetCompressionType = Literal["NONE", "GZIP", "SNAPPY", "LZ4", "ZSTD"]
@@ -32,18 +38,42 @@ ConsumerGroupPattern = Annotated[str, StringConstraints(max_length=256)]
 Description = Annotated[str, StringConstraints(max_length=1024)]
 
 
+def msk_documentation(shape: str, member: str) -> str:
+    """MSK's description of a member of one of its shapes (``ListReplicatorsRequest``, ``maxResults``)."""
+    return MEMBER_DOCS[(shape, member)]
+
+
+def _describe_in_msk_words(schema: dict[str, Any], cls: type) -> None:
+    shape = getattr(cls, "msk_shape", cls.__name__)
+    if "description" not in schema and shape in SHAPE_DOCS:
+        schema["description"] = SHAPE_DOCS[shape]
+    for member, member_schema in schema.get("properties", {}).items():
+        if "description" not in member_schema and (shape, member) in MEMBER_DOCS:
+            member_schema["description"] = MEMBER_DOCS[(shape, member)]
+
+
 class RequestShape(BaseModel):
     """Accepts wire names only, refuses unknown members and never coerces types (a string is not a bool)."""
 
     model_config = ConfigDict(
-        alias_generator=to_camel, validate_by_alias=True, validate_by_name=False, extra="forbid", strict=True
+        alias_generator=to_camel,
+        validate_by_alias=True,
+        validate_by_name=False,
+        extra="forbid",
+        strict=True,
+        json_schema_extra=_describe_in_msk_words,
     )
 
 
 class ResponseShape(BaseModel):
     """Built in Python by field name, serialised by wire name."""
 
-    model_config = ConfigDict(alias_generator=to_camel, validate_by_alias=True, validate_by_name=True)
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        validate_by_alias=True,
+        validate_by_name=True,
+        json_schema_extra=_describe_in_msk_words,
+    )
 
 
 # ----- clusters -----------------------------------------------------------------------------------------------
@@ -237,6 +267,8 @@ class CreateReplicatorRequest(RequestShape):
 
 
 class CreateReplicatorResponse(ResponseShape):
+    """The new replicator, in state CREATING."""
+
     replicator_arn: str
     replicator_name: str
     replicator_state: ReplicatorState
@@ -248,6 +280,8 @@ class ReplicationStateInfo(ResponseShape):
 
 
 class DescribeReplicatorResponse(ResponseShape):
+    """A replicator: its configuration, state and currentVersion."""
+
     creation_time: datetime
     current_version: str
     is_replicator_reference: bool
@@ -277,6 +311,8 @@ class ReplicatorSummary(ResponseShape):
 
 
 class ListReplicatorsResponse(ResponseShape):
+    """One page of the account's replicators."""
+
     next_token: str | None = None
     replicators: list[ReplicatorSummary]
 
@@ -295,13 +331,18 @@ class UpdateReplicationInfoRequest(RequestShape):
 class ReplicatorStateResponse(ResponseShape):
     """DeleteReplicatorResponse and UpdateReplicationInfoResponse have this same shape."""
 
+    msk_shape: ClassVar[str] = "UpdateReplicationInfoResponse"
     replicator_arn: str
     replicator_state: ReplicatorState
 
 
 class TagResourceRequest(RequestShape):
+    """Tags to add to a replicator."""
+
     tags: dict[str, str]
 
 
 class ListTagsForResourceResponse(ResponseShape):
+    """A replicator's tags."""
+
     tags: dict[str, str]
