@@ -79,7 +79,7 @@ _DESCRIPTIONS = {
 
 
 class AwsError(BaseModel):
-    """The body of every error response; the error's name is in the ``x-amzn-ErrorType`` header."""
+    """The body of every error response; the error's name is in the `x-amzn-ErrorType` header."""
 
     message: str = Field(description="What went wrong, starting with the offending member when there is one.")
     invalidParameter: str | None = Field(default=None, description="The request member that caused the error.")

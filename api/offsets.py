@@ -39,7 +39,7 @@ MAX_OFFSET = 2**63 - 1
 
 
 class OffsetTranslation(BaseModel):
-    """Where a consumer that read a source partition up to ``sourceOffset`` resumes on the target."""
+    """Where a consumer that read a source partition up to `sourceOffset` resumes on the target."""
 
     sourceTopic: str = Field(description="The source topic asked about.")
     partition: int = Field(description="The partition asked about (the same number on both clusters).")
