@@ -45,6 +45,8 @@ CSV_COLUMNS = (
 
 
 class UsageAmounts(BaseModel):
+    """What was used: records and bytes copied, replicator-hours and partition-hours."""
+
     recordsReplicated: int = Field(description="Records the copiers wrote to the target (acknowledged).")
     bytesReplicated: int = Field(description="Bytes of those records as the copier counts them.")
     replicatorHours: float = Field(description="Hours a worker ran the replicator (its metadata unit).")
@@ -52,24 +54,32 @@ class UsageAmounts(BaseModel):
 
 
 class ReplicatorPeriodUsage(UsageAmounts):
+    """One replicator's usage in one period."""
+
     periodStart: str = Field(description="Start of the hour or UTC day (ISO 8601, UTC).")
-    replicatorArn: str
-    replicatorName: str
+    replicatorArn: str = Field(description="The replicator's ARN.")
+    replicatorName: str = Field(description="The replicator's name.")
 
 
 class AccountPeriodUsage(UsageAmounts):
-    periodStart: str
+    """The account's usage in one period."""
+
+    periodStart: str = Field(description="Start of the hour or UTC day (ISO 8601, UTC).")
 
 
 class ReplicatorUsage(UsageAmounts):
-    replicatorArn: str
-    replicatorName: str
+    """One replicator's usage over the whole range."""
+
+    replicatorArn: str = Field(description="The replicator's ARN.")
+    replicatorName: str = Field(description="The replicator's name.")
 
 
 class UsageReport(BaseModel):
+    """The account's usage over a range, per period and replicator, per period, per replicator and in total."""
+
     model_config = ConfigDict(populate_by_name=True)
 
-    accountId: str
+    accountId: str = Field(description="The caller's account, the only one reported.")
     from_: str = Field(alias="from", description="Start of the range (inclusive), UTC.")
     to: str = Field(description="End of the range (exclusive), UTC.")
     granularity: str = Field(description="HOUR or DAY (UTC days).")
