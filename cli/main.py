@@ -12,8 +12,10 @@
     ferry usage --from ... --to ...                 usage for chargeback, as a table, JSON or CSV (cli/usage.py)
     ferry fleet status|drain|autoscale ...          the worker fleet: its load, draining, a local autoscaler
                                                     (cli/fleet.py)
+    ferry replicators create|list|describe|wait ... replicators through the API, for CI pipelines and people
+                                                    (cli/replicators.py, docs/cli.md; alias: ferry replicator)
 
-Every subcommand reads the same ``FERRY_*`` settings (environment variables, or files in ``FERRY_SETTINGS_DIR``);
+Every server role reads the same ``FERRY_*`` settings (environment variables, or files in ``FERRY_SETTINGS_DIR``);
 a missing or bad value stops it at once with a message naming the variable.
 """
 
@@ -24,7 +26,7 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Literal
 
-from cli import admin, audit, fleet, healthcheck, usage
+from cli import admin, audit, fleet, healthcheck, replicators, usage
 from models import logs
 from models.migrate import main as migrate_main
 from models.settings import SettingsError, get_settings
@@ -71,6 +73,7 @@ def parser() -> argparse.ArgumentParser:
     audit.add_commands(sub)
     usage.add_commands(sub)
     fleet.add_commands(sub)
+    replicators.add_commands(sub)
     return top
 
 
@@ -127,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
             return usage.run(args)
         if args.command == "fleet":
             return fleet.run(args)
+        if args.command in ("replicators", "replicator"):
+            return replicators.run(args)
         if args.command == "healthcheck":
             return healthcheck.run(args, get_settings().worker_liveness_file)
         return admin.run(args)
