@@ -1,11 +1,12 @@
 """How the ``ferry`` command talks to a Ferry API: as the AWS CLI would, from the same configuration.
 
 Credentials, region and profile come from botocore's chain (``--profile`` / ``AWS_PROFILE``,
-``AWS_ACCESS_KEY_ID``..., ``~/.aws/credentials`` and ``~/.aws/config``); the endpoint from ``--endpoint-url``,
-``FERRY_ENDPOINT_URL``, or botocore's own ``AWS_ENDPOINT_URL_KAFKA`` / ``AWS_ENDPOINT_URL`` / the profile's
-``endpoint_url``. The MSK operations go through boto3's ``kafka`` client (its parameter validation, its
-serialisation, its retries of throttled calls); the Ferry extensions (metrics, offset translation, failover,
-audits) are raw HTTP signed by ``KafkaSigV4``, the one SigV4 signer of the command line.
+``AWS_ACCESS_KEY_ID``..., ``~/.aws/credentials`` and ``~/.aws/config``; the region also from ``AWS_REGION``);
+the endpoint from ``--endpoint-url``, ``FERRY_ENDPOINT_URL``, or botocore's own ``AWS_ENDPOINT_URL_KAFKA`` /
+``AWS_ENDPOINT_URL`` / the profile's ``endpoint_url``. The MSK operations go through boto3's ``kafka`` client
+(its parameter validation, its serialisation, its retries of throttled calls); the Ferry extensions (metrics,
+offset translation, failover, audits) are raw HTTP signed by ``KafkaSigV4``, the one SigV4 signer of the
+command line.
 
 Every failure becomes an ``ApiError`` with the AWS error code, a one-line message and, when the server
 answered, its HTTP status; callers map those to exit codes.
@@ -148,7 +149,8 @@ def connect(endpoint_url: str | None, region: str | None, profile: str | None) -
             "~/.aws/credentials)",
             401,
         )
-    region = region or session.get_config_variable("region") or DEFAULT_REGION
+    # The AWS CLI v2's order: --region, AWS_REGION, AWS_DEFAULT_REGION, the profile (botocore reads the last two).
+    region = region or os.environ.get("AWS_REGION") or session.get_config_variable("region") or DEFAULT_REGION
     try:
         kafka = session.create_client("kafka", region_name=region, endpoint_url=endpoint_url)
     except (NoRegionError, BotoCoreError) as exc:

@@ -192,6 +192,14 @@ def add_commands(sub: Any) -> None:
     audit.add_argument("--no-wait", action="store_true", help="print the started audit and return")
 
 
+def main(argv: list[str]) -> int:
+    """``ferry replicators ...`` (argv from the group's name on) with a parser of this group only: the same
+    options and help as in the whole ``ferry`` parser, which would also load the server roles' modules."""
+    top = argparse.ArgumentParser(prog="ferry")
+    add_commands(top.add_subparsers(dest="command", required=True))
+    return run(top.parse_args(argv))
+
+
 def run(args: argparse.Namespace) -> int:
     output = args.output or os.environ.get("FERRY_OUTPUT") or "json"
     if output not in OUTPUTS:
@@ -673,8 +681,8 @@ def emit(document: dict[str, Any], output: str, tables: Callable[[dict[str, Any]
     else:
         from rich.console import Console  # noqa: PLC0415
 
-        # Off a terminal, rich would wrap at 80 columns; ARNs are longer.
-        wide = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 240
+        # Off a terminal (a CI log, a pipe), rows stay whole whatever their length: rich would fold at 80 columns.
+        wide = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 4096
         console = Console(width=wide, highlight=False, soft_wrap=False)
         for table in tables(document):
             console.print(table)
