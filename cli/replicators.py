@@ -284,16 +284,14 @@ def read_request(path: str, operation: str, api: ApiClient) -> dict[str, Any]:
         text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise CliError(EXIT_USAGE, f"{path}: cannot be read: {exc}") from None
-    try:
-        if path.lower().endswith(".json"):
-            document = json.loads(text)
-        else:
-            import yaml  # noqa: PLC0415 (only commands that read a file need it)
+    import yaml  # noqa: PLC0415 (only the commands that read a file need it)
 
-            document = yaml.safe_load(text)  # YAML 1.1 reads JSON too (for standard input)
+    try:
+        # YAML 1.1 reads JSON too (standard input may be either); a .json file gets JSON's own error messages.
+        document = json.loads(text) if path.lower().endswith(".json") else yaml.safe_load(text)
     except ValueError as exc:
         raise CliError(EXIT_VALIDATION, f"{path}: not valid JSON: {exc}") from None
-    except Exception as exc:  # noqa: BLE001 (yaml's errors have no common base but YAMLError, imported lazily)
+    except yaml.YAMLError as exc:
         raise CliError(EXIT_VALIDATION, f"{path}: not valid YAML: {exc}") from None
     if not isinstance(document, dict):
         raise CliError(EXIT_VALIDATION, f"{path}: expected a mapping of {operation}'s members, got "
