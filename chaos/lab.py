@@ -29,7 +29,7 @@ from botocore.config import Config
 from botocore.credentials import Credentials
 
 from cli.admin import create_access_key
-from cli.audit import KafkaSigV4
+from cli.api_client import KafkaSigV4
 from dev.cluster import LocalCluster, free_port
 from dev.secure import SECRETS_CREDENTIALS
 from dev.stack import (

@@ -17,36 +17,15 @@ import json
 import os
 import sys
 import time
-from collections.abc import Generator
 from typing import Any
 from urllib.parse import quote
 
 import botocore.session
 import httpx
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.credentials import Credentials
+
+from cli.api_client import KafkaSigV4
 
 POLL_SECONDS = 2.0
-
-
-class KafkaSigV4(httpx.Auth):
-    """Signs httpx requests as the AWS CLI signs the kafka service's (SigV4, service ``kafka``)."""
-
-    requires_request_body = True
-
-    def __init__(self, credentials: Credentials, region: str) -> None:
-        self.credentials = credentials
-        self.region = region
-
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        headers = {name: value for name, value in request.headers.items() if name.lower() in ("host", "content-type")}
-        signed = AWSRequest(method=request.method, url=str(request.url), data=request.content, headers=headers)
-        SigV4Auth(self.credentials, "kafka", self.region).add_auth(signed)
-        for name in ("Authorization", "X-Amz-Date", "X-Amz-Security-Token"):
-            if name in signed.headers:
-                request.headers[name] = signed.headers[name]
-        yield request
 
 
 def add_commands(sub: Any) -> None:

@@ -12,8 +12,10 @@
     ferry usage --from ... --to ...                 usage for chargeback, as a table, JSON or CSV (cli/usage.py)
     ferry fleet status|drain|autoscale ...          the worker fleet: its load, draining, a local autoscaler
                                                     (cli/fleet.py)
+    ferry replicators create|list|describe|wait ... replicators through the API, for CI pipelines and people
+                                                    (cli/replicators.py, docs/cli.md; alias: ferry replicator)
 
-Every subcommand reads the same ``FERRY_*`` settings (environment variables, or files in ``FERRY_SETTINGS_DIR``);
+Every server role reads the same ``FERRY_*`` settings (environment variables, or files in ``FERRY_SETTINGS_DIR``);
 a missing or bad value stops it at once with a message naming the variable.
 """
 
@@ -24,10 +26,7 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Literal
 
-from cli import admin, audit, fleet, healthcheck, usage
-from models import logs
-from models.migrate import main as migrate_main
-from models.settings import SettingsError, get_settings
+from cli import replicators
 
 
 def ferry_version() -> str:
@@ -51,6 +50,10 @@ def _bounded(low: int, high: int) -> Any:
 
 
 def parser() -> argparse.ArgumentParser:
+    # The roles' modules load the database layer (SQLAlchemy, Alembic): imported here, where the whole command is
+    # parsed, and not for `ferry replicators`, which a CI pipeline runs many times (main).
+    from cli import admin, audit, fleet, healthcheck, usage  # noqa: PLC0415
+
     top = argparse.ArgumentParser(prog="ferry", description="Ferry: Kafka replication with an MSK Replicator API")
     top.add_argument("--version", action="version", version=f"ferry {ferry_version()}")
     sub = top.add_subparsers(dest="command", required=True)
@@ -71,11 +74,15 @@ def parser() -> argparse.ArgumentParser:
     audit.add_commands(sub)
     usage.add_commands(sub)
     fleet.add_commands(sub)
+    replicators.add_commands(sub)
     return top
 
 
 def _serve_api(args: argparse.Namespace) -> int:
     import uvicorn  # noqa: PLC0415 (only this role needs the server)
+
+    from models import logs  # noqa: PLC0415
+    from models.settings import get_settings  # noqa: PLC0415
 
     settings = get_settings()  # a bad setting stops here, named, before the server starts
     uvicorn.run(
@@ -95,6 +102,9 @@ def _serve_api(args: argparse.Namespace) -> int:
 
 
 def _celery(command: Literal["worker", "beat"], argv: list[str], loglevel: str | None) -> int:
+    from models import logs  # noqa: PLC0415
+    from models.settings import get_settings  # noqa: PLC0415
+
     settings = get_settings()
     level = loglevel or settings.log_level
     # Configured now for what Celery says before it sets its logging up (its warnings), and again from Celery's
@@ -108,7 +118,14 @@ def _celery(command: Literal["worker", "beat"], argv: list[str], loglevel: str |
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] in (["replicators"], ["replicator"]):
+        return replicators.main(argv)  # the same parser, without loading the server roles' modules
     args = parser().parse_args(argv)
+    from cli import admin, audit, fleet, healthcheck, usage  # noqa: PLC0415 (loaded by parser() already)
+    from models.migrate import main as migrate_main  # noqa: PLC0415
+    from models.settings import SettingsError, get_settings  # noqa: PLC0415
+
     try:
         if args.command == "api":
             return _serve_api(args)
@@ -125,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
             return audit.run(args)
         if args.command == "usage":
             return usage.run(args)
+        if args.command in ("replicators", "replicator"):
+            return replicators.run(args)
         if args.command == "fleet":
             return fleet.run(args)
         if args.command == "healthcheck":
