@@ -32,7 +32,8 @@ from models.replicator import ReplicatorState
 if TYPE_CHECKING:
     from api.replication_metrics import ReplicatorReading
 
-_HEALTHY = frozenset({"REPLICATING", "STARTING"})
+# Healthy or on its way: every other health is a problem to look at.
+HEALTHY = frozenset({"REPLICATING", "STARTING"})
 
 
 class _Families:
@@ -216,7 +217,7 @@ def _ferry_names(out: _Families, readings: Sequence[ReplicatorReading]) -> None:
                 "ferry_partition_healthy",
                 "1 while the partition replicates (REPLICATING or STARTING), else 0 (UNKNOWN: no current report).",
                 per_partition,
-                1 if p.health in _HEALTHY else 0,
+                1 if p.health in HEALTHY else 0,
             )
             if p.health == "UNKNOWN":
                 continue  # a stale reading is not a current value: leave the series absent

@@ -37,7 +37,7 @@ from api.deps import transaction
 from api.errors import error_responses
 from api.fleet import read_fleet
 from api.identity import CallerDep, current_caller, is_metrics_scraper
-from api.metrics_exposition import exposition
+from api.metrics_exposition import HEALTHY, exposition
 from api.replicators import ReplicatorArn
 from models import fleet_store, replicator_service
 from models.errors import DependencyUnavailableError
@@ -48,8 +48,6 @@ router = APIRouter(tags=["monitoring"])
 
 STALE_AFTER_MS = 15_000
 STATUS_STALE_AFTER_MS = 30_000
-# Healthy or on its way: every other health is a problem to look at.
-HEALTHY = frozenset({"REPLICATING", "STARTING"})
 
 
 class PartitionMetrics(BaseModel):

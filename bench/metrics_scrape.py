@@ -7,22 +7,26 @@ Runs the real API (in process, on a free port) on a database of its own on the d
 database 1 (the tests'). Replicators are created through the API; their workers' reports are written to Redis
 through ``models.fleet_reports``, the workers' contract with the API, as fresh and valid as a worker's, and the
 partitions in scope are stored as a metadata unit stores them. No worker or Kafka traffic is involved: this measures
-the scrape alone. Redis commands per scrape are read from ``INFO commandstats`` and so include whatever else uses
-the shared Redis meanwhile. Writes ``bench/results/<UTC time>-metrics.json``.
+the scrape alone. Reports are written afresh before each timed request (a stale one makes fewer series). Redis hash
+reads per scrape are counted from ``INFO commandstats`` over untimed scrapes, so they include whatever else uses the
+shared Redis meanwhile; ``cpu_ms`` is this process's CPU per request (the API server runs in it). Writes
+``bench/results/<UTC time>-metrics.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -179,27 +183,39 @@ def _hash_reads(client: redis.Redis) -> int:
     return sum(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("hgetall", "hget"))
 
 
-def _timed(http: httpx.Client, path: str, scrapes: int, **kwargs: Any) -> tuple[list[float], httpx.Response]:
+@dataclass
+class _Timings:
+    durations: list[float]
+    # CPU seconds of this process (the API server runs in it) per request: steadier than wall time on a busy machine.
+    cpu_seconds: float
+    last: httpx.Response
+
+    def summary(self) -> dict[str, float]:
+        ms = sorted(d * 1000 for d in self.durations)
+        return {
+            "p50_ms": round(percentile(ms, 0.5), 1),
+            "p95_ms": round(percentile(ms, 0.95), 1),
+            "max_ms": round(ms[-1], 1),
+            "cpu_ms": round(self.cpu_seconds * 1000, 1),
+        }
+
+
+def _timed(http: httpx.Client, path: str, scrapes: int, refresh: Callable[[], None], **kwargs: Any) -> _Timings:
+    """Each request on freshly written reports (a stale report makes fewer series)."""
     for _ in range(3):
         http.get(path, **kwargs).raise_for_status()
     durations = []
+    cpu = 0.0
     response = None
     for _ in range(scrapes):
-        started = time.perf_counter()
+        refresh()
+        cpu_before, started = time.process_time(), time.perf_counter()
         response = http.get(path, **kwargs)
         durations.append(time.perf_counter() - started)
+        cpu += time.process_time() - cpu_before
         response.raise_for_status()
     assert response is not None
-    return durations, response
-
-
-def _summary(durations: list[float]) -> dict[str, float]:
-    ms = sorted(d * 1000 for d in durations)
-    return {
-        "p50_ms": round(percentile(ms, 0.5), 1),
-        "p95_ms": round(percentile(ms, 0.95), 1),
-        "max_ms": round(ms[-1], 1),
-    }
+    return _Timings(durations, cpu / scrapes, response)
 
 
 def run(replicators: int, partitions: int, scrapes: int) -> dict[str, Any]:
@@ -243,18 +259,21 @@ def run(replicators: int, partitions: int, scrapes: int) -> dict[str, Any]:
                     insert(ReplicatorMetadata), [{"replicator_id": uuid.UUID(i), "partitions": scope} for i in ids]
                 )
             try:
-                _write_reports(client, ids, partitions)
+                refresh = functools.partial(_write_reports, client, ids, partitions)
+                refresh()
                 with httpx.Client(base_url=url, timeout=60) as http:
                     reads_before = _hash_reads(client)
                     token = {"headers": {"Authorization": f"Bearer {METRICS_TOKEN}"}}
-                    scrape, body = _timed(http, "/metrics", scrapes, **token)
-                    reads = (_hash_reads(client) - reads_before) / (scrapes + 3)
-                    say(f"/metrics: {_summary(scrape)}, {len(body.content)} bytes, {reads:.0f} hash reads a scrape")
-                _write_reports(client, ids, partitions)
+                    _timed(http, "/metrics", 5, lambda: None, **token)
+                    reads = (_hash_reads(client) - reads_before) / (5 + 3)
+                    scrape = _timed(http, "/metrics", scrapes, refresh, **token)
+                    say(f"/metrics: {scrape.summary()}, {len(scrape.last.content)} bytes, {reads:.0f} hash reads")
                 with httpx.Client(base_url=url, timeout=60, auth=_SigV4(key)) as http:
-                    signed, _ = _timed(http, "/metrics", scrapes)
-                    one, _ = _timed(http, f"/replication/v1/replicators/{quote(arns[0], safe='')}/metrics", scrapes)
-                say(f"/metrics signed: {_summary(signed)}; one replicator's metrics: {_summary(one)}")
+                    signed = _timed(http, "/metrics", scrapes, refresh)
+                    one = _timed(
+                        http, f"/replication/v1/replicators/{quote(arns[0], safe='')}/metrics", scrapes, refresh
+                    )
+                say(f"/metrics signed: {signed.summary()}; one replicator's metrics: {one.summary()}")
             finally:
                 client.delete(*[k.format(replicator_id=i) for i in ids for k in (METRICS_KEY, STATUS_KEY)])
         engine.dispose()
@@ -262,9 +281,13 @@ def run(replicators: int, partitions: int, scrapes: int) -> dict[str, Any]:
         "replicators": replicators,
         "partitions_per_replicator": partitions,
         "scrapes": scrapes,
-        "metrics_scraper": {**_summary(scrape), "bytes": len(body.content), "redis_hash_reads_per_scrape": reads},
-        "metrics_signed": _summary(signed),
-        "one_replicator_metrics": _summary(one),
+        "metrics_scraper": {
+            **scrape.summary(),
+            "bytes": len(scrape.last.content),
+            "redis_hash_reads_per_scrape": reads,
+        },
+        "metrics_signed": signed.summary(),
+        "one_replicator_metrics": one.summary(),
     }
 
 
