@@ -1,25 +1,35 @@
 """Ferry extensions: how replication is doing, from what the fleet's workers report to Redis.
 
 - ``GET /replication/v1/replicators/{replicatorArn}/metrics``: totals and per topic-partition lag (records and
-  seconds), latency, throughput, errors, owner worker and health, for one replicator.
-- ``GET /metrics``: every replicator in Prometheus text format, with MSK Replicator's CloudWatch metric names.
+  seconds), latency, throughput, errors, owner worker and health, for one replicator (``ReplicatorMetrics``).
+- ``GET /metrics``: every replicator the caller may see and the fleet, in Prometheus text format: MSK
+  Replicator's CloudWatch metric names and conventional ``ferry_*`` names (``api/metrics_exposition.py``).
 
 Workers publish at every tick (``workers/fleet/work.py``). Nothing reads as a healthy zero when nobody reports: a
 reading older than ``STALE_AFTER_MS`` is shown as such (health ``UNKNOWN``, its age) rather than as if it were
 current, a partition in scope that no worker reports at all is listed as ``UNKNOWN`` with no numbers, totals
 that depend on them are null, and Prometheus series without a current value are absent.
+
+Every replicator of a request is read from Redis in one pipelined round trip (its metrics and status hashes), so
+a scrape of hundreds of replicators costs one round trip, not hundreds.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
-from fastapi import APIRouter, Request
-from fastapi.responses import PlainTextResponse
+from fastapi import APIRouter, Request, Response
+
+# The 0.0.4 text format: every Prometheus reads it, and every name here is a classic one.
+from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4 as CONTENT_TYPE
+from pydantic import BaseModel, ConfigDict, Field
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -27,11 +37,12 @@ from api.deps import transaction
 from api.errors import error_responses
 from api.fleet import read_fleet
 from api.identity import CallerDep, current_caller, is_metrics_scraper
+from api.metrics_exposition import HEALTHY, exposition
 from api.replicators import ReplicatorArn
 from models import fleet_store, replicator_service
 from models.errors import DependencyUnavailableError
 from models.fleet_reports import METRICS_KEY, STATUS_KEY, PartitionReport, StatusField
-from models.replicator import ReplicatorRow, ReplicatorState
+from models.replicator import ReplicatorRow
 
 router = APIRouter(tags=["monitoring"])
 
@@ -39,91 +50,184 @@ STALE_AFTER_MS = 15_000
 STATUS_STALE_AFTER_MS = 30_000
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+class PartitionMetrics(BaseModel):
+    """One source partition as its owner worker last reported it; numbers are null when no worker reports it."""
+
+    sourceTopic: str
+    partition: int
+    targetTopic: str | None
+    owner: str | None = Field(description="The worker copying the partition.")
+    health: str = Field(
+        description="REPLICATING, STARTING, or the problem (SOURCE_TRUNCATED, STALLED, AUTH_DENIED, ...); UNKNOWN "
+        "when no worker reported it lately."
+    )
+    healthDetail: str
+    lagRecords: int | None = Field(description="Records on the source not yet acknowledged by the target.")
+    lagSeconds: float | None = Field(
+        description="How old the newest copied record is while records wait; 0 when caught up."
+    )
+    latencyMs: float | None = Field(description="The largest source-timestamp-to-acknowledgement time lately.")
+    recordsCopied: int | None
+    bytesCopied: int | None
+    recordsFiltered: int | None
+    recordsPerSecond: float | None
+    bytesPerSecond: float | None
+    truncatedOffsets: int | None = Field(description="Offsets retention deleted before they were copied (data loss).")
+    errors: dict[str, int]
+    nextSourceOffset: int | None
+    sourceEndOffset: int | None
+    reportedAgeSeconds: float | None
+
+
+class MetricsTotals(BaseModel):
+    """Sums and maxima over the partitions; a figure that needs a partition nobody reports now is null."""
+
+    partitions: int
+    partitionsUnreported: int
+    recordsCopied: int
+    bytesCopied: int
+    recordsPerSecond: float | None
+    bytesPerSecond: float | None
+    lagRecords: int | None
+    maxLagSeconds: float | None
+    maxLatencyMs: float | None
+    errors: dict[str, int]
+    unhealthyPartitions: int
+
+
+class ConsumerGroupSync(BaseModel):
+    """The consumer group offset sync as the metadata unit last reported it (more fields may follow)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    groupCount: int = 0
+    failures: int = 0
+    groups: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+class ReplicatorMetrics(BaseModel):
+    replicatorArn: str
+    replicatorName: str
+    replicatorState: str
+    stateInfo: dict[str, Any] | None
+    totals: MetricsTotals
+    clusterPing: dict[str, int] = Field(description="Per cluster alias: 1 when it answered the last probe, else 0.")
+    topics: dict[str, str] = Field(description="Source topic to target topic.")
+    topicErrors: dict[str, Any]
+    consumerGroups: ConsumerGroupSync
+    partitions: list[PartitionMetrics]
 
 
 @dataclass(frozen=True)
 class ReplicatorReading:
     replicator: ReplicatorRow
-    partitions: list[dict[str, Any]]
+    partitions: list[PartitionMetrics]
+    # The metadata unit's status fields, decoded; empty when it has not reported lately.
     status: dict[str, Any]
 
+    @cached_property
+    def totals(self) -> MetricsTotals:
+        return _totals(self.partitions)
 
-async def _reading(redis: Redis, row: ReplicatorRow, in_scope: list[tuple[str, int]]) -> ReplicatorReading:
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _unreported(topic: str, partition: int, target_topic: str | None) -> PartitionMetrics:
+    return PartitionMetrics(
+        sourceTopic=topic,
+        partition=partition,
+        targetTopic=target_topic,
+        owner=None,
+        health="UNKNOWN",
+        healthDetail="no worker reports this partition: it may have no live owner",
+        lagRecords=None,
+        lagSeconds=None,
+        latencyMs=None,
+        recordsCopied=None,
+        bytesCopied=None,
+        recordsFiltered=None,
+        recordsPerSecond=None,
+        bytesPerSecond=None,
+        truncatedOffsets=None,
+        errors={},
+        nextSourceOffset=None,
+        sourceEndOffset=None,
+        reportedAgeSeconds=None,
+    )
+
+
+def _partition(report: PartitionReport, now_ms: int) -> PartitionMetrics:
+    age = now_ms - report.reported_at_ms
+    fresh = age <= STALE_AFTER_MS
+    lag = report.lag_records
+    last_ts = report.last_copied_timestamp_ms
+    return PartitionMetrics(
+        sourceTopic=report.source_topic,
+        partition=report.partition,
+        targetTopic=report.target_topic,
+        owner=report.owner,
+        health=report.health if fresh else "UNKNOWN",
+        healthDetail=report.health_detail if fresh else f"no report from its worker for {age // 1000}s",
+        lagRecords=lag,
+        # Time behind: how old the newest copied record is while records wait; zero when caught up.
+        lagSeconds=0.0 if lag == 0 else (None if last_ts is None else max(0.0, (now_ms - last_ts) / 1000)),
+        latencyMs=report.latency_ms_max_recent,
+        recordsCopied=report.records_copied,
+        bytesCopied=report.bytes_copied,
+        recordsFiltered=report.records_filtered,
+        recordsPerSecond=report.records_per_second,
+        bytesPerSecond=report.bytes_per_second,
+        truncatedOffsets=report.truncated_offsets,
+        errors=report.errors,
+        nextSourceOffset=report.next_source_offset,
+        sourceEndOffset=report.source_end_offset,
+        reportedAgeSeconds=age / 1000,
+    )
+
+
+async def read_replicators(
+    redis: Redis, rows: Sequence[ReplicatorRow], scopes: dict[str, list[tuple[str, int]]]
+) -> list[ReplicatorReading]:
+    """Every row's reports, read in one pipelined round trip (metrics and status hash of each)."""
+    if not rows:
+        return []
     try:
-        return await _read(redis, row, in_scope)
+        async with redis.pipeline(transaction=False) as pipe:
+            for row in rows:
+                pipe.hgetall(METRICS_KEY.format(replicator_id=row.id))
+                pipe.hgetall(STATUS_KEY.format(replicator_id=row.id))
+            hashes = await pipe.execute()
     except RedisError as exc:
         raise DependencyUnavailableError(f"the fleet's measurements in Redis cannot be read now: {exc}") from None
-
-
-def _unreported(topic: str, partition: int, target_topic: str | None) -> dict[str, Any]:
-    return {
-        "sourceTopic": topic,
-        "partition": partition,
-        "targetTopic": target_topic,
-        "owner": None,
-        "health": "UNKNOWN",
-        "healthDetail": "no worker reports this partition: it may have no live owner",
-        "lagRecords": None,
-        "lagSeconds": None,
-        "latencyMs": None,
-        "recordsCopied": None,
-        "bytesCopied": None,
-        "recordsFiltered": None,
-        "recordsPerSecond": None,
-        "bytesPerSecond": None,
-        "truncatedOffsets": None,
-        "errors": {},
-        "nextSourceOffset": None,
-        "sourceEndOffset": None,
-        "reportedAgeSeconds": None,
-    }
-
-
-async def _read(redis: Redis, row: ReplicatorRow, in_scope: list[tuple[str, int]]) -> ReplicatorReading:
     now_ms = int(time.time() * 1000)
-    raw = await redis.hgetall(METRICS_KEY.format(replicator_id=row.id))
+    return [
+        _reading(row, metrics, status, scopes.get(str(row.id), []), now_ms)
+        for row, metrics, status in zip(rows, hashes[0::2], hashes[1::2], strict=True)
+    ]
+
+
+def _reading(
+    row: ReplicatorRow,
+    metrics_hash: dict[bytes | str, bytes | str],
+    status_hash: dict[bytes | str, bytes | str],
+    in_scope: list[tuple[str, int]],
+    now_ms: int,
+) -> ReplicatorReading:
     partitions = []
-    for value in raw.values():
+    for value in metrics_hash.values():
         report = PartitionReport.from_json(value)
         if report is None:
             continue  # another release's report (a rolling upgrade): it expires on its own
-        age = now_ms - report.reported_at_ms
-        fresh = age <= STALE_AFTER_MS
-        lag = report.lag_records
-        last_ts = report.last_copied_timestamp_ms
-        partitions.append(
-            {
-                "sourceTopic": report.source_topic,
-                "partition": report.partition,
-                "targetTopic": report.target_topic,
-                "owner": report.owner,
-                "health": report.health if fresh else "UNKNOWN",
-                "healthDetail": report.health_detail if fresh else f"no report from its worker for {age // 1000}s",
-                "lagRecords": lag,
-                # Time behind: how old the newest copied record is while records wait; zero when caught up.
-                "lagSeconds": 0.0 if lag == 0 else (None if last_ts is None else max(0.0, (now_ms - last_ts) / 1000)),
-                "latencyMs": report.latency_ms_max_recent,
-                "recordsCopied": report.records_copied,
-                "bytesCopied": report.bytes_copied,
-                "recordsFiltered": report.records_filtered,
-                "recordsPerSecond": report.records_per_second,
-                "bytesPerSecond": report.bytes_per_second,
-                "truncatedOffsets": report.truncated_offsets,
-                "errors": report.errors,
-                "nextSourceOffset": report.next_source_offset,
-                "sourceEndOffset": report.source_end_offset,
-                "reportedAgeSeconds": age / 1000,
-            }
-        )
-    reported = {(p["sourceTopic"], p["partition"]) for p in partitions}
-    topics = json.loads(await redis.hget(STATUS_KEY.format(replicator_id=row.id), StatusField.TOPICS) or "{}")
+        partitions.append(_partition(report, now_ms))
+    status_raw = {_text(k): v for k, v in status_hash.items()}
+    reported = {(p.sourceTopic, p.partition) for p in partitions}
+    topics = json.loads(status_raw.get(StatusField.TOPICS) or "{}")
     for topic, partition in in_scope:
         if (topic, partition) not in reported:
             partitions.append(_unreported(topic, partition, topics.get(topic)))
-    partitions.sort(key=lambda p: (p["sourceTopic"], p["partition"]))
-    status_raw = {_text(k): v for k, v in (await redis.hgetall(STATUS_KEY.format(replicator_id=row.id))).items()}
+    partitions.sort(key=lambda p: (p.sourceTopic, p.partition))
     reported_at = int(status_raw.pop(StatusField.REPORTED_AT_MS, 0) or 0)
     # The metadata unit's readings (cluster pings, group sync) count only while it reports.
     fresh = now_ms - reported_at <= STATUS_STALE_AFTER_MS
@@ -131,260 +235,83 @@ async def _read(redis: Redis, row: ReplicatorRow, in_scope: list[tuple[str, int]
     return ReplicatorReading(row, partitions, status)
 
 
-def _sum(partitions: list[dict[str, Any]], name: str) -> float:
-    total: float = 0  # stays an int when every value is one
-    for p in partitions:
-        if p[name] is not None:
-            total += p[name]
-    return total
+def _sum(values: list[Any]) -> Any:
+    # Starts from the int 0, so the sum stays an int when every value is one.
+    return sum((v for v in values if v is not None), 0)
 
 
-def _totals(partitions: list[dict[str, Any]]) -> dict[str, Any]:
+def _totals(partitions: list[PartitionMetrics]) -> MetricsTotals:
     """Sums and maxima over the partitions; a figure that needs a partition nobody reports now is null, not a
     number that would read as healthy."""
     errors: dict[str, int] = defaultdict(int)
     for p in partitions:
-        for kind, count in p["errors"].items():
+        for kind, count in p.errors.items():
             errors[kind] += count
-    current = [p for p in partitions if p["health"] != "UNKNOWN"]
+    current = [p for p in partitions if p.health != "UNKNOWN"]
     complete = len(current) == len(partitions)
-    lags = [p["lagRecords"] for p in current if p["lagRecords"] is not None]
-    lag_seconds = [p["lagSeconds"] for p in current if p["lagSeconds"] is not None]
-    latencies = [p["latencyMs"] for p in current if p["latencyMs"] is not None]
-    return {
-        "partitions": len(partitions),
-        "partitionsUnreported": len(partitions) - len(current),
-        "recordsCopied": _sum(partitions, "recordsCopied"),
-        "bytesCopied": _sum(partitions, "bytesCopied"),
-        "recordsPerSecond": _sum(current, "recordsPerSecond") if current else None,
-        "bytesPerSecond": _sum(current, "bytesPerSecond") if current else None,
-        "lagRecords": sum(lags) if lags and complete else None,
-        "maxLagSeconds": max(lag_seconds) if lag_seconds and complete else None,
-        "maxLatencyMs": max(latencies) if latencies else None,
-        "errors": dict(errors),
-        "unhealthyPartitions": sum(1 for p in partitions if p["health"] not in ("REPLICATING", "STARTING")),
-    }
+    lags = [p.lagRecords for p in current if p.lagRecords is not None]
+    lag_seconds = [p.lagSeconds for p in current if p.lagSeconds is not None]
+    latencies = [p.latencyMs for p in current if p.latencyMs is not None]
+    return MetricsTotals(
+        partitions=len(partitions),
+        partitionsUnreported=len(partitions) - len(current),
+        recordsCopied=_sum([p.recordsCopied for p in partitions]),
+        bytesCopied=_sum([p.bytesCopied for p in partitions]),
+        recordsPerSecond=_sum([p.recordsPerSecond for p in current]) if current else None,
+        bytesPerSecond=_sum([p.bytesPerSecond for p in current]) if current else None,
+        lagRecords=sum(lags) if lags and complete else None,
+        maxLagSeconds=max(lag_seconds) if lag_seconds and complete else None,
+        maxLatencyMs=max(latencies) if latencies else None,
+        errors=dict(errors),
+        unhealthyPartitions=sum(1 for p in partitions if p.health not in HEALTHY),
+    )
 
 
 @router.get(
     "/replication/v1/replicators/{replicatorArn:path}/metrics",
     operation_id="GetReplicatorMetrics",
     summary="Replication metrics of a replicator (Ferry extension)",
+    response_model=ReplicatorMetrics,
     responses=error_responses(400, 404, 500),
 )
-async def replicator_metrics(replicatorArn: ReplicatorArn, request: Request, caller: CallerDep) -> dict[str, Any]:
+async def replicator_metrics(replicatorArn: ReplicatorArn, request: Request, caller: CallerDep) -> ReplicatorMetrics:
     """Totals and per topic-partition lag, latency, throughput, errors, owner worker and health."""
     async with transaction(request) as session:
         row = await replicator_service.get_replicator(session, account_id=caller.account_id, arn=replicatorArn)
-        in_scope = (await fleet_store.inventories(session, [str(row.id)])).get(str(row.id), [])
-    reading = await _reading(request.app.state.redis, row, in_scope)
-    return {
-        "replicatorArn": row.arn,
-        "replicatorName": row.name,
-        "replicatorState": row.state,
-        "stateInfo": row.state_info,
-        "totals": _totals(reading.partitions),
-        "clusterPing": reading.status.get(StatusField.CLUSTER_PING, {}),
-        "topics": reading.status.get(StatusField.TOPICS, {}),
-        "topicErrors": reading.status.get(StatusField.TOPIC_ERRORS, {}),
-        "consumerGroups": reading.status.get(StatusField.GROUP_SYNC) or {"groupCount": 0, "failures": 0, "groups": {}},
-        "partitions": reading.partitions,
-    }
+        scopes = await fleet_store.inventories(session, [str(row.id)])
+    (reading,) = await read_replicators(request.app.state.redis, [row], scopes)
+    return ReplicatorMetrics(
+        replicatorArn=row.arn,
+        replicatorName=row.name,
+        replicatorState=row.state,
+        stateInfo=row.state_info,
+        totals=reading.totals,
+        clusterPing=reading.status.get(StatusField.CLUSTER_PING, {}),
+        topics=reading.status.get(StatusField.TOPICS, {}),
+        topicErrors=reading.status.get(StatusField.TOPIC_ERRORS, {}),
+        consumerGroups=ConsumerGroupSync.model_validate(reading.status.get(StatusField.GROUP_SYNC) or {}),
+        partitions=reading.partitions,
+    )
 
 
-def _label(value: object) -> str:
-    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-class _Exposition:
-    """Prometheus text format, one HELP/TYPE block per metric name."""
-
-    def __init__(self) -> None:
-        self.samples: dict[str, list[str]] = defaultdict(list)
-        self.help: dict[str, tuple[str, str]] = {}
-
-    def add(self, name: str, kind: str, help_text: str, labels: dict[str, object], value: float | None) -> None:
-        self.help[name] = (kind, help_text)
-        if value is None:
-            return
-        rendered = ",".join(f'{k}="{_label(v)}"' for k, v in labels.items())
-        # Whole numbers exactly (a lag of 1,234,567 must not read 1.23457e+06), the rest as repr does.
-        number = float(value)
-        shown = str(int(number)) if number.is_integer() else repr(number)
-        self.samples[name].append(f"{name}{{{rendered}}} {shown}")
-
-    def render(self) -> str:
-        lines = []
-        for name, (kind, help_text) in sorted(self.help.items()):
-            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", *self.samples[name]]
-        return "\n".join(lines) + "\n"
-
-
-@router.get("/metrics", summary="Prometheus metrics with MSK Replicator's names", response_class=PlainTextResponse)
-async def prometheus_metrics(request: Request) -> PlainTextResponse:
-    """Per replicator (and topic and partition where it applies): ReplicationLatency, MessageLag, ...
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics: MSK Replicator's names and conventional ferry_* names",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE.split(";")[0]: {"schema": {"type": "string"}}}}},
+)
+async def prometheus_metrics(request: Request) -> Response:
+    """Per replicator (and topic and partition where it applies) and for the fleet (docs/operations.md).
 
     With the metrics bearer token (Prometheus), every account's replicators, labelled with their account; signed
-    with an access key, that key's account only."""
+    with an access key, that key's account only. The fleet's series are there for both."""
     account = None if is_metrics_scraper(request) else current_caller(request).account_id
     async with transaction(request) as session:
         rows = await replicator_service.replicators_of(session, account_id=account)
         scopes = await fleet_store.inventories(session, [str(row.id) for row in rows])
-    out = _Exposition()
-    for row in rows:
-        reading = await _reading(request.app.state.redis, row, scopes.get(str(row.id), []))
-        name = row.name
-        account_label = {"account_id": row.account_id}
-        totals = _totals(reading.partitions)
-        for p in reading.partitions:
-            if p["health"] == "UNKNOWN":
-                continue  # a stale reading is not a current value: leave the series absent
-            labels = {**account_label, "replicator_name": name, "topic": p["sourceTopic"], "partition": p["partition"]}
-            out.add(
-                "ReplicationLatency",
-                "gauge",
-                "Milliseconds from a record's source timestamp to its acknowledgement by the target.",
-                labels,
-                p["latencyMs"],
-            )
-            out.add(
-                "MessageLag",
-                "gauge",
-                "Records on the source not yet acknowledged by the target (true source-to-target lag).",
-                labels,
-                p["lagRecords"],
-            )
-            out.add(
-                "ReplicatorThroughput",
-                "gauge",
-                "Bytes per second replicated to the target.",
-                labels,
-                p["bytesPerSecond"],
-            )
-        out.add(
-            "ReplicatorBytesInPerSec",
-            "gauge",
-            "Bytes per second the replicator processed (replicated, without loop-filtered records).",
-            {**account_label, "replicator_name": name},
-            totals["bytesPerSecond"],
-        )
-        failures = sum(totals["errors"].values())
-        out.add(
-            "FerryUnreportedPartitions",
-            "gauge",
-            "Partitions in scope without a current report from a worker (not copied, or their worker is gone).",
-            {**account_label, "replicator_name": name},
-            totals["partitionsUnreported"],
-        )
-        out.add(
-            "ReplicatorFailure",
-            "gauge",
-            "Partitions of the replicator that are not healthy now.",
-            {**account_label, "replicator_name": name},
-            totals["unhealthyPartitions"] + (1 if row.state == ReplicatorState.FAILED else 0),
-        )
-        out.add(
-            "ReplicationErrors",
-            "counter",
-            "Errors the replicator's copiers met, by kind.",
-            {**account_label, "replicator_name": name},
-            failures,
-        )
-        out.add(
-            "AuthError",
-            "counter",
-            "Authentication and authorization failures met by the replicator (refused credentials or TLS, denied "
-            "operations).",
-            {**account_label, "replicator_name": name},
-            totals["errors"].get("AUTH_DENIED", 0) + int(reading.status.get(StatusField.AUTH_FAILURES) or 0),
-        )
-        out.add(
-            "ThrottleTime",
-            "gauge",
-            "Milliseconds requests were throttled by brokers (not measured yet).",
-            {**account_label, "replicator_name": name},
-            None,
-        )
-        for alias, ok in sorted(reading.status.get(StatusField.CLUSTER_PING, {}).items()):
-            out.add(
-                "KafkaClusterPingSuccessCount",
-                "gauge",
-                "1 when the cluster answered the last probe, else 0.",
-                {**account_label, "replicator_name": name, "cluster_alias": alias},
-                ok,
-            )
-        groups = reading.status.get(StatusField.GROUP_SYNC) or {}
-        out.add(
-            "ConsumerGroupCount",
-            "gauge",
-            "Consumer groups whose offsets are synchronised.",
-            {**account_label, "replicator_name": name},
-            groups.get("groupCount"),
-        )
-        out.add(
-            "ConsumerGroupOffsetSyncFailure",
-            "counter",
-            "Consumer group offset sync failures since the replicator's metadata unit started.",
-            {**account_label, "replicator_name": name},
-            groups.get("failures"),
-        )
-        for group, entry in sorted((groups.get("groups") or {}).items()):
-            out.add(
-                "ConsumerGroupTranslationLag",
-                "gauge",
-                "Records the target group's committed offsets trail the translation of the source group's.",
-                {**account_label, "replicator_name": name, "consumer_group": group},
-                entry.get("translationLagRecords"),
-            )
-    await _fleet_metrics(request, out)
-    return PlainTextResponse(out.render(), media_type="text/plain; version=0.0.4")
-
-
-async def _fleet_metrics(request: Request, out: _Exposition) -> None:
-    """The fleet's size and load; ``ferry_fleet_desired_workers`` is what autoscalers follow."""
-    load, demand = await read_fleet(request)
-    out.add(
-        "ferry_fleet_desired_workers",
-        "gauge",
-        "Workers the fleet needs to copy its current load with headroom and clear its lag in time.",
-        {},
-        demand.desired_workers,
+    readings, (load, demand) = await asyncio.gather(
+        read_replicators(request.app.state.redis, rows, scopes), read_fleet(request)
     )
-    out.add("ferry_fleet_live_workers", "gauge", "Workers heartbeating now.", {}, len(load.workers))
-    out.add("ferry_fleet_units", "gauge", "Units of work (partitions and metadata units).", {}, load.units)
-    out.add(
-        "ferry_fleet_unassigned_units",
-        "gauge",
-        "Units the reconcile loop could give to no worker.",
-        {},
-        load.unassigned_units,
-    )
-    out.add(
-        "ferry_fleet_copied_bytes_per_second",
-        "gauge",
-        "Bytes per second the fleet copies.",
-        {},
-        demand.bytes_per_second,
-    )
-    out.add(
-        "ferry_fleet_lag_bytes", "gauge", "Bytes the fleet's partitions trail their sources by.", {}, demand.lag_bytes
-    )
-    if load.last_reconcile_age_seconds is not None:
-        out.add(
-            "ferry_fleet_last_reconcile_age_seconds",
-            "gauge",
-            "Seconds since the last reconcile pass.",
-            {},
-            load.last_reconcile_age_seconds,
-        )
-    for worker in load.workers:
-        labels: dict[str, object] = {"worker_id": worker.worker_id}
-        out.add("ferry_worker_cpu_cores", "gauge", "CPU cores a worker's process uses.", labels, worker.cpu_cores)
-        out.add("ferry_worker_units", "gauge", "Units whose lease a worker holds.", labels, worker.units)
-        out.add(
-            "ferry_worker_copied_bytes_per_second",
-            "gauge",
-            "Bytes per second a worker copies.",
-            labels,
-            worker.bytes_per_second,
-        )
+    # Rendering thousands of series takes a while of CPU: off the event loop, so other requests interleave.
+    body = await asyncio.to_thread(exposition, readings, load, demand)
+    return Response(body, media_type=CONTENT_TYPE)

@@ -19,10 +19,11 @@ from sqlalchemy import Engine
 
 from models.access_keys import IssuedKey
 from tests.engine.test_recreated_topics import recreate_topic
+from tests.exposition import metric_value
 from tests.fleet.conftest import Fleet, unit_owners, wait_until
 from tests.fleet.test_fleet_lifecycle import count_records, create_request, create_topic, describe, produce
 
-ACCOUNT_LABEL = 'account_id="000000000000"'
+ACCOUNT = "000000000000"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -71,13 +72,12 @@ def test_metrics_match_what_was_produced(
 
     exposition = fleet_http.get("/metrics").text
     for partition in (0, 1):
-        labels = f'account_id="000000000000",replicator_name="{unique}",topic="{topic}",partition="{partition}"'
-        assert f"MessageLag{{{labels}}} 0" in exposition
-        assert f"ReplicationLatency{{{labels}}} " in exposition
-    assert (
-        f'KafkaClusterPingSuccessCount{{{ACCOUNT_LABEL},replicator_name="{unique}",cluster_alias="{alias}"}} 1'
-        in exposition
-    )
+        labels = {"account_id": ACCOUNT, "replicator_name": unique, "topic": topic, "partition": partition}
+        assert metric_value(exposition, "MessageLag", **labels) == 0
+        assert metric_value(exposition, "ReplicationLatency", **labels) is not None
+        assert metric_value(exposition, "ferry_replicated_records_total", **labels) == 250
+    ping = {"account_id": ACCOUNT, "replicator_name": unique, "cluster_alias": alias}
+    assert metric_value(exposition, "KafkaClusterPingSuccessCount", **ping) == 1
     assert "# TYPE ReplicatorThroughput gauge" in exposition
 
 

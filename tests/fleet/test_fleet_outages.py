@@ -22,6 +22,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 
 from models.settings import FerrySettings
+from tests.exposition import metric_value, series
 from tests.faults import TcpProxy
 from tests.fleet.conftest import Fleet, unit_owners, wait_until
 from tests.fleet.records import all_delivered, produce_numbered
@@ -238,9 +239,12 @@ def test_a_fleet_without_live_workers_says_so_everywhere_and_recovers(
     assert body["totals"]["recordsPerSecond"] is None
     assert body["totals"]["partitionsUnreported"] == partitions
     exposition = fleet_http.get("/metrics").text
-    name_label = f'replicator_name="{unique}"'
-    assert not [line for line in exposition.splitlines() if line.startswith("MessageLag{") and name_label in line]
-    assert f'FerryUnreportedPartitions{{account_id="000000000000",{name_label}}} {partitions}' in exposition
+    assert not series(exposition, "MessageLag", replicator_name=unique)
+    assert (
+        metric_value(exposition, "FerryUnreportedPartitions", account_id="000000000000", replicator_name=unique)
+        == partitions
+    )
+    assert metric_value(exposition, "ferry_unreported_partitions", replicator_name=unique) == partitions
     ready = httpx.get(f"{fleet_api}/readyz", timeout=10)
     assert ready.status_code == 503
     assert ready.json()["fleet"]["liveWorkers"] == 0

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import secrets
 import socket
 import subprocess
@@ -32,6 +31,7 @@ from dev.secure import alter_scram_credential, put_secret, secrets_client
 from dev.stack import TOOLS_JVM
 from models.access_keys import IssuedKey
 from tests.conftest import ROOT
+from tests.exposition import metric_value
 from tests.fleet.conftest import Fleet, wait_until
 from tests.fleet.test_fleet_lifecycle import count_records, create_topic, describe, produce
 from workers.engine import admin as kafka_admin
@@ -242,8 +242,11 @@ def _recovery_case(
     assert message.startswith("source cluster "), message
     if http is not None:
         # The refusals count in the AuthError metric too.
-        wanted = re.compile(rf'^AuthError{{[^}}]*replicator_name="{re.escape(unique)}"[^}}]*}} ([0-9.]+)$', re.M)
-        wait_until("AuthError counted", lambda: (m := wanted.search(http.get("/metrics").text)) and float(m[1]) > 0, 20)
+        wait_until(
+            "AuthError counted",
+            lambda: (metric_value(http.get("/metrics").text, "AuthError", replicator_name=unique) or 0) > 0,
+            20,
+        )
     put_secret(manager, secret_name, fixed)
     running = wait_until("RUNNING again", lambda: (d := describe(kafka, arn))["ReplicatorState"] == "RUNNING" and d, 60)
     asyncio.run(produce(source_bootstrap, topic, RECORDS, 2, "after-fix"))

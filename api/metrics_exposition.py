@@ -1,0 +1,356 @@
+"""The Prometheus exposition of ``GET /metrics``, built by prometheus_client from one request's readings.
+
+Two sets of names for the same readings:
+
+- MSK Replicator's CloudWatch names (``ReplicationLatency``, ``MessageLag``, ...), for users who come with MSK
+  dashboards; they are gauges, as CloudWatch shows them, in MSK's units (milliseconds);
+- conventional names (``ferry_*``): base units in the name (``_seconds``, ``_bytes``, ``_records``), counters
+  ending in ``_total`` (from the reports' cumulative counts), one series per state for states. The Grafana
+  dashboard and alert rules under ``deploy/monitoring`` use these, and a test checks every name they use is here.
+
+The fleet's series (``ferry_fleet_*``, ``ferry_worker_*``) come last; ``ferry_fleet_desired_workers`` is what the
+Helm chart's KEDA or HPA autoscaling follows.
+
+Every exposition is built afresh: a registry per request holds one collector that yields metric families made from
+the data read for that request (its scope depends on the caller), so nothing is kept between scrapes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from models.fleet_capacity import FleetDemand
+from models.fleet_reports import StatusField
+from models.fleet_store import FleetLoad
+from models.replicator import ReplicatorState
+
+if TYPE_CHECKING:
+    from api.replication_metrics import ReplicatorReading
+
+# Healthy or on its way: every other health is a problem to look at.
+HEALTHY = frozenset({"REPLICATING", "STARTING"})
+
+
+class _Families:
+    """Metric families by name, in the order first declared; a family is declared (HELP and TYPE) even when none
+    of its series has a current value."""
+
+    def __init__(self) -> None:
+        self._families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {}
+
+    def gauge(self, name: str, help_text: str, labels: dict[str, Any], value: float | None) -> None:
+        self._add(GaugeMetricFamily, name, help_text, labels, value)
+
+    def counter(self, name: str, help_text: str, labels: dict[str, Any], value: float | None) -> None:
+        """``name`` without ``_total``: prometheus_client appends it to the sample."""
+        self._add(CounterMetricFamily, name, help_text, labels, value)
+
+    def _add(
+        self,
+        kind: type[GaugeMetricFamily] | type[CounterMetricFamily],
+        name: str,
+        help_text: str,
+        labels: dict[str, Any],
+        value: float | None,
+    ) -> None:
+        family = self._families.get(name)
+        if family is None:
+            family = self._families[name] = kind(name, help_text, labels=list(labels))
+        if value is not None:
+            family.add_metric([str(v) for v in labels.values()], value)
+
+    def __iter__(self) -> Iterator[Metric]:
+        return iter(self._families.values())
+
+
+class _Scrape(Collector):
+    def __init__(self, families: _Families) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.families)
+
+
+def exposition(readings: Sequence[ReplicatorReading], load: FleetLoad, demand: FleetDemand) -> bytes:
+    """The text exposition (format 0.0.4) of these readings and the fleet."""
+    out = _Families()
+    _msk_names(out, readings)
+    _ferry_names(out, readings)
+    _fleet(out, load, demand)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Scrape(out))
+    return generate_latest(registry)
+
+
+def _replicator_labels(reading: ReplicatorReading) -> dict[str, Any]:
+    return {"account_id": reading.replicator.account_id, "replicator_name": reading.replicator.name}
+
+
+def _msk_names(out: _Families, readings: Sequence[ReplicatorReading]) -> None:
+    for reading in readings:
+        row = reading.replicator
+        labels = _replicator_labels(reading)
+        totals = reading.totals
+        for p in reading.partitions:
+            if p.health == "UNKNOWN":
+                continue  # a stale reading is not a current value: leave the series absent
+            per_partition = {**labels, "topic": p.sourceTopic, "partition": p.partition}
+            out.gauge(
+                "ReplicationLatency",
+                "Milliseconds from a record's source timestamp to its acknowledgement by the target (MSK's name; "
+                "ferry_replication_latency_seconds).",
+                per_partition,
+                p.latencyMs,
+            )
+            out.gauge(
+                "MessageLag",
+                "Records on the source not yet acknowledged by the target (MSK's name; ferry_replication_lag_records).",
+                per_partition,
+                p.lagRecords,
+            )
+            out.gauge(
+                "ReplicatorThroughput",
+                "Bytes per second replicated to the target (MSK's name; ferry_replicated_bytes_per_second).",
+                per_partition,
+                p.bytesPerSecond,
+            )
+        out.gauge(
+            "ReplicatorBytesInPerSec",
+            "Bytes per second the replicator processed (replicated, without loop-filtered records).",
+            labels,
+            totals.bytesPerSecond,
+        )
+        out.gauge(
+            "FerryUnreportedPartitions",
+            "Partitions in scope without a current report from a worker (ferry_unreported_partitions).",
+            labels,
+            totals.partitionsUnreported,
+        )
+        out.gauge(
+            "ReplicatorFailure",
+            "Partitions of the replicator that are not healthy now, plus 1 while the replicator is FAILED.",
+            labels,
+            totals.unhealthyPartitions + (1 if row.state == ReplicatorState.FAILED else 0),
+        )
+        out.gauge(
+            "ReplicationErrors",
+            "Errors the replicator's copiers met, cumulative (MSK's name; ferry_replication_errors_total by kind).",
+            labels,
+            sum(totals.errors.values()),
+        )
+        out.gauge(
+            "AuthError",
+            "Authentication and authorization failures met by the replicator, cumulative (MSK's name; "
+            "ferry_auth_failures_total).",
+            labels,
+            _auth_failures(reading),
+        )
+        out.gauge("ThrottleTime", "Milliseconds requests were throttled by brokers (not measured yet).", labels, None)
+        for alias, ok in sorted(reading.status.get(StatusField.CLUSTER_PING, {}).items()):
+            out.gauge(
+                "KafkaClusterPingSuccessCount",
+                "1 when the cluster answered the last probe, else 0 (MSK's name; ferry_cluster_ping_success).",
+                {**labels, "cluster_alias": alias},
+                ok,
+            )
+        groups = reading.status.get(StatusField.GROUP_SYNC) or {}
+        out.gauge(
+            "ConsumerGroupCount", "Consumer groups whose offsets are synchronised.", labels, groups.get("groupCount")
+        )
+        out.gauge(
+            "ConsumerGroupOffsetSyncFailure",
+            "Consumer group offset sync failures since the replicator's metadata unit started, cumulative.",
+            labels,
+            groups.get("failures"),
+        )
+        for group, entry in sorted((groups.get("groups") or {}).items()):
+            out.gauge(
+                "ConsumerGroupTranslationLag",
+                "Records the target group's committed offsets trail the translation of the source group's.",
+                {**labels, "consumer_group": group},
+                entry.get("translationLagRecords"),
+            )
+
+
+def _auth_failures(reading: ReplicatorReading) -> int:
+    return reading.totals.errors.get("AUTH_DENIED", 0) + int(reading.status.get(StatusField.AUTH_FAILURES) or 0)
+
+
+def _seconds(milliseconds: float | None) -> float | None:
+    return None if milliseconds is None else milliseconds / 1000
+
+
+def _ferry_names(out: _Families, readings: Sequence[ReplicatorReading]) -> None:
+    for reading in readings:
+        row = reading.replicator
+        labels = _replicator_labels(reading)
+        totals = reading.totals
+        for state in ReplicatorState:
+            out.gauge(
+                "ferry_replicator_state",
+                "1 for the replicator's current state (CREATING, RUNNING, UPDATING, DELETING, FAILED), else 0.",
+                {**labels, "state": state.value},
+                1 if row.state == state else 0,
+            )
+        out.gauge(
+            "ferry_replicator_partitions",
+            "Source partitions the replicator copies or should.",
+            labels,
+            totals.partitions,
+        )
+        out.gauge(
+            "ferry_unreported_partitions",
+            "Partitions in scope without a current report from a worker (not copied, or their worker is gone).",
+            labels,
+            totals.partitionsUnreported,
+        )
+        for p in reading.partitions:
+            per_partition = {**labels, "topic": p.sourceTopic, "partition": p.partition}
+            # Health is a current fact even without a report: nobody copying the partition is worth an alert. Why
+            # it is not healthy is in the metrics endpoint's JSON (one series per health would double the scrape).
+            out.gauge(
+                "ferry_partition_healthy",
+                "1 while the partition replicates (REPLICATING or STARTING), else 0 (UNKNOWN: no current report).",
+                per_partition,
+                1 if p.health in HEALTHY else 0,
+            )
+            if p.health == "UNKNOWN":
+                continue  # a stale reading is not a current value: leave the series absent
+            out.gauge(
+                "ferry_replication_lag_records",
+                "Records on the source not yet acknowledged by the target.",
+                per_partition,
+                p.lagRecords,
+            )
+            out.gauge(
+                "ferry_replication_lag_seconds",
+                "How old the newest copied record is while records wait to be copied; 0 when caught up.",
+                per_partition,
+                p.lagSeconds,
+            )
+            out.gauge(
+                "ferry_replication_latency_seconds",
+                "The largest time from a record's source timestamp to its acknowledgement by the target lately.",
+                per_partition,
+                _seconds(p.latencyMs),
+            )
+            out.gauge(
+                "ferry_replicated_bytes_per_second",
+                "Bytes per second copied to the target over the worker's last report interval.",
+                per_partition,
+                p.bytesPerSecond,
+            )
+            out.counter(
+                "ferry_replicated_records",
+                "Records copied to the target (by the partition's current owner: it restarts from 0 on a move).",
+                per_partition,
+                p.recordsCopied,
+            )
+            out.counter("ferry_replicated_bytes", "Bytes copied to the target.", per_partition, p.bytesCopied)
+            out.counter(
+                "ferry_filtered_records",
+                "Records not copied because they came from the target (loop prevention).",
+                per_partition,
+                p.recordsFiltered,
+            )
+            out.counter(
+                "ferry_source_truncated_offsets",
+                "Source offsets retention deleted before they were copied: data loss (health SOURCE_TRUNCATED).",
+                per_partition,
+                p.truncatedOffsets,
+            )
+        for kind, count in sorted(totals.errors.items()):
+            out.counter(
+                "ferry_replication_errors",
+                "Errors the replicator's copiers met, by kind (FETCH_FAILED, PRODUCE_FAILED, AUTH_DENIED, ...).",
+                {**labels, "kind": kind},
+                count,
+            )
+        out.counter(
+            "ferry_auth_failures",
+            "Refused credentials, TLS handshakes and denied operations the replicator met.",
+            labels,
+            _auth_failures(reading),
+        )
+        for alias, ok in sorted(reading.status.get(StatusField.CLUSTER_PING, {}).items()):
+            out.gauge(
+                "ferry_cluster_ping_success",
+                "1 when the cluster answered the metadata unit's last probe, else 0.",
+                {**labels, "cluster_alias": alias},
+                ok,
+            )
+        groups = reading.status.get(StatusField.GROUP_SYNC) or {}
+        out.gauge(
+            "ferry_consumer_groups_synced",
+            "Consumer groups whose offsets are synchronised.",
+            labels,
+            groups.get("groupCount"),
+        )
+        out.counter(
+            "ferry_consumer_group_offset_sync_failures",
+            "Consumer group offset sync failures since the replicator's metadata unit started.",
+            labels,
+            groups.get("failures"),
+        )
+        for group, entry in sorted((groups.get("groups") or {}).items()):
+            out.gauge(
+                "ferry_consumer_group_translation_lag_records",
+                "Records the target group's committed offsets trail the translation of the source group's.",
+                {**labels, "consumer_group": group},
+                entry.get("translationLagRecords"),
+            )
+
+
+def _fleet(out: _Families, load: FleetLoad, demand: FleetDemand) -> None:
+    """The fleet's size and load; ``ferry_fleet_desired_workers`` is what autoscalers follow."""
+    out.gauge(
+        "ferry_fleet_desired_workers",
+        "Workers the fleet needs to copy its current load with headroom and clear its lag in time.",
+        {},
+        demand.desired_workers,
+    )
+    out.gauge("ferry_fleet_live_workers", "Workers heartbeating now.", {}, len(load.workers))
+    out.gauge(
+        "ferry_fleet_draining_workers", "Live workers being drained.", {}, sum(1 for w in load.workers if w.draining)
+    )
+    out.gauge("ferry_fleet_units", "Units of work (partitions and metadata units).", {}, load.units)
+    out.gauge(
+        "ferry_fleet_unassigned_units", "Units the reconcile loop could give to no worker.", {}, load.unassigned_units
+    )
+    out.gauge(
+        "ferry_fleet_units_without_owner",
+        "Units no worker holds a live lease on right now.",
+        {},
+        load.units_without_owner,
+    )
+    out.gauge("ferry_fleet_copied_bytes_per_second", "Bytes per second the fleet copies.", {}, demand.bytes_per_second)
+    out.gauge("ferry_fleet_lag_bytes", "Bytes the fleet's partitions trail their sources by.", {}, demand.lag_bytes)
+    out.gauge("ferry_fleet_cpu_cores", "CPU cores the fleet's workers use.", {}, demand.cpu_cores)
+    out.gauge(
+        "ferry_fleet_last_reconcile_age_seconds",
+        "Seconds since the last reconcile pass (any worker, API process or beat runs them every few seconds).",
+        {},
+        load.last_reconcile_age_seconds,
+    )
+    for worker in load.workers:
+        labels: dict[str, Any] = {"worker_id": worker.worker_id}
+        out.gauge("ferry_worker_cpu_cores", "CPU cores a worker's process uses.", labels, worker.cpu_cores)
+        out.gauge("ferry_worker_units", "Units whose lease a worker holds.", labels, worker.units)
+        out.gauge(
+            "ferry_worker_copied_bytes_per_second", "Bytes per second a worker copies.", labels, worker.bytes_per_second
+        )
+        out.gauge(
+            "ferry_worker_lag_bytes", "Bytes a worker's partitions trail their sources by.", labels, worker.lag_bytes
+        )
+        out.gauge(
+            "ferry_worker_heartbeat_age_seconds",
+            "Seconds since the worker's last heartbeat.",
+            labels,
+            worker.heartbeat_age_seconds,
+        )
+        out.gauge("ferry_worker_draining", "1 while the worker is being drained, else 0.", labels, int(worker.draining))
