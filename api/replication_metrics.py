@@ -53,46 +53,64 @@ STATUS_STALE_AFTER_MS = 30_000
 class PartitionMetrics(BaseModel):
     """One source partition as its owner worker last reported it; numbers are null when no worker reports it."""
 
-    sourceTopic: str
-    partition: int
-    targetTopic: str | None
+    sourceTopic: str = Field(description="The source topic.")
+    partition: int = Field(description="The source partition.")
+    targetTopic: str | None = Field(description="The topic the partition is copied to (null until known).")
     owner: str | None = Field(description="The worker copying the partition.")
     health: str = Field(
         description="REPLICATING, STARTING, or the problem (SOURCE_TRUNCATED, STALLED, AUTH_DENIED, ...); UNKNOWN "
         "when no worker reported it lately."
     )
-    healthDetail: str
+    healthDetail: str = Field(description="Why the partition has that health, in words (empty when replicating).")
     lagRecords: int | None = Field(description="Records on the source not yet acknowledged by the target.")
     lagSeconds: float | None = Field(
         description="How old the newest copied record is while records wait; 0 when caught up."
     )
     latencyMs: float | None = Field(description="The largest source-timestamp-to-acknowledgement time lately.")
-    recordsCopied: int | None
-    bytesCopied: int | None
-    recordsFiltered: int | None
-    recordsPerSecond: float | None
-    bytesPerSecond: float | None
+    recordsCopied: int | None = Field(description="Records copied by the current owner since it took the partition.")
+    bytesCopied: int | None = Field(description="Bytes copied by the current owner since it took the partition.")
+    recordsFiltered: int | None = Field(
+        description="Records not copied because they came from the target (IDENTICAL naming loop prevention)."
+    )
+    recordsPerSecond: float | None = Field(description="Records per second copied since the owner's previous report.")
+    bytesPerSecond: float | None = Field(description="Bytes per second copied since the owner's previous report.")
     truncatedOffsets: int | None = Field(description="Offsets retention deleted before they were copied (data loss).")
-    errors: dict[str, int]
-    nextSourceOffset: int | None
-    sourceEndOffset: int | None
-    reportedAgeSeconds: float | None
+    errors: dict[str, int] = Field(description="Errors met copying the partition, by kind.")
+    nextSourceOffset: int | None = Field(
+        description="The next source offset to copy (everything before it is acknowledged by the target)."
+    )
+    sourceEndOffset: int | None = Field(
+        description="The source partition's end (last stable offset) at the last report."
+    )
+    reportedAgeSeconds: float | None = Field(description="Seconds since the owner's last report (null when none).")
 
 
 class MetricsTotals(BaseModel):
     """Sums and maxima over the partitions; a figure that needs a partition nobody reports now is null."""
 
-    partitions: int
-    partitionsUnreported: int
-    recordsCopied: int
-    bytesCopied: int
-    recordsPerSecond: float | None
-    bytesPerSecond: float | None
-    lagRecords: int | None
-    maxLagSeconds: float | None
-    maxLatencyMs: float | None
-    errors: dict[str, int]
-    unhealthyPartitions: int
+    partitions: int = Field(description="Source partitions in scope.")
+    partitionsUnreported: int = Field(
+        description="Partitions in scope without a current report (not copied, or their worker is gone)."
+    )
+    recordsCopied: int = Field(description="Records copied, summed over the partitions' current owners.")
+    bytesCopied: int = Field(description="Bytes copied, summed over the partitions' current owners.")
+    recordsPerSecond: float | None = Field(
+        description="Records per second copied now (null when a partition is unreported)."
+    )
+    bytesPerSecond: float | None = Field(
+        description="Bytes per second copied now (null when a partition is unreported)."
+    )
+    lagRecords: int | None = Field(
+        description="Records on the sources not yet acknowledged by the target (null when a partition is unreported)."
+    )
+    maxLagSeconds: float | None = Field(
+        description="The largest lag in seconds over the partitions (null when unknown)."
+    )
+    maxLatencyMs: float | None = Field(
+        description="The largest recent source-timestamp-to-acknowledgement time, in milliseconds."
+    )
+    errors: dict[str, int] = Field(description="Errors met, by kind, over every partition.")
+    unhealthyPartitions: int = Field(description="Partitions whose health is neither REPLICATING nor STARTING.")
 
 
 class ConsumerGroupSync(BaseModel):
@@ -100,22 +118,30 @@ class ConsumerGroupSync(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    groupCount: int = 0
-    failures: int = 0
-    groups: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    groupCount: int = Field(0, description="Consumer groups whose offsets are synchronised.")
+    failures: int = Field(0, description="Group offset sync failures since the replicator's metadata unit started.")
+    groups: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Per consumer group: its translated offsets and sync state."
+    )
 
 
 class ReplicatorMetrics(BaseModel):
-    replicatorArn: str
-    replicatorName: str
-    replicatorState: str
-    stateInfo: dict[str, Any] | None
-    totals: MetricsTotals
+    """How one replicator's replication is doing: totals, per partition, topics, consumer groups, clusters."""
+
+    replicatorArn: str = Field(description="The replicator's ARN.")
+    replicatorName: str = Field(description="The replicator's name.")
+    replicatorState: str = Field(description="The replicator's state (CREATING, RUNNING, UPDATING, DELETING, FAILED).")
+    stateInfo: dict[str, Any] | None = Field(
+        description="Why the replicator is in that state (code and message), when there is a reason."
+    )
+    totals: MetricsTotals = Field(description="Totals over the replicator's partitions.")
     clusterPing: dict[str, int] = Field(description="Per cluster alias: 1 when it answered the last probe, else 0.")
     topics: dict[str, str] = Field(description="Source topic to target topic.")
-    topicErrors: dict[str, Any]
-    consumerGroups: ConsumerGroupSync
-    partitions: list[PartitionMetrics]
+    topicErrors: dict[str, Any] = Field(
+        description="Per source topic that could not be set up on the target: the reason."
+    )
+    consumerGroups: ConsumerGroupSync = Field(description="Consumer group offset sync.")
+    partitions: list[PartitionMetrics] = Field(description="Every source partition in scope.")
 
 
 @dataclass(frozen=True)
