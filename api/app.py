@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from redis.asyncio import Redis
 
-from api import audits, fleet, health, offsets, replication_metrics, replicators, tags, usage
+from api import audits, console, fleet, health, offsets, replication_metrics, replicators, tags, usage
 from api.access_log import AccessLog
 from api.errors import install_error_handling
 from api.fleet_trigger import FleetTrigger, ReconcileWatch
@@ -90,6 +90,7 @@ def create_app(settings: FerrySettings | None = None) -> FastAPI:
     app.include_router(usage.router)
     app.include_router(replicators.router)
     app.include_router(tags.router)
+    console.install(app, settings)  # the web console at /console (docs/console.md)
     # Inside the body limit and request ids (added by install_error_handling, so outermost): a request is
     # authenticated with a bounded body, before routing, parsing or validation look at it.
     app.add_middleware(Authentication, settings=settings)

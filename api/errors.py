@@ -145,6 +145,17 @@ async def _validation_error(_: Request, exc: Exception) -> Response:
         if kind == "missing":
             return aws_error(400, "The request body is required (a JSON object)", "body")
         return aws_error(400, f"The request body must be a JSON object: {first.get('msg', '')}", "body")
+    message, member = validation_message(errors, location_prefix=1)
+    return aws_error(400, message, member)
+
+
+def validation_message(errors: Sequence[Any], *, location_prefix: int = 0) -> tuple[str, str]:
+    """The message and member of a request's validation errors, as the API answers them: the first problem
+    named by its wire path (an unknown member first), and how many more there are. ``location_prefix`` is how
+    many leading ``loc`` entries say where the value came from rather than which member it is."""
+    first = min(errors, key=lambda error: error.get("type") != "extra_forbidden")
+    kind = first.get("type", "")
+    path = wire_path(list(first.get("loc", ()))[location_prefix:]) or "body"
     if kind == "extra_forbidden":
         message = f"{path}: is not a member of this request (unknown field)"
     elif kind == "missing":
@@ -154,7 +165,7 @@ async def _validation_error(_: Request, exc: Exception) -> Response:
     more = len(errors) - 1
     if more:
         message += f" (and {more} more problem{'s' if more > 1 else ''})"
-    return aws_error(400, message, path)
+    return message, path
 
 
 def wire_path(location: Sequence[Any]) -> str:

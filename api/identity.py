@@ -12,6 +12,11 @@ nothing but 401. It
 3. limits each key's request rate (429 ``TooManyRequestsException``; per API process, see docs/security.md);
 4. records the ``Caller``: the key's account scopes every query, so no account sees another's replicators.
 
+The web console (``/console``, ``api/console/``) is for browsers, which cannot sign: its pages carry a signed session
+cookie instead (``api/console/session.py``), made at sign-in after ``check_access_key`` found the key id and secret
+valid. ``Authentication`` reads that cookie here and looks its key up on every request as for a signature, so the
+console's caller is the same ``Caller`` with the same account scope and the same read-only refusal.
+
 ``GET /metrics`` also takes ``Authorization: Bearer <FERRY_METRICS_TOKEN>``, the platform's Prometheus scraping
 every account; a SigV4-signed scrape sees its own account only. ``FERRY_AUTH=disabled`` turns all of this off
 (every request acts for ``FERRY_AWS_ACCOUNT_ID``), with a warning at every start.
@@ -30,12 +35,13 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import sigv4
 from api.errors import ERROR_TYPES, aws_error
 from models import access_keys
-from models.access_keys import KeyPermission
+from models.access_keys import KeyPermission, VerifiableKey
 from models.errors import AuthenticationError, FerryError, LimitExceededError, PermissionDeniedError
 from models.secret_box import SecretBox, SecretKeyError
 from models.settings import FerrySettings
@@ -47,6 +53,10 @@ SCRAPER_SCOPE_KEY = "ferry.metrics_scraper"
 # Open to anyone: liveness and readiness probes, and the API's own description.
 OPEN_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
 METRICS_PATH = "/metrics"
+CONSOLE_PATH = "/console"
+CONSOLE_SESSION_SCOPE_KEY = "ferry.console_session"
+# What a read-only key may still post in the console: its own sign-in and sign-out.
+CONSOLE_SESSION_PATHS = frozenset({"/console/sign-in", "/console/sign-out"})
 READ_METHODS = frozenset({"GET", "HEAD"})
 _STATUS_OF: dict[type[FerryError], int] = {
     AuthenticationError: 401,
@@ -61,6 +71,7 @@ class Caller:
     region: str
     # The access key that signed the request; None when authentication is disabled.
     access_key_id: str | None = None
+    read_only: bool = False
 
 
 class _RateLimiter:
@@ -99,6 +110,9 @@ class Authentication:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
+            return
+        if is_console_path(scope["path"]):
+            await self._console(scope, receive, send)
             return
         if self.disabled:
             scope[CALLER_SCOPE_KEY] = Caller(self.settings.aws_account_id, self.settings.aws_region)
@@ -145,15 +159,7 @@ class Authentication:
             body=body,
             region=self.settings.aws_region,
         )
-        assert self.box is not None
-        engine: AsyncEngine = scope["app"].state.db_engine
-        try:
-            async with engine.connect() as conn:
-                key = await access_keys.verifiable_key(conn, self.box, signed.access_key_id)
-        except SecretKeyError:
-            log.warning("access key %s does not open with the configured secret key (was it rotated?)",
-                        signed.access_key_id)  # fmt: skip
-            key = None
+        key = await self._key(scope["app"].state.db_engine, signed.access_key_id)
         if key is None:
             raise AuthenticationError(sigv4.INVALID_TOKEN)
         sigv4.verify(signed, key.secret_access_key)
@@ -163,7 +169,73 @@ class Authentication:
             )
         if not self.limiter.allow(key.access_key_id):
             raise LimitExceededError("Rate exceeded")
-        return Caller(key.account_id, self.settings.aws_region, key.access_key_id)
+        return Caller(
+            key.account_id, self.settings.aws_region, key.access_key_id, key.permission is KeyPermission.READ_ONLY
+        )
+
+    async def _console(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Console requests carry a session cookie, not a signature. A request without a valid signed-in session
+        goes on without a caller: the console's pages send it to the sign-in page."""
+        path = scope["path"]
+        if path.startswith(f"{CONSOLE_PATH}/static/"):
+            await self.app(scope, receive, send)
+            return
+        session = scope["app"].state.console_sessions.read(scope.get("headers", []))
+        scope[CONSOLE_SESSION_SCOPE_KEY] = session
+        caller: Caller | None = None
+        if self.disabled:
+            caller = Caller(self.settings.aws_account_id, self.settings.aws_region)
+        elif session is not None and session.access_key_id is not None:
+            try:
+                key = await self._key(scope["app"].state.db_engine, session.access_key_id)
+            except (OperationalError, InterfaceError, PoolTimeoutError) as exc:
+                log.warning("database unavailable while authenticating %s %s: %s", scope["method"], path, exc)
+                await PlainTextResponse("The service's database is unavailable; retry later", 503)(scope, receive, send)
+                return
+            if key is not None:
+                caller = Caller(
+                    key.account_id, self.settings.aws_region, key.access_key_id,
+                    key.permission is KeyPermission.READ_ONLY,
+                )  # fmt: skip
+        if caller is not None:
+            if caller.read_only and scope["method"] not in READ_METHODS and path not in CONSOLE_SESSION_PATHS:
+                message = f"The access key {caller.access_key_id} is read-only: it cannot change anything"
+                await PlainTextResponse(message, 403)(scope, receive, send)
+                return
+            if caller.access_key_id is not None and not self.limiter.allow(caller.access_key_id):
+                await PlainTextResponse("Rate exceeded", 429)(scope, receive, send)
+                return
+            scope[CALLER_SCOPE_KEY] = caller
+        await self.app(scope, receive, send)
+
+    async def _key(self, engine: AsyncEngine, access_key_id: str) -> VerifiableKey | None:
+        assert self.box is not None
+        return await active_key(engine, self.box, access_key_id)
+
+
+def is_console_path(path: str) -> bool:
+    return path == CONSOLE_PATH or path.startswith(f"{CONSOLE_PATH}/")
+
+
+async def active_key(engine: AsyncEngine, box: SecretBox, access_key_id: str) -> VerifiableKey | None:
+    """The active key with this id, or None: unknown, malformed, revoked, or sealed under another secret key."""
+    try:
+        async with engine.connect() as conn:
+            return await access_keys.verifiable_key(conn, box, access_key_id)
+    except SecretKeyError:
+        log.warning("access key %s does not open with the configured secret key (was it rotated?)", access_key_id)
+        return None
+
+
+async def check_access_key(
+    engine: AsyncEngine, box: SecretBox, access_key_id: str, secret_access_key: str
+) -> VerifiableKey | None:
+    """The key, when ``secret_access_key`` is its secret (the console's sign-in); None otherwise, saying no more
+    than a wrong signature does."""
+    key = await active_key(engine, box, access_key_id.strip())
+    if key is None or not hmac.compare_digest(secret_access_key.encode(), key.secret_access_key.encode()):
+        return None
+    return key
 
 
 def secret_box_of(settings: FerrySettings) -> SecretBox | None:

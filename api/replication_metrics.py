@@ -302,8 +302,13 @@ def _totals(partitions: list[PartitionMetrics]) -> MetricsTotals:
 )
 async def replicator_metrics(replicatorArn: ReplicatorArn, request: Request, caller: CallerDep) -> ReplicatorMetrics:
     """Totals and per topic-partition lag, latency, throughput, errors, owner worker and health."""
+    return await metrics_of(request, caller.account_id, replicatorArn)
+
+
+async def metrics_of(request: Request, account_id: str, arn: str) -> ReplicatorMetrics:
+    """One replicator's metrics as the account sees them (the metrics endpoint's and the console's reading)."""
     async with transaction(request) as session:
-        row = await replicator_service.get_replicator(session, account_id=caller.account_id, arn=replicatorArn)
+        row = await replicator_service.get_replicator(session, account_id=account_id, arn=arn)
         scopes = await fleet_store.inventories(session, [str(row.id)])
     (reading,) = await read_replicators(request.app.state.redis, [row], scopes)
     return ReplicatorMetrics(

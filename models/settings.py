@@ -133,6 +133,9 @@ class FerrySettings(BaseSettings):
     max_replicators_per_account: Annotated[int, Field(ge=1, le=1_000_000)] = Field(
         default=100, description="Replicators one account may have (CreateReplicator answers 429 beyond)."
     )
+    console_session_seconds: Annotated[float, Field(ge=60, le=7 * 86400)] = Field(
+        default=8 * 3600.0, description="How long a web console sign-in lasts (docs/console.md)."
+    )
     # ----- secured clusters (docs/security.md, "Clusters")
     secrets_manager_endpoint: str | None = Field(
         default=None,

@@ -1,0 +1,288 @@
+"""The web console in headless Chromium: sign-in, the account's replicators, the detail page, create, update,
+delete, failover preconditions, CSRF, read-only keys, escaping; each page photographed at desktop and phone size."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import botocore.exceptions
+import httpx
+import pytest
+from playwright.sync_api import Page, expect
+from sqlalchemy import Engine, update
+
+from models.access_keys import IssuedKey
+from models.replicator import ReplicatorRow
+from models.settings import FerrySettings
+from tests.api.conftest import create_request, kafka_client
+from tests.conftest import issue_key
+
+from .conftest import capture, sign_in
+
+
+def detail_url(api_url: str, arn: str, action: str = "") -> str:
+    return f"{api_url}/console/replicator{action}?arn={quote(arn, safe='')}"
+
+
+def csrf_of(html: str) -> str:
+    found = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert found, "the page has no CSRF token"
+    return found.group(1)
+
+
+def test_sign_in_list_and_detail(
+    page: Page, api_url: str, key: IssuedKey, kafka: Any, clusters: dict[str, Any], unique: str, artifacts: Path
+) -> None:
+    created = kafka.create_replicator(**create_request(f"{unique}-a", clusters))
+    page.goto(f"{api_url}/console/replicators")
+    expect(page).to_have_url(re.compile(r".*/console/sign-in$"))  # not signed in yet
+    capture(page, artifacts, "sign-in")
+
+    sign_in(page, api_url, key)
+    expect(page.get_by_role("heading", name="Replicators")).to_be_visible()
+    row = page.locator("#replicator-rows tr", has_text=f"{unique}-a")
+    expect(row).to_contain_text("CREATING")
+    expect(page.get_by_text(f"account {key.account_id}")).to_be_visible()
+    capture(page, artifacts, "list")
+
+    row.get_by_role("link").click()
+    expect(page.get_by_role("heading", name=f"{unique}-a")).to_be_visible()
+    expect(page.locator("#state")).to_have_text("CREATING")
+    expect(page.get_by_text(created["ReplicatorArn"])).to_be_visible()
+    expect(page.get_by_text("orders.*, payments")).to_be_visible()
+    # The live section is polled: a swap keeps the state and feeds the charts their first reading.
+    with page.expect_response(lambda response: "/console/replicator/live" in response.url) as polled:
+        pass
+    assert polled.value.status == 200
+    expect(page.locator("#state")).to_have_text("CREATING")
+    capture(page, artifacts, "detail")
+
+    page.get_by_role("button", name="Sign out").click()
+    expect(page).to_have_url(re.compile(r".*/console/sign-in$"))
+    page.goto(f"{api_url}/console/replicators")
+    expect(page).to_have_url(re.compile(r".*/console/sign-in$"))
+
+
+def test_session_cookie_is_http_only_strict_and_expires(page: Page, api_url: str, key: IssuedKey) -> None:
+    sign_in(page, api_url, key)
+    (cookie,) = [c for c in page.context.cookies() if c["name"] == "ferry_console"]
+    assert cookie["httpOnly"] is True
+    assert cookie["sameSite"] == "Strict"
+    assert cookie["path"] == "/console"
+    assert cookie["expires"] > 0  # a session with an end, not one that lives as long as the browser
+
+
+def test_wrong_secret_is_refused(page: Page, api_url: str, key: IssuedKey) -> None:
+    page.goto(f"{api_url}/console/sign-in")
+    page.get_by_label("Access key id").fill(key.access_key_id)
+    page.get_by_label("Secret access key").fill(
+        key.secret_access_key[:-1] + ("A" if key.secret_access_key[-1] != "A" else "B")
+    )
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("alert")).to_contain_text("not valid")
+    page.goto(f"{api_url}/console/replicators")
+    expect(page).to_have_url(re.compile(r".*/console/sign-in$"))
+
+
+def test_revoked_key_is_signed_out(page: Page, api_url: str, test_settings: FerrySettings, account: str) -> None:
+    from cli.admin import revoke_access_key  # noqa: PLC0415  (the command line's revocation, as an operator runs it)
+
+    doomed = issue_key(test_settings, account)
+    sign_in(page, api_url, doomed)
+    import asyncio  # noqa: PLC0415
+
+    asyncio.run(revoke_access_key(test_settings, doomed.access_key_id))
+    page.goto(f"{api_url}/console/replicators")
+    expect(page).to_have_url(re.compile(r".*/console/sign-in$"))
+
+
+def test_posts_without_the_csrf_token_change_nothing(
+    api_url: str, key: IssuedKey, kafka: Any, clusters: dict[str, Any], unique: str
+) -> None:
+    arn = kafka.create_replicator(**create_request(f"{unique}-c", clusters))["ReplicatorArn"]
+    with httpx.Client(base_url=api_url, timeout=30) as browser:
+        token = csrf_of(browser.get("/console/sign-in").text)
+        refused = browser.post(
+            "/console/sign-in", data={"access_key_id": key.access_key_id, "secret_access_key": key.secret_access_key}
+        )
+        assert refused.status_code == 403
+        signed_in = browser.post(
+            "/console/sign-in",
+            data={"access_key_id": key.access_key_id, "secret_access_key": key.secret_access_key, "csrf_token": token},
+        )
+        assert signed_in.status_code == 303
+        page = browser.get(detail_url("", arn, "/delete"))
+        assert page.status_code == 200
+        name = f"{unique}-c"
+        for token_sent in (None, token, "forged"):  # the sign-in page's token is not the new session's
+            data = {"confirm_name": name}
+            if token_sent:
+                data["csrf_token"] = token_sent
+            assert browser.post(detail_url("", arn, "/delete"), data=data).status_code == 403
+        # The same post with the page's own token works: what was refused was the token only.
+        kept = kafka.describe_replicator(ReplicatorArn=arn)
+        assert kept["ReplicatorState"] == "CREATING"
+        deleted = browser.post(
+            detail_url("", arn, "/delete"), data={"confirm_name": name, "csrf_token": csrf_of(page.text)}
+        )
+        assert deleted.status_code == 303
+    assert kafka.describe_replicator(ReplicatorArn=arn)["ReplicatorState"] == "DELETING"
+
+
+def test_create_form_shows_the_apis_error_and_creates_nothing(
+    page: Page, api_url: str, key: IssuedKey, kafka: Any, clusters: dict[str, Any], unique: str, artifacts: Path
+) -> None:
+    sign_in(page, api_url, key)
+    page.get_by_role("link", name="Create replicator").click()
+    page.get_by_label("Name").fill(f"{unique}-bad")
+    page.get_by_label("Bootstrap servers").first.fill(clusters["source_bootstrap"])
+    page.get_by_label("Bootstrap servers").last.fill(clusters["target_bootstrap"])
+    page.get_by_label("Topics to replicate").fill("orders\n(?<=x)payments")  # a lookbehind: RE2 cannot run it
+    capture(page, artifacts, "create")
+    page.get_by_role("button", name="Create").click()
+
+    wire = create_request(
+        f"{unique}-bad",
+        {**clusters, "source_id": "source", "target_id": "target"},
+        ReplicationInfoList=[
+            {
+                "SourceKafkaClusterId": "source",
+                "TargetKafkaClusterId": "target",
+                "TargetCompressionType": "NONE",
+                "TopicReplication": {"TopicsToReplicate": ["orders", "(?<=x)payments"]},
+                "ConsumerGroupReplication": {"ConsumerGroupsToReplicate": [".*"]},
+            }
+        ],
+    )
+    with pytest.raises(botocore.exceptions.ClientError) as refused:
+        kafka.create_replicator(**wire)
+    api_message = refused.value.response["Error"]["Message"]
+    expect(page.locator("#form-error")).to_have_text(api_message)
+    expect(page.locator(".field-error")).to_have_text(api_message)  # next to the topics field
+    expect(page.get_by_label("Topics to replicate")).to_have_value("orders\n(?<=x)payments")  # nothing typed is lost
+    capture(page, artifacts, "create-error")
+    assert kafka.list_replicators(ReplicatorNameFilter=unique)["Replicators"] == []
+
+
+def test_create_update_topics_and_delete(
+    page: Page, api_url: str, key: IssuedKey, kafka: Any, clusters: dict[str, Any], unique: str, artifacts: Path
+) -> None:
+    sign_in(page, api_url, key)
+    page.goto(f"{api_url}/console/replicators/new")
+    page.get_by_label("Name").fill(f"{unique}-new")
+    page.get_by_label("Bootstrap servers").first.fill(clusters["source_bootstrap"])
+    page.get_by_label("Bootstrap servers").last.fill(clusters["target_bootstrap"])
+    page.get_by_label("Topics to replicate").fill("orders.*")
+    page.get_by_label("Topics to exclude").fill("orders-internal")
+    page.get_by_label("Target topic names").select_option("IDENTICAL")
+    page.get_by_role("button", name="Create").click()
+    expect(page.get_by_role("heading", name=f"{unique}-new")).to_be_visible()
+    (summary,) = kafka.list_replicators(ReplicatorNameFilter=f"{unique}-new")["Replicators"]
+    arn = summary["ReplicatorArn"]
+    described = kafka.describe_replicator(ReplicatorArn=arn)
+    topics = described["ReplicationInfoList"][0]["TopicReplication"]
+    assert topics["TopicsToReplicate"] == ["orders.*"]
+    assert topics["TopicsToExclude"] == ["orders-internal"]
+    assert topics["TopicNameConfiguration"]["Type"] == "IDENTICAL"
+
+    page.get_by_role("link", name="Update topics").click()
+    expect(page.get_by_label("Topics to replicate")).to_have_value("orders.*")
+    page.get_by_label("Topics to replicate").fill("orders.*\npayments")
+    capture(page, artifacts, "topics")
+    page.get_by_role("button", name="Update").click()
+    expect(page.get_by_role("heading", name=f"{unique}-new")).to_be_visible()
+    updated = kafka.describe_replicator(ReplicatorArn=arn)["ReplicationInfoList"][0]["TopicReplication"]
+    assert updated["TopicsToReplicate"] == ["orders.*", "payments"]
+
+    page.get_by_role("link", name="Failover").click()
+    preconditions = page.locator("#preconditions")
+    expect(preconditions).to_contain_text("The replicator is not DELETING or FAILED")
+    expect(preconditions).to_contain_text("lag unknown")  # no worker reports it: not shown as caught up
+    capture(page, artifacts, "failover")
+
+    page.goto(detail_url(api_url, arn))
+    page.get_by_role("link", name="Delete").click()
+    page.get_by_label("to confirm").fill("not its name")
+    page.get_by_role("button", name="Delete replicator").click()
+    expect(page.locator("#form-error")).to_contain_text("Type the replicator's name")
+    assert kafka.describe_replicator(ReplicatorArn=arn)["ReplicatorState"] != "DELETING"
+    capture(page, artifacts, "delete")
+    page.get_by_label("to confirm").fill(f"{unique}-new")
+    page.get_by_role("button", name="Delete replicator").click()
+    expect(page).to_have_url(re.compile(r".*/console/replicators$"))
+    assert kafka.describe_replicator(ReplicatorArn=arn)["ReplicatorState"] == "DELETING"
+
+
+def test_another_accounts_replicator_is_not_visible(
+    page: Page, api_url: str, key: IssuedKey, test_settings: FerrySettings, clusters: dict[str, Any], unique: str
+) -> None:
+    other = kafka_client(api_url, issue_key(test_settings, "8" + key.account_id[1:]))
+    theirs = other.create_replicator(**create_request(f"{unique}-theirs", clusters))["ReplicatorArn"]
+    sign_in(page, api_url, key)
+    expect(page.locator("#replicator-rows")).to_contain_text("No replicators in this account yet")
+    response = page.goto(detail_url(api_url, theirs))
+    assert response is not None and response.status == 404
+    expect(page.get_by_role("alert")).to_contain_text("does not exist")
+    response = page.goto(detail_url(api_url, theirs, "/delete"))
+    assert response is not None and response.status == 404
+    assert other.describe_replicator(ReplicatorArn=theirs)["ReplicatorState"] == "CREATING"
+
+
+def test_read_only_key_changes_nothing(
+    page: Page,
+    api_url: str,
+    test_settings: FerrySettings,
+    account: str,
+    kafka: Any,
+    clusters: dict[str, Any],
+    unique: str,
+) -> None:
+    arn = kafka.create_replicator(**create_request(f"{unique}-ro", clusters))["ReplicatorArn"]
+    reader = issue_key(test_settings, account, read_only=True)
+    sign_in(page, api_url, reader)
+    expect(page.get_by_text("read-only")).to_be_visible()
+    expect(page.get_by_role("link", name="Create replicator")).to_have_count(0)
+    page.goto(detail_url(api_url, arn, "/delete"))
+    token = csrf_of(page.content())
+    refused = page.request.post(
+        detail_url(api_url, arn, "/delete"), form={"csrf_token": token, "confirm_name": f"{unique}-ro"}
+    )
+    assert refused.status == 403
+    assert "read-only" in refused.text()
+    assert kafka.describe_replicator(ReplicatorArn=arn)["ReplicatorState"] == "CREATING"
+
+
+def test_hostile_text_is_escaped(
+    page: Page,
+    api_url: str,
+    key: IssuedKey,
+    kafka: Any,
+    clusters: dict[str, Any],
+    unique: str,
+    db_engine: Engine,
+    artifacts: Path,
+) -> None:
+    hostile = '<script>window.injected = 1</script><img src="x" onerror="window.injected = 2">'
+    arn = kafka.create_replicator(**create_request(f"{unique}-x", clusters, Description=hostile))["ReplicatorArn"]
+    # StateInfo is what workers write from what clusters answer: a topic or error text can carry anything.
+    with db_engine.begin() as connection:
+        connection.execute(
+            update(ReplicatorRow)
+            .where(ReplicatorRow.arn == arn)
+            .values(state="FAILED", state_info={"code": "CLUSTER_UNREACHABLE", "message": hostile})
+        )
+    sign_in(page, api_url, key)
+    page.goto(detail_url(api_url, arn))
+    expect(page.locator("#state-info")).to_contain_text(hostile)  # shown as text, character for character
+    assert page.locator("#state-info script, #state-info img").count() == 0
+    assert page.evaluate("window.injected") is None
+    # The name the create form echoes back is escaped too (names cannot hold "<", so the form's refusal shows it).
+    page.goto(f"{api_url}/console/replicators/new")
+    page.get_by_label("Name").fill(hostile)
+    page.get_by_role("button", name="Create").click()
+    expect(page.get_by_label("Name")).to_have_value(hostile)
+    assert page.evaluate("window.injected") is None
+    capture(page, artifacts, "escaped")
