@@ -28,7 +28,7 @@ from api.identity import CALLER_SCOPE_KEY, CONSOLE_SESSION_SCOPE_KEY, Caller, ch
 from api.metrics_exposition import HEALTHY
 from api.replication_metrics import metrics_of, read_replicators
 from models import fleet_store, replicator_service
-from models.errors import FerryError, ResourceNotFoundError
+from models.errors import FerryError
 from models.replicator_shapes import CreateReplicatorRequest, UpdateReplicationInfoRequest
 
 log = logging.getLogger(__name__)
@@ -53,13 +53,19 @@ SECURITY_HEADERS = {
 
 # ----- plumbing -----------------------------------------------------------------------------------------------
 
+_NEW_SESSION_SCOPE_KEY = "ferry.console_session_new"
+
 
 def _session(request: Request) -> tuple[ConsoleSession, bool]:
     """The visitor's session, and whether it is new (its cookie must be set)."""
     session = request.scope.get(CONSOLE_SESSION_SCOPE_KEY)
     if isinstance(session, ConsoleSession):
-        return session, False
-    return anonymous(), True
+        return session, request.scope.get(_NEW_SESSION_SCOPE_KEY, False)
+    # The first page of a visit: one anonymous session for the whole request (its token is in the page and cookie).
+    session = anonymous()
+    request.scope[CONSOLE_SESSION_SCOPE_KEY] = session
+    request.scope[_NEW_SESSION_SCOPE_KEY] = True
+    return session, True
 
 
 def _caller(request: Request) -> Caller | None:
@@ -329,13 +335,14 @@ async def update_topics(request: Request, arn: str) -> Response:
         return _csrf_refused(request)
     try:
         row = await _row(request, caller, arn)
+    except FerryError as exc:
+        return _page(request, "not_found.html", status=404, message=_problem(exc)[0])
+    try:
         body = UpdateReplicationInfoRequest.model_validate(
             views.topics_update_of(form, row.replication_info, form.get("current_version", ""))
         )
         await replicators.update_replication_info(arn, body, request, caller)
     except (ValidationError, FerryError) as exc:
-        if isinstance(exc, ResourceNotFoundError):
-            return _page(request, "not_found.html", status=404, message=exc.message)
         return _page(request, "topics.html", status=400, row=row, form=form, error=_problem(exc)[0])
     return _redirect(request, _replicator_url(arn))
 
@@ -412,6 +419,10 @@ async def failover(request: Request, arn: str) -> Response:
     if form is None:
         return _csrf_refused(request)
     try:
+        row = await _row(request, caller, arn)
+    except FerryError as exc:
+        return _page(request, "not_found.html", status=404, message=_problem(exc)[0])
+    try:
         body = offsets.StartFailoverRequest.model_validate(
             {
                 "consumerGroups": views.lines(form.get("groups", "")),
@@ -421,7 +432,6 @@ async def failover(request: Request, arn: str) -> Response:
         )
         status = await offsets.start_failover(arn, body, request, caller)
     except (ValidationError, FerryError, ValueError) as exc:
-        row = await _row(request, caller, arn)
         metrics = await metrics_of(request, caller.account_id, arn)
         message = _problem(exc)[0] if isinstance(exc, ValidationError | FerryError) else f"Not a number: {exc}"
         return _page(

@@ -9,6 +9,7 @@ import os
 import re
 import secrets
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -103,9 +104,15 @@ def account() -> str:
     return "9" + "".join(secrets.choice("0123456789") for _ in range(11))
 
 
+def issue(settings: FerrySettings, account: str, *, read_only: bool = False) -> IssuedKey:
+    """``issue_key`` on a thread of its own: it runs an event loop, and playwright's is current on this one."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(issue_key, settings, account, read_only=read_only).result()
+
+
 @pytest.fixture
 def key(test_settings: FerrySettings, migrated_test_database: str, account: str) -> IssuedKey:
-    return issue_key(test_settings, account)
+    return issue(test_settings, account)
 
 
 @pytest.fixture
@@ -115,8 +122,8 @@ def kafka(api_url: str, key: IssuedKey) -> Any:
 
 def sign_in(page: Page, api_url: str, key: IssuedKey) -> None:
     page.goto(f"{api_url}/console/sign-in")
-    page.get_by_label("Access key id").fill(key.access_key_id)
-    page.get_by_label("Secret access key").fill(key.secret_access_key)
+    page.locator("[name=access_key_id]").fill(key.access_key_id)
+    page.locator("[name=secret_access_key]").fill(key.secret_access_key)
     page.get_by_role("button", name="Sign in").click()
     page.wait_for_url(re.compile(r".*/console/replicators$"))
 

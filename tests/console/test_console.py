@@ -3,7 +3,9 @@ delete, failover preconditions, CSRF, read-only keys, escaping; each page photog
 
 from __future__ import annotations
 
+import asyncio
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -14,13 +16,13 @@ import pytest
 from playwright.sync_api import Page, expect
 from sqlalchemy import Engine, update
 
+from cli.admin import revoke_access_key
 from models.access_keys import IssuedKey
 from models.replicator import ReplicatorRow
 from models.settings import FerrySettings
 from tests.api.conftest import create_request, kafka_client
-from tests.conftest import issue_key
 
-from .conftest import capture, sign_in
+from .conftest import capture, issue, sign_in
 
 
 def detail_url(api_url: str, arn: str, action: str = "") -> str:
@@ -77,8 +79,8 @@ def test_session_cookie_is_http_only_strict_and_expires(page: Page, api_url: str
 
 def test_wrong_secret_is_refused(page: Page, api_url: str, key: IssuedKey) -> None:
     page.goto(f"{api_url}/console/sign-in")
-    page.get_by_label("Access key id").fill(key.access_key_id)
-    page.get_by_label("Secret access key").fill(
+    page.locator("[name=access_key_id]").fill(key.access_key_id)
+    page.locator("[name=secret_access_key]").fill(
         key.secret_access_key[:-1] + ("A" if key.secret_access_key[-1] != "A" else "B")
     )
     page.get_by_role("button", name="Sign in").click()
@@ -88,13 +90,11 @@ def test_wrong_secret_is_refused(page: Page, api_url: str, key: IssuedKey) -> No
 
 
 def test_revoked_key_is_signed_out(page: Page, api_url: str, test_settings: FerrySettings, account: str) -> None:
-    from cli.admin import revoke_access_key  # noqa: PLC0415  (the command line's revocation, as an operator runs it)
-
-    doomed = issue_key(test_settings, account)
+    doomed = issue(test_settings, account)
     sign_in(page, api_url, doomed)
-    import asyncio  # noqa: PLC0415
-
-    asyncio.run(revoke_access_key(test_settings, doomed.access_key_id))
+    # The command line's revocation, as an operator runs it (on a thread: it runs an event loop of its own).
+    with ThreadPoolExecutor(1) as pool:
+        assert pool.submit(asyncio.run, revoke_access_key(test_settings, doomed.access_key_id)).result()
     page.goto(f"{api_url}/console/replicators")
     expect(page).to_have_url(re.compile(r".*/console/sign-in$"))
 
@@ -137,10 +137,10 @@ def test_create_form_shows_the_apis_error_and_creates_nothing(
 ) -> None:
     sign_in(page, api_url, key)
     page.get_by_role("link", name="Create replicator").click()
-    page.get_by_label("Name").fill(f"{unique}-bad")
-    page.get_by_label("Bootstrap servers").first.fill(clusters["source_bootstrap"])
-    page.get_by_label("Bootstrap servers").last.fill(clusters["target_bootstrap"])
-    page.get_by_label("Topics to replicate").fill("orders\n(?<=x)payments")  # a lookbehind: RE2 cannot run it
+    page.locator("[name=name]").fill(f"{unique}-bad")
+    page.locator("[name=source_bootstrap]").fill(clusters["source_bootstrap"])
+    page.locator("[name=target_bootstrap]").fill(clusters["target_bootstrap"])
+    page.locator("[name=topics]").fill("orders\n(?<=x)payments")  # a lookbehind: RE2 cannot run it
     capture(page, artifacts, "create")
     page.get_by_role("button", name="Create").click()
 
@@ -162,7 +162,7 @@ def test_create_form_shows_the_apis_error_and_creates_nothing(
     api_message = refused.value.response["Error"]["Message"]
     expect(page.locator("#form-error")).to_have_text(api_message)
     expect(page.locator(".field-error")).to_have_text(api_message)  # next to the topics field
-    expect(page.get_by_label("Topics to replicate")).to_have_value("orders\n(?<=x)payments")  # nothing typed is lost
+    expect(page.locator("[name=topics]")).to_have_value("orders\n(?<=x)payments")  # nothing typed is lost
     capture(page, artifacts, "create-error")
     assert kafka.list_replicators(ReplicatorNameFilter=unique)["Replicators"] == []
 
@@ -172,12 +172,12 @@ def test_create_update_topics_and_delete(
 ) -> None:
     sign_in(page, api_url, key)
     page.goto(f"{api_url}/console/replicators/new")
-    page.get_by_label("Name").fill(f"{unique}-new")
-    page.get_by_label("Bootstrap servers").first.fill(clusters["source_bootstrap"])
-    page.get_by_label("Bootstrap servers").last.fill(clusters["target_bootstrap"])
-    page.get_by_label("Topics to replicate").fill("orders.*")
-    page.get_by_label("Topics to exclude").fill("orders-internal")
-    page.get_by_label("Target topic names").select_option("IDENTICAL")
+    page.locator("[name=name]").fill(f"{unique}-new")
+    page.locator("[name=source_bootstrap]").fill(clusters["source_bootstrap"])
+    page.locator("[name=target_bootstrap]").fill(clusters["target_bootstrap"])
+    page.locator("[name=topics]").fill("orders.*")
+    page.locator("[name=topics_exclude]").fill("orders-internal")
+    page.locator("[name=naming]").select_option("IDENTICAL")
     page.get_by_role("button", name="Create").click()
     expect(page.get_by_role("heading", name=f"{unique}-new")).to_be_visible()
     (summary,) = kafka.list_replicators(ReplicatorNameFilter=f"{unique}-new")["Replicators"]
@@ -189,8 +189,8 @@ def test_create_update_topics_and_delete(
     assert topics["TopicNameConfiguration"]["Type"] == "IDENTICAL"
 
     page.get_by_role("link", name="Update topics").click()
-    expect(page.get_by_label("Topics to replicate")).to_have_value("orders.*")
-    page.get_by_label("Topics to replicate").fill("orders.*\npayments")
+    expect(page.locator("[name=topics]")).to_have_value("orders.*")
+    page.locator("[name=topics]").fill("orders.*\npayments")
     capture(page, artifacts, "topics")
     page.get_by_role("button", name="Update").click()
     expect(page.get_by_role("heading", name=f"{unique}-new")).to_be_visible()
@@ -205,12 +205,12 @@ def test_create_update_topics_and_delete(
 
     page.goto(detail_url(api_url, arn))
     page.get_by_role("link", name="Delete").click()
-    page.get_by_label("to confirm").fill("not its name")
+    page.locator("[name=confirm_name]").fill("not its name")
     page.get_by_role("button", name="Delete replicator").click()
     expect(page.locator("#form-error")).to_contain_text("Type the replicator's name")
     assert kafka.describe_replicator(ReplicatorArn=arn)["ReplicatorState"] != "DELETING"
     capture(page, artifacts, "delete")
-    page.get_by_label("to confirm").fill(f"{unique}-new")
+    page.locator("[name=confirm_name]").fill(f"{unique}-new")
     page.get_by_role("button", name="Delete replicator").click()
     expect(page).to_have_url(re.compile(r".*/console/replicators$"))
     assert kafka.describe_replicator(ReplicatorArn=arn)["ReplicatorState"] == "DELETING"
@@ -219,7 +219,7 @@ def test_create_update_topics_and_delete(
 def test_another_accounts_replicator_is_not_visible(
     page: Page, api_url: str, key: IssuedKey, test_settings: FerrySettings, clusters: dict[str, Any], unique: str
 ) -> None:
-    other = kafka_client(api_url, issue_key(test_settings, "8" + key.account_id[1:]))
+    other = kafka_client(api_url, issue(test_settings, "8" + key.account_id[1:]))
     theirs = other.create_replicator(**create_request(f"{unique}-theirs", clusters))["ReplicatorArn"]
     sign_in(page, api_url, key)
     expect(page.locator("#replicator-rows")).to_contain_text("No replicators in this account yet")
@@ -241,7 +241,7 @@ def test_read_only_key_changes_nothing(
     unique: str,
 ) -> None:
     arn = kafka.create_replicator(**create_request(f"{unique}-ro", clusters))["ReplicatorArn"]
-    reader = issue_key(test_settings, account, read_only=True)
+    reader = issue(test_settings, account, read_only=True)
     sign_in(page, api_url, reader)
     expect(page.get_by_text("read-only")).to_be_visible()
     expect(page.get_by_role("link", name="Create replicator")).to_have_count(0)
@@ -276,13 +276,14 @@ def test_hostile_text_is_escaped(
         )
     sign_in(page, api_url, key)
     page.goto(detail_url(api_url, arn))
+    expect(page.locator("#description")).to_have_text(hostile)
     expect(page.locator("#state-info")).to_contain_text(hostile)  # shown as text, character for character
-    assert page.locator("#state-info script, #state-info img").count() == 0
+    assert page.locator("#state-info script, #state-info img, #description script, #description img").count() == 0
     assert page.evaluate("window.injected") is None
     # The name the create form echoes back is escaped too (names cannot hold "<", so the form's refusal shows it).
     page.goto(f"{api_url}/console/replicators/new")
-    page.get_by_label("Name").fill(hostile)
+    page.locator("[name=name]").fill(hostile)
     page.get_by_role("button", name="Create").click()
-    expect(page.get_by_label("Name")).to_have_value(hostile)
+    expect(page.locator("[name=name]")).to_have_value(hostile)
     assert page.evaluate("window.injected") is None
     capture(page, artifacts, "escaped")
