@@ -15,12 +15,11 @@ from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
-from sqlalchemy import Engine, delete
+from sqlalchemy import Engine
 
 from api.app import create_app
 from models.access_keys import IssuedKey
 from models.db import make_sync_engine
-from models.replicator import ReplicatorRow
 from models.settings import FerrySettings
 from tests.api.conftest import RunningServer, kafka_client
 from tests.conftest import ROOT, issue_key
@@ -43,13 +42,6 @@ def db_engine(test_settings: FerrySettings, migrated_test_database: str) -> Iter
     engine = make_sync_engine(test_settings)
     yield engine
     engine.dispose()
-
-
-@pytest.fixture(autouse=True)
-def _remove_this_tests_replicators(unique: str, db_engine: Engine) -> Iterator[None]:
-    yield
-    with db_engine.begin() as connection:
-        connection.execute(delete(ReplicatorRow).where(ReplicatorRow.name.contains(unique, autoescape=True)))
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import botocore.exceptions
 import httpx
 import pytest
 from playwright.sync_api import Page, expect
-from sqlalchemy import Engine, update
+from sqlalchemy import Engine, delete, update
 
 from cli.admin import revoke_access_key
 from models.access_keys import IssuedKey
@@ -23,6 +24,14 @@ from models.settings import FerrySettings
 from tests.api.conftest import create_request, kafka_client
 
 from .conftest import capture, issue, sign_in
+
+
+@pytest.fixture(autouse=True)
+def _remove_this_tests_replicators(unique: str, db_engine: Engine) -> Iterator[None]:
+    """Delete the rows a test created (every name it uses contains its ``unique`` value) once it is done."""
+    yield
+    with db_engine.begin() as connection:
+        connection.execute(delete(ReplicatorRow).where(ReplicatorRow.name.contains(unique, autoescape=True)))
 
 
 def detail_url(api_url: str, arn: str, action: str = "") -> str:
