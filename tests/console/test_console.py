@@ -4,7 +4,9 @@ delete, failover preconditions, CSRF, read-only keys, escaping; each page photog
 from __future__ import annotations
 
 import asyncio
+import json
 import re
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,10 +17,12 @@ import botocore.exceptions
 import httpx
 import pytest
 from playwright.sync_api import Page, expect
-from sqlalchemy import Engine, delete, update
+from redis import Redis
+from sqlalchemy import Engine, delete, select, update
 
 from cli.admin import revoke_access_key
 from models.access_keys import IssuedKey
+from models.fleet_reports import METRICS_KEY, STATUS_KEY, PartitionReport, StatusField
 from models.replicator import ReplicatorRow
 from models.settings import FerrySettings
 from tests.api.conftest import create_request, kafka_client
@@ -252,7 +256,7 @@ def test_read_only_key_changes_nothing(
     arn = kafka.create_replicator(**create_request(f"{unique}-ro", clusters))["ReplicatorArn"]
     reader = issue(test_settings, account, read_only=True)
     sign_in(page, api_url, reader)
-    expect(page.get_by_text("read-only")).to_be_visible()
+    expect(page.locator(".who")).to_contain_text("read-only")
     expect(page.get_by_role("link", name="Create replicator")).to_have_count(0)
     page.goto(detail_url(api_url, arn, "/delete"))
     token = csrf_of(page.content())
@@ -296,3 +300,86 @@ def test_hostile_text_is_escaped(
     expect(page.locator("[name=name]")).to_have_value(hostile)
     assert page.evaluate("window.injected") is None
     capture(page, artifacts, "escaped")
+
+
+def test_live_readings_fill_the_tables_and_charts(
+    page: Page,
+    api_url: str,
+    key: IssuedKey,
+    kafka: Any,
+    clusters: dict[str, Any],
+    unique: str,
+    db_engine: Engine,
+    test_settings: FerrySettings,
+    artifacts: Path,
+) -> None:
+    """What workers report to Redis (models/fleet_reports.py, written here as a worker writes it) reaches the list,
+    the detail page's tables and, over successive polls, its charts."""
+    arn = kafka.create_replicator(**create_request(f"{unique}-live", clusters))["ReplicatorArn"]
+    with db_engine.connect() as connection:
+        replicator_id = connection.execute(select(ReplicatorRow.id).where(ReplicatorRow.arn == arn)).scalar_one()
+    redis = Redis.from_url(test_settings.redis_url)
+
+    def report(records_per_second: float) -> None:
+        now_ms = int(time.time() * 1000)
+        reports = [
+            PartitionReport(f"{unique}-orders", 0, f"src.{unique}-orders", "worker-1", 1, now_ms, "REPLICATING",
+                            lag_records=5, latency_ms_max_recent=40.0, records_per_second=records_per_second,
+                            bytes_per_second=records_per_second * 100, last_copied_timestamp_ms=now_ms - 500),
+            PartitionReport(f"{unique}-orders", 1, f"src.{unique}-orders", "worker-1", 1, now_ms, "STALLED",
+                            health_detail="no progress for 60 s", lag_records=7, latency_ms_max_recent=90.0,
+                            records_per_second=1.0, last_copied_timestamp_ms=now_ms - 900),
+        ]  # fmt: skip
+        groups = {
+            "billing": {
+                "targetState": "Empty",
+                "translationLagRecords": 3,
+                "secondsSinceSync": 2.0,
+                "error": None,
+                "partitions": [
+                    {
+                        "topic": f"{unique}-orders",
+                        "partition": 0,
+                        "sourceOffset": 120,
+                        "targetTopic": f"src.{unique}-orders",
+                        "targetOffset": 118,
+                        "maxReread": 0,
+                        "status": "SYNCED",
+                    },
+                ],
+            }
+        }
+        pipe = redis.pipeline()
+        pipe.hset(METRICS_KEY.format(replicator_id=replicator_id), mapping={r.field_name: r.to_json() for r in reports})
+        pipe.hset(
+            STATUS_KEY.format(replicator_id=replicator_id),
+            mapping={
+                StatusField.GROUP_SYNC: json.dumps({"groupCount": 1, "failures": 0, "groups": groups}),
+                StatusField.REPORTED_AT_MS: str(now_ms),
+            },
+        )
+        pipe.expire(METRICS_KEY.format(replicator_id=replicator_id), 60)
+        pipe.expire(STATUS_KEY.format(replicator_id=replicator_id), 60)
+        pipe.execute()
+
+    try:
+        report(50.0)
+        sign_in(page, api_url, key)
+        row = page.locator("#replicator-rows tr", has_text=f"{unique}-live")
+        expect(row).to_contain_text("12")  # lag: 5 + 7 records
+        expect(row).to_contain_text("51.0 rec/s")
+        expect(row).to_contain_text("(1 unhealthy)")
+        row.get_by_role("link").click()
+        topic = page.locator("#topics tr.topic", has_text=f"{unique}-orders")
+        expect(topic).to_contain_text("2 (1 unhealthy)")
+        expect(topic).to_contain_text("51.0")
+        expect(page.locator("#partitions")).to_contain_text("STALLED")
+        expect(page.locator("#groups")).to_contain_text(f"{unique}-orders:0 120 → src.{unique}-orders:118")
+        report(80.0)  # the next poll reads this one: the chart gets a second point
+        line = page.locator(f'[id="chart-{unique}-orders"] figure[data-metric="recordsPerSecond"]')
+        expect(line.locator("figcaption")).to_have_text("records/s: 81", timeout=15_000)
+        assert len(line.locator("polyline").get_attribute("points").split()) >= 2  # type: ignore[union-attr]
+        capture(page, artifacts, "detail-live")
+    finally:
+        redis.delete(METRICS_KEY.format(replicator_id=replicator_id), STATUS_KEY.format(replicator_id=replicator_id))
+        redis.close()
