@@ -215,6 +215,11 @@ def test_create_update_topics_and_delete(
     expect(preconditions).to_contain_text("The replicator is not DELETING or FAILED")
     expect(preconditions).to_contain_text("lag unknown")  # no worker reports it: not shown as caught up
     capture(page, artifacts, "failover")
+    page.locator("[name=groups]").fill("billing\nbilling")  # repeats are ignored, as the API ignores them
+    page.get_by_role("button", name="Start failover").click()
+    expect(page.get_by_role("heading", name="Failover PENDING")).to_be_visible()
+    expect(page.locator(".facts")).to_contain_text("billing")
+    capture(page, artifacts, "failover-started")
 
     page.goto(detail_url(api_url, arn))
     page.get_by_role("link", name="Delete").click()
