@@ -12,6 +12,7 @@ site can sign a visitor in to an account of its choosing). A new token is issued
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass, replace
@@ -54,7 +55,9 @@ class SessionCodec:
     def __init__(self, secret_key: str | None, max_age_seconds: float) -> None:
         # Without a secret key (authentication disabled) sessions only carry the CSRF token: a per-process key does.
         self._serializer = URLSafeTimedSerializer(
-            secret_key or secrets.token_urlsafe(48), salt="ferry.console.session.v1"
+            secret_key or secrets.token_urlsafe(48),
+            salt="ferry.console.session.v1",
+            signer_kwargs={"digest_method": hashlib.sha256},
         )
         self.max_age_seconds = max_age_seconds
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 import pytest
@@ -45,11 +46,17 @@ def test_forged_altered_and_expired_sessions_are_not_read() -> None:
     (header,) = cookie_headers(response)
     value = header[1].split(b"=", 1)[1]
     assert codec.read([(b"cookie", COOKIE_NAME.encode() + b"=" + value[:-2] + b"xx")]) is None
-    forged = URLSafeTimedSerializer("another-secret-key-0123456789-abcdefghijk", salt="ferry.console.session.v1")
+    forged = URLSafeTimedSerializer(
+        "another-secret-key-0123456789-abcdefghijk",
+        salt="ferry.console.session.v1",
+        signer_kwargs={"digest_method": hashlib.sha256},
+    )
     signed_elsewhere = forged.dumps({"csrf": "x", "key": "FKIABBBBBBBBBBBBBBBB"}).encode()
     assert codec.read([(b"cookie", COOKIE_NAME.encode() + b"=" + signed_elsewhere)]) is None
     # Signed with the right key 2 minutes ago: past the 60 s a session lasts.
-    old = URLSafeTimedSerializer(SECRET, salt="ferry.console.session.v1", signer=TwoMinutesAgo)
+    old = URLSafeTimedSerializer(
+        SECRET, salt="ferry.console.session.v1", signer=TwoMinutesAgo, signer_kwargs={"digest_method": hashlib.sha256}
+    )
     stale = old.dumps({"csrf": "x", "key": "FKIAAAAAAAAAAAAAAAAA"}).encode()
     assert codec.read([(b"cookie", COOKIE_NAME.encode() + b"=" + stale)]) is None
     assert codec.read([]) is None
