@@ -116,14 +116,17 @@ def test_the_readme_runs_as_written(
 
     session.run_ok(snippet(README, "readme-credentials"))
     with_aws = session.run_ok(snippet(README, "readme-aws"))
-    arn = session.exported().get("ARN", "")
+    decoder = json.JSONDecoder()
+    described, end = decoder.raw_decode(with_aws)  # describe-replicator "$ARN"
+    arn = described["ReplicatorArn"]
     assert arn.startswith("arn:aws:kafka:us-east-1:") and f"/{unique}-orders-dr/" in arn, with_aws
-    described, rest = json.JSONDecoder().raw_decode(with_aws)
     assert described["ReplicatorName"] == f"{unique}-orders-dr" and described["ReplicatorState"] in (
         "CREATING",
         "RUNNING",
     )
-    metrics, prometheus = json.JSONDecoder().raw_decode(rest.lstrip())
+    rest = with_aws[end:].lstrip()
+    metrics, end = decoder.raw_decode(rest)
+    prometheus = rest[end:]
     assert metrics["replicatorArn"] == arn
     assert "ferry_replicator_state{" in prometheus and "ferry_fleet_live_workers" in prometheus
 
