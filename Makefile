@@ -45,6 +45,7 @@ chaos: $(STAMP)
 
 openapi: $(STAMP)
 	$(PY) -m api.openapi_dump
+	$(PY) -m dev.api_reference
 
 lint: $(STAMP)
 	$(PY) -m ruff check api cli workers models migrations dev tests bench chaos

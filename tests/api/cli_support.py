@@ -4,13 +4,13 @@ machine), and the shell snippets and files of docs/cli.md exactly as written, th
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 from models.access_keys import IssuedKey
 from tests.conftest import REGION, ROOT
+from tests.doc_snippets import marked
 
 DOC = ROOT / "docs" / "cli.md"
 # The doc's placeholders, replaced by the test's values.
@@ -20,12 +20,11 @@ EXAMPLE_SECRET = "exampleSecretAccessKeyDoNotUse0000000000"
 EXAMPLE_ENDPOINT = "http://127.0.0.1:8080"
 EXAMPLE_SOURCE = "127.0.0.1:19092"
 EXAMPLE_TARGET = "127.0.0.1:29092"
-_MARKED = re.compile(r"<!-- (snippet|file): (\S+) -->\n```\w+\n(.*?)```", re.S)
 
 
 def doc_blocks(kind: str) -> list[tuple[str, str]]:
-    """(label, text) of the doc's blocks marked ``<!-- snippet|file: label -->``, in order."""
-    return [(label, text) for found, label, text in _MARKED.findall(DOC.read_text()) if found == kind]
+    """(label, text) of the doc's blocks marked ``<!-- snippet|file: label -->``, in order (tests/doc_snippets.py)."""
+    return marked(DOC, kind)
 
 
 class FerryCli:
