@@ -9,6 +9,7 @@ and shows the API's error message. Every form carries the session's CSRF token; 
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote
@@ -19,7 +20,7 @@ from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader
 from pydantic import ValidationError
 
-from api import offsets, replicators
+from api import offsets, replicators, usage
 from api.console import views
 from api.console.session import ConsoleSession, SessionCodec, anonymous
 from api.deps import transaction
@@ -451,3 +452,46 @@ async def failover_status(request: Request, arn: str, operation: str) -> Respons
     except FerryError as exc:
         return _page(request, "not_found.html", status=404, message=_problem(exc)[0])
     return _page(request, "failover_status.html", arn=arn, operation=found)
+
+
+# ----- usage --------------------------------------------------------------------------------------------------
+
+USAGE_RANGES = {"1": "today", "7": "the last 7 days", "31": "the last 31 days"}
+
+
+def _usage_range(days: str, granularity: str) -> tuple[str, str, str, str]:
+    """(days, granularity, from, to): whole UTC days ending with today; anything unknown falls back to 7 days."""
+    days = days if days in USAGE_RANGES else "7"
+    granularity = granularity if granularity in ("HOUR", "DAY") else "DAY"
+    tomorrow = datetime.now(UTC).date() + timedelta(days=1)
+    return days, granularity, (tomorrow - timedelta(days=int(days))).isoformat(), tomorrow.isoformat()
+
+
+@router.get("/usage")
+async def usage_page(request: Request, days: str = "7", granularity: str = "DAY") -> Response:
+    """The account's usage (the API's GetUsage, so the same figures as ``ferry usage`` and the CSV)."""
+    caller = _caller(request)
+    if caller is None:
+        return _to_sign_in(request)
+    days, granularity, start, end = _usage_range(days, granularity)
+    report = await usage.get_usage(request, caller, from_=start, to=end, granularity=granularity)
+    return _page(
+        request,
+        "usage.html",
+        report=report,
+        days=days,
+        granularity=granularity,
+        ranges=USAGE_RANGES,
+        csv_url=f"/console/usage.csv?days={days}&granularity={granularity}",
+    )
+
+
+@router.get("/usage.csv")
+async def usage_csv(request: Request, days: str = "7", granularity: str = "DAY") -> Response:
+    caller = _caller(request)
+    if caller is None:
+        return _to_sign_in(request)
+    days, granularity, start, end = _usage_range(days, granularity)
+    answer = await usage.get_usage(request, caller, from_=start, to=end, granularity=granularity, output="csv")
+    assert isinstance(answer, Response)
+    return _finish(request, answer)

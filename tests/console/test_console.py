@@ -9,6 +9,7 @@ import re
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -22,9 +23,11 @@ from sqlalchemy import Engine, delete, select, update
 
 from cli.admin import revoke_access_key
 from models.access_keys import IssuedKey
+from models.db import make_async_engine
 from models.fleet_reports import METRICS_KEY, STATUS_KEY, PartitionReport, StatusField
 from models.replicator import ReplicatorRow
 from models.settings import FerrySettings
+from models.usage_store import UsageIncrement, add_usage
 from tests.api.conftest import create_request, kafka_client
 
 from .conftest import capture, issue, sign_in
@@ -388,3 +391,56 @@ def test_live_readings_fill_the_tables_and_charts(
     finally:
         redis.delete(METRICS_KEY.format(replicator_id=replicator_id), STATUS_KEY.format(replicator_id=replicator_id))
         redis.close()
+
+
+def test_usage_page_shows_the_accounts_usage_and_downloads_it_as_csv(
+    page: Page,
+    api_url: str,
+    key: IssuedKey,
+    kafka: Any,
+    clusters: dict[str, Any],
+    unique: str,
+    test_settings: FerrySettings,
+    db_engine: Engine,
+    artifacts: Path,
+) -> None:
+    name = f"{unique}-usage"
+    arn = kafka.create_replicator(**create_request(name, clusters))["ReplicatorArn"]
+    with db_engine.connect() as connection:
+        query = select(ReplicatorRow.id, ReplicatorRow.account_id).where(ReplicatorRow.arn == arn)
+        row = connection.execute(query).one()
+        replicator_id, account_id = str(row.id), row.account_id
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    # What a worker writes after copying (workers/fleet/usage.py), through the same store function.
+    measured = UsageIncrement(replicator_id, hour, account_id, arn, name, records=123_456, bytes=7_654_321,
+                              replicator_seconds=1800.0, partition_seconds=7200.0)  # fmt: skip
+
+    async def record() -> None:
+        engine = make_async_engine(test_settings)
+        try:
+            async with engine.begin() as conn:
+                assert await add_usage(conn, f"console-test-{unique}", 1, [measured])
+        finally:
+            await engine.dispose()
+
+    with ThreadPoolExecutor(1) as pool:  # playwright's loop runs on this thread
+        pool.submit(asyncio.run, record()).result()
+
+    sign_in(page, api_url, key)
+    page.get_by_role("link", name="Usage", exact=True).click()
+    expect(page.get_by_role("heading", name="Usage")).to_be_visible()
+    row_shown = page.locator("#usage-replicators tr", has_text=name)
+    expect(row_shown).to_contain_text("123,456")
+    expect(row_shown).to_contain_text("0.50")  # replicator-hours
+    expect(row_shown).to_contain_text("2.00")  # partition-hours
+    capture(page, artifacts, "usage")
+
+    page.locator("[name=granularity]").select_option("HOUR")
+    page.get_by_role("button", name="Show").click()
+    expect(page.locator("#usage-periods")).to_contain_text(hour.isoformat().replace("+00:00", "Z"))
+
+    answer = page.request.get(f"{api_url}/console/usage.csv?days=1&granularity=HOUR")
+    assert answer.status == 200 and answer.headers["content-type"].startswith("text/csv")
+    lines = answer.text().splitlines()
+    assert lines[0].startswith("period_start,account_id,replicator_arn")
+    assert any(arn in line and ",123456,7654321," in line for line in lines[1:]), lines
