@@ -61,13 +61,15 @@ def artifacts() -> Path:
     return folder
 
 
-@pytest.fixture(scope="session")
+# Package scope, not session: playwright's sync driver keeps an event loop running on this thread while it is open,
+# and every later test that calls asyncio.run() would fail; it is closed once the console's tests are done.
+@pytest.fixture(scope="package")
 def playwright() -> Iterator[Playwright]:
     with sync_playwright() as driver:
         yield driver
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser(playwright: Playwright) -> Iterator[Browser]:
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium) or set CHROMIUM_PATH")
