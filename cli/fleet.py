@@ -35,6 +35,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from cli.options import bounded_int, bounded_seconds
 from models import fleet_store
 from models.db import make_sync_engine
 from models.fleet_capacity import FleetDemand, fleet_demand
@@ -53,25 +54,40 @@ def add_commands(sub: Any) -> None:
     drain.add_argument("worker_id")
     drain.add_argument("--undo", action="store_true", help="let the worker take units again")
     scale = commands.add_parser("autoscale", help="run worker processes here, as many as the fleet needs")
-    scale.add_argument("--min", dest="min_workers", type=int, default=1, help="never fewer workers (default 1)")
-    scale.add_argument("--max", dest="max_workers", type=int, required=True, help="never more workers")
-    scale.add_argument("--interval", type=float, default=5.0, help="seconds between decisions (default 5)")
     scale.add_argument(
-        "--cooldown", type=float, default=60.0, help="seconds after a scale-out before the next (default 60)"
+        "--min", dest="min_workers", type=bounded_int(0, 1000), default=1, help="never fewer workers (default 1)"
+    )
+    scale.add_argument("--max", dest="max_workers", type=bounded_int(1, 1000), required=True, help="never more workers")
+    scale.add_argument(
+        "--interval", type=bounded_seconds(0.1, 3600), default=5.0, help="seconds between decisions (default 5)"
+    )
+    scale.add_argument(
+        "--cooldown",
+        type=bounded_seconds(0, 86_400),
+        default=60.0,
+        help="seconds after a scale-out before the next (default 60)",
     )
     scale.add_argument(
         "--scale-in-after",
-        type=float,
+        type=bounded_seconds(0, 86_400),
         default=120.0,
         help="seconds fewer workers must have been enough before one is stopped (default 120)",
     )
     scale.add_argument(
-        "--drain-timeout", type=float, default=120.0, help="seconds a draining worker gets to hand over (default 120)"
+        "--drain-timeout",
+        type=bounded_seconds(1, 86_400),
+        default=120.0,
+        help="seconds a draining worker gets to hand over (default 120)",
     )
-    scale.add_argument("--concurrency", type=int, default=2, help="Celery task slots of each worker (default 2)")
+    scale.add_argument(
+        "--concurrency", type=bounded_int(1, 256), default=2, help="Celery task slots of each worker (default 2)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.fleet_command == "autoscale" and args.min_workers > args.max_workers:
+        print(f"ferry fleet autoscale: --min {args.min_workers} is above --max {args.max_workers}", file=sys.stderr)
+        return 2
     settings = get_settings()
     if args.fleet_command == "status":
         return _status(settings, as_json=args.json)
@@ -84,9 +100,6 @@ def run(args: argparse.Namespace) -> int:
             return 1
         print(f"{args.worker_id}: {'taking units again' if args.undo else 'draining'}")
         return 0
-    if not 0 <= args.min_workers <= args.max_workers or args.max_workers < 1:
-        print("ferry fleet autoscale: need 0 <= --min <= --max and --max >= 1", file=sys.stderr)
-        return 2
     return Autoscaler(settings, args).run()
 
 

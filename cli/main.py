@@ -24,9 +24,10 @@ from __future__ import annotations
 import argparse
 import sys
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any, Literal
+from typing import Literal
 
 from cli import replicators
+from cli.options import bounded_int
 
 
 def ferry_version() -> str:
@@ -34,19 +35,6 @@ def ferry_version() -> str:
         return version("ferry")
     except PackageNotFoundError:
         return "unknown (not installed)"
-
-
-def _bounded(low: int, high: int) -> Any:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{value} is not between {low} and {high}")
-        return value
-
-    return parse
 
 
 def parser() -> argparse.ArgumentParser:
@@ -59,10 +47,12 @@ def parser() -> argparse.ArgumentParser:
     sub = top.add_subparsers(dest="command", required=True)
     api = sub.add_parser("api", help="serve the REST API")
     api.add_argument("--host", default="0.0.0.0", help="address to listen on (default: every interface)")
-    api.add_argument("--port", type=_bounded(1, 65535), default=8080)
-    api.add_argument("--workers", type=_bounded(1, 256), default=1, help="uvicorn worker processes (default 1)")
+    api.add_argument("--port", type=bounded_int(1, 65535), default=8080)
+    api.add_argument("--workers", type=bounded_int(1, 256), default=1, help="uvicorn worker processes (default 1)")
     worker = sub.add_parser("worker", help="run a fleet worker")
-    worker.add_argument("--concurrency", type=_bounded(1, 256), default=2, help="Celery task slots (reconcile tasks)")
+    worker.add_argument(
+        "--concurrency", type=bounded_int(1, 256), default=2, help="Celery task slots (reconcile tasks)"
+    )
     worker.add_argument("--hostname", default="ferry-worker@%h", help="Celery node name (%%h: this host)")
     worker.add_argument("--loglevel", default=None, help="least severe level logged (default: FERRY_LOG_LEVEL)")
     beat = sub.add_parser("beat", help="run Celery beat (the periodic reconcile trigger)")
