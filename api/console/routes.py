@@ -8,7 +8,9 @@ and shows the API's error message. Every form carries the session's CSRF token; 
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -144,6 +146,46 @@ def _problem(exc: Exception) -> tuple[str, str | None]:
     return exc.message, exc.parameter
 
 
+class _EarlyAnswer(Exception):
+    """The route's answer was decided by a precondition: not signed in, a refused form, no such replicator."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__()
+        self.response = response
+
+
+def _answers_early(route: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
+    @functools.wraps(route)
+    async def answer(*args: Any, **kwargs: Any) -> Response:
+        try:
+            return await route(*args, **kwargs)
+        except _EarlyAnswer as early:
+            return early.response
+
+    return answer
+
+
+def _signed_in(request: Request) -> Caller:
+    caller = _caller(request)
+    if caller is None:
+        raise _EarlyAnswer(_to_sign_in(request))
+    return caller
+
+
+async def _posted(request: Request) -> dict[str, str]:
+    form = await _form(request)
+    if form is None:
+        raise _EarlyAnswer(_csrf_refused(request))
+    return form
+
+
+async def _existing_row(request: Request, caller: Caller, arn: str) -> Any:
+    try:
+        return await _row(request, caller, arn)
+    except FerryError as exc:
+        raise _EarlyAnswer(_page(request, "not_found.html", status=404, message=_problem(exc)[0])) from None
+
+
 # ----- sign-in ------------------------------------------------------------------------------------------------
 
 
@@ -159,10 +201,9 @@ async def sign_in_page(request: Request) -> Response:
 
 
 @router.post("/sign-in")
+@_answers_early
 async def sign_in(request: Request) -> Response:
-    form = await _form(request)
-    if form is None:
-        return _csrf_refused(request)
+    form = await _posted(request)
     access_key_id = form.get("access_key_id", "").strip()
     settings = request.app.state.settings
     box = secret_box_of(settings)
@@ -183,10 +224,9 @@ async def sign_in(request: Request) -> Response:
 
 
 @router.post("/sign-out")
+@_answers_early
 async def sign_out(request: Request) -> Response:
-    form = await _form(request)
-    if form is None:
-        return _csrf_refused(request)
+    await _posted(request)
     session, _ = _session(request)
     return _redirect(request, "/console/sign-in", session.signed_out())
 
@@ -203,30 +243,24 @@ async def _list_rows(request: Request, caller: Caller) -> list[views.ReplicatorR
 
 
 @router.get("/replicators")
+@_answers_early
 async def replicator_list(request: Request) -> Response:
-    caller = _caller(request)
-    if caller is None:
-        return _to_sign_in(request)
+    caller = _signed_in(request)
     return _page(request, "list.html", replicators=await _list_rows(request, caller))
 
 
 @router.get("/replicators/rows")
+@_answers_early
 async def replicator_rows(request: Request) -> Response:
-    caller = _caller(request)
-    if caller is None:
-        return _to_sign_in(request)
+    caller = _signed_in(request)
     return _page(request, "_rows.html", replicators=await _list_rows(request, caller))
 
 
 @router.get("/replicator")
+@_answers_early
 async def replicator_detail(request: Request, arn: str) -> Response:
-    caller = _caller(request)
-    if caller is None:
-        return _to_sign_in(request)
-    try:
-        row = await _row(request, caller, arn)
-    except FerryError as exc:
-        return _page(request, "not_found.html", status=404, message=_problem(exc)[0])
+    caller = _signed_in(request)
+    row = await _existing_row(request, caller, arn)
     description = replicator_service.describe(row).model_dump(by_alias=True, exclude_none=True, mode="json")
     return _page(request, "detail.html", row=row, description=description, **await _live(request, caller, arn))
 
@@ -241,10 +275,9 @@ async def _live(request: Request, caller: Caller, arn: str) -> dict[str, Any]:
 
 
 @router.get("/replicator/live")
+@_answers_early
 async def replicator_live(request: Request, arn: str) -> Response:
-    caller = _caller(request)
-    if caller is None:
-        return _to_sign_in(request)
+    caller = _signed_in(request)
     try:
         live = await _live(request, caller, arn)
     except FerryError as exc:
@@ -281,21 +314,17 @@ def _create_page(request: Request, form: dict[str, str], status: int = 200, **co
 
 
 @router.get("/replicators/new")
+@_answers_early
 async def create_page(request: Request) -> Response:
-    caller = _caller(request)
-    if caller is None:
-        return _to_sign_in(request)
+    caller = _signed_in(request)
     return _create_page(request, _create_defaults(caller), error=None, error_field=None)
 
 
 @router.post("/replicators/new")
+@_answers_early
 async def create(request: Request) -> Response:
-    caller = _caller(request)
-    if caller is None:
-        return _to_sign_in(request)
-    form = await _form(request)
-    if form is None:
-        return _csrf_refused(request)
+    caller = _signed_in(request)
+    form = await _posted(request)
     try:
         body = CreateReplicatorRequest.model_validate(views.create_request_of(form))
         created = await replicators.create_replicator(body, request, caller)
@@ -309,14 +338,10 @@ async def create(request: Request) -> Response:
 
 
 @router.get("/replicator/topics")
+@_answers_early
 async def topics_page(request: Request, arn: str) -> Response:
-    caller = _caller(request)
-    if caller is None:
-        return _to_sign_in(request)
-    try:
-        row = await _row(request, caller, arn)
-    except FerryError as exc:
-        return _page(request, "not_found.html", status=404, message=_problem(exc)[0])
+    caller = _signed_in(request)
+    row = await _existing_row(request, caller, arn)
     stored = row.replication_info.get("topicReplication") or {}
     form = {
         "topics": "\n".join(stored.get("topicsToReplicate") or []),
@@ -327,17 +352,11 @@ async def topics_page(request: Request, arn: str) -> Response:
 
 
 @router.post("/replicator/topics")
+@_answers_early
 async def update_topics(request: Request, arn: str) -> Response:
-    caller = _caller(request)
-    if caller is None:
-        return _to_sign_in(request)
-    form = await _form(request)
-    if form is None:
-        return _csrf_refused(request)
-    try:
-        row = await _row(request, caller, arn)
-    except FerryError as exc:
-        return _page(request, "not_found.html", status=404, message=_problem(exc)[0])
+    caller = _signed_in(request)
+    form = await _posted(request)
+    row = await _existing_row(request, caller, arn)
     try:
         body = UpdateReplicationInfoRequest.model_validate(
             views.topics_update_of(form, row.replication_info, form.get("current_version", ""))
@@ -349,29 +368,22 @@ async def update_topics(request: Request, arn: str) -> Response:
 
 
 @router.get("/replicator/delete")
+@_answers_early
 async def delete_page(request: Request, arn: str) -> Response:
-    caller = _caller(request)
-    if caller is None:
-        return _to_sign_in(request)
-    try:
-        row = await _row(request, caller, arn)
-    except FerryError as exc:
-        return _page(request, "not_found.html", status=404, message=_problem(exc)[0])
+    caller = _signed_in(request)
+    row = await _existing_row(request, caller, arn)
     return _page(request, "delete.html", row=row, error=None)
 
 
 @router.post("/replicator/delete")
+@_answers_early
 async def delete(request: Request, arn: str) -> Response:
-    caller = _caller(request)
-    if caller is None:
-        return _to_sign_in(request)
-    form = await _form(request)
-    if form is None:
-        return _csrf_refused(request)
+    caller = _signed_in(request)
+    form = await _posted(request)
+    row = await _existing_row(request, caller, arn)
+    if form.get("confirm_name", "") != row.name:
+        return _page(request, "delete.html", status=400, row=row, error="Type the replicator's name to delete it.")
     try:
-        row = await _row(request, caller, arn)
-        if form.get("confirm_name", "") != row.name:
-            return _page(request, "delete.html", status=400, row=row, error="Type the replicator's name to delete it.")
         await replicators.delete_replicator(arn, request, caller, current_version=form.get("current_version"))
     except FerryError as exc:
         return _page(request, "not_found.html", status=400, message=_problem(exc)[0])
@@ -382,10 +394,9 @@ async def delete(request: Request, arn: str) -> Response:
 
 
 @router.get("/replicator/failover")
+@_answers_early
 async def failover_page(request: Request, arn: str) -> Response:
-    caller = _caller(request)
-    if caller is None:
-        return _to_sign_in(request)
+    caller = _signed_in(request)
     try:
         row = await _row(request, caller, arn)
         metrics = await metrics_of(request, caller.account_id, arn)
@@ -412,17 +423,11 @@ def _preconditions(row: Any, metrics: Any) -> list[tuple[str, bool, str]]:
 
 
 @router.post("/replicator/failover")
+@_answers_early
 async def failover(request: Request, arn: str) -> Response:
-    caller = _caller(request)
-    if caller is None:
-        return _to_sign_in(request)
-    form = await _form(request)
-    if form is None:
-        return _csrf_refused(request)
-    try:
-        row = await _row(request, caller, arn)
-    except FerryError as exc:
-        return _page(request, "not_found.html", status=404, message=_problem(exc)[0])
+    caller = _signed_in(request)
+    form = await _posted(request)
+    row = await _existing_row(request, caller, arn)
     try:
         body = offsets.StartFailoverRequest.model_validate(
             {
@@ -443,10 +448,9 @@ async def failover(request: Request, arn: str) -> Response:
 
 
 @router.get("/replicator/failover/status")
+@_answers_early
 async def failover_status(request: Request, arn: str, operation: str) -> Response:
-    caller = _caller(request)
-    if caller is None:
-        return _to_sign_in(request)
+    caller = _signed_in(request)
     try:
         found = await offsets.describe_failover(arn, operation, request, caller)
     except FerryError as exc:
@@ -468,11 +472,10 @@ def _usage_range(days: str, granularity: str) -> tuple[str, str, str, str]:
 
 
 @router.get("/usage")
+@_answers_early
 async def usage_page(request: Request, days: str = "7", granularity: str = "DAY") -> Response:
     """The account's usage (the API's GetUsage, so the same figures as ``ferry usage`` and the CSV)."""
-    caller = _caller(request)
-    if caller is None:
-        return _to_sign_in(request)
+    caller = _signed_in(request)
     days, granularity, start, end = _usage_range(days, granularity)
     report = await usage.get_usage(request, caller, from_=start, to=end, granularity=granularity)
     return _page(
@@ -487,10 +490,9 @@ async def usage_page(request: Request, days: str = "7", granularity: str = "DAY"
 
 
 @router.get("/usage.csv")
+@_answers_early
 async def usage_csv(request: Request, days: str = "7", granularity: str = "DAY") -> Response:
-    caller = _caller(request)
-    if caller is None:
-        return _to_sign_in(request)
+    caller = _signed_in(request)
     days, granularity, start, end = _usage_range(days, granularity)
     answer = await usage.get_usage(request, caller, from_=start, to=end, granularity=granularity, output="csv")
     assert isinstance(answer, Response)
