@@ -434,25 +434,30 @@ def _translate(ctx: _Context) -> int:
     return EXIT_OK
 
 
-def _failover(ctx: _Context) -> int:
+def _run_operation(
+    ctx: _Context,
+    collection: str,
+    *,
+    id_key: str,
+    operation_id: str | None,
+    start_body: Callable[[], dict[str, Any]],
+    label: str,
+) -> dict[str, Any] | None:
+    """Start a long operation (or look up the one named) and follow it to SUCCEEDED or FAILED.
+
+    Returns its last status, or None when --no-wait printed the started one; FAILED exits with EXIT_FAILED.
+    """
     arn = ctx.arn()
-    if ctx.args.operation_id:
-        status = ctx.api.request("GET", _extension_path(arn, "failover", ctx.args.operation_id))
+    if operation_id:
+        status = ctx.api.request("GET", _extension_path(arn, collection, operation_id))
     else:
-        if not ctx.args.groups:
-            raise CliError(EXIT_USAGE, "failover: --group is required to start a failover (or --operation-id)")
-        body: dict[str, Any] = {"consumerGroups": ctx.args.groups}
-        if ctx.args.grace_period is not None:
-            body["gracePeriodSeconds"] = ctx.args.grace_period
-        if ctx.args.failover_timeout is not None:
-            body["timeoutSeconds"] = ctx.args.failover_timeout
-        status = ctx.api.request("POST", _extension_path(arn, "failover"), body=body)
+        status = ctx.api.request("POST", _extension_path(arn, collection), body=start_body())
         if ctx.args.no_wait:
             ctx.emit(status)
-            return EXIT_OK
-    path = _extension_path(arn, "failover", status["operationId"])
+            return None
+    path = _extension_path(arn, collection, status[id_key])
     status = follow(
-        f"failover {status['operationId']}",
+        f"{label.lower()} {status[id_key]}",
         lambda: ctx.api.request("GET", path),
         lambda s: (str(s["state"]), s.get("error") or s.get("progress")),
         lambda state: state in ("SUCCEEDED", "FAILED"),
@@ -461,15 +466,34 @@ def _failover(ctx: _Context) -> int:
     )
     ctx.emit(status)
     if status["state"] == "FAILED":
-        raise CliError(EXIT_FAILED, f"FailoverFailed: {status.get('error') or 'no reason given'}")
+        raise CliError(EXIT_FAILED, f"{label}Failed: {status.get('error') or 'no reason given'}")
+    return dict(status)
+
+
+def _failover(ctx: _Context) -> int:
+    def start_body() -> dict[str, Any]:
+        if not ctx.args.groups:
+            raise CliError(EXIT_USAGE, "failover: --group is required to start a failover (or --operation-id)")
+        body: dict[str, Any] = {"consumerGroups": ctx.args.groups}
+        if ctx.args.grace_period is not None:
+            body["gracePeriodSeconds"] = ctx.args.grace_period
+        if ctx.args.failover_timeout is not None:
+            body["timeoutSeconds"] = ctx.args.failover_timeout
+        return body
+
+    _run_operation(
+        ctx,
+        "failover",
+        id_key="operationId",
+        operation_id=ctx.args.operation_id,
+        start_body=start_body,
+        label="Failover",
+    )
     return EXIT_OK
 
 
 def _audit(ctx: _Context) -> int:
-    arn = ctx.arn()
-    if ctx.args.audit_id:
-        status = ctx.api.request("GET", _extension_path(arn, "audits", ctx.args.audit_id))
-    else:
+    def start_body() -> dict[str, Any]:
         if not ctx.args.topic:
             raise CliError(EXIT_USAGE, "audit: --topic is required to start an audit (or --audit-id)")
         wanted = {
@@ -478,24 +502,12 @@ def _audit(ctx: _Context) -> int:
             "fromOffset": ctx.args.from_offset,
             "toOffset": ctx.args.to_offset,
         }
-        body = {key: value for key, value in wanted.items() if value is not None}
-        status = ctx.api.request("POST", _extension_path(arn, "audits"), body=body)
-        if ctx.args.no_wait:
-            ctx.emit(status)
-            return EXIT_OK
-    path = _extension_path(arn, "audits", status["auditId"])
-    status = follow(
-        f"audit {status['auditId']}",
-        lambda: ctx.api.request("GET", path),
-        lambda s: (str(s["state"]), s.get("error") or s.get("progress")),
-        lambda state: state in ("SUCCEEDED", "FAILED"),
-        ctx.args.timeout,
-        first=status,
+        return {key: value for key, value in wanted.items() if value is not None}
+
+    status = _run_operation(
+        ctx, "audits", id_key="auditId", operation_id=ctx.args.audit_id, start_body=start_body, label="Audit"
     )
-    ctx.emit(status)
-    if status["state"] == "FAILED":
-        raise CliError(EXIT_FAILED, f"AuditFailed: {status.get('error') or 'no reason given'}")
-    if not status.get("consistent"):
+    if status is not None and not status.get("consistent"):
         raise CliError(EXIT_DIFFERENCES, "AuditDifferences: the copy differs from its source (see partitions)")
     return EXIT_OK
 
