@@ -2,11 +2,13 @@
 
     python -m workers.engine --source 127.0.0.1:19092 --target 127.0.0.1:29092 --spec spec.json \\
         [--source-alias src] [--target-alias tgt] [--replicator-id id] [--exactly-once] \\
-        [--transactional-id id] [--metrics-file stats.json]
+        [--transactional-id id] [--metrics-file stats.json] [--partition-slice K/N]
 
 ``spec.json`` is either one MSK ``replicationInfoList`` entry, or an object with a ``replicationInfo`` entry
 and optional ``sourceAlias``, ``targetAlias``, ``replicatorId``, ``exactlyOnce`` and ``createdAtMs``
 (command-line flags win). SIGTERM or SIGINT stops the flow gracefully (final progress written).
+``--partition-slice K/N`` copies only slice K of N of the partitions in scope, so N processes started with
+slices 0/N .. N-1/N share one replicator's partitions between them (a scale-out without the fleet).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any
 from workers.engine.connection import ClusterConnection
 from workers.engine.copier import CopierOptions
 from workers.engine.spec import ReplicationSpec
-from workers.engine.standalone import StandaloneReplicator
+from workers.engine.standalone import PartitionSlice, StandaloneReplicator
 
 log = logging.getLogger("workers.engine")
 
@@ -56,8 +58,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=CopierOptions.forward_min_batch_bytes,
         help="smallest source batch written as it is; smaller ones are re-batched (default %(default)s)",
     )
+    parser.add_argument(
+        "--partition-slice",
+        type=_partition_slice,
+        help="K/N: copy only slice K of N of the partitions (N processes with slices 0/N..N-1/N share a replicator)",
+    )
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
+
+
+def _partition_slice(text: str) -> PartitionSlice:
+    try:
+        return PartitionSlice.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def build_spec(args: argparse.Namespace) -> ReplicationSpec:
@@ -97,6 +111,7 @@ async def run(args: argparse.Namespace) -> int:
             forward_batches=args.forward_batches, forward_min_batch_bytes=args.forward_min_batch_bytes
         ),
         topic_refresh_s=args.topic_refresh,
+        partition_slice=args.partition_slice,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import zlib
 from dataclasses import dataclass
 
 from aiokafka import TopicPartition
@@ -56,8 +57,43 @@ class ReplicatorStats:
         }
 
 
+@dataclass(frozen=True)
+class PartitionSlice:
+    """One of ``count`` engine processes sharing a replicator: the partitions with ``index`` as their slice.
+
+    Each topic's partitions go round-robin over the slices, starting at a slice chosen by the topic's name, so
+    one topic's partitions spread evenly and single-partition topics do not all land on slice 0. The choice
+    depends only on the names, so every process agrees without talking to the others.
+    """
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or not 0 <= self.index < self.count:
+            raise ValueError(f"partition slice {self.index}/{self.count}: need 0 <= index < count")
+
+    @classmethod
+    def parse(cls, text: str) -> PartitionSlice:
+        """``"K/N"``: slice K of N."""
+        index, sep, count = text.partition("/")
+        if not sep or not index.strip().isdigit() or not count.strip().isdigit():
+            raise ValueError(f"partition slice {text!r}: expected K/N, for example 0/2")
+        return cls(int(index), int(count))
+
+    def owns(self, tp: TopicPartition) -> bool:
+        topic: str = tp.topic
+        partition: int = tp.partition
+        return (zlib.crc32(topic.encode()) + partition) % self.count == self.index
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
 class StandaloneReplicator:
-    """Topic sync and one copier for every partition in scope, in this process (no fleet, no leases)."""
+    """Topic sync and one copier for every partition in scope (or in its slice of them), in this process (no
+    fleet, no leases). Processes sharing a replicator by slices each run the topic sync too: creating a target
+    topic that exists is not an error, and progress is kept per partition."""
 
     def __init__(
         self,
@@ -71,13 +107,17 @@ class StandaloneReplicator:
         options: CopierOptions | None = None,
         topic_refresh_s: float = 5.0,
         config_refresh_s: float = 15.0,
+        partition_slice: PartitionSlice | None = None,
     ) -> None:
         self.spec = spec
+        self.partition_slice = partition_slice
         self.topic_refresh_s = topic_refresh_s
         self.config_refresh_s = config_refresh_s
         self.synchronizer = TopicSynchronizer(spec, source, target)
         if spec.exactly_once and transactional_id is None:
-            transactional_id = f"ferry-{spec.replicator_id}-all"
+            # one transactional id per slice: processes sharing a replicator must not fence each other
+            suffix = "all" if partition_slice is None else f"slice-{partition_slice.index}-of-{partition_slice.count}"
+            transactional_id = f"ferry-{spec.replicator_id}-{suffix}"
         self.copier = PartitionCopier(
             spec,
             source,
@@ -147,6 +187,8 @@ class StandaloneReplicator:
         if configs_due:
             self._last_config_sync = time.monotonic()
         wanted = {TopicPartition(t.source_topic, p) for t in report.topics.values() for p in range(t.partitions)}
+        if self.partition_slice is not None:
+            wanted = {tp for tp in wanted if self.partition_slice.owns(tp)}
         if self._initial_scope is None:
             self._initial_scope = frozenset(wanted)
         current = self.copier.assignment()
