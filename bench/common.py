@@ -192,8 +192,13 @@ def broker_pids() -> dict[str, int]:
 class CpuWindow:
     """CPU use over a time window: the replicator, the brokers, this harness, the whole machine, the rest."""
 
-    def __init__(self, replicator_pid: int) -> None:
-        self.pids = {"replicator": replicator_pid, **broker_pids(), "harness": os.getpid()}
+    def __init__(self, replicator_pid: int, *, extra_replicator_pids: tuple[int, ...] = (),
+                 brokers: dict[str, int] | None = None) -> None:  # fmt: skip
+        """``extra_replicator_pids``: further processes of the same replicator (counted in replicator_cores);
+        ``brokers``: the brokers' pids by name (default: the stack's two)."""
+        self.pids = {"replicator": replicator_pid, **(broker_pids() if brokers is None else brokers)}
+        self.pids |= {f"replicator-{i + 2}": pid for i, pid in enumerate(extra_replicator_pids)}
+        self.pids["harness"] = os.getpid()
         self.start_wall = time.monotonic()
         self.start = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
         self.start_machine = system_busy_seconds()
@@ -209,6 +214,9 @@ class CpuWindow:
             if before is not None and after is not None:
                 out[f"{name}_cores"] = round((after - before) / wall, 2)
                 known += after - before
+        parts = [v for k, v in out.items() if k.startswith("replicator-")]
+        if parts and "replicator_cores" in out:
+            out["replicator_cores"] = round(out["replicator_cores"] + sum(parts), 2)
         machine = system_busy_seconds()
         if machine is not None and self.start_machine is not None:
             busy = machine - self.start_machine

@@ -33,8 +33,8 @@ class Cluster:
     async def __aexit__(self, *exc: object) -> None:
         await self._admin.close()
 
-    async def create_topic(self, topic: str, partitions: int) -> None:
-        response = await self._admin.create_topics([NewTopic(topic, partitions, 1)])
+    async def create_topic(self, topic: str, partitions: int, replication_factor: int = 1) -> None:
+        response = await self._admin.create_topics([NewTopic(topic, partitions, replication_factor)])
         for name, code, message in response.topic_errors:
             if code != 0:
                 raise BenchError(f"creating {name} on {self.name} failed: error {code} {message}")
@@ -51,6 +51,16 @@ class Cluster:
                 return None
             return len(parts)
         return None
+
+    async def leaders(self, topic: str) -> dict[int, dict[str, Any]]:
+        """Each partition's leader and replicas (broker ids), as the metadata says now."""
+        described = await self._admin.describe_topics([topic])
+        return {
+            p["partition"]: {"leader": p["leader"], "replicas": sorted(p["replicas"]), "isr": sorted(p["isr"])}
+            for entry in described
+            if entry["topic"] == topic
+            for p in entry["partitions"]
+        }
 
     async def wait_partitions(self, topic: str, limit_s: float) -> int:
         deadline = time.monotonic() + limit_s

@@ -111,8 +111,11 @@ async def catch_up(
     catchup_limit_s: float,
     on_first_record: Callable[[subprocess.Popen[bytes]], None] | None = None,
     on_caught_up: Callable[[], Awaitable[None]] | None = None,
+    brokers: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """Start the replicator on a preloaded topic and time it until the target holds every record.
+
+    ``brokers``: the pids whose CPU counts as the brokers' (default: the stack's two brokers).
 
     Throughput counts from the first replicated record seen on the target (JVM start and connector start
     excluded), over the records copied after that moment; time-to-first-record is reported on its own.
@@ -149,7 +152,7 @@ async def catch_up(
             log=rep.log,
         )
         first_count = watch.count
-        cpu_window = CpuWindow(proc.pid)
+        cpu_window = CpuWindow(proc.pid, extra_replicator_pids=rep.extra_pids(), brokers=brokers)
         result["time_to_first_record_s"] = round(t_first - t_start, 3)
         result["records_at_first_observation"] = first_count
         say(f"  {rep.label}: first records after {t_first - t_start:.1f}s ({first_count:,} already there)")

@@ -133,6 +133,10 @@ class BenchedReplicator(ABC):
     def env(self) -> dict[str, str] | None:
         return None
 
+    def extra_pids(self) -> tuple[int, ...]:
+        """Processes of this replicator besides ``proc`` (their CPU counts as the replicator's)."""
+        return ()
+
     async def stop(self) -> int | None:
         if self.proc is None:
             return None
@@ -160,6 +164,8 @@ class MirrorMaker2(BenchedReplicator):
     """MirrorMaker 2 in dedicated mode (org.apache.kafka.connect.mirror.MirrorMaker), one JVM."""
 
     kind = "mm2"
+    # of the topics MM2 creates (target topics, its internal topics): 1 on the stack's single-broker clusters
+    replication_factor = 1
 
     def __init__(self, stack: Stack, log_dir: Path, label: str, tuned: dict[str, Any] | None) -> None:
         super().__init__(stack, log_dir, label)
@@ -181,13 +187,18 @@ class MirrorMaker2(BenchedReplicator):
             # no heartbeats are written into it (1 record/s: no load worth measuring); see cleanup().
             "emit.heartbeats.enabled": "false",
             # Single-broker clusters: every replication factor must be 1 (the defaults of 2-3 would fail).
-            "replication.factor": "1",
-            "checkpoints.topic.replication.factor": "1",
-            "heartbeats.topic.replication.factor": "1",
-            "offset-syncs.topic.replication.factor": "1",
-            "offset.storage.replication.factor": "1",
-            "status.storage.replication.factor": "1",
-            "config.storage.replication.factor": "1",
+            **{
+                key: str(self.replication_factor)
+                for key in (
+                    "replication.factor",
+                    "checkpoints.topic.replication.factor",
+                    "heartbeats.topic.replication.factor",
+                    "offset-syncs.topic.replication.factor",
+                    "offset.storage.replication.factor",
+                    "status.storage.replication.factor",
+                    "config.storage.replication.factor",
+                )
+            },
         }
         if self.tuned is not None:
             props["tasks.max"] = str(self.tuned["parallelism"])
@@ -210,7 +221,8 @@ class MirrorMaker2(BenchedReplicator):
             "mm2_properties": props,
             "properties_file": str(self.properties_path),
             "deviations_from_defaults": [
-                "replication factors 1 (single-broker clusters)",
+                f"replication factors {self.replication_factor}"
+                + (" (single-broker clusters)" if self.replication_factor == 1 else ""),
                 "emit.heartbeats.enabled=false (the 'heartbeats' topic name is shared on the target cluster)",
                 "--clusters <target alias> (one-way: no reverse herder)",
             ]

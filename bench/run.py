@@ -8,6 +8,9 @@ Steps (each can be chosen with --only):
   scale       fleet-worker CPU/memory at 100 and 1,000 partitions (a private control plane and worker), and
               one engine process at the same counts
   profile     py-spy profile of Ferry at full throughput (needs the engine and py-spy)
+  scaleout    one replicator copied by two engine processes (partition slices) against one (bench/scaleout.py)
+  multibroker profile A between two private 3-broker clusters, RF 3: limit, MM2 tuned and Ferry; not in the
+              default run, --only multibroker (bench/multibroker.py)
 
 Writes bench/results/<UTC time>-<mode>.json (rewritten after every step, so a failed run keeps what it
 measured), prints the summary table, and (full runs, or --docs) rewrites the results section of
@@ -32,7 +35,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench import report
+from bench import multibroker, report, scaleout
 from bench.common import (
     MB,
     RESULTS_DIR,
@@ -60,7 +63,9 @@ from bench.replicators import (
     tuned_settings,
 )
 
-STEPS = ("limit", "throughput", "latency", "control", "scale", "profile")
+STEPS = ("limit", "throughput", "latency", "control", "scale", "profile", "scaleout")
+# Steps run only when named in --only (they start heavy private infrastructure of their own).
+OPTIONAL_STEPS = ("multibroker",)
 REPLICATORS = ("mm2-default", "mm2-tuned", "ferry", "ferry-decode")
 # source_batch_bytes: the batch.size the source topic is written with. A and B as an application's producer
 # writes with Kafka's defaults (16 KiB batches); C as a producer tuned for throughput (512 KiB). Ferry forwards
@@ -77,7 +82,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help=f"small run for development (scale {QUICK_SCALE})")
     parser.add_argument("--scale", type=float, default=None, help="multiply profile record counts and latency rate")
-    parser.add_argument("--only", default=",".join(STEPS), help=f"comma list of steps: {','.join(STEPS)}")
+    parser.add_argument(
+        "--only", default=",".join(STEPS), help=f"comma list of steps: {','.join(STEPS + OPTIONAL_STEPS)}"
+    )
     parser.add_argument("--profiles", default="A,B,C", help="comma list of throughput profiles (A, B, C)")
     parser.add_argument("--replicators", default=",".join(REPLICATORS), help="comma list: " + ",".join(REPLICATORS))
     parser.add_argument("--latency-rate-mb", type=float, default=5.0, help="produce rate in MB/s before --scale")
@@ -103,7 +110,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.profiles = [p for p in args.profiles.split(",") if p]
     args.replicators = [r for r in args.replicators.split(",") if r]
     for name, values, allowed in (
-        ("--only", args.only, STEPS),
+        ("--only", args.only, STEPS + OPTIONAL_STEPS),
         ("--profiles", args.profiles, BASE_PROFILES),
         ("--replicators", args.replicators, REPLICATORS),
     ):
@@ -264,12 +271,16 @@ class Bench:
                 await self.timed("latency", self.latency(source, target))
             if "profile" in self.args.only:
                 await self.timed("profile", self.py_spy(source, target))
+            if "scaleout" in self.args.only:
+                await self.timed("scaleout", scaleout.step(self, source, target))
         if "control" in self.args.only:
             await self.timed("control", self.control())
         if "scale" in self.args.only:
             async with Cluster("source", self.stack.source) as source, Cluster("target", self.stack.target) as target:
                 await self.timed("fleet scale", self.fleet_scale(source, target))
                 await self.timed("scale", self.scale(source, target))
+        if "multibroker" in self.args.only:
+            await self.timed("multibroker", multibroker.step(self))
         self.save()
 
     async def timed(self, name: str, coro: Any) -> None:

@@ -8,6 +8,9 @@ a folder the caller owns. Each broker can be stopped (SIGTERM), killed (SIGKILL)
     with LocalCluster(kafka_lib, tmp_path, brokers=2) as cluster:
         cluster.stop_broker(1)
         ...
+
+The benchmark's multi-broker step runs two of these with three brokers each and production-like broker
+settings (``broker_properties``, e.g. ``min.insync.replicas=2``), and reads each JVM's pid for its CPU.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
@@ -110,9 +114,19 @@ class _Node:
 
 
 class LocalCluster:
-    """One KRaft controller (node 1) and ``brokers`` brokers (nodes 2..), PLAINTEXT on 127.0.0.1."""
+    """One KRaft controller (node 1) and ``brokers`` brokers (nodes 2..), PLAINTEXT on 127.0.0.1.
 
-    def __init__(self, lib: Path, folder: Path, *, brokers: int = 2, heap: str = "256m") -> None:
+    ``broker_properties`` are added to every broker's properties (after the defaults above, so they win)."""
+
+    def __init__(
+        self,
+        lib: Path,
+        folder: Path,
+        *,
+        brokers: int = 2,
+        heap: str = "256m",
+        broker_properties: Mapping[str, str] | None = None,
+    ) -> None:
         self.lib = Path(lib)
         self.folder = Path(folder)
         self.heap = heap
@@ -126,6 +140,7 @@ class LocalCluster:
             + common.replace("{data}", str(self.folder / "controller" / "data")),
             self.folder / "controller",
         )
+        extra = "".join(f"{key}={value}\n" for key, value in (broker_properties or {}).items())
         self.brokers: list[_Node] = []
         for index in range(brokers):
             port = free_port()
@@ -136,7 +151,9 @@ class LocalCluster:
                     port,
                     f"process.roles=broker\nnode.id={index + 2}\n"
                     f"listeners=PLAINTEXT://127.0.0.1:{port}\nadvertised.listeners=PLAINTEXT://127.0.0.1:{port}\n"
-                    "inter.broker.listener.name=PLAINTEXT\n" + common.replace("{data}", str(node_folder / "data")),
+                    "inter.broker.listener.name=PLAINTEXT\n"
+                    + common.replace("{data}", str(node_folder / "data"))
+                    + extra,
                     node_folder,
                 )
             )
@@ -144,6 +161,15 @@ class LocalCluster:
     @property
     def bootstrap(self) -> str:
         return ",".join(f"127.0.0.1:{broker.port}" for broker in self.brokers)
+
+    def pids(self) -> dict[str, int]:
+        """The running JVMs' pids by node name (``controller``, ``broker-2``, ...)."""
+        nodes = {"controller": self.controller, **{f"broker-{b.node_id}": b for b in self.brokers}}
+        return {
+            name: node.process.pid
+            for name, node in nodes.items()
+            if node.process is not None and node.process.poll() is None
+        }
 
     def broker_id(self, index: int) -> int:
         return self.brokers[index].node_id
