@@ -52,6 +52,11 @@ class Cluster:
             return len(parts)
         return None
 
+    async def broker_count(self) -> int:
+        """How many brokers the cluster's metadata lists (registered with the controller and fenced off no more)."""
+        described = await self._admin.describe_cluster()
+        return len(described["brokers"])
+
     async def leaders(self, topic: str) -> dict[int, dict[str, Any]]:
         """Each partition's leader and replicas (broker ids), as the metadata says now."""
         described = await self._admin.describe_topics([topic])
@@ -136,17 +141,21 @@ async def run_tool(lib: Path, main_class: str, args: list[str], *, log: Path, wh
     start = time.monotonic()
     proc = spawn(argv, log)
     next_note = start + 5
-    while proc.poll() is None:
-        now = time.monotonic()
-        if now - start > limit_s:
+    try:
+        while proc.poll() is None:
+            now = time.monotonic()
+            if now - start > limit_s:
+                raise BenchError(f"{what}: still running after {limit_s:.0f}s, killed; {tail_hint(log)}")
+            if now >= next_note:
+                last = _last_line(log)
+                say(f"  {what}: {now - start:.0f}s {('| ' + last) if last else ''}")
+                next_note = now + 5
+            await asyncio.sleep(0.2)
+    finally:
+        # also when the run is interrupted: a tool left running would keep writing into brokers being stopped
+        if proc.poll() is None:
             proc.kill()
             proc.wait()
-            raise BenchError(f"{what}: still running after {limit_s:.0f}s, killed; {tail_hint(log)}")
-        if now >= next_note:
-            last = _last_line(log)
-            say(f"  {what}: {now - start:.0f}s {('| ' + last) if last else ''}")
-            next_note = now + 5
-        await asyncio.sleep(0.2)
     output = await asyncio.to_thread(log.read_text, errors="replace")
     if proc.returncode != 0:
         raise BenchError(f"{what}: exit code {proc.returncode}; {tail_hint(log)}")

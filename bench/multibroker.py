@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import secrets
 import shutil
+import signal
 import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.common import BenchError, Stack, say
+from bench.common import BenchError, Stack, say, wait_until
 from bench.kafka import Cluster, consumer_perf, producer_perf
 from bench.measure import catch_up
 from bench.replicators import MirrorMaker2, make_replicator
@@ -56,10 +58,14 @@ class PrivateClusters:
         self.target = LocalCluster(
             lib, folder / "target", brokers=BROKERS, heap=HEAP, broker_properties=BROKER_PROPERTIES
         )
+        self._starting: asyncio.Future[tuple[None, None]] | None = None
 
     async def start(self) -> None:
         say(f"starting two private clusters of {BROKERS} brokers (one controller each, -Xmx{HEAP}) in {self.folder}")
-        await asyncio.gather(asyncio.to_thread(self.source.start), asyncio.to_thread(self.target.start))
+        starting = asyncio.gather(asyncio.to_thread(self.source.start), asyncio.to_thread(self.target.start))
+        self._starting = starting
+        # shielded: an interrupted run waits in close() for the threads, which could still be starting nodes
+        await asyncio.shield(starting)
 
     def pids(self) -> dict[str, int]:
         return {f"{name}-{node}": pid for name, c in self.clusters() for node, pid in c.pids().items()}
@@ -69,11 +75,17 @@ class PrivateClusters:
 
     async def close(self) -> None:
         """Stop every node and delete the data (each node's server.log stays in the run's log folder)."""
+        if self._starting is not None:
+            await asyncio.wait([self._starting])
         for _, cluster in self.clusters():
             await asyncio.to_thread(cluster.close)
         for data in self.folder.glob("*/*/data"):
             shutil.rmtree(data, ignore_errors=True)
         say(f"stopped the private clusters and deleted their data under {self.folder}")
+
+
+async def _all_brokers(cluster: Cluster) -> bool:
+    return await cluster.broker_count() >= BROKERS
 
 
 def brokers_cores(cpu: dict[str, Any]) -> float | None:
@@ -175,12 +187,25 @@ async def step(bench: Bench) -> None:
     }
     bench.results["multibroker"] = out
     clusters = PrivateClusters(bench.stack.kafka_lib, bench.log_dir / "multibroker")
+    # SIGTERM (timeout, kill <pid>) cancels the step like Ctrl-C does, so the finally below stops the clusters
+    loop = asyncio.get_running_loop()
+    this_step = asyncio.current_task()
+    if this_step is not None:
+        loop.add_signal_handler(signal.SIGTERM, this_step.cancel)
     try:
         await clusters.start()
         out["clusters"] = {name: c.bootstrap for name, c in clusters.clusters()}
         bench.save()
         private = dataclasses.replace(bench.stack, source=clusters.source.bootstrap, target=clusters.target.bootstrap)
         async with Cluster("source", private.source) as source, Cluster("target", private.target) as target:
+            for cluster in (source, target):
+                # a broker listens before it has registered: RF 3 needs all three in the metadata
+                await wait_until(
+                    f"{BROKERS} brokers registered in the private {cluster.name} cluster",
+                    functools.partial(_all_brokers, cluster),
+                    120.0,
+                    interval=0.5,
+                )
             topic = f"bench-mb-a-{bench.token}-{secrets.token_hex(3)}"
             await source.create_topic(topic, spec["partitions"], REPLICATION_FACTOR)
             out["source_partitions"] = await source.leaders(topic)
@@ -221,6 +246,7 @@ async def step(bench: Bench) -> None:
         out["ratios"] = ratios(out)
         say(f"  multibroker ratios: {out['ratios']}")
     finally:
+        loop.remove_signal_handler(signal.SIGTERM)
         await clusters.close()
         out["clusters_stopped"] = True
         bench.save()
