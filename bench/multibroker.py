@@ -18,10 +18,12 @@ import secrets
 import shutil
 import signal
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.common import BenchError, Stack, say, wait_until
+from bench.common import BenchError, Stack, say, spawn, stop_process, wait_until
 from bench.kafka import Cluster, consumer_perf, producer_perf
 from bench.measure import catch_up
 from bench.replicators import MirrorMaker2, make_replicator
@@ -243,8 +245,12 @@ async def step(bench: Bench) -> None:
                     )
                     out["throughput"] = {k: aggregate(v) for k, v in runs.items() if v}
                     bench.save()
-        out["ratios"] = ratios(out)
-        say(f"  multibroker ratios: {out['ratios']}")
+            out["ratios"] = ratios(out)
+            say(f"  multibroker ratios: {out['ratios']}")
+            if "ferry" in kinds:
+                out["ferry_profile"] = await profiled_round(
+                    bench, private, topic=topic, spec=spec, clusters=clusters, source=source, target=target
+                )
     finally:
         loop.remove_signal_handler(signal.SIGTERM)
         await clusters.close()
@@ -288,6 +294,60 @@ async def one_round(
         return result
     finally:
         await bench.cleanup(rep, source, target)
+
+
+async def profiled_round(
+    bench: Bench,
+    private: Stack,
+    *,
+    topic: str,
+    spec: dict[str, int],
+    clusters: PrivateClusters,
+    source: Cluster,
+    target: Cluster,
+) -> dict[str, Any]:
+    """An extra Ferry round with py-spy attached from the first record to the last (``--idle``: waiting shows
+    too, so a replicator held up by the brokers shows where it waits); its throughput is not used."""
+    from bench.run import profile_summary  # noqa: PLC0415 (bench.run imports this module)
+
+    tool = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+    if tool is None:
+        return {"status": "skipped", "reason": "py-spy is not installed"}
+    log_dir = bench.log_dir / "multibroker"
+    rep = make_replicator("ferry", private, log_dir, bench.tuned)
+    raw = log_dir / f"py-spy-{rep.token}.txt"
+    profiler: list[subprocess.Popen[bytes]] = []
+
+    def attach(proc: subprocess.Popen[bytes]) -> None:
+        argv = [tool, "record", "--pid", str(proc.pid), "--rate", "100", "--idle", "--format", "raw", "-o", str(raw)]
+        profiler.append(spawn(argv, log_dir / "py-spy.log"))
+
+    async def detach() -> None:
+        for proc in profiler:
+            await stop_process(proc, "py-spy", grace=20, sig=signal.SIGINT)
+
+    say("-- multibroker: an extra Ferry round under py-spy (its throughput is not used)")
+    try:
+        run = await catch_up(
+            rep,
+            source_topic=topic,
+            records=spec["records"],
+            record_size=spec["record_size"],
+            source=source,
+            target=target,
+            startup_limit_s=180.0,
+            catchup_limit_s=bench.args.catchup_limit,
+            on_first_record=attach,
+            on_caught_up=detach,
+            brokers=clusters.pids(),
+        )
+    finally:
+        await detach()
+        await bench.cleanup(rep, source, target)
+    out: dict[str, Any] = {"note": "separate round with py-spy --idle; throughput not used", "raw_profile": str(raw)}
+    out["run"] = {k: run.get(k) for k in ("status", "mb_per_s", "reason", "cpu_in_window")}
+    out.update(profile_summary(raw))
+    return out
 
 
 def ratios(out: dict[str, Any]) -> dict[str, Any]:
