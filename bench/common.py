@@ -192,8 +192,9 @@ def broker_pids() -> dict[str, int]:
 class CpuWindow:
     """CPU use over a time window: the replicator, the brokers, this harness, the whole machine, the rest."""
 
-    def __init__(self, replicator_pid: int, *, extra_replicator_pids: tuple[int, ...] = (),
-                 brokers: dict[str, int] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, replicator_pid: int, *, extra_replicator_pids: tuple[int, ...] = (), brokers: dict[str, int] | None = None
+    ) -> None:
         """``extra_replicator_pids``: further processes of the same replicator (counted in replicator_cores);
         ``brokers``: the brokers' pids by name (default: the stack's two)."""
         self.pids = {"replicator": replicator_pid, **(broker_pids() if brokers is None else brokers)}
