@@ -344,6 +344,9 @@ async def one_count(lab: Lab, workers: Workers, count: int, args: argparse.Names
             f"{result['lag']['p99_s']} s max {result['lag']['max_s']} s, verified {result['verified']['ok']}"
         )
         result["status"] = "ok" if result["verified"]["ok"] else "failed"
+    except Exception as error:  # noqa: BLE001 - what was measured before the failure is kept with the reason
+        result.update(status="failed", reason=f"{type(error).__name__}: {error}")
+        say(f"  {count} partitions FAILED: {result['reason']}")
     finally:
         await source.close()
         await target.close()
