@@ -371,6 +371,12 @@ def _per_partition(result: dict[str, Any], idle_rss: dict[str, int]) -> None:
     }
 
 
+def _write(result: dict[str, Any]) -> Path:
+    out = ROOT / "bench" / "results" / f"{result['started']}-partitions.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    return out
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     folder = ROOT / ".run" / "bench-partitions" / stamp
@@ -408,6 +414,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 say(f"  {count} partitions FAILED: {one['reason']}")
             _per_partition(one, idle_rss)
             result["runs"][str(count)] = one
+            _write(result)  # each count as it ends: a long run stopped later keeps what it measured
         result["status"] = "ok" if all(r.get("status") == "ok" for r in result["runs"].values()) else "failed"
     except (BenchError, LabError) as error:
         result.update(status="failed", reason=f"{type(error).__name__}: {error}")
@@ -438,8 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     result = run(args)
-    out = ROOT / "bench" / "results" / f"{result['started']}-partitions.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = _write(result)
     say(f"{result['status']}: {out.relative_to(ROOT)}")
     return 0 if result["status"] == "ok" else 1
 
