@@ -15,8 +15,9 @@ fleet workers of its own, production timing), so a 10,000-partition topic set ne
    upper bound, one sample's resolution);
 4. verified: every target partition's end offset equals its source partition's (nothing lost, nothing doubled).
 
-Reported per count: the workers' CPU (each process tree) idle and under load, each worker's RSS when idle with
-no replicator and after the load (KiB per partition it holds), lag p50/p99/max over every partition and sample.
+Reported per count (two fresh workers each, so no count inherits the memory high-water mark of the one before):
+the workers' CPU (each process tree) idle and under load, each worker's RSS when idle with no replicator and after
+the load (KiB per partition it holds), lag p50/p99/max over every partition and sample.
 Writes ``bench/results/<UTC time>-partitions.json`` with the machine and versions.
 """
 
@@ -29,6 +30,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import time
 from collections import deque
 from datetime import UTC, datetime
@@ -40,7 +42,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench.common import MB, ROOT, BenchError, machine_info, memory_kib, say, versions
 from bench.measure import percentile
-from chaos.lab import Lab, LabError
+from chaos.lab import Lab, LabError, wait_for
 
 PARTITIONS_PER_TOPIC = 100
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -401,17 +403,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         lab.start(workers=2)
         result["versions"] = versions(lab.kafka_lib)
-        workers = Workers(lab)
-        time.sleep(5)  # let the fresh workers settle before their idle memory is read
-        idle_rss = workers.rss_kib()
-        result["rss_kib_idle_worker"] = idle_rss
         token = stamp.lower()[-7:]
-        for count in args.counts:
+        for index, count in enumerate(args.counts):
+            if index:
+                # Fresh workers for every count: a worker's RSS keeps the high-water mark of the count before.
+                for name in lab.workers():
+                    lab.kill(name, signal.SIGTERM)
+                fresh = [lab.start_worker(), lab.start_worker()]
+                wait_for(
+                    "two fresh workers to report",
+                    lambda: {w.split("-", 1)[0] for w in lab.live_workers()} >= set(fresh),  # noqa: B023
+                    120,
+                )
+            workers = Workers(lab)
+            time.sleep(5)  # let the fresh workers settle before their idle memory is read
+            idle_rss = workers.rss_kib()
             try:
                 one = asyncio.run(one_count(lab, workers, count, args, token))
             except Exception as error:  # noqa: BLE001 - recorded with the run, and the next count still runs
                 one = {"partitions": count, "status": "failed", "reason": f"{type(error).__name__}: {error}"}
                 say(f"  {count} partitions FAILED: {one['reason']}")
+            one["rss_kib_idle_worker"] = idle_rss
             _per_partition(one, idle_rss)
             result["runs"][str(count)] = one
             _write(result)  # each count as it ends: a long run stopped later keeps what it measured
