@@ -73,7 +73,7 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float, interval:
 class Lab:
     """PostgreSQL, Redis, a source and a target cluster, the API, beat and fleet workers: all of the lab's own."""
 
-    def __init__(self, folder: Path, *, fast_failover: bool = True) -> None:
+    def __init__(self, folder: Path, *, fast_failover: bool = True, kafka_heap: str = "256m") -> None:
         self.folder = folder
         self.logs = folder / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -81,8 +81,9 @@ class Lab:
         self.postgres = Postgres(self.services)
         self.redis = Redis(self.services)
         self.kafka_lib = ensure_kafka_jars(StackConfig())
-        self.source = LocalCluster(self.kafka_lib, folder / "source", brokers=1)
-        self.target = LocalCluster(self.kafka_lib, folder / "target", brokers=1)
+        # A larger heap for thousands of partitions (bench/partitions.py); the scenarios use the default.
+        self.source = LocalCluster(self.kafka_lib, folder / "source", brokers=1, heap=kafka_heap)
+        self.target = LocalCluster(self.kafka_lib, folder / "target", brokers=1, heap=kafka_heap)
         self.api_port = free_port()
         self.api_url = f"http://127.0.0.1:{self.api_port}"
         self.processes: dict[str, subprocess.Popen[bytes]] = {}

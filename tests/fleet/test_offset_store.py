@@ -198,3 +198,48 @@ def test_a_restarted_partition_forgets_its_map_and_gets_a_new_origin(fleet_setti
     assert (inside.offset, inside.max_reread) == (150, 0)
     # Past the new copy, the head of the new log (not the deleted one's 1000).
     assert (beyond.offset, beyond.covered) == (300, False)
+
+
+def test_a_flush_stores_only_the_heads_that_moved(fleet_settings: FerrySettings) -> None:
+    """Every tick and every progress write flush the buffer: a quiet partition's head is not written again (a row
+    per idle partition each time would grow the database's work with the partitions held), a moved one is, and a
+    partition that left the copier is written again when it comes back."""
+    quiet, busy = TopicPartition("quiet", 0), TopicPartition("busy", 0)
+
+    async def heads(engine: Any, rid: str) -> dict[str, int]:
+        async with engine.connect() as conn:
+            rows = await conn.execute(
+                text("SELECT topic, next_source_offset FROM offset_map_heads WHERE replicator_id = :rid"),
+                {"rid": uuid.UUID(rid)},
+            )
+            return {str(topic): int(offset) for topic, offset in rows}
+
+    async def main() -> list[dict[str, int]]:
+        engine = make_async_engine(fleet_settings)
+        try:
+            async with engine.begin() as conn:
+                rid = await new_replicator(conn, "s:6", "t:6")
+            buffer = OffsetMapBuffer(rid, engine)
+            positions = {quiet: AckedPosition("quiet", 10, 10), busy: AckedPosition("busy", 10, 10)}
+            await buffer.flush(lambda: dict(positions))
+            seen = [await heads(engine, rid)]
+            # Marks which rows the next flushes rewrite: an unchanged head must keep its mark.
+            async with engine.begin() as conn:
+                await conn.execute(
+                    text("UPDATE offset_map_heads SET next_source_offset = 7 WHERE replicator_id = :rid"),
+                    {"rid": uuid.UUID(rid)},
+                )
+            positions[busy] = AckedPosition("busy", 20, 20)
+            await buffer.flush(lambda: dict(positions))
+            seen.append(await heads(engine, rid))
+            buffer.forget_heads([quiet])  # revoked, and assigned again
+            await buffer.flush(lambda: dict(positions))
+            seen.append(await heads(engine, rid))
+            return seen
+        finally:
+            await engine.dispose()
+
+    first, second, third = asyncio.run(main())
+    assert first == {"quiet": 10, "busy": 10}
+    assert second == {"quiet": 7, "busy": 20}
+    assert third == {"quiet": 10, "busy": 20}

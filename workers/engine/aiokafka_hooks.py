@@ -15,6 +15,10 @@ aiokafka has no public API for what the copier needs, so it reaches into four pl
 4. **Topic ids and leader epochs** (``topic_ids``, ``leader_epoch_ends``): a Metadata v12 and an
    OffsetForLeaderEpoch v3 request, built with aiokafka's protocol types, since aiokafka's own metadata requests
    stop at v5, before topics had ids, and it never asks where a leader epoch ends.
+5. **Fetch pacing** (``pace_fetches``): a started consumer's ``fetch.min.bytes`` and ``fetch.max.wait.ms``
+   changed as its assignment grows. aiokafka has no incremental fetch sessions (KIP-227: it sends session id 0,
+   epoch -1), so every fetch lists, and every answer carries, every assigned partition: with thousands of
+   partitions a fetch costs milliseconds of encoding and decoding whether or not they hold data.
 
 Importing this module fails with a clear message on an aiokafka outside ``TESTED_RANGE``: every hook relies on
 private names whose meaning an upgrade may change. Before widening the range, tests/engine/test_forwarding.py and
@@ -97,6 +101,16 @@ _BASE_OFFSET = struct.Struct(">q")
 _LEADER_EPOCH = struct.Struct(">i")
 _CRC_FIELD = struct.Struct(">I")
 _ATTRIBUTES_FIELD = struct.Struct(">h")
+
+
+# ---------------------------------------------------------------------- 5. fetch pacing
+
+
+def pace_fetches(consumer: Any, min_bytes: int, max_wait_ms: int) -> None:
+    """Used by every fetch request the consumer builds from now on (the fetcher reads both per request)."""
+    fetcher = consumer._fetcher
+    fetcher._fetch_min_bytes = min_bytes
+    fetcher._fetch_max_wait_ms = max_wait_ms
 
 
 # ---------------------------------------------------------------------- 3. the sender gate

@@ -54,6 +54,7 @@ from workers.engine.aiokafka_hooks import (
     gate_sender,
     install_batch_fetching,
     leader_epoch_ends,
+    pace_fetches,
     topic_ids,
 )
 from workers.engine.batches import (
@@ -116,6 +117,16 @@ class CopierOptions:
     producer_max_request_bytes: int = 16 * 1024 * 1024
     fetch_max_bytes: int = 64 * 1024 * 1024
     max_partition_fetch_bytes: int = 2 * 1024 * 1024
+    # Every fetch lists every assigned partition and its answer carries each one (aiokafka has no incremental
+    # fetch sessions), so its cost grows with the partitions held, idle or not. A fetch waits for this many bytes
+    # per partition (up to fetch_min_bytes_max) or for the wait below, so under load fetches carry data worth
+    # their fixed cost instead of coming back for every few records; at 8 partitions it is 2 KiB (no wait).
+    fetch_min_bytes_per_partition: int = 256
+    fetch_min_bytes_max: int = 1024 * 1024
+    fetch_max_wait_ms: int = 200
+    # From this many partitions on, quiet ones are polled less often: at most two fetches a second when idle.
+    many_partitions: int = 1000
+    fetch_max_wait_ms_many: int = 500
     transaction_timeout_ms: int = 60_000
     retry_backoff_s: float = 1.0
     # Write eligible source batches as they are instead of re-encoding each record (workers/engine/forwarding.py).
@@ -223,6 +234,8 @@ class PartitionCopier:
         # each partition of the progress topic.
         self._sources_by_target: dict[TopicPartition, TopicPartition] = {}
         self._progress_in_flight: dict[int, Counter[TopicPartition]] = {}
+        # Per source partition: (partitions of the progress topic, the partition its progress key hashes to).
+        self._progress_partitions: dict[TopicPartition, tuple[int, int]] = {}
         self._in_flight_bytes = 0
         self._room = asyncio.Event()
         self._produce_failed = False
@@ -269,7 +282,7 @@ class PartitionCopier:
             auto_offset_reset="none",
             fetch_max_bytes=self.options.fetch_max_bytes,
             max_partition_fetch_bytes=self.options.max_partition_fetch_bytes,
-            fetch_max_wait_ms=200,
+            fetch_max_wait_ms=self.options.fetch_max_wait_ms,
         )
         await self._consumer.start()
         self._target_probe = AIOKafkaConsumer(
@@ -555,9 +568,17 @@ class PartitionCopier:
         self._consumer.assign(list(self._states))
         for state in self._states.values():
             self._consumer.seek(state.source, state.sent_next)
+        self._pace_fetches()
         for change in changes:
             if not change.applied.done():
                 change.applied.set_result(revoked[id(change)])
+
+    def _pace_fetches(self) -> None:
+        held = len(self._states)
+        options = self.options
+        min_bytes = max(1, min(options.fetch_min_bytes_max, options.fetch_min_bytes_per_partition * held))
+        wait_ms = options.fetch_max_wait_ms_many if held >= options.many_partitions else options.fetch_max_wait_ms
+        pace_fetches(self._consumer, min_bytes, wait_ms)
 
     # ------------------------------------------------------------------ main loop
 
@@ -597,8 +618,9 @@ class PartitionCopier:
                     continue
                 if batches:
                     # A worker that was paused past its lease must not write even one more batch: the partition
-                    # may have a new owner already. The check is local and cheap.
-                    await self._check_lease(list(self._states.values()))
+                    # may have a new owner already. The check is local; it covers the partitions this poll writes
+                    # to, not every partition held (thousands of idle ones would make every poll cost as much).
+                    await self._check_lease([self._states[tp] for tp in batches if tp in self._states])
                 if self.spec.exactly_once:
                     await self._copy_in_transaction(batches)
                 else:
@@ -782,6 +804,10 @@ class PartitionCopier:
                 # While a failure is recovered, a position past sent_next may hold fetched records that were
                 # never sent: only the recovery's rewind may move this partition.
                 continue
+            if end is not None and end >= 0 and end <= state.sent_next:
+                # The consumer never moves past the last stable offset its latest fetch reported: nothing to catch
+                # up on (the common case of a quiet partition, answered without asking the consumer).
+                continue
             # Transaction markers and aborted batches move the consumer's position without handing out
             # records: make that move part of the partition's progress so lag can reach zero.
             position = await self._consumer.position(state.source)
@@ -948,8 +974,14 @@ class PartitionCopier:
     ) -> asyncio.Future[Any]:
         """Send one progress record to the partition its key hashes to, known to the write gate while in flight."""
         key = progress_key(self.spec.replicator_id, source)
-        partitions = sorted(await producer.partitions_for(self._store.topic))
-        partition = DefaultPartitioner()(key, partitions, partitions)
+        partitions = await producer.partitions_for(self._store.topic)
+        # The key's partition, hashed once per partition copied (murmur2 in Python costs more than the send).
+        known = self._progress_partitions.get(source)
+        if known is None or known[0] != len(partitions):
+            ordered = sorted(partitions)
+            known = (len(partitions), DefaultPartitioner()(key, ordered, ordered))
+            self._progress_partitions[source] = known
+        partition = known[1]
         in_flight = self._progress_in_flight.setdefault(partition, Counter())
         in_flight[source] += 1
 

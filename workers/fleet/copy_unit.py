@@ -133,6 +133,7 @@ class CopyUnit:
         current = set(copier.assignment())
         if current - wanted:
             await copier.revoke(current - wanted)
+            self.offset_map.forget_heads(current - wanted)
         if wanted - current:
             await self._assign(copier, wanted - current, previous_owners or {})
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from aiokafka import TopicPartition
 from sqlalchemy.exc import SQLAlchemyError
@@ -42,6 +42,11 @@ class OffsetMapBuffer:
         self._pending: dict[TopicPartition, RangeMap] = {}
         # Partitions whose stored map and head are deleted by the next flush, before anything newer is stored.
         self._restarted: set[TopicPartition] = set()
+        # The head last stored per partition: a flush writes only heads that moved (every tick and every progress
+        # write would otherwise upsert a row per partition held, idle ones included).
+        self._stored_heads: dict[TopicPartition, AckedPosition] = {}
+        # Forgotten while a flush was writing: that flush must not remember them as stored.
+        self._forgotten: set[TopicPartition] = set()
         self._lock = asyncio.Lock()
 
     def record_batch(self, mapping: BatchMapping) -> None:
@@ -52,10 +57,19 @@ class OffsetMapBuffer:
     def restart(self, source: TopicPartition) -> None:
         self._pending.pop(source, None)
         self._restarted.add(source)
+        self.forget_heads([source])
 
     def discard(self) -> None:
         """Forget what was not stored yet (the copier that produced it may have a successor)."""
         self._pending = {}
+        self.forget_heads(list(self._stored_heads))
+
+    def forget_heads(self, partitions: Iterable[TopicPartition]) -> None:
+        """These partitions left this copier: another worker may store their heads meanwhile, so if they come back
+        their head is stored again whatever it was before."""
+        for tp in partitions:
+            self._stored_heads.pop(tp, None)
+            self._forgotten.add(tp)
 
     async def before_progress(self, positions: Callable[[], Positions]) -> None:
         try:
@@ -75,6 +89,10 @@ class OffsetMapBuffer:
             heads = positions()
             pending, self._pending = self._pending, {}
             restarted, self._restarted = self._restarted, set()
+            # Partitions no longer copied here are forgotten too (revoked: stored again if they come back).
+            self._stored_heads = {tp: head for tp, head in self._stored_heads.items() if tp in heads}
+            self._forgotten = set()
+            moved = {tp: head for tp, head in heads.items() if self._stored_heads.get(tp) != head}
             try:
                 async with self.db.begin() as conn:
                     for tp in sorted(restarted):
@@ -85,7 +103,7 @@ class OffsetMapBuffer:
                     await offset_store.store_heads(
                         conn,
                         self.replicator_id,
-                        [(tp.topic, tp.partition, *head) for tp, head in sorted(heads.items())],
+                        [(tp.topic, tp.partition, *head) for tp, head in sorted(moved.items())],
                     )
             except BaseException:
                 # Keep what was not written for the next flush (in front of anything newer).
@@ -96,3 +114,6 @@ class OffsetMapBuffer:
                         merged.add(run)
                     self._pending[tp] = merged
                 raise
+            for tp, head in moved.items():
+                if tp not in self._forgotten:
+                    self._stored_heads[tp] = head

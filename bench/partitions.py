@@ -1,0 +1,466 @@
+"""Many partitions on one small fleet: two fleet workers carry N source partitions at a fixed total rate.
+
+    python -m bench.partitions                                  # 100, then 10,000 partitions (100 topics of 100)
+    python -m bench.partitions --counts 100,2000 --seconds 30   # smaller, while developing
+
+Runs on the chaos lab (``chaos/lab.py``: PostgreSQL, Redis, a source and a target cluster, the API, beat and two
+fleet workers of its own, production timing), so a 10,000-partition topic set never slows the shared dev brokers;
+``close()`` deletes all of it. Per partition count, one replicator copies every topic of the set from its start:
+
+1. warm-up: one record per partition, until every one is on the target (every partition copies);
+2. idle: the workers' CPU over ``--idle-seconds`` with nothing produced (what quiet partitions cost);
+3. load: ``--rate-mb`` MB/s of ``--record-bytes`` records (1 KiB) spread evenly over all partitions for
+   ``--seconds``; every second the source's and the target's end offsets of every partition are read, and a
+   partition's lag at that moment is how long ago the source last held no more than the target holds now (an
+   upper bound, one sample's resolution);
+4. verified: every target partition's end offset equals its source partition's (nothing lost, nothing doubled).
+
+Reported per count (two fresh workers each, so no count inherits the memory high-water mark of the one before):
+the workers' CPU (each process tree) idle and under load, each worker's RSS when idle with no replicator and after
+the load (KiB per partition it holds), lag p50/p99/max over every partition and sample.
+Writes ``bench/results/<UTC time>-partitions.json`` with the machine and versions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import time
+from collections import deque
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from bench.common import MB, ROOT, BenchError, machine_info, memory_kib, say, versions
+from bench.measure import percentile
+from chaos.lab import Lab, LabError, wait_for
+
+PARTITIONS_PER_TOPIC = 100
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _tree_cpu_seconds(session: int) -> float:
+    """User + system CPU seconds of every live process in a session (a Celery worker and its pool children)."""
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == session:  # fields after the name: state, ppid, pgrp, session, ...
+            total += int(fields[11]) + int(fields[12])
+    return total / CLOCK_TICKS
+
+
+class Workers:
+    """The lab's fleet workers as processes: CPU over a window, RSS now."""
+
+    def __init__(self, lab: Lab) -> None:
+        self.pids = {name: lab.processes[name].pid for name in lab.workers()}
+
+    def cpu(self) -> dict[str, float]:
+        return {name: _tree_cpu_seconds(pid) for name, pid in self.pids.items()}
+
+    def rss_kib(self) -> dict[str, int]:
+        return {name: memory_kib(pid).get("VmRSS", 0) for name, pid in self.pids.items()}
+
+    async def cores_over(self, seconds: float, during: Any = None) -> tuple[dict[str, float], Any]:
+        began, start = time.monotonic(), self.cpu()
+        outcome = None
+        if during is None:
+            await asyncio.sleep(seconds)
+        else:
+            outcome = await during
+        elapsed, end = time.monotonic() - began, self.cpu()
+        return {name: round((end[name] - start[name]) / elapsed, 3) for name in start}, outcome
+
+
+async def _create_topics(bootstrap: str, topics: list[str], partitions: int) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=300_000)
+    await admin.start()
+    try:
+        for start in range(0, len(topics), 10):
+            await admin.create_topics(
+                [NewTopic(t, partitions, replication_factor=1) for t in topics[start : start + 10]]
+            )
+    finally:
+        await admin.close()
+
+
+class Offsets:
+    """End offsets of every partition of a topic set on one cluster (one ListOffsets round per read)."""
+
+    def __init__(self, bootstrap: str, topics: list[str], partitions: int) -> None:
+        self.bootstrap = bootstrap
+        self.tps = [TopicPartition(t, p) for t in topics for p in range(partitions)]
+        self.consumer: Any = None
+
+    async def start(self) -> None:
+        self.consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
+        await self.consumer.start()
+
+    async def ends(self) -> list[int]:
+        """End offsets in ``tps`` order; a topic not created yet reads as 0."""
+        try:
+            found = await self.consumer.end_offsets(self.tps)
+        except Exception:  # noqa: BLE001 - a target topic still being created
+            await self.consumer._client.force_metadata_update()
+            return [0] * len(self.tps)
+        return [found[tp] for tp in self.tps]
+
+    async def close(self) -> None:
+        if self.consumer is not None:
+            await self.consumer.stop()
+
+
+async def _produce(bootstrap: str, topics: list[str], partitions: int, per_partition: int, size: int) -> int:
+    """``per_partition`` records into every partition, as fast as the producer goes (the warm-up)."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20)
+    await producer.start()
+    value = os.urandom(size)
+    todo = [(topic, p) for _ in range(per_partition) for topic in topics for p in range(partitions)]
+    try:
+        for _attempt in range(10):
+            futures = [await producer.send(topic, value=value, partition=p) for topic, p in todo]
+            outcomes = await asyncio.gather(*futures, return_exceptions=True)
+            # Leaders of partitions created moments ago may still be moving: send those again.
+            todo = [where for where, out in zip(todo, outcomes, strict=True) if isinstance(out, BaseException)]
+            if not todo:
+                break
+            await producer.client.force_metadata_update()
+        else:
+            raise BenchError(f"warm-up: {len(todo)} records not accepted after 10 attempts")
+    finally:
+        await producer.stop()
+    return per_partition * partitions * len(topics)
+
+
+async def _produce_at_rate(
+    bootstrap: str, topics: list[str], partitions: int, *, rate_bytes_per_s: float, seconds: float, size: int
+) -> dict[str, Any]:
+    """Records of ``size`` bytes at a fixed total rate, round-robin over every partition of the set."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=50, max_batch_size=64 * 1024)
+    await producer.start()
+    value = os.urandom(size)
+    targets = [(t, p) for p in range(partitions) for t in topics]
+    per_second = rate_bytes_per_s / size
+    sent = 0
+    acks: list[asyncio.Future[Any]] = []
+    began = time.monotonic()
+    try:
+        while (elapsed := time.monotonic() - began) < seconds:
+            due = min(int(elapsed * per_second), int(seconds * per_second))
+            while sent < due:
+                topic, partition = targets[sent % len(targets)]
+                acks.append(await producer.send(topic, value=value, partition=partition))
+                sent += 1
+            await asyncio.sleep(0.02)
+        outcomes = await asyncio.gather(*acks, return_exceptions=True)
+    finally:
+        await producer.stop()
+    took = time.monotonic() - began
+    # A refused record is simply not in the source: verification compares the two clusters, not this count.
+    refused = sum(1 for outcome in outcomes if isinstance(outcome, BaseException))
+    return {
+        "records": sent,
+        "refused": refused,
+        "seconds": round(took, 1),
+        "achieved_mb_per_s": round((sent - refused) * size / took / MB, 2),
+    }
+
+
+class LagSampler:
+    """Every second: each partition's lag, from the source's and the target's end offsets."""
+
+    def __init__(self, source: Offsets, target: Offsets) -> None:
+        self.source, self.target = source, target
+        # Per partition, [last sample time, source end] for each source end seen; entries the target passed go.
+        self.seen: list[deque[list[Any]]] = []
+        self.lags: list[float] = []
+        self.worst_by_sample: list[float] = []
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            began = time.monotonic()
+            source_ends = await self.source.ends()
+            now = time.monotonic()
+            if not self.seen:
+                self.seen = [deque([[now, end]]) for end in source_ends]
+            for i, end in enumerate(source_ends):
+                last = self.seen[i][-1]
+                if end == last[1]:
+                    last[0] = now
+                else:
+                    self.seen[i].append([now, end])
+            target_ends = await self.target.ends()
+            worst = 0.0
+            for i, held in enumerate(target_ends):
+                seen = self.seen[i]
+                while len(seen) > 1 and seen[1][1] <= held:
+                    seen.popleft()
+                # seen[0][0]: the last moment the source was seen holding no more than the target holds now.
+                lag = 0.0 if held >= seen[-1][1] else now - seen[0][0]
+                self.lags.append(lag)
+                worst = max(worst, lag)
+            self.worst_by_sample.append(round(worst, 2))
+            await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - began)))
+
+    def summary(self) -> dict[str, Any]:
+        ordered = sorted(self.lags)
+        if not ordered:
+            return {"samples": 0}
+        return {
+            "samples": len(self.worst_by_sample),
+            "partition_samples": len(ordered),
+            "p50_s": round(percentile(ordered, 0.5), 2),
+            "p99_s": round(percentile(ordered, 0.99), 2),
+            "max_s": round(ordered[-1], 2),
+            "worst_partition_by_sample_s": self.worst_by_sample,
+            "method": "per partition and second: now minus the newest sample time at which the source's end offset "
+            "was at most the target's end offset now (upper bound, 1 s resolution)",
+        }
+
+
+async def _until(what: str, probe: Any, limit_s: float) -> float:
+    began = time.monotonic()
+    line = ""
+    shown = began
+    while time.monotonic() - began < limit_s:
+        done, line = await probe()
+        if done:
+            return time.monotonic() - began
+        if time.monotonic() - shown >= 15:
+            say(f"  waiting for {what}: {line} ({time.monotonic() - began:.0f}s)")
+            shown = time.monotonic()
+        await asyncio.sleep(1.0)  # poll interval of a condition wait with a deadline
+    raise BenchError(f"{what}: not reached within {limit_s:.0f}s; last: {line}")
+
+
+def _request(lab: Lab, name: str, pattern: str) -> dict[str, Any]:
+    return {
+        "ReplicatorName": name,
+        "ServiceExecutionRoleArn": "arn:aws:iam::000000000000:role/ferry-bench",
+        "KafkaClusters": [
+            {"ApacheKafkaCluster": {"ApacheKafkaClusterId": "scale-src",
+                                    "BootstrapBrokerString": lab.source.bootstrap}},
+            {"ApacheKafkaCluster": {"ApacheKafkaClusterId": "scale-tgt",
+                                    "BootstrapBrokerString": lab.target.bootstrap}},
+        ],
+        "ReplicationInfoList": [
+            {
+                "SourceKafkaClusterId": "scale-src",
+                "TargetKafkaClusterId": "scale-tgt",
+                "TargetCompressionType": "NONE",
+                "TopicReplication": {
+                    "TopicsToReplicate": [pattern],
+                    "StartingPosition": {"Type": "EARLIEST"},
+                    "CopyTopicConfigurations": False,
+                    "CopyAccessControlListsForTopics": False,
+                },
+                "ConsumerGroupReplication": {"ConsumerGroupsToReplicate": []},
+            }
+        ],
+    }  # fmt: skip
+
+
+async def one_count(lab: Lab, workers: Workers, count: int, args: argparse.Namespace, token: str) -> dict[str, Any]:
+    per_topic = min(count, PARTITIONS_PER_TOPIC)
+    topics = [f"scale-{token}-{count}-{i:03d}" for i in range(count // per_topic)]
+    result: dict[str, Any] = {"partitions": count, "topics": len(topics), "partitions_per_topic": per_topic}
+    say(f"-- {count} partitions: {len(topics)} topics of {per_topic}")
+    began = time.monotonic()
+    await _create_topics(lab.source.bootstrap, topics, per_topic)
+    result["topic_creation_s"] = round(time.monotonic() - began, 1)
+    client = lab.kafka_client(attempts=3)
+    arn = client.create_replicator(**_request(lab, f"scale-{token}-{count}", f"scale-{token}-{count}-.*"))[
+        "ReplicatorArn"
+    ]
+    alias = client.describe_replicator(ReplicatorArn=arn)["ReplicationInfoList"][0]["SourceKafkaClusterAlias"]
+    source = Offsets(lab.source.bootstrap, topics, per_topic)
+    target = Offsets(lab.target.bootstrap, [f"{alias}.{t}" for t in topics], per_topic)
+    await source.start()
+    await target.start()
+    try:
+        result["warm_up_records"] = await _produce(lab.source.bootstrap, topics, per_topic, 1, args.record_bytes)
+
+        async def copied() -> tuple[bool, str]:
+            ends = await target.ends()
+            done = sum(1 for e in ends if e >= 1)
+            return done == count, f"{done}/{count} partitions copied"
+
+        result["warm_up_copied_after_s"] = round(await _until("every partition copying", copied, args.startup_limit), 1)
+        say(f"  every partition copies, {time.monotonic() - began:.0f}s after the topics were created")
+        owners = lab.query(
+            "SELECT u.owner_worker, count(*) FROM fleet_units u JOIN replicators r ON r.id = u.replicator_id "
+            "WHERE r.arn = %s AND u.partition >= 0 AND u.lease_expires_at > now() GROUP BY u.owner_worker",
+            arn,
+        )
+        result["partitions_per_worker"] = {str(w).split("-", 1)[0]: int(n) for w, n in owners}
+        result["idle_cores"], _ = await workers.cores_over(args.idle_seconds)
+        result["rss_kib_idle_partitions"] = workers.rss_kib()
+        say(f"  idle: {result['idle_cores']} cores, RSS {result['rss_kib_idle_partitions']} KiB")
+
+        sampler = LagSampler(source, target)
+        stop = asyncio.Event()
+        sampling = asyncio.create_task(sampler.run(stop))
+        load = _produce_at_rate(
+            lab.source.bootstrap,
+            topics,
+            per_topic,
+            rate_bytes_per_s=args.rate_mb * MB,
+            seconds=args.seconds,
+            size=args.record_bytes,
+        )
+        result["load_cores"], result["load"] = await workers.cores_over(args.seconds, load)
+        result["rss_kib_loaded"] = workers.rss_kib()
+
+        async def caught_up() -> tuple[bool, str]:
+            behind = sum(1 for s, t in zip(await source.ends(), await target.ends(), strict=True) if t < s)
+            return behind == 0, f"{behind} partitions behind"
+
+        result["caught_up_after_load_s"] = round(await _until("the target caught up", caught_up, 300), 1)
+        stop.set()
+        await sampling
+        result["lag"] = sampler.summary()
+        source_ends, target_ends = await source.ends(), await target.ends()
+        mismatched = sum(1 for s, t in zip(source_ends, target_ends, strict=True) if s != t)
+        result["verified"] = {
+            "source_records": sum(source_ends),
+            "target_records": sum(target_ends),
+            "partitions_differing": mismatched,
+            "ok": mismatched == 0,
+        }
+        say(
+            f"  load {result['load']['achieved_mb_per_s']} MB/s: {result['load_cores']} cores, lag p99 "
+            f"{result['lag']['p99_s']} s max {result['lag']['max_s']} s, verified {result['verified']['ok']}"
+        )
+        result["status"] = "ok" if result["verified"]["ok"] else "failed"
+    except Exception as error:  # noqa: BLE001 - what was measured before the failure is kept with the reason
+        result.update(status="failed", reason=f"{type(error).__name__}: {error}")
+        say(f"  {count} partitions FAILED: {result['reason']}")
+    finally:
+        await source.close()
+        await target.close()
+    client.delete_replicator(ReplicatorArn=arn)
+
+    async def units_gone() -> tuple[bool, str]:
+        rows = lab.query("SELECT count(*) FROM fleet_units u JOIN replicators r ON r.id = u.replicator_id "
+                         "WHERE r.arn = %s", arn)  # fmt: skip
+        return int(rows[0][0]) == 0, f"{rows[0][0]} units left"
+
+    await _until("the replicator's units gone", units_gone, 300)
+    return result
+
+
+def _per_partition(result: dict[str, Any], idle_rss: dict[str, int]) -> None:
+    held = result.get("partitions_per_worker", {})
+    loaded = result.get("rss_kib_loaded", {})
+    result["rss_kib_per_partition_above_idle_worker"] = {
+        name: round((loaded[name] - idle_rss[name]) / held[name], 1)
+        for name in loaded
+        if name in idle_rss and held.get(name)
+    }
+
+
+def _write(result: dict[str, Any]) -> Path:
+    out = ROOT / "bench" / "results" / f"{result['started']}-partitions.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    return out
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    folder = ROOT / ".run" / "bench-partitions" / stamp
+    result: dict[str, Any] = {
+        "kind": "partitions",
+        "started": stamp,
+        "machine": machine_info(),
+        "command": "python -m bench.partitions " + " ".join(args.argv),
+        "settings": {
+            "counts": args.counts,
+            "rate_mb_per_s": args.rate_mb,
+            "seconds": args.seconds,
+            "idle_seconds": args.idle_seconds,
+            "record_bytes": args.record_bytes,
+            "workers": 2,
+            "kafka_heap": args.kafka_heap,
+            "fleet": "production defaults (FERRY_FLEET_TICK_SECONDS=1, FERRY_FLEET_LEASE_SECONDS=10)",
+        },
+        "runs": {},
+    }
+    lab = Lab(folder, fast_failover=False, kafka_heap=args.kafka_heap)
+    try:
+        lab.start(workers=2)
+        result["versions"] = versions(lab.kafka_lib)
+        token = stamp.lower()[-7:]
+        for index, count in enumerate(args.counts):
+            if index:
+                # Fresh workers for every count: a worker's RSS keeps the high-water mark of the count before.
+                for name in lab.workers():
+                    lab.kill(name, signal.SIGTERM)
+                fresh = [lab.start_worker(), lab.start_worker()]
+                wait_for(
+                    "two fresh workers to report",
+                    lambda: {w.split("-", 1)[0] for w in lab.live_workers()} >= set(fresh),  # noqa: B023
+                    120,
+                )
+            workers = Workers(lab)
+            time.sleep(5)  # let the fresh workers settle before their idle memory is read
+            idle_rss = workers.rss_kib()
+            try:
+                one = asyncio.run(one_count(lab, workers, count, args, token))
+            except Exception as error:  # noqa: BLE001 - recorded with the run, and the next count still runs
+                one = {"partitions": count, "status": "failed", "reason": f"{type(error).__name__}: {error}"}
+                say(f"  {count} partitions FAILED: {one['reason']}")
+            one["rss_kib_idle_worker"] = idle_rss
+            _per_partition(one, idle_rss)
+            result["runs"][str(count)] = one
+            _write(result)  # each count as it ends: a long run stopped later keeps what it measured
+        result["status"] = "ok" if all(r.get("status") == "ok" for r in result["runs"].values()) else "failed"
+    except (BenchError, LabError) as error:
+        result.update(status="failed", reason=f"{type(error).__name__}: {error}")
+    finally:
+        if result.get("status") != "ok":
+            result["logs"] = str(folder / "logs")
+            for name in ("w1", "w2"):
+                tail = lab.log_tail(name, 40)
+                if tail:
+                    result.setdefault("log_tails", {})[name] = tail
+        lab.close()
+    shutil.rmtree(folder, ignore_errors=True)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.partitions", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--counts", default="100,10000", help="partition counts, comma-separated (default %(default)s)")
+    parser.add_argument("--rate-mb", type=float, default=5.0, help="total produce rate in MB/s (default %(default)s)")
+    parser.add_argument("--record-bytes", type=int, default=1024, help="record size (default %(default)s)")
+    parser.add_argument("--seconds", type=float, default=60.0, help="length of the load (default %(default)s)")
+    parser.add_argument("--idle-seconds", type=float, default=30.0, help="idle CPU window (default %(default)s)")
+    parser.add_argument("--startup-limit", type=float, default=900.0, help="seconds until every partition copies")
+    parser.add_argument("--kafka-heap", default="1g", help="heap of each lab broker (default %(default)s)")
+    args = parser.parse_args(argv)
+    args.argv = list(argv) if argv is not None else __import__("sys").argv[1:]
+    args.counts = [int(c) for c in re.split(r"[,\s]+", args.counts.strip()) if c]
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    result = run(args)
+    out = _write(result)
+    say(f"{result['status']}: {out.relative_to(ROOT)}")
+    return 0 if result["status"] == "ok" else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
