@@ -118,9 +118,10 @@ class CopierOptions:
     fetch_max_bytes: int = 64 * 1024 * 1024
     max_partition_fetch_bytes: int = 2 * 1024 * 1024
     # Every fetch lists every assigned partition and its answer carries each one (aiokafka has no incremental
-    # fetch sessions), so its cost grows with the partitions held, idle or not. A fetch waits for this many bytes
-    # per partition (up to fetch_min_bytes_max) or for the wait below, so under load fetches carry data worth
-    # their fixed cost instead of coming back for every few records; at 8 partitions it is 2 KiB (no wait).
+    # fetch sessions), so its cost grows with the partitions held, idle or not. From many_partitions on, a fetch
+    # waits for this many bytes per partition (up to fetch_min_bytes_max) or for fetch_max_wait_ms_many, so
+    # fetches carry data worth their fixed cost. Below it a fetch returns at the first byte: a quiet topic's
+    # record is not held back for the wait (end-to-end latency is what small replicators are judged on).
     fetch_min_bytes_per_partition: int = 256
     fetch_min_bytes_max: int = 1024 * 1024
     fetch_max_wait_ms: int = 200
@@ -576,9 +577,11 @@ class PartitionCopier:
     def _pace_fetches(self) -> None:
         held = len(self._states)
         options = self.options
-        min_bytes = max(1, min(options.fetch_min_bytes_max, options.fetch_min_bytes_per_partition * held))
-        wait_ms = options.fetch_max_wait_ms_many if held >= options.many_partitions else options.fetch_max_wait_ms
-        pace_fetches(self._consumer, min_bytes, wait_ms)
+        if held < options.many_partitions:
+            pace_fetches(self._consumer, 1, options.fetch_max_wait_ms)
+            return
+        min_bytes = min(options.fetch_min_bytes_max, options.fetch_min_bytes_per_partition * held)
+        pace_fetches(self._consumer, min_bytes, options.fetch_max_wait_ms_many)
 
     # ------------------------------------------------------------------ main loop
 
