@@ -18,6 +18,7 @@ from api.identity import Authentication, secret_box_of
 from api.openapi_document import document_security, operation_id_of_handler
 from models.bootstrap import AddressPolicy
 from models.db import async_session_factory, make_async_engine
+from models.replicator_service import RenderedShapes
 from models.settings import FerrySettings, get_settings
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ def create_app(settings: FerrySettings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.address_policy = AddressPolicy(settings.allowed_bootstrap)
+    app.state.rendered = RenderedShapes()
     app.include_router(health.router)
     # Before the replicators router: its {replicatorArn:path} routes would otherwise swallow ".../metrics".
     app.include_router(replication_metrics.router)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Path, Query, Request
+from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
 
 from api import examples
 from api.deps import transaction
@@ -127,22 +127,23 @@ async def list_replicators(
             description=msk_documentation("ListReplicatorsRequest", "replicatorNameFilter"),
         ),
     ] = None,
-) -> ListReplicatorsResponse:
+) -> Response:
     """The account's replicators in creation order, a page at a time (`nextToken` names the next page), optionally
     only those whose name starts with `replicatorNameFilter`.
 
     Errors: 400 when maxResults is out of range or nextToken is not one this service issued; 401, 403, 429 and 503
     as for every signed call."""
     async with transaction(request) as session:
-        rows, token = await replicator_service.list_replicators(
+        body = await replicator_service.list_json(
             session,
+            request.app.state.rendered,
             account_id=caller.account_id,
             max_results=max_results,
             next_token=next_token,
             name_filter=replicator_name_filter,
         )
-        summaries = [replicator_service.summarize(row) for row in rows]
-    return ListReplicatorsResponse(next_token=token, replicators=summaries)
+    # Rendered already (each row once per version): a Response goes out as it is, not validated again.
+    return Response(body, media_type="application/json")
 
 
 @router.get(
@@ -156,17 +157,17 @@ async def list_replicators(
         **on_success(200, replicator_links("DescribeReplicator", ARN_IN_BODY, version=VERSION_IN_BODY)),
     },
 )
-async def describe_replicator(
-    replicatorArn: ReplicatorArn, request: Request, caller: CallerDep
-) -> DescribeReplicatorResponse:
+async def describe_replicator(replicatorArn: ReplicatorArn, request: Request, caller: CallerDep) -> Response:
     """The replicator's configuration, cluster aliases, state (with `stateInfo` saying why when it is FAILED or
     degraded), tags and `currentVersion` (what UpdateReplicationInfo and DeleteReplicator check).
 
     Errors: 400 when the ARN is not a replicator ARN; 404 when the account has no such replicator (another
     account's replicators are not found either); 401, 403, 429 and 503 as for every signed call."""
     async with transaction(request) as session:
-        row = await replicator_service.get_replicator(session, account_id=caller.account_id, arn=replicatorArn)
-        return replicator_service.describe(row)
+        body = await replicator_service.describe_json(
+            session, request.app.state.rendered, account_id=caller.account_id, arn=replicatorArn
+        )
+    return Response(body, media_type="application/json")
 
 
 @router.put(

@@ -1,0 +1,313 @@
+"""The control plane with many replicators present: the API's read latency, the scrapes and the reconcile pass.
+
+    python -m bench.control_scale                          # 1,000 replicators, 100 requests/s for 30 s
+    python -m bench.control_scale --replicators 200 --seconds 10
+    python -m bench.control_scale --profile                # py-spy the API process meanwhile (flame graphs)
+
+What it measures, with ``--replicators`` replicators present in the database:
+
+- CreateReplicator latency while they are created (through the API, 8 at a time);
+- ListReplicators (first page of 100) and DescribeReplicator (a random replicator) latency at ``--rate`` requests a
+  second, SigV4-signed httpx clients, open-loop schedule;
+- ``GET /metrics`` (the metrics bearer token: every replicator) and the MSK-style metrics endpoint of one
+  replicator, with every replicator's reports fresh in Redis (one partition each, as a worker writes them), and
+  how many Redis round trips a scrape makes;
+- the reconcile pass with every replicator's units (a metadata unit and a copy unit each) on two live workers: the
+  first pass (creating every unit) and steady passes, timed here and as the API reports it
+  (``ferry_fleet_reconcile_seconds`` on ``/metrics``, ``lastReconcileSeconds`` in ``GET /replication/v1/fleet``).
+
+The API is this checkout's, in a process of its own (``bench.control_plane.start_private_api``) on a database of its
+own on the dev stack's PostgreSQL and Redis database 1 (the tests'); the two workers are rows heartbeating in
+``fleet_workers``, and the reports are written through ``models.fleet_reports`` (the workers' contract with the
+API). No worker process copies anything here: create-to-RUNNING with copying replicators is ``bench.load``'s (on
+the chaos lab). Writes ``bench/results/<UTC time>-control-scale.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import redis
+from sqlalchemy import insert, select
+
+from bench.common import RESULTS_DIR, ROOT, BenchError, machine_info, say, versions
+from bench.control_plane import LIST_PATH, start_private_api, sustained
+from bench.measure import percentile
+from bench.metrics_scrape import _scratch_database, _SigV4, _stack, _write_reports
+from cli.admin import create_access_key
+from models import fleet_store
+from models.db import make_async_engine, make_sync_engine
+from models.fleet import ReplicatorMetadata
+from models.fleet_reconcile import reconcile_once
+from models.fleet_reports import METRICS_KEY, STATUS_KEY
+from models.replicator import ReplicatorRow
+from models.settings import FerrySettings
+
+ACCOUNT = "000000000000"
+REGION = "us-east-1"
+METRICS_TOKEN = "ferry-bench-metrics-token"
+TOPIC = "orders"
+
+
+def _settings(stack: dict[str, Any], database_url: str) -> FerrySettings:
+    return FerrySettings(
+        database_url=database_url,
+        redis_url=str(stack["redis_url"]).rsplit("/", 1)[0] + "/1",
+        kafka_probe_clusters=stack["kafka"],
+        secret_key="ferry-bench-secret-key-not-for-production",
+        metrics_token=METRICS_TOKEN,
+        allowed_bootstrap=["127.0.0.0/8", "::1/128", "localhost"],
+        aws_region=REGION,
+        api_requests_per_second=100_000.0,
+        api_request_burst=100_000,
+        max_replicators_per_account=100_000,
+        # The bench runs the reconcile passes itself, to time them alone.
+        api_reconcile=False,
+    )
+
+
+def _create_body(name: str, stack: dict[str, Any]) -> dict[str, Any]:
+    """A CreateReplicator body (rest-json, as boto3 sends it) of one topic on the dev stack's clusters."""
+    return {
+        "replicatorName": name,
+        "serviceExecutionRoleArn": "arn:aws:iam::000000000000:role/ferry-bench",
+        "kafkaClusters": [
+            {"apacheKafkaCluster": {"apacheKafkaClusterId": "src", "bootstrapBrokerString": stack["kafka"]["source"]}},
+            {"apacheKafkaCluster": {"apacheKafkaClusterId": "tgt", "bootstrapBrokerString": stack["kafka"]["target"]}},
+        ],
+        "replicationInfoList": [
+            {
+                "sourceKafkaClusterId": "src",
+                "targetKafkaClusterId": "tgt",
+                "targetCompressionType": "NONE",
+                "topicReplication": {"topicsToReplicate": [TOPIC]},
+                "consumerGroupReplication": {"consumerGroupsToReplicate": [".*"]},
+            }
+        ],
+        "tags": {"team": "bench"},
+    }  # fmt: skip
+
+
+def _timed_gets(http: httpx.Client, path: str, count: int, refresh: Any, **kwargs: Any) -> dict[str, Any]:
+    """``count`` sequential GETs, each on freshly written reports; latency and body size."""
+    for _ in range(2):
+        http.get(path, **kwargs).raise_for_status()
+    durations = []
+    size = 0
+    for _ in range(count):
+        refresh()
+        started = time.perf_counter()
+        response = http.get(path, **kwargs)
+        durations.append((time.perf_counter() - started) * 1000)
+        response.raise_for_status()
+        size = len(response.content)
+    ms = sorted(durations)
+    return {
+        "requests": count,
+        "p50_ms": round(percentile(ms, 0.5), 1),
+        "p99_ms": round(percentile(ms, 0.99), 1),
+        "max_ms": round(ms[-1], 1),
+        "bytes": size,
+    }
+
+
+def _redis_commands(client: redis.Redis) -> int:
+    """Commands Redis has processed (round trips are counted with one scrape at a time and nothing else of ours)."""
+    return int(client.info("stats")["total_commands_processed"])
+
+
+async def _heartbeat(settings: FerrySettings, workers: list[str]) -> None:
+    engine = make_async_engine(settings)
+    try:
+        async with engine.begin() as conn:
+            for worker in workers:
+                await fleet_store.heartbeat(conn, worker, "bench", os.getpid())
+    finally:
+        await engine.dispose()
+
+
+def _reconcile_passes(settings: FerrySettings, passes: int) -> dict[str, Any]:
+    """The first pass (it creates and assigns every unit) and ``passes`` steady ones, on two heartbeating
+    workers."""
+    workers = ["bench-w1", "bench-w2"]
+    engine = make_sync_engine(settings)
+    timings = []
+    try:
+        for index in range(passes + 1):
+            asyncio.run(_heartbeat(settings, workers))
+            started = time.perf_counter()
+            result = reconcile_once(engine, settings, by="bench")
+            timings.append((time.perf_counter() - started) * 1000)
+            if result is None:
+                raise BenchError("another reconcile pass held the lock (is something else using this database?)")
+            if index == 0:
+                say(f"  first pass: {timings[0]:.0f} ms, {len(result.create_units)} units created")
+        with engine.connect() as conn:
+            units = len(fleet_store.observed_units(conn))
+    finally:
+        engine.dispose()
+    steady = sorted(timings[1:])
+    return {
+        "workers": len(workers),
+        "units": units,
+        "first_pass_ms": round(timings[0], 1),
+        "steady_passes": passes,
+        "steady_p50_ms": round(percentile(steady, 0.5), 1),
+        "steady_max_ms": round(steady[-1], 1),
+    }
+
+
+def run(replicators: int, rate: float, seconds: float, scrapes: int, profile: Path | None) -> dict[str, Any]:
+    stack = _stack()
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    result: dict[str, Any] = {
+        "kind": "control-plane-scale",
+        "started": stamp,
+        "machine": machine_info(),
+        "versions": versions(Path(stack["kafka_lib"])),
+        "replicators": replicators,
+    }
+    folder = ROOT / ".run" / "bench-control-scale" / stamp
+    with _scratch_database(stack) as database_url:
+        settings = _settings(stack, database_url)
+        key = asyncio.run(create_access_key(settings, ACCOUNT, "bench"))
+        env = {**os.environ, **settings.as_environment(), "PYTHONPATH": str(ROOT)}
+        url, api = start_private_api(folder / "api.log", env=env)
+        client = redis.Redis.from_url(settings.redis_url)
+        ids: list[str] = []
+        try:
+            auth = _SigV4(key)
+            prefix = f"scale-{uuid.uuid4().hex[:6]}"
+            create_ms: list[float] = []
+
+            def create(index: int, http: httpx.Client) -> str:
+                began = time.perf_counter()
+                response = http.post(LIST_PATH, json=_create_body(f"{prefix}-{index:05d}", stack))
+                create_ms.append((time.perf_counter() - began) * 1000)
+                response.raise_for_status()
+                return str(response.json()["replicatorArn"])
+
+            say(f"creating {replicators} replicators (8 at a time)")
+            began = time.monotonic()
+            clients = [httpx.Client(base_url=url, timeout=60, auth=auth) for _ in range(8)]
+            with ThreadPoolExecutor(8) as pool:
+                arns = list(pool.map(lambda i: create(i, clients[i % 8]), range(replicators)))
+            for http in clients:
+                http.close()
+            created_s = time.monotonic() - began
+            ms = sorted(create_ms)
+            result["create"] = {
+                "seconds_for_all": round(created_s, 1),
+                "p50_ms": round(percentile(ms, 0.5), 1),
+                "p99_ms": round(percentile(ms, 0.99), 1),
+            }
+            say(f"  created in {created_s:.0f}s: {result['create']}")
+            engine = make_sync_engine(settings)
+            with engine.begin() as conn:
+                ids = [str(i) for i in conn.scalars(select(ReplicatorRow.id))]
+                conn.execute(
+                    insert(ReplicatorMetadata),
+                    [{"replicator_id": uuid.UUID(i), "applied_generation": 1, "partitions": [[TOPIC, 0]]} for i in ids],
+                )
+            engine.dispose()
+            refresh = functools.partial(_write_reports, client, ids, 1)
+            refresh()
+
+            say("reconcile passes")
+            result["reconcile"] = _reconcile_passes(settings, passes=10)
+            say(f"  {result['reconcile']}")
+
+            spy = _start_profile(api.pid, profile) if profile is not None else None
+
+            def signed() -> httpx.Client:
+                return httpx.Client(base_url=url, timeout=30, auth=auth)
+
+            def get(path: Any) -> Any:
+                return lambda http: http.get(path()).raise_for_status().json()
+
+            failures = (httpx.HTTPError, ValueError)
+            note = "httpx, SigV4-signed, JSON body parsed; one client per thread"
+            say(f"ListReplicators and DescribeReplicator at {rate:.0f}/s")
+            result["list_replicators"] = sustained(
+                url, "ListReplicators", get(lambda: LIST_PATH), rate=rate, seconds=seconds,
+                client_factory=signed, failures=failures, client_note=note,
+            )  # fmt: skip
+            result["describe_replicator"] = sustained(
+                url, "DescribeReplicator", get(lambda: f"{LIST_PATH}/{quote(random.choice(arns), safe='')}"),
+                rate=rate, seconds=seconds, client_factory=signed, failures=failures, client_note=note,
+            )  # fmt: skip
+            say("scrapes")
+            token = {"headers": {"Authorization": f"Bearer {METRICS_TOKEN}"}}
+            with httpx.Client(base_url=url, timeout=60) as http:
+                before = _redis_commands(client)
+                http.get("/metrics", headers=token["headers"]).raise_for_status()
+                result["metrics_redis_commands_per_scrape"] = _redis_commands(client) - before - 1
+                result["metrics_all_replicators"] = _timed_gets(http, "/metrics", scrapes, refresh, **token)
+            say(f"  /metrics: {result['metrics_all_replicators']}")
+            with signed() as http:
+                one = f"{LIST_PATH}/{quote(arns[0], safe='')}/metrics"
+                result["metrics_one_replicator"] = _timed_gets(http, one, scrapes, refresh)
+                fleet = http.get("/replication/v1/fleet").raise_for_status().json()
+                result["fleet_status_last_reconcile_seconds"] = fleet.get("lastReconcileSeconds")
+            say(f"  metrics endpoint: {result['metrics_one_replicator']}")
+            if spy is not None:
+                _stop_profile(spy)
+            result["status"] = "ok"
+        finally:
+            if ids:
+                client.delete(*[k.format(replicator_id=i) for i in ids for k in (METRICS_KEY, STATUS_KEY)])
+            api.send_signal(signal.SIGTERM)
+            api.wait(30)
+    shutil.rmtree(folder, ignore_errors=True)
+    return result
+
+
+def _start_profile(pid: int, out: Path) -> subprocess.Popen[bytes]:
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    say(f"  py-spy recording the API (pid {pid}) to {out}")
+    return subprocess.Popen(
+        [py_spy, "record", "--pid", str(pid), "--rate", "200", "--format", "raw", "--output", str(out)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def _stop_profile(spy: subprocess.Popen[bytes]) -> None:
+    spy.send_signal(signal.SIGINT)
+    spy.wait(60)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.control_scale", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--replicators", type=int, default=1000)
+    parser.add_argument("--rate", type=float, default=100.0, help="API requests per second during the measurement")
+    parser.add_argument("--seconds", type=float, default=30.0, help="length of each operation's measurement")
+    parser.add_argument("--scrapes", type=int, default=20, help="timed requests of each metrics endpoint")
+    parser.add_argument("--profile", type=Path, help="py-spy the API process into this file (raw, collapsed stacks)")
+    args = parser.parse_args(argv)
+    result = run(args.replicators, args.rate, args.seconds, args.scrapes, args.profile)
+    out = RESULTS_DIR / f"{result['started']}-control-scale.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    say(f"{result['status']}: {out.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
