@@ -67,6 +67,10 @@ class FleetView(BaseModel):
     unitsWithoutOwner: int = Field(description="Units no worker holds a live lease on right now.")
     demand: FleetDemandView = Field(description="How many workers the load needs.")
     lastReconcileAgeSeconds: float | None = Field(description="Seconds since the last reconcile pass; null: none ran.")
+    lastReconcileSeconds: float | None = Field(
+        description="How long the last reconcile pass took (reads, plan and writes); passes are serialised, so a slow "
+        "one delays every change behind it. Null: no pass recorded it."
+    )
 
 
 async def read_fleet(request: Request) -> tuple[fleet_store.FleetLoad, FleetDemand]:
@@ -132,4 +136,5 @@ async def describe_fleet(request: Request, caller: CallerDep) -> FleetView:
         lastReconcileAgeSeconds=None
         if load.last_reconcile_age_seconds is None
         else round(load.last_reconcile_age_seconds, 3),
+        lastReconcileSeconds=None if load.last_reconcile_seconds is None else round(load.last_reconcile_seconds, 3),
     )

@@ -1,4 +1,4 @@
-"""The Prometheus exposition of ``GET /metrics``, built by prometheus_client from one request's readings.
+"""The Prometheus exposition of ``GET /metrics``, rendered from one request's readings.
 
 Two sets of names for the same readings:
 
@@ -11,18 +11,16 @@ Two sets of names for the same readings:
 The fleet's series (``ferry_fleet_*``, ``ferry_worker_*``) come last; ``ferry_fleet_desired_workers`` is what the
 Helm chart's KEDA or HPA autoscaling follows.
 
-Every exposition is built afresh: a registry per request holds one collector that yields metric families made from
-the data read for that request (its scope depends on the caller), so nothing is kept between scrapes.
+Every exposition is built afresh from the data read for that request (its scope depends on the caller), so nothing
+is kept between scrapes. The text is the 0.0.4 format prometheus_client writes (tests parse it with prometheus_client's
+parser), rendered here directly.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
-
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from models.fleet_capacity import FleetDemand
 from models.fleet_reports import StatusField
@@ -36,44 +34,70 @@ if TYPE_CHECKING:
 HEALTHY = frozenset({"REPLICATING", "STARTING"})
 
 
+class _Family:
+    __slots__ = ("help_text", "kind", "lines", "name")
+
+    def __init__(self, name: str, kind: str, help_text: str) -> None:
+        self.name = name
+        self.kind = kind
+        self.help_text = help_text
+        self.lines: list[str] = []
+
+
 class _Families:
-    """Metric families by name, in the order first declared; a family is declared (HELP and TYPE) even when none
-    of its series has a current value."""
+    """Metric families by name, in the order first declared, rendered as the text format 0.0.4 as prometheus_client
+    writes it, but directly: building its sample objects and formatting each value as a Go float was most of a
+    scrape's time (and wrote counts as 1.234567e+06). A family is declared (HELP and TYPE) even when none of its
+    series has a current value."""
 
     def __init__(self) -> None:
-        self._families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {}
+        self._families: dict[str, _Family] = {}
 
     def gauge(self, name: str, help_text: str, labels: dict[str, Any], value: float | None) -> None:
-        self._add(GaugeMetricFamily, name, help_text, labels, value)
+        self._add("gauge", name, help_text, labels, value)
 
     def counter(self, name: str, help_text: str, labels: dict[str, Any], value: float | None) -> None:
-        """``name`` without ``_total``: prometheus_client appends it to the sample."""
-        self._add(CounterMetricFamily, name, help_text, labels, value)
+        """``name`` without ``_total``: the samples are ``name_total``, as prometheus_client names them."""
+        self._add("counter", name, help_text, labels, value)
 
-    def _add(
-        self,
-        kind: type[GaugeMetricFamily] | type[CounterMetricFamily],
-        name: str,
-        help_text: str,
-        labels: dict[str, Any],
-        value: float | None,
-    ) -> None:
+    def _add(self, kind: str, name: str, help_text: str, labels: dict[str, Any], value: float | None) -> None:
         family = self._families.get(name)
         if family is None:
-            family = self._families[name] = kind(name, help_text, labels=list(labels))
+            sample = f"{name}_total" if kind == "counter" else name
+            family = self._families[name] = _Family(sample, kind, help_text)
         if value is not None:
-            family.add_metric([str(v) for v in labels.values()], value)
+            rendered = ",".join(f'{key}="{_label_value(v)}"' for key, v in labels.items())
+            family.lines.append(
+                f"{family.name}{{{rendered}}} {_number(value)}\n" if rendered else f"{family.name} {_number(value)}\n"
+            )
 
-    def __iter__(self) -> Iterator[Metric]:
-        return iter(self._families.values())
+    def render(self) -> bytes:
+        out: list[str] = []
+        for family in self._families.values():
+            help_text = family.help_text.replace("\\", r"\\").replace("\n", r"\n")
+            out.append(f"# HELP {family.name} {help_text}\n# TYPE {family.name} {family.kind}\n")
+            out.extend(family.lines)
+        return "".join(out).encode()
 
 
-class _Scrape(Collector):
-    def __init__(self, families: _Families) -> None:
-        self.families = families
+def _label_value(value: Any) -> str:
+    text = str(value)
+    if "\\" in text or "\n" in text or '"' in text:
+        text = text.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+    return text
 
-    def collect(self) -> Iterator[Metric]:
-        return iter(self.families)
+
+def _number(value: float) -> str:
+    """Whole numbers exactly (a count of 1,234,567 is 1234567), other floats as Python's shortest repr."""
+    if isinstance(value, int):  # bool included: True is 1
+        return str(int(value))
+    if math.isnan(value):
+        return "NaN"
+    if value in (math.inf, -math.inf):
+        return "+Inf" if value > 0 else "-Inf"
+    if value.is_integer() and abs(value) < 2**53:
+        return str(int(value))
+    return repr(value)
 
 
 def exposition(readings: Sequence[ReplicatorReading], load: FleetLoad, demand: FleetDemand) -> bytes:
@@ -82,9 +106,7 @@ def exposition(readings: Sequence[ReplicatorReading], load: FleetLoad, demand: F
     _msk_names(out, readings)
     _ferry_names(out, readings)
     _fleet(out, load, demand)
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Scrape(out))
-    return generate_latest(registry)
+    return out.render()
 
 
 def _replicator_labels(reading: ReplicatorReading) -> dict[str, Any]:
@@ -336,6 +358,12 @@ def _fleet(out: _Families, load: FleetLoad, demand: FleetDemand) -> None:
         "Seconds since the last reconcile pass (any worker, API process or beat runs them every few seconds).",
         {},
         load.last_reconcile_age_seconds,
+    )
+    out.gauge(
+        "ferry_fleet_last_reconcile_duration_seconds",
+        "How long the last reconcile pass took (reads, plan and writes under the lock; passes are serialised).",
+        {},
+        load.last_reconcile_seconds,
     )
     for worker in load.workers:
         labels: dict[str, Any] = {"worker_id": worker.worker_id}

@@ -338,7 +338,7 @@ async def prometheus_metrics(request: Request) -> Response:
     with an access key, that key's account only. The fleet's series are there for both."""
     account = None if is_metrics_scraper(request) else current_caller(request).account_id
     async with transaction(request) as session:
-        rows = await replicator_service.replicators_of(session, account_id=account)
+        rows = await replicator_service.replicators_of(session, account_id=account, heads_only=True)
         scopes = await fleet_store.inventories(session, [str(row.id) for row in rows])
     readings, (load, demand) = await asyncio.gather(
         read_replicators(request.app.state.redis, rows, scopes), read_fleet(request)

@@ -27,9 +27,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import functools
 import json
 import os
+import pstats
 import random
 import shutil
 import signal
@@ -143,7 +145,7 @@ async def _heartbeat(settings: FerrySettings, workers: list[str]) -> None:
         await engine.dispose()
 
 
-def _reconcile_passes(settings: FerrySettings, passes: int) -> dict[str, Any]:
+def _reconcile_passes(settings: FerrySettings, passes: int, profile: Path | None = None) -> dict[str, Any]:
     """The first pass (it creates and assigns every unit) and ``passes`` steady ones, on two heartbeating
     workers."""
     workers = ["bench-w1", "bench-w2"]
@@ -161,6 +163,11 @@ def _reconcile_passes(settings: FerrySettings, passes: int) -> dict[str, Any]:
                 say(f"  first pass: {timings[0]:.0f} ms, {len(result.create_units)} units created")
         with engine.connect() as conn:
             units = len(fleet_store.observed_units(conn))
+        if profile is not None:  # one more pass under cProfile, its top functions by cumulative time
+            profiler = cProfile.Profile()
+            profiler.runcall(reconcile_once, engine, settings, "bench")
+            with profile.open("w") as out:
+                pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(60)
     finally:
         engine.dispose()
     steady = sorted(timings[1:])
@@ -231,7 +238,8 @@ def run(replicators: int, rate: float, seconds: float, scrapes: int, profile: Pa
             refresh()
 
             say("reconcile passes")
-            result["reconcile"] = _reconcile_passes(settings, passes=10)
+            reconcile_profile = None if profile is None else profile.with_suffix(".reconcile.txt")
+            result["reconcile"] = _reconcile_passes(settings, passes=10, profile=reconcile_profile)
             say(f"  {result['reconcile']}")
 
             spy = _start_profile(api.pid, profile) if profile is not None else None

@@ -140,6 +140,8 @@ def _status(settings: FerrySettings, *, as_json: bool) -> int:
                     "unassignedUnits": load.unassigned_units,
                     "desiredWorkers": demand.desired_workers,
                     "reason": demand.reason,
+                    "lastReconcileAgeSeconds": _rounded(load.last_reconcile_age_seconds),
+                    "lastReconcileSeconds": _rounded(load.last_reconcile_seconds),
                 },
                 indent=2,
             )
@@ -154,7 +156,16 @@ def _status(settings: FerrySettings, *, as_json: bool) -> int:
         )
     print(f"units {load.units}, unassigned {load.unassigned_units}, without an owner {load.units_without_owner}")
     print(f"desired workers {demand.desired_workers}: {demand.reason}")
+    if load.last_reconcile_age_seconds is None:
+        print("no reconcile pass has run")
+    else:
+        took = "" if load.last_reconcile_seconds is None else f", took {load.last_reconcile_seconds:.3f}s"
+        print(f"last reconcile pass {load.last_reconcile_age_seconds:.1f}s ago{took}")
     return 0
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 3)
 
 
 @dataclass

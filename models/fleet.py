@@ -50,6 +50,9 @@ class FleetReconcile(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     ran_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     ran_by: Mapped[str] = mapped_column(String(200), nullable=False)
+    # How long that pass took (its reads, plan and writes, under the lock); passes are serialised, so a slow one
+    # delays every change behind it. Null before the first pass that recorded it.
+    took_seconds: Mapped[float | None] = mapped_column(Float)
 
 
 class FleetUnit(Base):

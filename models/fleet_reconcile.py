@@ -80,7 +80,7 @@ def reconcile_once(engine: Engine, settings: FerrySettings, by: str) -> Plan | N
         planned = time.monotonic()
         if not result.is_empty:
             apply(conn, desired, result)
-        fleet_store.record_reconcile(conn, by)
+        fleet_store.record_reconcile(conn, by, took_seconds=time.monotonic() - started)
     took = time.monotonic() - started
     if took > SLOW_PASS_SECONDS:
         log.warning(

@@ -253,12 +253,18 @@ def delete_deleted_replicator(conn: Connection, replicator_id: str) -> None:
     )
 
 
-def record_reconcile(conn: Connection, by: str) -> None:
-    """Note that a reconcile pass ran now (read by /readyz: a fleet whose passes stopped is not ready)."""
-    statement = insert(FleetReconcile).values(id=1, ran_at=func.now(), ran_by=by[:200])
+def record_reconcile(conn: Connection, by: str, took_seconds: float | None = None) -> None:
+    """Note that a reconcile pass ran now (read by /readyz: a fleet whose passes stopped is not ready) and how long
+    it took."""
+    statement = insert(FleetReconcile).values(id=1, ran_at=func.now(), ran_by=by[:200], took_seconds=took_seconds)
     conn.execute(
         statement.on_conflict_do_update(
-            index_elements=[FleetReconcile.id], set_={"ran_at": func.now(), "ran_by": statement.excluded.ran_by}
+            index_elements=[FleetReconcile.id],
+            set_={
+                "ran_at": func.now(),
+                "ran_by": statement.excluded.ran_by,
+                "took_seconds": statement.excluded.took_seconds,
+            },
         )
     )
 
@@ -376,27 +382,36 @@ class FleetLoad:
     # The sum of every unit's last measured rate: unlike the workers' own rates, it does not dip while units move
     # (a unit keeps its last load until its new owner measured it).
     copied_bytes_per_second: float = 0.0
+    # How long the last reconcile pass took (None: no pass recorded it).
+    last_reconcile_seconds: float | None = None
 
 
-_RECONCILE_AGE = select(func.extract("epoch", func.now() - FleetReconcile.ran_at)).where(FleetReconcile.id == 1)
+_LAST_RECONCILE = select(func.extract("epoch", func.now() - FleetReconcile.ran_at), FleetReconcile.took_seconds).where(
+    FleetReconcile.id == 1
+)
+
+
+def _fleet_load(workers: list[WorkerLoad], units: Any, last: Any) -> FleetLoad:
+    return FleetLoad(
+        workers,
+        int(units[0]),
+        int(units[1]),
+        int(units[2]),
+        None if last is None else float(last[0]),
+        float(units[3]),
+        None if last is None or last[1] is None else float(last[1]),
+    )
 
 
 def fleet_load(conn: Connection, dead_after_seconds: float) -> FleetLoad:
     workers = [_worker_load(r) for r in conn.execute(_worker_loads(dead_after_seconds))]
-    units = conn.execute(_UNIT_COUNTS).one()
-    age = conn.execute(_RECONCILE_AGE).scalar_one_or_none()
-    return FleetLoad(
-        workers, int(units[0]), int(units[1]), int(units[2]), None if age is None else float(age), float(units[3])
-    )
+    return _fleet_load(workers, conn.execute(_UNIT_COUNTS).one(), conn.execute(_LAST_RECONCILE).one_or_none())
 
 
 async def fleet_load_async(conn: AsyncConnection, dead_after_seconds: float) -> FleetLoad:
     workers = [_worker_load(r) for r in await conn.execute(_worker_loads(dead_after_seconds))]
     units = (await conn.execute(_UNIT_COUNTS)).one()
-    age = (await conn.execute(_RECONCILE_AGE)).scalar_one_or_none()
-    return FleetLoad(
-        workers, int(units[0]), int(units[1]), int(units[2]), None if age is None else float(age), float(units[3])
-    )
+    return _fleet_load(workers, units, (await conn.execute(_LAST_RECONCILE)).one_or_none())
 
 
 def set_draining(conn: Connection, worker_id: str, draining: bool = True) -> bool:

@@ -27,6 +27,7 @@ from pydantic import BaseModel
 from sqlalchemy import ColumnElement, func, literal_column, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import load_only
 from sqlalchemy.sql.elements import Label
 
 from models.bootstrap import AddressPolicy
@@ -220,9 +221,24 @@ async def list_replicators(
     return page, _encode_page_token(page[-1].seq)
 
 
-async def replicators_of(session: AsyncSession, *, account_id: str | None) -> Sequence[ReplicatorRow]:
-    """Every replicator of one account (None: of every account, for the platform's metrics scraper)."""
+async def replicators_of(
+    session: AsyncSession, *, account_id: str | None, heads_only: bool = False
+) -> Sequence[ReplicatorRow]:
+    """Every replicator of one account (None: of every account, for the platform's metrics scraper). With
+    ``heads_only``, only id, ARN, account, name and state are loaded (``/metrics`` needs no more, and decoding every
+    row's JSONB was a large part of a scrape); touching another column then raises rather than loading it."""
     statement = select(ReplicatorRow).order_by(ReplicatorRow.seq)
+    if heads_only:
+        statement = statement.options(
+            load_only(
+                ReplicatorRow.id,
+                ReplicatorRow.arn,
+                ReplicatorRow.account_id,
+                ReplicatorRow.name,
+                ReplicatorRow.state,
+                raiseload=True,
+            )
+        )
     if account_id is not None:
         statement = statement.where(ReplicatorRow.account_id == account_id)
     return (await session.execute(statement)).scalars().all()

@@ -24,12 +24,14 @@ import pytest
 import redis
 import yaml
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 from sqlalchemy import Connection, insert, select
 
 from api.app import create_app
-from api.metrics_exposition import _Families, _Scrape
+from api.metrics_exposition import _Families
 from models.db import make_async_engine, make_sync_engine
 from models.fleet import ReplicatorMetadata
 from models.fleet_reports import METRICS_KEY, STATUS_KEY, PartitionReport, StatusField
@@ -44,6 +46,7 @@ from tests.exposition import metric_value
 MONITORING = ROOT / "deploy" / "monitoring"
 LAG = 1_234_567
 BYTES = 123_456_789_012
+RECONCILE_SECONDS = 0.25
 TRUNCATED = 7
 
 
@@ -162,7 +165,7 @@ def store_scope_and_fleet(settings: FerrySettings, replicator_id: str, worker_id
     with database(settings) as conn:
         scope = [["orders", 0], ["orders", 1], ["orders", 2]]
         conn.execute(insert(ReplicatorMetadata).values(replicator_id=uuid.UUID(replicator_id), partitions=scope))
-        record_reconcile(conn, "test")
+        record_reconcile(conn, "test", took_seconds=RECONCILE_SECONDS)
 
     async def beat() -> None:
         engine = make_async_engine(settings)
@@ -312,6 +315,7 @@ def test_metrics_follow_prometheus_conventions(
     assert metric_value(text, "ferry_worker_cpu_cores", worker_id=worker_id) == 0.25
     age = metric_value(text, "ferry_fleet_last_reconcile_age_seconds")
     assert age is not None and 0 <= age < 60
+    assert metric_value(text, "ferry_fleet_last_reconcile_duration_seconds") == RECONCILE_SECONDS
 
 
 def test_the_metrics_endpoint_answers_its_documented_model(
@@ -330,6 +334,8 @@ def test_the_metrics_endpoint_answers_its_documented_model(
     with httpx.Client(base_url=monitored_api, timeout=30, auth=SigV4HttpxAuth(key)) as http:
         body = http.get(f"/replication/v1/replicators/{quote(arn, safe='')}/metrics").json()
         schema = http.get("/openapi.json").json()["components"]["schemas"]["ReplicatorMetrics"]
+        fleet = http.get("/replication/v1/fleet").json()
+    assert fleet["lastReconcileSeconds"] == RECONCILE_SECONDS
     assert set(body) == set(schema["properties"])
     assert [(p["partition"], p["health"]) for p in body["partitions"]] == [
         (0, "REPLICATING"),
@@ -380,11 +386,48 @@ def test_a_scrape_reads_each_replicator_once_in_one_pipeline(
 
 
 def test_counts_render_exactly() -> None:
-    """prometheus_client writes floats as Go does: large whole numbers in exponent form, but every digit kept."""
+    """Whole numbers are written with every digit (not 1.23457e+06 nor 1.234567e+06), other floats exactly."""
     families = _Families()
-    for value in (LAG, BYTES, 2**53 - 1, 0):
+    for value in (LAG, BYTES, 2**53 - 1, 0, 2.0):
         families.gauge("ferry_test_records", "a count", {"n": value}, value)
+    text = families.render().decode()
+    assert f'ferry_test_records{{n="{LAG}"}} {LAG}\n' in text
+    assert 'ferry_test_records{n="2.0"} 2\n' in text
+    parsed = next(text_string_to_metric_families(text))
+    assert {float(s.labels["n"]): s.value for s in parsed.samples} == {v: v for v in (LAG, BYTES, 2**53 - 1, 0, 2.0)}
+
+
+def test_rendering_reads_as_prometheus_clients_own() -> None:
+    """The direct rendering parses to the same families, types, HELP, samples and values as prometheus_client's
+    rendering of the same metrics, escapes and special values included."""
+    awkward = {"replicator_name": 'a "quoted"\\name\nwith a newline', "partition": 3}
+    values = [0.1, 1e-9, 123456789.25, float("nan"), float("inf"), float("-inf"), True, -7]
+    ours = _Families()
+    gauge = GaugeMetricFamily(
+        "ferry_test_value", "help with a \\ and a\nnewline", labels=["replicator_name", "partition", "i"]
+    )
+    counter = CounterMetricFamily("ferry_test_things", "things", labels=["replicator_name", "partition"])
+    for i, value in enumerate(values):
+        ours.gauge("ferry_test_value", "help with a \\ and a\nnewline", {**awkward, "i": i}, value)
+        gauge.add_metric([str(v) for v in awkward.values()] + [str(i)], value)
+    ours.counter("ferry_test_things", "things", awkward, 5)
+    counter.add_metric([str(v) for v in awkward.values()], 5)
+    ours.gauge("ferry_test_empty", "declared, no current value", awkward, None)
+    empty = GaugeMetricFamily("ferry_test_empty", "declared, no current value", labels=list(awkward))
+    ours.gauge("ferry_test_plain", "no labels", {}, 4.5)
+    plain = GaugeMetricFamily("ferry_test_plain", "no labels", value=4.5)
+
+    class Fixed(Collector):
+        def collect(self) -> Iterator[Metric]:
+            return iter([gauge, counter, empty, plain])
+
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Scrape(families))
-    parsed = next(text_string_to_metric_families(generate_latest(registry).decode()))
-    assert {int(s.labels["n"]): s.value for s in parsed.samples} == {v: v for v in (LAG, BYTES, 2**53 - 1, 0)}
+    registry.register(Fixed())
+
+    def families(text: str) -> list[tuple[str, str, str, list[tuple[str, dict[str, str], str]]]]:
+        return [
+            (f.name, f.type, f.documentation, [(s.name, s.labels, repr(float(s.value))) for s in f.samples])
+            for f in text_string_to_metric_families(text)
+        ]
+
+    assert families(ours.render().decode()) == families(generate_latest(registry).decode())

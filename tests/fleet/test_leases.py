@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from models.db import make_async_engine
 from models.fleet_plan import UnitKey
 from models.fleet_reconcile import reconcile_once
+from models.fleet_store import fleet_load
 from models.settings import FerrySettings
 from workers.fleet.leases import Lease, LeaseStore
 
@@ -164,6 +165,17 @@ def test_redelivered_reconcile_tasks_change_nothing(
     assert snapshot() == first
     with fleet_db.begin() as conn:
         conn.execute(text("DELETE FROM fleet_workers WHERE worker_id IN ('dup-a', 'dup-b')"))
+
+
+def test_a_pass_records_how_long_it_took(fleet_db: Engine, fleet_settings: FerrySettings) -> None:
+    """The last pass's duration is what GET /replication/v1/fleet, ferry fleet status and /metrics report."""
+    began = time.monotonic()
+    assert reconcile_once(fleet_db, fleet_settings, "test-duration") is not None
+    wall = time.monotonic() - began
+    with fleet_db.connect() as conn:
+        load = fleet_load(conn, fleet_settings.worker_dead_after_seconds)
+    assert load.last_reconcile_seconds is not None
+    assert 0 < load.last_reconcile_seconds <= wall
 
 
 async def test_renewal_extends_only_the_leases_held_so_a_forgotten_one_expires_and_moves_on(
