@@ -169,15 +169,16 @@ def _all_running(units: set[UnitKey], observed: Observed) -> bool:
 
 def _stranded(wanted: set[UnitKey], observed: Observed) -> dict[str, str] | None:
     """StateInfo for units nobody has run for longer than a lease, or None."""
-    stranded = sorted(
+    units = observed.units
+    limit = observed.unowned_after_seconds
+    stranded = [
         unit
         for unit in wanted
-        if (obs := observed.units.get(unit)) is not None
-        and obs.owner is None
-        and obs.unowned_seconds > observed.unowned_after_seconds
-    )
+        if (obs := units.get(unit)) is not None and obs.owner is None and obs.unowned_seconds > limit
+    ]
     if not stranded:
         return None
+    stranded.sort()
     names = ", ".join("metadata unit" if u.is_metadata else f"{u.topic}-{u.partition}" for u in stranded[:10])
     more = f" and {len(stranded) - 10} more" if len(stranded) > 10 else ""
     if not observed.live_workers:
@@ -247,12 +248,11 @@ def plan(desired: Sequence[DesiredReplicator], observed: Observed) -> Plan:
         if current.get(unit) != worker or unit in result.create_units:
             result.assign[unit] = worker
 
+    # Replicators some unit of which is still run by a worker (one pass over the units, not one per replicator).
+    still_running = {u.replicator_id for u, obs in observed.units.items() if obs.owner is not None}
     for replicator in desired:
         if replicator.state == ReplicatorState.DELETING:
-            remaining = [
-                u for u, obs in observed.units.items() if u.replicator_id == replicator.id and obs.owner is not None
-            ]
-            if not remaining:
+            if replicator.id not in still_running:
                 result.delete_replicators.add(replicator.id)
             continue
         change = _next_state(replicator, wanted_by_replicator[replicator.id], observed)

@@ -46,15 +46,15 @@ def apply(conn: Connection, desired: list[DesiredReplicator], result: Plan) -> N
     fleet_store.delete_unowned_units(conn, result.delete_units)
     fleet_store.create_units(conn, result.create_units)
     fleet_store.assign_units(conn, result.assign)
-    for replicator_id, change in sorted(result.state_changes.items()):
-        fleet_store.set_replicator_state(
-            conn,
-            replicator_id,
-            state=change.state,
-            state_info=change.state_info,
-            observed_generation=change.observed_generation,
-            seen=seen[replicator_id],
-        )
+    fleet_store.set_replicator_states(
+        conn,
+        (
+            fleet_store.StateWrite(
+                replicator_id, change.state, change.state_info, change.observed_generation, seen[replicator_id]
+            )
+            for replicator_id, change in result.state_changes.items()
+        ),
+    )
     for replicator_id in sorted(result.delete_replicators):
         fleet_store.delete_deleted_replicator(conn, replicator_id)
     fleet_store.forget_departed_workers(conn)

@@ -37,7 +37,7 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, insert
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
 from sqlalchemy.dialects.postgresql import UUID as PgUUID
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
@@ -216,32 +216,58 @@ def assign_units(conn: Connection, assignment: Mapping[UnitKey, str | None]) -> 
         conn.execute(update(FleetUnit).where(_THIS_UNIT).values(assigned_worker=bindparam("worker")), params)
 
 
-def set_replicator_state(
-    conn: Connection,
-    replicator_id: str,
-    *,
-    state: ReplicatorState,
-    state_info: Mapping[str, str] | None,
-    observed_generation: int | None,
-    seen: DesiredReplicator,
-) -> None:
+@dataclass(frozen=True)
+class StateWrite:
     """Move a replicator to ``state`` unless the API changed it since the pass read ``seen`` (the API wins)."""
+
+    replicator_id: str
+    state: ReplicatorState
+    state_info: Mapping[str, str] | None
+    observed_generation: int | None
+    seen: DesiredReplicator
+
+
+def _state_update(with_generation: bool) -> Any:
     values: dict[str, Any] = {
-        "state": state.value,
-        "state_info": json_or_null(None if state_info is None else dict(state_info)),
+        "state": bindparam("new_state"),
+        # SQL NULL for no StateInfo, not the JSON value null.
+        "state_info": bindparam("new_state_info", type_=JSONB(none_as_null=True)),
         "updated_at": func.now(),
     }
-    if observed_generation is not None:
-        values["observed_generation"] = observed_generation
-    conn.execute(
+    if with_generation:
+        values["observed_generation"] = bindparam("new_observed_generation")
+    return (
         update(ReplicatorRow)
         .where(
-            ReplicatorRow.id == uuid.UUID(replicator_id),
-            ReplicatorRow.state == seen.state.value,
-            ReplicatorRow.generation == seen.generation,
+            ReplicatorRow.id == bindparam("replicator"),
+            ReplicatorRow.state == bindparam("seen_state"),
+            ReplicatorRow.generation == bindparam("seen_generation"),
         )
         .values(values)
     )
+
+
+_STATE_UPDATES = {True: _state_update(True), False: _state_update(False)}
+
+
+def set_replicator_states(conn: Connection, writes: Iterable[StateWrite]) -> None:
+    """Every state change of a pass, in replicator id order, in at most two batched statements (a pass after a
+    fleet restart moves hundreds of replicators at once; one statement each made the pass take seconds)."""
+    batches: dict[bool, list[dict[str, Any]]] = {True: [], False: []}
+    for write in sorted(writes, key=lambda w: w.replicator_id):
+        row = {
+            "replicator": uuid.UUID(write.replicator_id),
+            "seen_state": write.seen.state.value,
+            "seen_generation": write.seen.generation,
+            "new_state": write.state.value,
+            "new_state_info": None if write.state_info is None else dict(write.state_info),
+        }
+        if write.observed_generation is not None:
+            row["new_observed_generation"] = write.observed_generation
+        batches[write.observed_generation is not None].append(row)
+    for with_generation, params in batches.items():
+        if params:
+            conn.execute(_STATE_UPDATES[with_generation], params)
 
 
 def delete_deleted_replicator(conn: Connection, replicator_id: str) -> None:

@@ -13,9 +13,11 @@ from sqlalchemy import Engine, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from models.db import make_async_engine
+from models.fleet import DesiredReplicator
 from models.fleet_plan import UnitKey
 from models.fleet_reconcile import reconcile_once
-from models.fleet_store import fleet_load
+from models.fleet_store import StateWrite, fleet_load, set_replicator_states
+from models.replicator import ReplicatorState
 from models.settings import FerrySettings
 from workers.fleet.leases import Lease, LeaseStore
 
@@ -200,3 +202,31 @@ async def test_renewal_extends_only_the_leases_held_so_a_forgotten_one_expires_a
     assert [lease.key for lease in taken] == [forgotten]
     assert taken[0].epoch == leases[forgotten].epoch + 1
     assert leases[kept].is_valid()
+
+
+def test_state_changes_are_written_together_and_the_api_still_wins(fleet_db: Engine, replicator_id: str) -> None:
+    """A pass's state changes go out in batched statements: a StateInfo or none (SQL NULL, not JSON null), the
+    observed generation only where the change carries one, and nothing where the API changed the row since."""
+    failed = {"code": "NO_LIVE_WORKER", "message": "no worker"}
+    seen = DesiredReplicator(replicator_id, ReplicatorState.RUNNING, 1, None)
+    with fleet_db.begin() as conn:
+        set_replicator_states(conn, [StateWrite(replicator_id, ReplicatorState.FAILED, failed, None, seen)])
+    row = state_of(fleet_db, replicator_id)
+    assert row == ("FAILED", failed, 0, False)
+    seen = DesiredReplicator(replicator_id, ReplicatorState.FAILED, 1, failed)
+    stale = DesiredReplicator(replicator_id, ReplicatorState.UPDATING, 1, None)  # the API moved it meanwhile
+    with fleet_db.begin() as conn:
+        set_replicator_states(conn, [StateWrite(replicator_id, ReplicatorState.RUNNING, None, 1, seen)])
+    assert state_of(fleet_db, replicator_id) == ("RUNNING", None, 1, True)
+    with fleet_db.begin() as conn:
+        set_replicator_states(conn, [StateWrite(replicator_id, ReplicatorState.FAILED, failed, None, stale)])
+    assert state_of(fleet_db, replicator_id) == ("RUNNING", None, 1, True)
+
+
+def state_of(db: Engine, replicator_id: str) -> tuple[object, ...]:
+    with db.connect() as conn:
+        row = conn.execute(
+            text("SELECT state, state_info, observed_generation, state_info IS NULL FROM replicators WHERE id = :id"),
+            {"id": uuid.UUID(replicator_id)},
+        ).one()
+    return tuple(row)
