@@ -39,7 +39,9 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -49,7 +51,7 @@ import httpx
 import redis
 from sqlalchemy import insert, select
 
-from bench.common import RESULTS_DIR, ROOT, BenchError, machine_info, say, versions
+from bench.common import RESULTS_DIR, ROOT, BenchError, cpu_seconds, machine_info, say, versions
 from bench.control_plane import LIST_PATH, start_private_api, sustained
 from bench.measure import percentile
 from bench.metrics_scrape import _scratch_database, _SigV4, _stack, _write_reports
@@ -128,6 +130,17 @@ def _timed_gets(http: httpx.Client, path: str, count: int, refresh: Any, **kwarg
         "max_ms": round(ms[-1], 1),
         "bytes": size,
     }
+
+
+@contextmanager
+def api_cpu(pid: int, requests: int) -> Iterator[dict[str, float | None]]:
+    """The API process's CPU per request over the block: steadier than latency on a machine others load."""
+    out: dict[str, float | None] = {"ms_per_request": None}
+    before = cpu_seconds(pid)
+    yield out
+    after = cpu_seconds(pid)
+    if before is not None and after is not None and requests:
+        out["ms_per_request"] = round((after - before) * 1000 / requests, 2)
 
 
 def _redis_commands(client: redis.Redis) -> int:
@@ -253,21 +266,27 @@ def run(replicators: int, rate: float, seconds: float, scrapes: int, profile: Pa
             failures = (httpx.HTTPError, ValueError)
             note = "httpx, SigV4-signed, JSON body parsed; one client per thread"
             say(f"ListReplicators and DescribeReplicator at {rate:.0f}/s")
-            result["list_replicators"] = sustained(
-                url, "ListReplicators", get(lambda: LIST_PATH), rate=rate, seconds=seconds,
-                client_factory=signed, failures=failures, client_note=note,
-            )  # fmt: skip
-            result["describe_replicator"] = sustained(
-                url, "DescribeReplicator", get(lambda: f"{LIST_PATH}/{quote(random.choice(arns), safe='')}"),
-                rate=rate, seconds=seconds, client_factory=signed, failures=failures, client_note=note,
-            )  # fmt: skip
+            with api_cpu(api.pid, round(rate * seconds)) as cpu:
+                result["list_replicators"] = sustained(
+                    url, "ListReplicators", get(lambda: LIST_PATH), rate=rate, seconds=seconds,
+                    client_factory=signed, failures=failures, client_note=note,
+                )  # fmt: skip
+            result["list_replicators"]["api_cpu_ms_per_request"] = cpu["ms_per_request"]
+            with api_cpu(api.pid, round(rate * seconds)) as cpu:
+                result["describe_replicator"] = sustained(
+                    url, "DescribeReplicator", get(lambda: f"{LIST_PATH}/{quote(random.choice(arns), safe='')}"),
+                    rate=rate, seconds=seconds, client_factory=signed, failures=failures, client_note=note,
+                )  # fmt: skip
+            result["describe_replicator"]["api_cpu_ms_per_request"] = cpu["ms_per_request"]
             say("scrapes")
             token = {"headers": {"Authorization": f"Bearer {METRICS_TOKEN}"}}
             with httpx.Client(base_url=url, timeout=60) as http:
                 before = _redis_commands(client)
                 http.get("/metrics", headers=token["headers"]).raise_for_status()
                 result["metrics_redis_commands_per_scrape"] = _redis_commands(client) - before - 1
-                result["metrics_all_replicators"] = _timed_gets(http, "/metrics", scrapes, refresh, **token)
+                with api_cpu(api.pid, scrapes + 2) as cpu:
+                    result["metrics_all_replicators"] = _timed_gets(http, "/metrics", scrapes, refresh, **token)
+                result["metrics_all_replicators"]["api_cpu_ms_per_request"] = cpu["ms_per_request"]
             say(f"  /metrics: {result['metrics_all_replicators']}")
             with signed() as http:
                 one = f"{LIST_PATH}/{quote(arns[0], safe='')}/metrics"
