@@ -53,20 +53,20 @@ class _Families:
     def __init__(self) -> None:
         self._families: dict[str, _Family] = {}
 
-    def gauge(self, name: str, help_text: str, labels: dict[str, Any], value: float | None) -> None:
+    def gauge(self, name: str, help_text: str, labels: Labels, value: float | None) -> None:
         self._add("gauge", name, help_text, labels, value)
 
-    def counter(self, name: str, help_text: str, labels: dict[str, Any], value: float | None) -> None:
+    def counter(self, name: str, help_text: str, labels: Labels, value: float | None) -> None:
         """``name`` without ``_total``: the samples are ``name_total``, as prometheus_client names them."""
         self._add("counter", name, help_text, labels, value)
 
-    def _add(self, kind: str, name: str, help_text: str, labels: dict[str, Any], value: float | None) -> None:
+    def _add(self, kind: str, name: str, help_text: str, labels: Labels, value: float | None) -> None:
         family = self._families.get(name)
         if family is None:
             sample = f"{name}_total" if kind == "counter" else name
             family = self._families[name] = _Family(sample, kind, help_text)
         if value is not None:
-            rendered = ",".join(f'{key}="{_label_value(v)}"' for key, v in labels.items())
+            rendered = labels if isinstance(labels, str) else _labels(labels)
             family.lines.append(
                 f"{family.name}{{{rendered}}} {_number(value)}\n" if rendered else f"{family.name} {_number(value)}\n"
             )
@@ -78,6 +78,20 @@ class _Families:
             out.append(f"# HELP {family.name} {help_text}\n# TYPE {family.name} {family.kind}\n")
             out.extend(family.lines)
         return "".join(out).encode()
+
+
+# A series' labels: names and values, or already rendered (``_labels``), so a replicator's labels are escaped and
+# joined once for its dozens of series, not once per series.
+Labels = dict[str, Any] | str
+
+
+def _labels(labels: dict[str, Any]) -> str:
+    return ",".join(f'{key}="{_label_value(value)}"' for key, value in labels.items())
+
+
+def _more(rendered: str, **labels: Any) -> str:
+    """Rendered labels with more after them."""
+    return f"{rendered},{_labels(labels)}" if rendered else _labels(labels)
 
 
 def _label_value(value: Any) -> str:
@@ -109,8 +123,8 @@ def exposition(readings: Sequence[ReplicatorReading], load: FleetLoad, demand: F
     return out.render()
 
 
-def _replicator_labels(reading: ReplicatorReading) -> dict[str, Any]:
-    return {"account_id": reading.replicator.account_id, "replicator_name": reading.replicator.name}
+def _replicator_labels(reading: ReplicatorReading) -> str:
+    return _labels({"account_id": reading.replicator.account_id, "replicator_name": reading.replicator.name})
 
 
 def _msk_names(out: _Families, readings: Sequence[ReplicatorReading]) -> None:
@@ -121,7 +135,7 @@ def _msk_names(out: _Families, readings: Sequence[ReplicatorReading]) -> None:
         for p in reading.partitions:
             if p.health == "UNKNOWN":
                 continue  # a stale reading is not a current value: leave the series absent
-            per_partition = {**labels, "topic": p.sourceTopic, "partition": p.partition}
+            per_partition = _more(labels, topic=p.sourceTopic, partition=p.partition)
             out.gauge(
                 "ReplicationLatency",
                 "Milliseconds from a record's source timestamp to its acknowledgement by the target (MSK's name; "
@@ -177,7 +191,7 @@ def _msk_names(out: _Families, readings: Sequence[ReplicatorReading]) -> None:
             out.gauge(
                 "KafkaClusterPingSuccessCount",
                 "1 when the cluster answered the last probe, else 0 (MSK's name; ferry_cluster_ping_success).",
-                {**labels, "cluster_alias": alias},
+                _more(labels, cluster_alias=alias),
                 ok,
             )
         groups = reading.status.get(StatusField.GROUP_SYNC) or {}
@@ -194,7 +208,7 @@ def _msk_names(out: _Families, readings: Sequence[ReplicatorReading]) -> None:
             out.gauge(
                 "ConsumerGroupTranslationLag",
                 "Records the target group's committed offsets trail the translation of the source group's.",
-                {**labels, "consumer_group": group},
+                _more(labels, consumer_group=group),
                 entry.get("translationLagRecords"),
             )
 
@@ -216,7 +230,7 @@ def _ferry_names(out: _Families, readings: Sequence[ReplicatorReading]) -> None:
             out.gauge(
                 "ferry_replicator_state",
                 "1 for the replicator's current state (CREATING, RUNNING, UPDATING, DELETING, FAILED), else 0.",
-                {**labels, "state": state.value},
+                _more(labels, state=state.value),
                 1 if row.state == state else 0,
             )
         out.gauge(
@@ -232,7 +246,7 @@ def _ferry_names(out: _Families, readings: Sequence[ReplicatorReading]) -> None:
             totals.partitionsUnreported,
         )
         for p in reading.partitions:
-            per_partition = {**labels, "topic": p.sourceTopic, "partition": p.partition}
+            per_partition = _more(labels, topic=p.sourceTopic, partition=p.partition)
             # Health is a current fact even without a report: nobody copying the partition is worth an alert. Why
             # it is not healthy is in the metrics endpoint's JSON (one series per health would double the scrape).
             out.gauge(
@@ -290,7 +304,7 @@ def _ferry_names(out: _Families, readings: Sequence[ReplicatorReading]) -> None:
             out.counter(
                 "ferry_replication_errors",
                 "Errors the replicator's copiers met, by kind (FETCH_FAILED, PRODUCE_FAILED, AUTH_DENIED, ...).",
-                {**labels, "kind": kind},
+                _more(labels, kind=kind),
                 count,
             )
         out.counter(
@@ -303,7 +317,7 @@ def _ferry_names(out: _Families, readings: Sequence[ReplicatorReading]) -> None:
             out.gauge(
                 "ferry_cluster_ping_success",
                 "1 when the cluster answered the metadata unit's last probe, else 0.",
-                {**labels, "cluster_alias": alias},
+                _more(labels, cluster_alias=alias),
                 ok,
             )
         groups = reading.status.get(StatusField.GROUP_SYNC) or {}
@@ -323,7 +337,7 @@ def _ferry_names(out: _Families, readings: Sequence[ReplicatorReading]) -> None:
             out.gauge(
                 "ferry_consumer_group_translation_lag_records",
                 "Records the target group's committed offsets trail the translation of the source group's.",
-                {**labels, "consumer_group": group},
+                _more(labels, consumer_group=group),
                 entry.get("translationLagRecords"),
             )
 
