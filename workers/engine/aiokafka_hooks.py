@@ -1,6 +1,6 @@
 """Every use of aiokafka's internals, in one place, checked against the aiokafka release they were written for.
 
-aiokafka has no public API for what the copier needs, so it reaches into four places:
+aiokafka has no public API for what the copier needs, so it reaches into these places:
 
 1. **Raw batch fetching** (``install_batch_fetching``): the consumer's fetcher builds one ``PartitionRecords``
    iterator per fetched partition from a ``MemoryRecords``. Two names in ``aiokafka.consumer.fetcher`` are
@@ -19,6 +19,10 @@ aiokafka has no public API for what the copier needs, so it reaches into four pl
    changed as its assignment grows. aiokafka has no incremental fetch sessions (KIP-227: it sends session id 0,
    epoch -1), so every fetch lists, and every answer carries, every assigned partition: with thousands of
    partitions a fetch costs milliseconds of encoding and decoding whether or not they hold data.
+6. **The gzip level** (``RecordBatchBuilder``): aiokafka's C batch builder calls its module's ``gzip_encode``
+   with zlib level 9; Kafka's Java producer (MirrorMaker 2, the brokers' own recompression) uses zlib's default,
+   6 (``compression.gzip.level=-1``). That name is rebound to encode at level 6, the same bytes format for the
+   same CPU cost as a Java producer.
 
 Importing this module fails with a clear message on an aiokafka outside ``TESTED_RANGE``: every hook relies on
 private names whose meaning an upgrade may change. Before widening the range, tests/engine/test_forwarding.py and
@@ -62,7 +66,9 @@ check_version(aiokafka.__version__)
 
 # Imported after the version check: on another release these names may not exist at all.
 import aiokafka.consumer.fetcher as aiokafka_fetcher  # noqa: E402
+import aiokafka.record._crecords.default_records as aiokafka_crecords  # noqa: E402
 from aiokafka import AIOKafkaProducer, TopicPartition  # noqa: E402
+from aiokafka import codec as aiokafka_codec  # noqa: E402
 from aiokafka.errors import CorruptRecordException, KafkaError  # noqa: E402
 from aiokafka.protocol.api import Request, RequestStruct, Response  # noqa: E402
 from aiokafka.protocol.types import (  # noqa: E402
@@ -97,6 +103,7 @@ from workers.engine.forwarding import (  # noqa: E402
 )
 
 _PRODUCER = struct.Struct(">qhi")
+GZIP_CODEC = 1
 _BASE_OFFSET = struct.Struct(">q")
 _LEADER_EPOCH = struct.Struct(">i")
 _CRC_FIELD = struct.Struct(">I")
@@ -191,6 +198,19 @@ class ForwardedBuilder:
         return self._buffer
 
 
+GZIP_LEVEL = 6  # zlib's default, as Kafka's Java producer compresses gzip (compression.gzip.level=-1)
+
+
+def gzip_encode_java_level(payload: Any, compresslevel: int | None = None) -> bytes:
+    return bytes(aiokafka_codec.gzip_encode(payload, compresslevel=GZIP_LEVEL))
+
+
+def use_java_gzip_level() -> None:
+    """Make aiokafka's C batch builder compress gzip at the Java producer's level (idempotent)."""
+    if aiokafka_crecords.gzip_encode is not gzip_encode_java_level:
+        aiokafka_crecords.gzip_encode = gzip_encode_java_level
+
+
 class RecordBatchBuilder:
     """Stands in for aiokafka's ``BatchBuilder`` for decoded records. The copier appends through ``append``,
     aiokafka's C builder method itself (``append(relative_offset, timestamp, key, value, headers)``, None when
@@ -199,6 +219,8 @@ class RecordBatchBuilder:
     __slots__ = ("_buffer", "_builder", "append", "records")
 
     def __init__(self, codec: int, batch_bytes: int, *, transactional: bool) -> None:
+        if codec == GZIP_CODEC:
+            use_java_gzip_level()
         self._builder = DefaultRecordBatchBuilder(
             2,
             codec,
