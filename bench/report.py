@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from bench import compression, efficiency, exactly_once, limits
 from bench.common import ROOT
 
 DOC = ROOT / "docs" / "performance.md"
@@ -33,7 +34,9 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
     """Ferry/MM2 and */limit ratios per profile (MB/s based; records/s give the same ratios per profile)."""
     out: dict[str, Any] = {}
     for profile, runs in results.get("throughput", {}).items():
-        limit = results.get("limit", {}).get(profile, {}).get("limit_mb_per_s")
+        highest = limits.target_limit(results, profile)
+        limit = highest["mb_per_s"] if highest else None
+        ceiling = limits.copy_ceiling(results, profile)
 
         def mbps(kind: str, runs: dict[str, Any] = runs) -> float | None:
             run = runs.get(kind, {})
@@ -49,11 +52,18 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
             "ferry_over_limit": _ratio(ferry, limit),
             "mm2_default_over_limit": _ratio(default, limit),
             "mm2_tuned_over_limit": _ratio(tuned, limit),
+            "limit_mb_per_s": limit,
+            "limit_writer": highest["writer"] if highest else None,
+            "copy_ceiling_mb_per_s": ceiling,
+            "ferry_over_copy_ceiling": _ratio(ferry, ceiling),
         }
     lat = results.get("latency", {})
     ferry_lat, mm2_lat = lat.get("ferry", {}), lat.get("mm2-tuned", {})
     if ferry_lat.get("p99_ms") is not None and mm2_lat.get("p99_ms") is not None:
         out["latency_p99_ferry_over_mm2_tuned"] = _ratio(ferry_lat["p99_ms"], mm2_lat["p99_ms"])
+    out["efficiency"] = efficiency.efficiency(results)
+    out.update(compression.ratios(results))
+    out.update(exactly_once.ratios(results))
     return out
 
 
@@ -85,7 +95,7 @@ def table(results: dict[str, Any]) -> str:
             )
             limit = results.get("limit", {}).get(profile, {})
             cons = limit.get("consumer", {})
-            lim = limit.get("limit_mb_per_s")
+            lim = rat.get(profile, {}).get("limit_mb_per_s")
             for config, prod in limit.get("producers", {}).items():
                 lines.append(
                     f"| {tag} | limit: ProducerPerformance -> target ({config}) | {_f(prod.get('mb_per_s'))} "
@@ -93,7 +103,7 @@ def table(results: dict[str, Any]) -> str:
                 )
             if cons:
                 lines.append(
-                    f"| {tag} | limit: ConsumerPerformance <- source | {_f(cons.get('mb_per_s'))} "
+                    f"| {tag} | copy ceiling: ConsumerPerformance <- source | {_f(cons.get('mb_per_s'))} "
                     f"| {_f(cons.get('records_per_s'), 0)} | | | | | {cons.get('warning', 'ok')} |"
                 )
             for kind, run in results.get("throughput", {}).get(profile, {}).items():
@@ -108,23 +118,27 @@ def table(results: dict[str, Any]) -> str:
         lines.append("### Ratios")
         lines.append("")
         lines.append(
-            "| profile | limit MB/s | Ferry / MM2 default | Ferry / MM2 tuned | Ferry / limit | MM2 default / limit "
-            "| MM2 tuned / limit | Ferry / Ferry decoding | Ferry decoding / MM2 tuned |"
+            "| profile | limit MB/s (writer) | copy ceiling MB/s | Ferry / MM2 default | Ferry / MM2 tuned "
+            "| Ferry / limit | MM2 default / limit | MM2 tuned / limit | Ferry / Ferry decoding "
+            "| Ferry decoding / MM2 tuned |"
         )
-        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for profile in profiles:
             r = rat.get(profile, {})
-            lim = results.get("limit", {}).get(profile, {}).get("limit_mb_per_s")
+            lim = r.get("limit_mb_per_s")
             lines.append(
-                f"| {profile} | {_f(lim)} | {_f(r.get('ferry_over_mm2_default'), 2)} "
+                f"| {profile} | {_f(lim)} ({r.get('limit_writer') or '-'}) | {_f(r.get('copy_ceiling_mb_per_s'))} "
+                f"| {_f(r.get('ferry_over_mm2_default'), 2)} "
                 f"| {_f(r.get('ferry_over_mm2_tuned'), 2)} | {_f(r.get('ferry_over_limit'), 2)} "
                 f"| {_f(r.get('mm2_default_over_limit'), 2)} | {_f(r.get('mm2_tuned_over_limit'), 2)} "
                 f"| {_f(r.get('ferry_over_ferry_decode'), 2)} | {_f(r.get('ferry_decode_over_mm2_tuned'), 2)} |"
             )
         lines.append("")
         lines.append(
-            "The limit is the lower of the faster ProducerPerformance config into the target and ConsumerPerformance "
-            "from the source (a single Java client each, so a replicator can exceed it)."
+            "The limit is the highest rate the target accepted from any writer of the profile in this run: each "
+            "ProducerPerformance configuration (one Java producer with Ferry's settings, one built for throughput, "
+            "and several at once) and each replicator's catch-up round; so no replicator exceeds it. The copy ceiling "
+            "is ConsumerPerformance reading the preloaded source topic (one Java consumer)."
         )
         lines.append("")
     lat = results.get("latency", {})
@@ -229,6 +243,9 @@ def table(results: dict[str, Any]) -> str:
         lines.append("|---|---:|")
         lines.extend(f"| `{f['function']}` | {f['share']:.0%} |" for f in prof.get("top_functions_self", [])[:8])
         lines.append("")
+    lines.extend(compression.table(results))
+    lines.extend(exactly_once.table(results))
+    lines.extend(efficiency.table(results))
     skipped = results.get("skipped", [])
     if skipped:
         lines.append("### Skipped")
@@ -263,6 +280,11 @@ def ran_summary(results: dict[str, Any]) -> list[str]:
         lines.append(f"- scale (one engine process): {statuses(results.get('partitions_scale', {}))}")
     if "profile" in steps:
         lines.append(f"- profile: {results.get('profile', {}).get('status', '-')}")
+    if "compression" in steps:
+        cells = results.get("compression", {}).get("cells", {})
+        lines.append(f"- compression: {', '.join(cells) or '-'}")
+    if "eos" in steps:
+        lines.append(f"- exactly-once: {statuses(results.get('exactly_once', {}).get('runs', {}))}")
     errors = results.get("errors", [])
     lines.extend(f"- error in {e['what']}: {e['error'].splitlines()[0]}" for e in errors)
     return lines
