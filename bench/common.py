@@ -44,7 +44,8 @@ class Stack:
 
 
 def load_stack() -> Stack:
-    path = ROOT / ".run" / "stack.json"
+    # A git worktree has no stack of its own: FERRY_DEV_RUN_DIR names the checkout's that runs it (as for tests).
+    path = Path(os.environ.get("FERRY_DEV_RUN_DIR", ROOT / ".run")) / "stack.json"
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:

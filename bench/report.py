@@ -231,7 +231,8 @@ def table(results: dict[str, Any]) -> str:
     if prof.get("status") == "ok":
         run = prof.get("run", {})
         lines.append(
-            f"### Profile: py-spy on Ferry during a separate catch-up of profile B ({prof.get('samples')} samples, "
+            f"### Profile: py-spy on Ferry during a separate catch-up of profile {prof.get('profile_of', 'B')} "
+            f"({prof.get('samples')} samples, "
             f"{_f(run.get('mb_per_s'))} MB/s under the profiler)"
         )
         lines.append("")

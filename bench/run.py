@@ -93,6 +93,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--profiles", default="A,B,C", help="comma list of throughput profiles (A, B, C)")
     parser.add_argument("--replicators", default=",".join(REPLICATORS), help="comma list: " + ",".join(REPLICATORS))
+    parser.add_argument(
+        "--profile-of", default="A", choices=sorted(BASE_PROFILES), help="the throughput profile py-spy watches (A)"
+    )
     parser.add_argument("--latency-rate-mb", type=float, default=5.0, help="produce rate in MB/s before --scale")
     parser.add_argument("--latency-seconds", type=float, default=None, help="default 60 (quick: 15)")
     parser.add_argument("--parallelism", type=int, default=TUNED["parallelism"], help="MM2 tasks.max = Ferry procs")
@@ -555,7 +558,7 @@ class Bench:
                 self.skip(f"control plane {key}", entry["reason"])
 
     async def py_spy(self, source: Cluster, target: Cluster) -> None:
-        """A py-spy profile of the Ferry engine during a catch-up of profile B (a separate, extra run)."""
+        """A py-spy profile of the Ferry engine during a catch-up of ``--profile-of`` (a separate, extra run)."""
         rep = make_replicator("ferry", self.stack, self.log_dir, self.tuned)
         assert isinstance(rep, FerryEngine)
         reason = rep.unavailable()
@@ -566,12 +569,17 @@ class Bench:
             self.skip("profile (py-spy of Ferry at full throughput)", reason)
             self.results["profile"] = {"status": "skipped", "reason": reason}
             return
-        # Small records written with default batching: where Ferry's per-record costs would show most.
-        spec = dict(BASE_PROFILES["B"])
+        # A (1 KiB records in default-sized source batches, every record decoded) is the commonest case; B (100 B
+        # records) is where per-record costs show most.
+        spec = dict(BASE_PROFILES[self.args.profile_of])
         spec["records"] = max(1000, round(spec["records"] * self.args.scale))
         topic = f"bench-prof-{self.token}-{secrets.token_hex(3)}"
         await source.create_topic(topic, spec["partitions"])
-        out: dict[str, Any] = {"tool": py_spy, "note": "separate run; its throughput is not used (profiler overhead)"}
+        out: dict[str, Any] = {
+            "tool": py_spy,
+            "profile_of": self.args.profile_of,
+            "note": "separate run; its throughput is not used (profiler overhead)",
+        }
         self.results["profile"] = out
         try:
             await producer_perf(

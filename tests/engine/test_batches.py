@@ -8,10 +8,22 @@ import itertools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import aiokafka.consumer.fetcher as aiokafka_fetcher
 import pytest
 from aiokafka import TopicPartition
+from aiokafka.errors import CorruptRecordException
+from aiokafka.record._crecords.cutil import crc32c_cython
+from aiokafka.record.default_records import DefaultRecordBatch
 
-from workers.engine.aiokafka_hooks import ForwardedBuilder, RecordBatchBuilder, check_version, decode_batch
+from workers.engine.aiokafka_hooks import (
+    ForwardedBuilder,
+    ForwardingPartitionRecords,
+    RecordBatchBuilder,
+    check_version,
+    crc32c,
+    decode_batch,
+    install_batch_fetching,
+)
 from workers.engine.batches import (
     AckedPosition,
     BatchFormat,
@@ -21,7 +33,7 @@ from workers.engine.batches import (
     acknowledge,
     build_batches,
 )
-from workers.engine.forwarding import BatchHeader, DecodedBatch, ForwardBatches, RawBatch
+from workers.engine.forwarding import NEVER, BatchHeader, DecodedBatch, ForwardBatches, RawBatch
 from workers.engine.metrics import STALL_SECONDS, PartitionMetrics
 from workers.engine.spec import PROVENANCE_HEADER
 
@@ -203,3 +215,64 @@ def test_a_partition_with_lag_whose_position_does_not_move_says_it_is_stalled() 
     metrics.source_end_offset = 7
     metrics._position_since -= STALL_SECONDS + 1
     assert metrics.snapshot().health.value == "REPLICATING", "no lag, nothing to be stalled on"
+
+
+# ---------------------------------------------------------------------- CRCs of fetched and forwarded batches
+
+
+def test_the_hardware_crc_agrees_with_aiokafkas() -> None:
+    data = bytes(range(256)) * 300
+    for length in (0, 1, 7, 61, 4096, len(data)):
+        assert crc32c(data[:length]) == crc32c_cython(data[:length])
+
+
+def test_a_forwarded_batch_carries_the_crc_of_its_new_producer_state() -> None:
+    raw = encoded_batch(500, [b"a" * 100, b"b" * 200])
+    header = BatchHeader.parse(raw)
+    forwarded = ForwardedBuilder(RawBatch(memoryview(raw), 500, 2, header.first_timestamp), transactional=False)
+    forwarded._set_producer_state(7, 1, 42)
+    built = DefaultRecordBatch(bytes(forwarded._build()))
+    assert built.validate_crc()
+    assert (built.producer_id, built.producer_epoch, built.base_sequence) == (7, 1, 42)
+    assert [record.value for record in built] == [b"a" * 100, b"b" * 200]
+
+
+def fetched(raw: bytes, *, check_crcs: bool, min_batch_bytes: int) -> list[Any]:
+    """What the forwarding fetch yields for one partition's fetched bytes."""
+    install_batch_fetching()
+    records = ForwardingPartitionRecords(
+        SOURCE,
+        aiokafka_fetcher.MemoryRecords(raw),
+        [],
+        0,
+        ForwardBatches(0, min_batch_bytes=min_batch_bytes),
+        None,
+        check_crcs,
+        aiokafka_fetcher.READ_COMMITTED,
+    )
+    return list(records)
+
+
+@pytest.mark.parametrize("min_batch_bytes", [0, NEVER], ids=["forwarded", "decoded"])
+def test_a_corrupt_fetched_batch_is_refused(min_batch_bytes: int) -> None:
+    good = encoded_batch(0, [b"v0", b"v1"])
+    bad = bytearray(encoded_batch(2, [b"v2", b"v3"]))
+    bad[-3] ^= 0x01  # a bit of the last record's value
+    raw = good + bytes(bad)
+    items = fetched(raw, check_crcs=False, min_batch_bytes=min_batch_bytes)
+    assert len(items) == 2  # unchecked, the damage goes unseen
+    checked = ForwardingPartitionRecords(
+        SOURCE,
+        aiokafka_fetcher.MemoryRecords(raw),
+        [],
+        0,
+        ForwardBatches(0, min_batch_bytes=min_batch_bytes),
+        None,
+        True,
+        aiokafka_fetcher.READ_COMMITTED,
+    )
+    first = next(checked)  # the intact batch comes through
+    assert (first.record_count if isinstance(first, RawBatch) else len(first.records)) == 2
+    with pytest.raises(CorruptRecordException):
+        next(checked)
+    assert len(fetched(good, check_crcs=True, min_batch_bytes=min_batch_bytes)) == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
 from pathlib import Path
 
@@ -19,8 +20,10 @@ _HEADER = struct.Struct(">qiibIh")
 
 
 def target_data_dir() -> Path:
-    stack = json.loads((ROOT / ".run" / "stack.json").read_text())
-    run_dir = Path(stack.get("run_dir", ROOT / ".run"))
+    # FERRY_DEV_RUN_DIR: a git worktree's tests read the stack of the checkout that runs it (tests/conftest.py).
+    default_run_dir = Path(os.environ.get("FERRY_DEV_RUN_DIR", ROOT / ".run"))
+    stack = json.loads((default_run_dir / "stack.json").read_text())
+    run_dir = Path(stack.get("run_dir", default_run_dir))
     return run_dir / "kafka" / "target" / "data"
 
 

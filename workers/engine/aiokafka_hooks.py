@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import aiokafka
+import google_crc32c
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,17 @@ _BASE_OFFSET = struct.Struct(">q")
 _LEADER_EPOCH = struct.Struct(">i")
 _CRC_FIELD = struct.Struct(">I")
 _ATTRIBUTES_FIELD = struct.Struct(">h")
+
+
+def _software_crc32c(data: bytes) -> int:
+    return int(crc32c_cython(data))
+
+
+# The CRC of every batch the copier reads (the fetch check) and forwards (the producer state it stamps is covered):
+# aiokafka's table-driven CRC took 1 ms per MB, a fifth of all the engine's work on 1 KiB records in 16 KiB
+# batches; google-crc32c's (SSE4.2) takes 0.2 ms with the copy it needs (it reads only bytes). A platform
+# without its C extension gets its pure-Python fallback, slower than aiokafka's: then aiokafka's.
+crc32c: Callable[[bytes], int] = google_crc32c.value if google_crc32c.implementation == "c" else _software_crc32c
 
 
 # ---------------------------------------------------------------------- 5. fetch pacing
@@ -193,7 +205,7 @@ class ForwardedBuilder:
     def _build(self) -> bytearray:
         if not self._built:
             # The CRC covers everything from the attributes on, producer state included.
-            _CRC_FIELD.pack_into(self._buffer, CRC_AT, crc32c_cython(memoryview(self._buffer)[ATTRIBUTES_AT:]))
+            _CRC_FIELD.pack_into(self._buffer, CRC_AT, crc32c(bytes(memoryview(self._buffer)[ATTRIBUTES_AT:])))
             self._built = True
         return self._buffer
 
@@ -315,10 +327,10 @@ class ForwardingPartitionRecords(_original_partition_records):  # type: ignore[m
                 self._records = _original_memory_records(raw[pos:])
                 yield from super()._unpack_records()
                 return
+            if self._check_crcs and crc32c(raw[pos + ATTRIBUTES_AT : batch_end]) != header.crc:
+                raise CorruptRecordException(f"Invalid CRC - {self._tp}")
             buffer = view[pos:batch_end]
             pos = batch_end
-            if self._check_crcs and crc32c_cython(buffer[ATTRIBUTES_AT:]) != header.crc:
-                raise CorruptRecordException(f"Invalid CRC - {self._tp}")
             next_offset = header.next_offset
             if read_committed and header.producer_id != -1:
                 self._consume_aborted_up_to(header.base_offset)
