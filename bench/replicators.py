@@ -305,16 +305,27 @@ class FerryEngine(BenchedReplicator):
     kind = "ferry"
 
     def __init__(
-        self, stack: Stack, log_dir: Path, label: str, tuned: dict[str, Any], *, forward_batches: bool = True
+        self,
+        stack: Stack,
+        log_dir: Path,
+        label: str,
+        tuned: dict[str, Any],
+        *,
+        forward_batches: bool = True,
+        code_root: Path | None = None,
     ) -> None:
         super().__init__(stack, log_dir, label)
         self.tuned = tuned
         self.forward_batches = forward_batches
+        # Another checkout whose engine runs instead of this one's (``ferry-baseline``: before/after in one run).
+        self.code_root = code_root
         self.alias = f"f{self.token}"
         self.spec_path = log_dir / f"{label}-{self.token}.spec.json"
         self.metrics_path = log_dir / f"{label}-{self.token}.metrics.json"
 
     def unavailable(self) -> str | None:
+        if self.code_root is not None and not (self.code_root / "workers" / "engine" / "__main__.py").exists():
+            return f"no engine in the baseline checkout {self.code_root} (--baseline)"
         if not ENGINE_MAIN.exists():
             return (
                 "engine not available: workers/engine/__main__.py does not exist yet "
@@ -356,12 +367,15 @@ class FerryEngine(BenchedReplicator):
             "metrics_file": str(self.metrics_path),
             "processes": self.tuned["parallelism"],
             "forward_batches": self.forward_batches,
+            "code_root": str(self.code_root or ROOT),
             "client_settings": "the engine's own (CopierOptions); mirrored in settings.tuned",
             "shared_state": "progress records go to the engine's shared __ferry_progress topic on the target "
             "(keyed by the unique replicator id; the topic is not deleted)",
         }
         return [
             sys.executable,
+            # -P: the baseline's code from PYTHONPATH, not this checkout's from the working directory.
+            *(["-P"] if self.code_root is not None else []),
             "-m",
             "workers.engine",
             "--source",
@@ -380,15 +394,20 @@ class FerryEngine(BenchedReplicator):
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
         env["PYTHONUNBUFFERED"] = "1"
+        if self.code_root is not None:
+            env["PYTHONPATH"] = str(self.code_root)
         return env
 
     def target_topic(self, source_topic: str) -> str:
         return f"{self.alias}.{source_topic}"
 
 
-def make_replicator(kind: str, stack: Stack, log_dir: Path, tuned: dict[str, Any]) -> BenchedReplicator:
-    """The one place that builds a replicator run by name: mm2-default, mm2-tuned, ferry or ferry-decode (the
-    engine with batch forwarding off: every record decoded and re-encoded)."""
+def make_replicator(
+    kind: str, stack: Stack, log_dir: Path, tuned: dict[str, Any], *, baseline: Path | None = None
+) -> BenchedReplicator:
+    """The one place that builds a replicator run by name: mm2-default, mm2-tuned, ferry, ferry-decode (the
+    engine with batch forwarding off: every record decoded and re-encoded) or ferry-baseline (the engine of the
+    ``baseline`` checkout, e.g. main, for a before/after in one run)."""
     if kind == "mm2-default":
         return MirrorMaker2(stack, log_dir, kind, None)
     if kind == "mm2-tuned":
@@ -397,4 +416,8 @@ def make_replicator(kind: str, stack: Stack, log_dir: Path, tuned: dict[str, Any
         return FerryEngine(stack, log_dir, kind, tuned)
     if kind == "ferry-decode":
         return FerryEngine(stack, log_dir, kind, tuned, forward_batches=False)
+    if kind == "ferry-baseline":
+        if baseline is None:
+            raise ValueError("ferry-baseline needs --baseline (a checkout to compare with)")
+        return FerryEngine(stack, log_dir, kind, tuned, code_root=baseline)
     raise ValueError(f"unknown replicator {kind!r}")

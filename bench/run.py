@@ -72,7 +72,8 @@ from bench.replicators import (
 STEPS = ("limit", "throughput", "latency", "control", "scale", "profile", "scaleout")
 # Steps run only when named in --only (heavy private infrastructure, or a budget of their own).
 OPTIONAL_STEPS = ("multibroker", "compression", "eos")
-REPLICATORS = ("mm2-default", "mm2-tuned", "ferry", "ferry-decode")
+REPLICATORS = ("mm2-default", "mm2-tuned", "ferry", "ferry-decode", "ferry-baseline")
+DEFAULT_REPLICATORS = REPLICATORS[:4]  # ferry-baseline only when asked for, with --baseline
 # source_batch_bytes: the batch.size the source topic is written with. A and B as an application's producer
 # writes with Kafka's defaults (16 KiB batches); C as a producer tuned for throughput (512 KiB). Ferry forwards
 # source batches as they are, so its figure depends on them; MirrorMaker 2 re-batches every record.
@@ -92,7 +93,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--only", default=",".join(STEPS), help=f"comma list of steps: {','.join(STEPS + OPTIONAL_STEPS)}"
     )
     parser.add_argument("--profiles", default="A,B,C", help="comma list of throughput profiles (A, B, C)")
-    parser.add_argument("--replicators", default=",".join(REPLICATORS), help="comma list: " + ",".join(REPLICATORS))
+    parser.add_argument(
+        "--replicators", default=",".join(DEFAULT_REPLICATORS), help="comma list: " + ",".join(REPLICATORS)
+    )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="a checkout (e.g. a worktree of main) whose engine runs as ferry-baseline, for a before/after",
+    )
     parser.add_argument(
         "--profile-of", default="A", choices=sorted(BASE_PROFILES), help="the throughput profile py-spy watches (A)"
     )
@@ -118,6 +127,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.only = [s for s in args.only.split(",") if s]
     args.profiles = [p for p in args.profiles.split(",") if p]
     args.replicators = [r for r in args.replicators.split(",") if r]
+    if "ferry-baseline" in args.replicators and args.baseline is None:
+        parser.error("--replicators ferry-baseline needs --baseline CHECKOUT")
+    if args.baseline is not None:
+        args.baseline = args.baseline.resolve()
     for name, values, allowed in (
         ("--only", args.only, STEPS + OPTIONAL_STEPS),
         ("--profiles", args.profiles, BASE_PROFILES),
@@ -406,7 +419,7 @@ class Bench:
     async def one_catch_up(
         self, kind: str, topic: str, spec: dict[str, int], source: Cluster, target: Cluster
     ) -> dict[str, Any]:
-        rep = make_replicator(kind, self.stack, self.log_dir, self.tuned)
+        rep = make_replicator(kind, self.stack, self.log_dir, self.tuned, baseline=self.args.baseline)
         reason = rep.unavailable()
         if reason is not None:
             self.skip(f"throughput {kind}", reason)
@@ -438,7 +451,7 @@ class Bench:
         for kind in ("mm2-tuned", "ferry"):
             if kind not in self.args.replicators:
                 continue
-            rep = make_replicator(kind, self.stack, self.log_dir, self.tuned)
+            rep = make_replicator(kind, self.stack, self.log_dir, self.tuned, baseline=self.args.baseline)
             reason = rep.unavailable()
             if reason is not None:
                 self.skip(f"latency {kind}", reason)
