@@ -4,8 +4,10 @@ acknowledgement hands to the offset map sink."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import aiokafka.consumer.fetcher as aiokafka_fetcher
@@ -32,6 +34,7 @@ from workers.engine.batches import (
     PendingBatch,
     acknowledge,
     build_batches,
+    reopenable,
 )
 from workers.engine.forwarding import NEVER, BatchHeader, DecodedBatch, ForwardBatches, RawBatch
 from workers.engine.metrics import STALL_SECONDS, PartitionMetrics
@@ -276,3 +279,47 @@ def test_a_corrupt_fetched_batch_is_refused(min_batch_bytes: int) -> None:
     with pytest.raises(CorruptRecordException):
         next(checked)
     assert len(fetched(good, check_crcs=True, min_batch_bytes=min_batch_bytes)) == 1
+
+
+# ---------------------------------------------------------------------- a batch the producer still holds
+
+
+def held_by_producer(partition: PartitionState, built: list[tuple[Any, PendingBatch]]) -> PendingBatch:
+    """What the copier does with the last batch it hands over: queued, unacknowledged, open for more records."""
+    builder, pending = built[-1]
+    pending.future = asyncio.get_running_loop().create_future()
+    partition.pending.append(pending)
+    partition.open_batch = (builder, pending)
+    return pending
+
+
+async def test_the_next_poll_goes_into_the_batch_the_producer_has_not_taken() -> None:
+    fmt, partition = batch_format(), state(0)
+    first = build_batches(fmt, partition, [decoded(0, [b"a", b"b"])], position=2)
+    held = held_by_producer(partition, first)
+    reopen = reopenable(fmt, partition)
+    assert reopen is not None
+    assert build_batches(fmt, partition, [decoded(2, [b"c"]), decoded(4, [b"d"])], 6, reopen) == []
+    assert (held.records, held.next_source_offset, list(held.source_offsets or [])) == (4, 6, [0, 1, 2, 4])
+    builder = first[0][0]
+    assert held.size == builder.size()
+    records = records_of(builder)  # seals it, as the producer's sender does when it takes the batch
+    assert [(r.offset, r.value) for r in records] == [(0, b"a"), (1, b"b"), (2, b"c"), (3, b"d")]
+    assert [r.timestamp - 1_700_000_000_000 for r in records] == [0, 1, 0, 0], "each record keeps its own"
+    assert reopenable(fmt, partition) is None, "taken by the sender: its record count is in the sequence now"
+
+
+async def test_a_held_batch_that_fills_up_is_closed_and_a_new_one_follows() -> None:
+    fmt, partition = batch_format(batch_bytes=1024), state(0)
+    held = held_by_producer(partition, build_batches(fmt, partition, [decoded(0, [bytes(400)])], position=1))
+    built = build_batches(fmt, partition, [decoded(1, [bytes(400), bytes(400)])], 3, reopenable(fmt, partition))
+    assert (held.records, held.next_source_offset) == (2, 2)
+    assert [(p.records, p.next_source_offset, list(p.source_offsets or [])) for _, p in built] == [(1, 3, [2])]
+
+
+async def test_no_batch_is_reopened_behind_a_position_advance_or_in_a_transaction() -> None:
+    fmt, partition = batch_format(), state(0)
+    held_by_producer(partition, build_batches(fmt, partition, [decoded(0, [b"a"])], position=1))
+    assert reopenable(replace(fmt, transactional=True), partition) is None
+    partition.pending.append(PendingBatch.position_only(5))
+    assert reopenable(fmt, partition) is None

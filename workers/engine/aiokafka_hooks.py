@@ -228,7 +228,7 @@ class RecordBatchBuilder:
     aiokafka's C builder method itself (``append(relative_offset, timestamp, key, value, headers)``, None when
     full), counting the records itself; ``BatchBuilder.append`` cost more per record than the encoding."""
 
-    __slots__ = ("_buffer", "_builder", "append", "records")
+    __slots__ = ("_buffer", "_builder", "append", "records", "sealed")
 
     def __init__(self, codec: int, batch_bytes: int, *, transactional: bool) -> None:
         if codec == GZIP_CODEC:
@@ -245,6 +245,10 @@ class RecordBatchBuilder:
         self.append = self._builder.append
         self.records = 0
         self._buffer: bytearray | None = None
+        # Set once the producer's sender took the batch (it stamps the producer state and counts the records into
+        # the partition's sequence then): from that moment on nothing may be appended. Until then the copier may
+        # add the next poll's records to it (``build_batches``), instead of waiting for it to be sent.
+        self.sealed = False
 
     def close(self) -> None:
         pass
@@ -259,9 +263,11 @@ class RecordBatchBuilder:
         return self.records
 
     def _set_producer_state(self, producer_id: int, producer_epoch: int, base_sequence: int) -> None:
+        self.sealed = True
         self._builder.set_producer_state(producer_id, producer_epoch, base_sequence)
 
     def _build(self) -> bytearray:
+        self.sealed = True
         if self._buffer is None:
             self._buffer = self._builder.build()
         return self._buffer

@@ -116,6 +116,9 @@ class PartitionState:
     # (-1: unknown): where the source log ends for that epoch is where it diverges after a truncation.
     fetched_epoch: int = -1
     acked_epoch: int = -1
+    # The last decoded-records batch handed to the producer (at-least-once): ``reopenable`` says whether the next
+    # poll's records may still go into it.
+    open_batch: tuple[RecordBatchBuilder, PendingBatch] | None = None
 
     def progress(self) -> PartitionProgress:
         return PartitionProgress(
@@ -169,8 +172,29 @@ class BatchFormat:
     keep_offsets: bool
 
 
+def reopenable(fmt: BatchFormat, state: PartitionState) -> tuple[RecordBatchBuilder, PendingBatch] | None:
+    """The partition's last batch of decoded records if more records may still go into it: the producer has not
+    taken it yet (it waits behind the partition's batch in flight), nothing was queued behind it, and it belongs
+    to no transaction (each of which is one poll).
+
+    aiokafka queues one batch per partition and the copier's ``send_batch`` waits while one is queued, so without
+    this a poll of a few small source batches became a small producer batch and the copy loop waited for every
+    produce request: 1 KiB records in 16 KiB source batches went out in 32 KiB producer batches."""
+    if fmt.transactional or state.open_batch is None:
+        return None
+    builder, pending = state.open_batch
+    if builder.sealed or pending.future.done() or not state.pending or state.pending[-1] is not pending:
+        state.open_batch = None
+        return None
+    return state.open_batch
+
+
 def build_batches(
-    fmt: BatchFormat, state: PartitionState, records: Sequence[Any], position: int
+    fmt: BatchFormat,
+    state: PartitionState,
+    records: Sequence[Any],
+    position: int,
+    reopen: tuple[RecordBatchBuilder, PendingBatch] | None = None,
 ) -> list[tuple[Any, PendingBatch]]:
     """Producer batches for one partition's records; the last one carries ``position`` as the next offset
     (it may lie past the last record, e.g. after a transaction marker). Every batch is complete (``closed()``),
@@ -179,6 +203,10 @@ def build_batches(
     ``records`` holds what the forwarding fetch yields (``workers/engine/forwarding.py``): ``DecodedBatch`` items,
     re-batched, and ``RawBatch`` items, each a producer batch of its own in order with the records around it.
     Without any record to write (all filtered, say) the result is empty: the caller advances the position alone.
+
+    ``reopen`` (from ``reopenable``): a batch already handed to the producer that the first records go into, as
+    long as they fit and no forwarded batch comes first; its ``PendingBatch`` is updated in place (records, size,
+    next offset) and it is not in the result.
     """
     identical = fmt.identical
     loop_origin = fmt.loop_origin
@@ -194,10 +222,27 @@ def build_batches(
     filtered = 0
 
     epoch = state.fetched_epoch
+    reopened: PendingBatch | None = None
+    if reopen is not None:
+        builder, reopened = reopen
+        append, count, first_ts = builder.append, builder.records, reopened.first_timestamp_ms
+        # The same list: what the sink will get for the batch (``keep_offsets``).
+        offsets = reopened.source_offsets if isinstance(reopened.source_offsets, list) else []
+        last_offset = reopened.next_source_offset - 1
 
     def finish(next_offset: int) -> None:
+        nonlocal reopened
         assert builder is not None
         builder.records = count
+        if reopened is not None:
+            # Still the batch the producer holds: it now ends further on.
+            reopened.next_source_offset = next_offset
+            reopened.records = count
+            reopened.size = builder.size()
+            reopened.source_offsets = offsets if keep_offsets else None
+            reopened.leader_epoch = epoch
+            reopened = None
+            return
         out.append(
             (
                 builder,

@@ -50,6 +50,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from workers.engine import admin as kafka_admin
 from workers.engine import forwarding
 from workers.engine.aiokafka_hooks import (
+    RecordBatchBuilder,
     WritesFenced,
     gate_sender,
     install_batch_fetching,
@@ -66,6 +67,7 @@ from workers.engine.batches import (
     PendingBatch,
     acknowledge,
     build_batches,
+    reopenable,
 )
 from workers.engine.connection import ClusterConnection, client_kwargs
 from workers.engine.metrics import ErrorKind, PartitionMetrics, PartitionStats
@@ -837,7 +839,19 @@ class PartitionCopier:
                 self._consumer.pause(tp)
                 continue
             position = await self._consumer.position(tp)
-            built = build_batches(self._batch_format, state, records, position)
+            reopen = None if unconfirmed else reopenable(self._batch_format, state)
+            if reopen is not None:
+                held = reopen[1]
+                size_before = held.size
+            built = build_batches(self._batch_format, state, records, position, reopen)
+            if reopen is not None:
+                # Records went into the batch the producer holds: it covers them now, and up to ``position``
+                # when nothing else was built.
+                self._in_flight_bytes += held.size - size_before
+                if not built:
+                    state.sent_next = held.next_source_offset
+                    handed_over.add(tp)
+                    continue
             if not built:
                 self._advance_without_records(state, position)
                 continue
@@ -869,6 +883,7 @@ class PartitionCopier:
                 if not pending.source_offsets:
                     pending.source_offsets = None
                 state.pending.append(pending)
+                state.open_batch = (builder, pending) if type(builder) is RecordBatchBuilder else None
                 self._in_flight_bytes += pending.size
                 pending.future.add_done_callback(functools.partial(self._on_done, state))
             state.sent_next = position
