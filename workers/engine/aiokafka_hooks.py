@@ -489,6 +489,30 @@ async def topic_ids(admin: Any, topics: list[str]) -> dict[str, str]:
     return found
 
 
+class _AllTopicsRequest(_TopicIdsRequest):
+    def build(self, request_struct_class: type[_MetadataRequestV12]) -> _MetadataRequestV12:
+        return request_struct_class(None, False, False, {})  # a null topic array: every topic
+
+
+async def describe_all_topics(admin: Any) -> dict[str, tuple[int, bool, str | None]]:
+    """Every topic of the cluster that answers without error: (partition count, internal, id hex or None), in one
+    Metadata request (v12, which also carries the topic ids, so a shared listing replaces a request per topic
+    set). A broker older than Kafka 2.8 is asked the plain way, without ids."""
+    try:
+        response = await admin._send_request(_AllTopicsRequest([]))
+    except NotImplementedError:
+        return {
+            entry["topic"]: (len(entry["partitions"]), bool(entry["is_internal"]), None)
+            for entry in await admin.describe_topics(None)
+            if entry["error_code"] == 0
+        }
+    found: dict[str, tuple[int, bool, str | None]] = {}
+    for error_code, name, topic_id, is_internal, partitions, *_ in response.topics:
+        if error_code == 0 and name is not None:
+            found[str(name)] = (len(partitions), bool(is_internal), None if topic_id == bytes(16) else topic_id.hex())
+    return found
+
+
 class _OffsetForLeaderEpochResponseV3(Response):  # type: ignore[misc]
     API_KEY = 23
     API_VERSION = 3

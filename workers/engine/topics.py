@@ -19,6 +19,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from workers.engine import admin as kafka_admin
 from workers.engine.admin import CONFIG_SOURCE_DYNAMIC_TOPIC, AdminError, ConfigEntry
 from workers.engine.aiokafka_hooks import WritesFenced, topic_ids
+from workers.engine.cluster_metadata import ClusterView, ListedTopic
 from workers.engine.connection import ClusterConnection, client_kwargs
 from workers.engine.spec import ReplicationSpec
 
@@ -112,13 +113,18 @@ class TopicSynchronizer:
         known_topics: Iterable[str] | None = None,
         write_gate: Callable[[], bool] | None = None,
         confirm_writes: Callable[[], Awaitable[bool]] | None = None,
+        source_view: ClusterView | None = None,
+        topics_max_age_s: float = 0.0,
     ) -> None:
         """``known_topics``: with detectAndCopyNewTopics off, the topic set an earlier pass fixed (the caller
         keeps it durable, so a restart elsewhere does not pick up topics created since). ``write_gate``: asked
         right before every write to the target (topic, partitions, configs, ACLs); False stops the pass with
         ``WritesFenced`` (the caller's lease on this work is gone). ``confirm_writes``: the authoritative (and
         slower) form of the gate, awaited once per pass, after the source was read and before the pass's first
-        write: whatever a pass saw on the source after its work was withdrawn is never acted on."""
+        write: whatever a pass saw on the source after its work was withdrawn is never acted on. ``source_view``:
+        the source's metadata as shared with other replicators of the process (``cluster_metadata.py``; the
+        caller acquires and releases it), whose listing may be ``topics_max_age_s`` old; without one the
+        synchroniser reads the source itself, fresh every pass."""
         self.write_gate = write_gate
         self.confirm_writes = confirm_writes
         self._confirmed = False
@@ -126,7 +132,10 @@ class TopicSynchronizer:
         self.source = source
         self.target = target
         self.replication_factor = replication_factor
-        self._source_admin: AIOKafkaAdminClient | None = None
+        self._own_view = source_view is None
+        self.source_view = source_view or ClusterView(source, "private")
+        self.topics_max_age_s = topics_max_age_s
+        self._listing: dict[str, ListedTopic] = {}
         self._target_admin: AIOKafkaAdminClient | None = None
         self._known_topics: set[str] | None = None if known_topics is None else set(known_topics)
         # Topic ids seen by the previous pass, by name.
@@ -141,17 +150,16 @@ class TopicSynchronizer:
         return frozenset(self._known_topics)
 
     async def start(self) -> None:
-        self._source_admin = AIOKafkaAdminClient(**client_kwargs(self.source, "topic-sync"))
         self._target_admin = AIOKafkaAdminClient(**client_kwargs(self.target, "topic-sync"))
-        await self._source_admin.start()
         await self._target_admin.start()
         if self.replication_factor is None:
             self.replication_factor = min(3, await kafka_admin.broker_count(self._target_admin))
 
     async def close(self) -> None:
-        for admin in (self._source_admin, self._target_admin):
-            if admin is not None:
-                await admin.close()
+        if self._own_view:
+            await self.source_view.close()
+        if self._target_admin is not None:
+            await self._target_admin.close()
 
     def update_spec(self, spec: ReplicationSpec) -> None:
         """Apply an UpdateReplicationInfo (topic lists and flags); the next sync pass uses it."""
@@ -159,15 +167,14 @@ class TopicSynchronizer:
         self._known_topics = None
 
     @property
-    def _admins(self) -> tuple[AIOKafkaAdminClient, AIOKafkaAdminClient]:
-        if self._source_admin is None or self._target_admin is None:
+    def _target(self) -> AIOKafkaAdminClient:
+        if self._target_admin is None:
             raise RuntimeError("TopicSynchronizer.start() was not called")
-        return self._source_admin, self._target_admin
+        return self._target_admin
 
     async def source_topics(self) -> dict[str, int]:
         """Source topics in scope with their partition counts."""
-        source_admin, _ = self._admins
-        found = await kafka_admin.describe_topics(source_admin)
+        found = self._listing = await self.source_view.topics(self.topics_max_age_s)
         topics = {
             name: meta.partitions
             for name, meta in found.items()
@@ -189,8 +196,11 @@ class TopicSynchronizer:
                 raise WritesFenced("this replicator's metadata unit is no longer this worker's; nothing is written")
             self._confirmed = True
 
-    async def sync_once(self, *, sync_configs: bool = True) -> SyncReport:
-        source_admin, target_admin = self._admins
+    async def sync_once(self, *, sync_configs: bool = True, configs_max_age_s: float = 0.0) -> SyncReport:
+        """One pass. ``sync_configs``: compare configurations (and ACLs) with the source's this pass; the
+        source's may have been described up to ``configs_max_age_s`` ago (by another replicator sharing the
+        view); topics created this pass are described no longer ago than that either."""
+        target_admin = self._target
         report = SyncReport()
         self._confirmed = False
         wanted = await self.source_topics()
@@ -200,7 +210,7 @@ class TopicSynchronizer:
         )
         copy_configs = self.spec.copy_topic_configurations
         source_configs = (
-            await kafka_admin.describe_topic_configs(source_admin, sorted(wanted))
+            await self.source_view.topic_configs(sorted(wanted), configs_max_age_s)
             if copy_configs and wanted and (sync_configs or set(target_names.values()) - set(existing))
             else {}
         )
@@ -242,13 +252,18 @@ class TopicSynchronizer:
         if copy_configs and sync_configs:
             await self._sync_configs(report, source_configs, existing)
         if self.spec.copy_access_control_lists and sync_configs and report.topics:
-            await self._sync_acls(report)
+            await self._sync_acls(report, configs_max_age_s)
         return report
 
     async def _note_recreated(self, report: SyncReport) -> None:
         """Compare the ids of the topics in scope with the previous pass's (copiers restart such copies)."""
-        source_admin, target_admin = self._admins
-        sources = await topic_ids(source_admin, sorted(report.topics))
+        target_admin = self._target
+        listed = self._listing  # as this pass listed the source
+        sources = {
+            name: topic.topic_id
+            for name in report.topics
+            if (topic := listed.get(name)) is not None and topic.topic_id is not None
+        }
         targets = await topic_ids(target_admin, sorted(t.target_topic for t in report.topics.values()))
         report.recreated_sources = sorted(
             name for name, known in self._source_ids.items() if sources.get(name, known) != known
@@ -260,10 +275,10 @@ class TopicSynchronizer:
         self._source_ids.update(sources)
         self._target_ids.update(targets)
 
-    async def _sync_acls(self, report: SyncReport) -> None:
-        source_admin, target_admin = self._admins
+    async def _sync_acls(self, report: SyncReport, max_age_s: float) -> None:
+        target_admin = self._target
         try:
-            source_acls = await kafka_admin.describe_topic_acls(source_admin)
+            source_acls = await self.source_view.topic_acls(max_age_s)
             wanted = target_acls(source_acls or [], {t.source_topic: t.target_topic for t in report.topics.values()})
             if not wanted:
                 return
@@ -296,7 +311,7 @@ class TopicSynchronizer:
         source_configs: dict[str, dict[str, ConfigEntry]],
         existing: dict[str, kafka_admin.TopicMetadata],
     ) -> None:
-        _, target_admin = self._admins
+        target_admin = self._target
         pairs = {
             t.source_topic: t.target_topic
             for t in report.topics.values()
