@@ -92,6 +92,13 @@ class FerrySettings(BaseSettings):
     group_sync_interval_seconds: Annotated[float, Field(gt=0, le=3600)] = Field(
         default=5.0, description="How often a replicator's consumer group offsets are translated and synced."
     )
+    topic_config_sync_seconds: Annotated[float, Field(ge=1, le=3600)] = Field(
+        default=30.0,
+        description="How often replicators compare the target topics' configurations and ACLs with the source's "
+        "(copyTopicConfigurations, copyAccessControlListsForTopics). The source's are described once per interval "
+        "for every replicator of a worker that reads that source as the same principal; new topics are found and "
+        "created within seconds regardless.",
+    )
     usage_flush_seconds: Annotated[float, Field(ge=1, le=300)] = Field(
         default=10.0,
         description="How often a worker adds what it copied and ran to the usage table (docs/usage.md): what a "

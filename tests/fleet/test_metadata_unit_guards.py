@@ -80,7 +80,8 @@ async def one_pass(
     try:
         await unit.pass_once()
     finally:
-        await unit._close_probes()
+        unit._release_views()
+        await unit.hub.close()
         await unit.groups.close()
     with fleet_db.connect() as conn:
         row = conn.execute(

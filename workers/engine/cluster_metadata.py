@@ -231,11 +231,6 @@ class ClusterView:
         for name in batch:
             self._configs[name] = (at, described.get(name))
 
-    def forget_configs(self, topics: Iterable[str]) -> None:
-        """Describe these topics anew when next asked (e.g. after creating them with configurations)."""
-        for name in topics:
-            self._configs.pop(name, None)
-
     async def topic_acls(self, max_age_s: float) -> list[TopicAcl] | None:
         """Every ACL on a literal topic name; None when the cluster has no authorizer."""
         return await self._acls.get(max_age_s, lambda: self._request("describe_acls", kafka_admin.describe_topic_acls))
@@ -254,12 +249,6 @@ class ClusterView:
         return await cached.get(
             max_age_s, lambda: self._request("group_offsets", lambda admin: admin.list_consumer_group_offsets(group))
         )
-
-    def forget_groups(self, keep: Iterable[str]) -> None:
-        """Drop the offsets of groups no caller asks for any more."""
-        kept = set(keep)
-        for group in [g for g in self._group_offsets if g not in kept]:
-            del self._group_offsets[group]
 
     async def close(self) -> None:
         await self._drop_admin()

@@ -12,6 +12,11 @@ Every ``group_sync_interval_seconds`` (default 5 s) ``GroupSyncer.sync_once``:
    unless the source group itself moved back. The commit uses generation -1, so a consumer joining between
    the check and the commit makes the broker refuse it rather than overwrite the live group.
 
+The source's group listing and each group's committed offsets are read through the source's shared
+``ClusterView`` (``workers/engine/cluster_metadata.py``) when the metadata unit gives one: replicators of one
+worker that sync the same groups from the same source read them once per interval between them. A planned
+failover's own passes always read the source afresh.
+
 Decisions are stored per group and partition (``group_sync_state``, through ``models/group_store.py``); counts
 and per-group translation lag go to Redis for the API's metrics. Planned failovers (``workers/fleet/failover.py``)
 drive the same syncer through its public methods.
@@ -38,6 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from models import group_store, offset_store
 from models.fleet_reports import STATUS_KEY, StatusField
 from workers.engine.aiokafka_hooks import WritesFenced
+from workers.engine.cluster_metadata import ClusterView
 from workers.engine.connection import ClusterConnection, client_kwargs
 from workers.engine.spec import GroupReplication
 from workers.fleet.runtime import ReplicatorRuntime
@@ -107,12 +113,18 @@ class GroupSyncer:
         # Whether this worker still holds the metadata unit's lease: asked right before every commit.
         self.may_write: Callable[[], bool] = lambda: True
         self.confirm_writes: Callable[[], Awaitable[bool]] | None = None
+        # The source as shared with the process's other replicators, and how old its answers may be.
+        self.source_view: ClusterView | None = None
+        self.shared_max_age_s = 0.0
 
-    async def use(self, source: ClusterConnection, target: ClusterConnection) -> None:
+    async def use(
+        self, source: ClusterConnection, target: ClusterConnection, source_view: ClusterView | None = None
+    ) -> None:
         """Connect to the clusters this way from now on (e.g. a rotated password): open clients are closed."""
         if self.connections != (source, target):
             await self.close()
             self.connections = (source, target)
+        self.source_view = source_view
 
     def _connections(self) -> tuple[ClusterConnection, ClusterConnection]:
         if self.connections is None:
@@ -157,10 +169,22 @@ class GroupSyncer:
     def policy(self) -> GroupReplication:
         return self.runtime.spec.groups
 
-    async def matching_groups(self) -> list[str]:
+    async def source_groups(self) -> list[str]:
+        if self.source_view is not None:
+            return await self.source_view.consumer_groups(self.shared_max_age_s)
         source, _ = await self.admins()
+        return [str(g[0]) for g in await source.list_consumer_groups()]
+
+    async def source_offsets(self, group: str, *, fresh: bool) -> dict[TopicPartition, OffsetAndMetadata]:
+        if self.source_view is not None:
+            return await self.source_view.group_offsets(group, 0.0 if fresh else self.shared_max_age_s)
+        source, _ = await self.admins()
+        offsets: dict[TopicPartition, OffsetAndMetadata] = await source.list_consumer_group_offsets(group)
+        return offsets
+
+    async def matching_groups(self) -> list[str]:
         policy = self.policy
-        found = sorted({str(g[0]) for g in await source.list_consumer_groups() if policy.filter.matches(str(g[0]))})
+        found = sorted({group for group in await self.source_groups() if policy.filter.matches(group)})
         if not policy.detect_and_copy_new_groups:
             if self._known_groups is None:
                 self._known_groups = set(found)
@@ -188,7 +212,7 @@ class GroupSyncer:
         outcomes = []
         for group in groups:
             try:
-                outcome = await self._sync_group(group, in_scope, reverse)
+                outcome = await self._sync_group(group, in_scope, reverse, fresh=only is not None)
             except (KafkaError, OSError) as exc:
                 self.failures += 1
                 outcome = GroupOutcome(group, error=f"{type(exc).__name__}: {exc}"[:500])
@@ -208,16 +232,18 @@ class GroupSyncer:
                     return str(entry[2]), len(entry[5])
         return "Dead", 0
 
-    async def _sync_group(self, group: str, scope: set[tuple[str, int]], reverse: str | None) -> GroupOutcome:
-        source, target = await self.admins()
+    async def _sync_group(
+        self, group: str, scope: set[tuple[str, int]], reverse: str | None, *, fresh: bool
+    ) -> GroupOutcome:
         spec = self.runtime.spec
         outcome = GroupOutcome(group)
-        committed = await source.list_consumer_group_offsets(group)
+        committed = await self.source_offsets(group, fresh=fresh)
         relevant = {
             tp: om.offset for tp, om in committed.items() if (tp.topic, tp.partition) in scope and om.offset >= 0
         }
         if not relevant:
             return outcome
+        _, target = await self.admins()
         state, _members = await self.group_state(target, group)
         outcome.target_state = state
         target_committed = {

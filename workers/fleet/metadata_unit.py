@@ -1,11 +1,16 @@
 """A replicator's metadata unit: keeps the target's topics in step with the source and reports what is in scope.
 
 One per replicator, on whichever worker holds its lease (``workers/fleet/agent.py`` starts and stops it). Every
-pass (2 s) it probes both clusters, runs the engine's ``TopicSynchronizer`` (topics, partitions, configurations
-every 10 s, ACLs) and writes the inventory of source partitions in scope, or the failure, to
-``replicator_metadata`` (``models/fleet_store.py``): the reconcile loop makes copy units of that inventory. It
-also runs the replicator's consumer group sync (its own loop), planned failovers (a step per pass), the audit
-jobs users ask for (``workers/fleet/audits.py``, its own loop) and offset map thinning.
+pass (2 s) it probes both clusters, runs the engine's ``TopicSynchronizer`` (topics, partitions; configurations
+and ACLs every ``FERRY_TOPIC_CONFIG_SYNC_SECONDS``) and writes the inventory of source partitions in scope, or
+the failure, to ``replicator_metadata`` (``models/fleet_store.py``): the reconcile loop makes copy units of that
+inventory. It also runs the replicator's consumer group sync (its own loop), planned failovers (a step per
+pass), the audit jobs users ask for (``workers/fleet/audits.py``, its own loop) and offset map thinning.
+
+What it reads of a cluster (the probe, the source's topic listing, configurations, ACLs, consumer groups and
+their offsets) comes from the worker's ``ClusterMetadataHub`` (``workers/engine/cluster_metadata.py``): every
+metadata unit of the worker reaching a cluster as the same principal shares one read per interval. Config sync
+runs in rounds aligned for the whole worker, so the units of one source share each round's one description.
 """
 
 from __future__ import annotations
@@ -17,7 +22,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -29,13 +33,8 @@ from models.fleet_reports import METRICS_KEY, REPORT_TTL_SECONDS, STATUS_KEY, Pa
 from models.logs import in_log_context
 from workers.engine.admin import AdminError
 from workers.engine.aiokafka_hooks import WritesFenced
-from workers.engine.connection import (
-    AUTHENTICATION_FAILED,
-    TLS_HANDSHAKE_FAILED,
-    ClusterConnection,
-    client_kwargs,
-    diagnose_unreachable,
-)
+from workers.engine.cluster_metadata import ClusterMetadataHub, ClusterView
+from workers.engine.connection import AUTHENTICATION_FAILED, TLS_HANDSHAKE_FAILED, ClusterConnection
 from workers.engine.metrics import Health
 from workers.engine.topics import TopicSynchronizer
 from workers.fleet.address_vetting import AddressVetting
@@ -69,42 +68,6 @@ BLOCKED_REPORT_FRESH_MS = 30_000
 RECREATION_NOTICE_SECONDS = 600.0
 
 
-class ClusterProbe:
-    """Whether a cluster answers a metadata request in time, asked over one long-lived admin connection.
-
-    A metadata unit asks every pass (2 s); opening a new connection each time would cost both clusters a
-    connect and handshake per replicator per pass. The client is dropped after a failure and made anew.
-    """
-
-    def __init__(self, connection: ClusterConnection, timeout_s: float) -> None:
-        self.connection = connection
-        self.timeout_s = timeout_s
-        self._admin: AIOKafkaAdminClient | None = None
-
-    async def check(self) -> tuple[tuple[str, str] | None, str | None]:
-        """(None, the cluster's id) when the cluster answered, else ((code, why not in general terms), None); the
-        code is AUTHENTICATION_FAILED, TLS_HANDSHAKE_FAILED or UNREACHABLE."""
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                if self._admin is None:
-                    self._admin = AIOKafkaAdminClient(
-                        **{**client_kwargs(self.connection, "probe"), "request_timeout_ms": int(self.timeout_s * 1000)}
-                    )
-                    await self._admin.start()
-                described = await self._admin.describe_cluster()
-        except (TimeoutError, KafkaError, OSError):
-            await self.close()
-            code, reason = await diagnose_unreachable(self.connection, min(3.0, self.timeout_s))
-            return (code, f"{self.connection.bootstrap_servers}: {reason}"), None
-        return None, str(described.get("cluster_id") or "") or None
-
-    async def close(self) -> None:
-        if self._admin is not None:
-            admin, self._admin = self._admin, None
-            with contextlib.suppress(KafkaError, OSError):
-                await admin.close()
-
-
 def _classify_topic_errors(errors: dict[str, str]) -> str:
     joined = " ".join(errors.values()).lower()
     if "authoriz" in joined or "denied" in joined:
@@ -136,7 +99,7 @@ class MetadataUnit:
         redis: Redis,
         *,
         interval_s: float = 2.0,
-        config_interval_s: float = 10.0,
+        config_interval_s: float = 30.0,
         probe_timeout_s: float = 5.0,
         group_sync_interval_s: float = 5.0,
         offset_map_max_runs: int = 10_000,
@@ -146,8 +109,11 @@ class MetadataUnit:
         confirm_writes: Callable[[], Awaitable[bool]] | None = None,
         on_inventory: Callable[[], None] = lambda: None,
         worker_id: str = "",
+        hub: ClusterMetadataHub | None = None,
     ) -> None:
         self.runtime = runtime
+        # Shared with the worker's other metadata units (a unit on its own gets a hub of its own).
+        self.hub = hub or ClusterMetadataHub()
         # Whether this worker still holds the unit's lease: asked before anything is written to a cluster or to
         # the database, so a unit that moved or whose replicator is being deleted writes nothing more.
         self.may_write = may_write
@@ -168,18 +134,19 @@ class MetadataUnit:
         self._sync: TopicSynchronizer | None = None
         # The clusters as last resolved (credentials read on this worker), and probes over them.
         self.connections: tuple[ClusterConnection, ClusterConnection] | None = None
-        self._probes: tuple[ClusterProbe, ClusterProbe] | None = None
+        self._views: tuple[ClusterView, ClusterView] | None = None
         # Passes that a cluster refused the credentials or the TLS handshake of (the AuthError metric).
         self.auth_failures = 0
         # (when, (code, message)) of the last topic re-creation seen, shown in StateInfo for a while.
         self._recreation: tuple[float, tuple[str, str]] | None = None
-        self._last_config_sync = 0.0
+        self._last_config_round: int | None = None
         # Consumer group offset sync (its own loop) and planned failovers (a step per pass), issue 6.
         self.group_sync_interval_s = group_sync_interval_s
         self.offset_map_max_runs = offset_map_max_runs
         self.groups = GroupSyncer(runtime, db, redis)
         self.groups.may_write = may_write
         self.groups.confirm_writes = confirm_writes
+        self.groups.shared_max_age_s = group_sync_interval_s
         self.failovers = FailoverDriver(self.groups)
         self.scope = ScopeSource()
         self.target_cluster_id: str | None = None  # as the last probe found it (loop prevention in audits)
@@ -223,16 +190,17 @@ class MetadataUnit:
                 await audit_jobs
             await self.groups.close()
             await self._close_sync()
-            await self._close_probes()
+            self._release_views()
 
-    async def _close_probes(self) -> None:
-        for probe in self._probes or ():
-            await probe.close()
-        self._probes = None
+    def _release_views(self) -> None:
+        """Never waits: a view this unit was the last user of closes in the background."""
+        views, self._views = self._views, None
+        for view in views or ():
+            self.hub.release(view)
 
     async def _connect(self, runtime: ReplicatorRuntime) -> tuple[ClusterConnection, ClusterConnection] | None:
         """Both clusters' connections, secrets read anew when they changed; None (error written) when a secret
-        cannot be read. New connections replace the probes, the topic sync and the group sync's clients."""
+        cannot be read. New connections replace the shared views, the topic sync and the group sync's clients."""
         resolved: list[ClusterConnection] = []
         for role, access in (("source", runtime.source), ("target", runtime.target)):
             try:
@@ -246,17 +214,14 @@ class MetadataUnit:
         if connections != self.connections:
             await self._stop_connections()
             self.connections = connections
-            self._probes = (
-                ClusterProbe(connections[0], self.probe_timeout_s),
-                ClusterProbe(connections[1], self.probe_timeout_s),
-            )
-            await self.groups.use(*connections)
+            self._views = (self.hub.acquire(connections[0]), self.hub.acquire(connections[1]))
+            await self.groups.use(*connections, source_view=self._views[0])
         return connections
 
     async def _stop_connections(self) -> None:
         self.scope.partitions = None
         await self._close_sync()
-        await self._close_probes()
+        self._release_views()
         await self.groups.close()
         self.connections = None
 
@@ -279,11 +244,13 @@ class MetadataUnit:
                 return
         started = time.monotonic()
         connections = await self._connect(runtime)
-        if connections is None or self._probes is None:
+        if connections is None or self._views is None:
             return
         source, target = connections
+        source_view, target_view = self._views
         (source_error, source_id), (target_error, target_id) = await asyncio.gather(
-            self._probes[0].check(), self._probes[1].check()
+            source_view.probe(self.probe_timeout_s, self.interval_s),
+            target_view.probe(self.probe_timeout_s, self.interval_s),
         )
         probed = time.monotonic()
         pings = {"source": source_error, "target": target_error}
@@ -325,13 +292,22 @@ class MetadataUnit:
                     known_topics=await self._stored_known_topics(runtime),
                     write_gate=self.may_write,
                     confirm_writes=self.confirm_writes,
+                    source_view=source_view,
+                    topics_max_age_s=self.interval_s,
                 )
                 await sync.start()
                 self._sync = sync
-            due = time.monotonic() - self._last_config_sync >= self.config_interval_s
-            report = await self._sync.sync_once(sync_configs=due)
+            # Rounds of the monotonic clock, the same for every unit of this worker: the first unit of a round
+            # describes the source's configurations, the others of that round reuse what it read.
+            now = time.monotonic()
+            config_round = int(now // self.config_interval_s)
+            due = config_round != self._last_config_round
+            since_round = now - config_round * self.config_interval_s
+            report = await self._sync.sync_once(
+                sync_configs=due, configs_max_age_s=since_round if due else self.config_interval_s
+            )
             if due:
-                self._last_config_sync = time.monotonic()
+                self._last_config_round = config_round
         except WritesFenced as exc:
             # The lease is gone or the replicator is being deleted: the control loop stops this unit next.
             log.info("metadata pass of %s wrote nothing: %s", runtime.name, exc)

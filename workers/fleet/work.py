@@ -33,6 +33,7 @@ from models.bootstrap import AddressPolicy
 from models.db import make_async_engine
 from models.fleet import UnitKey
 from models.settings import FerrySettings
+from workers.engine.cluster_metadata import ClusterMetadataHub
 from workers.engine.copier import CopierError
 from workers.fleet.address_vetting import AddressVetting
 from workers.fleet.control import DesiredWork
@@ -105,6 +106,8 @@ class WorkLoop:
         self.load_meter = LoadMeter()
         self.usage = UsageMeter(worker_id, flush_seconds=settings.usage_flush_seconds)  # docs/usage.md
         self.vetting = AddressVetting(AddressPolicy(settings.allowed_bootstrap))
+        # What the metadata units read of their clusters, read once per cluster and principal and shared.
+        self.metadata_hub = ClusterMetadataHub()
         # Secrets are read here, on the worker, and kept in memory only (workers/fleet/secrets.py).
         self.resolver = ConnectionResolver(
             SecretStore(
@@ -220,6 +223,7 @@ class WorkLoop:
         if self._reporter is not None:
             with contextlib.suppress(RedisError, OSError, TimeoutError):
                 await asyncio.wait_for(self._reporter.forget_worker(), 5)
+        await self.metadata_hub.close()
         if self._redis is not None:
             with contextlib.suppress(RedisError, OSError):
                 await self._redis.aclose()
@@ -395,6 +399,8 @@ class WorkLoop:
             self._require(self._db),
             self._require(self._redis),
             probe_timeout_s=min(5.0, self.settings.fleet_lease_seconds / 2),
+            config_interval_s=self.settings.topic_config_sync_seconds,
+            hub=self.metadata_hub,
             group_sync_interval_s=self.settings.group_sync_interval_seconds,
             offset_map_max_runs=self.settings.offset_map_max_runs,
             vetting=self.vetting,
