@@ -194,7 +194,7 @@ async def run_variant(
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(REQUEST_COUNTER)
     say(f"{label}: private control plane (worker code from {code})")
-    fleet.start()
+    await asyncio.to_thread(fleet.start)  # it runs an event loop of its own
     result: dict[str, Any] = {"code": str(code), "replicators": replicators}
     try:
         env = {
