@@ -130,6 +130,9 @@ class ClusterView:
         self.requests: Counter[str] = Counter()
         self._admin: AIOKafkaAdminClient | None = None
         self._admin_lock = asyncio.Lock()
+        # The probe's own connection: a broker answers a connection's requests in order, so a probe queued behind
+        # a large DescribeConfigs would time out and report a busy cluster as unreachable.
+        self._probe_admin: AIOKafkaAdminClient | None = None
         self._probe: _Cached[ProbeResult] = _Cached()
         self._topics: _Cached[dict[str, ListedTopic]] = _Cached()
         self._acls: _Cached[list[TopicAcl] | None] = _Cached()
@@ -159,6 +162,12 @@ class ClusterView:
             with contextlib.suppress(KafkaError, OSError):
                 await admin.close()
 
+    async def _drop_probe_admin(self) -> None:
+        admin, self._probe_admin = self._probe_admin, None
+        if admin is not None:
+            with contextlib.suppress(KafkaError, OSError):
+                await admin.close()
+
     async def _request(self, kind: str, call: Callable[[AIOKafkaAdminClient], Awaitable[_T]]) -> _T:
         admin = await self.admin()
         self.requests[kind] += 1
@@ -177,9 +186,15 @@ class ClusterView:
         async def fetch() -> ProbeResult:
             try:
                 async with asyncio.timeout(timeout_s):
-                    described = await self._request("describe_cluster", lambda admin: admin.describe_cluster())
+                    if self._probe_admin is None:
+                        timeout_ms = int(timeout_s * 1000)
+                        kwargs = {**client_kwargs(self.connection, "probe"), "request_timeout_ms": timeout_ms}
+                        self._probe_admin = AIOKafkaAdminClient(**kwargs)
+                        await self._probe_admin.start()
+                    self.requests["describe_cluster"] += 1
+                    described = await self._probe_admin.describe_cluster()
             except (TimeoutError, KafkaError, OSError):
-                await self._drop_admin()
+                await self._drop_probe_admin()
                 code, reason = await diagnose_unreachable(self.connection, min(3.0, timeout_s))
                 return (code, f"{self.connection.bootstrap_servers}: {reason}"), None
             return None, str(described.get("cluster_id") or "") or None
@@ -252,6 +267,7 @@ class ClusterView:
 
     async def close(self) -> None:
         await self._drop_admin()
+        await self._drop_probe_admin()
 
 
 class ClusterMetadataHub:
