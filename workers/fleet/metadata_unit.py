@@ -132,7 +132,7 @@ class MetadataUnit:
         self.vetting = vetting or AddressVetting(AddressPolicy())
         self.resolver = resolver or ConnectionResolver(SecretStore())
         self._sync: TopicSynchronizer | None = None
-        # The clusters as last resolved (credentials read on this worker), and probes over them.
+        # The clusters as last resolved (credentials read on this worker), and the shared views of them.
         self.connections: tuple[ClusterConnection, ClusterConnection] | None = None
         self._views: tuple[ClusterView, ClusterView] | None = None
         # Passes that a cluster refused the credentials or the TLS handshake of (the AuthError metric).
@@ -188,9 +188,9 @@ class MetadataUnit:
                 await groups
             with contextlib.suppress(asyncio.CancelledError):
                 await audit_jobs
+            self._release_views()  # first: nothing to await, so a second cancellation cannot skip it
             await self.groups.close()
             await self._close_sync()
-            self._release_views()
 
     def _release_views(self) -> None:
         """Never waits: a view this unit was the last user of closes in the background."""
