@@ -47,6 +47,13 @@ import json, os, threading, time
 from collections import Counter
 
 _counts = Counter()
+# By API key, so a request class of Ferry's own (aiokafka_hooks.py) counts under its request type.
+_NAMES = {
+    0: "Produce", 1: "Fetch", 2: "ListOffsets", 3: "Metadata", 8: "OffsetCommit", 9: "OffsetFetch",
+    10: "FindCoordinator", 15: "DescribeGroups", 16: "ListGroups", 19: "CreateTopics", 22: "InitProducerId",
+    23: "OffsetForLeaderEpoch", 29: "DescribeAcls", 30: "CreateAcls", 32: "DescribeConfigs", 33: "AlterConfigs",
+    37: "CreatePartitions", 60: "DescribeCluster",
+}
 _folder = os.environ["FERRY_BENCH_REQUEST_COUNTS"]
 
 def _install():
@@ -54,7 +61,8 @@ def _install():
     original = AIOKafkaClient.send
 
     async def send(self, node_id, request, *args, **kwargs):
-        _counts[type(request).__name__.split("_")[0].replace("Request", "") or "unknown"] += 1
+        key = getattr(request, "API_KEY", None)
+        _counts[_NAMES.get(key, f"api-key-{key}")] += 1
         return await original(self, node_id, request, *args, **kwargs)
 
     AIOKafkaClient.send = send
