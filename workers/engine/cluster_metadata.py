@@ -64,6 +64,13 @@ class ListedTopic:
 ProbeResult = tuple[tuple[str, str] | None, str | None]
 
 
+class SharedReadFailed(KafkaError):  # type: ignore[misc]
+    """A view's read of its cluster failed (the cause is chained): the caller's own clients are not at fault, so
+    it need not drop them; the view makes its client anew for the next read."""
+
+    retriable = True
+
+
 def connection_identity(connection: ClusterConnection) -> str:
     """A digest of everything that decides what a client sees of a cluster: the same for two connections that
     reach the same brokers as the same principal in the same way, different otherwise. Never log the inputs."""
@@ -169,13 +176,13 @@ class ClusterView:
                 await admin.close()
 
     async def _request(self, kind: str, call: Callable[[AIOKafkaAdminClient], Awaitable[_T]]) -> _T:
-        admin = await self.admin()
-        self.requests[kind] += 1
         try:
+            admin = await self.admin()
+            self.requests[kind] += 1
             return await call(admin)
-        except (KafkaError, OSError):
+        except (KafkaError, OSError) as exc:
             await self._drop_admin()  # made anew by the next request
-            raise
+            raise SharedReadFailed(f"{type(exc).__name__}: {exc}") from exc
 
     # ------------------------------------------------------------------ reachability
 

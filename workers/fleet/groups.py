@@ -43,7 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from models import group_store, offset_store
 from models.fleet_reports import STATUS_KEY, StatusField
 from workers.engine.aiokafka_hooks import WritesFenced
-from workers.engine.cluster_metadata import ClusterView
+from workers.engine.cluster_metadata import ClusterView, SharedReadFailed
 from workers.engine.connection import ClusterConnection, client_kwargs
 from workers.engine.spec import GroupReplication
 from workers.fleet.runtime import ReplicatorRuntime
@@ -199,7 +199,8 @@ class GroupSyncer:
         try:
             groups = list(only) if only is not None else await self.matching_groups()
         except (KafkaError, OSError) as exc:
-            await self.close()
+            if not isinstance(exc, SharedReadFailed):  # a shared read's failure is not this syncer's clients'
+                await self.close()
             self.failures += 1
             log.warning("listing source groups of %s failed: %s", self.runtime.name, exc)
             await self._publish([], error=f"{type(exc).__name__}: {exc}")
@@ -217,7 +218,8 @@ class GroupSyncer:
                 self.failures += 1
                 outcome = GroupOutcome(group, error=f"{type(exc).__name__}: {exc}"[:500])
                 log.warning("offset sync of group %s (%s) failed: %s", group, self.runtime.name, exc)
-                await self.close()
+                if not isinstance(exc, SharedReadFailed):
+                    await self.close()
             outcomes.append(outcome)
         if only is None:
             await self._publish(outcomes)

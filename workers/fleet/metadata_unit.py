@@ -33,7 +33,7 @@ from models.fleet_reports import METRICS_KEY, REPORT_TTL_SECONDS, STATUS_KEY, Pa
 from models.logs import in_log_context
 from workers.engine.admin import AdminError
 from workers.engine.aiokafka_hooks import WritesFenced
-from workers.engine.cluster_metadata import ClusterMetadataHub, ClusterView
+from workers.engine.cluster_metadata import ClusterMetadataHub, ClusterView, SharedReadFailed
 from workers.engine.connection import AUTHENTICATION_FAILED, TLS_HANDSHAKE_FAILED, ClusterConnection
 from workers.engine.metrics import Health
 from workers.engine.topics import TopicSynchronizer
@@ -313,8 +313,14 @@ class MetadataUnit:
             log.info("metadata pass of %s wrote nothing: %s", runtime.name, exc)
             return
         except (KafkaError, AdminError, OSError) as exc:
-            await self._close_sync()
-            await self._write(runtime, None, ("TOPIC_SYNC_FAILED", f"{type(exc).__name__}: {exc}"[:500]))
+            if isinstance(exc, SharedReadFailed):
+                # The shared read of the source failed for every replicator reading it: this unit's own target
+                # client is fine, and dropping it would have every one of them reconnect to the target at once.
+                message = str(exc)
+            else:
+                await self._close_sync()
+                message = f"{type(exc).__name__}: {exc}"
+            await self._write(runtime, None, ("TOPIC_SYNC_FAILED", message[:500]))
             return
         synced = time.monotonic()
         if synced - started > SLOW_PASS_SECONDS:
