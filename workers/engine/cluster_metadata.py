@@ -96,27 +96,43 @@ def connection_identity(connection: ClusterConnection) -> str:
 
 
 class _Cached(Generic[_T]):
-    """One value fetched at most once per ``max_age_s`` however many callers ask, failures not kept."""
+    """One value fetched at most once per ``max_age_s`` however many callers ask, failures not kept.
+
+    ``not_before`` (a ``time.monotonic()`` reading) asks for a value whose fetch started at or after that moment:
+    a replicator's first inventory must see every topic that existed when it started, and a listing another
+    replicator asked for a second earlier may predate a topic created since."""
 
     def __init__(self) -> None:
         self.value: _T | None = None
         self.fetched_at: float | None = None
+        self.started_at: float | None = None
         self._inflight: asyncio.Future[_T] | None = None
+        self._inflight_started = 0.0
 
-    async def get(self, max_age_s: float, fetch: Callable[[], Awaitable[_T]]) -> _T:
-        if self.fetched_at is not None and time.monotonic() - self.fetched_at <= max_age_s:
-            return self.value  # type: ignore[return-value]
-        if self._inflight is None:
-            self._inflight = asyncio.ensure_future(self._run(fetch))
-            self._inflight.add_done_callback(_retrieve)
-        return await asyncio.shield(self._inflight)
+    async def get(self, max_age_s: float, fetch: Callable[[], Awaitable[_T]], not_before: float | None = None) -> _T:
+        while True:
+            if (
+                self.fetched_at is not None
+                and time.monotonic() - self.fetched_at <= max_age_s
+                and (not_before is None or (self.started_at is not None and self.started_at >= not_before))
+            ):
+                return self.value  # type: ignore[return-value]
+            if self._inflight is None:
+                self._inflight_started = time.monotonic()
+                self._inflight = asyncio.ensure_future(self._run(fetch, self._inflight_started))
+                self._inflight.add_done_callback(_retrieve)
+            if not_before is None or self._inflight_started >= not_before:
+                return await asyncio.shield(self._inflight)
+            # A fetch started too early for this caller is under way: let it finish, then ask anew.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._inflight)
 
-    async def _run(self, fetch: Callable[[], Awaitable[_T]]) -> _T:
+    async def _run(self, fetch: Callable[[], Awaitable[_T]], started: float) -> _T:
         try:
             value = await fetch()
         finally:
             self._inflight = None
-        self.value, self.fetched_at = value, time.monotonic()
+        self.value, self.fetched_at, self.started_at = value, time.monotonic(), started
         return value
 
 
@@ -210,8 +226,9 @@ class ClusterView:
 
     # ------------------------------------------------------------------ topics
 
-    async def topics(self, max_age_s: float) -> dict[str, ListedTopic]:
-        """Every topic of the cluster (internal ones flagged) with its partition count and id."""
+    async def topics(self, max_age_s: float, not_before: float | None = None) -> dict[str, ListedTopic]:
+        """Every topic of the cluster (internal ones flagged) with its partition count and id; ``not_before``: from
+        a request sent at or after that ``time.monotonic()`` reading."""
 
         async def fetch() -> dict[str, ListedTopic]:
             listed = await self._request("metadata", describe_all_topics)
@@ -220,7 +237,7 @@ class ClusterView:
                 for name, (partitions, internal, topic_id) in listed.items()
             }
 
-        return await self._topics.get(max_age_s, fetch)
+        return await self._topics.get(max_age_s, fetch, not_before)
 
     async def topic_configs(self, topics: Iterable[str], max_age_s: float) -> dict[str, dict[str, ConfigEntry]]:
         """The configuration of each of these topics the cluster describes, described at most ``max_age_s`` ago;

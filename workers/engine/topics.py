@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -135,6 +136,10 @@ class TopicSynchronizer:
         self._own_view = source_view is None
         self.source_view = source_view or ClusterView(source, "private")
         self.topics_max_age_s = topics_max_age_s
+        # The first listing must come from a request sent after this synchroniser started: the replicator's first
+        # inventory fixes which topics existed at its start (startingPosition applies to those; the others are
+        # copied from their beginning), and a shared listing can predate a topic created a moment ago.
+        self._first_listing_after: float | None = time.monotonic()
         self._listing: dict[str, ListedTopic] = {}
         self._target_admin: AIOKafkaAdminClient | None = None
         self._known_topics: set[str] | None = None if known_topics is None else set(known_topics)
@@ -174,7 +179,8 @@ class TopicSynchronizer:
 
     async def source_topics(self) -> dict[str, int]:
         """Source topics in scope with their partition counts."""
-        found = self._listing = await self.source_view.topics(self.topics_max_age_s)
+        found = self._listing = await self.source_view.topics(self.topics_max_age_s, self._first_listing_after)
+        self._first_listing_after = None
         topics = {
             name: meta.partitions
             for name, meta in found.items()
