@@ -23,6 +23,15 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def accepts_connections(port: int) -> bool:
+    """Whether a server listens on the port: uvicorn logs "Application startup complete" before it binds."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except OSError:
+        return False
+    return True
+
+
 class Role:
     """One ``ferry <role>`` process (``python -m cli``, so this checkout's code runs)."""
 

@@ -20,7 +20,7 @@ from botocore.credentials import Credentials
 
 from models.access_keys import IssuedKey
 from tests.conftest import REGION
-from tests.stack.roles import Role, free_port
+from tests.stack.roles import Role, accepts_connections, free_port
 
 
 def signed_create_request(port: int, key: IssuedKey, body: bytes) -> tuple[bytes, bytes]:
@@ -59,6 +59,7 @@ def test_sigterm_finishes_the_request_in_flight_and_refuses_new_connections(
     api = Role(["api", "--host", "127.0.0.1", "--port", str(port)], test_env, tmp_path, "api")
     try:
         api.wait_until("the API serving", lambda: "Application startup complete" in api.output(), 60)
+        api.wait_until("the API accepting connections", lambda: accepts_connections(port), 30)
         # Valid JSON that CreateReplicator refuses (required members missing): the whole body must arrive, be
         # checked against the signature and parsed before the answer names what is missing.
         body = json.dumps({"replicatorName": f"drain-{uuid.uuid4().hex[:8]}"}).encode()

@@ -21,7 +21,7 @@ from models.migrate import upgrade
 from models.settings import FerrySettings
 from tests.api.conftest import kafka_client
 from tests.conftest import ACCOUNT, REGION, TEST_METRICS_TOKEN, TEST_SECRET_KEY
-from tests.stack.roles import Role, free_port
+from tests.stack.roles import Role, accepts_connections, free_port
 
 
 def json_lines(role: Role) -> list[dict[str, Any]]:
@@ -84,6 +84,7 @@ def test_the_api_logs_json_with_the_request_id_of_each_response(
     authorizations: list[str] = []
     try:
         api.wait_until("the API serving", lambda: line_with(api, "Application startup complete"), 60)
+        api.wait_until("the API accepting connections", lambda: accepts_connections(port), 30)
         client = kafka_client(f"http://127.0.0.1:{port}", test_key)
         client.meta.events.register(
             "before-send.kafka", lambda request, **_: authorizations.append(_text(request.headers["Authorization"]))
