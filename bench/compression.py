@@ -14,15 +14,13 @@ import argparse
 import asyncio
 import secrets
 import shutil
-import signal
-import subprocess
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.common import BenchError, load_stack, say, spawn, stop_process
+from bench.common import BenchError, load_stack, say
 from bench.kafka import Cluster, producer_perf
-from bench.measure import catch_up
+from bench.measure import catch_up, profiled_catch_up
 from bench.replicators import make_replicator
 
 if TYPE_CHECKING:
@@ -234,16 +232,6 @@ async def profile_cell(bench: Bench, source_codec: str, target_codec: str, sourc
     await source.create_topic(topic, spec["partitions"])
     rep = make_replicator("ferry", bench.stack, bench.log_dir, dict(bench.tuned, compression=target_codec))
     raw = bench.log_dir / f"py-spy-{source_codec}-{target_codec}-{rep.token}.txt"
-    profiler: list[subprocess.Popen[bytes]] = []
-
-    def attach(proc: subprocess.Popen[bytes]) -> None:
-        argv = [py_spy, "record", "--pid", str(proc.pid), "--rate", "100", "--format", "raw", "-o", str(raw)]
-        profiler.append(spawn(argv, bench.log_dir / f"py-spy-{source_codec}-{target_codec}.log"))
-
-    async def detach() -> None:
-        for proc in profiler:
-            await stop_process(proc, "py-spy", grace=20, sig=signal.SIGINT)
-
     try:
         await producer_perf(
             bench.stack.kafka_lib,
@@ -254,21 +242,19 @@ async def profile_cell(bench: Bench, source_codec: str, target_codec: str, sourc
             props=source_props(spec, source_codec),
             log=bench.log_dir / f"preload-compression-profile-{source_codec}.log",
         )
-        try:
-            run = await catch_up(
-                rep,
-                source_topic=topic,
-                records=spec["records"],
-                record_size=spec["record_size"],
-                source=source,
-                target=target,
-                startup_limit_s=180.0,
-                catchup_limit_s=bench.args.catchup_limit,
-                on_first_record=attach,
-                on_caught_up=detach,
-            )
-        finally:
-            await detach()
+        run = await profiled_catch_up(
+            rep,
+            py_spy=py_spy,
+            raw=raw,
+            profiler_log=bench.log_dir / f"py-spy-{source_codec}-{target_codec}.log",
+            source_topic=topic,
+            records=spec["records"],
+            record_size=spec["record_size"],
+            source=source,
+            target=target,
+            startup_limit_s=180.0,
+            catchup_limit_s=bench.args.catchup_limit,
+        )
         out["run"] = {k: run.get(k) for k in ("status", "mb_per_s", "records_per_s", "reason")}
         out["raw_profile"] = str(raw)
         out.update(profile_summary(raw))

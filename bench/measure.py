@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import subprocess
 import time
 from collections.abc import Awaitable, Callable
@@ -13,7 +14,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from bench.common import MB, BenchError, CpuWindow, Stack, loadavg, memory_kib, say, wait_until
+from bench.common import MB, BenchError, CpuWindow, Stack, loadavg, memory_kib, say, spawn, stop_process, wait_until
 from bench.kafka import Cluster, producer_perf
 from bench.replicators import BenchedReplicator, MirrorMaker2
 
@@ -210,6 +211,50 @@ async def catch_up(
 
 
 # ---------------------------------------------------------------------------------------------- latency
+
+
+async def profiled_catch_up(
+    rep: BenchedReplicator,
+    *,
+    py_spy: str,
+    raw: Path,
+    profiler_log: Path,
+    source_topic: str,
+    records: int,
+    record_size: int,
+    source: Cluster,
+    target: Cluster,
+    startup_limit_s: float,
+    catchup_limit_s: float,
+) -> dict[str, Any]:
+    """``catch_up`` with py-spy recording the replicator into ``raw`` from the first replicated record to the last
+    (start-up and imports are not full throughput)."""
+    profiler: list[subprocess.Popen[bytes]] = []
+
+    def attach(proc: subprocess.Popen[bytes]) -> None:
+        argv = [py_spy, "record", "--pid", str(proc.pid), "--rate", "100", "--format", "raw", "-o", str(raw)]
+        profiler.append(spawn(argv, profiler_log))
+
+    async def detach() -> None:
+        for proc in profiler:
+            # SIGINT (Ctrl-C): py-spy writes its output and exits
+            await stop_process(proc, "py-spy", grace=20, sig=signal.SIGINT)
+
+    try:
+        return await catch_up(
+            rep,
+            source_topic=source_topic,
+            records=records,
+            record_size=record_size,
+            source=source,
+            target=target,
+            startup_limit_s=startup_limit_s,
+            catchup_limit_s=catchup_limit_s,
+            on_first_record=attach,
+            on_caught_up=detach,
+        )
+    finally:
+        await detach()
 
 
 def percentile(sorted_values: list[float], q: float) -> float:

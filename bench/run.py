@@ -29,9 +29,7 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -48,8 +46,6 @@ from bench.common import (
     load_stack,
     machine_info,
     say,
-    spawn,
-    stop_process,
     versions,
 )
 from bench.compression import compression_matrix
@@ -58,7 +54,7 @@ from bench.exactly_once import exactly_once
 from bench.fleet import fleet_worker_scale
 from bench.kafka import Cluster, consumer_perf, producer_perf
 from bench.limits import parallel_producers
-from bench.measure import catch_up, latency, partitions_scale
+from bench.measure import catch_up, latency, partitions_scale, profiled_catch_up
 from bench.replicators import (
     TUNED,
     BenchedReplicator,
@@ -605,34 +601,19 @@ class Bench:
                 log=self.log_dir / "preload-profile.log",
             )
             raw = self.log_dir / f"py-spy-{rep.token}.txt"
-            profiler: list[subprocess.Popen[bytes]] = []
-            tool: str = py_spy or "py-spy"
-
-            def attach(proc: subprocess.Popen[bytes]) -> None:
-                # from the first replicated record on: start-up and imports are not "full throughput"
-                argv = [tool, "record", "--pid", str(proc.pid), "--rate", "100", "--format", "raw", "-o", str(raw)]
-                profiler.append(spawn(argv, self.log_dir / "py-spy.log"))
-
-            async def detach() -> None:
-                for proc in profiler:
-                    # SIGINT (Ctrl-C): py-spy writes its output and exits
-                    await stop_process(proc, "py-spy", grace=20, sig=signal.SIGINT)
-
-            try:
-                run = await catch_up(
-                    rep,
-                    source_topic=topic,
-                    records=spec["records"],
-                    record_size=spec["record_size"],
-                    source=source,
-                    target=target,
-                    startup_limit_s=180.0,
-                    catchup_limit_s=self.args.catchup_limit,
-                    on_first_record=attach,
-                    on_caught_up=detach,
-                )
-            finally:
-                await detach()
+            run = await profiled_catch_up(
+                rep,
+                py_spy=py_spy or "py-spy",
+                raw=raw,
+                profiler_log=self.log_dir / "py-spy.log",
+                source_topic=topic,
+                records=spec["records"],
+                record_size=spec["record_size"],
+                source=source,
+                target=target,
+                startup_limit_s=180.0,
+                catchup_limit_s=self.args.catchup_limit,
+            )
             out["run"] = {k: run.get(k) for k in ("status", "mb_per_s", "records_per_s", "reason")}
             out["raw_profile"] = str(raw)
             out.update(profile_summary(raw))
