@@ -11,7 +11,7 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,13 +19,15 @@ import httpx
 import psycopg
 import pytest
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 from sqlalchemy import Engine, text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.app import create_app
 from dev.secure import SECRETS_CREDENTIALS
 from dev.stack import celery_beat_argv, celery_worker_argv
 from models.access_keys import IssuedKey
-from models.db import make_sync_engine
+from models.db import make_async_engine, make_sync_engine
 from models.migrate import upgrade
 from models.settings import FerrySettings
 from tests.api.conftest import RunningServer, kafka_client
@@ -208,3 +210,18 @@ def live_workers(db: Engine) -> set[str]:
                 text("SELECT worker_id FROM fleet_workers WHERE heartbeat_at > now() - interval '5 seconds'")
             )
         }
+
+
+@pytest.fixture
+async def adb(fleet_settings: FerrySettings) -> AsyncIterator[AsyncEngine]:
+    """An async engine on the fleet tests' database, for code under test that takes one (units, stores)."""
+    engine = make_async_engine(fleet_settings)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+async def aredis(fleet_settings: FerrySettings) -> AsyncIterator[AsyncRedis]:
+    client = AsyncRedis.from_url(fleet_settings.redis_url)
+    yield client
+    await client.aclose()

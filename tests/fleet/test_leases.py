@@ -6,13 +6,12 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from models.db import make_async_engine
 from models.fleet import DesiredReplicator
 from models.fleet_plan import UnitKey
 from models.fleet_reconcile import reconcile_once
@@ -20,13 +19,6 @@ from models.fleet_store import StateWrite, fleet_load, set_replicator_states
 from models.replicator import ReplicatorState
 from models.settings import FerrySettings
 from workers.fleet.leases import Lease, LeaseStore
-
-
-@pytest.fixture
-async def adb(fleet_settings: FerrySettings) -> AsyncIterator[AsyncEngine]:
-    engine = make_async_engine(fleet_settings)
-    yield engine
-    await engine.dispose()
 
 
 @pytest.fixture

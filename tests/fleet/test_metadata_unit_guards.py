@@ -6,35 +6,17 @@ from __future__ import annotations
 
 import socket
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
-import pytest
 from redis.asyncio import Redis
 from sqlalchemy import Engine, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from models.bootstrap import AddressPolicy
-from models.db import make_async_engine
-from models.settings import FerrySettings
 from workers.fleet.address_vetting import AddressVetting
 from workers.fleet.metadata_unit import MetadataUnit
 from workers.fleet.runtime import runtime_of
-
-
-@pytest.fixture
-async def adb(fleet_settings: FerrySettings) -> AsyncIterator[AsyncEngine]:
-    engine = make_async_engine(fleet_settings)
-    yield engine
-    await engine.dispose()
-
-
-@pytest.fixture
-async def aredis(fleet_settings: FerrySettings) -> AsyncIterator[Redis]:
-    client = Redis.from_url(fleet_settings.redis_url)
-    yield client
-    await client.aclose()
 
 
 def closed_port() -> int:

@@ -10,19 +10,15 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
-import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from redis.asyncio import Redis
 from sqlalchemy import Engine, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from models.bootstrap import AddressPolicy
-from models.db import make_async_engine
-from models.settings import FerrySettings
 from tests.fleet.test_metadata_unit_guards import closed_port
 from workers.engine import admin as kafka_admin
 from workers.engine.cluster_metadata import ClusterMetadataHub, connection_identity
@@ -34,20 +30,6 @@ from workers.fleet.runtime import ReplicatorRuntime, runtime_of
 REPLICATORS = 30
 TOPICS = 6
 CONFIG_INTERVAL_S = 4.0
-
-
-@pytest.fixture
-async def adb(fleet_settings: FerrySettings) -> AsyncIterator[AsyncEngine]:
-    engine = make_async_engine(fleet_settings)
-    yield engine
-    await engine.dispose()
-
-
-@pytest.fixture
-async def aredis(fleet_settings: FerrySettings) -> AsyncIterator[Redis]:
-    client = Redis.from_url(fleet_settings.redis_url)
-    yield client
-    await client.aclose()
 
 
 def stored_runtime(fleet_db: Engine, name: str, source: str, target: str, pattern: str) -> ReplicatorRuntime:
