@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hashlib
 import logging
 import time
@@ -294,6 +295,12 @@ class ClusterView:
         await self._drop_probe_admin()
 
 
+def _outside_callers_context(emit: Callable[..., None], *args: Any) -> None:
+    """A view belongs to every replicator using it: its own log lines carry none of their context (the replicator
+    that happened to open or release it last would otherwise be named)."""
+    contextvars.Context().run(emit, *args)
+
+
 class ClusterMetadataHub:
     """The views of one process (one event loop): ``acquire`` a view for a connection, ``release`` it when done.
 
@@ -309,7 +316,7 @@ class ClusterMetadataHub:
         view = self._views.get(key)
         if view is None:
             view = self._views[key] = ClusterView(connection, key)
-            log.info("shared metadata view of %s opened", connection.describe())
+            _outside_callers_context(log.info, "shared metadata view of %s opened", connection.describe())
         view.users += 1
         return view
 
@@ -318,10 +325,10 @@ class ClusterMetadataHub:
         if view.users > 0 or self._views.get(view.key) is not view:
             return
         del self._views[view.key]
-        task = asyncio.ensure_future(view.close())
+        task = asyncio.get_running_loop().create_task(view.close(), context=contextvars.Context())
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
-        log.info("shared metadata view of %s closed", view.connection.describe())
+        _outside_callers_context(log.info, "shared metadata view of %s closed", view.connection.describe())
 
     @property
     def views(self) -> list[ClusterView]:
