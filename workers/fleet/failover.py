@@ -125,6 +125,18 @@ class FailoverDriver:
                 f"{len(behind)} partitions (e.g. {_sample(behind)})",
             )
             return
+        # 2b. ENHANCED: the partner copying the target back has examined the target up to its end too. A position
+        # is translated exactly only past what the partner examined; before that, the answer stops at the partner's
+        # head so that no record that originated on the target is skipped, and the group re-reads the difference.
+        partner_behind = await self._partner_behind(scope)
+        if partner_behind:
+            await self._set(
+                op_id,
+                FailoverState.WAITING_FOR_LAG,
+                f"waiting for the reverse replicator to examine the target: {sum(partner_behind.values())} records "
+                f"behind on {len(partner_behind)} partitions (e.g. {_sample(partner_behind)})",
+            )
+            return
         # 3. Groups inactive on the source (their consumers stopped), then the last sync.
         source_admin, _ = await self.syncer.admins()
         active = []
@@ -158,6 +170,22 @@ class FailoverDriver:
         await self._set(
             op_id, FailoverState.SUCCEEDED, "groups synced; consumers can start on the target", result=result
         )
+
+    async def _partner_behind(self, scope: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """ENHANCED only: target partitions (of the topics in scope) the reverse replicator has started on but not
+        examined to their end. Partitions it has no head on are outside its scope and never delay the failover."""
+        if not self.syncer.policy.enhanced:
+            return {}
+        runtime = self.syncer.runtime
+        async with self.db.connect() as conn:
+            partner = await offset_store.reverse_replicator(conn, runtime.replicator_id)
+            if partner is None:
+                return {}
+            partner_heads = await offset_store.heads(conn, partner)
+        target_partitions = {(runtime.spec.target_topic(t), p) for t, p in scope}
+        watched = [k for k in target_partitions if k in partner_heads]
+        target_ends = await end_offsets(self.syncer.target, watched)
+        return {k: end - partner_heads[k] for k, end in target_ends.items() if partner_heads[k] < end}
 
 
 def _sample(behind: dict[tuple[str, int], int]) -> str:
