@@ -15,8 +15,10 @@ AWS-compatible Secrets Manager (moto in server mode) holds the secrets a replica
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
+import ssl
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -24,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -116,11 +120,39 @@ def scram_format_args(run_dir: Path) -> list[str]:
     ]
 
 
-def ensure_scram_user(bootstrap: str, lib: Path, jvm: list[str], marker: Path, run_dir: Path) -> bool:
-    """Create (or reset) the SCRAM user on a running cluster with Kafka's ConfigCommand; once per password.
-    Returns False when ConfigCommand failed (the SCRAM listener then refuses ``ferry``)."""
+def scram_logins_work(scram_bootstrap: str, run_dir: Path) -> bool:
+    """Whether ``ferry`` logs in to the SCRAM listener with both mechanisms."""
+
+    async def login(mechanism: str) -> bool:
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=scram_bootstrap,
+            security_protocol="SASL_SSL",
+            ssl_context=ssl.create_default_context(cafile=str(run_dir / "tls" / "ca.pem")),
+            sasl_mechanism=mechanism,
+            sasl_plain_username=SCRAM_USER,
+            sasl_plain_password=scram_password(run_dir),
+            request_timeout_ms=10_000,
+        )
+        try:
+            await admin.start()
+            return True
+        except (KafkaError, OSError):
+            return False
+        finally:
+            await admin.close()
+
+    return all(asyncio.run(login(mechanism)) for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512"))
+
+
+def ensure_scram_user(
+    bootstrap: str, scram_bootstrap: str, lib: Path, jvm: list[str], *, marker: Path, run_dir: Path
+) -> bool:
+    """Create (or reset) the SCRAM user on a running cluster with Kafka's ConfigCommand, unless it already logs in
+    with both mechanisms. The marker alone is not trusted: a broker restored from a KRaft snapshot was seen to
+    come back with the user's SCRAM-SHA-256 credential but without its -512 one. Returns False when
+    ConfigCommand failed (the SCRAM listener then refuses ``ferry``)."""
     password = scram_password(run_dir)
-    if marker.exists() and marker.read_text().strip() == password:
+    if marker.exists() and marker.read_text().strip() == password and scram_logins_work(scram_bootstrap, run_dir):
         return True
     for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512"):  # one credential per request
         result = alter_scram_credential(bootstrap, lib, jvm, SCRAM_USER, mechanism=mechanism, password=password)

@@ -1083,7 +1083,9 @@ def start_secure_side(cfg: StackConfig, lib: Path) -> dict[str, Any]:
     arns = secure.seed_secrets(cfg.secrets_endpoint, cfg.run_dir, client_secret)
     for cluster in kafka_clusters(cfg):
         bootstrap = f"127.0.0.1:{cluster.port}"
-        if not secure.ensure_scram_user(bootstrap, lib, TOOLS_JVM, _scram_marker(cfg, cluster), cfg.run_dir):
+        scram_bootstrap = f"127.0.0.1:{secure.SecurePorts.of(cluster.port).scram}"
+        marker = _scram_marker(cfg, cluster)
+        if not secure.ensure_scram_user(bootstrap, scram_bootstrap, lib, TOOLS_JVM, marker=marker, run_dir=cfg.run_dir):
             raise StackError(f"could not create the SCRAM user on Kafka '{cluster.name}' ({bootstrap})")
     listeners = {}
     for cluster in kafka_clusters(cfg):
