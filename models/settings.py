@@ -62,6 +62,12 @@ class FerrySettings(BaseSettings):
         "stops writing a safety margin (FERRY_FLEET_WRITE_TIMEOUT_SECONDS + 0.5 s, at least a fifth of the lease) "
         "before the database would hand it over.",
     )
+    fleet_partitions_started_per_pass: Annotated[int, Field(ge=1, le=100_000)] = Field(
+        default=500,
+        description="How many new partitions of one replicator a worker starts copying per pass (about one a "
+        "second); more wait for the next passes, so a replicator of thousands of partitions starts in steps "
+        "instead of one pass whose Kafka calls time out.",
+    )
     fleet_write_timeout_seconds: Annotated[float, Field(ge=0.5, le=120)] = Field(
         default=5.0,
         description="How long a worker's Kafka clients wait for a broker before abandoning a request (and its "

@@ -48,8 +48,14 @@ class CopyUnit:
         resolver: ConnectionResolver | None = None,
         worker_id: str = "standalone",
         usage: UsageMeter | None = None,
+        started_per_pass: int = 500,
     ) -> None:
         self.runtime = runtime
+        # New partitions started per pass (FERRY_FLEET_PARTITIONS_STARTED_PER_PASS). Starting one reads its
+        # progress, topic ids and starting offsets; a replicator of 10,000 partitions on two workers took the work
+        # loop 20 s a pass to start all at once: the Kafka calls timed out, and the control loop in the other
+        # thread starved until its leases lapsed. The rest start on the next passes, the first ones copying.
+        self.started_per_pass = started_per_pass
         # What its copiers copy is counted there (workers/fleet/usage.py).
         self.usage = usage
         self.vetting = vetting or AddressVetting(AddressPolicy())
@@ -135,7 +141,15 @@ class CopyUnit:
             await copier.revoke(current - wanted)
             self.offset_map.forget_heads(current - wanted)
         if wanted - current:
-            await self._assign(copier, wanted - current, previous_owners or {})
+            new = sorted(wanted - current)
+            if len(new) > self.started_per_pass:
+                log.info(
+                    "replicator %s: starting %d of %d new partitions now, the rest on the next passes",
+                    self.runtime.name,
+                    self.started_per_pass,
+                    len(new),
+                )
+            await self._assign(copier, set(new[: self.started_per_pass]), previous_owners or {})
 
     async def _assign(
         self, copier: PartitionCopier, added: set[TopicPartition], previous_owners: Mapping[TopicPartition, str]
@@ -150,7 +164,16 @@ class CopyUnit:
         if self.runtime.spec.exactly_once and previous_owners:
             owners = {previous_owners[tp] for tp in added if tp in previous_owners}
             await fence_transactional_ids(copier.target, [self.transactional_id(owner) for owner in owners])
-        await copier.assign(added, from_beginning=from_beginning)
+        try:
+            await copier.assign(added, from_beginning=from_beginning)
+        except (KafkaError, TimeoutError, OSError) as exc:
+            if copier.failure is not None:
+                raise
+            # A broker slow to answer for the new partitions: those already copying go on; these wait for a
+            # later pass (nothing of them was applied).
+            self.last_failure = f"{type(exc).__name__}: {exc}"[:500]
+            log.warning("replicator %s: %d partitions not started yet: %s", self.runtime.name, len(added), exc)
+            return
         # Store the new partitions' heads at once: the first head stored is where the offset map begins. A
         # database that is away keeps them for the next flush; copying does not wait for it.
         try:

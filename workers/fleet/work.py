@@ -372,6 +372,7 @@ class WorkLoop:
                 resolver=self.resolver,
                 worker_id=self.worker_id,
                 usage=self.usage,
+                started_per_pass=self.settings.fleet_partitions_started_per_pass,
             )
             self.copiers[replicator_id] = copy_unit
         try:
