@@ -219,8 +219,10 @@ class ControlLoop:
     def _drop_lapsed(self) -> None:
         lapsed = [key for key, lease in self.leases.items() if not lease.is_valid()]
         for key in lapsed:
-            log.warning("lease on %s lapsed; its work stops", key)
             self.leases.pop(key, None)
+        if lapsed:
+            # One line, however many: a worker holding thousands of units wrote thousands of lines per lapse.
+            log.warning("%d leases lapsed; their work stops: %s", len(lapsed), _some_units(lapsed))
         if lapsed:
             self._publish()
 
@@ -301,10 +303,11 @@ class ControlLoop:
         finally:
             # Leases whose renewal failed keep their old local deadline and lapse by themselves.
             self._drop_lapsed()
+        dropped = [key for key in lost if self.leases.pop(key, None) is not None]
         for key in lost:
-            if self.leases.pop(key, None) is not None:
-                log.warning("lease on %s lost; its work stops", key)
             self.moving.pop(key, None)
+        if dropped:
+            log.warning("%d leases lost; their work stops: %s", len(dropped), _some_units(dropped))
         if lost:
             self._publish()
 
@@ -461,3 +464,9 @@ class ControlLoop:
         if self._store is None:
             raise RuntimeError("ControlLoop.run() has not started")
         return self._store
+
+
+def _some_units(keys: list[UnitKey], shown: int = 5) -> str:
+    """The first few units, and how many more."""
+    listed = ", ".join(f"{key.replicator_id} {key.topic}:{key.partition}" for key in sorted(keys)[:shown])
+    return listed + (f" and {len(keys) - shown} more" if len(keys) > shown else "")
