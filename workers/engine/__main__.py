@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from workers.engine import event_loop
 from workers.engine.connection import ClusterConnection
 from workers.engine.copier import CopierOptions
 from workers.engine.spec import ReplicationSpec
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
-    return asyncio.run(run(args))
+    return event_loop.run(run(args))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import threading
 import uuid
 
 from models.settings import FerrySettings
+from workers.engine import event_loop
 from workers.fleet.control import ControlLoop, DesiredWork
 from workers.fleet.work import WorkLoop
 
@@ -76,7 +77,7 @@ class _LoopThread(threading.Thread):
         raise NotImplementedError
 
     def run(self) -> None:
-        asyncio.run(self._main())
+        event_loop.run(self._main())
 
     async def _main(self) -> None:
         self.loop = asyncio.get_running_loop()
