@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 
 from bench.common import MB, BenchError, Stack, memory_kib, say, spawn, stop_process, wait_until
-from bench.control_plane import create_replicator, kafka_client, start_private_api
+from bench.control_plane import create_replicator, create_to_running, kafka_client, start_private_api
 from bench.kafka import Cluster
 from bench.measure import TargetWatch, copy_under_load, fixed_rate_load
 from cli.admin import create_access_key
@@ -77,6 +77,22 @@ class PrivateFleet:
             await stop_process(proc, name)
         with psycopg.connect(self._admin_dsn(), autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+
+
+async def create_to_running_fleet(stack: Stack, *, count: int, limit_s: float, log_dir: Path) -> dict[str, Any]:
+    """Create-to-RUNNING on a private control plane with one fleet worker (the stack's own API and workers are
+    shared, or not running under ``make bench``), the replicators created one after another through the API."""
+    fleet = PrivateFleet(log_dir, secrets.token_hex(4))
+    await asyncio.to_thread(fleet.start)
+    try:
+        fleet.start_worker("c2r-w1")
+        assert fleet.api is not None
+        client = kafka_client(fleet.api, fleet.credentials)
+        out = await asyncio.to_thread(create_to_running, client, stack, count, limit_s)
+        out["api"] = f"a private control plane (API, beat and one fleet worker of this checkout) at {fleet.api}"
+        return out
+    finally:
+        await fleet.stop()
 
 
 def _create_replicator(client: Any, stack: Stack, name: str, topic: str) -> tuple[str, str]:

@@ -51,7 +51,7 @@ from bench.common import (
 from bench.compression import compression_matrix
 from bench.control_plane import control_plane
 from bench.exactly_once import exactly_once
-from bench.fleet import fleet_worker_scale
+from bench.fleet import create_to_running_fleet, fleet_worker_scale
 from bench.kafka import Cluster, consumer_perf, producer_perf
 from bench.limits import parallel_producers
 from bench.measure import catch_up, latency, partitions_scale, profiled_catch_up
@@ -558,9 +558,11 @@ class Bench:
             self.stack,
             rate=settings["rate_per_s"],
             seconds=settings["seconds"],
-            creates=2 if self.args.quick else 20,
-            running_limit_s=15.0,
             log_dir=self.log_dir,
+        )
+        say("-- create to RUNNING, one replicator after another, on a private control plane with one fleet worker")
+        self.results["control_plane"]["create_to_running"] = await create_to_running_fleet(
+            self.stack, count=2 if self.args.quick else 20, limit_s=60.0, log_dir=self.log_dir
         )
         for key, entry in self.results["control_plane"].items():
             if entry.get("status") == "skipped":
