@@ -395,11 +395,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "record_bytes": args.record_bytes,
             "workers": 2,
             "kafka_heap": args.kafka_heap,
-            "fleet": "production defaults (FERRY_FLEET_TICK_SECONDS=1, FERRY_FLEET_LEASE_SECONDS=10)",
+            "fleet": "production defaults (FERRY_FLEET_TICK_SECONDS=1, FERRY_FLEET_LEASE_SECONDS=10)"
+            if args.lease_seconds is None
+            else f"production defaults but FERRY_FLEET_LEASE_SECONDS={args.lease_seconds:g}",
         },
         "runs": {},
     }
     lab = Lab(folder, fast_failover=False, kafka_heap=args.kafka_heap)
+    if args.lease_seconds is not None:
+        lab.settings = lab.settings.model_copy(update={"fleet_lease_seconds": args.lease_seconds})
+        lab.env["FERRY_FLEET_LEASE_SECONDS"] = f"{args.lease_seconds:g}"
     try:
         lab.start(workers=2)
         result["versions"] = versions(lab.kafka_lib)
@@ -450,6 +455,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=60.0, help="length of the load (default %(default)s)")
     parser.add_argument("--idle-seconds", type=float, default=30.0, help="idle CPU window (default %(default)s)")
     parser.add_argument("--startup-limit", type=float, default=900.0, help="seconds until every partition copies")
+    parser.add_argument(
+        "--lease-seconds",
+        type=float,
+        help="FERRY_FLEET_LEASE_SECONDS of the lab's fleet (default: the production default, 10)",
+    )
     parser.add_argument("--kafka-heap", default="1g", help="heap of each lab broker (default %(default)s)")
     args = parser.parse_args(argv)
     args.argv = list(argv) if argv is not None else __import__("sys").argv[1:]
