@@ -33,10 +33,10 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 def run(main: Coroutine[Any, Any, T]) -> T:
     """``asyncio.run`` on the chosen loop."""
-    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+    try:
+        factory = loop_factory()
+    except ValueError:
+        main.close()  # never to run: no "was never awaited" warning after the error
+        raise
+    with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(main)
-
-
-def loop_name() -> str:
-    loop = asyncio.get_running_loop()
-    return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
