@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,6 +17,7 @@ from api.errors import install_error_handling
 from api.fleet_trigger import FleetTrigger, ReconcileWatch
 from api.identity import Authentication, secret_box_of
 from api.openapi_document import document_security, operation_id_of_handler
+from models.access_key_cache import AccessKeyCache
 from models.bootstrap import AddressPolicy
 from models.db import async_session_factory, make_async_engine
 from models.replicator_service import RenderedShapes
@@ -55,8 +57,12 @@ def create_app(settings: FerrySettings | None = None) -> FastAPI:
         redis = Redis.from_url(settings.redis_url, socket_timeout=settings.health_timeout_seconds)
         app.state.db_engine = engine
         app.state.db_sessions = async_session_factory(engine)
+        app.state.db_reads = async_session_factory(engine.execution_options(isolation_level="AUTOCOMMIT"))
         app.state.redis = redis
         app.state.fleet = FleetTrigger(settings)
+        key_cache = AccessKeyCache(settings.database_url) if settings.access_key_cache else None
+        app.state.access_key_cache = key_cache
+        listener = asyncio.create_task(key_cache.run(), name="access-key-listener") if key_cache else None
         stop_watch = asyncio.Event()
         watch = (
             asyncio.create_task(ReconcileWatch(settings).run(stop_watch), name="reconcile-watch")
@@ -69,6 +75,10 @@ def create_app(settings: FerrySettings | None = None) -> FastAPI:
             stop_watch.set()
             if watch is not None:
                 await watch
+            if listener is not None:
+                listener.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await listener
             app.state.fleet.close()
             await redis.aclose()
             await engine.dispose()

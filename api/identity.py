@@ -7,7 +7,8 @@ authenticated before anything else looks at it (routing, JSON parsing, validatio
 nothing but 401. It
 
 1. verifies the signature (``api/sigv4.py``) with the key's secret, looked up on every request (a revoked key fails
-   on its next request);
+   on its next request): in the process's cache of keys (``models/access_key_cache.py``) while PostgreSQL's
+   notifications of key changes are shown to arrive, in the database otherwise;
 2. refuses a read-only key anything but reading (403 ``ForbiddenException``);
 3. limits each key's request rate (429 ``TooManyRequestsException``; per API process, see docs/security.md);
 4. records the ``Caller``: the key's account scopes every query, so no account sees another's replicators.
@@ -41,6 +42,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api import sigv4
 from api.errors import ERROR_TYPES, aws_error
 from models import access_keys
+from models.access_key_cache import AccessKeyCache
 from models.access_keys import KeyPermission, VerifiableKey
 from models.errors import AuthenticationError, FerryError, LimitExceededError, PermissionDeniedError
 from models.secret_box import SecretBox, SecretKeyError
@@ -159,7 +161,7 @@ class Authentication:
             body=body,
             region=self.settings.aws_region,
         )
-        key = await self._key(scope["app"].state.db_engine, signed.access_key_id)
+        key = await self._key(scope, signed.access_key_id)
         if key is None:
             raise AuthenticationError(sigv4.INVALID_TOKEN)
         sigv4.verify(signed, key.secret_access_key)
@@ -187,7 +189,7 @@ class Authentication:
             caller = Caller(self.settings.aws_account_id, self.settings.aws_region)
         elif session is not None and session.access_key_id is not None:
             try:
-                key = await self._key(scope["app"].state.db_engine, session.access_key_id)
+                key = await self._key(scope, session.access_key_id)
             except (OperationalError, InterfaceError, PoolTimeoutError) as exc:
                 log.warning("database unavailable while authenticating %s %s: %s", scope["method"], path, exc)
                 await PlainTextResponse("The service's database is unavailable; retry later", 503)(scope, receive, send)
@@ -208,9 +210,15 @@ class Authentication:
             scope[CALLER_SCOPE_KEY] = caller
         await self.app(scope, receive, send)
 
-    async def _key(self, engine: AsyncEngine, access_key_id: str) -> VerifiableKey | None:
-        assert self.box is not None
-        return await active_key(engine, self.box, access_key_id)
+    async def _key(self, scope: Scope, access_key_id: str) -> VerifiableKey | None:
+        box, state = self.box, scope["app"].state
+        assert box is not None
+
+        async def read(key_id: str) -> VerifiableKey | None:
+            return await active_key(state.db_engine, box, key_id)
+
+        cache: AccessKeyCache | None = getattr(state, "access_key_cache", None)
+        return await (cache.lookup(access_key_id, read) if cache is not None else read(access_key_id))
 
 
 def is_console_path(path: str) -> bool:

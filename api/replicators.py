@@ -12,7 +12,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
 
 from api import examples
-from api.deps import transaction
+from api.deps import reading, transaction
 from api.errors import error_responses, require_json_body
 from api.identity import CallerDep
 from api.links import ARN_IN_BODY, VERSION_IN_BODY, link, on_success, replicator_links
@@ -133,7 +133,7 @@ async def list_replicators(
 
     Errors: 400 when maxResults is out of range or nextToken is not one this service issued; 401, 403, 429 and 503
     as for every signed call."""
-    async with transaction(request) as session:
+    async with reading(request) as session:
         body = await replicator_service.list_json(
             session,
             request.app.state.rendered,
@@ -163,7 +163,7 @@ async def describe_replicator(replicatorArn: ReplicatorArn, request: Request, ca
 
     Errors: 400 when the ARN is not a replicator ARN; 404 when the account has no such replicator (another
     account's replicators are not found either); 401, 403, 429 and 503 as for every signed call."""
-    async with transaction(request) as session:
+    async with reading(request) as session:
         body = await replicator_service.describe_json(
             session, request.app.state.rendered, account_id=caller.account_id, arn=replicatorArn
         )

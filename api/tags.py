@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
 
 from api import examples
-from api.deps import transaction
+from api.deps import reading, transaction
 from api.errors import error_responses, require_json_body
 from api.identity import CallerDep
 from api.links import link, on_success
@@ -94,6 +94,6 @@ async def list_tags_for_resource(
 
     Errors: 400 when the ARN is not a replicator ARN; 404 when the replicator does not exist; 401, 403, 429 and
     503 as for every signed call."""
-    async with transaction(request) as session:
+    async with reading(request) as session:
         tags = await replicator_service.list_tags(session, account_id=caller.account_id, arn=resourceArn)
     return ListTagsForResourceResponse(tags=tags)

@@ -50,6 +50,11 @@ class FerrySettings(BaseSettings):
         description="API processes run reconcile passes too, so a fleet whose every worker died is still seen "
         "(its replicators become FAILED with NO_LIVE_WORKER).",
     )
+    access_key_cache: bool = Field(
+        default=True,
+        description="API processes keep verified access keys in memory, forgotten at once when a key changes "
+        "(PostgreSQL LISTEN/NOTIFY; the cache stands aside while notifications cannot be shown to arrive).",
+    )
     fleet_agent_enabled: bool = Field(
         default=True, description="Run a fleet agent (replication work) in each Celery worker process."
     )
