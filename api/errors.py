@@ -331,7 +331,7 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-def require_json_body(request: Request) -> None:
+async def require_json_body(request: Request) -> None:
     """Dependency for operations with a body: only JSON is accepted, as the AWS SDKs send it."""
     content_type = request.headers.get("content-type", "")
     media_type = content_type.split(";", 1)[0].strip().lower()

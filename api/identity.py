@@ -296,4 +296,9 @@ def is_metrics_scraper(request: Request) -> bool:
     return bool(request.scope.get(SCRAPER_SCOPE_KEY))
 
 
-CallerDep = Annotated[Caller, Depends(current_caller)]
+async def _caller_of_request(request: Request) -> Caller:
+    # async although it awaits nothing: FastAPI runs a plain def dependency on a thread, a hop per request.
+    return current_caller(request)
+
+
+CallerDep = Annotated[Caller, Depends(_caller_of_request)]

@@ -47,6 +47,7 @@ _AUTHORIZATION = re.compile(
     r"\s*Signature=(?P<signature>[0-9a-f]{64})$"
 )
 _SIGNED_HEADER = re.compile(r"^[a-z0-9-]+$")
+_TIMESTAMP = re.compile(r"^\d{8}T\d{6}Z\Z", re.ASCII)
 
 MISSING = "Missing Authentication Token"
 INCOMPLETE = "Authorization header requires 'Credential', 'Signature' and 'SignedHeaders' parameters."
@@ -144,8 +145,14 @@ def _scope(credential: str, region: str) -> tuple[str, str, str]:
 
 
 def _signing_time(stamp: str, date: str) -> dt.datetime:
+    # SIGV4_TIMESTAMP (%Y%m%dT%H%M%SZ) read by hand: strptime is a tenth of a request's authentication.
+    if not _TIMESTAMP.match(stamp):
+        raise _refuse(INCOMPLETE)
     try:
-        when = dt.datetime.strptime(stamp, SIGV4_TIMESTAMP).replace(tzinfo=dt.UTC)
+        when = dt.datetime(
+            int(stamp[0:4]), int(stamp[4:6]), int(stamp[6:8]),
+            int(stamp[9:11]), int(stamp[11:13]), int(stamp[13:15]), tzinfo=dt.UTC,
+        )  # fmt: skip
     except ValueError:
         raise _refuse(INCOMPLETE) from None
     if stamp[:8] != date:

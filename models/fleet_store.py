@@ -310,9 +310,12 @@ async def inventories(
     ids = [uuid.UUID(i) for i in replicator_ids]
     if not ids:
         return {}
+    # One array parameter, not one placeholder per id: a scrape of 1,000 replicators otherwise spent more time in
+    # psycopg parsing the statement than in PostgreSQL.
+    wanted = bindparam("inventory_replicators", ids, type_=ARRAY(PgUUID))
     rows = await db.execute(
         select(ReplicatorMetadata.replicator_id, ReplicatorMetadata.partitions).where(
-            ReplicatorMetadata.replicator_id.in_(ids)
+            ReplicatorMetadata.replicator_id == func.any(wanted)
         )
     )
     return {str(r.replicator_id): [(str(t), int(p)) for t, p in r.partitions] for r in rows}
