@@ -60,7 +60,8 @@ def create_app(settings: FerrySettings | None = None) -> FastAPI:
         app.state.db_reads = async_session_factory(engine.execution_options(isolation_level="AUTOCOMMIT"))
         app.state.redis = redis
         app.state.fleet = FleetTrigger(settings)
-        key_cache = AccessKeyCache(settings.database_url) if settings.access_key_cache else None
+        caching = settings.access_key_cache and settings.auth != "disabled"
+        key_cache = AccessKeyCache(settings.database_url) if caching else None
         app.state.access_key_cache = key_cache
         listener = asyncio.create_task(key_cache.run(), name="access-key-listener") if key_cache else None
         stop_watch = asyncio.Event()
