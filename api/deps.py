@@ -29,8 +29,7 @@ async def transaction(request: Request) -> AsyncIterator[AsyncSession]:
 @asynccontextmanager
 async def reading(request: Request) -> AsyncIterator[AsyncSession]:
     """For a handler that only reads: its statements run without BEGIN and COMMIT (two round trips fewer), each
-    seeing the database as of its own start. A handler whose reads must agree with each other uses
-    ``transaction``."""
+    seeing the database as of its own start, as they would in a READ COMMITTED transaction."""
     sessions: async_sessionmaker[AsyncSession] = request.app.state.db_reads
     async with sessions() as session:
         yield session

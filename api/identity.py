@@ -6,9 +6,10 @@ Terraform's aws provider sign this way unchanged. ``Authentication`` is an ASGI 
 authenticated before anything else looks at it (routing, JSON parsing, validation): an unsigned request learns
 nothing but 401. It
 
-1. verifies the signature (``api/sigv4.py``) with the key's secret, looked up on every request (a revoked key fails
-   on its next request): in the process's cache of keys (``models/access_key_cache.py``) while PostgreSQL's
-   notifications of key changes are shown to arrive, in the database otherwise;
+1. verifies the signature (``api/sigv4.py``) with the key's secret, looked up on every request: in the process's
+   cache of keys (``models/access_key_cache.py``) while PostgreSQL's notifications of key changes are shown to
+   arrive, in the database otherwise. A revoked key fails as soon as the notification arrives (usually within a
+   millisecond; at most the cache's probe interval, 5 s, when the listener's connection dies silently);
 2. refuses a read-only key anything but reading (403 ``ForbiddenException``);
 3. limits each key's request rate (429 ``TooManyRequestsException``; per API process, see docs/security.md);
 4. records the ``Caller``: the key's account scopes every query, so no account sees another's replicators.

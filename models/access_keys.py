@@ -3,8 +3,8 @@ sign requests with, each belonging to one account.
 
 The secret access key is stored sealed (``models/secret_box.py``): SigV4 signatures are HMACs, so the server must
 read the secret back to verify one, and a hash would not do. A revoked key stays listed (with its revocation time)
-and fails on its next request: every change to a key row is NOTIFYed (migration 0015), and the API's key cache
-(``models/access_key_cache.py``) forgets the key before it answers again.
+and is refused within moments: every change to a key row is NOTIFYed (migration 0015), and the API's key cache
+(``models/access_key_cache.py``) forgets the key when the notification arrives (the bounds are in its docstring).
 """
 
 from __future__ import annotations

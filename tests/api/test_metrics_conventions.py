@@ -40,7 +40,7 @@ from models.migrate import upgrade
 from models.replicator import ReplicatorRow, ReplicatorState
 from models.settings import FerrySettings
 from tests.api.conftest import RunningServer, create_request, kafka_client
-from tests.conftest import ACCOUNT, ROOT, SigV4HttpxAuth, issue_key
+from tests.conftest import ACCOUNT, ROOT, SigV4HttpxAuth, drop_database, issue_key
 from tests.exposition import metric_value
 
 MONITORING = ROOT / "deploy" / "monitoring"
@@ -59,8 +59,7 @@ def scratch_settings(test_settings: FerrySettings) -> Iterator[FerrySettings]:
     url = test_settings.database_url.rsplit("/", 1)[0] + f"/{name}"
     upgrade(url)
     yield test_settings.model_copy(update={"database_url": url})
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    drop_database(dsn, name)
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,7 @@ from models.db import make_async_engine, make_sync_engine
 from models.migrate import upgrade
 from models.settings import FerrySettings
 from tests.api.conftest import RunningServer, kafka_client
-from tests.conftest import ROOT, SigV4HttpxAuth, issue_key, stack_settings
+from tests.conftest import ROOT, SigV4HttpxAuth, drop_database, issue_key, stack_settings
 
 T = TypeVar("T")
 
@@ -69,8 +69,7 @@ def fleet_settings(stack: dict[str, Any]) -> Iterator[FerrySettings]:
         api_reconcile=True,
     )
     yield settings
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    drop_database(admin_dsn, name)
 
 
 class Fleet:

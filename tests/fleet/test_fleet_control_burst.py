@@ -97,7 +97,8 @@ def test_a_burst_of_creates_and_deletes_never_starves_the_control_path(
     late = [f"{unique}-late-{i:02d}" for i in range(10)]
     asyncio.run(create_topics(source_bootstrap, late))
 
-    # Meanwhile a new replicator, on a topic of its own, runs within 10 s.
+    # Meanwhile a new replicator, on a topic of its own, runs within 20 s: starved, it took over 14 minutes. (On
+    # the shared CI box it took 12.6 s once, with the hypervisor holding back half the CPU.)
     fresh_topic = f"{unique}-fresh"
     asyncio.run(create_topic(source_bootstrap, fresh_topic, 2))
     asyncio.run(produce_numbered(source_bootstrap, fresh_topic, range(200), 2))
@@ -140,5 +141,5 @@ def test_a_burst_of_creates_and_deletes_never_starves_the_control_path(
     assert not written_after_delete, f"deleted replicators created {sorted(written_after_delete)} on the target"
     assert slowest <= 30, f"a deleted replicator took {slowest:.1f}s to go"
     assert fresh_owned_s <= 10, f"the new replicator's first unit was taken only after {fresh_owned_s:.1f}s"
-    assert fresh_running_s <= 10, f"the new replicator took {fresh_running_s:.1f}s to reach RUNNING"
+    assert fresh_running_s <= 20, f"the new replicator took {fresh_running_s:.1f}s to reach RUNNING"
     assert result.lost == 0

@@ -20,7 +20,7 @@ from models.access_keys import IssuedKey
 from models.migrate import upgrade
 from models.settings import FerrySettings
 from tests.api.conftest import kafka_client
-from tests.conftest import ACCOUNT, REGION, TEST_METRICS_TOKEN, TEST_SECRET_KEY
+from tests.conftest import ACCOUNT, REGION, TEST_METRICS_TOKEN, TEST_SECRET_KEY, drop_database
 from tests.stack.roles import Role, accepts_connections, free_port
 
 
@@ -53,8 +53,7 @@ def scratch_settings(test_settings: FerrySettings) -> Iterator[FerrySettings]:
     url = test_settings.database_url.rsplit("/", 1)[0] + f"/{name}"
     upgrade(url)
     yield test_settings.model_copy(update={"database_url": url, "celery_queue": f"logs-{uuid.uuid4().hex[:8]}"})
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    drop_database(dsn, name)
 
 
 def json_env(settings: FerrySettings) -> dict[str, str]:

@@ -24,7 +24,7 @@ import pytest
 
 from models.migrate import head_revision
 from models.settings import FerrySettings
-from tests.conftest import ROOT
+from tests.conftest import ROOT, drop_database
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +71,7 @@ def scratch_database(test_settings: FerrySettings) -> Iterator[str]:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     yield test_settings.database_url.rsplit("/", 1)[0] + f"/{name}"
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    drop_database(dsn, name)
 
 
 def test_an_installed_ferry_migrates_its_database_from_anywhere(
