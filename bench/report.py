@@ -244,6 +244,8 @@ def table(results: dict[str, Any]) -> str:
         lines.append("|---|---:|")
         lines.extend(f"| `{f['function']}` | {f['share']:.0%} |" for f in prof.get("top_functions_self", [])[:8])
         lines.append("")
+    lines.extend(_scaleout_table(results))
+    lines.extend(_multibroker_table(results))
     lines.extend(compression.table(results))
     lines.extend(exactly_once.table(results))
     lines.extend(efficiency.table(results))
@@ -254,6 +256,52 @@ def table(results: dict[str, Any]) -> str:
         lines.extend(f"- **{s['what']}**: {s['reason']}" for s in skipped)
         lines.append("")
     return "\n".join(lines)
+
+
+def _scaleout_table(results: dict[str, Any]) -> list[str]:
+    out = results.get("scaleout", {})
+    runs = out.get("throughput", {})
+    if not runs:
+        return []
+    lines = [
+        f"### Scale-out: one replicator in {out.get('processes')} engine processes against one "
+        f"(profile A, {out.get('rounds')} interleaved rounds)",
+        "",
+        "| run | MB/s (median) | replicator cores | status |",
+        "|---|---:|---:|---|",
+    ]
+    lines.extend(
+        f"| {kind} | {_f(run.get('mb_per_s'))} | {_f(run.get('replicator_cores_median'), 2)} | {_status(run)} |"
+        for kind, run in runs.items()
+    )
+    ratio = out.get("ratios", {})
+    each = ", ".join(f"{v:.2f}" for v in ratio.get("x2_over_one_per_round", []))
+    lines += ["", f"Two processes / one: **{_f(ratio.get('x2_over_one'), 2)}** (rounds: {each or '-'}).", ""]
+    return lines
+
+
+def _multibroker_table(results: dict[str, Any]) -> list[str]:
+    out = results.get("multibroker", {})
+    runs = out.get("throughput", {})
+    if not runs:
+        return []
+    lines = [
+        f"### Multi-broker: {out.get('brokers_per_cluster')} brokers per cluster, replication factor "
+        f"{out.get('replication_factor')} (profile A, {out.get('rounds')} rounds)",
+        "",
+        "| run | MB/s (median) | status |",
+        "|---|---:|---|",
+    ]
+    lines.extend(f"| {kind} | {_f(run.get('mb_per_s'))} | {_status(run)} |" for kind, run in runs.items())
+    ratio = out.get("ratios", {})
+    each = ", ".join(f"{v:.2f}" for v in ratio.get("ferry_over_mm2_tuned_per_round", []))
+    lines += [
+        "",
+        f"Ferry / tuned MM2: **{_f(ratio.get('ferry_over_mm2_tuned'), 2)}** (rounds: {each or '-'}); Ferry / limit "
+        f"{_f(ratio.get('ferry_over_limit'), 2)}, tuned MM2 / limit {_f(ratio.get('mm2_tuned_over_limit'), 2)}.",
+        "",
+    ]
+    return lines
 
 
 def ran_summary(results: dict[str, Any]) -> list[str]:
@@ -281,6 +329,14 @@ def ran_summary(results: dict[str, Any]) -> list[str]:
         lines.append(f"- scale (one engine process): {statuses(results.get('partitions_scale', {}))}")
     if "profile" in steps:
         lines.append(f"- profile: {results.get('profile', {}).get('status', '-')}")
+    if "scaleout" in steps:
+        ratio = results.get("scaleout", {}).get("ratios", {}).get("x2_over_one")
+        runs = results.get("scaleout", {}).get("throughput", {})
+        lines.append(f"- scale-out: {statuses(runs)}" + (f" (two processes / one {ratio})" if ratio else ""))
+    if "multibroker" in steps:
+        ratio = results.get("multibroker", {}).get("ratios", {}).get("ferry_over_mm2_tuned")
+        runs = results.get("multibroker", {}).get("throughput", {})
+        lines.append(f"- multi-broker: {statuses(runs)}" + (f" (Ferry / tuned MM2 {ratio})" if ratio else ""))
     if "compression" in steps:
         cells = results.get("compression", {}).get("cells", {})
         lines.append(f"- compression: {', '.join(cells) or '-'}")
