@@ -242,9 +242,13 @@ def test_a_recreated_source_topic_is_copied_again_and_said_in_state_info(
     )
     assert topic in notice["Message"]
     assert describe(fleet_kafka, arn)["ReplicatorState"] == "RUNNING"
-    partition = metrics(fleet_http, arn)["partitions"][0]
+    # The notice is in the database; the partition's reading is the owner's next report to Redis, a tick later.
+    partition = wait_until(
+        "the partition's report telling of the re-creation",
+        lambda: (p := metrics(fleet_http, arn)["partitions"][0])["health"] == "SOURCE_RECREATED" and p,
+        30,
+    )
     assert partition["errors"].get("SOURCE_RECREATED") == 1, partition
-    assert partition["health"] == "SOURCE_RECREATED"
 
 
 async def produce_backfill(bootstrap: str, topic: str, count: int, timestamp_ms: int) -> None:
