@@ -82,8 +82,6 @@ class AccessKeyCache:
         self._generation = 0
         self._listener: psycopg.AsyncConnection[Any] | None = None  # set while connected and proven
         self._answered_since_failure = False
-        self.hits = 0
-        self.misses = 0
 
     @property
     def answering(self) -> bool:
@@ -98,9 +96,7 @@ class AccessKeyCache:
         if self._listener is not None and not self._notification_waiting(self._listener):
             cached = self._keys.get(access_key_id)
             if cached is not None and time.monotonic() - cached[1] < self.max_age_seconds:
-                self.hits += 1
                 return cached[0]
-        self.misses += 1
         generation = self._generation
         key = await read(access_key_id)
         if key is not None and self._listener is not None and generation == self._generation:
