@@ -22,6 +22,7 @@ from bench.control_plane import create_replicator, create_to_running, kafka_clie
 from bench.kafka import Cluster
 from bench.measure import TargetWatch, copy_under_load, fixed_rate_load
 from cli.admin import create_access_key
+from dev.scratch_database import drop_database
 from dev.stack import DEV_ACCOUNT, StackConfig, celery_beat_argv, celery_worker_argv, migrate
 
 
@@ -75,8 +76,7 @@ class PrivateFleet:
     async def stop(self) -> None:
         for name, proc in reversed(list(self.processes.items())):
             await stop_process(proc, name)
-        with psycopg.connect(self._admin_dsn(), autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+        drop_database(self._admin_dsn(), self.database)
 
 
 async def create_to_running_fleet(stack: Stack, *, count: int, limit_s: float, log_dir: Path) -> dict[str, Any]:

@@ -34,7 +34,6 @@ from urllib.parse import quote
 
 import boto3
 import httpx
-import psycopg
 import redis
 import uvicorn
 from botocore.auth import SigV4Auth
@@ -47,11 +46,11 @@ from api.app import create_app
 from bench.common import RESULTS_DIR, ROOT, machine_info, say
 from bench.measure import percentile
 from cli.admin import create_access_key
+from dev.scratch_database import scratch_database
 from models.access_keys import IssuedKey
 from models.db import make_sync_engine
 from models.fleet import ReplicatorMetadata
 from models.fleet_reports import METRICS_KEY, STATUS_KEY, PartitionReport, StatusField
-from models.migrate import upgrade
 from models.replicator import ReplicatorRow
 from models.settings import FerrySettings
 
@@ -68,18 +67,8 @@ def _stack() -> dict[str, Any]:
 
 @contextmanager
 def _scratch_database(stack: dict[str, Any]) -> Iterator[str]:
-    name = f"ferry_bench_metrics_{uuid.uuid4().hex[:10]}"
-    base = str(stack["test_database_url"])
-    dsn = base.replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        url = base.rsplit("/", 1)[0] + f"/{name}"
-        upgrade(url)
+    with scratch_database(str(stack["test_database_url"]), "ferry_bench_metrics") as url:
         yield url
-    finally:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @contextmanager

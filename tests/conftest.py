@@ -10,14 +10,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import time
 import uuid
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
@@ -63,22 +61,6 @@ def stack_settings(stack: dict[str, Any], **overrides: Any) -> FerrySettings:
         values["secrets_manager_endpoint"] = secured["aws_endpoint"]
     values.update(overrides)
     return FerrySettings(**values)
-
-
-def drop_database(admin_dsn: str, name: str, deadline_s: float = 60.0) -> None:
-    """Drop a test's scratch database, ending the sessions still in it. FORCE ends sessions of our own role only: an
-    autovacuum worker in the database (no role we may signal) makes it fail until that worker is done, which takes
-    moments, so it is tried again until ``deadline_s``."""
-    deadline = time.monotonic() + deadline_s
-    while True:
-        try:
-            with psycopg.connect(admin_dsn, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            return
-        except psycopg.errors.InsufficientPrivilege:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
 
 
 def issue_key(settings: FerrySettings, account_id: str = ACCOUNT, *, read_only: bool = False) -> IssuedKey:

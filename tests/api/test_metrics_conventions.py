@@ -19,7 +19,6 @@ from urllib.parse import quote
 
 import httpx
 import promql_parser
-import psycopg
 import pytest
 import redis
 import yaml
@@ -32,15 +31,15 @@ from sqlalchemy import Connection, insert, select
 
 from api.app import create_app
 from api.metrics_exposition import _Families
+from dev.scratch_database import scratch_database
 from models.db import make_async_engine, make_sync_engine
 from models.fleet import ReplicatorMetadata
 from models.fleet_reports import METRICS_KEY, STATUS_KEY, PartitionReport, StatusField
 from models.fleet_store import LoadSample, heartbeat, record_reconcile
-from models.migrate import upgrade
 from models.replicator import ReplicatorRow, ReplicatorState
 from models.settings import FerrySettings
 from tests.api.conftest import RunningServer, create_request, kafka_client
-from tests.conftest import ACCOUNT, ROOT, SigV4HttpxAuth, drop_database, issue_key
+from tests.conftest import ACCOUNT, ROOT, SigV4HttpxAuth, issue_key
 from tests.exposition import metric_value
 
 MONITORING = ROOT / "deploy" / "monitoring"
@@ -52,14 +51,8 @@ TRUNCATED = 7
 
 @pytest.fixture(scope="module")
 def scratch_settings(test_settings: FerrySettings) -> Iterator[FerrySettings]:
-    name = f"ferry_metrics_{uuid.uuid4().hex[:10]}"
-    dsn = test_settings.database_url.replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = test_settings.database_url.rsplit("/", 1)[0] + f"/{name}"
-    upgrade(url)
-    yield test_settings.model_copy(update={"database_url": url})
-    drop_database(dsn, name)
+    with scratch_database(test_settings.database_url, "ferry_metrics") as url:
+        yield test_settings.model_copy(update={"database_url": url})
 
 
 @pytest.fixture(scope="module")

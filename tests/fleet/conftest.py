@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
-import psycopg
 import pytest
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
@@ -24,14 +23,14 @@ from sqlalchemy import Engine, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.app import create_app
+from dev.scratch_database import scratch_database
 from dev.secure import SECRETS_CREDENTIALS
 from dev.stack import celery_beat_argv, celery_worker_argv
 from models.access_keys import IssuedKey
 from models.db import make_async_engine, make_sync_engine
-from models.migrate import upgrade
 from models.settings import FerrySettings
 from tests.api.conftest import RunningServer, kafka_client
-from tests.conftest import ROOT, SigV4HttpxAuth, drop_database, issue_key, stack_settings
+from tests.conftest import ROOT, SigV4HttpxAuth, issue_key, stack_settings
 
 T = TypeVar("T")
 
@@ -50,26 +49,18 @@ def wait_until(what: str, probe: Callable[[], T | None], timeout: float, interva
 
 @pytest.fixture(scope="module")
 def fleet_settings(stack: dict[str, Any]) -> Iterator[FerrySettings]:
-    name = f"ferry_fleet_{uuid.uuid4().hex[:10]}"
-    base_url: str = stack["test_database_url"]
-    admin_dsn = base_url.replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = base_url.rsplit("/", 1)[0] + f"/{name}"
-    upgrade(url)
-    settings = stack_settings(
-        stack,
-        database_url=url,
-        celery_queue=f"fleet-{uuid.uuid4().hex[:8]}",
-        reconcile_interval_seconds=1.0,
-        fleet_lease_seconds=8.0,
-        fleet_write_timeout_seconds=3.0,
-        worker_dead_after_seconds=8.0,
-        replicator_fail_after_seconds=5.0,
-        api_reconcile=True,
-    )
-    yield settings
-    drop_database(admin_dsn, name)
+    with scratch_database(stack["test_database_url"], "ferry_fleet") as url:
+        yield stack_settings(
+            stack,
+            database_url=url,
+            celery_queue=f"fleet-{uuid.uuid4().hex[:8]}",
+            reconcile_interval_seconds=1.0,
+            fleet_lease_seconds=8.0,
+            fleet_write_timeout_seconds=3.0,
+            worker_dead_after_seconds=8.0,
+            replicator_fail_after_seconds=5.0,
+            api_reconcile=True,
+        )
 
 
 class Fleet:

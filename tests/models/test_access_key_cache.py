@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
@@ -15,6 +14,7 @@ from alembic import command
 from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from dev.scratch_database import scratch_database
 from models import access_keys
 from models.access_key_cache import LISTENER_APPLICATION_NAME, AccessKeyCache
 from models.access_keys import AccessKey, IssuedKey, VerifiableKey
@@ -22,7 +22,7 @@ from models.db import make_async_engine
 from models.migrate import alembic_config, upgrade
 from models.secret_box import SecretBox
 from models.settings import FerrySettings
-from tests.conftest import ACCOUNT, drop_database, stack_settings
+from tests.conftest import ACCOUNT, stack_settings
 from tests.engine.conftest import wait_for
 
 Condition = Callable[[], Awaitable[bool]]
@@ -43,14 +43,8 @@ class CountedReads:
 @pytest.fixture(scope="module")
 def scratch_settings(stack: dict[str, Any]) -> Iterator[FerrySettings]:
     """A database of this module's own: it truncates the key table and terminates its listeners."""
-    name = f"ferry_keys_{uuid.uuid4().hex[:10]}"
-    admin_dsn = stack["test_database_url"].replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = stack["test_database_url"].rsplit("/", 1)[0] + f"/{name}"
-    upgrade(url)
-    yield stack_settings(stack, database_url=url)
-    drop_database(admin_dsn, name)
+    with scratch_database(stack["test_database_url"], "ferry_keys") as url:
+        yield stack_settings(stack, database_url=url)
 
 
 @pytest.fixture

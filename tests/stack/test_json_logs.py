@@ -11,16 +11,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from botocore.exceptions import ClientError
 
+from dev.scratch_database import scratch_database
 from dev.secure import SECRETS_CREDENTIALS
 from models.access_keys import IssuedKey
-from models.migrate import upgrade
 from models.settings import FerrySettings
 from tests.api.conftest import kafka_client
-from tests.conftest import ACCOUNT, REGION, TEST_METRICS_TOKEN, TEST_SECRET_KEY, drop_database
+from tests.conftest import ACCOUNT, REGION, TEST_METRICS_TOKEN, TEST_SECRET_KEY
 from tests.stack.roles import Role, accepts_connections, free_port
 
 
@@ -46,14 +45,8 @@ def line_with(role: Role, text: str) -> dict[str, Any] | None:
 @pytest.fixture
 def scratch_settings(test_settings: FerrySettings) -> Iterator[FerrySettings]:
     """A migrated database of this test's own, so a worker's fleet agent sees no other test's replicators."""
-    name = f"ferry_logs_{uuid.uuid4().hex[:10]}"
-    dsn = test_settings.database_url.replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = test_settings.database_url.rsplit("/", 1)[0] + f"/{name}"
-    upgrade(url)
-    yield test_settings.model_copy(update={"database_url": url, "celery_queue": f"logs-{uuid.uuid4().hex[:8]}"})
-    drop_database(dsn, name)
+    with scratch_database(test_settings.database_url, "ferry_logs") as url:
+        yield test_settings.model_copy(update={"database_url": url, "celery_queue": f"logs-{uuid.uuid4().hex[:8]}"})
 
 
 def json_env(settings: FerrySettings) -> dict[str, str]:

@@ -22,9 +22,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from dev.scratch_database import scratch_database
 from models.migrate import head_revision
 from models.settings import FerrySettings
-from tests.conftest import ROOT, drop_database
+from tests.conftest import ROOT
 
 
 @pytest.fixture(scope="module")
@@ -65,17 +66,14 @@ def test_the_wheel_holds_what_production_runs_and_nothing_else(wheel: Path) -> N
 
 
 @pytest.fixture
-def scratch_database(test_settings: FerrySettings) -> Iterator[str]:
-    name = f"ferry_wheel_{uuid.uuid4().hex[:10]}"
-    dsn = test_settings.database_url.replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield test_settings.database_url.rsplit("/", 1)[0] + f"/{name}"
-    drop_database(dsn, name)
+def empty_database(test_settings: FerrySettings) -> Iterator[str]:
+    """A database with no schema yet: the installed package's own migration creates it."""
+    with scratch_database(test_settings.database_url, "ferry_wheel", migrate=False) as url:
+        yield url
 
 
 def test_an_installed_ferry_migrates_its_database_from_anywhere(
-    wheel: Path, tmp_path: Path, scratch_database: str
+    wheel: Path, tmp_path: Path, empty_database: str
 ) -> None:
     installed = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(installed)
@@ -87,7 +85,7 @@ def test_an_installed_ferry_migrates_its_database_from_anywhere(
             sys.executable,
             "-c",
             "import sys, models.migrate as m; print(m.__file__); sys.exit(m.main(['upgrade', '--database-url', "
-            f"{scratch_database!r}]))",
+            f"{empty_database!r}]))",
         ],
         cwd=elsewhere,
         env={"PYTHONPATH": str(installed), "PATH": "/usr/bin:/bin"},
@@ -98,7 +96,7 @@ def test_an_installed_ferry_migrates_its_database_from_anywhere(
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[0].startswith(str(installed)), "the installed copy ran, not the checkout"
-    with psycopg.connect(scratch_database.replace("postgresql+psycopg://", "postgresql://")) as conn:
+    with psycopg.connect(empty_database.replace("postgresql+psycopg://", "postgresql://")) as conn:
         (version,) = conn.execute("SELECT version_num FROM alembic_version").fetchone() or (None,)
     assert version == head_revision()
 
@@ -136,7 +134,7 @@ def _stop(proc: subprocess.Popen[bytes], timeout: float = 60) -> int:
 
 @pytest.mark.slow
 def test_a_fresh_virtualenv_runs_every_role_with_the_ferry_command(
-    source: Path, tmp_path: Path, scratch_database: str, test_settings: FerrySettings
+    source: Path, tmp_path: Path, empty_database: str, test_settings: FerrySettings
 ) -> None:
     """No OCI builder can pull a base image on this machine, so the image's install steps (Dockerfile: the
     dependencies from pyproject.toml, then the package without them) run here in a fresh virtualenv."""
@@ -163,13 +161,13 @@ def test_a_fresh_virtualenv_runs_every_role_with_the_ferry_command(
     assert refused.returncode == 2
     assert "FERRY_DATABASE_URL is required" in refused.stderr and "FERRY_REDIS_URL is required" in refused.stderr
 
-    settings = test_settings.model_copy(update={"database_url": scratch_database})
+    settings = test_settings.model_copy(update={"database_url": empty_database})
     env = {**bare, **settings.as_environment(), "FERRY_WORKER_LIVENESS_FILE": str(tmp_path / "worker.live")}
     migrated = subprocess.run(
         [ferry, "migrate"], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120, check=False
     )
     assert migrated.returncode == 0, migrated.stderr
-    with psycopg.connect(scratch_database.replace("postgresql+psycopg://", "postgresql://")) as conn:
+    with psycopg.connect(empty_database.replace("postgresql+psycopg://", "postgresql://")) as conn:
         (revision,) = conn.execute("SELECT version_num FROM alembic_version").fetchone() or (None,)
     assert revision == head_revision()
 
