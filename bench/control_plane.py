@@ -192,17 +192,18 @@ def _free_port() -> int:
 
 
 def start_private_api(
-    log: Path, limit_s: float = 60.0, env: dict[str, str] | None = None
+    log: Path, limit_s: float = 60.0, env: dict[str, str] | None = None, processes: int = 1
 ) -> tuple[str, subprocess.Popen[bytes]]:
-    """Start this checkout's API (uvicorn, as dev/stack.py runs it) on a free port against the stack's
-    PostgreSQL and Redis (or the settings in ``env``); returns its URL and process once it serves the replicator
-    routes."""
+    """Start this checkout's API as a deployment runs it (``ferry api``: Ferry's logging and access lines,
+    ``processes`` uvicorn worker processes) on a free port against the stack's PostgreSQL and Redis (or the
+    settings in ``env``); returns its URL and process (with several processes, uvicorn's supervisor) once it serves
+    the replicator routes."""
     from dev.stack import StackConfig  # noqa: PLC0415 (only needed on this path)
 
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    argv = [sys.executable, "-m", "uvicorn", "--factory", "api.app:create_app", "--host", "127.0.0.1",
-            "--port", str(port), "--no-access-log"]  # fmt: skip
+    argv = [sys.executable, "-m", "cli", "api", "--host", "127.0.0.1", "--port", str(port),
+            "--workers", str(processes)]  # fmt: skip
     proc = spawn(argv, log, env=env or StackConfig().app_env())
     say(f"  started this checkout's API on {url} (pid {proc.pid}, log {log})")
     deadline = time.monotonic() + limit_s

@@ -8,7 +8,9 @@ What it measures, with ``--replicators`` replicators present in the database:
 
 - CreateReplicator latency while they are created (through the API, 8 at a time);
 - ListReplicators (first page of 100) and DescribeReplicator (a random replicator) latency at ``--rate`` requests a
-  second, SigV4-signed httpx clients, open-loop schedule;
+  second, SigV4-signed httpx clients, open-loop schedule, with the API in each number of processes that
+  ``--api-processes`` names (default 1 and 2): the clients' latency, the API's own timing of the same requests (its
+  access lines' ``duration_ms``), and the CPU per request of the API and of the clients, which share this box;
 - ``GET /metrics`` (the metrics bearer token: every replicator) and the MSK-style metrics endpoint of one
   replicator, with every replicator's reports fresh in Redis (one partition each, as a worker writes them), and
   how many Redis round trips a scrape makes;
@@ -16,11 +18,12 @@ What it measures, with ``--replicators`` replicators present in the database:
   first pass (creating every unit) and steady passes, timed here and as the API reports it
   (``ferry_fleet_reconcile_seconds`` on ``/metrics``, ``lastReconcileSeconds`` in ``GET /replication/v1/fleet``).
 
-The API is this checkout's, in a process of its own (``bench.control_plane.start_private_api``) on a database of its
-own on the dev stack's PostgreSQL and Redis database 1 (the tests'); the two workers are rows heartbeating in
-``fleet_workers``, and the reports are written through ``models.fleet_reports`` (the workers' contract with the
-API). No worker process copies anything here: create-to-RUNNING with copying replicators is ``bench.load``'s (on
-the chaos lab). Writes ``bench/results/<UTC time>-control-scale.json``.
+The API is this checkout's, started as a deployment starts it (``ferry api``, JSON logs, access lines on;
+``bench.control_plane.start_private_api``) on a database of its own on the dev stack's PostgreSQL and Redis
+database 1 (the tests'); the two workers are rows heartbeating in ``fleet_workers``, and the reports are written
+through ``models.fleet_reports`` (the workers' contract with the API). No worker process copies anything here:
+create-to-RUNNING with copying replicators is ``bench.load``'s (on the chaos lab). Writes
+``bench/results/<UTC time>-control-scale.json``.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ import httpx
 import redis
 from sqlalchemy import insert, select
 
-from bench.common import RESULTS_DIR, ROOT, BenchError, cpu_seconds, machine_info, say, versions
+from bench.common import RESULTS_DIR, ROOT, BenchError, machine_info, say, tree_cpu_seconds, versions
 from bench.control_plane import LIST_PATH, start_private_api, sustained
 from bench.measure import percentile
 from bench.metrics_scrape import _scratch_database, _SigV4, _stack, _write_reports
@@ -134,13 +137,45 @@ def _timed_gets(http: httpx.Client, path: str, count: int, refresh: Any, **kwarg
 
 @contextmanager
 def api_cpu(pid: int, requests: int) -> Iterator[dict[str, float | None]]:
-    """The API process's CPU per request over the block: steadier than latency on a machine others load."""
-    out: dict[str, float | None] = {"ms_per_request": None}
-    before = cpu_seconds(pid)
+    """The API's CPU per request over the block (every process of it), and this process's (the clients'): steadier
+    than latency on a machine others load, and it says how much of the box the clients took."""
+    out: dict[str, float | None] = {"ms_per_request": None, "client_ms_per_request": None}
+    before, client_before = tree_cpu_seconds(pid), time.process_time()
     yield out
-    after = cpu_seconds(pid)
-    if before is not None and after is not None and requests:
-        out["ms_per_request"] = round((after - before) * 1000 / requests, 2)
+    after, client_after = tree_cpu_seconds(pid), time.process_time()
+    if requests:
+        out["client_ms_per_request"] = round((client_after - client_before) * 1000 / requests, 2)
+        if before is not None and after is not None:
+            out["ms_per_request"] = round((after - before) * 1000 / requests, 2)
+
+
+def in_application(log: Path, offset: int, path_matches: Any) -> dict[str, Any]:
+    """The API's own timing of the requests it logged after byte ``offset`` of its JSON log whose path matches:
+    ``duration_ms`` of its access lines (api/access_log.py), from the outermost middleware's call to the response's
+    last byte handed to uvicorn. What a client elsewhere sees, less the network and uvicorn's HTTP parsing, and less
+    the wait for the API's event loop before the request is read (``p99_ms`` beside it includes all of those, and
+    the clients' own wait for the CPU on this box)."""
+    durations: list[float] = []
+    with log.open("rb") as lines:
+        lines.seek(offset)
+        for raw in lines:
+            if not raw.startswith(b"{"):
+                continue
+            try:
+                line = json.loads(raw)
+            except ValueError:
+                continue
+            if line.get("logger") == "api.access" and line.get("status") == 200 and path_matches(line.get("path", "")):
+                durations.append(float(line["duration_ms"]))
+    if not durations:
+        return {"app_requests": 0}
+    ms = sorted(durations)
+    return {
+        "app_requests": len(ms),
+        "app_p50_ms": round(percentile(ms, 0.5), 2),
+        "app_p99_ms": round(percentile(ms, 0.99), 2),
+        "app_max_ms": round(ms[-1], 2),
+    }
 
 
 def _redis_commands(client: redis.Redis) -> int:
@@ -194,7 +229,9 @@ def _reconcile_passes(settings: FerrySettings, passes: int, profile: Path | None
     }
 
 
-def run(replicators: int, rate: float, seconds: float, scrapes: int, profile: Path | None) -> dict[str, Any]:
+def run(
+    replicators: int, *, rate: float, seconds: float, scrapes: int, profile: Path | None, api_processes: list[int]
+) -> dict[str, Any]:
     stack = _stack()
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     result: dict[str, Any] = {
@@ -203,13 +240,16 @@ def run(replicators: int, rate: float, seconds: float, scrapes: int, profile: Pa
         "machine": machine_info(),
         "versions": versions(Path(stack["kafka_lib"])),
         "replicators": replicators,
+        "api": "ferry api (uvicorn, Ferry's JSON logs and access lines, as a deployment runs it)",
     }
     folder = ROOT / ".run" / "bench-control-scale" / stamp
     with _scratch_database(stack) as database_url:
         settings = _settings(stack, database_url)
         key = asyncio.run(create_access_key(settings, ACCOUNT, "bench"))
-        env = {**os.environ, **settings.as_environment(), "PYTHONPATH": str(ROOT)}
-        url, api = start_private_api(folder / "api.log", env=env)
+        env = {**os.environ, **settings.as_environment(), "PYTHONPATH": str(ROOT), "FERRY_LOG_FORMAT": "json"}
+        processes = api_processes[0]
+        log = folder / f"api-{processes}.log"
+        url, api = start_private_api(log, env=env, processes=processes)
         client = redis.Redis.from_url(settings.redis_url)
         ids: list[str] = []
         try:
@@ -234,6 +274,7 @@ def run(replicators: int, rate: float, seconds: float, scrapes: int, profile: Pa
             created_s = time.monotonic() - began
             ms = sorted(create_ms)
             result["create"] = {
+                "api_processes": processes,
                 "seconds_for_all": round(created_s, 1),
                 "p50_ms": round(percentile(ms, 0.5), 1),
                 "p99_ms": round(percentile(ms, 0.99), 1),
@@ -255,30 +296,7 @@ def run(replicators: int, rate: float, seconds: float, scrapes: int, profile: Pa
             result["reconcile"] = _reconcile_passes(settings, passes=10, profile=reconcile_profile)
             say(f"  {result['reconcile']}")
 
-            spy = _start_profile(api.pid, profile) if profile is not None else None
-
-            def signed() -> httpx.Client:
-                return httpx.Client(base_url=url, timeout=30, auth=auth)
-
-            def get(path: Any) -> Any:
-                return lambda http: http.get(path()).raise_for_status().json()
-
-            failures = (httpx.HTTPError, ValueError)
-            note = "httpx, SigV4-signed, JSON body parsed; one client per thread"
-            say(f"ListReplicators and DescribeReplicator at {rate:.0f}/s")
-            with api_cpu(api.pid, round(rate * seconds)) as cpu:
-                result["list_replicators"] = sustained(
-                    url, "ListReplicators", get(lambda: LIST_PATH), rate=rate, seconds=seconds,
-                    client_factory=signed, failures=failures, client_note=note,
-                )  # fmt: skip
-            result["list_replicators"]["api_cpu_ms_per_request"] = cpu["ms_per_request"]
-            with api_cpu(api.pid, round(rate * seconds)) as cpu:
-                result["describe_replicator"] = sustained(
-                    url, "DescribeReplicator", get(lambda: f"{LIST_PATH}/{quote(random.choice(arns), safe='')}"),
-                    rate=rate, seconds=seconds, client_factory=signed, failures=failures, client_note=note,
-                )  # fmt: skip
-            result["describe_replicator"]["api_cpu_ms_per_request"] = cpu["ms_per_request"]
-            say("scrapes")
+            say(f"scrapes (API in {processes} process{'es' if processes > 1 else ''})")
             token = {"headers": {"Authorization": f"Bearer {METRICS_TOKEN}"}}
             with httpx.Client(base_url=url, timeout=60) as http:
                 before = _redis_commands(client)
@@ -288,22 +306,71 @@ def run(replicators: int, rate: float, seconds: float, scrapes: int, profile: Pa
                     result["metrics_all_replicators"] = _timed_gets(http, "/metrics", scrapes, refresh, **token)
                 result["metrics_all_replicators"]["api_cpu_ms_per_request"] = cpu["ms_per_request"]
             say(f"  /metrics: {result['metrics_all_replicators']}")
-            with signed() as http:
+            with httpx.Client(base_url=url, timeout=30, auth=auth) as http:
                 one = f"{LIST_PATH}/{quote(arns[0], safe='')}/metrics"
                 result["metrics_one_replicator"] = _timed_gets(http, one, scrapes, refresh)
                 fleet = http.get("/replication/v1/fleet").raise_for_status().json()
                 result["fleet_status_last_reconcile_seconds"] = fleet.get("lastReconcileSeconds")
             say(f"  metrics endpoint: {result['metrics_one_replicator']}")
-            if spy is not None:
-                _stop_profile(spy)
+
+            result["reads"] = []
+            for index, count in enumerate(api_processes):
+                if count != processes:
+                    api.send_signal(signal.SIGTERM)
+                    api.wait(60)
+                    processes, log = count, folder / f"api-{count}.log"
+                    url, api = start_private_api(log, env=env, processes=count)
+                spy = _start_profile(api.pid, profile) if profile is not None and index == 0 else None
+                reads = _reads(url, api.pid, processes=count, log=log, auth=auth, arns=arns, rate=rate, seconds=seconds)
+                result["reads"].append({"api_processes": count, **reads})
+                if spy is not None:
+                    _stop_profile(spy)
             result["status"] = "ok"
         finally:
             if ids:
                 client.delete(*[k.format(replicator_id=i) for i in ids for k in (METRICS_KEY, STATUS_KEY)])
             api.send_signal(signal.SIGTERM)
-            api.wait(30)
+            api.wait(60)
     shutil.rmtree(folder, ignore_errors=True)
     return result
+
+
+def _reads(
+    url: str, api_pid: int, *, processes: int, log: Path, auth: httpx.Auth, arns: list[str], rate: float, seconds: float
+) -> dict[str, Any]:
+    """ListReplicators and DescribeReplicator at ``rate`` for ``seconds`` each: the clients' latency, the API's own
+    timing of the same requests, and both sides' CPU per request."""
+
+    def signed() -> httpx.Client:
+        return httpx.Client(base_url=url, timeout=30, auth=auth)
+
+    def get(path: Any) -> Any:
+        return lambda http: http.get(path()).raise_for_status().json()
+
+    def described(path: str) -> bool:
+        return path.startswith(LIST_PATH + "/") and path.count("/") == LIST_PATH.count("/") + 1
+
+    operations = [
+        ("list_replicators", "ListReplicators", lambda: LIST_PATH, lambda path: path == LIST_PATH),
+        ("describe_replicator", "DescribeReplicator", lambda: f"{LIST_PATH}/{quote(random.choice(arns), safe='')}",
+         described),
+    ]  # fmt: skip
+    say(f"ListReplicators and DescribeReplicator at {rate:.0f}/s, API in {processes} process(es)")
+    out: dict[str, Any] = {}
+    for key, name, path, matches in operations:
+        offset = log.stat().st_size
+        with api_cpu(api_pid, round(rate * seconds)) as cpu:
+            out[key] = sustained(
+                url, name, get(path), rate=rate, seconds=seconds, client_factory=signed,
+                failures=(httpx.HTTPError, ValueError),
+                client_note="httpx, SigV4-signed, JSON body parsed; one client per thread",
+            )  # fmt: skip
+        out[key]["api_cpu_ms_per_request"] = cpu["ms_per_request"]
+        out[key]["client_cpu_ms_per_request"] = cpu["client_ms_per_request"]
+        out[key].update(in_application(log, offset, matches))
+        say(f"    in the API: {({k: v for k, v in out[key].items() if k.startswith('app_')})}, CPU per request: API "
+            f"{cpu['ms_per_request']} ms, clients {cpu['client_ms_per_request']} ms")  # fmt: skip
+    return out
 
 
 def _start_profile(pid: int, out: Path) -> subprocess.Popen[bytes]:
@@ -311,7 +378,8 @@ def _start_profile(pid: int, out: Path) -> subprocess.Popen[bytes]:
     out.parent.mkdir(parents=True, exist_ok=True)
     say(f"  py-spy recording the API (pid {pid}) to {out}")
     return subprocess.Popen(
-        [py_spy, "record", "--pid", str(pid), "--rate", "200", "--format", "raw", "--output", str(out)],
+        [py_spy, "record", "--pid", str(pid), "--subprocesses", "--rate", "200", "--format", "raw", "--output",
+         str(out)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
 
@@ -328,8 +396,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=30.0, help="length of each operation's measurement")
     parser.add_argument("--scrapes", type=int, default=20, help="timed requests of each metrics endpoint")
     parser.add_argument("--profile", type=Path, help="py-spy the API process into this file (raw, collapsed stacks)")
+    parser.add_argument(
+        "--api-processes",
+        default="1,2",
+        help="comma list: the reads are measured with the API in each number of processes (the first serves the "
+        "creates and scrapes); 2 is the Helm chart's default (two replicas of one process)",
+    )
     args = parser.parse_args(argv)
-    result = run(args.replicators, args.rate, args.seconds, args.scrapes, args.profile)
+    counts = [int(n) for n in args.api_processes.split(",") if n.strip()]
+    if not counts or min(counts) < 1:
+        parser.error("--api-processes: a comma list of positive counts")
+    result = run(
+        args.replicators, rate=args.rate, seconds=args.seconds, scrapes=args.scrapes, profile=args.profile,
+        api_processes=counts,
+    )  # fmt: skip
     out = RESULTS_DIR / f"{result['started']}-control-scale.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     say(f"{result['status']}: {out.relative_to(ROOT)}")
