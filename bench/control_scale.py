@@ -302,8 +302,12 @@ def run(
                 before = _redis_commands(client)
                 http.get("/metrics", headers=token["headers"]).raise_for_status()
                 result["metrics_redis_commands_per_scrape"] = _redis_commands(client) - before - 1
+                scrape_profile = None if profile is None else profile.with_suffix(".metrics" + profile.suffix)
+                spy = _start_profile(api.pid, scrape_profile) if scrape_profile is not None else None
                 with api_cpu(api.pid, scrapes + 2) as cpu:
                     result["metrics_all_replicators"] = _timed_gets(http, "/metrics", scrapes, refresh, **token)
+                if spy is not None:
+                    _stop_profile(spy)
                 result["metrics_all_replicators"]["api_cpu_ms_per_request"] = cpu["ms_per_request"]
             say(f"  /metrics: {result['metrics_all_replicators']}")
             with httpx.Client(base_url=url, timeout=30, auth=auth) as http:
@@ -395,7 +399,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=100.0, help="API requests per second during the measurement")
     parser.add_argument("--seconds", type=float, default=30.0, help="length of each operation's measurement")
     parser.add_argument("--scrapes", type=int, default=20, help="timed requests of each metrics endpoint")
-    parser.add_argument("--profile", type=Path, help="py-spy the API process into this file (raw, collapsed stacks)")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="py-spy the API into this file during the reads (raw, collapsed stacks), and into <name>.metrics<suffix> "
+        "during the /metrics scrapes",
+    )
     parser.add_argument(
         "--api-processes",
         default="1,2",
