@@ -1,4 +1,4 @@
-"""Fleet-worker CPU and memory at N replicated partitions.
+"""Fleet-worker CPU and memory at N replicated partitions, and create-to-RUNNING with many replicators present.
 
 The stack's own workers are shared (other engineers' replicators run in them), so this step brings up a
 private control plane: its own PostgreSQL database, Celery queue and Redis database, this checkout's API on a
@@ -8,16 +8,36 @@ the benchmark's replicator. The replicator is created through the API with boto3
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
 import re
 import secrets
 import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
-from bench.common import MB, BenchError, Stack, memory_kib, say, spawn, stop_process, wait_until
+from bench.common import (
+    MB,
+    RESULTS_DIR,
+    ROOT,
+    BenchError,
+    Stack,
+    load_stack,
+    machine_info,
+    memory_kib,
+    say,
+    spawn,
+    stop_process,
+    tree_cpu_seconds,
+    versions,
+    wait_until,
+)
 from bench.control_plane import create_replicator, create_to_running, kafka_client, start_private_api
 from bench.kafka import Cluster
 from bench.measure import TargetWatch, copy_under_load, fixed_rate_load
@@ -38,6 +58,10 @@ class PrivateFleet:
             FERRY_DATABASE_URL=self.database_url,
             FERRY_REDIS_URL=self.cfg.redis_url.rsplit("/", 1)[0] + "/3",
             FERRY_CELERY_QUEUE=f"bench-{token}",
+            # Creating a thousand replicators at once is the measurement, not abuse: the API's limits stand aside.
+            FERRY_MAX_REPLICATORS_PER_ACCOUNT="100000",
+            FERRY_API_REQUESTS_PER_SECOND="100000",
+            FERRY_API_REQUEST_BURST="100000",
         )
         self.api: str | None = None
         self.credentials: tuple[str, str] | None = None
@@ -90,6 +114,73 @@ async def create_to_running_fleet(stack: Stack, *, count: int, limit_s: float, l
         client = kafka_client(fleet.api, fleet.credentials)
         out = await asyncio.to_thread(create_to_running, client, stack, count, limit_s)
         out["api"] = f"a private control plane (API, beat and one fleet worker of this checkout) at {fleet.api}"
+        return out
+    finally:
+        await fleet.stop()
+
+
+async def create_to_running_with_present(
+    stack: Stack, *, present: int, count: int, workers: int, limit_s: float, log_dir: Path
+) -> dict[str, Any]:
+    """Create-to-RUNNING of ``count`` replicators, one after another, with ``present`` replicators already RUNNING
+    on a private fleet of ``workers`` workers. Every replicator's topic regex matches nothing, so what is measured is
+    the control plane and each replicator's metadata unit (probes, topic listing and sync, group sync), not copying.
+    """
+    fleet = PrivateFleet(log_dir, secrets.token_hex(4))
+    out: dict[str, Any] = {"present": present, "workers": workers, "measured": count}
+    await asyncio.to_thread(fleet.start)
+    try:
+        names = [f"c2r-w{i + 1}" for i in range(workers)]
+        procs = [fleet.start_worker(name) for name in names]
+        assert fleet.api is not None
+        api, credentials = fleet.api, fleet.credentials
+        token = secrets.token_hex(3)
+
+        clients = [kafka_client(api, credentials) for _ in range(8)]  # built here: boto3 builds none safely in threads
+
+        def create(index: int) -> float:
+            began = time.monotonic()
+            create_replicator(clients[index % 8], stack, f"present-{token}-{index:05d}")
+            return time.monotonic() - began
+
+        say(f"creating {present} replicators (8 at a time) on a private fleet of {workers} workers")
+        began = time.monotonic()
+        cpu_before = [tree_cpu_seconds(p.pid) or 0.0 for p in procs]
+        with ThreadPoolExecutor(8) as pool:
+            create_s = sorted(await asyncio.to_thread(lambda: list(pool.map(create, range(present)))))
+        out["create_all_s"] = round(time.monotonic() - began, 1)
+        out["create_p50_ms"] = round(create_s[len(create_s) // 2] * 1000, 1) if create_s else None
+        say(f"  created in {out['create_all_s']}s; waiting for every one to be RUNNING")
+
+        def states() -> dict[str, int]:
+            return {
+                str(state): int(n) for state, n in fleet.query("SELECT state, count(*) FROM replicators GROUP BY 1")
+            }
+
+        async def all_running() -> bool:
+            return states().get("RUNNING", 0) >= present
+
+        await wait_until(
+            f"{present} replicators RUNNING", all_running, limit_s, interval=1.0,
+            progress=lambda: f"states {states()}", progress_every=15.0, proc=procs[0], log=log_dir / f"{names[0]}.log",
+        )  # fmt: skip
+        elapsed = time.monotonic() - began
+        out["create_to_all_running_s"] = round(elapsed, 1)
+        cpu_after = [tree_cpu_seconds(p.pid) or 0.0 for p in procs]
+        out["worker_cores_while_starting"] = round((sum(cpu_after) - sum(cpu_before)) / elapsed, 2)
+        say(f"  all {present} RUNNING {elapsed:.0f}s after the first create")
+
+        settle_began, settle_cpu = time.monotonic(), sum(cpu_after)
+        client = kafka_client(api, credentials)
+        out["create_to_running"] = await asyncio.to_thread(create_to_running, client, stack, count, limit_s)
+        settle_s = time.monotonic() - settle_began
+        out["worker_cores_while_measuring"] = round(
+            (sum(tree_cpu_seconds(p.pid) or 0.0 for p in procs) - settle_cpu) / settle_s, 2
+        )
+        out["worker_rss_mib"] = [round(memory_kib(p.pid).get("VmRSS", 0) / 1024) for p in procs]
+        out["states_after"] = states()
+        out["api"] = f"a private control plane (API, beat and {workers} fleet workers of this checkout) at {api}"
+        say(f"  create-to-RUNNING with {present} present: {out['create_to_running']}")
         return out
     finally:
         await fleet.stop()
@@ -225,3 +316,40 @@ async def _one_count(  # noqa: PLR0917 - one measurement's parameters, passed st
         await source.delete_topics([topic])
         await target.delete_matching(topic)
     return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.fleet",
+        description="Create-to-RUNNING with many replicators present on a private fleet (issue 17's target: p50 < "
+        "5 s with 1,000 present). Needs the dev stack (python -m dev.stack up --infra).",
+    )
+    parser.add_argument("--present", type=int, default=1000, help="replicators created (and RUNNING) first")
+    parser.add_argument("--count", type=int, default=20, help="replicators then timed, one after another")
+    parser.add_argument("--workers", type=int, default=2, help="fleet workers")
+    parser.add_argument("--limit", type=float, default=900.0, help="seconds allowed for every replicator to run")
+    args = parser.parse_args(argv)
+    stack = load_stack()
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    result: dict[str, Any] = {"kind": "create-to-running-with-present", "started": stamp, "machine": machine_info(),
+                              "versions": versions(stack.kafka_lib)}  # fmt: skip
+    log_dir = ROOT / ".run" / "bench" / f"{stamp}-create-to-running"
+    try:
+        result |= asyncio.run(
+            create_to_running_with_present(
+                stack, present=args.present, count=args.count, workers=args.workers, limit_s=args.limit,
+                log_dir=log_dir,
+            )
+        )  # fmt: skip
+        result["status"] = result["create_to_running"].get("status", "failed")
+    except BenchError as exc:
+        result.update(status="failed", reason=str(exc), logs=str(log_dir))
+        say(f"FAILED: {exc}")
+    out = RESULTS_DIR / f"{stamp}-create-to-running.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    say(f"{result['status']}: {out.relative_to(ROOT)}")
+    return 0 if result["status"] == "ok" else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
