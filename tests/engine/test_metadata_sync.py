@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 from aiokafka.admin import NewPartitions
@@ -18,6 +19,7 @@ from tests.engine.conftest import (
     spec_for,
     wait_for,
 )
+from workers.engine import admin as kafka_admin
 from workers.engine.admin import describe_topic_configs
 from workers.engine.aiokafka_hooks import WritesFenced
 from workers.engine.connection import ClusterConnection
@@ -136,3 +138,28 @@ async def test_topic_sync_writes_nothing_once_its_write_gate_closes(
     async with admin_client(target_bootstrap) as admin:
         present = {t for t in await admin.list_topics() if t.startswith(f"src.{unique}-g")}
     assert present == {f"src.{topics[0]}"}
+
+
+async def test_describing_the_cluster_asks_for_no_topics(source_bootstrap: str, unique: str) -> None:
+    """Every replicator's metadata unit counts the target's brokers when it starts, and every copier reads both
+    clusters' ids: on a cluster of a thousand topics, aiokafka's describe_cluster (every topic's metadata, then
+    dropped) made starting a thousand replicators CPU-bound. Ferry's asks for no topics and answers the same."""
+    await create_topic(source_bootstrap, f"{unique}-present", 3)
+    async with admin_client(source_bootstrap) as admin:
+        responses: list[Any] = []
+        send = admin._client.send
+
+        async def recording(node_id: int, request: Any, **kwargs: Any) -> Any:
+            response = await send(node_id, request, **kwargs)
+            responses.append(response)
+            return response
+
+        admin._client.send = recording
+        described = await kafka_admin.describe_cluster(admin)
+        assert [len(r.topics) for r in responses] == [0]
+        with_topics = await admin.describe_cluster()
+        assert len(responses[-1].topics) > 0  # aiokafka's: every topic, then dropped
+        assert described == with_topics
+        assert await kafka_admin.broker_count(admin) == len(with_topics["brokers"]) >= 1
+        assert await kafka_admin.cluster_id(admin) == with_topics["cluster_id"]
+        assert [len(r.topics) for r in responses[-2:]] == [0, 0]

@@ -11,6 +11,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import for_code
 from aiokafka.protocol.admin import CreateAclsRequest, DescribeAclsRequest
+from aiokafka.protocol.metadata import MetadataRequest
 
 # DescribeConfigs config_source values (KIP-226).
 CONFIG_SOURCE_DYNAMIC_TOPIC = 1
@@ -57,13 +58,24 @@ async def describe_topics(admin: AIOKafkaAdminClient, topics: list[str] | None =
     return found
 
 
+async def describe_cluster(admin: AIOKafkaAdminClient) -> dict[str, Any]:
+    """The cluster's id, controller and brokers. aiokafka's ``describe_cluster`` asks for every topic's metadata as
+    well (a null topic array) and then drops it: on a cluster of 1,300 topics, decoding that was the largest part of
+    a worker's CPU while it started a thousand replicators. An empty topic array (Metadata v1 and later; Kafka 4
+    speaks no older) asks for none."""
+    response = await admin._send_request(MetadataRequest([]))  # aiokafka's own request, minus the topics
+    described: dict[str, Any] = response.to_object()
+    described.pop("topics", None)
+    return described
+
+
 async def broker_count(admin: AIOKafkaAdminClient) -> int:
-    cluster = await admin.describe_cluster()
+    cluster = await describe_cluster(admin)
     return len(cluster["brokers"])
 
 
 async def cluster_id(admin: AIOKafkaAdminClient) -> str:
-    cluster = await admin.describe_cluster()
+    cluster = await describe_cluster(admin)
     return str(cluster["cluster_id"])
 
 

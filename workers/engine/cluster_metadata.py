@@ -216,7 +216,7 @@ class ClusterView:
                         self._probe_admin = AIOKafkaAdminClient(**kwargs)
                         await self._probe_admin.start()
                     self.requests["describe_cluster"] += 1
-                    described = await self._probe_admin.describe_cluster()
+                    described = await kafka_admin.describe_cluster(self._probe_admin)
             except (TimeoutError, KafkaError, OSError):
                 await self._drop_probe_admin()
                 code, reason = await diagnose_unreachable(self.connection, min(3.0, timeout_s))
