@@ -717,6 +717,18 @@ async def may_write(conn: AsyncConnection, worker_id: str, key: UnitKey, epoch: 
 # ---------------------------------------------------------------------- what a worker runs (async)
 
 
+async def replicator_heads(conn: AsyncConnection, replicator_ids: Iterable[str]) -> Sequence[Row[uuid.UUID, int, str]]:
+    """Id, generation and state of these replicators: whether a worker's engine objects of them are current (their
+    desired state changes only with the generation) without reading and decoding the desired state itself."""
+    ids = [uuid.UUID(i) for i in replicator_ids]
+    if not ids:
+        return []
+    rows = await conn.execute(
+        select(ReplicatorRow.id, ReplicatorRow.generation, ReplicatorRow.state).where(ReplicatorRow.id.in_(ids))
+    )
+    return rows.all()
+
+
 async def replicators_to_run(conn: AsyncConnection, replicator_ids: Iterable[str]) -> Sequence[Row[Any]]:
     """The stored desired state of these replicators, as the fleet turns it into engine objects."""
     ids = [uuid.UUID(i) for i in replicator_ids]

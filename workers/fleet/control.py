@@ -31,7 +31,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from aiokafka import TopicPartition
 from sqlalchemy import Engine
@@ -366,17 +366,36 @@ class ControlLoop:
             return
         db = self._db
         assert db is not None
+        # A replicator's desired state changes only with its generation: the engine objects of one whose generation
+        # is unchanged are kept (its state may move on), so a tick reads and builds only what changed. Building every
+        # held replicator's spec each tick (its JSON decoded, its regular expressions compiled) was a tenth of a
+        # worker's CPU with 500 replicators.
         async with asyncio.timeout(self.call_timeout_s), db.connect() as conn:
-            rows = await fleet_store.replicators_to_run(conn, ids)
+            heads = await fleet_store.replicator_heads(conn, ids)
+            unchanged = {
+                str(head.id)
+                for head in heads
+                if head.state != ReplicatorState.DELETING
+                and (known := self.runtimes.get(str(head.id))) is not None
+                and known.generation == head.generation
+            }
+            rows = await fleet_store.replicators_to_run(
+                conn, [str(head.id) for head in heads if str(head.id) not in unchanged]
+            )
         runtimes = {}
-        deleting = {str(row.id) for row in rows if row.state == ReplicatorState.DELETING} | (
-            set(ids) - {str(row.id) for row in rows}
+        deleting = {str(head.id) for head in heads if head.state == ReplicatorState.DELETING} | (
+            set(ids) - {str(head.id) for head in heads}
         )
         if deleting:
             # Deleted: nothing of it is written again from this tick on, without waiting for a reconcile pass to
             # take its units away (a burst of deletes makes those passes slow).
             for key in [key for key in self.leases if key.replicator_id in deleting]:
                 self.unreleased[key] = self.leases.pop(key)
+        for head in heads:
+            rid = str(head.id)
+            if rid in unchanged:
+                known = self.runtimes[rid]
+                runtimes[rid] = known if known.state == head.state else replace(known, state=head.state)
         for row in rows:
             if str(row.id) in deleting:
                 continue
