@@ -120,14 +120,14 @@ async def create_to_running_fleet(stack: Stack, *, count: int, limit_s: float, l
 
 
 async def create_to_running_with_present(
-    stack: Stack, *, present: int, count: int, workers: int, limit_s: float, log_dir: Path
-) -> dict[str, Any]:
+    stack: Stack, out: dict[str, Any], *, present: int, count: int, workers: int, limit_s: float, log_dir: Path
+) -> None:
     """Create-to-RUNNING of ``count`` replicators, one after another, with ``present`` replicators already RUNNING
     on a private fleet of ``workers`` workers. Every replicator's topic regex matches nothing, so what is measured is
     the control plane and each replicator's metadata unit (probes, topic listing and sync, group sync), not copying.
-    """
+    Fills ``out`` as it goes, so a failed run still records what it saw (the states every 15 s among it)."""
     fleet = PrivateFleet(log_dir, secrets.token_hex(4))
-    out: dict[str, Any] = {"present": present, "workers": workers, "measured": count}
+    out.update(present=present, workers=workers, measured=count, states_over_time=[])
     await asyncio.to_thread(fleet.start)
     try:
         names = [f"c2r-w{i + 1}" for i in range(workers)]
@@ -160,9 +160,14 @@ async def create_to_running_with_present(
         async def all_running() -> bool:
             return states().get("RUNNING", 0) >= present
 
+        def progress() -> str:
+            now = states()
+            out["states_over_time"].append([round(time.monotonic() - began), now])
+            return f"states {now}"
+
         await wait_until(
             f"{present} replicators RUNNING", all_running, limit_s, interval=1.0,
-            progress=lambda: f"states {states()}", progress_every=15.0, proc=procs[0], log=log_dir / f"{names[0]}.log",
+            progress=progress, progress_every=15.0, proc=procs[0], log=log_dir / f"{names[0]}.log",
         )  # fmt: skip
         elapsed = time.monotonic() - began
         out["create_to_all_running_s"] = round(elapsed, 1)
@@ -181,7 +186,6 @@ async def create_to_running_with_present(
         out["states_after"] = states()
         out["api"] = f"a private control plane (API, beat and {workers} fleet workers of this checkout) at {api}"
         say(f"  create-to-RUNNING with {present} present: {out['create_to_running']}")
-        return out
     finally:
         await fleet.stop()
 
@@ -335,15 +339,15 @@ def main(argv: list[str] | None = None) -> int:
                               "versions": versions(stack.kafka_lib)}  # fmt: skip
     log_dir = ROOT / ".run" / "bench" / f"{stamp}-create-to-running"
     try:
-        result |= asyncio.run(
+        asyncio.run(
             create_to_running_with_present(
-                stack, present=args.present, count=args.count, workers=args.workers, limit_s=args.limit,
+                stack, result, present=args.present, count=args.count, workers=args.workers, limit_s=args.limit,
                 log_dir=log_dir,
             )
         )  # fmt: skip
         result["status"] = result["create_to_running"].get("status", "failed")
-    except BenchError as exc:
-        result.update(status="failed", reason=str(exc), logs=str(log_dir))
+    except (BenchError, psycopg.Error, OSError) as exc:
+        result.update(status="failed", reason=f"{type(exc).__name__}: {exc}", logs=str(log_dir))
         say(f"FAILED: {exc}")
     out = RESULTS_DIR / f"{stamp}-create-to-running.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
