@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from api import audits, console, fleet, health, offsets, replication_metrics, replicators, tags, usage
 from api.access_log import AccessLog
@@ -24,6 +24,9 @@ from models.replicator_service import RenderedShapes
 from models.settings import FerrySettings, get_settings
 
 log = logging.getLogger(__name__)
+
+# Redis connections of one API process (requests share them; /metrics reads every report in one pipeline).
+REDIS_CONNECTIONS = 64
 
 API_DESCRIPTION = """Self-hosted Kafka replication with an Amazon MSK Replicator compatible API.
 
@@ -54,7 +57,16 @@ def create_app(settings: FerrySettings | None = None) -> FastAPI:
                 settings.aws_account_id,
             )
         engine = make_async_engine(settings)
-        redis = Redis.from_url(settings.redis_url, socket_timeout=settings.health_timeout_seconds)
+        # Bounded, and a request waits for a free connection rather than failing: redis-py's default pool refuses
+        # every call beyond its 100th connection at once (MaxConnectionsError), which a burst of requests reaches.
+        redis = Redis.from_pool(
+            BlockingConnectionPool.from_url(
+                settings.redis_url,
+                max_connections=REDIS_CONNECTIONS,
+                timeout=settings.health_timeout_seconds,
+                socket_timeout=settings.health_timeout_seconds,
+            )
+        )
         app.state.db_engine = engine
         app.state.db_sessions = async_session_factory(engine)
         app.state.db_reads = async_session_factory(engine.execution_options(isolation_level="AUTOCOMMIT"))
