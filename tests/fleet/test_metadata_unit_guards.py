@@ -5,6 +5,7 @@ without echoing what the far end sent, and refuses a source and target that are 
 from __future__ import annotations
 
 import socket
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -14,6 +15,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from models.bootstrap import AddressPolicy
+from tests.engine.conftest import create_topic
 from workers.fleet.address_vetting import AddressVetting
 from workers.fleet.metadata_unit import MetadataUnit
 from workers.fleet.runtime import runtime_of
@@ -110,3 +112,66 @@ async def test_source_and_target_on_the_same_cluster_are_refused(
     )
     assert observed["code"] == "SOURCE_AND_TARGET_SAME_CLUSTER"
     assert "same Kafka cluster" in observed["message"]
+
+
+async def test_a_pass_that_observes_nothing_new_writes_nothing(
+    fleet_db: Engine, adb: AsyncEngine, aredis: Redis, source_bootstrap: str, target_bootstrap: str
+) -> None:
+    """Hundreds of metadata units per worker each rewrote their unchanged row every 2 s and queued for the
+    database pool; an unchanged observation is now written only again after a minute, a change at once."""
+    rid = uuid.uuid4()
+    name = f"quiet-{rid.hex[:8]}"
+    await create_topic(source_bootstrap, f"{name}-first", 2)
+    with fleet_db.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO replicators (id, account_id, name, arn, kafka_clusters, replication_info, tags, "
+                "current_version, generation, observed_generation, state) VALUES (:id, '000000000000', :name, :arn, "
+                "'[]', '{}', '{}', 'v1', 1, 0, 'CREATING')"
+            ),
+            {"id": rid, "name": name, "arn": f"arn:aws:kafka:us-east-1:000000000000:replicator/{name}/{rid}"},
+        )
+    runtime = runtime_of(
+        replicator_id=str(rid),
+        name=name,
+        generation=1,
+        state="CREATING",
+        kafka_clusters=[
+            {"kafkaClusterAlias": "src", "ferry": {"bootstrapServers": source_bootstrap}},
+            {"kafkaClusterAlias": "dst", "ferry": {"bootstrapServers": target_bootstrap}},
+        ],
+        replication_info={
+            "sourceKafkaClusterAlias": "src",
+            "targetKafkaClusterAlias": "dst",
+            "topicReplication": {"topicsToReplicate": [f"{name}-.*"]},
+        },
+        created_at=datetime.now(UTC),
+    )
+
+    def stored() -> tuple[Any, Any]:
+        with fleet_db.connect() as conn:
+            row = conn.execute(
+                text("SELECT partitions, updated_at FROM replicator_metadata WHERE replicator_id = :id"), {"id": rid}
+            ).one()
+        return sorted(tuple(p) for p in row[0]), row[1]
+
+    unit = MetadataUnit(runtime, adb, aredis, interval_s=0.1, vetting=AddressVetting(AddressPolicy(["127.0.0.0/8"])))
+    try:
+        await unit.pass_once()
+        first, first_written = stored()
+        assert first == [(f"{name}-first", 0), (f"{name}-first", 1)]
+        await unit.pass_once()
+        assert stored() == (first, first_written)
+
+        await create_topic(source_bootstrap, f"{name}-second", 1)
+        deadline = time.monotonic() + 30
+        while (now := stored())[0] == first:
+            assert time.monotonic() < deadline, "the new topic never reached the stored inventory"
+            await unit.pass_once()
+        assert now[0] == [*first, (f"{name}-second", 0)]
+        assert now[1] > first_written
+    finally:
+        unit._release_views()
+        await unit.hub.close()
+        await unit.groups.close()
+        await unit._close_sync()

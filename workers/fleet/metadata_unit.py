@@ -21,6 +21,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiokafka.errors import KafkaError
 from redis.asyncio import Redis
@@ -61,6 +62,9 @@ BLOCKING_HEALTHS = {
         "a record is larger than the target accepts (raise max.message.bytes on the target topic)",
     ),
 }
+# An unchanged observation is written again after this long all the same, so the row cannot stay wrong for long
+# if something other than this unit changed it.
+REWRITE_UNCHANGED_AFTER_S = 60.0
 # Reports older than this are ignored (their worker stopped reporting: the fleet's own checks say so).
 BLOCKED_REPORT_FRESH_MS = 30_000
 
@@ -123,6 +127,10 @@ class MetadataUnit:
         # reconcile loop makes or drops copy units of it, sooner than its next interval.
         self.on_inventory = on_inventory
         self._last_inventory: tuple[int, list[tuple[str, int]]] | None = None
+        # What this unit last wrote to replicator_metadata, and when: a pass that observes the same writes nothing
+        # (hundreds of units per worker rewrote the same row every 2 s, and waited for the pool's connections).
+        self._last_written: tuple[Any, ...] | None = None
+        self._last_written_at = 0.0
         self.db = db
         self.redis = redis
         self.interval_s = interval_s
@@ -463,7 +471,19 @@ class MetadataUnit:
             )
         known = self._sync.known_topics if self._sync is not None else None
         if not self.may_write():
+            self._last_written = None  # another worker's unit may write before this one holds the lease again
             return  # the lease is gone: another worker's metadata unit reports now
+        observation = (
+            runtime.generation,
+            None if partitions is None else tuple(partitions),
+            error,
+            notice,
+            None if known is None else tuple(sorted(known)),
+        )
+        now = time.monotonic()
+        if observation == self._last_written and now - self._last_written_at < REWRITE_UNCHANGED_AFTER_S:
+            return
+        self._last_written = None  # until this write is known to have happened
         # A failed pass keeps the last good inventory and generation; only the error fields change.
         async with self.db.begin() as conn:
             if partitions is None:
@@ -479,3 +499,4 @@ class MetadataUnit:
                     notice=notice,
                     known_topics=None if known is None else {"generation": runtime.generation, "topics": sorted(known)},
                 )
+        self._last_written, self._last_written_at = observation, now
