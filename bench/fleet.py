@@ -120,7 +120,15 @@ async def create_to_running_fleet(stack: Stack, *, count: int, limit_s: float, l
 
 
 async def create_to_running_with_present(
-    stack: Stack, out: dict[str, Any], *, present: int, count: int, workers: int, limit_s: float, log_dir: Path
+    stack: Stack,
+    out: dict[str, Any],
+    *,
+    present: int,
+    count: int,
+    workers: int,
+    limit_s: float,
+    create_limit_s: float,
+    log_dir: Path,
 ) -> None:
     """Create-to-RUNNING of ``count`` replicators, one after another, with ``present`` replicators already RUNNING
     on a private fleet of ``workers`` workers. Every replicator's topic regex matches nothing, so what is measured is
@@ -177,7 +185,7 @@ async def create_to_running_with_present(
 
         settle_began, settle_cpu = time.monotonic(), sum(cpu_after)
         client = kafka_client(api, credentials)
-        out["create_to_running"] = await asyncio.to_thread(create_to_running, client, stack, count, limit_s)
+        out["create_to_running"] = await asyncio.to_thread(create_to_running, client, stack, count, create_limit_s)
         settle_s = time.monotonic() - settle_began
         out["worker_cores_while_measuring"] = round(
             (sum(tree_cpu_seconds(p.pid) or 0.0 for p in procs) - settle_cpu) / settle_s, 2
@@ -332,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=20, help="replicators then timed, one after another")
     parser.add_argument("--workers", type=int, default=2, help="fleet workers")
     parser.add_argument("--limit", type=float, default=900.0, help="seconds allowed for every replicator to run")
+    parser.add_argument("--create-limit", type=float, default=120.0, help="seconds allowed each timed replicator")
     args = parser.parse_args(argv)
     stack = load_stack()
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -342,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(
             create_to_running_with_present(
                 stack, result, present=args.present, count=args.count, workers=args.workers, limit_s=args.limit,
-                log_dir=log_dir,
+                create_limit_s=args.create_limit, log_dir=log_dir,
             )
         )  # fmt: skip
         result["status"] = result["create_to_running"].get("status", "failed")
