@@ -89,6 +89,16 @@ class OpenFailover:
     progress: str | None
 
 
+async def replicators_with_open_failovers(conn: AsyncConnection) -> set[str]:
+    """Every replicator with a failover that has not ended (few at any time: one query serves a whole worker)."""
+    rows = await conn.execute(
+        select(FailoverOperation.replicator_id)
+        .where(FailoverOperation.state.in_([s.value for s in FAILOVER_ACTIVE_STATES]))
+        .distinct()
+    )
+    return {str(replicator_id) for replicator_id in rows.scalars()}
+
+
 async def open_failovers(conn: AsyncConnection, replicator_id: str) -> list[OpenFailover]:
     """The replicator's failovers that have not ended, oldest first, with their age by the database's clock."""
     rows = await conn.execute(

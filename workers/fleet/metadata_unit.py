@@ -40,7 +40,7 @@ from workers.engine.metrics import Health
 from workers.engine.topics import TopicSynchronizer
 from workers.fleet.address_vetting import AddressVetting
 from workers.fleet.audits import AuditRunner
-from workers.fleet.failover import FailoverDriver
+from workers.fleet.failover import FailoverDriver, OpenFailoverWatch
 from workers.fleet.groups import GroupSyncer, ScopeSource
 from workers.fleet.runtime import ConnectionResolver, ReplicatorRuntime
 from workers.fleet.secrets import SecretStore, SecretUnavailable
@@ -114,6 +114,7 @@ class MetadataUnit:
         on_inventory: Callable[[], None] = lambda: None,
         worker_id: str = "",
         hub: ClusterMetadataHub | None = None,
+        failover_watch: OpenFailoverWatch | None = None,
     ) -> None:
         self.runtime = runtime
         # Shared with the worker's other metadata units (a unit on its own gets a hub of its own).
@@ -155,7 +156,7 @@ class MetadataUnit:
         self.groups.may_write = may_write
         self.groups.confirm_writes = confirm_writes
         self.groups.shared_max_age_s = group_sync_interval_s
-        self.failovers = FailoverDriver(self.groups)
+        self.failovers = FailoverDriver(self.groups, failover_watch)
         self.scope = ScopeSource()
         self.target_cluster_id: str | None = None  # as the last probe found it (loop prevention in audits)
         self.audits = AuditRunner(

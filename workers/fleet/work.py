@@ -38,6 +38,7 @@ from workers.engine.copier import CopierError
 from workers.fleet.address_vetting import AddressVetting
 from workers.fleet.control import DesiredWork
 from workers.fleet.copy_unit import CopyUnit
+from workers.fleet.failover import OpenFailoverWatch
 from workers.fleet.load import LoadMeter
 from workers.fleet.metadata_unit import MetadataUnit
 from workers.fleet.reporting import MetricsReporter
@@ -118,6 +119,8 @@ class WorkLoop:
         self.vetting = AddressVetting(AddressPolicy(settings.allowed_bootstrap))
         # What the metadata units read of their clusters, read once per cluster and principal and shared.
         self.metadata_hub = ClusterMetadataHub()
+        # Shared by the metadata units: one query per second tells which replicators have a failover under way.
+        self.failover_watch: OpenFailoverWatch | None = None
         # Secrets are read here, on the worker, and kept in memory only (workers/fleet/secrets.py).
         self.resolver = ConnectionResolver(
             SecretStore(
@@ -412,6 +415,7 @@ class WorkLoop:
             probe_timeout_s=min(5.0, self.settings.fleet_lease_seconds / 2),
             config_interval_s=self.settings.topic_config_sync_seconds,
             hub=self.metadata_hub,
+            failover_watch=self._failover_watch(),
             group_sync_interval_s=self.settings.group_sync_interval_seconds,
             offset_map_max_runs=self.settings.offset_map_max_runs,
             vetting=self.vetting,
@@ -426,6 +430,11 @@ class WorkLoop:
             asyncio.create_task(metadata_unit.run(), name=f"metadata-{runtime.name}"),
         )
         log.info("metadata unit of %s started", runtime.name)
+
+    def _failover_watch(self) -> OpenFailoverWatch:
+        if self.failover_watch is None:
+            self.failover_watch = OpenFailoverWatch(self._require(self._db))
+        return self.failover_watch
 
     async def _confirm_unit(self, key: UnitKey) -> bool:
         """Ask the database whether this worker's lease on the unit stands and its replicator is not being

@@ -1,0 +1,63 @@
+"""Which replicators have a failover under way: one query answers every metadata unit of a worker (500 units
+each asking for their own every pass took the database pool's connections from every other write)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from sqlalchemy import Engine, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from workers.fleet.failover import OpenFailoverWatch
+
+
+def _replicator(fleet_db: Engine) -> uuid.UUID:
+    rid = uuid.uuid4()
+    name = f"watch-{rid.hex[:8]}"
+    with fleet_db.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO replicators (id, account_id, name, arn, kafka_clusters, replication_info, tags, "
+                "current_version, generation, observed_generation, state) VALUES (:id, '000000000000', :name, :arn, "
+                "'[]', '{}', '{}', 'v1', 1, 0, 'RUNNING')"
+            ),
+            {"id": rid, "name": name, "arn": f"arn:aws:kafka:us-east-1:000000000000:replicator/{name}/{rid}"},
+        )
+    return rid
+
+
+def _failover(fleet_db: Engine, replicator_id: uuid.UUID, state: str) -> uuid.UUID:
+    op = uuid.uuid4()
+    with fleet_db.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO failover_operations (id, replicator_id, groups, grace_seconds, timeout_seconds, state) "
+                "VALUES (:id, :rid, '[]', 5, 60, :state)"
+            ),
+            {"id": op, "rid": replicator_id, "state": state},
+        )
+    return op
+
+
+async def test_one_query_tells_every_unit_which_replicators_have_a_failover_under_way(
+    fleet_db: Engine, adb: AsyncEngine
+) -> None:
+    under_way, ended, none = _replicator(fleet_db), _replicator(fleet_db), _replicator(fleet_db)
+    operation = _failover(fleet_db, under_way, "WAITING_FOR_LAG")
+    _failover(fleet_db, ended, "SUCCEEDED")
+    watch = OpenFailoverWatch(adb, max_age_s=60.0)
+
+    answers = await asyncio.gather(*(watch.replicators() for _ in range(500)))
+    assert watch.queries == 1
+    for answer in answers:
+        assert str(under_way) in answer
+        assert str(ended) not in answer
+        assert str(none) not in answer
+
+    with fleet_db.begin() as conn:
+        conn.execute(text("UPDATE failover_operations SET state = 'SUCCEEDED' WHERE id = :id"), {"id": operation})
+    assert str(under_way) in await watch.replicators()  # the answer is at most max_age_s old
+    watch.max_age_s = 0.0
+    assert str(under_way) not in await watch.replicators()
+    assert watch.queries == 2
