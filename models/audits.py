@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, ForeignKey, Integer, String, Text, func, or_, select, update
+from sqlalchemy import BigInteger, ColumnElement, DateTime, ForeignKey, Integer, String, Text, func, or_, select, update
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
@@ -95,13 +95,24 @@ async def audit_of(session: AsyncSession, replicator_id: uuid.UUID, audit_id: uu
     return found.scalar_one_or_none()
 
 
-async def claim_audit(conn: AsyncConnection, replicator_id: str, worker: str) -> ClaimedAudit | None:
-    """Claim the replicator's oldest job that is PENDING, or RUNNING with no progress for AUDIT_STALE_SECONDS."""
-    claimable = or_(
+def _claimable() -> ColumnElement[bool]:
+    """PENDING, or RUNNING with no progress for AUDIT_STALE_SECONDS (its worker died)."""
+    return or_(
         AuditJob.state == AuditState.PENDING.value,
         (AuditJob.state == AuditState.RUNNING.value)
         & (AuditJob.updated_at < func.now() - func.make_interval(0, 0, 0, 0, 0, 0, AUDIT_STALE_SECONDS)),
     )
+
+
+async def replicators_with_claimable_audits(conn: AsyncConnection) -> set[str]:
+    """Every replicator with a job ``claim_audit`` would claim now (few at any time: one query serves a worker)."""
+    rows = await conn.execute(select(AuditJob.replicator_id).where(_claimable()).distinct())
+    return {str(replicator_id) for replicator_id in rows.scalars()}
+
+
+async def claim_audit(conn: AsyncConnection, replicator_id: str, worker: str) -> ClaimedAudit | None:
+    """Claim the replicator's oldest job that is PENDING, or RUNNING with no progress for AUDIT_STALE_SECONDS."""
+    claimable = _claimable()
     candidate = (
         select(AuditJob.id)
         .where(AuditJob.replicator_id == uuid.UUID(replicator_id), claimable)

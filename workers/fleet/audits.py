@@ -23,6 +23,7 @@ from workers.engine.audit import AuditError, PartitionAudit, audit_partition
 from workers.engine.connection import ClusterConnection
 from workers.engine.spec import TopicNaming
 from workers.fleet.runtime import ReplicatorRuntime
+from workers.fleet.watches import ReplicatorsWatch
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ class AuditRunner:
         target_cluster_id: Callable[[], str | None],
         partitions: Callable[[], list[tuple[str, int]] | None],
         may_write: Callable[[], bool],
+        watch: ReplicatorsWatch | None = None,
     ) -> None:
         self.db = db
         self.worker_id = worker_id
@@ -48,6 +50,8 @@ class AuditRunner:
         self._target_cluster_id = target_cluster_id
         self._partitions = partitions
         self._may_write = may_write
+        # The worker's shared answer to "has this replicator a job to claim?" (None: try to claim every poll).
+        self.watch = watch
 
     async def run(self) -> None:
         while True:
@@ -63,6 +67,8 @@ class AuditRunner:
         if connections is None or self._partitions() is None or not self._may_write():
             return False  # the metadata unit has not had a good pass yet, or is losing its lease
         runtime = self._runtime()
+        if self.watch is not None and not await self.watch.has(runtime.replicator_id):
+            return False
         async with self.db.begin() as conn:
             job = await audits.claim_audit(conn, runtime.replicator_id, self.worker_id)
         if job is None:

@@ -9,7 +9,6 @@ it was waiting for. See docs/failover-runbook.md.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import uuid
@@ -25,6 +24,7 @@ from models.group_store import OpenFailover
 from models.offsets import FailoverState
 from workers.engine.connection import ClusterConnection, client_kwargs
 from workers.fleet.groups import INACTIVE_STATES, GroupSyncer
+from workers.fleet.watches import ReplicatorsWatch
 
 log = logging.getLogger(__name__)
 
@@ -45,44 +45,11 @@ async def end_offsets(
     return {(tp.topic, tp.partition): int(v) for tp, v in ends.items()}
 
 
-class OpenFailoverWatch:
-    """Which replicators have a failover under way, read once for the whole worker at most every ``max_age_s``
-    however many metadata units ask. Each unit asked the database for its own every pass before: with 500 units on
-    a worker that was 250 queries a second, and they took the pool's connections from every other write."""
-
-    def __init__(self, db: AsyncEngine, max_age_s: float = 1.0) -> None:
-        self.db = db
-        self.max_age_s = max_age_s
-        self.queries = 0
-        self._value: frozenset[str] | None = None
-        self._fetched_at = 0.0
-        self._inflight: asyncio.Future[frozenset[str]] | None = None
-
-    async def replicators(self) -> frozenset[str]:
-        if self._value is not None and time.monotonic() - self._fetched_at <= self.max_age_s:
-            return self._value
-        if self._inflight is None:
-            self._inflight = asyncio.ensure_future(self._fetch())
-            # Read by whoever awaits it; a failure with nobody left waiting must not be reported as never retrieved.
-            self._inflight.add_done_callback(lambda done: done.cancelled() or done.exception())
-        return await asyncio.shield(self._inflight)
-
-    async def _fetch(self) -> frozenset[str]:
-        try:
-            self.queries += 1
-            async with self.db.connect() as conn:
-                value = frozenset(await group_store.replicators_with_open_failovers(conn))
-            self._value, self._fetched_at = value, time.monotonic()
-            return value
-        finally:
-            self._inflight = None
-
-
 class FailoverDriver:
     """Moves the replicator's open failover operations forward, one step per call; every step writes a
     readable progress line, and a timeout leaves the reason it was waiting for."""
 
-    def __init__(self, syncer: GroupSyncer, watch: OpenFailoverWatch | None = None) -> None:
+    def __init__(self, syncer: GroupSyncer, watch: ReplicatorsWatch | None = None) -> None:
         self.syncer = syncer
         # The worker's shared answer to "has this replicator a failover under way?" (None: ask the database).
         self.watch = watch
@@ -93,7 +60,7 @@ class FailoverDriver:
         return self.syncer.db
 
     async def step(self, scope: list[tuple[str, int]] | None) -> None:
-        if self.watch is not None and self.syncer.runtime.replicator_id not in await self.watch.replicators():
+        if self.watch is not None and not await self.watch.has(self.syncer.runtime.replicator_id):
             return
         async with self.db.connect() as conn:
             operations = await group_store.open_failovers(conn, self.syncer.runtime.replicator_id)

@@ -40,10 +40,11 @@ from workers.engine.metrics import Health
 from workers.engine.topics import TopicSynchronizer
 from workers.fleet.address_vetting import AddressVetting
 from workers.fleet.audits import AuditRunner
-from workers.fleet.failover import FailoverDriver, OpenFailoverWatch
+from workers.fleet.failover import FailoverDriver
 from workers.fleet.groups import GroupSyncer, ScopeSource
 from workers.fleet.runtime import ConnectionResolver, ReplicatorRuntime
 from workers.fleet.secrets import SecretStore, SecretUnavailable
+from workers.fleet.watches import ReplicatorsWatch
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,8 @@ class MetadataUnit:
         on_inventory: Callable[[], None] = lambda: None,
         worker_id: str = "",
         hub: ClusterMetadataHub | None = None,
-        failover_watch: OpenFailoverWatch | None = None,
+        failover_watch: ReplicatorsWatch | None = None,
+        audit_watch: ReplicatorsWatch | None = None,
     ) -> None:
         self.runtime = runtime
         # Shared with the worker's other metadata units (a unit on its own gets a hub of its own).
@@ -167,6 +169,7 @@ class MetadataUnit:
             target_cluster_id=lambda: self.target_cluster_id,
             partitions=self.scope,
             may_write=self.may_write,
+            watch=audit_watch,
         )
         self._last_thin = time.monotonic()
 

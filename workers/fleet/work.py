@@ -26,9 +26,9 @@ from aiokafka.errors import KafkaError
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from models import fleet_store
+from models import audits, fleet_store, group_store
 from models.bootstrap import AddressPolicy
 from models.db import make_async_engine
 from models.fleet import UnitKey
@@ -38,13 +38,13 @@ from workers.engine.copier import CopierError
 from workers.fleet.address_vetting import AddressVetting
 from workers.fleet.control import DesiredWork
 from workers.fleet.copy_unit import CopyUnit
-from workers.fleet.failover import OpenFailoverWatch
 from workers.fleet.load import LoadMeter
 from workers.fleet.metadata_unit import MetadataUnit
 from workers.fleet.reporting import MetricsReporter
 from workers.fleet.runtime import ConnectionResolver, ReplicatorRuntime
 from workers.fleet.secrets import SecretStore
 from workers.fleet.usage import UsageMeter
+from workers.fleet.watches import ReplicatorsWatch
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +119,9 @@ class WorkLoop:
         self.vetting = AddressVetting(AddressPolicy(settings.allowed_bootstrap))
         # What the metadata units read of their clusters, read once per cluster and principal and shared.
         self.metadata_hub = ClusterMetadataHub()
-        # Shared by the metadata units: one query per second tells which replicators have a failover under way.
-        self.failover_watch: OpenFailoverWatch | None = None
+        # Shared by the metadata units: one query a second each tells which replicators have a failover under way
+        # and which an audit job to claim.
+        self.watches: dict[str, ReplicatorsWatch] = {}
         # Secrets are read here, on the worker, and kept in memory only (workers/fleet/secrets.py).
         self.resolver = ConnectionResolver(
             SecretStore(
@@ -415,7 +416,8 @@ class WorkLoop:
             probe_timeout_s=min(5.0, self.settings.fleet_lease_seconds / 2),
             config_interval_s=self.settings.topic_config_sync_seconds,
             hub=self.metadata_hub,
-            failover_watch=self._failover_watch(),
+            failover_watch=self._watch("failovers", group_store.replicators_with_open_failovers),
+            audit_watch=self._watch("audits", audits.replicators_with_claimable_audits),
             group_sync_interval_s=self.settings.group_sync_interval_seconds,
             offset_map_max_runs=self.settings.offset_map_max_runs,
             vetting=self.vetting,
@@ -431,10 +433,10 @@ class WorkLoop:
         )
         log.info("metadata unit of %s started", runtime.name)
 
-    def _failover_watch(self) -> OpenFailoverWatch:
-        if self.failover_watch is None:
-            self.failover_watch = OpenFailoverWatch(self._require(self._db))
-        return self.failover_watch
+    def _watch(self, kind: str, fetch: Callable[[AsyncConnection], Awaitable[set[str]]]) -> ReplicatorsWatch:
+        if kind not in self.watches:
+            self.watches[kind] = ReplicatorsWatch(self._require(self._db), fetch)
+        return self.watches[kind]
 
     async def _confirm_unit(self, key: UnitKey) -> bool:
         """Ask the database whether this worker's lease on the unit stands and its replicator is not being

@@ -1,5 +1,6 @@
-"""Which replicators have a failover under way: one query answers every metadata unit of a worker (500 units
-each asking for their own every pass took the database pool's connections from every other write)."""
+"""Which replicators have a failover under way, or an audit job to claim: one query answers every metadata unit of
+a worker (500 units each asking for their own every pass took the database pool's connections from every other
+write)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import uuid
 from sqlalchemy import Engine, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from workers.fleet.failover import OpenFailoverWatch
+from models import audits, group_store
+from workers.fleet.watches import ReplicatorsWatch
 
 
 def _replicator(fleet_db: Engine) -> uuid.UUID:
@@ -46,7 +48,7 @@ async def test_one_query_tells_every_unit_which_replicators_have_a_failover_unde
     under_way, ended, none = _replicator(fleet_db), _replicator(fleet_db), _replicator(fleet_db)
     operation = _failover(fleet_db, under_way, "WAITING_FOR_LAG")
     _failover(fleet_db, ended, "SUCCEEDED")
-    watch = OpenFailoverWatch(adb, max_age_s=60.0)
+    watch = ReplicatorsWatch(adb, group_store.replicators_with_open_failovers, max_age_s=60.0)
 
     answers = await asyncio.gather(*(watch.replicators() for _ in range(500)))
     assert watch.queries == 1
@@ -61,3 +63,30 @@ async def test_one_query_tells_every_unit_which_replicators_have_a_failover_unde
     watch.max_age_s = 0.0
     assert str(under_way) not in await watch.replicators()
     assert watch.queries == 2
+
+
+def _audit(fleet_db: Engine, replicator_id: uuid.UUID, state: str, *, idle_seconds: int = 0) -> None:
+    with fleet_db.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO audit_jobs (id, replicator_id, topic, state, updated_at) "
+                "VALUES (:id, :rid, 'orders', :state, now() - make_interval(secs => :idle))"
+            ),
+            {"id": uuid.uuid4(), "rid": replicator_id, "state": state, "idle": idle_seconds},
+        )
+
+
+async def test_the_audit_watch_names_the_replicators_whose_jobs_a_unit_would_claim(
+    fleet_db: Engine, adb: AsyncEngine
+) -> None:
+    pending, abandoned, running, done = (_replicator(fleet_db) for _ in range(4))
+    _audit(fleet_db, pending, "PENDING")
+    _audit(fleet_db, abandoned, "RUNNING", idle_seconds=int(audits.AUDIT_STALE_SECONDS) + 60)
+    _audit(fleet_db, running, "RUNNING")
+    _audit(fleet_db, done, "SUCCEEDED")
+    watch = ReplicatorsWatch(adb, audits.replicators_with_claimable_audits)
+    assert await watch.has(str(pending))
+    assert await watch.has(str(abandoned))  # its worker died: the next owner of the metadata unit claims it
+    assert not await watch.has(str(running))
+    assert not await watch.has(str(done))
+    assert watch.queries == 1
