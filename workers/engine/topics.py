@@ -143,6 +143,10 @@ class TopicSynchronizer:
         self._listing: dict[str, ListedTopic] = {}
         self._target_admin: AIOKafkaAdminClient | None = None
         self._known_topics: set[str] | None = None if known_topics is None else set(known_topics)
+        # Whether each source topic name is in scope, as the spec's regular expressions answered: hundreds of
+        # replicators on a worker matched every topic of a 1,300-topic source every pass (a quarter of its CPU).
+        # Cleared when the spec changes; dropped names are forgotten when the listing shrinks well below it.
+        self._in_scope: dict[str, bool] = {}
         # Topic ids seen by the previous pass, by name.
         self._source_ids: dict[str, str] = {}
         self._target_ids: dict[str, str] = {}
@@ -170,6 +174,7 @@ class TopicSynchronizer:
         """Apply an UpdateReplicationInfo (topic lists and flags); the next sync pass uses it."""
         self.spec = spec
         self._known_topics = None
+        self._in_scope = {}
 
     @property
     def _target(self) -> AIOKafkaAdminClient:
@@ -181,11 +186,16 @@ class TopicSynchronizer:
         """Source topics in scope with their partition counts."""
         found = self._listing = await self.source_view.topics(self.topics_max_age_s, self._first_listing_after)
         self._first_listing_after = None
-        topics = {
-            name: meta.partitions
-            for name, meta in found.items()
-            if not meta.is_internal and self.spec.should_replicate(name)
-        }
+        if len(self._in_scope) > 2 * len(found) + 100:
+            self._in_scope = {}
+        in_scope = self._in_scope
+        topics = {}
+        for name, meta in found.items():
+            wanted = in_scope.get(name)
+            if wanted is None:
+                wanted = in_scope[name] = self.spec.should_replicate(name)
+            if wanted and not meta.is_internal:
+                topics[name] = meta.partitions
         if not self.spec.detect_and_copy_new_topics:
             # Without detection the topic set is fixed at the first pass; partitions added to those topics
             # are still followed.
