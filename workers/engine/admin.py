@@ -69,6 +69,15 @@ async def describe_cluster(admin: AIOKafkaAdminClient) -> dict[str, Any]:
     return described
 
 
+async def list_consumer_groups(admin: AIOKafkaAdminClient) -> list[Any]:
+    """aiokafka's ``list_consumer_groups``, asked of the brokers the client knows: left to itself it first asks for
+    every topic's metadata to learn the broker ids (see ``describe_cluster``)."""
+    brokers = [broker.nodeId for broker in admin._client.cluster.brokers()]  # the client's metadata, no request
+    if not brokers:
+        brokers = [broker["node_id"] for broker in (await describe_cluster(admin))["brokers"]]
+    return list(await admin.list_consumer_groups(broker_ids=brokers))
+
+
 async def broker_count(admin: AIOKafkaAdminClient) -> int:
     cluster = await describe_cluster(admin)
     return len(cluster["brokers"])

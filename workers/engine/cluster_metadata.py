@@ -44,7 +44,7 @@ from aiokafka.structs import OffsetAndMetadata
 from workers.engine import admin as kafka_admin
 from workers.engine.admin import ConfigEntry, TopicAcl
 from workers.engine.aiokafka_hooks import describe_all_topics
-from workers.engine.connection import ClusterConnection, client_kwargs, diagnose_unreachable
+from workers.engine.connection import ClusterConnection, admin_client, diagnose_unreachable
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ class ClusterView:
     async def admin(self) -> AIOKafkaAdminClient:
         async with self._admin_lock:
             if self._admin is None:
-                admin = AIOKafkaAdminClient(**client_kwargs(self.connection, "metadata"))
+                admin = admin_client(self.connection, "metadata")
                 try:
                     await admin.start()
                 except BaseException:
@@ -212,8 +212,7 @@ class ClusterView:
                 async with asyncio.timeout(timeout_s):
                     if self._probe_admin is None:
                         timeout_ms = int(timeout_s * 1000)
-                        kwargs = {**client_kwargs(self.connection, "probe"), "request_timeout_ms": timeout_ms}
-                        self._probe_admin = AIOKafkaAdminClient(**kwargs)
+                        self._probe_admin = admin_client(self.connection, "probe", request_timeout_ms=timeout_ms)
                         await self._probe_admin.start()
                     self.requests["describe_cluster"] += 1
                     described = await kafka_admin.describe_cluster(self._probe_admin)
@@ -279,7 +278,7 @@ class ClusterView:
 
     async def consumer_groups(self, max_age_s: float) -> list[str]:
         async def fetch() -> list[str]:
-            listed = await self._request("list_groups", lambda admin: admin.list_consumer_groups())
+            listed = await self._request("list_groups", kafka_admin.list_consumer_groups)
             return sorted({str(entry[0]) for entry in listed})
 
         return await self._groups.get(max_age_s, fetch)

@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import (
     InvalidProducerEpoch,
     KafkaError,
@@ -69,7 +68,7 @@ from workers.engine.batches import (
     build_batches,
     reopenable,
 )
-from workers.engine.connection import ClusterConnection, client_kwargs
+from workers.engine.connection import ClusterConnection, admin_client, client_kwargs
 from workers.engine.metrics import ErrorKind, PartitionMetrics, PartitionStats
 from workers.engine.progress import PartitionProgress, ProgressStore, encode_progress, now_ms, progress_key
 from workers.engine.spec import ReplicationSpec, StartingPosition, TopicNaming
@@ -268,8 +267,8 @@ class PartitionCopier:
             keep_offsets=self._sink is not None,
         )
         await self._store.ensure_topic()
-        self._source_admin = AIOKafkaAdminClient(**client_kwargs(self.source, "copier-admin"))
-        self._target_admin = AIOKafkaAdminClient(**client_kwargs(self.target, "copier-admin"))
+        self._source_admin = admin_client(self.source, "copier-admin")
+        self._target_admin = admin_client(self.target, "copier-admin")
         await self._source_admin.start()
         await self._target_admin.start()
         install_batch_fetching()
@@ -319,7 +318,7 @@ class PartitionCopier:
         return self.options.forward_batches and self.spec.topic_naming is not TopicNaming.IDENTICAL
 
     async def _cluster_id(self, connection: ClusterConnection) -> str:
-        admin = AIOKafkaAdminClient(**client_kwargs(connection, "copier-admin"))
+        admin = admin_client(connection, "copier-admin")
         await admin.start()
         try:
             return await kafka_admin.cluster_id(admin)

@@ -19,11 +19,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import DefaultPartitioner
 
 from workers.engine import admin as kafka_admin
-from workers.engine.connection import ClusterConnection, client_kwargs
+from workers.engine.connection import ClusterConnection, admin_client, client_kwargs
 from workers.engine.spec import PROGRESS_TOPIC
 
 log = logging.getLogger(__name__)
@@ -100,7 +99,7 @@ def _optional_str(value: object) -> str | None:
 
 
 async def _partitions(connection: ClusterConnection, topic: str) -> set[int]:
-    admin = AIOKafkaAdminClient(**client_kwargs(connection, "progress-admin"))
+    admin = admin_client(connection, "progress-admin")
     await admin.start()
     try:
         found = await kafka_admin.describe_topics(admin, [topic])
@@ -135,7 +134,7 @@ class ProgressStore:
         self.topic = topic
 
     async def ensure_topic(self) -> None:
-        admin = AIOKafkaAdminClient(**client_kwargs(self.target, "progress-admin"))
+        admin = admin_client(self.target, "progress-admin")
         await admin.start()
         try:
             existing = await kafka_admin.describe_topics(admin, [self.topic])

@@ -21,7 +21,7 @@ from workers.engine import admin as kafka_admin
 from workers.engine.admin import CONFIG_SOURCE_DYNAMIC_TOPIC, AdminError, ConfigEntry
 from workers.engine.aiokafka_hooks import WritesFenced, topic_ids
 from workers.engine.cluster_metadata import ClusterView, ListedTopic
-from workers.engine.connection import ClusterConnection, client_kwargs
+from workers.engine.connection import ClusterConnection, admin_client
 from workers.engine.spec import ReplicationSpec
 
 log = logging.getLogger(__name__)
@@ -159,7 +159,7 @@ class TopicSynchronizer:
         return frozenset(self._known_topics)
 
     async def start(self) -> None:
-        self._target_admin = AIOKafkaAdminClient(**client_kwargs(self.target, "topic-sync"))
+        self._target_admin = admin_client(self.target, "topic-sync")
         await self._target_admin.start()
         if self.replication_factor is None:
             self.replication_factor = min(3, await kafka_admin.broker_count(self._target_admin))

@@ -42,9 +42,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from models import group_store, offset_store
 from models.fleet_reports import STATUS_KEY, StatusField
+from workers.engine import admin as kafka_admin
 from workers.engine.aiokafka_hooks import WritesFenced
 from workers.engine.cluster_metadata import ClusterView, SharedReadFailed
-from workers.engine.connection import ClusterConnection, client_kwargs
+from workers.engine.connection import ClusterConnection, admin_client, client_kwargs
 from workers.engine.spec import GroupReplication
 from workers.fleet.runtime import ReplicatorRuntime
 
@@ -147,8 +148,8 @@ class GroupSyncer:
     async def admins(self) -> tuple[AIOKafkaAdminClient, AIOKafkaAdminClient]:
         """Admin clients of the source and the target, kept open between passes (closed after a failure)."""
         if self._source is None or self._target is None:
-            source = AIOKafkaAdminClient(**client_kwargs(self.source, "group-sync"))
-            target = AIOKafkaAdminClient(**client_kwargs(self.target, "group-sync"))
+            source = admin_client(self.source, "group-sync")
+            target = admin_client(self.target, "group-sync")
             await source.start()
             try:
                 await target.start()
@@ -173,7 +174,7 @@ class GroupSyncer:
         if self.source_view is not None:
             return await self.source_view.consumer_groups(self.shared_max_age_s)
         source, _ = await self.admins()
-        return [str(g[0]) for g in await source.list_consumer_groups()]
+        return [str(g[0]) for g in await kafka_admin.list_consumer_groups(source)]
 
     async def source_offsets(self, group: str, *, fresh: bool) -> dict[TopicPartition, OffsetAndMetadata]:
         if self.source_view is not None:
