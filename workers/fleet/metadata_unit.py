@@ -117,8 +117,11 @@ class MetadataUnit:
         hub: ClusterMetadataHub | None = None,
         failover_watch: ReplicatorsWatch | None = None,
         audit_watch: ReplicatorsWatch | None = None,
+        starting: asyncio.Semaphore | None = None,
     ) -> None:
         self.runtime = runtime
+        # Shared with the worker's other units: how many may run their first pass at once (None: no bound).
+        self.starting = starting
         # Shared with the worker's other metadata units (a unit on its own gets a hub of its own).
         self.hub = hub or ClusterMetadataHub()
         # Whether this worker still holds the unit's lease: asked before anything is written to a cluster or to
@@ -183,23 +186,30 @@ class MetadataUnit:
 
     @in_log_context(lambda unit: {"replicator_arn": unit.runtime.arn})  # its tasks' lines too
     async def run(self) -> None:
-        groups = asyncio.create_task(
-            self.groups.run(self.group_sync_interval_s, self.scope), name=f"groups-{self.runtime.name}"
-        )
-        audit_jobs = asyncio.create_task(self.audits.run(), name=f"audits-{self.runtime.name}")
+        tasks: list[asyncio.Task[None]] = []
         try:
-            while True:
+            # The first pass opens the unit's clients and writes its first inventory: a worker offered hundreds of
+            # units at once runs a few of those at a time (``starting``), as hundreds of simultaneous bootstraps
+            # timed out on a busy event loop and every failure asked for more metadata.
+            async with self.starting or contextlib.nullcontext():
                 await self.pass_once()
+            tasks.append(
+                asyncio.create_task(
+                    self.groups.run(self.group_sync_interval_s, self.scope), name=f"groups-{self.runtime.name}"
+                )
+            )
+            tasks.append(asyncio.create_task(self.audits.run(), name=f"audits-{self.runtime.name}"))
+            while True:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.interval_s)
+                await self.pass_once()
         finally:
-            groups.cancel()
-            audit_jobs.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await groups
-            with contextlib.suppress(asyncio.CancelledError):
-                await audit_jobs
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             self._release_views()  # first: nothing to await, so a second cancellation cannot skip it
             await self.groups.close()
             await self._close_sync()

@@ -53,6 +53,10 @@ _T = TypeVar("_T")
 # Replicators whose copy units are started or stopped at the same time.
 _CONVERGE_CONCURRENCY = 8
 
+# Metadata units of one worker that open their clients and run their first pass at the same time: 1,000
+# replicators offered to two workers at once otherwise bootstrapped 500 clients per worker together.
+METADATA_STARTS_AT_ONCE = 16
+
 # Redis connections of one worker process: its units' reports and status writes share them.
 REDIS_CONNECTIONS = 64
 
@@ -122,6 +126,8 @@ class WorkLoop:
         # Shared by the metadata units: one query a second each tells which replicators have a failover under way
         # and which an audit job to claim.
         self.watches: dict[str, ReplicatorsWatch] = {}
+        # Metadata units running their first pass (clients opened, first inventory) at once on this worker.
+        self.metadata_starts = asyncio.Semaphore(METADATA_STARTS_AT_ONCE)
         # Secrets are read here, on the worker, and kept in memory only (workers/fleet/secrets.py).
         self.resolver = ConnectionResolver(
             SecretStore(
@@ -418,6 +424,7 @@ class WorkLoop:
             hub=self.metadata_hub,
             failover_watch=self._watch("failovers", group_store.replicators_with_open_failovers),
             audit_watch=self._watch("audits", audits.replicators_with_claimable_audits),
+            starting=self.metadata_starts,
             group_sync_interval_s=self.settings.group_sync_interval_seconds,
             offset_map_max_runs=self.settings.offset_map_max_runs,
             vetting=self.vetting,
