@@ -40,7 +40,7 @@ from bench.common import (
 )
 from bench.control_plane import create_replicator, create_to_running, kafka_client, start_private_api
 from bench.kafka import Cluster
-from bench.measure import TargetWatch, copy_under_load, fixed_rate_load
+from bench.measure import TargetWatch, copy_under_load, fixed_rate_load, percentile
 from cli.admin import create_access_key
 from dev.scratch_database import drop_database
 from dev.stack import DEV_ACCOUNT, StackConfig, celery_beat_argv, celery_worker_argv, migrate
@@ -157,7 +157,7 @@ async def create_to_running_with_present(
         with ThreadPoolExecutor(8) as pool:
             create_s = sorted(await asyncio.to_thread(lambda: list(pool.map(create, range(present)))))
         out["create_all_s"] = round(time.monotonic() - began, 1)
-        out["create_p50_ms"] = round(create_s[len(create_s) // 2] * 1000, 1) if create_s else None
+        out["create_p50_ms"] = round(percentile(create_s, 0.5) * 1000, 1) if create_s else None
         say(f"  created in {out['create_all_s']}s; waiting for every one to be RUNNING")
 
         def states() -> dict[str, int]:

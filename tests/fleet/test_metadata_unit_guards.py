@@ -18,7 +18,7 @@ from models.bootstrap import AddressPolicy
 from tests.engine.conftest import create_topic
 from workers.fleet.address_vetting import AddressVetting
 from workers.fleet.metadata_unit import MetadataUnit
-from workers.fleet.runtime import runtime_of
+from workers.fleet.runtime import ReplicatorRuntime, runtime_of
 
 
 def closed_port() -> int:
@@ -27,21 +27,10 @@ def closed_port() -> int:
         return int(probe.getsockname()[1])
 
 
-async def one_pass(
-    fleet_db: Engine, adb: AsyncEngine, aredis: Redis, source: str, target: str, allowed: list[str]
-) -> dict[str, Any]:
-    """Run one metadata pass for a new replicator from ``source`` to ``target``; its stored observation."""
+def new_replicator(fleet_db: Engine, prefix: str, source: str, target: str) -> ReplicatorRuntime:
+    """A CREATING replicator row from ``source`` to ``target`` replicating ``<name>-.*``, and its runtime."""
     rid = uuid.uuid4()
-    name = f"guard-{rid.hex[:8]}"
-    clusters = [
-        {"kafkaClusterAlias": "src", "ferry": {"bootstrapServers": source}},
-        {"kafkaClusterAlias": "dst", "ferry": {"bootstrapServers": target}},
-    ]
-    info = {
-        "sourceKafkaClusterAlias": "src",
-        "targetKafkaClusterAlias": "dst",
-        "topicReplication": {"topicsToReplicate": [f"{name}-.*"]},
-    }
+    name = f"{prefix}-{rid.hex[:8]}"
     with fleet_db.begin() as conn:
         conn.execute(
             text(
@@ -51,15 +40,30 @@ async def one_pass(
             ),
             {"id": rid, "name": name, "arn": f"arn:aws:kafka:us-east-1:000000000000:replicator/{name}/{rid}"},
         )
-    runtime = runtime_of(
+    return runtime_of(
         replicator_id=str(rid),
         name=name,
         generation=1,
         state="CREATING",
-        kafka_clusters=clusters,
-        replication_info=info,
+        kafka_clusters=[
+            {"kafkaClusterAlias": "src", "ferry": {"bootstrapServers": source}},
+            {"kafkaClusterAlias": "dst", "ferry": {"bootstrapServers": target}},
+        ],
+        replication_info={
+            "sourceKafkaClusterAlias": "src",
+            "targetKafkaClusterAlias": "dst",
+            "topicReplication": {"topicsToReplicate": [f"{name}-.*"]},
+        },
         created_at=datetime.now(UTC),
     )
+
+
+async def one_pass(
+    fleet_db: Engine, adb: AsyncEngine, aredis: Redis, source: str, target: str, allowed: list[str]
+) -> dict[str, Any]:
+    """Run one metadata pass for a new replicator from ``source`` to ``target``; its stored observation."""
+    runtime = new_replicator(fleet_db, "guard", source, target)
+    rid = uuid.UUID(runtime.replicator_id)
     unit = MetadataUnit(runtime, adb, aredis, probe_timeout_s=3.0, vetting=AddressVetting(AddressPolicy(allowed)))
     try:
         await unit.pass_once()
@@ -119,34 +123,9 @@ async def test_a_pass_that_observes_nothing_new_writes_nothing(
 ) -> None:
     """Hundreds of metadata units per worker each rewrote their unchanged row every 2 s and queued for the
     database pool; an unchanged observation is now written only again after a minute, a change at once."""
-    rid = uuid.uuid4()
-    name = f"quiet-{rid.hex[:8]}"
+    runtime = new_replicator(fleet_db, "quiet", source_bootstrap, target_bootstrap)
+    rid, name = uuid.UUID(runtime.replicator_id), runtime.name
     await create_topic(source_bootstrap, f"{name}-first", 2)
-    with fleet_db.begin() as conn:
-        conn.execute(
-            text(
-                "INSERT INTO replicators (id, account_id, name, arn, kafka_clusters, replication_info, tags, "
-                "current_version, generation, observed_generation, state) VALUES (:id, '000000000000', :name, :arn, "
-                "'[]', '{}', '{}', 'v1', 1, 0, 'CREATING')"
-            ),
-            {"id": rid, "name": name, "arn": f"arn:aws:kafka:us-east-1:000000000000:replicator/{name}/{rid}"},
-        )
-    runtime = runtime_of(
-        replicator_id=str(rid),
-        name=name,
-        generation=1,
-        state="CREATING",
-        kafka_clusters=[
-            {"kafkaClusterAlias": "src", "ferry": {"bootstrapServers": source_bootstrap}},
-            {"kafkaClusterAlias": "dst", "ferry": {"bootstrapServers": target_bootstrap}},
-        ],
-        replication_info={
-            "sourceKafkaClusterAlias": "src",
-            "targetKafkaClusterAlias": "dst",
-            "topicReplication": {"topicsToReplicate": [f"{name}-.*"]},
-        },
-        created_at=datetime.now(UTC),
-    )
 
     def stored() -> tuple[Any, Any]:
         with fleet_db.connect() as conn:
