@@ -26,6 +26,12 @@ log = logging.getLogger(__name__)
 # every change behind it.
 SLOW_PASS_SECONDS = 0.5
 
+# A pass that took at least this long is followed by a pause as long as itself: with tens of thousands of units a
+# pass takes seconds, and the triggers of every worker, API process and beat otherwise ran them back to back, a
+# core of the fleet's CPU spent re-reading the same units. Shorter passes (every fleet of a few thousand units on a
+# quiet machine) run whenever triggered.
+PACED_PASS_SECONDS = 0.25
+
 
 def gather(
     conn: Connection, worker_dead_after: float, fail_after: float, unowned_after: float
@@ -61,12 +67,16 @@ def apply(conn: Connection, desired: list[DesiredReplicator], result: Plan) -> N
 
 
 def reconcile_once(engine: Engine, settings: FerrySettings, by: str) -> Plan | None:
-    """One pass; returns the applied plan, or None when another pass held the lock. ``by`` names who ran it."""
+    """One pass; returns the applied plan, or None when another pass held the lock or a slow pass ended moments
+    ago (``PACED_PASS_SECONDS``). ``by`` names who ran it."""
     started = time.monotonic()
     with engine.begin() as conn:
         if not fleet_store.try_reconcile_lock(conn):
             return None
         locked = time.monotonic()
+        last = fleet_store.last_reconcile(conn)
+        if last is not None and last.took_seconds >= PACED_PASS_SECONDS and last.age_seconds < 2 * last.took_seconds:
+            return None  # the pass that just ended covers this trigger; the next one after the pause runs
         desired, observed = gather(
             conn,
             settings.worker_dead_after_seconds,

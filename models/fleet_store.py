@@ -13,6 +13,7 @@ owns.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -70,6 +71,13 @@ def _seconds(value: float) -> timedelta:
 def json_or_null(value: Any) -> Any:
     """A JSONB value, with None stored as SQL NULL rather than as the JSON value ``null``."""
     return null() if value is None else value
+
+
+@functools.lru_cache(maxsize=4096)
+def _uuid(text: str) -> uuid.UUID:
+    """A replicator id as a UUID, remembered: a worker names the same few replicators in thousands of leases every
+    tick, and parsing each id again was a visible share of its control loop."""
+    return uuid.UUID(text)
 
 
 def _key(row: Any) -> UnitKey:
@@ -285,6 +293,20 @@ def delete_deleted_replicator(conn: Connection, replicator_id: str) -> None:
             ReplicatorRow.id == uuid.UUID(replicator_id), ReplicatorRow.state == ReplicatorState.DELETING.value
         )
     )
+
+
+@dataclass(frozen=True)
+class LastReconcile:
+    age_seconds: float  # since the pass's transaction began
+    took_seconds: float
+
+
+def last_reconcile(conn: Connection) -> LastReconcile | None:
+    """When the last recorded pass began (by the database's clock) and how long it took; None before any did."""
+    row = conn.execute(_LAST_RECONCILE).one_or_none()
+    if row is None or row[1] is None:
+        return None
+    return LastReconcile(max(0.0, float(row[0])), float(row[1]))
 
 
 def record_reconcile(conn: Connection, by: str, took_seconds: float | None = None) -> None:
@@ -554,6 +576,41 @@ async def units_of(conn: AsyncConnection, worker_id: str) -> list[AssignedUnit]:
     return [AssignedUnit(_key(r), r.assigned_worker, r.owner_worker, int(r.epoch)) for r in rows]
 
 
+async def units_in_motion(conn: AsyncConnection, worker_id: str) -> list[AssignedUnit]:
+    """The units of this worker whose assignment and lease disagree: owned here but moved away or unassigned, or
+    assigned here and owned by no one or someone else. Every other unit of the worker is assigned to it and owned
+    by it, which needs nothing done: a tick acts on this short list instead of reading thousands of rows."""
+    rows = await conn.execute(
+        select(
+            FleetUnit.replicator_id,
+            FleetUnit.topic,
+            FleetUnit.partition,
+            FleetUnit.assigned_worker,
+            FleetUnit.owner_worker,
+            FleetUnit.epoch,
+        ).where(
+            or_(FleetUnit.assigned_worker == worker_id, FleetUnit.owner_worker == worker_id),
+            FleetUnit.assigned_worker.is_distinct_from(FleetUnit.owner_worker),
+        )
+    )
+    return [AssignedUnit(_key(r), r.assigned_worker, r.owner_worker, int(r.epoch)) for r in rows]
+
+
+def _held_units(name: str, pairs: Sequence[tuple[UnitKey, int]]) -> Any:
+    """(unit, epoch) pairs as a table of four columns, bound as four arrays (four parameters, however many pairs):
+    thousands of bound tuples cost the driver more CPU per tick than the statement costs the database."""
+    return (
+        func.unnest(
+            bindparam(f"{name}_replicators", [_uuid(key.replicator_id) for key, _ in pairs], type_=ARRAY(PgUUID)),
+            bindparam(f"{name}_topics", [key.topic for key, _ in pairs], type_=ARRAY(Text)),
+            bindparam(f"{name}_partitions", [key.partition for key, _ in pairs], type_=ARRAY(Integer)),
+            bindparam(f"{name}_epochs", [epoch for _, epoch in pairs], type_=ARRAY(BigInteger)),
+        )
+        .table_valued("replicator_id", "topic", "partition", "epoch")
+        .render_derived(name=name)
+    )
+
+
 _UNIT_KEY = (FleetUnit.replicator_id, FleetUnit.topic, FleetUnit.partition)
 
 
@@ -627,18 +684,7 @@ async def renew(
     pairs = sorted(held)
     if not pairs:
         return Renewal({}, set())
-    # The pairs travel as four arrays (four parameters, however many leases): thousands of bound tuples cost the
-    # driver more CPU per tick than the statement costs the database.
-    listed = (
-        func.unnest(
-            bindparam("held_replicators", [uuid.UUID(key.replicator_id) for key, _ in pairs], type_=ARRAY(PgUUID)),
-            bindparam("held_topics", [key.topic for key, _ in pairs], type_=ARRAY(Text)),
-            bindparam("held_partitions", [key.partition for key, _ in pairs], type_=ARRAY(Integer)),
-            bindparam("held_epochs", [epoch for _, epoch in pairs], type_=ARRAY(BigInteger)),
-        )
-        .table_valued("replicator_id", "topic", "partition", "epoch")
-        .render_derived(name="held")
-    )
+    listed = _held_units("held", pairs)
     held_here = and_(
         FleetUnit.replicator_id == listed.c.replicator_id,
         FleetUnit.topic == listed.c.topic,
@@ -655,7 +701,7 @@ async def renew(
         .with_for_update(of=FleetUnit, skip_locked=True)
         .subquery("locked")
     )
-    rows = await conn.execute(
+    extended = await conn.execute(
         update(FleetUnit)
         .where(
             FleetUnit.replicator_id == locked.c.replicator_id,
@@ -663,7 +709,15 @@ async def renew(
             FleetUnit.partition == locked.c.partition,
         )
         .values(lease_expires_at=func.now() + _seconds(lease_seconds))
-        .returning(*_UNIT_KEY, FleetUnit.epoch)
+    )
+    if extended.rowcount == len(pairs):
+        # Every lease extended (the usual tick): nothing to read back, row by row, of thousands.
+        return Renewal(dict(pairs), set())
+    # Which ones: now() is the transaction's start, so the rows extended here, and only those, hold exactly this.
+    rows = await conn.execute(
+        select(*_UNIT_KEY, FleetUnit.epoch)
+        .select_from(listed.join(FleetUnit, held_here))
+        .where(FleetUnit.lease_expires_at == func.now() + _seconds(lease_seconds))
     )
     renewed = {_key(r): int(r.epoch) for r in rows}
     busy: set[UnitKey] = set()
@@ -675,15 +729,42 @@ async def renew(
 
 
 async def release(conn: AsyncConnection, worker_id: str, held: Iterable[tuple[UnitKey, int]]) -> None:
-    """Give leases back (only where this worker still owns them at that epoch)."""
-    params = [{**_unit_params(key), "epoch_held": epoch} for key, epoch in sorted(held)]
-    if params:
-        await conn.execute(
-            update(FleetUnit)
-            .where(_THIS_UNIT, FleetUnit.owner_worker == worker_id, FleetUnit.epoch == bindparam("epoch_held"))
-            .values(owner_worker=None, lease_expires_at=func.now(), previous_owner=FleetUnit.owner_worker),
-            params,
+    """Give leases back (only where this worker still owns them at that epoch). One statement, the rows locked in
+    key order as every writer of many units does (``_locked_in_key_order``), waiting for none it must not skip."""
+    pairs = sorted(held)
+    if not pairs:
+        return
+    listed = _held_units("released", pairs)
+    locked = (
+        select(*_UNIT_KEY, listed.c.epoch)
+        .select_from(
+            listed.join(
+                FleetUnit,
+                and_(
+                    FleetUnit.replicator_id == listed.c.replicator_id,
+                    FleetUnit.topic == listed.c.topic,
+                    FleetUnit.partition == listed.c.partition,
+                    FleetUnit.epoch == listed.c.epoch,
+                    FleetUnit.owner_worker == worker_id,
+                ),
+            )
         )
+        .order_by(FleetUnit.replicator_id, FleetUnit.topic.collate("C"), FleetUnit.partition)
+        .with_for_update(of=FleetUnit)
+        .subquery("locked")
+    )
+    await conn.execute(
+        update(FleetUnit)
+        .where(
+            FleetUnit.replicator_id == locked.c.replicator_id,
+            FleetUnit.topic == locked.c.topic,
+            FleetUnit.partition == locked.c.partition,
+            # Checked again on the row as locked: only a lease still this worker's, at that epoch, is given back.
+            FleetUnit.owner_worker == worker_id,
+            FleetUnit.epoch == locked.c.epoch,
+        )
+        .values(owner_worker=None, lease_expires_at=func.now(), previous_owner=FleetUnit.owner_worker)
+    )
 
 
 async def leave(conn: AsyncConnection, worker_id: str) -> None:

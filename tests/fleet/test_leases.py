@@ -14,8 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from models.fleet import DesiredReplicator
 from models.fleet_plan import UnitKey
-from models.fleet_reconcile import reconcile_once
-from models.fleet_store import StateWrite, fleet_load, set_replicator_states
+from models.fleet_reconcile import PACED_PASS_SECONDS, reconcile_once
+from models.fleet_store import StateWrite, fleet_load, set_replicator_states, units_in_motion
 from models.replicator import ReplicatorState
 from models.settings import FerrySettings
 from workers.fleet.leases import Lease, LeaseStore
@@ -163,8 +163,14 @@ def test_redelivered_reconcile_tasks_change_nothing(
 
 def test_a_pass_records_how_long_it_took(fleet_db: Engine, fleet_settings: FerrySettings) -> None:
     """The last pass's duration is what GET /replication/v1/fleet, ferry fleet status and /metrics report."""
-    began = time.monotonic()
-    assert reconcile_once(fleet_db, fleet_settings, "test-duration") is not None
+    deadline = time.monotonic() + 30
+    while True:
+        began = time.monotonic()
+        # None while another pass holds the lock, or right after a slow one (a busy machine): the next one runs.
+        if reconcile_once(fleet_db, fleet_settings, "test-duration") is not None:
+            break
+        assert time.monotonic() < deadline, "no reconcile pass ran within 30 s"
+        time.sleep(0.1)
     wall = time.monotonic() - began
     with fleet_db.connect() as conn:
         load = fleet_load(conn, fleet_settings.worker_dead_after_seconds)
@@ -194,6 +200,101 @@ async def test_renewal_extends_only_the_leases_held_so_a_forgotten_one_expires_a
     assert [lease.key for lease in taken] == [forgotten]
     assert taken[0].epoch == leases[forgotten].epoch + 1
     assert leases[kept].is_valid()
+
+
+async def test_a_renewal_skips_a_unit_a_pass_is_changing_and_keeps_its_old_deadline(
+    adb: AsyncEngine, fleet_db: Engine, replicator_id: str
+) -> None:
+    """A row a reconcile pass holds locked is neither waited for nor lost: the other leases are extended, that one
+    keeps the deadline it had, and the next renewal extends it."""
+    keys = [UnitKey(replicator_id, "renewed", p) for p in range(3)]
+    store = LeaseStore(adb, "renewer", lease_seconds=30, safety_margin=2)
+    for key in keys:
+        assign(fleet_db, key, "renewer")
+    leases = {lease.key: lease for lease in await store.acquire()}
+    assert set(leases) == set(keys)
+    for lease in leases.values():
+        lease.valid_until = time.monotonic() + 5  # as if renewed a while ago
+    before = {key: lease.valid_until for key, lease in leases.items()}
+    locked = keys[1]
+    with fleet_db.begin() as pass_in_progress:
+        pass_in_progress.execute(
+            text("SELECT 1 FROM fleet_units WHERE replicator_id = :r AND topic = :t AND partition = :p FOR UPDATE"),
+            {"r": uuid.UUID(replicator_id), "t": locked.topic, "p": locked.partition},
+        )
+        assert await store.renew(leases.values()) == set(), "a unit being changed is not lost"
+    assert leases[locked].valid_until == before[locked], "the busy unit keeps its old deadline"
+    for key in (keys[0], keys[2]):
+        assert leases[key].valid_until > before[key] + 10, f"{key} was not extended"
+    assert await store.renew(leases.values()) == set()
+    assert leases[locked].valid_until > before[locked] + 10, "the next renewal extends it"
+
+
+async def test_a_release_gives_back_only_leases_still_held_at_their_epoch(
+    adb: AsyncEngine, fleet_db: Engine, replicator_id: str
+) -> None:
+    keys = [UnitKey(replicator_id, "released", p) for p in range(3)]
+    a = LeaseStore(adb, "releaser", lease_seconds=30, safety_margin=2)
+    for key in keys:
+        assign(fleet_db, key, "releaser")
+    leases = {lease.key: lease for lease in await a.acquire()}
+    stale = Lease(keys[2], leases[keys[2]].epoch - 1, 0.0)  # an older lease on the same unit
+    await a.release([leases[keys[0]], leases[keys[1]], stale])
+    with fleet_db.connect() as conn:
+        owners = dict(
+            conn.execute(
+                text("SELECT partition, owner_worker FROM fleet_units WHERE replicator_id = :r AND topic = 'released'"),
+                {"r": uuid.UUID(replicator_id)},
+            ).all()
+        )
+    assert owners == {0: None, 1: None, 2: "releaser"}
+
+
+async def test_units_in_motion_are_those_whose_assignment_and_owner_differ(
+    adb: AsyncEngine, fleet_db: Engine, replicator_id: str
+) -> None:
+    """What a control tick reads between full sorts: a worker's settled units (assigned to it and owned by it) are
+    not among them, whatever their number."""
+    settled, moving, unassigned, to_take, elsewhere = (UnitKey(replicator_id, "motion", p) for p in range(5))
+    a = LeaseStore(adb, "mover", lease_seconds=30, safety_margin=2)
+    for key in (settled, moving, unassigned):
+        assign(fleet_db, key, "mover")
+    await a.acquire()
+    assign(fleet_db, moving, "another")
+    assign(fleet_db, unassigned, None)
+    assign(fleet_db, to_take, "mover")
+    assign(fleet_db, elsewhere, "another")
+    async with adb.connect() as conn:
+        found = {
+            unit.key: (unit.assigned_worker, unit.owner_worker)
+            for unit in await units_in_motion(conn, "mover")
+            if unit.key.replicator_id == replicator_id
+        }
+    assert found == {moving: ("another", "mover"), unassigned: (None, "mover"), to_take: ("mover", None)}
+
+
+def test_a_slow_pass_is_followed_by_a_pause_as_long_as_itself(fleet_db: Engine, fleet_settings: FerrySettings) -> None:
+    """Every worker, API process and beat triggers passes; after one that took seconds (tens of thousands of units)
+    the next waits as long as it took instead of starting at once, so passes cannot take a whole core."""
+
+    def last_pass(age_seconds: float, took_seconds: float) -> None:
+        with fleet_db.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO fleet_reconciles (id, ran_at, ran_by, took_seconds) "
+                    "VALUES (1, now() - make_interval(secs => :age), 'test-slow', :took) "
+                    "ON CONFLICT (id) DO UPDATE SET ran_at = EXCLUDED.ran_at, ran_by = EXCLUDED.ran_by, "
+                    "took_seconds = EXCLUDED.took_seconds"
+                ),
+                {"age": age_seconds, "took": took_seconds},
+            )
+
+    last_pass(age_seconds=5, took_seconds=4)  # ended a second ago, after 4 s
+    assert reconcile_once(fleet_db, fleet_settings, "test-paced") is None
+    last_pass(age_seconds=9, took_seconds=4)  # ended 5 s ago
+    assert reconcile_once(fleet_db, fleet_settings, "test-paced") is not None
+    last_pass(age_seconds=0, took_seconds=PACED_PASS_SECONDS / 2)  # quick passes are never paced
+    assert reconcile_once(fleet_db, fleet_settings, "test-paced") is not None
 
 
 def test_state_changes_are_written_together_and_the_api_still_wins(fleet_db: Engine, replicator_id: str) -> None:

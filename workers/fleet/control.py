@@ -53,6 +53,9 @@ log = logging.getLogger(__name__)
 # A tick brought forward by an event comes at least this fraction of a tick after the previous one.
 KICKED_TICK_MIN_FRACTION = 0.25
 
+# Every unit of the worker is read at most this often; the ticks between read only the units in motion.
+FULL_SORT_SECONDS = 10.0
+
 
 @dataclass(frozen=True)
 class DesiredWork:
@@ -106,6 +109,7 @@ class ControlLoop:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._kick: asyncio.Event | None = None  # set to tick now instead of at the next period
         self.last_tick_ok_at = 0.0  # wall clock of the last tick that completed without an error
+        self._full_sort_at = 0.0  # monotonic time of the next read of every unit of this worker
         self.last_reconcile_at = 0.0
 
     # ------------------------------------------------------------------ what other threads ask
@@ -207,9 +211,11 @@ class ControlLoop:
             self.last_tick_ok_at = time.time()
         except (TimeoutError, OSError, SQLAlchemyError, ConnectionError) as exc:
             log.warning("fleet agent %s: control tick failed: %s: %s", self.worker_id, type(exc).__name__, exc)
+            self._full_sort_at = 0.0  # an acquire whose answer was lost leaves units owned here and unknown
         except Exception:
             # A bug in one tick must not kill the agent: the next tick re-reads everything.
             log.exception("fleet agent %s: control tick failed", self.worker_id)
+            self._full_sort_at = 0.0
         finally:
             # Whatever failed (the database away fails the heartbeat before any renewal is tried), leases past
             # their local deadline stop their work now.
@@ -306,17 +312,33 @@ class ControlLoop:
         dropped = [key for key in lost if self.leases.pop(key, None) is not None]
         for key in lost:
             self.moving.pop(key, None)
+        if lost:
+            self._full_sort_at = 0.0
         if dropped:
             log.warning("%d leases lost; their work stops: %s", len(dropped), _some_units(dropped))
         if lost:
             self._publish()
 
     async def _sort_leases(self) -> None:
-        async with asyncio.timeout(self.call_timeout_s):
-            mine = {unit.key: unit for unit in await self._require_store().units_of_mine()}
+        """Drop, hand over or give back the leases whose units moved, left the scope or are owned elsewhere.
+
+        Most ticks read only the units in motion (assignment and owner differ): with thousands of units per worker,
+        reading every one each tick took seconds of a tick that must renew within the lease's margin. Every unit is
+        read every ``FULL_SORT_SECONDS`` and after anything unexpected: that finds units owned here but unknown
+        (an acquire whose answer was lost). A unit that is assigned here and owned here needs nothing from a sort;
+        if someone else took it (only possible once its lease lapsed), the renewal says so first."""
         now = time.monotonic()
+        full = now >= self._full_sort_at
+        store = self._require_store()
+        async with asyncio.timeout(self.call_timeout_s):
+            units = await (store.units_of_mine() if full else store.units_in_motion())
+        if full:
+            self._full_sort_at = now + FULL_SORT_SECONDS
+        mine = {unit.key: unit for unit in units}
         for key, lease in list(self.leases.items()):
             unit = mine.get(key)
+            if unit is None and not full:
+                continue  # assigned here and owned here, or the renewal would have found it lost
             if unit is None or unit.owner_worker != self.worker_id or unit.epoch != lease.epoch:
                 self.leases.pop(key)  # the unit is gone, or someone else holds it now
             elif unit.assigned_worker is None:

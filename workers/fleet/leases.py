@@ -66,6 +66,11 @@ class LeaseStore:
         async with self.engine.connect() as conn:
             return await fleet_store.units_of(conn, self.worker_id)
 
+    async def units_in_motion(self) -> list[AssignedUnit]:
+        """Only the units of this worker whose assignment and lease disagree (moving, unassigned, to be taken)."""
+        async with self.engine.connect() as conn:
+            return await fleet_store.units_in_motion(conn, self.worker_id)
+
     async def acquire(self) -> list[Lease]:
         """Take every unit assigned to this worker whose lease is free or expired."""
         started = time.monotonic()
