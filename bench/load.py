@@ -33,7 +33,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from bench.common import ROOT, BenchError, machine_info, say, versions
 from bench.control_plane import LIST_PATH, sustained
 from bench.measure import percentile
-from chaos.lab import Lab, LabError
+from chaos.lab import Lab, LabError, exit_on_termination
 
 RECORDS_PER_TOPIC = 20
 
@@ -249,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=100.0, help="API requests per second during the measurement")
     parser.add_argument("--seconds", type=float, default=30.0, help="length of each operation's measurement")
     args = parser.parse_args(argv)
+    exit_on_termination()
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     result = run(args.replicators, args.rate, args.seconds)

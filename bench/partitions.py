@@ -42,7 +42,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench.common import MB, ROOT, BenchError, machine_info, memory_kib, say, versions
 from bench.measure import percentile
-from chaos.lab import Lab, LabError, wait_for
+from chaos.lab import Lab, LabError, exit_on_termination, wait_for
 
 PARTITIONS_PER_TOPIC = 100
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -462,6 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--kafka-heap", default="1g", help="heap of each lab broker (default %(default)s)")
     args = parser.parse_args(argv)
+    exit_on_termination()
     args.argv = list(argv) if argv is not None else __import__("sys").argv[1:]
     args.counts = [int(c) for c in re.split(r"[,\s]+", args.counts.strip()) if c]
     logging.basicConfig(level=logging.WARNING)

@@ -70,6 +70,18 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float, interval:
     raise LabError(f"timed out after {timeout:.0f}s waiting for {what}; last seen: {last!r}")
 
 
+def exit_on_termination() -> None:
+    """Make SIGTERM and SIGINT end the process with SystemExit, so every ``finally`` runs and the lab is closed: its
+    brokers, databases and workers live in sessions of their own and outlived a benchmark stopped by the default
+    handlers (SIGINT inside ``asyncio.run`` only cancelled the running task, which carried on)."""
+
+    def leave(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, leave)
+    signal.signal(signal.SIGINT, leave)
+
+
 class Lab:
     """PostgreSQL, Redis, a source and a target cluster, the API, beat and fleet workers: all of the lab's own."""
 

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bench.common import machine_info, versions
-from chaos.lab import ROOT, Lab, say
+from chaos.lab import ROOT, Lab, exit_on_termination, say
 from chaos.scenarios import AT_LEAST_ONCE, EXACTLY_ONCE, SCENARIOS, Outcome, run_scenario
 
 RESULTS = ROOT / "chaos" / "results"
@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the lab's folder and failed scenarios' topics")
     parser.add_argument("--list", action="store_true", help="list the scenarios and exit")
     args = parser.parse_args(argv)
+    exit_on_termination()
     # The producer and the tail ride through the outages on purpose: aiokafka's reconnect chatter is not news.
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
