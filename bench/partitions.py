@@ -39,6 +39,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
 
 from bench.common import MB, ROOT, BenchError, machine_info, memory_kib, say, versions
 from bench.measure import percentile
@@ -131,13 +132,22 @@ async def _produce(bootstrap: str, topics: list[str], partitions: int, per_parti
     value = os.urandom(size)
     todo = [(topic, p) for _ in range(per_partition) for topic in topics for p in range(partitions)]
     try:
-        for _attempt in range(10):
-            futures = [await producer.send(topic, value=value, partition=p) for topic, p in todo]
-            outcomes = await asyncio.gather(*futures, return_exceptions=True)
-            # Leaders of partitions created moments ago may still be moving: send those again.
-            todo = [where for where, out in zip(todo, outcomes, strict=True) if isinstance(out, BaseException)]
+        for attempt in range(10):
+            # Topics created moments ago may be unknown to the producer yet (send itself refuses them) and their
+            # leaders may still be moving (the send's outcome fails): both are sent again.
+            refused, sent = [], []
+            for topic, p in todo:
+                try:
+                    sent.append(((topic, p), await producer.send(topic, value=value, partition=p)))
+                except KafkaError:
+                    refused.append((topic, p))
+            outcomes = await asyncio.gather(*(future for _, future in sent), return_exceptions=True)
+            todo = refused + [
+                where for (where, _), out in zip(sent, outcomes, strict=True) if isinstance(out, BaseException)
+            ]
             if not todo:
                 break
+            await asyncio.sleep(min(0.2 * 2**attempt, 5.0))  # a back-off, while the brokers settle the new topics
             await producer.client.force_metadata_update()
         else:
             raise BenchError(f"warm-up: {len(todo)} records not accepted after 10 attempts")

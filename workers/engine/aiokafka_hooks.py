@@ -23,6 +23,10 @@ aiokafka has no public API for what the copier needs, so it reaches into these p
    with zlib level 9; Kafka's Java producer (MirrorMaker 2, the brokers' own recompression) uses zlib's default,
    6 (``compression.gzip.level=-1``). That name is rebound to encode at level 6, the same bytes format for the
    same CPU cost as a Java producer.
+7. **Metadata decoding** (``install_metadata_decoders``): ``MetadataResponse_v5.decode`` (every aiokafka client's
+   metadata refresh) and the Metadata v12 response of 4. are decoded in one pass over the bytes
+   (``workers/engine/metadata_decode.py``) instead of aiokafka's generic schema walk, which cost microseconds per
+   field of every partition of every topic asked for.
 
 Importing this module fails with a clear message on an aiokafka outside ``TESTED_RANGE``: every hook relies on
 private names whose meaning an upgrade may change. Before widening the range, tests/engine/test_forwarding.py and
@@ -72,6 +76,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition  # noqa: E402
 from aiokafka import codec as aiokafka_codec  # noqa: E402
 from aiokafka.errors import CorruptRecordException, KafkaError  # noqa: E402
 from aiokafka.protocol.api import Request, RequestStruct, Response  # noqa: E402
+from aiokafka.protocol.metadata import MetadataResponse_v5  # noqa: E402
 from aiokafka.protocol.types import (  # noqa: E402
     AbstractType,
     Array,
@@ -102,6 +107,7 @@ from workers.engine.forwarding import (  # noqa: E402
     ForwardBatches,
     RawBatch,
 )
+from workers.engine.metadata_decode import decode_metadata_v5, decode_topic_listing_v12  # noqa: E402
 
 _PRODUCER = struct.Struct(">qhi")
 GZIP_CODEC = 1
@@ -507,9 +513,10 @@ async def describe_all_topics(admin: Any) -> dict[str, tuple[int, bool, str | No
             if entry["error_code"] == 0
         }
     found: dict[str, tuple[int, bool, str | None]] = {}
-    for error_code, name, topic_id, is_internal, partitions, *_ in response.topics:
+    # Decoded by decode_topic_listing_v12: the partition count in place of the partitions.
+    for error_code, name, topic_id, is_internal, partition_count, *_ in response.topics:
         if error_code == 0 and name is not None:
-            found[str(name)] = (len(partitions), bool(is_internal), None if topic_id == bytes(16) else topic_id.hex())
+            found[str(name)] = (partition_count, bool(is_internal), None if topic_id == bytes(16) else topic_id.hex())
     return found
 
 
@@ -585,3 +592,13 @@ async def leader_epoch_ends(client: Any, epochs: dict[TopicPartition, int]) -> d
                 if error_code == 0 and end_offset >= 0:
                     ends[TopicPartition(topic, partition)] = int(end_offset)
     return ends
+
+
+def install_metadata_decoders() -> None:
+    """Decode Metadata responses with ``workers/engine/metadata_decode.py`` (idempotent; every client of the
+    process, since the response is the same)."""
+    MetadataResponse_v5.decode = classmethod(decode_metadata_v5)
+    _MetadataResponseV12.decode = classmethod(decode_topic_listing_v12)
+
+
+install_metadata_decoders()
