@@ -106,6 +106,50 @@ def test_flushes_merge_recopies_replace_and_holes_are_bounded(fleet_settings: Fe
     assert got["unknown_partition"] is None
 
 
+def test_one_flush_stores_many_partitions_each_merged_with_its_own_runs(fleet_settings: FerrySettings) -> None:
+    """A flush writes every partition that moved in one go: each partition's new runs merge with (or replace) its
+    own stored runs only, never a neighbour's or another replicator's."""
+
+    async def work(conn: AsyncConnection) -> dict[str, Any]:
+        rid, other = await new_replicator(conn, "s:4", "t:4"), await new_replicator(conn, "s:5", "t:5")
+        await store.store_runs_of(conn, other, {("orders", 0): [Run(0, 10, 0, 10)]})
+        await store.store_runs_of(
+            conn,
+            rid,
+            {("orders", 0): [Run(0, 10, 0, 10)], ("orders", 1): [Run(0, 5, 100, 105)], ("audit", 0): []},
+        )
+        await store.store_runs_of(
+            conn,
+            rid,
+            {
+                ("orders", 0): [Run(10, 20, 10, 20)],  # contiguous: merged into one run
+                ("orders", 1): [Run(3, 8, 200, 205)],  # re-copied from 3 elsewhere: replaces 3..4
+                **{("many", p): [Run(p, p + 1, p, p + 1)] for p in range(300)},
+            },
+        )
+        rows = await conn.execute(
+            text(
+                "SELECT replicator_id, topic, partition, source_start, source_end, target_start, target_end "
+                "FROM offset_map_runs WHERE replicator_id IN (:a, :b) ORDER BY 1, 2, 3, 4"
+            ),
+            {"a": uuid.UUID(rid), "b": uuid.UUID(other)},
+        )
+        found: dict[str, Any] = {}
+        for replicator, topic, partition, *bounds in rows:
+            owner = "mine" if str(replicator) == rid else "other"
+            found.setdefault(owner, {}).setdefault((topic, partition), []).append(Run(*bounds))
+        return found
+
+    found = on_db(fleet_settings, work)
+    mine = found["mine"]
+    assert mine[("orders", 0)] == [Run(0, 20, 0, 20)]
+    assert mine[("orders", 1)] == [Run(0, 3, 100, 103), Run(3, 8, 200, 205)]
+    assert ("audit", 0) not in mine
+    assert all(mine[("many", p)] == [Run(p, p + 1, p, p + 1)] for p in range(300))
+    assert len(mine) == 302
+    assert found["other"] == {("orders", 0): [Run(0, 10, 0, 10)]}
+
+
 def test_a_crash_before_the_first_stored_run_is_bounded_by_the_origin(fleet_settings: FerrySettings) -> None:
     async def work(conn: AsyncConnection) -> list[Any]:
         rid = await new_replicator(conn, "s:3", "t:3")

@@ -98,8 +98,9 @@ class OffsetMapBuffer:
                     for tp in sorted(restarted):
                         # The next head stored becomes the partition's new origin.
                         await offset_store.forget_partition(conn, self.replicator_id, tp.topic, tp.partition)
-                    for tp, runs in sorted(pending.items()):
-                        await offset_store.store_runs(conn, self.replicator_id, tp.topic, tp.partition, runs.runs)
+                    await offset_store.store_runs_of(
+                        conn, self.replicator_id, {(tp.topic, tp.partition): runs.runs for tp, runs in pending.items()}
+                    )
                     await offset_store.store_heads(
                         conn,
                         self.replicator_id,
