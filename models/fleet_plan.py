@@ -155,8 +155,11 @@ def _best_move(entries: list[tuple[float, UnitKey]], gap: float, tolerance: floa
     limit = gap - tolerance  # a unit costing less than this leaves both below the donor's old total
     if not entries or entries[0][0] >= limit:
         return None
+    below = bisect_left(entries, (limit,))  # entries[:below] cost less than the limit (at least the first does)
     at = bisect_left(entries, (gap / 2,))
-    candidates = [i for i in (at - 1, at) if 0 <= i < len(entries) and entries[i][0] < limit]
+    # The units on either side of half the gap, if under the limit; else the largest unit under it, which is then
+    # the one closest to half the gap (a limit below half the gap: a tolerance over half the gap).
+    candidates = [i for i in (at - 1, at) if 0 <= i < below] or [below - 1]
     cost = entries[min(candidates, key=lambda i: abs(entries[i][0] - gap / 2))][0]
     # Of the units costing that, the last (largest key) moves: the same ones on every pass, and a replicator's
     # metadata unit (the smallest key of its replicator) stays where it runs.
