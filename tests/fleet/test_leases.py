@@ -4,20 +4,21 @@ redelivered reconcile tasks."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from models.fleet import DesiredReplicator
-from models.fleet_plan import UnitKey
+from models.fleet import DesiredReplicator, UnitKey
 from models.fleet_reconcile import PACED_PASS_SECONDS, reconcile_once
 from models.fleet_store import StateWrite, fleet_load, set_replicator_states, units_in_motion
 from models.replicator import ReplicatorState
 from models.settings import FerrySettings
+from workers.fleet.control import ControlLoop
 from workers.fleet.leases import Lease, LeaseStore
 
 
@@ -108,7 +109,7 @@ async def test_a_paused_owner_loses_its_lease_before_anyone_else_can_take_it(
     [lease_a] = await a.acquire()
     assign(fleet_db, key, "awake")  # the reconcile loop declared 'sleepy' dead
     deadline = time.monotonic() + 10
-    taken = []
+    taken: list[Lease] = []
     while not taken and time.monotonic() < deadline:
         # Invariant at every instant: if B holds the unit, A's own view already says its lease is gone.
         taken = await b.acquire()
@@ -241,7 +242,7 @@ async def test_a_release_gives_back_only_leases_still_held_at_their_epoch(
     stale = Lease(keys[2], leases[keys[2]].epoch - 1, 0.0)  # an older lease on the same unit
     await a.release([leases[keys[0]], leases[keys[1]], stale])
     with fleet_db.connect() as conn:
-        owners = dict(
+        owners: dict[int, str | None] = dict(
             conn.execute(
                 text("SELECT partition, owner_worker FROM fleet_units WHERE replicator_id = :r AND topic = 'released'"),
                 {"r": uuid.UUID(replicator_id)},
@@ -323,3 +324,28 @@ def state_of(db: Engine, replicator_id: str) -> tuple[object, ...]:
             {"id": uuid.UUID(replicator_id)},
         ).one()
     return tuple(row)
+
+
+async def test_a_failed_control_tick_names_the_step_that_failed(
+    adb: AsyncEngine, fleet_db: Engine, fleet_settings: FerrySettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A database call past its deadline fails the tick with a bare TimeoutError: the log line says which step."""
+
+    class SlowRenewals(LeaseStore):
+        async def renew(self, leases: Iterable[Lease]) -> set[UnitKey]:
+            await asyncio.sleep(5)
+            return set()
+
+    loop = ControlLoop(
+        fleet_settings, "slow-renewer", running=frozenset, offer=lambda _desired: None, work_beat=time.time
+    )
+    loop._store = SlowRenewals(adb, "slow-renewer", lease_seconds=30, safety_margin=2)
+    loop.call_timeout_s = 0.3
+    try:
+        with caplog.at_level(logging.WARNING, logger="workers.fleet.control"):
+            await loop._tick_once()
+    finally:
+        with fleet_db.begin() as conn:  # its heartbeat made it a live worker: no other test may assign to it
+            conn.execute(text("DELETE FROM fleet_workers WHERE worker_id = 'slow-renewer'"))
+    [line] = [r.getMessage() for r in caplog.records if "control tick failed" in r.getMessage()]
+    assert "in its renew step after 0." in line and "TimeoutError" in line

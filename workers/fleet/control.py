@@ -56,6 +56,17 @@ KICKED_TICK_MIN_FRACTION = 0.25
 # Every unit of the worker is read at most this often; the ticks between read only the units in motion.
 FULL_SORT_SECONDS = 10.0
 
+# The steps of a tick, each named after the one before it ends (what a failed tick's log line names).
+_NEXT_STEP = {
+    "heartbeat": "renew",
+    "renew": "sort",
+    "sort": "release",
+    "release": "acquire",
+    "acquire": "runtimes",
+    "publish": "loads",
+    "loads": "reconcile",
+}
+
 
 @dataclass(frozen=True)
 class DesiredWork:
@@ -110,6 +121,7 @@ class ControlLoop:
         self._kick: asyncio.Event | None = None  # set to tick now instead of at the next period
         self.last_tick_ok_at = 0.0  # wall clock of the last tick that completed without an error
         self._full_sort_at = 0.0  # monotonic time of the next read of every unit of this worker
+        self._step, self._step_started = "heartbeat", 0.0  # the step of the tick under way, and since when
         self.last_reconcile_at = 0.0
 
     # ------------------------------------------------------------------ what other threads ask
@@ -210,7 +222,15 @@ class ControlLoop:
             await self.tick()
             self.last_tick_ok_at = time.time()
         except (TimeoutError, OSError, SQLAlchemyError, ConnectionError) as exc:
-            log.warning("fleet agent %s: control tick failed: %s: %s", self.worker_id, type(exc).__name__, exc)
+            # Which step failed, and after how long: a TimeoutError says nothing by itself.
+            log.warning(
+                "fleet agent %s: control tick failed in its %s step after %.1fs: %s: %s",
+                self.worker_id,
+                self._step,
+                time.monotonic() - self._step_started,
+                type(exc).__name__,
+                exc,
+            )
             self._full_sort_at = 0.0  # an acquire whose answer was lost leaves units owned here and unknown
         except Exception:
             # A bug in one tick must not kill the agent: the next tick re-reads everything.
@@ -237,9 +257,12 @@ class ControlLoop:
     async def tick(self) -> None:
         phases: list[tuple[str, float]] = []
         started = time.monotonic()
+        self._step, self._step_started = "heartbeat", started
 
         def done(phase: str) -> None:
             phases.append((phase, time.monotonic()))
+            self._step = _NEXT_STEP.get(phase, phase)
+            self._step_started = phases[-1][1]
 
         await self._heartbeat()
         done("heartbeat")
