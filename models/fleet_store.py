@@ -560,8 +560,7 @@ async def record_unit_loads(conn: AsyncConnection, worker_id: str, loads: Mappin
     )
 
 
-async def units_of(conn: AsyncConnection, worker_id: str) -> list[AssignedUnit]:
-    """Units assigned to this worker or owned by it (a unit being moved away is both for a moment)."""
+async def _assigned_units(conn: AsyncConnection, *where: Any) -> list[AssignedUnit]:
     rows = await conn.execute(
         select(
             FleetUnit.replicator_id,
@@ -570,29 +569,27 @@ async def units_of(conn: AsyncConnection, worker_id: str) -> list[AssignedUnit]:
             FleetUnit.assigned_worker,
             FleetUnit.owner_worker,
             FleetUnit.epoch,
-        ).where(or_(FleetUnit.assigned_worker == worker_id, FleetUnit.owner_worker == worker_id))
+        ).where(*where)
     )
     return [AssignedUnit(_key(r), r.assigned_worker, r.owner_worker, int(r.epoch)) for r in rows]
+
+
+def _of_worker(worker_id: str) -> Any:
+    return or_(FleetUnit.assigned_worker == worker_id, FleetUnit.owner_worker == worker_id)
+
+
+async def units_of(conn: AsyncConnection, worker_id: str) -> list[AssignedUnit]:
+    """Units assigned to this worker or owned by it (a unit being moved away is both for a moment)."""
+    return await _assigned_units(conn, _of_worker(worker_id))
 
 
 async def units_in_motion(conn: AsyncConnection, worker_id: str) -> list[AssignedUnit]:
     """The units of this worker whose assignment and lease disagree: owned here but moved away or unassigned, or
     assigned here and owned by no one or someone else. Every other unit of the worker is assigned to it and owned
     by it, which needs nothing done: a tick acts on this short list instead of reading thousands of rows."""
-    rows = await conn.execute(
-        select(
-            FleetUnit.replicator_id,
-            FleetUnit.topic,
-            FleetUnit.partition,
-            FleetUnit.assigned_worker,
-            FleetUnit.owner_worker,
-            FleetUnit.epoch,
-        ).where(
-            or_(FleetUnit.assigned_worker == worker_id, FleetUnit.owner_worker == worker_id),
-            FleetUnit.assigned_worker.is_distinct_from(FleetUnit.owner_worker),
-        )
+    return await _assigned_units(
+        conn, _of_worker(worker_id), FleetUnit.assigned_worker.is_distinct_from(FleetUnit.owner_worker)
     )
-    return [AssignedUnit(_key(r), r.assigned_worker, r.owner_worker, int(r.epoch)) for r in rows]
 
 
 def _held_units(name: str, pairs: Sequence[tuple[UnitKey, int]]) -> Any:
