@@ -69,11 +69,13 @@ def test_a_fixed_topic_set_survives_the_metadata_unit_moving(
     asyncio.run(create_topic(source_bootstrap, later, 1))
     asyncio.run(produce(source_bootstrap, later, 10, 1, "b"))
     fleet.kill("f1", signal.SIGKILL)
+    # Read before f2 starts: f2's first pass may write within milliseconds of taking the unit, and later passes
+    # that see nothing new write nothing for a minute, so a time read after the takeover could miss every write.
+    with fleet_db.connect() as conn:
+        f1_gone_at = conn.execute(text("SELECT now()")).scalar_one()
     fleet.start_worker("f2")
     wait_until("the metadata unit on f2", lambda: (metadata_owner(fleet_db, arn) or "").startswith("f2"), 60)
-    with fleet_db.connect() as conn:
-        taken_over_at = conn.execute(text("SELECT now()")).scalar_one()
-    wait_until("a topic sync pass on f2", lambda: metadata_passes_since(fleet_db, arn, taken_over_at), 30)
+    wait_until("a topic sync pass on f2", lambda: metadata_passes_since(fleet_db, arn, f1_gone_at), 30)
     asyncio.run(produce(source_bootstrap, first, 5, 1, "a2"))
     # At least once: records copied after f1's last progress write are copied again by f2.
     wait_until(
