@@ -1,6 +1,6 @@
 """The seams the worker fleet relies on: partitions handed between copiers at runtime without loss or
-duplicates and without pausing the partitions that stay; a lost lease or a newer producer stops a copier;
-a rejected write is retried from the last acknowledged position once the cause is fixed."""
+duplicates and without pausing the partitions that stay; a lost lease stops its partitions, a newer producer the
+whole copier; a rejected write is retried from the last acknowledged position once the cause is fixed."""
 
 from __future__ import annotations
 
@@ -24,8 +24,9 @@ from tests.engine.conftest import (
     wait_for,
 )
 from workers.engine.connection import ClusterConnection
-from workers.engine.copier import CopierFenced, CopierOptions, LeaseLost, PartitionCopier
+from workers.engine.copier import CopierFenced, CopierOptions, PartitionCopier
 from workers.engine.metrics import Health
+from workers.engine.progress import ProgressStore
 from workers.engine.spec import ReplicationSpec
 from workers.engine.topics import TopicSynchronizer
 
@@ -101,32 +102,67 @@ async def test_partition_moves_between_copiers_without_loss_duplicates_or_pausin
         assert [r.value for r in records] == [f"{partition}:{i}".encode() for i in range(expected_per_partition)]
 
 
-async def test_lost_lease_stops_the_copier_before_progress_is_written(
-    source_bootstrap: str, target_bootstrap: str, unique: str
+@pytest.mark.parametrize("exactly_once", [False, True], ids=["at-least-once", "exactly-once"])
+async def test_a_lost_lease_stops_only_its_partition_and_the_others_copy_on(
+    source_bootstrap: str, target_bootstrap: str, unique: str, exactly_once: bool
 ) -> None:
+    """The lease check refuses one partition of three: nothing more of it is written (records or progress), the
+    copier itself goes on with the other two, and once the lease is back the partition resumes from its progress
+    with nothing lost or duplicated."""
     topic = f"{unique}-leased"
-    await create_topic(source_bootstrap, topic, 1)
-    spec = spec_for(unique, [topic])
+    await create_topic(source_bootstrap, topic, 3)
+    spec = spec_for(unique, [topic], exactly_once=exactly_once)
     await prepare_target(spec, source_bootstrap, target_bootstrap)
-    lease_held = True
-    checks = 0
+    tps = [TopicPartition(topic, p) for p in range(3)]
+    kept, lost = [tps[0], tps[2]], tps[1]
+    refused: set[TopicPartition] = set()
 
     async def lease_check(partitions: frozenset[TopicPartition]) -> bool:
-        nonlocal checks
-        checks += 1
-        return lease_held
+        return not partitions & refused
 
-    tp = TopicPartition(topic, 0)
-    async with copier(spec, source_bootstrap, target_bootstrap, lease_check=lease_check) as instance:
-        await instance.assign([tp])
-        await produce(source_bootstrap, topic, [Rec(0, None, b"x")] * 10)
-        await wait_for(lambda: _truthy(copied(instance, tp) == 10), 30, "records copied under the lease")
-        lease_held = False
-        await produce(source_bootstrap, topic, [Rec(0, None, b"y")] * 10)
-        with pytest.raises(LeaseLost):
-            await asyncio.wait_for(instance.wait(), 30)
-        assert instance.snapshot()[tp].health is Health.FENCED
-    assert checks >= 2
+    progress = ProgressStore(ClusterConnection(target_bootstrap), spec.replicator_id)
+
+    async def progress_at(offset: int, partitions: list[TopicPartition]) -> bool:
+        saved = await progress.load(partitions)
+        return all(tp in saved and saved[tp].next_source_offset == offset for tp in partitions)
+
+    def first_batch(partition: int, label: str) -> list[Rec]:
+        return [Rec(partition, None, f"{label}{partition}-{i}".encode()) for i in range(10)]
+
+    transactional_id = f"{unique}-unit" if exactly_once else None
+    async with copier(
+        spec, source_bootstrap, target_bootstrap, lease_check=lease_check, transactional_id=transactional_id
+    ) as instance:
+        await instance.assign(tps)
+        await produce(source_bootstrap, topic, [r for p in range(3) for r in first_batch(p, "x")])
+        await wait_for(lambda: progress_at(10, tps), 30, "every partition's first 10 records copied and committed")
+
+        refused.add(lost)
+        await produce(source_bootstrap, topic, [r for p in range(3) for r in first_batch(p, "y")])
+        seen_health = []
+
+        async def dropped() -> bool:
+            stats = instance.snapshot()
+            if lost in stats:
+                seen_health.append(stats[lost].health)
+            return lost not in instance.assignment()
+
+        await wait_for(dropped, 30, "the partition whose lease is gone dropped from the assignment")
+        await wait_for(lambda: progress_at(20, kept), 30, "the other partitions copying on")
+        assert instance.failure is None, f"the copier stopped: {instance.failure!r}"
+        assert Health.FENCED in seen_health, f"the lost partition's report never said so: {seen_health}"
+        assert await progress_at(10, [lost]), "progress written for a partition whose lease is gone"
+        assert len((await read_topic(target_bootstrap, spec.target_topic(topic)))[1]) == 10, (
+            "records of a partition whose lease is gone reached the target"
+        )
+
+        refused.clear()
+        await instance.assign([lost])
+        await wait_for(lambda: progress_at(20, tps), 30, "the partition copying again once its lease is back")
+    data = await read_topic(target_bootstrap, spec.target_topic(topic))
+    for partition in range(3):
+        expected = [r.value for r in first_batch(partition, "x") + first_batch(partition, "y")]
+        assert [r.value for r in data[partition]] == expected, f"partition {partition}: lost or duplicated records"
 
 
 async def test_newer_producer_with_the_same_transactional_id_fences_the_old_copier(

@@ -3,15 +3,12 @@ batches already queued in the producer, and copies everything once the gate open
 
 from __future__ import annotations
 
-import contextlib
-
-import pytest
 from aiokafka import TopicPartition
 
 from tests.engine.conftest import Rec, create_topic, produce, read_topic, spec_for, topic_count, wait_for
 from tests.engine.test_copier_ownership import copier, prepare_target
 from workers.engine.connection import ClusterConnection
-from workers.engine.copier import CopierOptions, LeaseLost, PartitionCopier
+from workers.engine.copier import CopierOptions, PartitionCopier
 from workers.engine.metrics import ErrorKind
 from workers.engine.progress import ProgressStore
 
@@ -126,11 +123,10 @@ async def test_a_revoked_partition_whose_lease_is_gone_writes_no_final_progress(
         await produce(source_bootstrap, topic, [Rec(0, None, f"r{i}".encode()) for i in range(100)])
         await wait_for(lambda: _acked(instance, tp, 100), 30, "100 records acknowledged")
         lease["held"] = False  # another worker owns the partition now
-        with pytest.raises(LeaseLost):
-            await instance.revoke([tp])
+        await instance.revoke([tp])
+        assert instance.failure is None
     finally:
-        with contextlib.suppress(LeaseLost):
-            await instance.stop()
+        await instance.stop()
     saved = await ProgressStore(ClusterConnection(target_bootstrap), spec.replicator_id).load([tp])
     assert saved[tp].next_source_offset == 0, "the final progress of a partition whose lease is gone was written"
 

@@ -119,6 +119,8 @@ class PartitionState:
     # The last decoded-records batch handed to the producer (at-least-once): ``reopenable`` says whether the next
     # poll's records may still go into it.
     open_batch: tuple[RecordBatchBuilder, PendingBatch] | None = None
+    # The lease check refused it: nothing more of it is written here, not even what is acknowledged later.
+    lease_lost: bool = False
 
     def progress(self) -> PartitionProgress:
         return PartitionProgress(

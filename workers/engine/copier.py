@@ -13,8 +13,9 @@ Two delivery modes:
   records, so after any crash the target holds each source record once (for read_committed readers).
 
 The caller supplies the transactional id of the unit of work (Kafka fences an older producer with the same
-id) and optionally ``lease_check``, awaited with the copier's partitions before every batch is sent and every
-progress commit: returning False stops the copier with ``LeaseLost`` before anything more is written.
+id) and optionally ``lease_check``, awaited with the partitions about to be written before every batch is sent and
+every progress commit. A partition it refuses is dropped from the assignment before anything more of it is written
+(its new owner copies on from the progress it reads); the copier copies on with the rest.
 
 What goes into each producer batch and what an acknowledgement means for a partition is ``batches.py``; every
 use of aiokafka's internals (raw batch fetching, stand-in batch builders, the sender gate) is
@@ -83,10 +84,6 @@ WriteGate = Callable[[frozenset[TopicPartition]], bool]
 
 class CopierError(Exception):
     """The copier cannot continue; the owner must not restart it blindly."""
-
-
-class LeaseLost(CopierError):
-    """``lease_check`` answered False: another worker may own these partitions now."""
 
 
 class CopierFenced(CopierError):
@@ -241,7 +238,6 @@ class PartitionCopier:
         self._in_flight_bytes = 0
         self._room = asyncio.Event()
         self._produce_failed = False
-        self._fatal: CopierError | None = None
         self._producer_generation = 0
         self._last_progress = time.monotonic()
         self._last_housekeeping = 0.0
@@ -380,12 +376,13 @@ class PartitionCopier:
         return self._task.exception()
 
     def assignment(self) -> frozenset[TopicPartition]:
-        return frozenset(self._states)
+        """The partitions being copied (not those whose lease was lost, even before they leave the loop)."""
+        return frozenset(tp for tp, state in self._states.items() if not state.lease_lost)
 
     def positions(self) -> dict[TopicPartition, AckedPosition]:
         """Per assigned partition, how far its copy is acknowledged. Every batch below has already been handed to
         the offset map sink; the next copy lands at or after the position's target offset."""
-        return {tp: state.position() for tp, state in self._states.items()}
+        return {tp: state.position() for tp, state in self._states.items() if not state.lease_lost}
 
     def snapshot(self) -> dict[TopicPartition, PartitionStats]:
         """Measurements of every assigned partition (and of partitions revoked since the last snapshot)."""
@@ -589,8 +586,6 @@ class PartitionCopier:
     async def _run(self) -> None:
         try:
             while not self._stopping:
-                if self._fatal is not None:
-                    raise self._fatal
                 self._apply_changes()
                 if not self._states:
                     await self._idle()
@@ -624,7 +619,12 @@ class PartitionCopier:
                     # A worker that was paused past its lease must not write even one more batch: the partition
                     # may have a new owner already. The check is local; it covers the partitions this poll writes
                     # to, not every partition held (thousands of idle ones would make every poll cost as much).
-                    await self._check_lease([self._states[tp] for tp in batches if tp in self._states])
+                    lost = await self._lost_leases([self._states[tp] for tp in batches if tp in self._states])
+                    if lost:
+                        # Dropping them is an assignment change: this poll is dropped and the kept partitions
+                        # fetch again from where their copy stands.
+                        self._abandon(lost)
+                        continue
                 if self.spec.exactly_once:
                     await self._copy_in_transaction(batches)
                 else:
@@ -635,7 +635,7 @@ class PartitionCopier:
         except CopierError as exc:
             for state in self._states.values():
                 state.metrics.record_error(
-                    ErrorKind.FENCED if isinstance(exc, CopierFenced) else ErrorKind.LEASE_LOST, str(exc)
+                    ErrorKind.FENCED if isinstance(exc, CopierFenced) else ErrorKind.PRODUCE_FAILED, str(exc)
                 )
             log.error("copier for %s stopped: %s", self.spec.replicator_id, exc)
             raise
@@ -906,6 +906,14 @@ class PartitionCopier:
 
     def _drain_acks(self, state: PartitionState) -> None:
         """Advance the partition's acknowledged position through every leading completed batch, in order."""
+        if state.lease_lost:
+            # Abandoned: its batches still in flight only release their room; their outcome is its new owner's
+            # business (a failure here must not restart the producer of the partitions that copy on).
+            while state.pending and state.pending[0].future.done():
+                self._in_flight_bytes -= state.pending.popleft().size
+            if self._in_flight_bytes <= self.options.max_in_flight_bytes:
+                self._room.set()
+            return
         ack_ms = time.time() * 1000
         while state.pending and state.failed is None and state.pending[0].future.done():
             pending = state.pending.popleft()
@@ -965,14 +973,19 @@ class PartitionCopier:
         """Write progress for partitions whose acknowledged position moved (at-least-once mode)."""
         async with self._progress_lock:
             self._last_progress = time.monotonic()
-            dirty = [s for s in states if s.acked_next != s.committed_next]
+            dirty = [s for s in states if s.acked_next != s.committed_next and not s.lease_lost]
             if not dirty or self._producer is None:
                 return
             values = [(state, state.progress()) for state in dirty]
             if self._sink is not None:
                 await self._sink.before_progress(self.positions)
             # Checked after the sink's await, right before writing: a pause during it cannot outlive the lease.
-            await self._check_lease(dirty)
+            lost = await self._lost_leases(dirty)
+            if lost:
+                self._abandon(lost)
+                values = [(state, progress) for state, progress in values if not state.lease_lost]
+                if not values:
+                    return
             try:
                 futures = [
                     await self._send_progress(self._producer, state.source, progress) for state, progress in values
@@ -1030,17 +1043,41 @@ class PartitionCopier:
         # A batch of no known partition belongs to nobody: refused (the gate would pass an empty set).
         return bool(sources) and gate(sources)
 
-    async def _check_lease(self, states: list[PartitionState]) -> None:
-        """Before writing for these partitions (also revoked ones writing their final progress)."""
-        partitions = frozenset(state.source for state in states)
-        if self._lease_check is not None and not await self._lease_check(partitions):
-            for state in states:
-                state.metrics.record_error(ErrorKind.LEASE_LOST, "lease check refused further writes")
-            lost = LeaseLost(f"lease lost for {len(states)} partitions of {self.spec.replicator_id}")
-            # Also stop the copy loop when the refusal reached an assign()/revoke() caller instead.
-            self._fatal = lost
+    async def _lost_leases(self, states: list[PartitionState]) -> list[PartitionState]:
+        """Of these partitions about to be written (also revoked ones writing their final progress), the ones whose
+        lease the check refuses. All of them are asked at once; each alone only when that answer is no."""
+        if self._lease_check is None or not states:
+            return []
+        if await self._lease_check(frozenset(state.source for state in states)):
+            return []
+        return [state for state in states if not await self._lease_check(frozenset({state.source}))]
+
+    def _abandon(self, states: list[PartitionState]) -> None:
+        """Their leases are gone: nothing more of them is written here, and they leave the assignment (at the next
+        turn of the copy loop). Another worker may own them now and copies on from the progress it reads; what
+        this copier sent after its last progress is copied again (at least once) or was never committed
+        (exactly-once). The other partitions copy on: a lease lapsing on a few partitions of thousands must not
+        send every one of them back to its last progress."""
+        lost = [state for state in states if not state.lease_lost]
+        if not lost:
+            return
+        for state in lost:
+            state.lease_lost = True
+            state.open_batch = None
+            state.metrics.record_error(ErrorKind.LEASE_LOST, "lease check refused further writes; copy stopped here")
+            self._retired[state.source] = state.metrics.snapshot()
+        assigned = {state.source for state in lost if self._states.get(state.source) is state}
+        if assigned:
+            self._changes.append(_AssignmentChange({}, assigned, asyncio.get_running_loop().create_future()))
             self._wake.set()
-            raise lost
+        log.warning(
+            "copier for %s: lease lost for %d partitions (%s); they stop here, the other %d copy on",
+            self.spec.replicator_id,
+            len(lost),
+            ", ".join(f"{state.source.topic}-{state.source.partition}" for state in lost[:5])
+            + (", ..." if len(lost) > 5 else ""),
+            len(self._states) - len(assigned),
+        )
 
     # ------------------------------------------------------------------ exactly-once
 
@@ -1095,14 +1132,16 @@ class PartitionCopier:
                 await self._sink.before_progress(self.positions)
             futures = [await self._send_progress(producer, tp, value) for tp, value in progress.items()]
             await _all_or_first_error(futures)
-            await self._check_lease(list(self._states.values()))
+            lost = await self._lost_leases([self._states[tp] for tp in progress if tp in self._states])
+            if lost:
+                # One of its partitions has another owner now: the transaction must not commit. The others copy
+                # this stretch again in the next one.
+                await self._abort_and_rewind()
+                self._abandon(lost)
+                return
             await producer.commit_transaction()
         except (ProducerFenced, InvalidProducerEpoch) as exc:
             raise CopierFenced(f"transactional id {self.transactional_id} was fenced: {exc}") from exc
-        except LeaseLost:
-            with contextlib.suppress(KafkaError):
-                await producer.abort_transaction()
-            raise
         except KafkaError as exc:
             await self._transaction_failed(exc, [state for state, _, _ in touched])
             return
@@ -1121,6 +1160,13 @@ class PartitionCopier:
         for state in states or self._states.values():
             state.metrics.record_error(ErrorKind.TRANSACTION_FAILED, f"{type(exc).__name__}: {exc}")
         log.warning("transaction for %s failed, retrying from the last commit: %s", self.spec.replicator_id, exc)
+        await self._abort_and_rewind()
+        if self._produce_failed:
+            return
+        await asyncio.sleep(self.options.retry_backoff_s)
+
+    async def _abort_and_rewind(self) -> None:
+        """Abort the open transaction and put every partition back where its last commit left it."""
         try:
             await self._producer.abort_transaction()
         except KafkaError as abort_exc:
@@ -1130,9 +1176,6 @@ class PartitionCopier:
             state.sent_next = state.acked_next
             state.fetched_epoch = state.acked_epoch
             self._consumer.seek(state.source, state.acked_next)
-        if self._produce_failed:
-            return
-        await asyncio.sleep(self.options.retry_backoff_s)
 
 
 async def _closed(closing: Awaitable[object], what: str) -> None:

@@ -157,7 +157,7 @@ class StandaloneReplicator:
             await self.synchronizer.close()
 
     async def wait(self) -> None:
-        """Until the copier stops with an error (lease lost, fenced) or the follow loop fails."""
+        """Until the copier stops with an error (fenced, crashed) or the follow loop fails."""
         if self._task is None:
             raise RuntimeError("not started")
         copier_wait = asyncio.ensure_future(self.copier.wait())

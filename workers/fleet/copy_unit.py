@@ -211,8 +211,8 @@ class CopyUnit:
             try:
                 await copier.stop()
             except (CopierError, KafkaError, OSError) as exc:
-                # Typically LeaseLost on the final progress write: the partition has another owner already,
-                # whose progress must win. The copier's clients are closed either way.
+                # Its final writes did not complete: progress stays at the last write, and its map may be behind
+                # what a successor stores meanwhile, which must win. The copier's clients are closed either way.
                 log.warning("copier of %s stopped with %s: %s", self.runtime.name, type(exc).__name__, exc)
                 self.offset_map.discard()
                 return
@@ -232,5 +232,5 @@ class CopyUnit:
                     log.warning("offset map of %s lost at stop (database away): %s", self.runtime.name, exc)
                     self.offset_map.discard()
             else:
-                # A copier that lost its lease or was fenced may have a successor: its late map must not win.
+                # A copier that was fenced or failed may have a successor: its late map must not win.
                 self.offset_map.discard()
