@@ -349,3 +349,58 @@ async def test_a_failed_control_tick_names_the_step_that_failed(
             conn.execute(text("DELETE FROM fleet_workers WHERE worker_id = 'slow-renewer'"))
     [line] = [r.getMessage() for r in caplog.records if "control tick failed" in r.getMessage()]
     assert "in its renew step after 0." in line and "TimeoutError" in line
+
+
+def lease_expiries(db: Engine, keys: Iterable[UnitKey]) -> dict[UnitKey, object]:
+    with db.connect() as conn:
+        return {
+            key: conn.execute(
+                text(
+                    "SELECT lease_expires_at FROM fleet_units WHERE replicator_id = :r AND topic = :t "
+                    "AND partition = :p"
+                ),
+                {"r": uuid.UUID(key.replicator_id), "t": key.topic, "p": key.partition},
+            ).scalar_one()
+            for key in keys
+        }
+
+
+async def test_a_lease_is_renewed_once_half_of_its_validity_is_gone(
+    adb: AsyncEngine, fleet_db: Engine, fleet_settings: FerrySettings, replicator_id: str
+) -> None:
+    """Renewing every lease every tick wrote thousands of rows a second per worker at 10,000 partitions, whatever
+    the lease's length: a lease is renewed only when due, so a longer lease writes proportionally fewer renewals."""
+    settings = fleet_settings.model_copy(update={"fleet_lease_seconds": 30.0, "fleet_tick_seconds": 1.0})
+    validity = 30.0 - settings.fleet_lease_margin_seconds
+    worker = f"renews-when-due-{uuid.uuid4().hex[:6]}"
+    loop = ControlLoop(settings, worker, running=frozenset, offer=lambda _desired: None, work_beat=time.time)
+    assert loop.renew_within_s == validity / 2
+    loop._store = LeaseStore(adb, worker, lease_seconds=30, safety_margin=settings.fleet_lease_margin_seconds)
+    keys = [UnitKey(replicator_id, "due", p) for p in range(4)]
+    for key in keys:
+        assign(fleet_db, key, worker)
+    loop.leases = {lease.key: lease for lease in await loop._store.acquire()}
+    assert set(loop.leases) == set(keys)
+    acquired = lease_expiries(fleet_db, keys)
+
+    await loop._renew()
+    assert lease_expiries(fleet_db, keys) == acquired, "a lease with most of its validity left was renewed"
+
+    due, fresh = keys[:2], keys[2:]
+    for key in due:
+        loop.leases[key].valid_until = time.monotonic() + loop.renew_within_s - 1  # as if acquired a while ago
+    await loop._renew()
+    renewed = lease_expiries(fleet_db, keys)
+    assert all(renewed[key] > acquired[key] for key in due), "a lease past half its validity was not renewed"
+    assert all(renewed[key] == acquired[key] for key in fresh), "a fresh lease was renewed along with the due ones"
+    assert all(loop.leases[key].valid_until > time.monotonic() + validity - 2 for key in due)
+
+
+def test_the_shortest_leases_are_still_renewed_at_least_three_ticks_before_they_lapse(
+    fleet_settings: FerrySettings,
+) -> None:
+    # The shortest lease the settings allow spans three ticks: renewed every tick, as before.
+    shortest = fleet_settings.model_copy(update={"fleet_lease_seconds": 6.5, "fleet_tick_seconds": 1.0})
+    loop = ControlLoop(shortest, "w", running=frozenset, offer=lambda _desired: None, work_beat=time.time)
+    assert loop.renew_within_s == 3.0
+    assert 6.5 - shortest.fleet_lease_margin_seconds == 3.0
