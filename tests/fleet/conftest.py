@@ -6,6 +6,7 @@ fleet sees only the replicators its tests create, and nothing else in the suite 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -33,6 +34,39 @@ from tests.api.conftest import RunningServer, kafka_client
 from tests.conftest import ROOT, SigV4HttpxAuth, issue_key, stack_settings
 
 T = TypeVar("T")
+
+# A replicator row as the API would write it, for tests that drive the fleet's parts without the API.
+REPLICATOR_ROW = text(
+    "INSERT INTO replicators (id, account_id, name, arn, kafka_clusters, replication_info, tags, current_version, "
+    "generation, observed_generation, state) VALUES (:id, '000000000000', :name, :arn, CAST(:kafka_clusters AS "
+    "jsonb), CAST(:replication_info AS jsonb), '{}', 'v1', 1, 0, :state)"
+)
+
+
+def replicator_row(
+    name: str,
+    state: str = "RUNNING",
+    kafka_clusters: list[dict[str, Any]] | None = None,
+    replication_info: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The parameters of ``REPLICATOR_ROW`` for a new replicator (its id under "id")."""
+    rid = uuid.uuid4()
+    return {
+        "id": rid,
+        "name": name,
+        "arn": f"arn:aws:kafka:us-east-1:000000000000:replicator/{name}/{rid}",
+        "kafka_clusters": json.dumps(kafka_clusters or []),
+        "replication_info": json.dumps(replication_info or {}),
+        "state": state,
+    }
+
+
+def insert_replicator(db: Engine, name: str, state: str = "RUNNING") -> uuid.UUID:
+    """A bare replicator row (no clusters, no replication info); its id."""
+    row = replicator_row(name, state)
+    with db.begin() as conn:
+        conn.execute(REPLICATOR_ROW, row)
+    return uuid.UUID(str(row["id"]))
 
 
 def wait_until(what: str, probe: Callable[[], T | None], timeout: float, interval: float = 0.25) -> T:

@@ -18,22 +18,14 @@ from models.fleet_reconcile import PACED_PASS_SECONDS, reconcile_once
 from models.fleet_store import StateWrite, fleet_load, set_replicator_states, units_in_motion
 from models.replicator import ReplicatorState
 from models.settings import FerrySettings
+from tests.fleet.conftest import insert_replicator
 from workers.fleet.control import ControlLoop
 from workers.fleet.leases import Lease, LeaseStore
 
 
 @pytest.fixture
 def replicator_id(fleet_db: Engine, unique: str) -> Iterator[str]:
-    rid = uuid.uuid4()
-    with fleet_db.begin() as conn:
-        conn.execute(
-            text(
-                "INSERT INTO replicators (id, account_id, name, arn, kafka_clusters, replication_info, tags, "
-                "current_version, generation, observed_generation, state) VALUES (:id, '000000000000', :name, "
-                ":arn, '[]', '{}', '{}', 'v1', 1, 0, 'RUNNING')"
-            ),
-            {"id": rid, "name": unique, "arn": f"arn:aws:kafka:us-east-1:000000000000:replicator/{unique}/{rid}"},
-        )
+    rid = insert_replicator(fleet_db, unique)
     yield str(rid)
     with fleet_db.begin() as conn:
         conn.execute(text("DELETE FROM replicators WHERE id = :id"), {"id": rid})

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from models.bootstrap import AddressPolicy
 from tests.engine.conftest import create_topic
+from tests.fleet.conftest import insert_replicator
 from workers.fleet.address_vetting import AddressVetting
 from workers.fleet.metadata_unit import MetadataUnit
 from workers.fleet.runtime import ReplicatorRuntime, runtime_of
@@ -29,17 +30,8 @@ def closed_port() -> int:
 
 def new_replicator(fleet_db: Engine, prefix: str, source: str, target: str) -> ReplicatorRuntime:
     """A CREATING replicator row from ``source`` to ``target`` replicating ``<name>-.*``, and its runtime."""
-    rid = uuid.uuid4()
-    name = f"{prefix}-{rid.hex[:8]}"
-    with fleet_db.begin() as conn:
-        conn.execute(
-            text(
-                "INSERT INTO replicators (id, account_id, name, arn, kafka_clusters, replication_info, tags, "
-                "current_version, generation, observed_generation, state) VALUES (:id, '000000000000', :name, :arn, "
-                "'[]', '{}', '{}', 'v1', 1, 0, 'CREATING')"
-            ),
-            {"id": rid, "name": name, "arn": f"arn:aws:kafka:us-east-1:000000000000:replicator/{name}/{rid}"},
-        )
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    rid = insert_replicator(fleet_db, name, "CREATING")
     return runtime_of(
         replicator_id=str(rid),
         name=name,

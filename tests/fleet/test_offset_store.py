@@ -4,7 +4,6 @@ an explicit bound, thinning, and finding an ENHANCED partner. Real database, no 
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -17,6 +16,7 @@ from models import offset_store as store
 from models.db import make_async_engine
 from models.offset_map import Run
 from models.settings import FerrySettings
+from tests.fleet.conftest import REPLICATOR_ROW, replicator_row
 from workers.engine.batches import AckedPosition, BatchMapping
 from workers.fleet.offset_map_sink import OffsetMapBuffer
 
@@ -36,7 +36,6 @@ def on_db(settings: FerrySettings, work: Callable[[AsyncConnection], Awaitable[T
 
 
 async def new_replicator(conn: AsyncConnection, source: str, target: str, naming: str = "IDENTICAL") -> str:
-    rid = uuid.uuid4()
     clusters = [
         {"kafkaClusterAlias": "a", "ferry": {"bootstrapServers": source}},
         {"kafkaClusterAlias": "b", "ferry": {"bootstrapServers": target}},
@@ -46,21 +45,9 @@ async def new_replicator(conn: AsyncConnection, source: str, target: str, naming
         "targetKafkaClusterAlias": "b",
         "topicReplication": {"topicNameConfiguration": {"type": naming}},
     }
-    await conn.execute(
-        text(
-            "INSERT INTO replicators (id, account_id, name, arn, kafka_clusters, replication_info, tags, "
-            "current_version, generation, observed_generation, state) VALUES (:id, '000000000000', :name, :arn, "
-            "CAST(:kc AS jsonb), CAST(:ri AS jsonb), '{}', 'V', 1, 0, 'RUNNING')"
-        ),
-        {
-            "id": rid,
-            "name": f"r-{rid.hex[:8]}",
-            "arn": f"arn:aws:kafka:us-east-1:000000000000:replicator/r-{rid.hex[:8]}/{rid}",
-            "kc": json.dumps(clusters),
-            "ri": json.dumps(info),
-        },
-    )
-    return str(rid)
+    row = replicator_row(f"r-{uuid.uuid4().hex[:8]}", kafka_clusters=clusters, replication_info=info)
+    await conn.execute(REPLICATOR_ROW, row)
+    return str(row["id"])
 
 
 async def stored(conn: AsyncConnection, rid: str) -> list[Run]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,6 +18,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from models.bootstrap import AddressPolicy
+from tests.fleet.conftest import insert_replicator
 from tests.fleet.test_metadata_unit_guards import closed_port
 from workers.engine import admin as kafka_admin
 from workers.engine.cluster_metadata import ClusterMetadataHub, connection_identity
@@ -33,16 +33,7 @@ CONFIG_INTERVAL_S = 4.0
 
 
 def stored_runtime(fleet_db: Engine, name: str, source: str, target: str, pattern: str) -> ReplicatorRuntime:
-    rid = uuid.uuid4()
-    with fleet_db.begin() as conn:
-        conn.execute(
-            text(
-                "INSERT INTO replicators (id, account_id, name, arn, kafka_clusters, replication_info, tags, "
-                "current_version, generation, observed_generation, state) VALUES (:id, '000000000000', :name, :arn, "
-                "'[]', '{}', '{}', 'v1', 1, 0, 'CREATING')"
-            ),
-            {"id": rid, "name": name, "arn": f"arn:aws:kafka:us-east-1:000000000000:replicator/{name}/{rid}"},
-        )
+    rid = insert_replicator(fleet_db, name, "CREATING")
     return runtime_of(
         replicator_id=str(rid),
         name=name,

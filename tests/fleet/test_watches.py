@@ -11,22 +11,12 @@ from sqlalchemy import Engine, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from models import audits, group_store
+from tests.fleet.conftest import insert_replicator
 from workers.fleet.watches import ReplicatorsWatch
 
 
 def _replicator(fleet_db: Engine) -> uuid.UUID:
-    rid = uuid.uuid4()
-    name = f"watch-{rid.hex[:8]}"
-    with fleet_db.begin() as conn:
-        conn.execute(
-            text(
-                "INSERT INTO replicators (id, account_id, name, arn, kafka_clusters, replication_info, tags, "
-                "current_version, generation, observed_generation, state) VALUES (:id, '000000000000', :name, :arn, "
-                "'[]', '{}', '{}', 'v1', 1, 0, 'RUNNING')"
-            ),
-            {"id": rid, "name": name, "arn": f"arn:aws:kafka:us-east-1:000000000000:replicator/{name}/{rid}"},
-        )
-    return rid
+    return insert_replicator(fleet_db, f"watch-{uuid.uuid4().hex[:8]}")
 
 
 def _failover(fleet_db: Engine, replicator_id: uuid.UUID, state: str) -> uuid.UUID:
