@@ -242,17 +242,22 @@ class LagSampler:
         }
 
 
-async def _until(what: str, probe: Any, limit_s: float) -> float:
+async def _until(what: str, probe: Any, limit_s: float, result: dict[str, Any] | None = None) -> float:
+    """Seconds until ``probe`` says done; its progress is shown every 15 s and kept in ``result["waiting"]``."""
     began = time.monotonic()
     line = ""
     shown = began
     while time.monotonic() - began < limit_s:
         done, line = await probe()
         if done:
+            if result is not None:
+                result.pop("waiting", None)
             return time.monotonic() - began
         if time.monotonic() - shown >= 15:
             say(f"  waiting for {what}: {line} ({time.monotonic() - began:.0f}s)")
             shown = time.monotonic()
+            if result is not None:
+                result["waiting"] = f"{what}: {line} after {time.monotonic() - began:.0f}s"
         await asyncio.sleep(1.0)  # poll interval of a condition wait with a deadline
     raise BenchError(f"{what}: not reached within {limit_s:.0f}s; last: {line}")
 
@@ -284,10 +289,13 @@ def _request(lab: Lab, name: str, pattern: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
-async def one_count(lab: Lab, workers: Workers, count: int, args: argparse.Namespace, token: str) -> dict[str, Any]:
+async def one_count(
+    lab: Lab, workers: Workers, count: int, args: argparse.Namespace, token: str, *, result: dict[str, Any]
+) -> dict[str, Any]:
+    """Measures ``count`` partitions into ``result`` as it goes: a run stopped half way keeps what it measured."""
     per_topic = min(count, PARTITIONS_PER_TOPIC)
     topics = [f"scale-{token}-{count}-{i:03d}" for i in range(count // per_topic)]
-    result: dict[str, Any] = {"partitions": count, "topics": len(topics), "partitions_per_topic": per_topic}
+    result.update(partitions=count, topics=len(topics), partitions_per_topic=per_topic)
     say(f"-- {count} partitions: {len(topics)} topics of {per_topic}")
     began = time.monotonic()
     await _create_topics(lab.source.bootstrap, topics, per_topic)
@@ -309,7 +317,9 @@ async def one_count(lab: Lab, workers: Workers, count: int, args: argparse.Names
             done = sum(1 for e in ends if e >= 1)
             return done == count, f"{done}/{count} partitions copied"
 
-        result["warm_up_copied_after_s"] = round(await _until("every partition copying", copied, args.startup_limit), 1)
+        result["warm_up_copied_after_s"] = round(
+            await _until("every partition copying", copied, args.startup_limit, result), 1
+        )
         say(f"  every partition copies, {time.monotonic() - began:.0f}s after the topics were created")
         owners = lab.query(
             "SELECT u.owner_worker, count(*) FROM fleet_units u JOIN replicators r ON r.id = u.replicator_id "
@@ -433,11 +443,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             workers = Workers(lab)
             time.sleep(5)  # let the fresh workers settle before their idle memory is read
             idle_rss = workers.rss_kib()
+            one: dict[str, Any] = {"partitions": count}
             try:
-                one = asyncio.run(one_count(lab, workers, count, args, token))
+                asyncio.run(one_count(lab, workers, count, args, token, result=one))
             except Exception as error:  # noqa: BLE001 - recorded with the run, and the next count still runs
-                one = {"partitions": count, "status": "failed", "reason": f"{type(error).__name__}: {error}"}
+                one.update(status="failed", reason=f"{type(error).__name__}: {error}")
                 say(f"  {count} partitions FAILED: {one['reason']}")
+            except (SystemExit, KeyboardInterrupt):
+                # Stopped by hand (SIGTERM, SIGINT) half way through a long count: what it measured is kept.
+                one.update(status="stopped", reason="stopped by a signal before this count finished")
+                result["runs"][str(count)] = one
+                result["status"] = "stopped"
+                raise
             one["rss_kib_idle_worker"] = idle_rss
             _per_partition(one, idle_rss)
             result["runs"][str(count)] = one
@@ -452,6 +469,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 tail = lab.log_tail(name, 40)
                 if tail:
                     result.setdefault("log_tails", {})[name] = tail
+            if result.get("status") == "stopped":
+                _write(result)
         lab.close()
     shutil.rmtree(folder, ignore_errors=True)
     return result
