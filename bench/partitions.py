@@ -32,7 +32,7 @@ import re
 import shutil
 import signal
 import time
-from collections import deque
+from collections import Counter, deque
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -181,10 +181,13 @@ async def _produce_at_rate(
         await producer.stop()
     took = time.monotonic() - began
     # A refused record is simply not in the source: verification compares the two clusters, not this count.
-    refused = sum(1 for outcome in outcomes if isinstance(outcome, BaseException))
+    failures = Counter(type(outcome).__name__ for outcome in outcomes if isinstance(outcome, BaseException))
+    refused = sum(failures.values())
     return {
         "records": sent,
         "refused": refused,
+        # Why: a load the harness's own producer could not deliver says nothing about the replicator.
+        "refused_by": dict(failures.most_common()),
         "seconds": round(took, 1),
         "achieved_mb_per_s": round((sent - refused) * size / took / MB, 2),
     }
