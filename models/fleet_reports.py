@@ -75,7 +75,10 @@ class PartitionReport:
         return partition_field(self.source_topic, self.partition)
 
     def to_json(self) -> str:
-        return json.dumps({"version": self.VERSION, **asdict(self)}, separators=(",", ":"))
+        # Its fields as they are (``errors`` is the one container, and JSON needs no copy of it): ``asdict`` deep
+        # copies every field, and at 5,000 partitions per worker a report each 5 s made it a seventh of a
+        # worker's samples (py-spy, 2026-12-02); this is 7x cheaper and writes the same text.
+        return json.dumps({"version": self.VERSION, **vars(self)}, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> PartitionReport | None:

@@ -4,6 +4,7 @@ way by the API's normalisation and the engine's spec, and the versioned reports 
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 from models.bootstrap import AddressPolicy
 from models.fleet_reports import PartitionReport, WorkerReport
@@ -89,6 +90,8 @@ def test_partition_reports_round_trip_and_other_versions_are_ignored() -> None:
     )
     assert report.field_name == "orders:eu:7"
     assert PartitionReport.from_json(report.to_json()) == report
+    # Readers of an older release parse the same text: every field, in declaration order, after the version.
+    assert report.to_json() == json.dumps({"version": PartitionReport.VERSION, **asdict(report)}, separators=(",", ":"))
     newer = {**json.loads(report.to_json()), "version": PartitionReport.VERSION + 1}
     assert PartitionReport.from_json(json.dumps(newer)) is None
     assert PartitionReport.from_json(b"not json") is None
