@@ -9,6 +9,7 @@ from typing import Any
 from tests.fleet.conftest import Fleet, wait_until
 from tests.fleet.records import delivered
 from tests.fleet.test_fleet_lifecycle import create_request, create_topic, describe, produce
+from workers.fleet.copy_unit import FEWEST_STARTED_PER_PASS, next_start_batch
 
 PARTITIONS = 11
 STARTED_PER_PASS = 3
@@ -37,3 +38,17 @@ def test_partitions_beyond_one_pass_start_on_the_next_passes_and_all_are_copied(
     log = (fleet.logs / "steps.log").read_text(errors="replace")
     assert f"starting {STARTED_PER_PASS} of {PARTITIONS} new partitions now" in log, fleet.log_tail()
     assert f"starting {STARTED_PER_PASS} of {PARTITIONS - STARTED_PER_PASS} new partitions now" in log, fleet.log_tail()
+
+
+def test_a_start_that_failed_asks_for_fewer_partitions_next_and_success_asks_for_more_again() -> None:
+    """A broker too busy to answer ListOffsets for 500 partitions within the request timeout failed every pass of
+    one worker at 10,000 partitions for minutes (bench.partitions, 2026-12-02): fewer at once get through."""
+    batches, batch = [], 500
+    for _ in range(6):
+        batch = next_start_batch(batch, 500, failed=True)
+        batches.append(batch)
+    assert batches == [250, 125, 62, 31, FEWEST_STARTED_PER_PASS, FEWEST_STARTED_PER_PASS]
+    for _ in range(6):
+        batch = next_start_batch(batch, 500, failed=False)
+    assert batch == 500, "success grows the batch back to the configured size, and no further"
+    assert next_start_batch(3, 3, failed=True) == 3, "a configured size below the floor is kept"

@@ -31,6 +31,18 @@ from workers.fleet.usage import UsageMeter, billed
 
 log = logging.getLogger(__name__)
 
+# The fewest new partitions a pass starts, however often starting more failed.
+FEWEST_STARTED_PER_PASS = 25
+
+
+def next_start_batch(current: int, most: int, *, failed: bool) -> int:
+    """How many new partitions the next pass starts: half as many after a start that failed (a broker too busy to
+    answer for 500 partitions within the request timeout answers for fewer), twice as many after one that
+    succeeded, between ``FEWEST_STARTED_PER_PASS`` and ``most`` (FERRY_FLEET_PARTITIONS_STARTED_PER_PASS)."""
+    wanted = current // 2 if failed else current * 2
+    return max(min(FEWEST_STARTED_PER_PASS, most), min(most, wanted))
+
+
 # Its lines, and its copier's (whose tasks start inside these methods), carry the replicator's ARN.
 _replicator_context = in_log_context(lambda unit: {"replicator_arn": unit.runtime.arn})
 
@@ -56,6 +68,8 @@ class CopyUnit:
         # loop 20 s a pass to start all at once: the Kafka calls timed out, and the control loop in the other
         # thread starved until its leases lapsed. The rest start on the next passes, the first ones copying.
         self.started_per_pass = started_per_pass
+        # What the next pass starts: fewer after a start that failed (``next_start_batch``).
+        self.start_batch = started_per_pass
         # What its copiers copy is counted there (workers/fleet/usage.py).
         self.usage = usage
         self.vetting = vetting or AddressVetting(AddressPolicy())
@@ -142,14 +156,14 @@ class CopyUnit:
             self.offset_map.forget_heads(current - wanted)
         if wanted - current:
             new = sorted(wanted - current)
-            if len(new) > self.started_per_pass:
+            if len(new) > self.start_batch:
                 log.info(
                     "replicator %s: starting %d of %d new partitions now, the rest on the next passes",
                     self.runtime.name,
-                    self.started_per_pass,
+                    self.start_batch,
                     len(new),
                 )
-            await self._assign(copier, set(new[: self.started_per_pass]), previous_owners or {})
+            await self._assign(copier, set(new[: self.start_batch]), previous_owners or {})
 
     async def _assign(
         self, copier: PartitionCopier, added: set[TopicPartition], previous_owners: Mapping[TopicPartition, str]
@@ -170,10 +184,18 @@ class CopyUnit:
             if copier.failure is not None:
                 raise
             # A broker slow to answer for the new partitions: those already copying go on; these wait for a
-            # later pass (nothing of them was applied).
+            # later pass (nothing of them was applied), which asks for fewer at once.
             self.last_failure = f"{type(exc).__name__}: {exc}"[:500]
-            log.warning("replicator %s: %d partitions not started yet: %s", self.runtime.name, len(added), exc)
+            self.start_batch = next_start_batch(len(added), self.started_per_pass, failed=True)
+            log.warning(
+                "replicator %s: %d partitions not started yet (the next pass starts %d): %s",
+                self.runtime.name,
+                len(added),
+                self.start_batch,
+                exc,
+            )
             return
+        self.start_batch = next_start_batch(self.start_batch, self.started_per_pass, failed=False)
         # Store the new partitions' heads at once: the first head stored is where the offset map begins. A
         # database that is away keeps them for the next flush; copying does not wait for it.
         try:
