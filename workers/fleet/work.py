@@ -103,6 +103,9 @@ class WorkLoop:
         self._request_reconcile = request_reconcile  # thread-safe: asks the control loop for a pass now
         self.metadata: dict[str, tuple[MetadataUnit, asyncio.Task[None]]] = {}
         self.copiers: dict[str, CopyUnit] = {}
+        # How many new partitions a replicator's next copy unit starts per pass, kept from the one stopped last: when
+        # every lease of a worker lapses, its copy unit stops, and a new one must not forget that 500 at once failed.
+        self._start_batches: dict[str, int] = {}
         # Replicators with nothing left here, stopping in the background: the partitions they had, and the task.
         self._stopping: dict[str, tuple[frozenset[TopicPartition], asyncio.Task[None]]] = {}
         # Metadata units cancelled and closing their clients in the background.
@@ -372,6 +375,10 @@ class WorkLoop:
     async def _stop_copy_unit(self, replicator_id: str) -> None:
         unit = self.copiers.pop(replicator_id, None)
         if unit is not None:
+            if unit.start_batch < unit.started_per_pass:
+                self._start_batches[replicator_id] = unit.start_batch
+            else:
+                self._start_batches.pop(replicator_id, None)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(unit.stop(), self.converge_timeout_s)
 
@@ -394,6 +401,7 @@ class WorkLoop:
                 usage=self.usage,
                 started_per_pass=self.settings.fleet_partitions_started_per_pass,
             )
+            copy_unit.start_batch = self._start_batches.pop(replicator_id, copy_unit.start_batch)
             self.copiers[replicator_id] = copy_unit
         try:
             await asyncio.wait_for(copy_unit.converge(partitions, previous_owners), self.converge_timeout_s)
