@@ -1064,6 +1064,9 @@ class PartitionCopier:
         for state in lost:
             state.lease_lost = True
             state.open_batch = None
+            # Batches that completed but were not drained (behind a failed one) release their room now: the state
+            # may leave the loop before a recovery, which would otherwise have cleared them.
+            self._drain_acks(state)
             state.metrics.record_error(ErrorKind.LEASE_LOST, "lease check refused further writes; copy stopped here")
             self._retired[state.source] = state.metrics.snapshot()
         assigned = {state.source for state in lost if self._states.get(state.source) is state}
