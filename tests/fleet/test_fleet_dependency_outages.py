@@ -286,8 +286,13 @@ def test_copying_resumes_by_itself_after_a_postgres_outage_longer_than_the_lease
         wait_until("every lease to lapse", lambda: leases_lapsed() >= units, 30)
         lapsed_s = time.monotonic() - down_at
         assert lapsed_s < fleet_settings.fleet_lease_seconds, f"leases held {lapsed_s:.1f}s without renewal"
+        # A batch sent just before its lease's local deadline may still land after the lapse line: the lease's
+        # margin (the write timeout and more) is there for it. By the time the leases expire in the database, when
+        # another worker could take them over, nothing more may land (the scenario's times, not a synchronisation).
+        expired = down_at + fleet_settings.fleet_lease_seconds
+        wait_until("the leases to expire in the database", lambda: time.monotonic() > expired, 60, interval=0.5)
         stalled = copied(target_bootstrap, target)
-        # The outage lasts twice the lease (the scenario itself, not a synchronisation); nothing is written meanwhile.
+        # The outage lasts twice the lease; nothing is written meanwhile.
         outage_ends = down_at + 2 * fleet_settings.fleet_lease_seconds
         wait_until("the outage to last twice the lease", lambda: time.monotonic() > outage_ends, 30, interval=1)
         assert copied(target_bootstrap, target) == stalled, "the worker wrote without a valid lease"
