@@ -36,6 +36,7 @@ from sqlalchemy import (
     null,
     or_,
     select,
+    true,
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
@@ -536,17 +537,10 @@ async def record_unit_loads(conn: AsyncConnection, worker_id: str, loads: Mappin
         .table_valued("replicator_id", "topic", "partition", "load")
         .render_derived(name="measured")
     )
-    mine = and_(
-        FleetUnit.replicator_id == listed.c.replicator_id,
-        FleetUnit.topic == listed.c.topic,
-        FleetUnit.partition == listed.c.partition,
-        FleetUnit.owner_worker == worker_id,
-    )
+    unit = _listed_units(listed, FleetUnit.owner_worker == worker_id, lock=True, skip_locked=True)
     locked = (
-        select(*_UNIT_KEY, listed.c.load)
-        .select_from(listed.join(FleetUnit, mine))
-        .order_by(FleetUnit.replicator_id, FleetUnit.topic.collate("C"), FleetUnit.partition)
-        .with_for_update(of=FleetUnit, skip_locked=True)
+        select(unit.c.replicator_id, unit.c.topic, unit.c.partition, listed.c.load)
+        .select_from(listed.join(unit, true()))
         .subquery("locked")
     )
     await conn.execute(
@@ -608,6 +602,35 @@ def _held_units(name: str, pairs: Sequence[tuple[UnitKey, int]]) -> Any:
 
 
 _UNIT_KEY = (FleetUnit.replicator_id, FleetUnit.topic, FleetUnit.partition)
+
+
+def _listed_units(listed: Any, *where: Any, lock: bool = False, skip_locked: bool = False) -> Any:
+    """The row of each listed unit (a table with replicator_id, topic and partition columns) that matches
+    ``where``: one primary-key probe per listed unit, in the list's order, whatever the table's statistics.
+
+    A plain join of the list with ``fleet_units`` is the planner's to order. On a table just filled by a pass, or
+    with a worker id newer than the last ANALYZE, it estimated one row for ``owner_worker = ...`` and ran a nested
+    loop that rescanned the whole list for every row: 25 million comparisons, 1 to 50 s, to renew 5,000 leases,
+    so every lease of the worker lapsed. A LATERAL subquery can only run once per listed unit, through the key.
+
+    ``lock`` locks each row as it is found (``skip_locked``: skips rows locked elsewhere rather than waiting); the
+    list's order is then the lock order, so callers that wait pass it sorted by unit key, as every writer of many
+    units locks (``_locked_in_key_order``)."""
+    # LIMIT 1: a key matches one row at most, and a subquery with a limit is never merged into the outer join
+    # (a plain one would be, and planned as freely as the join it replaced).
+    probe = (
+        select(*_UNIT_KEY, FleetUnit.epoch)
+        .where(
+            FleetUnit.replicator_id == listed.c.replicator_id,
+            FleetUnit.topic == listed.c.topic,
+            FleetUnit.partition == listed.c.partition,
+            *where,
+        )
+        .limit(1)
+    )
+    if lock:
+        probe = probe.with_for_update(of=FleetUnit, skip_locked=skip_locked)
+    return probe.lateral("unit")
 
 
 def _locked_in_key_order(*where: Any) -> Select[uuid.UUID, str, int]:
@@ -692,29 +715,27 @@ async def renew(
 
     Never waits on a reconcile pass either: its transaction keeps the rows it reassigns locked until it commits
     (a burst of deletes: seconds), and a renewal queued behind it would let every other lease of this worker
-    lapse. Rows locked right now are skipped (locking the rest in key order, as ``assign_units`` and ``release``
-    do, so the two never deadlock; COLLATE "C" is code-point order, Python's string order) and reported busy
-    when a plain read shows them still held: they are the units being moved or deleted."""
+    lapse. Rows locked right now are skipped (locking the rest in key order, ``pairs`` sorted, as ``assign_units``
+    and ``release`` do, so the two never deadlock; COLLATE "C" is code-point order, Python's string order) and
+    reported busy when a plain read shows them still held: they are the units being moved or deleted. Every
+    statement probes the listed units through the primary key (``_listed_units``)."""
     pairs = sorted(held)
     if not pairs:
         return Renewal({}, set())
     listed = _held_units("held", pairs)
-    held_here = and_(
-        FleetUnit.replicator_id == listed.c.replicator_id,
-        FleetUnit.topic == listed.c.topic,
-        FleetUnit.partition == listed.c.partition,
+    held_here = (
         FleetUnit.epoch == listed.c.epoch,
         FleetUnit.owner_worker == worker_id,
         FleetUnit.lease_expires_at >= func.now(),
     )
-    # Driven from the listed keys through the primary key (one index probe each), whatever the table's statistics.
-    locked = (
-        select(*_UNIT_KEY)
-        .select_from(listed.join(FleetUnit, held_here))
-        .order_by(FleetUnit.replicator_id, FleetUnit.topic.collate("C"), FleetUnit.partition)
-        .with_for_update(of=FleetUnit, skip_locked=True)
-        .subquery("locked")
-    )
+
+    def units_held_here(*where: Any, lock: bool = False) -> Select[Any]:
+        unit = _listed_units(listed, *held_here, *where, lock=lock, skip_locked=True)
+        return select(unit.c.replicator_id, unit.c.topic, unit.c.partition, unit.c.epoch).select_from(
+            listed.join(unit, true())
+        )
+
+    locked = units_held_here(lock=True).subquery("locked")
     extended = await conn.execute(
         update(FleetUnit)
         .where(
@@ -728,16 +749,12 @@ async def renew(
         # Every lease extended (the usual tick): nothing to read back, row by row, of thousands.
         return Renewal(dict(pairs), set())
     # Which ones: now() is the transaction's start, so the rows extended here, and only those, hold exactly this.
-    rows = await conn.execute(
-        select(*_UNIT_KEY, FleetUnit.epoch)
-        .select_from(listed.join(FleetUnit, held_here))
-        .where(FleetUnit.lease_expires_at == func.now() + _seconds(lease_seconds))
-    )
+    rows = await conn.execute(units_held_here(FleetUnit.lease_expires_at == func.now() + _seconds(lease_seconds)))
     renewed = {_key(r): int(r.epoch) for r in rows}
     busy: set[UnitKey] = set()
     if len(renewed) < len(pairs):
         # A plain read never waits on a row lock: it sees the row as last committed.
-        rows = await conn.execute(select(*_UNIT_KEY, FleetUnit.epoch).select_from(listed.join(FleetUnit, held_here)))
+        rows = await conn.execute(units_held_here())
         busy = {key for r in rows if (key := _key(r)) not in renewed}
     return Renewal(renewed, busy)
 
@@ -749,32 +766,24 @@ async def release(conn: AsyncConnection, worker_id: str, held: Iterable[tuple[Un
     if not pairs:
         return
     listed = _held_units("released", pairs)
+    unit = _listed_units(
+        listed, FleetUnit.epoch == listed.c.epoch, FleetUnit.owner_worker == worker_id, lock=True
+    )  # locked in the order of ``pairs``: sorted by unit key
     locked = (
-        select(*_UNIT_KEY, listed.c.epoch)
-        .select_from(
-            listed.join(
-                FleetUnit,
-                and_(
-                    FleetUnit.replicator_id == listed.c.replicator_id,
-                    FleetUnit.topic == listed.c.topic,
-                    FleetUnit.partition == listed.c.partition,
-                    FleetUnit.epoch == listed.c.epoch,
-                    FleetUnit.owner_worker == worker_id,
-                ),
-            )
-        )
-        .order_by(FleetUnit.replicator_id, FleetUnit.topic.collate("C"), FleetUnit.partition)
-        .with_for_update(of=FleetUnit)
+        select(unit.c.replicator_id, unit.c.topic, unit.c.partition, unit.c.epoch)
+        .select_from(listed.join(unit, true()))
         .subquery("locked")
     )
+    # Only a lease still this worker's at that epoch is given back: the lock waits for a pass changing the row,
+    # then checks the probe's conditions again on the row as committed. They are not repeated here: a filter on
+    # the updated table's owner, which the statistics may say matches nothing, is what made the planner rescan
+    # the locked list once per row of the table.
     await conn.execute(
         update(FleetUnit)
         .where(
             FleetUnit.replicator_id == locked.c.replicator_id,
             FleetUnit.topic == locked.c.topic,
             FleetUnit.partition == locked.c.partition,
-            # Checked again on the row as locked: only a lease still this worker's, at that epoch, is given back.
-            FleetUnit.owner_worker == worker_id,
             FleetUnit.epoch == locked.c.epoch,
         )
         .values(owner_worker=None, lease_expires_at=func.now(), previous_owner=FleetUnit.owner_worker)

@@ -8,9 +8,10 @@ import logging
 import time
 import uuid
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, event, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from models.fleet import DesiredReplicator, UnitKey
@@ -241,6 +242,81 @@ async def test_a_release_gives_back_only_leases_still_held_at_their_epoch(
             ).all()
         )
     assert owners == {0: None, 1: None, 2: "releaser"}
+
+
+def _lists_rescanned_per_row(plan: dict[str, Any]) -> list[str]:
+    """The nested loops of an EXPLAIN (FORMAT JSON) plan that scan a list of units (a function scan of the
+    statement's unnest) again for every row of their outer side."""
+    found = []
+    if plan["Node Type"] == "Nested Loop":
+        inner, stack = plan["Plans"][1], [plan["Plans"][1]]
+        while stack:
+            node = stack.pop()
+            if node["Node Type"] == "Function Scan":
+                found.append(f"{inner['Node Type']} over {node.get('Alias')}")
+            stack.extend(node.get("Plans", []))
+    for child in plan.get("Plans", []):
+        found.extend(_lists_rescanned_per_row(child))
+    return found
+
+
+async def test_statements_on_many_leases_probe_each_unit_through_the_key_whatever_the_statistics(
+    adb: AsyncEngine, fleet_db: Engine, replicator_id: str
+) -> None:
+    """Moments after an ANALYZE, every lease it sampled has expired or been renewed past it, so the statistics
+    say that ``lease_expires_at >= now()`` matches nothing. The renewal was then planned as a nested loop that
+    scanned the whole list of leases again for every row of the table: 25 million comparisons and 1 to 50 s to
+    renew 5,000 leases, so every lease of the worker lapsed, every few seconds (10,000 partitions, two workers).
+    Each statement that takes a list of units must probe the table once per unit, through its primary key."""
+    units, worker = 2_000, "worker-of-many"
+    with fleet_db.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO fleet_units (replicator_id, topic, partition, epoch, assigned_worker, owner_worker, "
+                "lease_expires_at) SELECT :r, 'planned', g, 1, :w, :w, now() - interval '1 minute' "
+                "FROM generate_series(0, :n - 1) g"
+            ),
+            {"r": uuid.UUID(replicator_id), "w": worker, "n": units},
+        )
+        conn.execute(text("ANALYZE fleet_units"))
+        conn.execute(
+            text("UPDATE fleet_units SET lease_expires_at = now() + interval '1 minute' WHERE replicator_id = :r"),
+            {"r": uuid.UUID(replicator_id)},
+        )
+    keys = [UnitKey(replicator_id, "planned", p) for p in range(units)]
+    # One lease held at an older epoch: the renewal then runs its two follow-up reads as well.
+    leases = [Lease(key, 1 if key.partition else 0, 0.0) for key in keys]
+    statements: list[tuple[str, Any]] = []
+
+    def record(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        if "fleet_units" in statement:
+            statements.append((statement, parameters))
+
+    store = LeaseStore(adb, worker, lease_seconds=60, safety_margin=5)
+    event.listen(adb.sync_engine, "before_cursor_execute", record)
+    try:
+        assert await store.renew(leases) == {keys[0]}
+        await store.record_unit_loads({key: 1000.0 for key in keys})
+        await store.release(leases)
+    finally:
+        event.remove(adb.sync_engine, "before_cursor_execute", record)
+    assert len(statements) == 5, [statement[:60] for statement, _ in statements]
+    with fleet_db.begin() as conn:
+        # Whether the planner hashed the list or looped over it was a near tie of its cost estimates (the loop won
+        # on the production table, a hash join here): without hash and merge joins, what it has left must still
+        # probe each unit.
+        conn.exec_driver_sql("SET LOCAL enable_hashjoin = off")
+        conn.exec_driver_sql("SET LOCAL enable_mergejoin = off")
+        for statement, parameters in statements:
+            [(plan,)] = conn.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {statement}", parameters).all()
+            rescans = _lists_rescanned_per_row(plan[0]["Plan"])
+            assert not rescans, f"{statement[:60]}...: the list is scanned again per row ({rescans})"
+        owners = conn.execute(
+            text("SELECT owner_worker, count(*) FROM fleet_units WHERE replicator_id = :r GROUP BY 1"),
+            {"r": uuid.UUID(replicator_id)},
+        ).all()
+    # What the statements did, still right: all released but the lease held at an older epoch, which stays.
+    assert dict(owners) == {None: units - 1, worker: 1}
 
 
 async def test_units_in_motion_are_those_whose_assignment_and_owner_differ(
