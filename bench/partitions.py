@@ -475,7 +475,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if result.get("status") == "stopped":
                 _write(result)
         lab.close()
-    shutil.rmtree(folder, ignore_errors=True)
+    if result.get("status") == "ok":
+        # A run that failed or was stopped keeps its folder: "logs" above names it, and the tails are not enough
+        # to say why (a failed verification of 2026-12-02 lost its workers' logs this way).
+        shutil.rmtree(folder, ignore_errors=True)
     return result
 
 
