@@ -179,9 +179,14 @@ class FerrySettings(BaseSettings):
         rates and the time a request takes to reach a broker fit in it)."""
         return max(self.fleet_lease_seconds / 5, self.fleet_write_timeout_seconds + 0.5)
 
+    @property
+    def fleet_lease_validity_seconds(self) -> float:
+        """How long after a renewal a worker trusts its lease: the lease less its safety margin."""
+        return self.fleet_lease_seconds - self.fleet_lease_margin_seconds
+
     @model_validator(mode="after")
     def _fleet_timings_agree(self) -> FerrySettings:
-        renewals = (self.fleet_lease_seconds - self.fleet_lease_margin_seconds) / self.fleet_tick_seconds
+        renewals = self.fleet_lease_validity_seconds / self.fleet_tick_seconds
         if renewals < 3:
             raise ValueError(
                 f"FERRY_FLEET_LEASE_SECONDS ({self.fleet_lease_seconds:g}) minus its safety margin "

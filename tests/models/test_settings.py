@@ -28,6 +28,9 @@ def test_the_lease_margin_covers_the_write_timeout_and_grows_with_the_lease() ->
     assert FerrySettings(fleet_lease_seconds=60).fleet_lease_margin_seconds == 12.0
     short = FerrySettings(fleet_lease_seconds=3, fleet_tick_seconds=0.5, fleet_write_timeout_seconds=0.5)
     assert short.fleet_lease_margin_seconds == 1.0
+    # What is left is how long a worker trusts a lease after renewing it.
+    assert FerrySettings(fleet_lease_seconds=10).fleet_lease_validity_seconds == 4.5
+    assert short.fleet_lease_validity_seconds == 2.0
 
 
 def test_a_lease_must_span_three_ticks_after_its_margin() -> None:

@@ -103,8 +103,7 @@ class ControlLoop:
         # UPDATE of 5,000 rows a second per worker at 10,000 partitions, 1-2 s of a busy database's time, whatever
         # the lease's length; now a longer lease costs proportionally fewer renewals. Three ticks at least, so a
         # slow tick or two never lose a lease (every other tick with the default timings).
-        validity = settings.fleet_lease_seconds - settings.fleet_lease_margin_seconds
-        self.renew_within_s = max(validity / 2, 3 * self.tick_s)
+        self.renew_within_s = max(settings.fleet_lease_validity_seconds / 2, 3 * self.tick_s)
         self._running = running  # units whose work is still going (the work loop's answer)
         self._offer = offer  # hands a DesiredWork to the work loop (thread-safe)
         self._work_beat = work_beat  # wall-clock time of the work loop's last iteration
