@@ -18,10 +18,13 @@ def test_migrations_created_the_tables_at_head(test_settings: FerrySettings) -> 
         assert {"arn", "name", "account_id", "state", "current_version", "replication_info"} <= columns
         with engine.connect() as conn:
             current = conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
+            # Lease renewals update fleet_units in place only with room on its pages (migration 0016).
+            options = conn.execute(text("SELECT reloptions FROM pg_class WHERE relname = 'fleet_units'")).scalar_one()
     finally:
         engine.dispose()
     head = head_revision()
     assert current == head
+    assert "fillfactor=50" in (options or [])
 
 
 def test_redis_answers(test_settings: FerrySettings) -> None:
