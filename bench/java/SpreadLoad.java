@@ -1,0 +1,87 @@
+// A fixed total rate of records spread round-robin over every partition of many topics: the load of
+// bench.partitions. Kafka's own ProducerPerformance writes one topic, and the harness's Python producer could not
+// keep up with one-record batches to 10,000 partitions on a 2-core box (its records expired in its accumulator).
+//
+// Run as a single source file (Java 11+): java -cp 'kafka/libs/*' SpreadLoad.java BOOTSTRAP TOPICS PARTITIONS
+// RECORD_BYTES BYTES_PER_SECOND SECONDS, TOPICS comma-separated. The last line printed is "RESULT {json}" (MB:
+// 10^6 bytes, as everywhere in the harness).
+
+import java.util.Locale;
+import java.util.Map;
+import java.util.Properties;
+import java.util.Random;
+import java.util.TreeMap;
+import java.util.concurrent.ConcurrentHashMap;
+import java.util.concurrent.atomic.AtomicLong;
+import org.apache.kafka.clients.producer.KafkaProducer;
+import org.apache.kafka.clients.producer.ProducerRecord;
+import org.apache.kafka.common.serialization.ByteArraySerializer;
+
+public class SpreadLoad {
+    public static void main(String[] args) throws Exception {
+        String bootstrap = args[0];
+        String[] topics = args[1].split(",");
+        int partitions = Integer.parseInt(args[2]);
+        int size = Integer.parseInt(args[3]);
+        double bytesPerSecond = Double.parseDouble(args[4]);
+        double seconds = Double.parseDouble(args[5]);
+
+        Properties props = new Properties();
+        props.put("bootstrap.servers", bootstrap);
+        props.put("acks", "all");
+        props.put("linger.ms", "50");
+        props.put("batch.size", "65536");
+        props.put("buffer.memory", String.valueOf(256L << 20));
+        props.put("key.serializer", ByteArraySerializer.class.getName());
+        props.put("value.serializer", ByteArraySerializer.class.getName());
+
+        byte[] value = new byte[size];
+        new Random().nextBytes(value);
+        double perSecond = bytesPerSecond / size;
+        long total = (long) (seconds * perSecond);
+        long targets = (long) topics.length * partitions;
+        AtomicLong acked = new AtomicLong();
+        Map<String, AtomicLong> refusedBy = new ConcurrentHashMap<>();
+        long sent = 0;
+        long began = System.nanoTime();
+        long nextNote = began + 5_000_000_000L;
+        try (KafkaProducer<byte[], byte[]> producer = new KafkaProducer<>(props)) {
+            while (sent < total) {
+                long now = System.nanoTime();
+                long due = Math.min((long) ((now - began) / 1e9 * perSecond), total);
+                for (; sent < due; sent++) {
+                    // The same order as the harness's Python producer: every topic's partition 0, then 1, ...
+                    int index = (int) (sent % targets);
+                    ProducerRecord<byte[], byte[]> record =
+                            new ProducerRecord<>(topics[index % topics.length], index / topics.length, null, value);
+                    producer.send(record, (metadata, error) -> {
+                        if (error == null) {
+                            acked.incrementAndGet();
+                        } else {
+                            refusedBy.computeIfAbsent(error.getClass().getSimpleName(), k -> new AtomicLong())
+                                    .incrementAndGet();
+                        }
+                    });
+                }
+                if (now >= nextNote) {
+                    System.out.printf("sent %d of %d, acknowledged %d%n", sent, total, acked.get());
+                    nextNote = now + 5_000_000_000L;
+                }
+                Thread.sleep(10);
+            }
+            producer.flush();
+        }
+        double took = (System.nanoTime() - began) / 1e9;
+        long refused = sent - acked.get();
+        StringBuilder reasons = new StringBuilder();
+        for (Map.Entry<String, AtomicLong> reason : new TreeMap<>(refusedBy).entrySet()) {
+            reasons.append(reasons.length() == 0 ? "" : ", ")
+                    .append('"').append(reason.getKey()).append("\": ").append(reason.getValue().get());
+        }
+        System.out.printf(
+                Locale.ROOT,
+                "RESULT {\"records\": %d, \"refused\": %d, \"refused_by\": {%s}, \"seconds\": %.1f, "
+                        + "\"achieved_mb_per_s\": %.2f, \"producer\": \"java\"}%n",
+                sent, refused, reasons, took, acked.get() * (double) size / took / 1e6);
+    }
+}
