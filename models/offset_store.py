@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import BigInteger, Integer, Select, Text, and_, bindparam, column, delete, func, select
+from sqlalchemy import BigInteger, Integer, Select, Text, and_, bindparam, column, delete, func, select, true
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
 from sqlalchemy.dialects.postgresql import UUID as PgUUID
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -97,22 +97,41 @@ async def store_runs_of(db: Db, replicator_id: str, runs_by_partition: Mapping[t
         .render_derived(name="written")
     )
     # The stored runs each partition's new runs may touch: from the lowest new offset on (runs end where the next
-    # begins, so the one just below is included to be merged with).
-    overlapping = and_(
-        OffsetMapRun.replicator_id == rid,
-        OffsetMapRun.topic == written.c.topic,
-        OffsetMapRun.partition == written.c.partition,
-        OffsetMapRun.source_end >= written.c.low,
+    # begins, so the one just below is included to be merged with). Looked up partition by partition through the
+    # primary key: a replicator newer than the table's last ANALYZE has, by the statistics, no runs at all, and a
+    # plain join was then planned as a scan of its runs that read the whole list again for each one (thousands of
+    # partitions, thousands of runs: seconds per flush). OFFSET 0 keeps the planner from merging the probe back
+    # into such a join.
+    overlapping = (
+        select(OffsetMapRun.replicator_id, OffsetMapRun.topic, OffsetMapRun.partition, *_RUN_COLUMNS)
+        .where(
+            OffsetMapRun.replicator_id == rid,
+            OffsetMapRun.topic == written.c.topic,
+            OffsetMapRun.partition == written.c.partition,
+            OffsetMapRun.source_end >= written.c.low,
+        )
+        .offset(0)
+        .lateral("overlapping")
     )
+    found_runs = select(*overlapping.c).select_from(written.join(overlapping, true()))
     stored: dict[tuple[str, int], list[Run]] = {key: [] for key in lows}
-    found = await db.execute(select(OffsetMapRun.topic, OffsetMapRun.partition, *_RUN_COLUMNS).where(overlapping))
-    for topic, partition, *bounds in found.all():
+    for _, topic, partition, *bounds in (await db.execute(found_runs)).all():
         stored[(topic, partition)].append(Run(*bounds))
     merged = {key: RangeMap(runs) for key, runs in stored.items()}
     for key, ranges in merged.items():
         for new_run in runs_by_partition[key]:
             ranges.add(new_run)
-    await db.execute(delete(OffsetMapRun).where(overlapping))
+    # Matched on the found rows' keys alone: a filter on the deleted table's replicator would bring back the
+    # estimate of no runs, and with it a plan that reads the found list again per row.
+    found = found_runs.subquery("found")
+    await db.execute(
+        delete(OffsetMapRun).where(
+            OffsetMapRun.replicator_id == found.c.replicator_id,
+            OffsetMapRun.topic == found.c.topic,
+            OffsetMapRun.partition == found.c.partition,
+            OffsetMapRun.source_start == found.c.source_start,
+        )
+    )
     rows = [(key, run) for key, ranges in merged.items() for run in ranges.runs]
     if rows:
         await db.execute(

@@ -8,10 +8,9 @@ import logging
 import time
 import uuid
 from collections.abc import Iterable, Iterator
-from typing import Any
 
 import pytest
-from sqlalchemy import Engine, event, text
+from sqlalchemy import Engine, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from models.fleet import DesiredReplicator, UnitKey
@@ -20,6 +19,7 @@ from models.fleet_store import StateWrite, fleet_load, set_replicator_states, un
 from models.replicator import ReplicatorState
 from models.settings import FerrySettings
 from tests.fleet.conftest import insert_replicator
+from tests.fleet.plans import assert_no_list_rescanned, statements_on
 from workers.fleet.control import ControlLoop
 from workers.fleet.leases import Lease, LeaseStore
 
@@ -244,22 +244,6 @@ async def test_a_release_gives_back_only_leases_still_held_at_their_epoch(
     assert owners == {0: None, 1: None, 2: "releaser"}
 
 
-def _lists_rescanned_per_row(plan: dict[str, Any]) -> list[str]:
-    """The nested loops of an EXPLAIN (FORMAT JSON) plan that scan a list of units (a function scan of the
-    statement's unnest) again for every row of their outer side."""
-    found = []
-    if plan["Node Type"] == "Nested Loop":
-        inner, stack = plan["Plans"][1], [plan["Plans"][1]]
-        while stack:
-            node = stack.pop()
-            if node["Node Type"] == "Function Scan":
-                found.append(f"{inner['Node Type']} over {node.get('Alias')}")
-            stack.extend(node.get("Plans", []))
-    for child in plan.get("Plans", []):
-        found.extend(_lists_rescanned_per_row(child))
-    return found
-
-
 async def test_statements_on_many_leases_probe_each_unit_through_the_key_whatever_the_statistics(
     adb: AsyncEngine, fleet_db: Engine, replicator_id: str
 ) -> None:
@@ -286,31 +270,14 @@ async def test_statements_on_many_leases_probe_each_unit_through_the_key_whateve
     keys = [UnitKey(replicator_id, "planned", p) for p in range(units)]
     # One lease held at an older epoch: the renewal then runs its two follow-up reads as well.
     leases = [Lease(key, 1 if key.partition else 0, 0.0) for key in keys]
-    statements: list[tuple[str, Any]] = []
-
-    def record(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
-        if "fleet_units" in statement:
-            statements.append((statement, parameters))
-
     store = LeaseStore(adb, worker, lease_seconds=60, safety_margin=5)
-    event.listen(adb.sync_engine, "before_cursor_execute", record)
-    try:
+    with statements_on(adb.sync_engine, "fleet_units") as statements:
         assert await store.renew(leases) == {keys[0]}
         await store.record_unit_loads({key: 1000.0 for key in keys})
         await store.release(leases)
-    finally:
-        event.remove(adb.sync_engine, "before_cursor_execute", record)
     assert len(statements) == 5, [statement[:60] for statement, _ in statements]
-    with fleet_db.begin() as conn:
-        # Whether the planner hashed the list or looped over it was a near tie of its cost estimates (the loop won
-        # on the production table, a hash join here): without hash and merge joins, what it has left must still
-        # probe each unit.
-        conn.exec_driver_sql("SET LOCAL enable_hashjoin = off")
-        conn.exec_driver_sql("SET LOCAL enable_mergejoin = off")
-        for statement, parameters in statements:
-            [(plan,)] = conn.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {statement}", parameters).all()
-            rescans = _lists_rescanned_per_row(plan[0]["Plan"])
-            assert not rescans, f"{statement[:60]}...: the list is scanned again per row ({rescans})"
+    assert_no_list_rescanned(fleet_db, statements)
+    with fleet_db.connect() as conn:
         owners = conn.execute(
             text("SELECT owner_worker, count(*) FROM fleet_units WHERE replicator_id = :r GROUP BY 1"),
             {"r": uuid.UUID(replicator_id)},
