@@ -150,7 +150,8 @@ def test_create_run_update_delete(
     assert set(unit_owners(fleet_db, arn)) == {(first, p) for p in range(3)} | {(second, p) for p in range(2)}
 
     replicator_id = _replicator_id(fleet_db, arn)
-    assert copiers_running(fleet_redis, replicator_id) == 5
+    # The worker's status report is written every few seconds: the new partitions' records can land before it.
+    wait_until("the worker to report 5 partitions", lambda: copiers_running(fleet_redis, replicator_id) == 5, 20)
     deleted = fleet_kafka.delete_replicator(ReplicatorArn=arn)
     assert deleted["ReplicatorState"] == "DELETING"
 
