@@ -608,10 +608,11 @@ def _listed_units(listed: Any, *where: Any, lock: bool = False, skip_locked: boo
     """The row of each listed unit (a table with replicator_id, topic and partition columns) that matches
     ``where``: one primary-key probe per listed unit, in the list's order, whatever the table's statistics.
 
-    A plain join of the list with ``fleet_units`` is the planner's to order. On a table just filled by a pass, or
-    with a worker id newer than the last ANALYZE, it estimated one row for ``owner_worker = ...`` and ran a nested
-    loop that rescanned the whole list for every row: 25 million comparisons, 1 to 50 s, to renew 5,000 leases,
-    so every lease of the worker lapsed. A LATERAL subquery can only run once per listed unit, through the key.
+    A plain join of the list with ``fleet_units`` is the planner's to order. Moments after an ANALYZE every
+    ``lease_expires_at`` it sampled is in the past, so it estimated one row for a worker's live leases and ran a
+    nested loop that rescanned the whole list for every row: 25 million comparisons, 1 to 50 s, to renew 5,000
+    leases, so every lease of the worker lapsed (a filter on ``owner_worker`` alone does the same for a worker id
+    newer than the statistics). A LATERAL subquery can only run once per listed unit, through the key.
 
     ``lock`` locks each row as it is found (``skip_locked``: skips rows locked elsewhere rather than waiting); the
     list's order is then the lock order, so callers that wait pass it sorted by unit key, as every writer of many
