@@ -28,6 +28,7 @@ from sqlalchemy import (
     Row,
     Select,
     Text,
+    Update,
     and_,
     bindparam,
     cast,
@@ -537,21 +538,10 @@ async def record_unit_loads(conn: AsyncConnection, worker_id: str, loads: Mappin
         .table_valued("replicator_id", "topic", "partition", "load")
         .render_derived(name="measured")
     )
-    unit = _listed_units(listed, FleetUnit.owner_worker == worker_id, lock=True, skip_locked=True)
-    locked = (
-        select(unit.c.replicator_id, unit.c.topic, unit.c.partition, listed.c.load)
-        .select_from(listed.join(unit, true()))
-        .subquery("locked")
-    )
-    await conn.execute(
-        update(FleetUnit)
-        .where(
-            FleetUnit.replicator_id == locked.c.replicator_id,
-            FleetUnit.topic == locked.c.topic,
-            FleetUnit.partition == locked.c.partition,
-        )
-        .values(load_bytes_per_second=locked.c.load)
-    )
+    locked = _listed_units(
+        listed, FleetUnit.owner_worker == worker_id, extra=(listed.c.load,), lock=True, skip_locked=True
+    ).subquery("locked")
+    await conn.execute(_update_units_in(locked).values(load_bytes_per_second=locked.c.load))
 
 
 async def _assigned_units(conn: AsyncConnection, *where: Any) -> list[AssignedUnit]:
@@ -604,9 +594,12 @@ def _held_units(name: str, pairs: Sequence[tuple[UnitKey, int]]) -> Any:
 _UNIT_KEY = (FleetUnit.replicator_id, FleetUnit.topic, FleetUnit.partition)
 
 
-def _listed_units(listed: Any, *where: Any, lock: bool = False, skip_locked: bool = False) -> Any:
-    """The row of each listed unit (a table with replicator_id, topic and partition columns) that matches
-    ``where``: one primary-key probe per listed unit, in the list's order, whatever the table's statistics.
+def _listed_units(
+    listed: Any, *where: Any, extra: Sequence[Any] = (), lock: bool = False, skip_locked: bool = False
+) -> Select[Any]:
+    """The key and epoch of each listed unit (a table with replicator_id, topic and partition columns) whose row
+    matches ``where``, with the ``extra`` columns of the list: one primary-key probe per listed unit, in the list's
+    order, whatever the table's statistics.
 
     A plain join of the list with ``fleet_units`` is the planner's to order. Moments after an ANALYZE every
     ``lease_expires_at`` it sampled is in the past, so it estimated one row for a worker's live leases and ran a
@@ -631,7 +624,19 @@ def _listed_units(listed: Any, *where: Any, lock: bool = False, skip_locked: boo
     )
     if lock:
         probe = probe.with_for_update(of=FleetUnit, skip_locked=skip_locked)
-    return probe.lateral("unit")
+    unit = probe.lateral("unit")
+    return select(unit.c.replicator_id, unit.c.topic, unit.c.partition, unit.c.epoch, *extra).select_from(
+        listed.join(unit, true())
+    )
+
+
+def _update_units_in(rows: Any) -> Update:
+    """An UPDATE of the units whose keys a subquery holds (its rows, however many, joined through the key)."""
+    return update(FleetUnit).where(
+        FleetUnit.replicator_id == rows.c.replicator_id,
+        FleetUnit.topic == rows.c.topic,
+        FleetUnit.partition == rows.c.partition,
+    )
 
 
 def _locked_in_key_order(*where: Any) -> Select[uuid.UUID, str, int]:
@@ -731,20 +736,11 @@ async def renew(
     )
 
     def units_held_here(*where: Any, lock: bool = False) -> Select[Any]:
-        unit = _listed_units(listed, *held_here, *where, lock=lock, skip_locked=True)
-        return select(unit.c.replicator_id, unit.c.topic, unit.c.partition, unit.c.epoch).select_from(
-            listed.join(unit, true())
-        )
+        return _listed_units(listed, *held_here, *where, lock=lock, skip_locked=True)
 
     locked = units_held_here(lock=True).subquery("locked")
     extended = await conn.execute(
-        update(FleetUnit)
-        .where(
-            FleetUnit.replicator_id == locked.c.replicator_id,
-            FleetUnit.topic == locked.c.topic,
-            FleetUnit.partition == locked.c.partition,
-        )
-        .values(lease_expires_at=func.now() + _seconds(lease_seconds))
+        _update_units_in(locked).values(lease_expires_at=func.now() + _seconds(lease_seconds))
     )
     if extended.rowcount == len(pairs):
         # Every lease extended (the usual tick): nothing to read back, row by row, of thousands.
@@ -767,26 +763,16 @@ async def release(conn: AsyncConnection, worker_id: str, held: Iterable[tuple[Un
     if not pairs:
         return
     listed = _held_units("released", pairs)
-    unit = _listed_units(
+    locked = _listed_units(
         listed, FleetUnit.epoch == listed.c.epoch, FleetUnit.owner_worker == worker_id, lock=True
-    )  # locked in the order of ``pairs``: sorted by unit key
-    locked = (
-        select(unit.c.replicator_id, unit.c.topic, unit.c.partition, unit.c.epoch)
-        .select_from(listed.join(unit, true()))
-        .subquery("locked")
-    )
+    ).subquery("locked")  # locked in the order of ``pairs``: sorted by unit key
     # Only a lease still this worker's at that epoch is given back: the lock waits for a pass changing the row,
     # then checks the probe's conditions again on the row as committed. They are not repeated here: a filter on
     # the updated table's owner, which the statistics may say matches nothing, is what made the planner rescan
     # the locked list once per row of the table.
     await conn.execute(
-        update(FleetUnit)
-        .where(
-            FleetUnit.replicator_id == locked.c.replicator_id,
-            FleetUnit.topic == locked.c.topic,
-            FleetUnit.partition == locked.c.partition,
-            FleetUnit.epoch == locked.c.epoch,
-        )
+        _update_units_in(locked)
+        .where(FleetUnit.epoch == locked.c.epoch)
         .values(owner_worker=None, lease_expires_at=func.now(), previous_owner=FleetUnit.owner_worker)
     )
 
