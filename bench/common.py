@@ -276,6 +276,23 @@ def java_argv(
 # ---------------------------------------------------------------------------------------------- machine
 
 
+def read_ahead_kib(path: Path) -> int | None:
+    """The read-ahead of the block device holding ``path`` (None where /sys does not say).
+
+    Brokers map every partition's two index files; each first write into one faults in up to this much of the
+    (sparse) file. This VM's disk came with 8,192 KiB: with 10,000 partitions the page cache filled with zeros,
+    kswapd took half a core and the source broker stalled (docs/performance.md, "2026-12-02, fourth")."""
+    try:
+        device = os.stat(path).st_dev
+        block = Path(f"/sys/dev/block/{os.major(device)}:{os.minor(device)}").resolve()
+        for queue in (block / "queue", block.parent / "queue"):  # a partition's queue is its disk's
+            if (queue / "read_ahead_kb").exists():
+                return int((queue / "read_ahead_kb").read_text())
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def machine_info() -> dict[str, Any]:
     model = "unknown"
     cpus = 0
@@ -301,6 +318,7 @@ def machine_info() -> dict[str, Any]:
         "kernel": platform.release(),
         "hostname": platform.node(),
         "loadavg_at_start": loadavg(),
+        "disk_read_ahead_kib": read_ahead_kib(ROOT),
         "note": "shared 2-core box: other engineers run tests against the same brokers; runs are noisy",
     }
 

@@ -7,6 +7,9 @@ Runs on the chaos lab (``chaos/lab.py``: PostgreSQL, Redis, a source and a targe
 fleet workers of its own, production timing), so a 10,000-partition topic set never slows the shared dev brokers;
 ``close()`` deletes all of it. Per partition count, one replicator copies every topic of the set from its start:
 
+0. the source's limit: the load of step 3 with no replicator yet (``--skip-source-limit`` leaves it out,
+   ``--source-limit-only`` runs nothing else), so the run says whether the source broker alone accepts the rate
+   spread this thin, and at what CPU; the replicator copies these records before the idle window;
 1. warm-up: one record per partition, until every one is on the target (every partition copies);
 2. idle: the workers' CPU over ``--idle-seconds`` with nothing produced (what quiet partitions cost);
 3. load: ``--rate-mb`` MB/s of ``--record-bytes`` records (1 KiB) spread evenly over all partitions for
@@ -48,6 +51,8 @@ from bench.measure import percentile
 from chaos.lab import Lab, LabError, exit_on_termination, wait_for
 
 PARTITIONS_PER_TOPIC = 100
+# Above this the brokers' index faults thrash the page cache at 10,000 partitions (bench.common.read_ahead_kib).
+LARGE_READ_AHEAD_KIB = 1024
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -196,10 +201,19 @@ async def _produce_at_rate(
 
 
 JAVA_LOAD = ROOT / "bench" / "java" / "SpreadLoad.java"
+# After its last send the Java load waits this long for acknowledgements, then reports what the broker took.
+DRAIN_SECONDS = 60.0
 
 
 async def _produce_at_rate_java(
-    lab: Lab, topics: list[str], partitions: int, *, rate_bytes_per_s: float, seconds: float, size: int
+    lab: Lab,
+    topics: list[str],
+    partitions: int,
+    *,
+    rate_bytes_per_s: float,
+    seconds: float,
+    size: int,
+    name: str = "load",
 ) -> dict[str, Any]:
     """The same load as ``_produce_at_rate`` from Kafka's Java producer (``bench/java/SpreadLoad.java``): a
     5 MB/s load over 10,000 partitions is 5,000 one-record batches a second, more than the Python producer
@@ -208,15 +222,47 @@ async def _produce_at_rate_java(
     run = await run_tool(
         lab.kafka_lib,
         str(JAVA_LOAD),
-        [*args, f"{seconds:g}"],
-        log=lab.folder / "logs" / "load.log",
-        what="load",
-        limit_s=seconds + 180,
+        [*args, f"{seconds:g}", f"{DRAIN_SECONDS:g}"],
+        log=lab.folder / "logs" / f"{name}.log",
+        what=name,
+        limit_s=seconds + DRAIN_SECONDS + 120,
     )
     found = re.findall(r"^RESULT (\{.*\})$", run.output, re.MULTILINE)
     if not found:
         raise BenchError(f"load: the Java producer printed no result; see {run.log}")
     return dict(json.loads(found[-1]))
+
+
+def _load(lab: Lab, topics: list[str], per_topic: int, args: argparse.Namespace, name: str = "load") -> Any:
+    rate = args.rate_mb * MB
+    if args.load_producer == "java":
+        return _produce_at_rate_java(
+            lab, topics, per_topic, rate_bytes_per_s=rate, seconds=args.seconds, size=args.record_bytes, name=name
+        )
+    return _produce_at_rate(
+        lab.source.bootstrap, topics, per_topic, rate_bytes_per_s=rate, seconds=args.seconds, size=args.record_bytes
+    )
+
+
+class BrokerCpu:
+    """CPU of the source cluster's JVMs (broker and controller)."""
+
+    def __init__(self, lab: Lab) -> None:
+        self.pids = list(lab.source.pids().values())
+
+    def cpu_seconds(self) -> tuple[float, float]:
+        total = 0
+        for pid in self.pids:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])
+        return time.monotonic(), total / CLOCK_TICKS
+
+    def cores_since(self, began: tuple[float, float]) -> float:
+        now, cpu = self.cpu_seconds()
+        return round((cpu - began[1]) / (now - began[0]), 3)
 
 
 class LagSampler:
@@ -329,6 +375,23 @@ async def one_count(
     began = time.monotonic()
     await _create_topics(lab.source.bootstrap, topics, per_topic)
     result["topic_creation_s"] = round(time.monotonic() - began, 1)
+    # One record per partition first: CreateTopics answers before the broker has made every partition's log, and
+    # a load that starts earlier measures how fast the broker makes them. Acknowledged records say each is ready.
+    result["warm_up_records"] = await _produce(lab.source.bootstrap, topics, per_topic, 1, args.record_bytes)
+    result["warm_up_produced_after_s"] = round(time.monotonic() - began, 1)
+    source_broker = BrokerCpu(lab)
+    if not args.skip_source_limit:
+        # The same load with no replicator: what the source broker itself accepts when writes are spread this thin.
+        broker_began = source_broker.cpu_seconds()
+        result["source_limit"] = await _load(lab, topics, per_topic, args, name="source-limit")
+        result["source_limit"]["source_broker_cores"] = source_broker.cores_since(broker_began)
+        say(
+            f"  the source alone took {result['source_limit']['achieved_mb_per_s']} MB/s of {args.rate_mb:g} "
+            f"(broker {result['source_limit']['source_broker_cores']} cores)"
+        )
+        if args.source_limit_only:
+            result["status"] = "ok"
+            return result
     client = lab.kafka_client(attempts=3)
     arn = client.create_replicator(**_request(lab, f"scale-{token}-{count}", f"scale-{token}-{count}-.*"))[
         "ReplicatorArn"
@@ -339,7 +402,10 @@ async def one_count(
     await source.start()
     await target.start()
     try:
-        result["warm_up_records"] = await _produce(lab.source.bootstrap, topics, per_topic, 1, args.record_bytes)
+
+        async def caught_up() -> tuple[bool, str]:
+            behind = sum(1 for s, t in zip(await source.ends(), await target.ends(), strict=True) if t < s)
+            return behind == 0, f"{behind} partitions behind"
 
         async def copied() -> tuple[bool, str]:
             ends = await target.ends()
@@ -350,6 +416,9 @@ async def one_count(
             await _until("every partition copying", copied, args.startup_limit, result), 1
         )
         say(f"  every partition copies, {time.monotonic() - began:.0f}s after the topics were created")
+        if "source_limit" in result:
+            # The records of the limit's load are copied before the idle window, which must be idle.
+            result["limit_records_copied_after_s"] = round(await _until("the target caught up", caught_up, 300), 1)
         owners = lab.query(
             "SELECT u.owner_worker, count(*) FROM fleet_units u JOIN replicators r ON r.id = u.replicator_id "
             "WHERE r.arn = %s AND u.partition >= 0 AND u.lease_expires_at > now() GROUP BY u.owner_worker",
@@ -363,25 +432,12 @@ async def one_count(
         sampler = LagSampler(source, target)
         stop = asyncio.Event()
         sampling = asyncio.create_task(sampler.run(stop))
-        if args.load_producer == "java":
-            load = _produce_at_rate_java(
-                lab, topics, per_topic, rate_bytes_per_s=args.rate_mb * MB, seconds=args.seconds, size=args.record_bytes
-            )
-        else:
-            load = _produce_at_rate(
-                lab.source.bootstrap,
-                topics,
-                per_topic,
-                rate_bytes_per_s=args.rate_mb * MB,
-                seconds=args.seconds,
-                size=args.record_bytes,
-            )
-        result["load_cores"], result["load"] = await workers.cores_over(args.seconds, load)
+        broker_began = source_broker.cpu_seconds()
+        result["load_cores"], result["load"] = await workers.cores_over(
+            args.seconds, _load(lab, topics, per_topic, args)
+        )
+        result["load"]["source_broker_cores"] = source_broker.cores_since(broker_began)
         result["rss_kib_loaded"] = workers.rss_kib()
-
-        async def caught_up() -> tuple[bool, str]:
-            behind = sum(1 for s, t in zip(await source.ends(), await target.ends(), strict=True) if t < s)
-            return behind == 0, f"{behind} partitions behind"
 
         result["caught_up_after_load_s"] = round(await _until("the target caught up", caught_up, 300), 1)
         stop.set()
@@ -448,6 +504,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "idle_seconds": args.idle_seconds,
             "record_bytes": args.record_bytes,
             "load_producer": args.load_producer,
+            "source_limit": "skipped" if args.skip_source_limit else "only" if args.source_limit_only else "first",
             "workers": 2,
             "kafka_heap": args.kafka_heap,
             "fleet": "production defaults (FERRY_FLEET_TICK_SECONDS=1, FERRY_FLEET_LEASE_SECONDS=10)"
@@ -456,6 +513,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "runs": {},
     }
+    read_ahead = result["machine"].get("disk_read_ahead_kib")
+    if read_ahead and read_ahead > LARGE_READ_AHEAD_KIB:
+        say(
+            f"WARNING: the disk's read-ahead is {read_ahead} KiB. Each partition's index files fault in that much "
+            "on their first write: at 10,000 partitions the brokers stall in page reclaim and take a fraction of "
+            "the load. The kernel's default is 128 (as root: echo 128 > /sys/block/<disk>/queue/read_ahead_kb)."
+        )
     lab = Lab(folder, fast_failover=False, kafka_heap=args.kafka_heap)
     if args.lease_seconds is not None:
         lab.settings = lab.settings.model_copy(update={"fleet_lease_seconds": args.lease_seconds})
@@ -526,6 +590,16 @@ def main(argv: list[str] | None = None) -> int:
         "--lease-seconds",
         type=float,
         help="FERRY_FLEET_LEASE_SECONDS of the lab's fleet (default: the production default, 10)",
+    )
+    parser.add_argument(
+        "--skip-source-limit",
+        action="store_true",
+        help="do not first run the load with no replicator (what the source broker alone accepts)",
+    )
+    parser.add_argument(
+        "--source-limit-only",
+        action="store_true",
+        help="only the load with no replicator, per count: the source broker's limit for writes this spread",
     )
     parser.add_argument("--kafka-heap", default="1g", help="heap of each lab broker (default %(default)s)")
     parser.add_argument(
