@@ -98,6 +98,15 @@ def test_partition_reports_round_trip_and_other_versions_are_ignored() -> None:
     assert PartitionReport.from_json(json.dumps({"version": PartitionReport.VERSION})) is None
 
 
+def test_a_report_is_a_candidate_for_a_health_exactly_when_its_text_carries_it() -> None:
+    markers = PartitionReport.health_markers(["AUTH_DENIED", "RECORD_TOO_LARGE"])
+    for health, expected in (("AUTH_DENIED", True), ("RECORD_TOO_LARGE", True), ("REPLICATING", False)):
+        report = PartitionReport("t", 0, "a.t", "w1", 1, 0, health, health_detail="AUTH_DENIED elsewhere")
+        # As written by to_json and as read back from Redis (bytes), whatever the other fields hold.
+        assert PartitionReport.may_have_health(report.to_json(), markers) is expected, health
+        assert PartitionReport.may_have_health(report.to_json().encode(), markers) is expected, health
+
+
 def test_worker_reports_round_trip() -> None:
     report = WorkerReport("w1", 5, {"r1": {"partitions": 3, "metadata": True}})
     assert WorkerReport.from_json(report.to_json()) == report
