@@ -40,6 +40,7 @@ from aiokafka.errors import (
     KafkaError,
     MessageSizeTooLargeError,
     OffsetOutOfRangeError,
+    OutOfOrderSequenceNumber,
     ProducerFenced,
     RecordTooLargeError,
     TopicAuthorizationFailedError,
@@ -995,6 +996,10 @@ class PartitionCopier:
                 for state, _ in values:
                     state.metrics.record_error(ErrorKind.PROGRESS_COMMIT_FAILED, f"{type(exc).__name__}: {exc}")
                 log.warning("progress write failed (will retry): %s", exc)
+                if isinstance(exc, OutOfOrderSequenceNumber):
+                    # This producer's numbering of a progress partition is broken for good: every later write
+                    # would fail the same way. Recover as from a failed send, with a new producer.
+                    self._produce_failed = True
                 return
             for state, progress in values:
                 state.committed_next = progress.next_source_offset
