@@ -3,14 +3,10 @@ batches already queued in the producer, and copies everything once the gate open
 
 from __future__ import annotations
 
-import asyncio
-
-import pytest
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import TopicPartition
 
 from tests.engine.conftest import Rec, create_topic, produce, read_topic, spec_for, topic_count, wait_for
 from tests.engine.test_copier_ownership import copier, prepare_target
-from workers.engine.aiokafka_hooks import WritesFenced, gate_sender
 from workers.engine.connection import ClusterConnection
 from workers.engine.copier import CopierOptions, PartitionCopier
 from workers.engine.metrics import ErrorKind
@@ -137,38 +133,3 @@ async def test_a_revoked_partition_whose_lease_is_gone_writes_no_final_progress(
 
 async def _acked(instance: PartitionCopier, tp: TopicPartition, offset: int) -> bool:
     return instance.positions()[tp].next_source_offset >= offset
-
-
-async def test_a_refused_batch_leaves_no_gap_in_an_idempotent_producers_sequence(
-    target_bootstrap: str, unique: str
-) -> None:
-    """The gate refuses a batch after the idempotent producer numbered it: the numbers go back, so the partition's
-    next batch is the one the broker expects. Kept, the gap failed every later batch of the partition with
-    OutOfOrderSequenceNumber for the producer's life (a progress partition at 10,000 partitions, 2026-12-02)."""
-    topic = f"{unique}-sequence"
-    await create_topic(target_bootstrap, topic, 1)
-    refuse = {"now": False}
-
-    def allows(tp: TopicPartition) -> bool:
-        return not refuse["now"]
-
-    producer = AIOKafkaProducer(bootstrap_servers=target_bootstrap, enable_idempotence=True, acks="all")
-    await producer.start()
-    try:
-        gate_sender(producer, allows)
-        # The broker knows the producer's numbering only once it wrote a batch of it (a new producer may start
-        # anywhere).
-        await (await producer.send(topic, b"before", partition=0))
-        refuse["now"] = True
-        with pytest.raises(WritesFenced):
-            await (await producer.send(topic, b"refused", partition=0))
-        refuse["now"] = False
-        for value in (b"after-1", b"after-2"):
-            await (await producer.send(topic, value, partition=0))
-        # A batch of several records: its numbers too.
-        batch = [await producer.send(topic, f"many-{i}".encode(), partition=0) for i in range(5)]
-        await asyncio.gather(*batch)
-    finally:
-        await producer.stop()
-    data = await read_topic(target_bootstrap, topic)
-    assert [r.value for r in data[0]] == [b"before", b"after-1", b"after-2", *(f"many-{i}".encode() for i in range(5))]

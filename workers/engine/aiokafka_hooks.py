@@ -145,17 +145,6 @@ class WritesFenced(KafkaError):  # type: ignore[misc]
     """The write gate closed (the unit of work's lease is gone): a queued batch was dropped, never sent."""
 
 
-def _give_back_sequence(txn_manager: Any, tp: TopicPartition, batch: Any) -> None:
-    """Undo what draining the (never sent) batch did to its partition's next sequence number."""
-    # aiokafka counts every drain as a try, the first one included: more than one means it was sent before.
-    if txn_manager is None or batch.retry_count > 1:
-        return  # not idempotent (no sequence), or sent before (see gate_sender)
-    sequence = txn_manager.sequence_number(tp) - batch.record_count
-    if sequence < -(2**31):
-        sequence += 2**32  # the increment had wrapped past 2**31 - 1, as aiokafka wraps it
-    txn_manager._sequence_numbers[tp] = sequence
-
-
 def gate_sender(producer: AIOKafkaProducer, allows: Callable[[TopicPartition], bool]) -> None:
     """Send no batch of a partition ``allows`` refuses: checked for every batch of every produce request, right
     before the request is written to the connection (a retried batch is checked again when it is sent again).
@@ -163,15 +152,6 @@ def gate_sender(producer: AIOKafkaProducer, allows: Callable[[TopicPartition], b
     A worker paused past its lease (GC, SIGSTOP, a frozen VM) would otherwise send what it had queued the moment
     it wakes, after the partition's new owner started writing; checking before each batch is handed over cannot
     catch batches already queued. Refused batches fail with ``WritesFenced``; the others of the request go.
-
-    An idempotent producer numbered each batch when it drained it, just before this: a refused batch gives its
-    sequence numbers back, or the partition's next batch would leave a gap the broker refuses with
-    OutOfOrderSequenceNumber, batch after batch, for as long as the producer lives (seen at 10,000 partitions: a
-    progress partition refused once stayed refused, and 2,004 partitions' progress with it). One request per
-    broker is in flight and it holds one batch per partition, so the refused batch is its partition's newest. A
-    retried batch keeps its numbers: the broker may have written it before the answer was lost, and a new batch
-    under the same numbers would be taken for a duplicate and dropped; the copier replaces a producer whose
-    sequence is broken instead.
     """
     sender = producer._sender
     send = sender._send_produce_req
@@ -180,7 +160,6 @@ def gate_sender(producer: AIOKafkaProducer, allows: Callable[[TopicPartition], b
         allowed = {tp: batch for tp, batch in batches.items() if allows(tp)}
         for tp, batch in batches.items():
             if tp not in allowed:
-                _give_back_sequence(sender._txn_manager, tp, batch)
                 batch.failure(exception=WritesFenced(f"the lease of {tp} is not held; batch not sent"))
                 sender._muted_partitions.discard(tp)
         if allowed:
