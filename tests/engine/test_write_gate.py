@@ -3,6 +3,9 @@ batches already queued in the producer, and copies everything once the gate open
 
 from __future__ import annotations
 
+import functools
+
+import pytest
 from aiokafka import TopicPartition
 
 from tests.engine.conftest import Rec, create_topic, produce, read_topic, spec_for, topic_count, wait_for
@@ -133,3 +136,43 @@ async def test_a_revoked_partition_whose_lease_is_gone_writes_no_final_progress(
 
 async def _acked(instance: PartitionCopier, tp: TopicPartition, offset: int) -> bool:
     return instance.positions()[tp].next_source_offset >= offset
+
+
+async def test_progress_refused_once_by_the_gate_is_written_again_later(
+    source_bootstrap: str, target_bootstrap: str, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gate refuses one progress batch after the idempotent producer numbered it (a lease untrusted for a
+    moment), leaving a gap in that progress partition's sequence: every later progress write fails with
+    OutOfOrderSequenceNumber until the copier takes a new producer. Without that, progress stopped for good (at
+    10,000 partitions on 2026-12-02: 2,004 partitions' progress, and a run that never caught up)."""
+    topic = f"{unique}-progress"
+    await create_topic(source_bootstrap, topic, 1)
+    spec = spec_for(unique, [topic])
+    await prepare_target(spec, source_bootstrap, target_bootstrap)
+    tp = TopicPartition(topic, 0)
+    progress_batches = {"seen": 0}
+    allows = PartitionCopier._allows
+
+    def refusing_the_second_progress_batch(self: PartitionCopier, target: TopicPartition) -> bool:
+        # The first one makes the broker know the producer's sequence; the second leaves the gap.
+        if target.topic == self._store.topic:
+            progress_batches["seen"] += 1
+            if progress_batches["seen"] == 2:
+                return False
+        return allows(self, target)
+
+    monkeypatch.setattr(PartitionCopier, "_allows", refusing_the_second_progress_batch)
+    progress = ProgressStore(ClusterConnection(target_bootstrap), spec.replicator_id)
+
+    async def saved(offset: int) -> bool:
+        return (await progress.load([tp]))[tp].next_source_offset == offset
+
+    async with copier(spec, source_bootstrap, target_bootstrap, write_gate=lambda partitions: True) as instance:
+        await instance.assign([tp])
+        for round_ in range(1, 5):
+            await produce(source_bootstrap, topic, [Rec(0, None, f"{round_}-{i}".encode()) for i in range(50)])
+            await wait_for(functools.partial(saved, round_ * 50), 30, f"the progress of {round_ * 50} records saved")
+    assert progress_batches["seen"] >= 3, "the gate never saw the progress writes after the refused one"
+    values = [r.value.decode() for r in (await read_topic(target_bootstrap, spec.target_topic(topic)))[0]]
+    expected = [f"{round_}-{i}" for round_ in range(1, 5) for i in range(50)]
+    assert list(dict.fromkeys(values)) == expected, "records lost or reordered"
