@@ -152,6 +152,11 @@ def gate_sender(producer: AIOKafkaProducer, allows: Callable[[TopicPartition], b
     A worker paused past its lease (GC, SIGSTOP, a frozen VM) would otherwise send what it had queued the moment
     it wakes, after the partition's new owner started writing; checking before each batch is handed over cannot
     catch batches already queued. Refused batches fail with ``WritesFenced``; the others of the request go.
+
+    An idempotent producer numbered a refused batch when it drained it, so its partition's next batch leaves a gap
+    and the broker refuses it (OutOfOrderSequenceNumber). That is kept on purpose: a batch queued behind the
+    refused one must not land before it is sent again, and the broker's check is what stops it. The copier
+    recovers with a new producer when a write fails that way (data and progress alike).
     """
     sender = producer._sender
     send = sender._send_produce_req
