@@ -56,18 +56,24 @@ LARGE_READ_AHEAD_KIB = 1024
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def _stat_fields(process: Path) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the name (state, ppid, pgrp, session, ...), or None once it is gone."""
+    try:
+        return (process / "stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def _cpu_ticks(fields: list[str]) -> int:
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
 def _tree_cpu_seconds(session: int) -> float:
     """User + system CPU seconds of every live process in a session (a Celery worker and its pool children)."""
     total = 0
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == session:  # fields after the name: state, ppid, pgrp, session, ...
-            total += int(fields[11]) + int(fields[12])
+        if entry.name.isdigit() and (fields := _stat_fields(entry)) is not None and int(fields[3]) == session:
+            total += _cpu_ticks(fields)
     return total / CLOCK_TICKS
 
 
@@ -251,14 +257,8 @@ class BrokerCpu:
         self.pids = list(lab.source.pids().values())
 
     def cpu_seconds(self) -> tuple[float, float]:
-        total = 0
-        for pid in self.pids:
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            total += int(fields[11]) + int(fields[12])
-        return time.monotonic(), total / CLOCK_TICKS
+        ticks = (_stat_fields(Path(f"/proc/{pid}")) for pid in self.pids)
+        return time.monotonic(), sum(_cpu_ticks(fields) for fields in ticks if fields is not None) / CLOCK_TICKS
 
     def cores_since(self, began: tuple[float, float]) -> float:
         now, cpu = self.cpu_seconds()
@@ -591,12 +591,13 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         help="FERRY_FLEET_LEASE_SECONDS of the lab's fleet (default: the production default, 10)",
     )
-    parser.add_argument(
+    source_limit = parser.add_mutually_exclusive_group()
+    source_limit.add_argument(
         "--skip-source-limit",
         action="store_true",
         help="do not first run the load with no replicator (what the source broker alone accepts)",
     )
-    parser.add_argument(
+    source_limit.add_argument(
         "--source-limit-only",
         action="store_true",
         help="only the load with no replicator, per count: the source broker's limit for writes this spread",
