@@ -71,7 +71,7 @@ from workers.engine.batches import (
     reopenable,
 )
 from workers.engine.connection import ClusterConnection, admin_client, client_kwargs
-from workers.engine.metrics import ErrorKind, PartitionMetrics, PartitionStats
+from workers.engine.metrics import CopyCounts, ErrorKind, PartitionMetrics, PartitionStats
 from workers.engine.progress import PartitionProgress, ProgressStore, encode_progress, now_ms, progress_key
 from workers.engine.spec import ReplicationSpec, StartingPosition, TopicNaming
 
@@ -106,6 +106,8 @@ class CopierOptions:
     max_batches_per_transaction: int = 256
     max_in_flight_bytes: int = 64 * 1024 * 1024
     progress_interval_s: float = 0.25
+    # From many_partitions on: each write first stores the offset map, reading every held partition's position.
+    progress_interval_many_s: float = 1.0
     housekeeping_interval_s: float = 0.5
     # How often the ids of the copied topics are compared with the ones their progress belongs to: a topic
     # deleted and created again under its name is copied anew from its beginning.
@@ -230,6 +232,7 @@ class PartitionCopier:
         self._target_admin: Any = None
         self._last_topic_check = time.monotonic()
         self._progress_lock = asyncio.Lock()
+        self._progress_task: asyncio.Task[None] | None = None
         # For the write gate: whose data a target partition holds, and whose progress records are in flight on
         # each partition of the progress topic.
         self._sources_by_target: dict[TopicPartition, TopicPartition] = {}
@@ -241,6 +244,7 @@ class PartitionCopier:
         self._produce_failed = False
         self._producer_generation = 0
         self._last_progress = time.monotonic()
+        self._progress_interval_s = self.options.progress_interval_s
         self._last_housekeeping = 0.0
         self._format: BatchFormat | None = None
         self._retired: dict[TopicPartition, PartitionStats] = {}
@@ -358,6 +362,8 @@ class PartitionCopier:
                 await self._settle(states)
                 await self._commit_progress(states)
         finally:
+            # A progress write still under way (the loop failed meanwhile) ends before its clients close.
+            await self._progress_written()
             for client in (self._producer, self._consumer, self._target_probe):
                 if client is not None:
                     await _closed(client.stop(), "client")
@@ -392,6 +398,11 @@ class PartitionCopier:
         for tp, state in self._states.items():
             stats[tp] = state.metrics.snapshot()
         return stats
+
+    def counts(self) -> dict[TopicPartition, CopyCounts]:
+        """The load counters of every assigned partition (unlike ``snapshot``, this leaves the final readings of
+        revoked partitions to the snapshot's reader)."""
+        return {tp: state.metrics.counts() for tp, state in self._states.items()}
 
     def copied_totals(self) -> dict[TopicPartition, tuple[int, int]]:
         """Records and bytes copied per partition since this copier started, partitions revoked since (and
@@ -577,8 +588,10 @@ class PartitionCopier:
         held = len(self._states)
         options = self.options
         if held < options.many_partitions:
+            self._progress_interval_s = options.progress_interval_s
             pace_fetches(self._consumer, 1, options.fetch_max_wait_ms)
             return
+        self._progress_interval_s = max(options.progress_interval_s, options.progress_interval_many_s)
         min_bytes = min(options.fetch_min_bytes_max, options.fetch_min_bytes_per_partition * held)
         pace_fetches(self._consumer, min_bytes, options.fetch_max_wait_ms_many)
 
@@ -630,8 +643,8 @@ class PartitionCopier:
                     await self._copy_in_transaction(batches)
                 else:
                     await self._copy_pipelined(batches)
-                    if time.monotonic() - self._last_progress >= self.options.progress_interval_s:
-                        await self._commit_progress(list(self._states.values()))
+                    if time.monotonic() - self._last_progress >= self._progress_interval_s:
+                        self._write_progress_aside()
                 await self._housekeeping()
         except CopierError as exc:
             for state in self._states.values():
@@ -768,6 +781,7 @@ class PartitionCopier:
         """Copy this partition anew from the beginning of its source log: whatever was copied or mapped belongs to
         a topic that is gone."""
         if not self.spec.exactly_once:
+            await self._progress_written()
             await self._settle([state])
             for pending in state.pending:
                 self._in_flight_bytes -= pending.size
@@ -827,7 +841,9 @@ class PartitionCopier:
         handed_over: set[TopicPartition] = set()
         for tp, records in batches.items():
             state = self._states.get(tp)
-            if state is None:
+            if state is None or state.lease_lost:
+                # Lost while this poll was handed over (the progress task checks leases too): it leaves the loop
+                # at the next assignment change, and nothing more of it is written here.
                 continue
             unconfirmed = state.confirmed_generation != self._producer_generation
             if unconfirmed and any(pending.records for pending in state.pending):
@@ -944,8 +960,37 @@ class PartitionCopier:
         for state in states:
             self._drain_acks(state)
 
+    def _write_progress_aside(self) -> None:
+        """Start a progress write in a task of its own unless one is under way. Each write first stores the offset
+        map in PostgreSQL (the map must cover every position progress claims), and the copy loop must not stand
+        still meanwhile: at 5,000 partitions a worker's flush took 1-6 s under load, and records waited for it."""
+        task = self._progress_task
+        if task is not None:
+            if not task.done():
+                return
+            self._progress_task = None
+            task.result()  # an unexpected error stops the copier, as it did when progress was written in the loop
+        self._last_progress = time.monotonic()
+        self._progress_task = asyncio.create_task(
+            self._commit_progress(list(self._states.values())), name=f"progress {self.spec.replicator_id}"
+        )
+        self._progress_task.add_done_callback(self._progress_ended)
+
+    def _progress_ended(self, task: asyncio.Task[None]) -> None:
+        # Said at once, also when the loop stops before it looks at the task again.
+        if not task.cancelled() and task.exception() is not None:
+            log.error("progress write of %s failed: %r", self.spec.replicator_id, task.exception())
+
+    async def _progress_written(self) -> None:
+        """Wait for the progress write under way, if any: positions are about to be rewound or the producer
+        replaced, and a write computed before that must not land after it."""
+        task = self._progress_task
+        if task is not None and not task.done():
+            await asyncio.wait({task})
+
     async def _recover(self) -> None:
         """After a failed send: keep what was acknowledged, rewind every partition to it, new producer."""
+        await self._progress_written()
         states = list(self._states.values())
         await self._settle(states)
         for state in states:
