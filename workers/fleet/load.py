@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from models.fleet import UnitKey
-from workers.engine.metrics import PartitionStats
+from workers.engine.metrics import CopyCounts
 
 WINDOW_SECONDS = 5.0
 # Rates below this count as idle: a unit's fixed cost (models/fleet_plan.py) dwarfs them.
@@ -52,7 +52,7 @@ class LoadMeter:
     def due(self) -> bool:
         return time.monotonic() - self._since >= self.window_s
 
-    def observe(self, stats: Mapping[UnitKey, PartitionStats]) -> None:
+    def observe(self, stats: Mapping[UnitKey, CopyCounts]) -> None:
         """A reading of every partition this worker copies (cumulative counts); publishes a sample per window."""
         now = time.monotonic()
         elapsed = now - self._since

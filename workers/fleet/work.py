@@ -117,6 +117,9 @@ class WorkLoop:
         self._unit_keys: dict[tuple[str, bool], tuple[frozenset[TopicPartition], frozenset[UnitKey]]] = {}
         self.last_beat = 0.0  # wall clock of the last iteration
         self._desired = DesiredWork()
+        self._wanted_cache: (
+            tuple[DesiredWork, dict[str, set[TopicPartition]], dict[str, dict[TopicPartition, str]]] | None
+        ) = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._db: AsyncEngine | None = None
@@ -220,7 +223,7 @@ class WorkLoop:
                     UnitKey(replicator_id, tp.topic, tp.partition): stats
                     for replicator_id, unit in self.copiers.items()
                     if unit.copier is not None
-                    for tp, stats in unit.copier.snapshot().items()
+                    for tp, stats in unit.copier.counts().items()
                 }
             )
         published = time.monotonic()
@@ -278,12 +281,28 @@ class WorkLoop:
                 self._ensure_metadata(runtime)
         self._note_running()
 
-    async def converge(self, desired: DesiredWork) -> None:
+    def _wanted_partitions(
+        self, desired: DesiredWork
+    ) -> tuple[dict[str, set[TopicPartition]], dict[str, dict[TopicPartition, str]]]:
+        """Per replicator, the partitions ``desired`` holds and their previous owners; kept for as long as the
+        control loop offers the same work (converging every iteration rebuilt 5,000 of each at 5,000 partitions)."""
+        cached = self._wanted_cache
+        if cached is not None and cached[0] is desired:
+            return cached[1], cached[2]
         runtimes = desired.runtimes
         wanted: dict[str, set[TopicPartition]] = {}
         for key in desired.units:
             if not key.is_metadata and key.replicator_id in runtimes:
                 wanted.setdefault(key.replicator_id, set()).add(TopicPartition(key.topic, key.partition))
+        previous: dict[str, dict[TopicPartition, str]] = {}
+        for key, owner in desired.previous_owners.items():
+            previous.setdefault(key.replicator_id, {})[TopicPartition(key.topic, key.partition)] = owner
+        self._wanted_cache = (desired, wanted, previous)
+        return wanted, previous
+
+    async def converge(self, desired: DesiredWork) -> None:
+        runtimes = desired.runtimes
+        wanted, previous = self._wanted_partitions(desired)
 
         # 1. Stop replicators with nothing left here (deleted, DELETING) in the background: their writes are
         #    gated by their leases already, and closing clients on a busy broker must not hold up starting
@@ -293,10 +312,6 @@ class WorkLoop:
                 self._begin_stop(rid)
         # 2. Start and update metadata units, before anything that waits on brokers.
         self._converge_metadata(desired)
-
-        previous: dict[str, dict[TopicPartition, str]] = {}
-        for key, owner in desired.previous_owners.items():
-            previous.setdefault(key.replicator_id, {})[TopicPartition(key.topic, key.partition)] = owner
 
         async def shrink(rid: str) -> None:
             await self._converge_copy_unit(rid, wanted[rid], runtimes[rid], previous.get(rid))
@@ -321,7 +336,8 @@ class WorkLoop:
         self._note_running()
         try:
             await self._each(
-                starting, lambda rid: self._start_or_update(rid, wanted[rid], runtimes[rid], previous.get(rid))
+                starting,
+                lambda rid: self._start_or_update(rid, wanted[rid], runtimes[rid], previous.get(rid), desired),
             )
         finally:
             self._starting = set()
@@ -333,10 +349,14 @@ class WorkLoop:
         partitions: set[TopicPartition],
         runtime: ReplicatorRuntime,
         previous_owners: Mapping[TopicPartition, str] | None,
+        desired: DesiredWork,
     ) -> None:
         # Skip what the control loop dropped since this pass began (a replicator deleted meanwhile): the next
-        # pass stops it before it starts anything.
-        still = {tp for tp in partitions if self._still_wanted(UnitKey(rid, tp.topic, tp.partition))}
+        # pass stops it before it starts anything. Nothing was dropped while the offer is still the same.
+        if self._desired is desired:
+            still = partitions
+        else:
+            still = {tp for tp in partitions if self._still_wanted(UnitKey(rid, tp.topic, tp.partition))}
         if still == partitions or rid in self.copiers:
             await self._converge_copy_unit(rid, still, runtime, previous_owners)
 
