@@ -525,6 +525,19 @@ async def describe_all_topics(admin: Any) -> dict[str, tuple[int, bool, str | No
     return found
 
 
+async def describe_named_topics(admin: Any, topics: list[str]) -> dict[str, tuple[int, bool]]:
+    """Of these topics, each that answers without error: (partition count, internal). Decoded in one pass like
+    ``describe_all_topics``: aiokafka's own decoding of every partition's leader and replicas was a tenth of a
+    worker's work thread for a replicator of 100 topics of 100 partitions, described every pass. Raises
+    NotImplementedError for a broker older than Kafka 2.8."""
+    response = await admin._send_request(_TopicIdsRequest(sorted(set(topics))))
+    return {
+        str(name): (partition_count, bool(is_internal))
+        for error_code, name, _topic_id, is_internal, partition_count, *_ in response.topics
+        if error_code == 0 and name is not None
+    }
+
+
 class _OffsetForLeaderEpochResponseV3(Response):  # type: ignore[misc]
     API_KEY = 23
     API_VERSION = 3
