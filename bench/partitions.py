@@ -15,13 +15,18 @@ fleet workers of its own, production timing), so a 10,000-partition topic set ne
 3. load: ``--rate-mb`` MB/s of ``--record-bytes`` records (1 KiB) spread evenly over all partitions for
    ``--seconds``, written by Kafka's Java producer (``bench/java/SpreadLoad.java``; ``--load-producer python``:
    aiokafka, which could not deliver 5 MB/s over 10,000 partitions here); every second the source's and the
-   target's end offsets of every partition are read, and a partition's lag at that moment is how long ago the
-   source last held no more than the target holds now (an upper bound, one sample's resolution);
+   target's end offsets of every partition are read (the first reading, every partition's baseline, before the
+   load starts), and a partition's lag at that moment is how long ago the source last held no more than the
+   target holds now (an upper bound, one sample's resolution); half way through, the workers' own reports of the
+   partitions then over 5 s behind are read from Redis against the rest's (health, owner, copy latency); the
+   machine's, both brokers' and this harness's CPU over the load are recorded (on a small box they share the
+   workers' cores);
 4. verified: every target partition's end offset equals its source partition's (nothing lost, nothing doubled).
 
 Reported per count (two fresh workers each, so no count inherits the memory high-water mark of the one before):
 the workers' CPU (each process tree) idle and under load, each worker's RSS when idle with no replicator and after
-the load (KiB per partition it holds), lag p50/p99/max over every partition and sample.
+the load (KiB per partition it holds), lag p50/p99/max over every partition and sample, how many partitions were
+ever over 5 s behind and the worst 20. An ok run keeps the workers' logs in ``.run/bench-partitions/<stamp>/logs``.
 Writes ``bench/results/<UTC time>-partitions.json`` with the machine and versions.
 """
 
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -41,6 +47,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
@@ -49,6 +56,7 @@ from bench.common import MB, ROOT, BenchError, machine_info, memory_kib, say, ve
 from bench.kafka import run_tool
 from bench.measure import percentile
 from chaos.lab import Lab, LabError, exit_on_termination, wait_for
+from models.fleet_reports import METRICS_KEY, PartitionReport
 
 PARTITIONS_PER_TOPIC = 100
 # Above this the brokers' index faults thrash the page cache at 10,000 partitions (bench.common.read_ahead_kib).
@@ -251,10 +259,10 @@ def _load(lab: Lab, topics: list[str], per_topic: int, args: argparse.Namespace,
 
 
 class BrokerCpu:
-    """CPU of the source cluster's JVMs (broker and controller)."""
+    """CPU of one cluster's JVMs (broker and controller); the source's unless told."""
 
-    def __init__(self, lab: Lab) -> None:
-        self.pids = list(lab.source.pids().values())
+    def __init__(self, lab: Lab, cluster: Any = None) -> None:
+        self.pids = list((cluster or lab.source).pids().values())
 
     def cpu_seconds(self) -> tuple[float, float]:
         ticks = (_stat_fields(Path(f"/proc/{pid}")) for pid in self.pids)
@@ -263,6 +271,29 @@ class BrokerCpu:
     def cores_since(self, began: tuple[float, float]) -> float:
         now, cpu = self.cpu_seconds()
         return round((cpu - began[1]) / (now - began[0]), 3)
+
+
+class MachineCpu:
+    """The whole machine's CPU from /proc/stat: busy (user, nice, system, irq, softirq), iowait and steal."""
+
+    @staticmethod
+    def read() -> tuple[float, list[int]]:
+        with open("/proc/stat") as stat:
+            fields = [int(value) for value in stat.readline().split()[1:9]]
+        return time.monotonic(), fields
+
+    @staticmethod
+    def cores_since(began: tuple[float, list[int]]) -> dict[str, float]:
+        now, fields = MachineCpu.read()
+        seconds = now - began[0]
+        delta = [after - before for after, before in zip(fields, began[1], strict=True)]
+        user, nice, system, _idle, iowait, irq, softirq, steal = delta
+
+        def cores(ticks: int) -> float:
+            return round(ticks / CLOCK_TICKS / seconds, 2)
+
+        return {"busy": cores(user + nice + system + irq + softirq), "iowait": cores(iowait), "steal": cores(steal),
+                "of": os.cpu_count() or 0}  # fmt: skip
 
 
 class LagSampler:
@@ -274,6 +305,29 @@ class LagSampler:
         self.seen: list[deque[list[Any]]] = []
         self.lags: list[float] = []
         self.worst_by_sample: list[float] = []
+        # Per partition: its lag at the latest sample, its largest lag, and how many samples found it over 5 s.
+        self.current: list[float] = []
+        self.largest: list[float] = []
+        self.samples_over_5s: list[int] = []
+        # Seconds each sample took to read both sides' end offsets (a slow read delays the next sample).
+        self.read_seconds: list[float] = []
+        self.sampled = asyncio.Event()
+
+    def lagging_partitions(self) -> dict[str, Any]:
+        """Which partitions lagged over 5 s: how many, by topic and partition number, and the worst 20."""
+        over = [i for i, largest in enumerate(self.largest) if largest > 5.0]
+        tps = self.source.tps
+        worst = sorted(over, key=lambda i: -self.largest[i])[:20]
+        return {
+            "partitions_over_5s": len(over),
+            "over_5s_by_topic": dict(Counter(tps[i].topic.rsplit("-", 1)[-1] for i in over).most_common(10)),
+            "over_5s_by_partition_number": dict(Counter(tps[i].partition for i in over).most_common(10)),
+            "worst_partitions": [
+                {"partition": f"{tps[i].topic}:{tps[i].partition}", "max_s": round(self.largest[i], 1),
+                 "samples_over_5s": self.samples_over_5s[i]}
+                for i in worst
+            ],
+        }  # fmt: skip
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -290,6 +344,10 @@ class LagSampler:
                     self.seen[i].append([now, end])
             target_ends = await self.target.ends()
             worst = 0.0
+            if not self.current:
+                self.current = [0.0] * len(target_ends)
+                self.largest = [0.0] * len(target_ends)
+                self.samples_over_5s = [0] * len(target_ends)
             for i, held in enumerate(target_ends):
                 seen = self.seen[i]
                 while len(seen) > 1 and seen[1][1] <= held:
@@ -298,7 +356,13 @@ class LagSampler:
                 lag = 0.0 if held >= seen[-1][1] else now - seen[0][0]
                 self.lags.append(lag)
                 worst = max(worst, lag)
+                self.current[i] = lag
+                self.largest[i] = max(self.largest[i], lag)
+                if lag > 5.0:
+                    self.samples_over_5s[i] += 1
             self.worst_by_sample.append(round(worst, 2))
+            self.read_seconds.append(round(time.monotonic() - began, 2))
+            self.sampled.set()
             await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - began)))
 
     def summary(self) -> dict[str, Any]:
@@ -312,9 +376,54 @@ class LagSampler:
             "p99_s": round(percentile(ordered, 0.99), 2),
             "max_s": round(ordered[-1], 2),
             "worst_partition_by_sample_s": self.worst_by_sample,
+            "read_seconds_by_sample": self.read_seconds,
+            **self.lagging_partitions(),
             "method": "per partition and second: now minus the newest sample time at which the source's end offset "
             "was at most the target's end offset now (upper bound, 1 s resolution)",
         }
+
+
+async def _reports_of_lagging(lab: Lab, arn: str, sampler: LagSampler, after_s: float) -> dict[str, Any]:
+    """``after_s`` into the load: what the workers report for the partitions then over 5 s behind, against the
+    rest (health, owner, the copy's own latency and how old the report is), to say where their records wait."""
+    await asyncio.sleep(after_s)  # a point in the load, not a synchronisation: the sampler runs on its own
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(sampler.sampled.wait(), timeout=60)
+    rows = lab.query("SELECT id FROM replicators WHERE arn = %s", arn)
+    client = aioredis.Redis.from_url(lab.services.redis_url)
+    try:
+        raw = await client.hgetall(METRICS_KEY.format(replicator_id=rows[0][0]))
+    finally:
+        await client.aclose()
+    reports = {}
+    for value in raw.values():
+        report = PartitionReport.from_json(value)
+        if report is not None:
+            reports[(report.source_topic, report.partition)] = report
+    now_ms = time.time() * 1000
+    summary: dict[str, Any] = {"after_s": after_s, "reports": len(reports), "lag_samples": len(sampler.read_seconds)}
+    lagging = {i for i, lag in enumerate(sampler.current) if lag > 5.0}
+    for name, chosen in (("lagging", lagging), ("others", set(range(len(sampler.current))) - lagging)):
+        found = [reports.get((tp.topic, tp.partition)) for i, tp in enumerate(sampler.source.tps) if i in chosen]
+        known = [r for r in found if r is not None]
+        latencies = sorted(r.latency_ms_last for r in known if r.latency_ms_last is not None)
+        ages = sorted(now_ms - r.reported_at_ms for r in known)
+        summary[name] = {
+            "partitions": len(chosen),
+            "without_report": len(found) - len(known),
+            "health": dict(Counter(r.health for r in known)),
+            "owner": dict(Counter(r.owner.split("-", 1)[0] for r in known)),
+            "latency_ms_last_p50_p99": [round(percentile(latencies, q)) for q in (0.5, 0.99)] if latencies else None,
+            "report_age_ms_p50_p99": [round(percentile(ages, q)) for q in (0.5, 0.99)] if ages else None,
+            "lag_records_sum": sum(r.lag_records or 0 for r in known),
+            "examples": [
+                {k: getattr(r, k) for k in ("source_topic", "partition", "health", "health_detail", "owner",
+                                             "next_source_offset", "source_end_offset", "latency_ms_last",
+                                             "reported_at_ms")}
+                for r in known[:5]
+            ],
+        }  # fmt: skip
+    return summary
 
 
 async def _until(what: str, probe: Any, limit_s: float, result: dict[str, Any] | None = None) -> float:
@@ -432,12 +541,30 @@ async def one_count(
         sampler = LagSampler(source, target)
         stop = asyncio.Event()
         sampling = asyncio.create_task(sampler.run(stop))
+        # The first sample is every partition's baseline: it must be taken before the load starts (reading the
+        # end offsets of 10,000 partitions on both sides once took 33 s, a third of the load unmeasured).
+        await asyncio.wait_for(sampler.sampled.wait(), timeout=120)
         broker_began = source_broker.cpu_seconds()
+        target_broker = BrokerCpu(lab, lab.target)
+        target_began = target_broker.cpu_seconds()
+        machine_began = MachineCpu.read()
+        harness_began = time.monotonic(), time.process_time()
+        lagging_reports = asyncio.create_task(_reports_of_lagging(lab, arn, sampler, args.seconds / 2))
         result["load_cores"], result["load"] = await workers.cores_over(
             args.seconds, _load(lab, topics, per_topic, args)
         )
         result["load"]["source_broker_cores"] = source_broker.cores_since(broker_began)
+        result["load"]["target_broker_cores"] = target_broker.cores_since(target_began)
+        result["load"]["machine_cores"] = MachineCpu.cores_since(machine_began)
+        # This process: the lag sampler reads 20,000 end offsets a second, on the same cores as the workers.
+        result["load"]["harness_cores"] = round(
+            (time.process_time() - harness_began[1]) / (time.monotonic() - harness_began[0]), 3
+        )
         result["rss_kib_loaded"] = workers.rss_kib()
+        try:
+            result["reports_mid_load"] = await lagging_reports
+        except Exception as error:  # noqa: BLE001 - a diagnostic: the run's figures stand without it
+            result["reports_mid_load"] = {"error": f"{type(error).__name__}: {error}"}
 
         result["caught_up_after_load_s"] = round(await _until("the target caught up", caught_up, 300), 1)
         stop.set()
@@ -510,6 +637,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "fleet": "production defaults (FERRY_FLEET_TICK_SECONDS=1, FERRY_FLEET_LEASE_SECONDS=10)"
             if args.lease_seconds is None
             else f"production defaults but FERRY_FLEET_LEASE_SECONDS={args.lease_seconds:g}",
+            "reconcile_interval_seconds": args.reconcile_seconds,
         },
         "runs": {},
     }
@@ -524,6 +652,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.lease_seconds is not None:
         lab.settings = lab.settings.model_copy(update={"fleet_lease_seconds": args.lease_seconds})
         lab.env["FERRY_FLEET_LEASE_SECONDS"] = f"{args.lease_seconds:g}"
+    if args.reconcile_seconds is not None:
+        lab.settings = lab.settings.model_copy(update={"reconcile_interval_seconds": args.reconcile_seconds})
+        lab.env["FERRY_RECONCILE_INTERVAL_SECONDS"] = f"{args.reconcile_seconds:g}"
     try:
         lab.start(workers=2)
         result["versions"] = versions(lab.kafka_lib)
@@ -573,8 +704,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         lab.close()
     if result.get("status") == "ok":
         # A run that failed or was stopped keeps its folder: "logs" above names it, and the tails are not enough
-        # to say why (a failed verification of 2026-12-02 lost its workers' logs this way).
-        shutil.rmtree(folder, ignore_errors=True)
+        # to say why (a failed verification of 2026-12-02 lost its workers' logs this way). An ok run keeps only
+        # its logs: the brokers' data of 10,000 partitions is gigabytes, and a lag figure needs the workers' story.
+        for child in folder.iterdir() if folder.exists() else ():
+            if child.name != "logs":
+                shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
+        result["logs"] = str(folder / "logs")
     return result
 
 
@@ -590,6 +725,11 @@ def main(argv: list[str] | None = None) -> int:
         "--lease-seconds",
         type=float,
         help="FERRY_FLEET_LEASE_SECONDS of the lab's fleet (default: the production default, 10)",
+    )
+    parser.add_argument(
+        "--reconcile-seconds",
+        type=float,
+        help="FERRY_RECONCILE_INTERVAL_SECONDS of the lab's fleet (default: the production default, 2)",
     )
     source_limit = parser.add_mutually_exclusive_group()
     source_limit.add_argument(
