@@ -54,14 +54,13 @@ async def describe_topics(admin: AIOKafkaAdminClient, topics: list[str] | None =
     """Topics that exist and answer without error (None lists all topics)."""
     try:
         if topics is None:
-            every = await describe_all_topics(admin)
-            listing = {name: (count, internal) for name, (count, internal, _) in every.items()}
+            listing = await describe_all_topics(admin)
         else:
             listing = await describe_named_topics(admin, topics) if topics else {}
     except NotImplementedError:
         pass  # a broker older than Kafka 2.8: aiokafka's own request below
     else:
-        return {name: TopicMetadata(name, count, internal) for name, (count, internal) in listing.items()}
+        return {name: TopicMetadata(name, count, internal) for name, (count, internal, _) in listing.items()}
     found: dict[str, TopicMetadata] = {}
     for entry in await admin.describe_topics(topics):
         if entry["error_code"] != 0:

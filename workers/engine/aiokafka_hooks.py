@@ -482,6 +482,15 @@ class _TopicIdsRequest(Request[_MetadataRequestV12]):  # type: ignore[misc]
         return request_struct_class([(bytes(16), name, {}) for name in self.topics], False, False, {})
 
 
+async def describe_named_topics(admin: Any, topics: list[str]) -> dict[str, tuple[int, bool, str | None]]:
+    """Of these topics, each that answers without error: (partition count, internal, id hex or None), as
+    ``describe_all_topics`` and decoded in the same single pass: aiokafka's own decoding of every partition's
+    leader and replicas was a tenth of a worker's work thread for a replicator of 100 topics of 100 partitions,
+    described every pass. Raises NotImplementedError for a broker older than Kafka 2.8."""
+    response = await admin._send_request(_TopicIdsRequest(sorted(set(topics))))
+    return _listing(response)
+
+
 async def topic_ids(admin: Any, topics: list[str]) -> dict[str, str]:
     """The id (hex) of each of these topics that exists; a topic recreated under its name has a new one.
 
@@ -489,15 +498,11 @@ async def topic_ids(admin: Any, topics: list[str]) -> dict[str, str]:
     if not topics:
         return {}
     try:
-        response = await admin._send_request(_TopicIdsRequest(sorted(set(topics))))
+        described = await describe_named_topics(admin, topics)
     except (KafkaError, NotImplementedError) as exc:
         log.warning("topic ids unavailable: %s", exc)
         return {}
-    found: dict[str, str] = {}
-    for error_code, name, topic_id, *_ in response.topics:
-        if error_code == 0 and name is not None and topic_id != bytes(16):
-            found[str(name)] = topic_id.hex()
-    return found
+    return {name: topic_id for name, (_, _, topic_id) in described.items() if topic_id is not None}
 
 
 class _AllTopicsRequest(_TopicIdsRequest):
@@ -517,25 +522,17 @@ async def describe_all_topics(admin: Any) -> dict[str, tuple[int, bool, str | No
             for entry in await admin.describe_topics(None)
             if entry["error_code"] == 0
         }
+    return _listing(response)
+
+
+def _listing(response: Any) -> dict[str, tuple[int, bool, str | None]]:
+    """(partition count, internal, id hex or None) of each topic of a Metadata v12 answer without error."""
     found: dict[str, tuple[int, bool, str | None]] = {}
     # Decoded by decode_topic_listing_v12: the partition count in place of the partitions.
     for error_code, name, topic_id, is_internal, partition_count, *_ in response.topics:
         if error_code == 0 and name is not None:
             found[str(name)] = (partition_count, bool(is_internal), None if topic_id == bytes(16) else topic_id.hex())
     return found
-
-
-async def describe_named_topics(admin: Any, topics: list[str]) -> dict[str, tuple[int, bool]]:
-    """Of these topics, each that answers without error: (partition count, internal). Decoded in one pass like
-    ``describe_all_topics``: aiokafka's own decoding of every partition's leader and replicas was a tenth of a
-    worker's work thread for a replicator of 100 topics of 100 partitions, described every pass. Raises
-    NotImplementedError for a broker older than Kafka 2.8."""
-    response = await admin._send_request(_TopicIdsRequest(sorted(set(topics))))
-    return {
-        str(name): (partition_count, bool(is_internal))
-        for error_code, name, _topic_id, is_internal, partition_count, *_ in response.topics
-        if error_code == 0 and name is not None
-    }
 
 
 class _OffsetForLeaderEpochResponseV3(Response):  # type: ignore[misc]

@@ -167,16 +167,16 @@ class PartitionMetrics:
             )
         return Health.REPLICATING, ""
 
+    def _lag(self) -> int | None:
+        if self.source_end_offset is None or self.next_source_offset is None:
+            return None
+        return max(0, self.source_end_offset - self.next_source_offset)
+
     def counts(self) -> CopyCounts:
-        lag = None
-        if self.source_end_offset is not None and self.next_source_offset is not None:
-            lag = max(0, self.source_end_offset - self.next_source_offset)
-        return CopyCounts(self.records_copied, self.bytes_copied, lag)
+        return CopyCounts(self.records_copied, self.bytes_copied, self._lag())
 
     def snapshot(self) -> PartitionStats:
-        lag = None
-        if self.source_end_offset is not None and self.next_source_offset is not None:
-            lag = max(0, self.source_end_offset - self.next_source_offset)
+        lag = self._lag()
         health, detail = self.health(lag)
         # A quiet partition reads the same every time: the last reading is handed out again rather than rebuilt
         # (a worker reads all of its thousands of partitions every tick). Every field of the reading is in the
