@@ -27,6 +27,8 @@ aiokafka has no public API for what the copier needs, so it reaches into these p
    metadata refresh) and the Metadata v12 response of 4. are decoded in one pass over the bytes
    (``workers/engine/metadata_decode.py``) instead of aiokafka's generic schema walk, which cost microseconds per
    field of every partition of every topic asked for.
+8. **Prompt close** (``install_prompt_close``): ``AIOKafkaConnection.close`` ends with the transport aborted, not
+   only closed, so a client's ``close()``/``stop()`` never waits on a TLS peer's close_notify (see there why).
 
 Importing this module fails with a clear message on an aiokafka outside ``TESTED_RANGE``: every hook relies on
 private names whose meaning an upgrade may change. Before widening the range, tests/engine/test_forwarding.py and
@@ -74,6 +76,7 @@ import aiokafka.consumer.fetcher as aiokafka_fetcher  # noqa: E402
 import aiokafka.record._crecords.default_records as aiokafka_crecords  # noqa: E402
 from aiokafka import AIOKafkaProducer, TopicPartition  # noqa: E402
 from aiokafka import codec as aiokafka_codec  # noqa: E402
+from aiokafka.conn import AIOKafkaConnection  # noqa: E402
 from aiokafka.errors import CorruptRecordException, KafkaError  # noqa: E402
 from aiokafka.protocol.api import Request, RequestStruct, Response  # noqa: E402
 from aiokafka.protocol.metadata import MetadataResponse_v5  # noqa: E402
@@ -616,4 +619,33 @@ def install_metadata_decoders() -> None:
     _MetadataResponseV12.decode = classmethod(decode_topic_listing_v12)
 
 
+# ---------------------------------------------------------------------- 8. prompt close
+
+
+_aiokafka_close = AIOKafkaConnection.close
+
+
+def _close_promptly(self: Any, reason: Any = None, exc: Any = None) -> Any:
+    writer = self._writer
+    closed = _aiokafka_close(self, reason=reason, exc=exc)
+    if writer is not None:
+        writer.transport.abort()
+    return closed
+
+
+def install_prompt_close() -> None:
+    """Abort a closed connection's transport at once (idempotent; every client of the process).
+
+    aiokafka closes a connection with ``StreamWriter.close`` and ``AIOKafkaClient.close`` (every consumer's, producer's
+    and admin's stop) waits for the transport's ``connection_lost``. Over TLS that close is graceful: close_notify
+    is sent and the peer's awaited. Under uvloop, data arriving after close_notify (a broker answering a fetch it held
+    for fetch.max.wait.ms) keeps the transport open until uvloop's 30 s SSL shutdown timeout (MagicStack/uvloop#471):
+    a consumer's ``stop()`` hung for 30 s about half the time, longer than the fleet's converge timeout, so a copier
+    on a TLS target could fail to start again and again. Under asyncio the same close waited for the fetch's answer
+    (0.5 s). Nothing is lost by aborting: ``close`` has already failed every request still waiting for an answer,
+    and the clients flush (producer) and leave their group (consumer) before closing their connections."""
+    AIOKafkaConnection.close = _close_promptly
+
+
 install_metadata_decoders()
+install_prompt_close()

@@ -33,6 +33,9 @@ from aiokafka.errors import (
     UnsupportedSaslMechanismError,
 )
 
+# Imported for its hooks: every client these settings build closes its connections promptly (install_prompt_close).
+import workers.engine.aiokafka_hooks  # noqa: F401
+
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"]
 
