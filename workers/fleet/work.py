@@ -438,7 +438,11 @@ class WorkLoop:
         except (TimeoutError, CopierError, KafkaError, OSError, SQLAlchemyError) as exc:
             # One replicator's trouble (an unreachable target, a slow progress read) must not hold up the
             # others: stop its copier and retry on a later pass.
-            copy_unit.last_failure = f"{type(exc).__name__}: {exc}"[:500]
+            if isinstance(exc, TimeoutError) and not str(exc):
+                why = f"starting or changing the copy took longer than {self.converge_timeout_s:g}s"
+            else:
+                why = f"{type(exc).__name__}: {exc}"
+            copy_unit.last_failure = why[:500]
             log.warning("replicator %s: %s; retrying", copy_unit.runtime.name, copy_unit.last_failure)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(copy_unit.stop(), self.converge_timeout_s)
