@@ -9,6 +9,7 @@ partition they judge is still under a valid lease; its acknowledged batches go t
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -61,8 +62,13 @@ class CopyUnit:
         worker_id: str = "standalone",
         usage: UsageMeter | None = None,
         started_per_pass: int = 500,
+        assign_timeout_s: float = 10.0,
     ) -> None:
         self.runtime = runtime
+        # How long starting one batch of new partitions may take. Past it the batch counts as failed, like a
+        # broker's timeout, and the copier goes on: the work loop's own deadline stops the whole copier, whose
+        # partitions then all start over from their last progress (copied again past it) on a box already slow.
+        self.assign_timeout_s = assign_timeout_s
         # New partitions started per pass (FERRY_FLEET_PARTITIONS_STARTED_PER_PASS). Starting one reads its
         # progress, topic ids and starting offsets; a replicator of 10,000 partitions on two workers took the work
         # loop 20 s a pass to start all at once: the Kafka calls timed out, and the control loop in the other
@@ -148,7 +154,12 @@ class CopyUnit:
                 write_gate=self._writes_allowed,
                 offset_map_sink=self.offset_map,
             )
-            await copier.start()
+            try:
+                await copier.start()
+            except BaseException:
+                # Cancelled by the work loop's deadline or failed half way: close what was opened.
+                await copier.stop()
+                raise
             self.copier = copier
         current = set(copier.assignment())
         if current - wanted:
@@ -179,12 +190,16 @@ class CopyUnit:
             owners = {previous_owners[tp] for tp in added if tp in previous_owners}
             await fence_transactional_ids(copier.target, [self.transactional_id(owner) for owner in owners])
         try:
-            await copier.assign(added, from_beginning=from_beginning)
+            await asyncio.wait_for(copier.assign(added, from_beginning=from_beginning), self.assign_timeout_s)
         except (KafkaError, TimeoutError, OSError) as exc:
             if copier.failure is not None:
                 raise
             # A broker slow to answer for the new partitions: those already copying go on; these wait for a
-            # later pass (nothing of them was applied), which asks for fewer at once.
+            # later pass, which asks for fewer at once. Nothing of them was applied, or, cut off by the timeout
+            # after they were handed to the copy loop, they copy on and the next pass finds them there; their
+            # first progress is written with the next periodic write.
+            if isinstance(exc, TimeoutError) and not str(exc):
+                exc = TimeoutError(f"starting them took longer than {self.assign_timeout_s:g}s")
             self.last_failure = f"{type(exc).__name__}: {exc}"[:500]
             self.start_batch = next_start_batch(len(added), self.started_per_pass, failed=True)
             log.warning(

@@ -430,6 +430,9 @@ class WorkLoop:
                 worker_id=self.worker_id,
                 usage=self.usage,
                 started_per_pass=self.settings.fleet_partitions_started_per_pass,
+                # Half the pass's deadline: a slow start of new partitions is retried smaller, and the copier
+                # with the partitions already copying is kept.
+                assign_timeout_s=self.converge_timeout_s / 2,
             )
             copy_unit.start_batch = self._start_batches.pop(replicator_id, copy_unit.start_batch)
             self.copiers[replicator_id] = copy_unit
