@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import aiokafka
@@ -176,6 +176,16 @@ def gate_sender(producer: AIOKafkaProducer, allows: Callable[[TopicPartition], b
             sender._in_flight.discard(node_id)
 
     sender._send_produce_req = gated
+
+
+def add_to_transaction(producer: AIOKafkaProducer, partitions: Iterable[TopicPartition]) -> None:
+    """Register partitions with the producer's open transaction before anything is sent to them, so one
+    AddPartitionsToTxn request covers them all: aiokafka adds a partition when a batch for it is appended, and the
+    copier's progress records come after its data has been acknowledged, which cost a second round trip per
+    transaction. A partition added and left without records only gets the transaction's marker."""
+    manager = producer._txn_manager
+    for tp in partitions:
+        manager.maybe_add_partition_to_txn(tp)
 
 
 # ---------------------------------------------------------------------- 2. stand-in batch builders

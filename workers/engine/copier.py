@@ -53,6 +53,7 @@ from workers.engine import forwarding
 from workers.engine.aiokafka_hooks import (
     RecordBatchBuilder,
     WritesFenced,
+    add_to_transaction,
     gate_sender,
     install_batch_fetching,
     leader_epoch_ends,
@@ -103,7 +104,7 @@ class CopierOptions:
     # 67, 111 and 112 MB/s with 256, 16 and 8 batches per poll (bench, same machine and hour).
     max_batches_per_poll: int = 16
     # Exactly-once: each poll is one transaction, and a commit costs round trips, so polls are larger.
-    max_batches_per_transaction: int = 256
+    max_batches_per_transaction: int = 1024
     max_in_flight_bytes: int = 64 * 1024 * 1024
     progress_interval_s: float = 0.25
     # From many_partitions on: each write first stores the offset map, reading every held partition's position.
@@ -1141,6 +1142,7 @@ class PartitionCopier:
             return
         try:
             await producer.begin_transaction()
+            add_to_transaction(producer, self._transaction_partitions(batches))
             for tp, records in batches.items():
                 state = self._states.get(tp)
                 if state is None:
@@ -1208,6 +1210,20 @@ class PartitionCopier:
             state.metrics.next_source_offset = position
         for tp, value in progress.items():
             self._states[tp].committed_next = value.next_source_offset
+
+    def _transaction_partitions(self, batches: dict[TopicPartition, list[Any]]) -> list[TopicPartition]:
+        """The target partitions a transaction over these polled partitions writes: their data and, where already
+        known, the progress partition of each."""
+        written: list[TopicPartition] = []
+        for tp in batches:
+            state = self._states.get(tp)
+            if state is None:
+                continue
+            written.append(state.target)
+            known = self._progress_partitions.get(tp)
+            if known is not None:
+                written.append(TopicPartition(self._store.topic, known[1]))
+        return written
 
     async def _transaction_failed(self, exc: KafkaError, states: list[PartitionState]) -> None:
         for state in states or self._states.values():
