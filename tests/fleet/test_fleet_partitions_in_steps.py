@@ -52,3 +52,16 @@ def test_a_start_that_failed_asks_for_fewer_partitions_next_and_success_asks_for
         batch = next_start_batch(batch, 500, failed=False)
     assert batch == 500, "success grows the batch back to the configured size, and no further"
     assert next_start_batch(3, 3, failed=True) == 3, "a configured size below the floor is kept"
+
+
+def test_after_a_failed_start_success_grows_half_way_to_the_size_that_failed_never_to_it() -> None:
+    """500 failed, 250 worked, 500 failed again: a worker at 10,000 partitions alternated like this 16 times."""
+    assert next_start_batch(250, 500, failed=False, refused_at=500) == 375
+    assert next_start_batch(375, 500, failed=False, refused_at=500) == 437
+    sizes, batch = [], 437
+    for _ in range(8):
+        batch = next_start_batch(batch, 500, failed=False, refused_at=500)
+        sizes.append(batch)
+    assert max(sizes) < 500 and sizes == sorted(sizes), sizes
+    assert next_start_batch(100, 500, failed=False, refused_at=500) == 200, "far below it, doubling as before"
+    assert next_start_batch(375, 500, failed=True, refused_at=500) == 187
