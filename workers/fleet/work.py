@@ -106,6 +106,8 @@ class WorkLoop:
         # How many new partitions a replicator's next copy unit starts per pass, kept from the one stopped last: when
         # every lease of a worker lapses, its copy unit stops, and a new one must not forget that 500 at once failed.
         self._start_batches: dict[str, int] = {}
+        # The offset maps' store, one pass at a time beside the iterations (``_flush_offset_maps``).
+        self._map_flush: asyncio.Task[None] | None = None
         # Replicators with nothing left here, stopping in the background: the partitions they had, and the task.
         self._stopping: dict[str, tuple[frozenset[TopicPartition], asyncio.Task[None]]] = {}
         # Metadata units cancelled and closing their clients in the background.
@@ -204,12 +206,11 @@ class WorkLoop:
                 raise
             log.exception("fleet agent %s: converging failed with a stray cancellation", self.worker_id)
         converged = time.monotonic()
-        for runner in list(self.copiers.values()):
-            try:
-                await asyncio.wait_for(runner.flush_offset_map(), self.converge_timeout_s)
-            except (TimeoutError, SQLAlchemyError, OSError) as exc:
-                # Kept in memory for the next flush; the copy and the reports go on meanwhile.
-                log.warning("offset map of %s not stored: %s", runner.runtime.name, exc)
+        if self._map_flush is None or self._map_flush.done():
+            # Aside, not awaited: under load a flush took PostgreSQL up to 19 s, and an iteration waiting for it
+            # converged that much later, so a partition moved to another worker was not revoked before the lease
+            # kept for its hand-over ran out, and was abandoned without its final progress (copied twice).
+            self._map_flush = asyncio.create_task(self._flush_offset_maps(), name="ferry-offset-maps")
         await self.usage.tick(self.copiers, self.metadata, self._db)
         flushed = time.monotonic()
         try:
@@ -230,7 +231,7 @@ class WorkLoop:
         if published - started > SLOW_ITERATION_TICKS * self.tick_s:
             # New units start only between iterations: say where the time went.
             log.warning(
-                "fleet agent %s: work iteration took %.1fs (converge %.2fs, offset maps %.2fs, reports %.2fs)",
+                "fleet agent %s: work iteration took %.1fs (converge %.2fs, usage %.2fs, reports %.2fs)",
                 self.worker_id,
                 published - started,
                 converged - started,
@@ -238,10 +239,24 @@ class WorkLoop:
                 published - flushed,
             )
 
+    async def _flush_offset_maps(self) -> None:
+        started = time.monotonic()
+        for runner in list(self.copiers.values()):
+            try:
+                await asyncio.wait_for(runner.flush_offset_map(), self.converge_timeout_s)
+            except (TimeoutError, SQLAlchemyError, OSError) as exc:
+                # Kept in memory for the next flush; the copy and the reports go on meanwhile.
+                log.warning("offset map of %s not stored: %s", runner.runtime.name, exc)
+        took = time.monotonic() - started
+        if took > SLOW_ITERATION_TICKS * self.tick_s:
+            log.warning("fleet agent %s: storing the offset maps took %.1fs", self.worker_id, took)
+
     async def shutdown(self) -> None:
         """Stop every unit (copiers write their final progress while the control loop still renews)."""
         self.usage.read(self.copiers, self.metadata)
         await self.converge(DesiredWork())
+        if self._map_flush is not None:
+            await asyncio.wait({self._map_flush})
         while self._stopping or self._stopping_metadata:
             await asyncio.wait(
                 [*(task for _, task in self._stopping.values()), *self._stopping_metadata.values()], timeout=1.0
