@@ -13,6 +13,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -32,6 +33,7 @@ from models.db import make_async_engine, make_sync_engine
 from models.settings import FerrySettings
 from tests.api.conftest import RunningServer, kafka_client
 from tests.conftest import ROOT, SigV4HttpxAuth, issue_key, stack_settings
+from workers.fleet.runtime import ReplicatorRuntime, runtime_of
 
 T = TypeVar("T")
 
@@ -67,6 +69,28 @@ def insert_replicator(db: Engine, name: str, state: str = "RUNNING") -> uuid.UUI
     with db.begin() as conn:
         conn.execute(REPLICATOR_ROW, row)
     return uuid.UUID(str(row["id"]))
+
+
+def plaintext_runtime(
+    replicator_id: str, name: str, source: str, target: str, topic_replication: dict[str, Any], state: str = "CREATING"
+) -> ReplicatorRuntime:
+    """The runtime of a replicator from ``source`` to ``target`` (plaintext, aliases ``src`` and ``dst``)."""
+    return runtime_of(
+        replicator_id=replicator_id,
+        name=name,
+        generation=1,
+        state=state,
+        kafka_clusters=[
+            {"kafkaClusterAlias": "src", "ferry": {"bootstrapServers": source}},
+            {"kafkaClusterAlias": "dst", "ferry": {"bootstrapServers": target}},
+        ],
+        replication_info={
+            "sourceKafkaClusterAlias": "src",
+            "targetKafkaClusterAlias": "dst",
+            "topicReplication": topic_replication,
+        },
+        created_at=datetime.now(UTC),
+    )
 
 
 def wait_until(what: str, probe: Callable[[], T | None], timeout: float, interval: float = 0.25) -> T:

@@ -10,19 +10,18 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
 
 from models.bootstrap import AddressPolicy
+from tests.fleet.conftest import plaintext_runtime
 from tests.fleet.records import Delivery, delivered, produce_numbered
 from tests.fleet.test_fleet_lifecycle import create_topic
 from workers.engine.copier import PartitionCopier
 from workers.fleet.address_vetting import AddressVetting
 from workers.fleet.copy_unit import CopyUnit
-from workers.fleet.runtime import runtime_of
 
 PARTITIONS = 6
 STARTED_PER_PASS = 2
@@ -31,21 +30,13 @@ ASSIGN_TIMEOUT_S = 1.0
 
 
 def copy_unit(unique: str, source: str, target: str, topic: str) -> CopyUnit:
-    runtime = runtime_of(
-        replicator_id=str(uuid.uuid4()),
-        name=unique,
-        generation=1,
+    runtime = plaintext_runtime(
+        str(uuid.uuid4()),
+        unique,
+        source,
+        target,
+        {"topicsToReplicate": [topic], "startingPosition": {"type": "EARLIEST"}},
         state="RUNNING",
-        kafka_clusters=[
-            {"kafkaClusterAlias": "src", "ferry": {"bootstrapServers": source}},
-            {"kafkaClusterAlias": "dst", "ferry": {"bootstrapServers": target}},
-        ],
-        replication_info={
-            "sourceKafkaClusterAlias": "src",
-            "targetKafkaClusterAlias": "dst",
-            "topicReplication": {"topicsToReplicate": [topic], "startingPosition": {"type": "EARLIEST"}},
-        },
-        created_at=datetime.now(UTC),
     )
     return CopyUnit(
         runtime,

@@ -7,7 +7,6 @@ from __future__ import annotations
 import socket
 import time
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 from redis.asyncio import Redis
@@ -16,10 +15,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from models.bootstrap import AddressPolicy
 from tests.engine.conftest import create_topic
-from tests.fleet.conftest import insert_replicator
+from tests.fleet.conftest import insert_replicator, plaintext_runtime
 from workers.fleet.address_vetting import AddressVetting
 from workers.fleet.metadata_unit import MetadataUnit
-from workers.fleet.runtime import ReplicatorRuntime, runtime_of
+from workers.fleet.runtime import ReplicatorRuntime
 
 
 def closed_port() -> int:
@@ -32,22 +31,7 @@ def new_replicator(fleet_db: Engine, prefix: str, source: str, target: str) -> R
     """A CREATING replicator row from ``source`` to ``target`` replicating ``<name>-.*``, and its runtime."""
     name = f"{prefix}-{uuid.uuid4().hex[:8]}"
     rid = insert_replicator(fleet_db, name, "CREATING")
-    return runtime_of(
-        replicator_id=str(rid),
-        name=name,
-        generation=1,
-        state="CREATING",
-        kafka_clusters=[
-            {"kafkaClusterAlias": "src", "ferry": {"bootstrapServers": source}},
-            {"kafkaClusterAlias": "dst", "ferry": {"bootstrapServers": target}},
-        ],
-        replication_info={
-            "sourceKafkaClusterAlias": "src",
-            "targetKafkaClusterAlias": "dst",
-            "topicReplication": {"topicsToReplicate": [f"{name}-.*"]},
-        },
-        created_at=datetime.now(UTC),
-    )
+    return plaintext_runtime(str(rid), name, source, target, {"topicsToReplicate": [f"{name}-.*"]})
 
 
 async def one_pass(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -18,14 +17,14 @@ from sqlalchemy import Engine, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from models.bootstrap import AddressPolicy
-from tests.fleet.conftest import insert_replicator
+from tests.fleet.conftest import insert_replicator, plaintext_runtime
 from tests.fleet.test_metadata_unit_guards import closed_port
 from workers.engine import admin as kafka_admin
 from workers.engine.cluster_metadata import ClusterMetadataHub, connection_identity
 from workers.engine.connection import ClusterConnection
 from workers.fleet.address_vetting import AddressVetting
 from workers.fleet.metadata_unit import MetadataUnit
-from workers.fleet.runtime import ReplicatorRuntime, runtime_of
+from workers.fleet.runtime import ReplicatorRuntime
 
 REPLICATORS = 30
 TOPICS = 6
@@ -34,22 +33,9 @@ CONFIG_INTERVAL_S = 4.0
 
 def stored_runtime(fleet_db: Engine, name: str, source: str, target: str, pattern: str) -> ReplicatorRuntime:
     rid = insert_replicator(fleet_db, name, "CREATING")
-    return runtime_of(
-        replicator_id=str(rid),
-        name=name,
-        generation=1,
-        state="CREATING",
-        kafka_clusters=[
-            # One alias for all: they copy into the same target topics, as replicators of one source often do.
-            {"kafkaClusterAlias": "src", "ferry": {"bootstrapServers": source}},
-            {"kafkaClusterAlias": "dst", "ferry": {"bootstrapServers": target}},
-        ],
-        replication_info={
-            "sourceKafkaClusterAlias": "src",
-            "targetKafkaClusterAlias": "dst",
-            "topicReplication": {"topicsToReplicate": [pattern], "copyTopicConfigurations": True},
-        },
-        created_at=datetime.now(UTC),
+    # One alias for all: they copy into the same target topics, as replicators of one source often do.
+    return plaintext_runtime(
+        str(rid), name, source, target, {"topicsToReplicate": [pattern], "copyTopicConfigurations": True}
     )
 
 
