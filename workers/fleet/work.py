@@ -212,7 +212,7 @@ class WorkLoop:
             # kept for its hand-over ran out, and was abandoned without its final progress (copied twice).
             self._map_flush = asyncio.create_task(self._flush_offset_maps(), name="ferry-offset-maps")
         await self.usage.tick(self.copiers, self.metadata, self._db)
-        flushed = time.monotonic()
+        usage_ticked = time.monotonic()
         try:
             reporter = self._require(self._reporter)
             await asyncio.wait_for(reporter.publish(self.copiers, self.metadata, self._lease_epochs()), 10)
@@ -235,8 +235,8 @@ class WorkLoop:
                 self.worker_id,
                 published - started,
                 converged - started,
-                flushed - converged,
-                published - flushed,
+                usage_ticked - converged,
+                published - usage_ticked,
             )
 
     async def _flush_offset_maps(self) -> None:
