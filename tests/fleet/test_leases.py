@@ -439,3 +439,43 @@ def test_the_shortest_leases_are_still_renewed_at_least_three_ticks_before_they_
     loop = ControlLoop(shortest, "w", running=frozenset, offer=lambda _desired: None, work_beat=time.time)
     assert loop.renew_within_s == 3.0
     assert 6.5 - shortest.fleet_lease_margin_seconds == 3.0
+
+
+async def test_a_moved_unit_stays_renewed_while_its_work_stops_for_up_to_three_leases(
+    adb: AsyncEngine, fleet_db: Engine, fleet_settings: FerrySettings, replicator_id: str
+) -> None:
+    """At 10,000 partitions a revoke waited 8 s on PostgreSQL for its final progress: a hand-over window of one
+    lease abandoned the moved partitions and their last records were copied again. The window is three leases."""
+    worker = f"mover-{uuid.uuid4().hex[:6]}"
+    running: set[UnitKey] = set()
+    loop = ControlLoop(
+        fleet_settings, worker, running=lambda: frozenset(running), offer=lambda _desired: None, work_beat=time.time
+    )
+    lease_s = fleet_settings.fleet_lease_seconds
+    margin = fleet_settings.fleet_lease_margin_seconds
+    loop._store = LeaseStore(adb, worker, lease_seconds=lease_s, safety_margin=margin)
+    key = UnitKey(replicator_id, "moving-slowly", 0)
+    assign(fleet_db, key, worker)
+    loop.leases = {lease.key: lease for lease in await loop._store.acquire()}
+    running.add(key)
+
+    assign(fleet_db, key, "another-worker")  # the reconcile moves it for balance
+    await loop._sort_leases()
+    lease, _since = loop.moving[key]
+    assert key not in loop.leases and loop.holds_unit(key)
+
+    loop.moving[key] = (lease, time.monotonic() - 1.5 * lease_s)  # its revoke is still writing after 1.5 leases
+    lease.valid_until = time.monotonic() + loop.renew_within_s - 1  # and the lease is due
+    await loop._sort_leases()
+    await loop._renew()
+    assert key in loop.moving and not loop.unreleased, "a moved unit still stopping was let go after one lease"
+    assert loop.holds_unit(key) and lease.valid_until > time.monotonic() + loop.renew_within_s
+
+    loop.moving[key] = (lease, time.monotonic() - 3.1 * lease_s)  # stuck: it lets go all the same
+    await loop._sort_leases()
+    assert key not in loop.moving and key in loop.unreleased and not loop.holds_unit(key)
+    await loop._release()
+    assert not loop.unreleased
+    taker = LeaseStore(adb, "another-worker", lease_seconds=lease_s, safety_margin=2)
+    [taken] = await taker.acquire()
+    assert taken.key == key and taken.epoch == lease.epoch + 1

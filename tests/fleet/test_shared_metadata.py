@@ -118,10 +118,13 @@ async def test_thirty_replicators_on_one_source_read_its_metadata_once_between_t
 
         def assert_shared() -> None:
             # Without sharing: a listing per replicator per pass, a description per replicator per config round.
+            # One more listing than the passes is allowed for the start: a replicator's first listing must be sent
+            # after its synchroniser started, and those that start after the first listing went out ask again
+            # (CI saw two in the first 0.8 s).
             elapsed = time.monotonic() - started
             listed, described = source.requests["metadata"], source.requests["describe_configs"]
             print(f"{REPLICATORS} replicators, {rounds} passes in {elapsed:.1f}s: source {dict(source.requests)}")
-            assert listed <= elapsed / 2.0 + 1, f"{listed} topic listings in {elapsed:.1f}s (pass interval 2 s)"
+            assert listed <= elapsed / 2.0 + 2, f"{listed} topic listings in {elapsed:.1f}s (pass interval 2 s)"
             # Config rounds are aligned to the clock: a span of E seconds touches at most E / interval + 2 of them.
             assert described <= elapsed / CONFIG_INTERVAL_S + 2, f"{described} DescribeConfigs in {elapsed:.1f}s"
             assert listed < REPLICATORS / 3 and described < REPLICATORS / 3

@@ -11,7 +11,8 @@ release or an acquire. Every tick (``FERRY_FLEET_TICK_SECONDS``) it:
 2. reads the units assigned to or owned by this worker and sorts its leases: a unit no longer wanted (its
    replicator is DELETING, its topic left the scope) is dropped at once, so nothing of it is written again; a unit
    moved to another worker stays renewed while its work stops (final progress written under the lease), for
-   at most one lease period; then its lease is released, retried every tick while the database is away;
+   at most ``MOVE_WINDOW_LEASES`` lease periods; then its lease is released, retried every tick while the
+   database is away;
 3. acquires the units newly assigned to it;
 4. hands the work loop the set of units to run with their replicators' settings (``DesiredWork``);
 5. runs a reconcile pass when one is due, under the database's advisory lock: every agent does, so the fleet
@@ -57,6 +58,13 @@ KICKED_TICK_MIN_FRACTION = 0.25
 
 # Every unit of the worker is read at most this often; the ticks between read only the units in motion.
 FULL_SORT_SECONDS = 10.0
+
+# A unit moved to another worker stays renewed while its work stops, for at most this many lease periods. A
+# revoke writes final progress after storing the partitions' offset maps in PostgreSQL: at 10,000 partitions on a
+# saturated machine that took 8 s of a 13 s work iteration, so a window of one lease abandoned moved partitions
+# without their final progress and the new owner copied their last records again. Bounded, so a work loop that is
+# stuck still lets go; the new owner waits for the release, never longer.
+MOVE_WINDOW_LEASES = 3
 
 # The steps of a tick, each named after the one before it ends (what a failed tick's log line names).
 _NEXT_STEP = {
@@ -111,7 +119,8 @@ class ControlLoop:
         self._loads_written: dict[UnitKey, float] = {}  # unit loads as last stored
         self._load_sequence_written = 0
         self.leases: dict[UnitKey, Lease] = {}
-        # Moved to another worker: renewed (so their final writes stay valid) until stopped, at most a lease.
+        # Moved to another worker: renewed (so their final writes stay valid) until stopped, at most
+        # ``MOVE_WINDOW_LEASES`` leases.
         self.moving: dict[UnitKey, tuple[Lease, float]] = {}
         # Work stopped or no longer wanted, release not yet through: retried until done or expired.
         self.unreleased: dict[UnitKey, Lease] = {}
@@ -381,10 +390,15 @@ class ControlLoop:
                 self.leases.pop(key)
                 self.moving[key] = (lease, now)
         running = self._running()
+        move_window_s = MOVE_WINDOW_LEASES * self.settings.fleet_lease_seconds
         for key, (lease, since) in list(self.moving.items()):
-            if key not in running or now - since > self.settings.fleet_lease_seconds:
+            if key not in running or now - since > move_window_s:
                 if key in running:
-                    log.warning("work on %s did not stop within a lease; releasing it (its writes are gated)", key)
+                    log.warning(
+                        "work on %s did not stop within %.0fs of being moved; releasing it (its writes are gated)",
+                        key,
+                        move_window_s,
+                    )
                 self.moving.pop(key)
                 self.unreleased[key] = lease
         for key, unit in mine.items():
