@@ -41,12 +41,18 @@ def next_start_batch(current: int, most: int, *, failed: bool, refused_at: int |
     answer for 500 partitions within the request timeout answers for fewer), twice as many after one that
     succeeded, between ``FEWEST_STARTED_PER_PASS`` and ``most`` (FERRY_FLEET_PARTITIONS_STARTED_PER_PASS).
 
-    ``refused_at``: the smallest number that failed while these partitions start. Success grows only half way
-    towards it, never to it: doubling straight back made a worker at 10,000 partitions alternate between a pass
-    that worked and one that failed 16 times (bench.partitions, 2026-12-02), each failure a wasted wait."""
-    wanted = current // 2 if failed else current * 2
-    if not failed and refused_at is not None and wanted >= refused_at:
-        wanted = max(current, (current + refused_at) // 2)
+    ``refused_at``: the smallest number that failed while these partitions start. Success below it grows half way
+    towards it, and tries it again only from the size just below: doubling straight back made a worker at 10,000
+    partitions alternate between a pass that worked and one that failed 16 times (bench.partitions, 2026-12-02),
+    each failure a wasted wait. Success at or above it means the failure had another cause (the progress topic
+    not ready yet, say), and doubling resumes: a cap kept at the floor started 5,000 partitions 25 a pass."""
+    if failed:
+        wanted = current // 2
+    elif refused_at is None or current >= refused_at or current * 2 < refused_at:
+        wanted = current * 2
+    else:
+        halfway = (current + refused_at) // 2
+        wanted = halfway if halfway > current else refused_at
     return max(min(FEWEST_STARTED_PER_PASS, most), min(most, wanted))
 
 
@@ -221,9 +227,12 @@ class CopyUnit:
                 exc,
             )
             return
-        self.start_batch = next_start_batch(
-            self.start_batch, self.started_per_pass, failed=False, refused_at=self._refused_at
+        self.start_batch, started = (
+            next_start_batch(self.start_batch, self.started_per_pass, failed=False, refused_at=self._refused_at),
+            self.start_batch,
         )
+        if self._refused_at is not None and started >= self._refused_at:
+            self._refused_at = None  # a size that failed before worked: that failure had another cause
         # Store the new partitions' heads at once: the first head stored is where the offset map begins. A
         # database that is away keeps them for the next flush; copying does not wait for it.
         try:
