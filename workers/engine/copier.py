@@ -28,9 +28,11 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +56,7 @@ from workers.engine.aiokafka_hooks import (
     RecordBatchBuilder,
     WritesFenced,
     add_to_transaction,
+    build_batches_aside,
     gate_sender,
     install_batch_fetching,
     leader_epoch_ends,
@@ -82,6 +85,13 @@ log = logging.getLogger(__name__)
 # Both are given the partitions whose writes they judge (the copier's own, also while it stops).
 LeaseCheck = Callable[[frozenset[TopicPartition]], Awaitable[bool]]
 WriteGate = Callable[[frozenset[TopicPartition]], bool]
+
+
+@functools.cache
+def compression_pool() -> ThreadPoolExecutor:
+    """The process's threads for compressing target batches (``build_batches_aside``), one per CPU, shared by
+    every copier: compression is CPU-bound, so more threads than cores would only queue."""
+    return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="ferry-compress")
 
 
 class CopierError(Exception):
@@ -344,6 +354,8 @@ class PartitionCopier:
         except BaseException:
             await producer.stop()
             raise
+        if self.spec.target_compression.producer_codec is not None:
+            build_batches_aside(producer, compression_pool())
         if self._write_gate is not None:
             # Judged per batch of each produce request, on the source partitions that batch belongs to.
             gate_sender(producer, self._allows)
