@@ -6,7 +6,9 @@ begins. The progress topic is shared by every replicator on the target cluster, 
 almost always has a transaction open on some of its partitions. Progress committed after that transaction began
 (by an owner killed a moment after its commit) lies beyond that offset: a new owner reading only to it would
 start from older progress and copy committed records a second time (seen by `make chaos`: 274 duplicates in an
-exactly-once replicator after a worker was SIGKILLed)."""
+exactly-once replicator after a worker was SIGKILLed).
+
+Creating it: the store that creates the topic returns once every partition has a leader."""
 
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ import asyncio
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 
-from workers.engine.connection import ClusterConnection
+from workers.engine import admin as kafka_admin
+from workers.engine.connection import ClusterConnection, admin_client
 from workers.engine.progress import (
     PROGRESS_TOPIC_PARTITIONS,
     PartitionProgress,
@@ -60,3 +63,20 @@ async def test_progress_committed_after_an_open_transaction_began_is_read(target
         await killed_owner.stop()
         await survivor.stop()
     assert found[source].next_source_offset == 200, f"read older progress: {found[source]}"
+
+
+async def test_the_store_that_creates_the_topic_returns_once_every_partition_has_a_leader(
+    target_bootstrap: str, unique: str
+) -> None:
+    connection = ClusterConnection(target_bootstrap)
+    store = ProgressStore(connection, f"{unique}-replicator", topic=f"{unique}-progress")
+    await store.ensure_topic()
+    # Asked of a client of its own: what any later reader or writer of the progress sees.
+    admin = admin_client(connection, "test")
+    await admin.start()
+    try:
+        assert await kafka_admin.partitions_without_leader(admin, store.topic) == []
+        assert await kafka_admin.partitions_without_leader(admin, f"{unique}-never-created") is None
+    finally:
+        await admin.close()
+    await store.ensure_topic()  # existing: returns at once

@@ -114,6 +114,15 @@ async def create_topic(
     return True
 
 
+async def partitions_without_leader(admin: AIOKafkaAdminClient, name: str) -> list[int] | None:
+    """The topic's partitions that have no leader yet as the broker asked sees it; None if it does not know the
+    topic yet (a topic just created reaches each broker's metadata a moment after the controller accepts it)."""
+    [entry] = await admin.describe_topics([name])
+    if entry["error_code"] != 0 or not entry["partitions"]:
+        return None
+    return sorted(p["partition"] for p in entry["partitions"] if p["error_code"] != 0 or p["leader"] < 0)
+
+
 async def add_partitions(admin: AIOKafkaAdminClient, name: str, total: int) -> None:
     try:
         await admin.create_partitions({name: NewPartitions(total)})

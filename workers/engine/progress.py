@@ -12,6 +12,7 @@ the transaction that carries the data, so data and progress become visible toget
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -19,6 +20,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaTimeoutError
 from aiokafka.partitioner import DefaultPartitioner
 
 from workers.engine import admin as kafka_admin
@@ -31,6 +34,8 @@ PROGRESS_TOPIC_PARTITIONS = 12
 # 2 added topic ids and the leader epoch; version 1 records are read with those unknown.
 PROGRESS_FORMAT_VERSION = 2
 _LOAD_TIMEOUT_SECONDS = 60.0
+# How long a copier that created the progress topic waits for every partition of it to have a leader.
+LEADERS_TIMEOUT_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -157,8 +162,25 @@ class ProgressStore:
             )
             if created:
                 log.info("created progress topic %s on %s", self.topic, self.target.describe())
+                # A fresh 10,000-partition lab: the copiers' first progress reads and writes found the topic
+                # missing or leaderless for tens of seconds, and every start of new partitions failed meanwhile.
+                await self._await_leaders(admin)
         finally:
             await admin.close()
+
+    async def _await_leaders(self, admin: AIOKafkaAdminClient) -> None:
+        deadline = time.monotonic() + LEADERS_TIMEOUT_SECONDS
+        while True:
+            waiting = await kafka_admin.partitions_without_leader(admin, self.topic)
+            if waiting == []:
+                return
+            if time.monotonic() >= deadline:
+                which = "the topic is not in its metadata yet" if waiting is None else f"partitions {waiting}"
+                raise KafkaTimeoutError(
+                    f"progress topic {self.topic} created, but without leaders after {LEADERS_TIMEOUT_SECONDS:g}s "
+                    f"({which})"
+                )
+            await asyncio.sleep(0.1)
 
     async def load(self, sources: Iterable[TopicPartition] | None = None) -> dict[TopicPartition, PartitionProgress]:
         """The latest committed progress of this replicator, read to the end of the topic.
