@@ -17,13 +17,20 @@ import pytest
 
 from tests.engine.conftest import Rec, create_topic, produce, read_topic, running, spec_for, topic_count, wait_for
 from workers.engine import copier as copier_module
+from workers.engine.aiokafka_hooks import RecordBatchBuilder
 from workers.engine.spec import TargetCompression
 
 ROOT = Path(__file__).resolve().parents[2]
-RECORDS = 500
+# About 2 MiB: several full producer batches (512 KiB), each compressed ahead while the others are sent, and a
+# last one compressed when the producer takes it.
+RECORDS = 2000
 # Record batch header (v2): baseOffset int64, batchLength int32, partitionLeaderEpoch int32, magic int8,
 # crc uint32, attributes int16 ...
 _HEADER = struct.Struct(">qiibIh")
+
+
+def value(i: int) -> bytes:
+    return (f"payload {i} " * 80).encode()
 
 
 def target_data_dir() -> Path:
@@ -86,9 +93,7 @@ async def test_target_batches_use_the_requested_codec(
     topic = f"{unique}-data"
     await create_topic(source_bootstrap, topic, 1)
     # Source batches are uncompressed whatever the target codec, so the codec seen can only be the engine's.
-    await produce(
-        source_bootstrap, topic, [Rec(0, f"k{i}".encode(), (f"payload {i} " * 8).encode()) for i in range(RECORDS)]
-    )
+    await produce(source_bootstrap, topic, [Rec(0, f"k{i}".encode(), value(i)) for i in range(RECORDS)])
     pool = CountingPool()
     monkeypatch.setattr(copier_module, "compression_pool", lambda: pool)
     spec = spec_for(unique, [topic], compression=codec.value)
@@ -107,16 +112,35 @@ async def test_target_batches_use_the_requested_codec(
         assert pool.built == 0, "uncompressed batches have nothing to build off the event loop"
     else:
         # Forwarded batches are none here (the codecs differ): every batch written was built on the pool.
-        assert pool.built >= len(codecs), f"{pool.built} batches built on the pool for {len(codecs)} written"
+        assert pool.built >= len(codecs) > 3, f"{pool.built} batches built on the pool for {len(codecs)} written"
     copied = (await read_topic(target_bootstrap, f"src.{topic}"))[0]
-    assert [(r.key, r.value) for r in copied] == [
-        (f"k{i}".encode(), (f"payload {i} " * 8).encode()) for i in range(RECORDS)
-    ]
+    assert [(r.key, r.value) for r in copied] == [(f"k{i}".encode(), value(i)) for i in range(RECORDS)]
     if codec is TargetCompression.LZ4:
         # Encoded by python-lz4, not aiokafka's own encoder: Java consumers (MirrorMaker 2's too) must read it.
         java_values = values_read_by_java(stack, target_bootstrap, f"src.{topic}", RECORDS)
-        assert java_values == [f"payload {i} " * 8 for i in range(RECORDS)]
+        assert java_values == [value(i).decode() for i in range(RECORDS)]
 
 
 async def _count_is(bootstrap: str, topic: str, count: int) -> bool:
     return await topic_count(bootstrap, topic) == count
+
+
+@pytest.mark.parametrize("codec", [c for c in TargetCompression if c is not TargetCompression.NONE])
+def test_a_batch_compressed_ahead_is_the_batch_the_producer_would_have_built(codec: TargetCompression) -> None:
+    """Built ahead, then stamped with the producer state (and a new CRC): the same bytes as stamped, then built."""
+
+    def filled() -> RecordBatchBuilder:
+        builder = RecordBatchBuilder(codec.batch_attribute, 64 * 1024, transactional=True)
+        for i in range(100):
+            builder.append(i, 1_000 + i, f"k{i}".encode(), value(i), [("h", b"x")])
+        builder.records = 100
+        return builder
+
+    stamped_first = filled()
+    stamped_first._set_producer_state(77, 3, 1234)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        ahead = filled()
+        ahead.compress_ahead(pool)
+        assert ahead.sealed, "nothing may be appended to a batch being compressed"
+        ahead._set_producer_state(77, 3, 1234)
+        assert bytes(ahead._build()) == bytes(stamped_first._build())

@@ -46,7 +46,7 @@ import asyncio
 import logging
 import struct
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from typing import Any
 
 import aiokafka
@@ -282,9 +282,13 @@ def use_lz4_releasing_gil() -> None:
 class RecordBatchBuilder:
     """Stands in for aiokafka's ``BatchBuilder`` for decoded records. The copier appends through ``append``,
     aiokafka's C builder method itself (``append(relative_offset, timestamp, key, value, headers)``, None when
-    full), counting the records itself; ``BatchBuilder.append`` cost more per record than the encoding."""
+    full), counting the records itself; ``BatchBuilder.append`` cost more per record than the encoding.
 
-    __slots__ = ("_buffer", "_builder", "append", "compresses", "records", "sealed")
+    ``compress_ahead`` builds (compresses) a full batch on a thread pool at once, while earlier batches are still
+    being sent; the producer state the sender stamps later is then written into the built bytes with a new CRC,
+    as ``ForwardedBuilder`` does."""
+
+    __slots__ = ("_ahead", "_buffer", "_builder", "_size", "_state", "append", "compresses", "records", "sealed")
 
     def __init__(self, codec: int, batch_bytes: int, *, transactional: bool) -> None:
         if codec == GZIP_CODEC:
@@ -304,6 +308,9 @@ class RecordBatchBuilder:
         self.compresses = codec != 0
         self.records = 0
         self._buffer: bytearray | None = None
+        self._ahead: Future[bytearray] | None = None  # the build started by ``compress_ahead``
+        self._size = 0  # the size before that build, which the C builder must not be asked for meanwhile
+        self._state: tuple[int, int, int] | None = None  # producer state stamped while built ahead
         # Set once the producer's sender took the batch (it stamps the producer state and counts the records into
         # the partition's sequence then): from that moment on nothing may be appended. Until then the copier may
         # add the next poll's records to it (``build_batches``), instead of waiting for it to be sent.
@@ -316,19 +323,42 @@ class RecordBatchBuilder:
         return True
 
     def size(self) -> int:
-        return len(self._buffer) if self._buffer is not None else int(self._builder.size())
+        if self._buffer is not None:
+            return len(self._buffer)
+        return self._size if self._ahead is not None else int(self._builder.size())
 
     def record_count(self) -> int:
         return self.records
 
+    def compress_ahead(self, pool: Executor) -> None:
+        """Seal the batch and start building it on ``pool`` (once; the copier calls it for a full batch)."""
+        if self._ahead is None and self._buffer is None:
+            self.sealed = True
+            self._size = int(self._builder.size())
+            self._ahead = pool.submit(self._builder.build)
+
+    def ahead(self) -> Future[bytearray] | None:
+        return self._ahead if self._buffer is None else None
+
     def _set_producer_state(self, producer_id: int, producer_epoch: int, base_sequence: int) -> None:
         self.sealed = True
-        self._builder.set_producer_state(producer_id, producer_epoch, base_sequence)
+        if self._ahead is not None:
+            self._state = (producer_id, producer_epoch, base_sequence)
+        else:
+            self._builder.set_producer_state(producer_id, producer_epoch, base_sequence)
 
     def _build(self) -> bytearray:
         self.sealed = True
         if self._buffer is None:
-            self._buffer = self._builder.build()
+            if self._ahead is None:
+                self._buffer = self._builder.build()
+            else:
+                buffer = self._ahead.result()  # done already when sent through ``build_batches_aside``
+                if self._state is not None:
+                    _PRODUCER.pack_into(buffer, PRODUCER_STATE_AT, *self._state)
+                    # The CRC covers everything from the attributes on, producer state included.
+                    _CRC_FIELD.pack_into(buffer, CRC_AT, crc32c(bytes(memoryview(buffer)[ATTRIBUTES_AT:])))
+                self._buffer = buffer
         return self._buffer
 
     def built(self) -> bool:
@@ -705,9 +735,11 @@ def build_batches_aside(producer: AIOKafkaProducer, pool: Executor) -> None:
     core compressing while MirrorMaker 2's producer threads used 1.3-1.6 cores. zlib and python-lz4 (6.) release
     the GIL while they compress, so the copy loop runs meanwhile; snappy and zstd are fast enough not to matter.
 
-    A batch reaches this point drained: the idempotent producer stamped its producer state and it is ``sealed``,
-    so the copier never appends to it while a thread builds it. A retried batch is built already and is not built
-    again. Call before ``gate_sender``, so only batches the gate lets through are built."""
+    A full batch was usually compressed ahead already (``RecordBatchBuilder.compress_ahead``, from the copier's
+    ``build_batches``): this waits for that build. The others reach this point drained: the idempotent producer
+    stamped their producer state and they are ``sealed``, so the copier never appends to one while a thread
+    builds it. A retried batch is built already and is not built again. Call before ``gate_sender``, so only
+    batches the gate lets through are built."""
     sender = producer._sender
     send = sender._send_produce_req
 
@@ -719,10 +751,16 @@ def build_batches_aside(producer: AIOKafkaProducer, pool: Executor) -> None:
         ]
         if builders:
             loop = asyncio.get_running_loop()
+            builds: list[asyncio.Future[Any]] = []
             for builder in builders:
-                builder.sealed = True
+                ahead = builder.ahead()
+                if ahead is None:
+                    builder.sealed = True
+                    builds.append(loop.run_in_executor(pool, builder._build))
+                else:
+                    builds.append(asyncio.wrap_future(ahead))
             try:
-                await asyncio.gather(*(loop.run_in_executor(pool, builder._build) for builder in builders))
+                await asyncio.gather(*builds)
             except Exception as exc:  # as aiokafka's own build failing in create_request would, but said here
                 log.exception("building %d batches for broker %s failed", len(builders), node_id)
                 for tp, batch in batches.items():

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
@@ -172,6 +173,8 @@ class BatchFormat:
     origin: bytes
     # Whether mappings are kept for an offset map sink.
     keep_offsets: bool
+    # Threads that compress a full batch while the copy goes on (a compressing target codec only).
+    compress_ahead: Executor | None = None
 
 
 def reopenable(fmt: BatchFormat, state: PartitionState) -> tuple[RecordBatchBuilder, PendingBatch] | None:
@@ -214,6 +217,7 @@ def build_batches(
     loop_origin = fmt.loop_origin
     stamp = (PROVENANCE_HEADER, fmt.origin)
     keep_offsets = fmt.keep_offsets
+    compress_ahead = fmt.compress_ahead
     out: list[tuple[Any, PendingBatch]] = []
     builder: RecordBatchBuilder | None = None
     append: Any = None
@@ -304,6 +308,8 @@ def build_batches(
                 if last_offset > item_start:
                     epoch = max(epoch, item_epoch)  # the finished batch holds records of this item
                 finish(last_offset + 1)
+                if compress_ahead is not None and builder is not None:
+                    builder.compress_ahead(compress_ahead)  # nothing more goes into it
                 append = start_batch(record)
                 append(0, record.timestamp, record.key, record.value, headers)
             count += 1

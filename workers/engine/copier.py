@@ -277,6 +277,7 @@ class PartitionCopier:
             loop_origin=(await self._cluster_id(self.target)).encode(),
             origin=(await self._cluster_id(self.source)).encode(),
             keep_offsets=self._sink is not None,
+            compress_ahead=compression_pool() if self.spec.target_compression.producer_codec is not None else None,
         )
         await self._store.ensure_topic()
         self._source_admin = admin_client(self.source, "copier-admin")
