@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
 
 from tests.engine.conftest import Rec, create_topic, produce, read_topic, spec_for, topic_count, wait_for
 from tests.engine.test_copier_ownership import copier, prepare_target
+from workers.engine import copier as copier_module
 from workers.engine.connection import ClusterConnection
 from workers.engine.copier import CopierOptions, PartitionCopier
 from workers.engine.metrics import ErrorKind
@@ -240,3 +245,68 @@ async def test_records_keep_flowing_while_the_offset_map_store_does_not_answer(
         finally:
             store.released.set()  # the copier's stop writes its final progress through the store
         await wait_for(lambda: saved(1500), 30, "progress of every copied record once the store answers")
+
+
+class HeldPool(ThreadPoolExecutor):
+    """The compression pool, its builds held until ``release``: a machine whose compression threads are behind."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=2, thread_name_prefix="test-held")
+        self.released = threading.Event()
+        self.waiting = 0
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        self.waiting += 1
+
+        def held() -> Any:
+            self.released.wait(60)
+            return fn(*args, **kwargs)
+
+        return super().submit(held)
+
+
+async def test_a_lease_lost_while_a_batch_is_being_compressed_keeps_it_off_the_target(
+    source_bootstrap: str, target_bootstrap: str, unique: str, monkeypatch: Any
+) -> None:
+    """The gate is judged again once a compressed batch is built: a lease that lapsed while the compression
+    threads were behind stops the write, however long the build waited."""
+    topic = f"{unique}-compressing"
+    await create_topic(source_bootstrap, topic, 1)
+    spec = spec_for(unique, [topic], compression="GZIP")
+    await prepare_target(spec, source_bootstrap, target_bootstrap)
+    target_topic = spec.target_topic(topic)
+    pool = HeldPool()
+    monkeypatch.setattr(copier_module, "compression_pool", lambda: pool)
+    gate_open = True
+    tp = TopicPartition(topic, 0)
+    try:
+        async with copier(
+            spec, source_bootstrap, target_bootstrap, write_gate=lambda partitions: gate_open
+        ) as instance:
+            await instance.assign([tp])
+            await produce(source_bootstrap, topic, [Rec(0, None, f"c{i}".encode() * 100) for i in range(1000)])
+
+            async def building() -> bool:
+                return pool.waiting > 0
+
+            await wait_for(building, 30, "a batch passed the gate and waits for the compression threads")
+            gate_open = False  # the lease lapses meanwhile
+            pool.released.set()
+
+            async def refused() -> bool:
+                return instance.snapshot()[tp].errors.get(ErrorKind.LEASE_LOST.value, 0) >= 1
+
+            await wait_for(refused, 30, "the built batch refused by the gate")
+            assert await topic_count(target_bootstrap, target_topic) == 0, "a batch built after the lease lapsed"
+
+            gate_open = True
+
+            async def all_copied() -> bool:
+                return await topic_count(target_bootstrap, target_topic) == 1000
+
+            await wait_for(all_copied, 60, "every record copied once the gate opens")
+    finally:
+        pool.released.set()
+        pool.shutdown()
+    values = [r.value for r in (await read_topic(target_bootstrap, target_topic))[0]]
+    assert values == [f"c{i}".encode() * 100 for i in range(1000)], "lost, duplicated or reordered records"

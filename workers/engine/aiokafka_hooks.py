@@ -738,8 +738,8 @@ def build_batches_aside(producer: AIOKafkaProducer, pool: Executor) -> None:
     A full batch was usually compressed ahead already (``RecordBatchBuilder.compress_ahead``, from the copier's
     ``build_batches``): this waits for that build. The others reach this point drained: the idempotent producer
     stamped their producer state and they are ``sealed``, so the copier never appends to one while a thread
-    builds it. A retried batch is built already and is not built again. Call before ``gate_sender``, so only
-    batches the gate lets through are built."""
+    builds it. A retried batch is built already and is not built again. Install ``gate_sender`` both before
+    (checked after the build, right before the write) and after it (nothing is built for a refused partition)."""
     sender = producer._sender
     send = sender._send_produce_req
 

@@ -91,7 +91,9 @@ WriteGate = Callable[[frozenset[TopicPartition]], bool]
 def compression_pool() -> ThreadPoolExecutor:
     """The process's threads for compressing target batches (``build_batches_aside``), one per CPU, shared by
     every copier: compression is CPU-bound, so more threads than cores would only queue."""
-    return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="ferry-compress")
+    # The CPUs this process may run on (a container's cpuset), not the machine's.
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return ThreadPoolExecutor(max_workers=cpus, thread_name_prefix="ferry-compress")
 
 
 class CopierError(Exception):
@@ -356,6 +358,10 @@ class PartitionCopier:
             await producer.stop()
             raise
         if self.spec.target_compression.producer_codec is not None:
+            if self._write_gate is not None:
+                # Judged again once the batches are built: waiting for the compression threads must not stretch
+                # the time from a lease check to the write past the lease's safety margin.
+                gate_sender(producer, self._allows)
             build_batches_aside(producer, compression_pool())
         if self._write_gate is not None:
             # Judged per batch of each produce request, on the source partitions that batch belongs to.
