@@ -200,6 +200,11 @@ def add_to_transaction(producer: AIOKafkaProducer, partitions: Iterable[TopicPar
 # ---------------------------------------------------------------------- 2. stand-in batch builders
 
 
+def _stamp_crc(buffer: bytearray) -> None:
+    """Write a built batch's CRC: it covers everything from the attributes on, producer state included."""
+    _CRC_FIELD.pack_into(buffer, CRC_AT, crc32c(bytes(memoryview(buffer)[ATTRIBUTES_AT:])))
+
+
 class ForwardedBuilder:
     """Stands in for aiokafka's ``BatchBuilder``: the producer sets its producer state, then takes the bytes."""
 
@@ -237,8 +242,7 @@ class ForwardedBuilder:
 
     def _build(self) -> bytearray:
         if not self._built:
-            # The CRC covers everything from the attributes on, producer state included.
-            _CRC_FIELD.pack_into(self._buffer, CRC_AT, crc32c(bytes(memoryview(self._buffer)[ATTRIBUTES_AT:])))
+            _stamp_crc(self._buffer)
             self._built = True
         return self._buffer
 
@@ -356,8 +360,7 @@ class RecordBatchBuilder:
                 buffer = self._ahead.result()  # done already when sent through ``build_batches_aside``
                 if self._state is not None:
                     _PRODUCER.pack_into(buffer, PRODUCER_STATE_AT, *self._state)
-                    # The CRC covers everything from the attributes on, producer state included.
-                    _CRC_FIELD.pack_into(buffer, CRC_AT, crc32c(bytes(memoryview(buffer)[ATTRIBUTES_AT:])))
+                    _stamp_crc(buffer)
                 self._buffer = buffer
         return self._buffer
 

@@ -357,12 +357,13 @@ class PartitionCopier:
         except BaseException:
             await producer.stop()
             raise
-        if self.spec.target_compression.producer_codec is not None:
+        pool = self._batch_format.compress_ahead
+        if pool is not None:
             if self._write_gate is not None:
                 # Judged again once the batches are built: waiting for the compression threads must not stretch
                 # the time from a lease check to the write past the lease's safety margin.
                 gate_sender(producer, self._allows)
-            build_batches_aside(producer, compression_pool())
+            build_batches_aside(producer, pool)
         if self._write_gate is not None:
             # Judged per batch of each produce request, on the source partitions that batch belongs to.
             gate_sender(producer, self._allows)

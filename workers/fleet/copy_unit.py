@@ -227,10 +227,8 @@ class CopyUnit:
                 exc,
             )
             return
-        self.start_batch, started = (
-            next_start_batch(self.start_batch, self.started_per_pass, failed=False, refused_at=self._refused_at),
-            self.start_batch,
-        )
+        started = self.start_batch
+        self.start_batch = next_start_batch(started, self.started_per_pass, failed=False, refused_at=self._refused_at)
         if self._refused_at is not None and started >= self._refused_at:
             self._refused_at = None  # a size that failed before worked: that failure had another cause
         # Store the new partitions' heads at once: the first head stored is where the offset map begins. A
