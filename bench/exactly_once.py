@@ -5,8 +5,8 @@ MirrorMaker 2 (dedicated mode, connect-mirror 4.1.2) needs, beyond the tuned set
 alias>.exactly.once.source.support = enabled`` (KIP-618, supported in dedicated mode since 3.5), the internal
 REST server of KIP-710 (``dedicated.mode.enable.internal.rest = true`` and a ``listeners`` address) so its
 task configurations and zombie fencing go through the leader, and a ``read_committed`` source consumer (the
-tuned settings already read committed data). Ferry runs ``python -m workers.engine`` with ``exactlyOnce``: each
-poll is one transaction holding its records and its progress.
+tuned settings already read committed data). Ferry runs ``python -m workers.engine`` with ``exactlyOnce``: four
+transaction lanes, each transaction holding the records of its lane's partitions and their progress.
 
 Transaction markers take offsets on the target, so the end offsets no longer count records. A catch-up is
 complete when every target partition's last committed record (read below its last stable offset, with a

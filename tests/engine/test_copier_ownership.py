@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 
 import pytest
@@ -17,14 +17,16 @@ from tests.engine.conftest import (
     Rec,
     admin_client,
     create_topic,
+    end_offsets,
     produce,
     read_topic,
     spec_for,
     topic_count,
     wait_for,
 )
+from workers.engine.batches import AckedPosition, BatchMapping
 from workers.engine.connection import ClusterConnection
-from workers.engine.copier import CopierFenced, CopierOptions, PartitionCopier
+from workers.engine.copier import TRANSACTION_LANES, CopierFenced, CopierOptions, PartitionCopier
 from workers.engine.metrics import Health
 from workers.engine.progress import ProgressStore
 from workers.engine.spec import ReplicationSpec
@@ -57,12 +59,14 @@ def copied(instance: PartitionCopier, tp: TopicPartition) -> int:
     return instance.snapshot()[tp].records_copied
 
 
+@pytest.mark.parametrize("exactly_once", [False, True], ids=["at-least-once", "exactly-once"])
 async def test_partition_moves_between_copiers_without_loss_duplicates_or_pausing_others(
-    source_bootstrap: str, target_bootstrap: str, unique: str
+    source_bootstrap: str, target_bootstrap: str, unique: str, exactly_once: bool
 ) -> None:
+    """Exactly-once: the revoke lets the transactions under way commit and drops what the lanes had queued."""
     topic = f"{unique}-moving"
     await create_topic(source_bootstrap, topic, 3)
-    spec = spec_for(unique, [topic])
+    spec = spec_for(unique, [topic], exactly_once=exactly_once)
     await prepare_target(spec, source_bootstrap, target_bootstrap)
     tps = [TopicPartition(topic, p) for p in range(3)]
     sent = 0
@@ -76,9 +80,12 @@ async def test_partition_moves_between_copiers_without_loss_duplicates_or_pausin
             )
             sent += 30
 
+    def unit(name: str) -> str | None:
+        return f"{unique}-{name}" if exactly_once else None
+
     async with (
-        copier(spec, source_bootstrap, target_bootstrap) as first,
-        copier(spec, source_bootstrap, target_bootstrap) as second,
+        copier(spec, source_bootstrap, target_bootstrap, transactional_id=unit("first")) as first,
+        copier(spec, source_bootstrap, target_bootstrap, transactional_id=unit("second")) as second,
     ):
         await first.assign(tps)
         producer_task = asyncio.create_task(keep_producing())
@@ -94,9 +101,13 @@ async def test_partition_moves_between_copiers_without_loss_duplicates_or_pausin
             stop_producing.set()
             await producer_task
         expected_per_partition = sent
-        await wait_for(
-            lambda: _count_is(target_bootstrap, f"src.{topic}", 3 * expected_per_partition), 60, "every record copied"
-        )
+
+        async def every_record_copied() -> bool:
+            # Records read, not end offsets: exactly-once's transaction markers take offsets too.
+            data = await read_topic(target_bootstrap, f"src.{topic}")
+            return sum(len(records) for records in data.values()) >= 3 * expected_per_partition
+
+        await wait_for(every_record_copied, 60, "every record copied")
     data = await read_topic(target_bootstrap, f"src.{topic}")
     for partition, records in data.items():
         assert [r.value for r in records] == [f"{partition}:{i}".encode() for i in range(expected_per_partition)]
@@ -165,26 +176,107 @@ async def test_a_lost_lease_stops_only_its_partition_and_the_others_copy_on(
         assert [r.value for r in data[partition]] == expected, f"partition {partition}: lost or duplicated records"
 
 
+class HoldingSink:
+    """An offset map sink that holds back, before its commit, every transaction that carries the held partition.
+    A transaction hands over its mappings and then awaits ``before_progress`` with no await in between, in its own
+    task: what the task handed over is what that transaction holds."""
+
+    def __init__(self, held: TopicPartition) -> None:
+        self.held = held
+        self.release = asyncio.Event()
+        self.holding = asyncio.Event()
+        self.mappings: list[BatchMapping] = []
+        self._handed: dict[object, set[TopicPartition]] = {}
+
+    def record_batch(self, mapping: BatchMapping) -> None:
+        self.mappings.append(mapping)
+        self._handed.setdefault(asyncio.current_task(), set()).add(mapping.source)
+
+    def restart(self, source: TopicPartition) -> None:
+        raise AssertionError(f"no topic was recreated, yet {source} was restarted")
+
+    async def before_progress(self, positions: Callable[[], Mapping[TopicPartition, AckedPosition]]) -> None:
+        if self.held in self._handed.pop(asyncio.current_task(), set()):
+            self.holding.set()
+            await self.release.wait()
+
+
+async def test_a_held_exactly_once_commit_holds_back_only_its_own_lane(
+    source_bootstrap: str, target_bootstrap: str, unique: str
+) -> None:
+    """Exactly-once shares the partitions among transaction lanes that commit independently: while one lane's
+    transaction cannot commit, the partitions of the other lanes are copied and committed; once it commits, every
+    partition holds its records once and in order."""
+    topic = f"{unique}-lanes"
+    partitions = 2 * TRANSACTION_LANES
+    await create_topic(source_bootstrap, topic, partitions)
+    spec = spec_for(unique, [topic], exactly_once=True)
+    await prepare_target(spec, source_bootstrap, target_bootstrap)
+    tps = [TopicPartition(topic, p) for p in range(partitions)]
+    sink = HoldingSink(tps[0])
+    records = [Rec(p, None, f"{p}:{i}".encode()) for i in range(300) for p in range(partitions)]
+    async with copier(
+        spec, source_bootstrap, target_bootstrap, transactional_id=f"{unique}-unit", offset_map_sink=sink
+    ) as instance:
+        await instance.assign(tps)
+        await produce(source_bootstrap, topic, records)
+        await asyncio.wait_for(sink.holding.wait(), 30)
+
+        async def committed_partitions() -> int:
+            # Read, not the last stable offsets: transaction markers take offsets too.
+            data = await read_topic(target_bootstrap, f"src.{topic}")
+            return sum(1 for p in range(partitions) if len(data.get(p, [])) == 300)
+
+        # Its lane shares the held partition's transactions: 2 partitions of 8 wait, the other 6 go through.
+        others = partitions - partitions // TRANSACTION_LANES
+
+        async def others_committed() -> bool:
+            return await committed_partitions() >= others
+
+        await wait_for(others_committed, 60, f"{others} partitions committed while one lane's commit is held")
+        assert (await end_offsets(target_bootstrap, f"src.{topic}")).get(0, 0) == 0, (
+            "records of the held transaction visible to read_committed readers before its commit"
+        )
+        assert instance.failure is None, f"the copier stopped: {instance.failure!r}"
+        sink.release.set()
+
+        async def all_committed() -> bool:
+            return await committed_partitions() == partitions
+
+        await wait_for(all_committed, 60, "every partition committed once the held lane commits")
+    data = await read_topic(target_bootstrap, f"src.{topic}")
+    for partition in range(partitions):
+        assert [r.value for r in data[partition]] == [f"{partition}:{i}".encode() for i in range(300)], (
+            f"partition {partition}: lost, duplicated or reordered records"
+        )
+
+
 async def test_newer_producer_with_the_same_transactional_id_fences_the_old_copier(
     source_bootstrap: str, target_bootstrap: str, unique: str
 ) -> None:
+    """Every transaction lane of the old copier is fenced, not only the first: one partition per lane."""
     topic = f"{unique}-fenced"
-    await create_topic(source_bootstrap, topic, 1)
+    await create_topic(source_bootstrap, topic, TRANSACTION_LANES)
     spec = spec_for(unique, [topic], exactly_once=True)
     await prepare_target(spec, source_bootstrap, target_bootstrap)
-    tp = TopicPartition(topic, 0)
+    tps = [TopicPartition(topic, p) for p in range(TRANSACTION_LANES)]
     async with copier(spec, source_bootstrap, target_bootstrap, transactional_id=f"{unique}-unit") as old:
-        await old.assign([tp])
-        await produce(source_bootstrap, topic, [Rec(0, None, b"a")] * 10)
-        await wait_for(lambda: _truthy(copied(old, tp) == 10), 30, "records copied by the first owner")
+        await old.assign(tps)
+        await produce(source_bootstrap, topic, [Rec(tp.partition, None, b"a") for tp in tps for _ in range(10)])
+        await wait_for(
+            lambda: _truthy(all(copied(old, tp) == 10 for tp in tps)), 30, "records copied by the first owner"
+        )
         async with copier(spec, source_bootstrap, target_bootstrap, transactional_id=f"{unique}-unit") as new:
-            await new.assign([tp])
-            await produce(source_bootstrap, topic, [Rec(0, None, b"b")] * 10)
+            await new.assign(tps)
+            await produce(source_bootstrap, topic, [Rec(tp.partition, None, b"b") for tp in tps for _ in range(10)])
             with pytest.raises(CopierFenced):
                 await asyncio.wait_for(old.wait(), 30)
-            await wait_for(lambda: _truthy(copied(new, tp) == 10), 30, "the new owner copies what follows")
+            await wait_for(
+                lambda: _truthy(all(copied(new, tp) == 10 for tp in tps)), 30, "the new owner copies what follows"
+            )
     data = await read_topic(target_bootstrap, f"src.{topic}")
-    assert [r.value for r in data[0]] == [b"a"] * 10 + [b"b"] * 10
+    for tp in tps:
+        assert [r.value for r in data[tp.partition]] == [b"a"] * 10 + [b"b"] * 10, f"partition {tp.partition}"
 
 
 async def test_rejected_write_is_retried_from_the_acknowledged_position(

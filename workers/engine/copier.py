@@ -1,7 +1,8 @@
 """The partition copier: copies an explicit, changeable set of source partitions to the target.
 
-One consumer (read_committed, manual assignment, no group) and one producer per copier. Each source record
-goes to the same partition number of the target topic with its key, value, headers and timestamp.
+One consumer (read_committed, manual assignment, no group) per copier, and one producer (at-least-once) or one per
+transaction lane (exactly-once). Each source record goes to the same partition number of the target topic with its
+key, value, headers and timestamp.
 
 Two delivery modes:
 
@@ -9,8 +10,10 @@ Two delivery modes:
   position in order, and progress is written to the target's progress topic every ``progress_interval_s``
   after the data it covers was acknowledged. A crash re-copies at most what was acknowledged after the last
   progress write plus what was in flight.
-* exactly-once: each poll becomes one transaction on the target holding the records and the progress
-  records, so after any crash the target holds each source record once (for read_committed readers).
+* exactly-once: the partitions are shared out among ``TRANSACTION_LANES`` transactional producers; each lane's
+  transaction holds what was fetched for its partitions since its last one and their progress records, so after
+  any crash the target holds each source record once (for read_committed readers). The lanes' transactions
+  overlap with each other and with fetching.
 
 The caller supplies the transactional id of the unit of work (Kafka fences an older producer with the same
 id) and optionally ``lease_check``, awaited with the partitions about to be written before every batch is sent and
@@ -33,7 +36,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -96,6 +99,18 @@ def compression_pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=cpus, thread_name_prefix="ferry-compress")
 
 
+# Exactly-once: this many transactional producers per copier, each with its own share of the partitions, so one's
+# transaction is sent and committed while another's waits on its round trips. A partition stays with one lane while
+# it is assigned, so its records reach the target in order. Fencing covers every lane, so this is fixed.
+TRANSACTION_LANES = 4
+
+
+def lane_transactional_ids(transactional_id: str) -> list[str]:
+    """The transactional ids of a unit's exactly-once producers: its own id for the first lane (as before lanes),
+    numbered after it for the others."""
+    return [transactional_id] + [f"{transactional_id}-lane-{k}" for k in range(1, TRANSACTION_LANES)]
+
+
 class CopierError(Exception):
     """The copier cannot continue; the owner must not restart it blindly."""
 
@@ -115,7 +130,7 @@ class CopierOptions:
     # Small polls keep fetching, encoding and sending overlapped: 100 B records in 16 KiB batches copied at
     # 67, 111 and 112 MB/s with 256, 16 and 8 batches per poll (bench, same machine and hour).
     max_batches_per_poll: int = 16
-    # Exactly-once: each poll is one transaction, and a commit costs round trips, so polls are larger.
+    # Exactly-once: a commit costs round trips, so polls are larger; this also bounds what waits for the lanes.
     max_batches_per_transaction: int = 1024
     max_in_flight_bytes: int = 64 * 1024 * 1024
     progress_interval_s: float = 0.25
@@ -156,6 +171,40 @@ class _AssignmentChange:
     applied: asyncio.Future[list[PartitionState]]
 
 
+@dataclass(eq=False)
+class _Lane:
+    """A producer of the copier (at-least-once has one) and, in exactly-once mode, its share of the partitions:
+    records fetched for them wait in ``queued``, with the position after them, until the lane's next transaction
+    takes them. Only the copy loop touches the consumer; a lane's task writes and commits."""
+
+    transactional_id: str | None
+    producer: Any = None
+    partitions: set[TopicPartition] = field(default_factory=set)
+    queued: dict[TopicPartition, tuple[list[Any], int]] = field(default_factory=dict)
+    queued_batches: int = 0
+    task: asyncio.Task[None] | None = None
+    # Its transaction failed: records fetched for its partitions are dropped until the copy loop puts them back
+    # where their last commit left them.
+    halted: bool = False
+    # Its abort failed too (or its producer would not start): a new producer before it writes again.
+    broken: bool = False
+    # A partition of it may have moved without records (new, transaction markers, restarted): its progress may be
+    # behind, to be written by a transaction even if nothing is queued.
+    progress_due: bool = False
+
+    @property
+    def busy(self) -> bool:
+        return self.task is not None and not self.task.done()
+
+    def take(self) -> dict[TopicPartition, tuple[list[Any], int]]:
+        taken, self.queued, self.queued_batches = self.queued, {}, 0
+        return taken
+
+    def holds_up(self, tp: TopicPartition) -> bool:
+        """Records of this partition are queued or may be in the transaction under way (its positions must wait)."""
+        return self.busy or self.halted or tp in self.queued
+
+
 def _error_kind(exc: BaseException) -> ErrorKind:
     if isinstance(exc, WritesFenced):
         return ErrorKind.LEASE_LOST
@@ -167,19 +216,23 @@ def _error_kind(exc: BaseException) -> ErrorKind:
 
 
 async def fence_transactional_ids(connection: ClusterConnection, transactional_ids: Iterable[str]) -> None:
-    """Fence the producers that used these transactional ids (a unit's previous owners): a producer initialised
-    with the same id bumps its epoch, which aborts any transaction it left open and makes the broker refuse its
-    late writes. Done before the new owner reads progress, so the progress read (read_committed) is not held
-    back by an open transaction of a dead or paused owner, and before it copies."""
-    for transactional_id in sorted(set(transactional_ids)):
-        producer = AIOKafkaProducer(
-            **client_kwargs(connection, "fencer"), transactional_id=transactional_id, enable_idempotence=True
-        )
-        try:
-            await producer.start()  # InitProducerId: the fencing itself
-            log.info("fenced transactional id %s on %s", transactional_id, connection.describe())
-        finally:
-            await producer.stop()
+    """Fence the producers of the exactly-once copiers that used these transactional ids (a unit's previous owners),
+    every lane of each: a producer initialised with the same id bumps its epoch, which aborts any transaction it
+    left open and makes the broker refuse its late writes. Done before the new owner reads progress, so the progress
+    read (read_committed) is not held back by an open transaction of a dead or paused owner, and before it copies."""
+    lanes = sorted({lane for given in transactional_ids for lane in lane_transactional_ids(given)})
+    await asyncio.gather(*(_fence(connection, transactional_id) for transactional_id in lanes))
+
+
+async def _fence(connection: ClusterConnection, transactional_id: str) -> None:
+    producer = AIOKafkaProducer(
+        **client_kwargs(connection, "fencer"), transactional_id=transactional_id, enable_idempotence=True
+    )
+    try:
+        await producer.start()  # InitProducerId: the fencing itself
+        log.info("fenced transactional id %s on %s", transactional_id, connection.describe())
+    finally:
+        await producer.stop()
 
 
 def _recreated(
@@ -239,7 +292,13 @@ class PartitionCopier:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._consumer: Any = None
-        self._producer: Any = None
+        # At-least-once: one lane. Exactly-once: TRANSACTION_LANES, each producer started when it first has work.
+        self._lanes = [
+            _Lane(lane_id)
+            for lane_id in (lane_transactional_ids(self.transactional_id) if self.transactional_id else [None])
+        ]
+        self._lane_of: dict[TopicPartition, _Lane] = {}
+        self._lane_room = asyncio.Event()
         self._target_probe: Any = None
         self._source_admin: Any = None
         self._target_admin: Any = None
@@ -311,7 +370,12 @@ class PartitionCopier:
         # In exactly-once mode the producer must exist before progress is read: initialising it aborts a
         # transaction a crashed predecessor left open, which would otherwise hold the progress topic's
         # last stable offset back and hide that predecessor's last committed progress.
-        await self._start_producer()
+        await self._start_producer(self._lanes[0])
+        # The other lanes start when they get work; a transaction one of them left open (this unit's previous run,
+        # crashed) is aborted now, for the same reason.
+        await asyncio.gather(
+            *(_fence(self.target, lane.transactional_id) for lane in self._lanes[1:] if lane.transactional_id)
+        )
         self._task = asyncio.create_task(self._run(), name=f"ferry-copier-{self.spec.replicator_id}")
         log.info(
             "copier for %s started: %s -> %s (%s)",
@@ -340,7 +404,12 @@ class PartitionCopier:
         finally:
             await admin.close()
 
-    async def _start_producer(self) -> None:
+    @property
+    def _producer(self) -> Any:
+        """The first lane's producer: all of at-least-once, and the one exactly-once asks for metadata."""
+        return self._lanes[0].producer
+
+    async def _start_producer(self, lane: _Lane) -> None:
         producer = AIOKafkaProducer(
             **client_kwargs(self.target, "copier-producer"),
             enable_idempotence=True,
@@ -349,7 +418,7 @@ class PartitionCopier:
             max_batch_size=self.options.producer_batch_bytes,
             linger_ms=self.options.producer_linger_ms,
             max_request_size=self.options.producer_max_request_bytes,
-            transactional_id=self.transactional_id,
+            transactional_id=lane.transactional_id,
             transaction_timeout_ms=self.options.transaction_timeout_ms,
         )
         try:
@@ -367,7 +436,7 @@ class PartitionCopier:
         if self._write_gate is not None:
             # Judged per batch of each produce request, on the source partitions that batch belongs to.
             gate_sender(producer, self._allows)
-        self._producer = producer
+        lane.producer = producer
         self._producer_generation += 1
 
     async def stop(self) -> None:
@@ -385,7 +454,7 @@ class PartitionCopier:
         finally:
             # A progress write still under way (the loop failed meanwhile) ends before its clients close.
             await self._progress_written()
-            for client in (self._producer, self._consumer, self._target_probe):
+            for client in (*(lane.producer for lane in self._lanes), self._consumer, self._target_probe):
                 if client is not None:
                     await _closed(client.stop(), "client")
             for admin in (self._source_admin, self._target_admin):
@@ -595,6 +664,8 @@ class PartitionCopier:
         for change in changes:
             revoked[id(change)] = [self._states.pop(tp) for tp in change.remove if tp in self._states]
             self._states.update(change.add)
+            if self.spec.exactly_once:
+                self._assign_lanes(change.remove, change.add)
         # Manual assignment replaces the consumer's whole assignment and forgets positions, so every kept
         # partition is put back exactly where its copy stands; only prefetched data is fetched again.
         self._consumer.assign(list(self._states))
@@ -619,8 +690,12 @@ class PartitionCopier:
     # ------------------------------------------------------------------ main loop
 
     async def _run(self) -> None:
+        exactly_once = self.spec.exactly_once
         try:
             while not self._stopping:
+                if exactly_once and self._changes:
+                    # Nothing of a partition may be in a transaction while it leaves or changes lanes.
+                    await self._quiesce_lanes()
                 self._apply_changes()
                 if not self._states:
                     await self._idle()
@@ -634,6 +709,12 @@ class PartitionCopier:
                         log.warning("target %s unavailable: %s", self.target.describe(), exc)
                         await asyncio.sleep(self.options.retry_backoff_s)
                     continue
+                if exactly_once:
+                    self._raise_if_lane_failed()
+                    self._rewind_halted_lanes()
+                    if sum(lane.queued_batches for lane in self._lanes) >= self._poll_limit:
+                        await self._wait_for_lanes()
+                        continue
                 try:
                     batches = await self._consumer.getmany(
                         timeout_ms=self.options.poll_timeout_ms, max_records=self._poll_limit
@@ -646,9 +727,11 @@ class PartitionCopier:
                     continue
                 if self._changes:
                     # Records fetched for a partition that is being revoked must not be sent: drop the poll
-                    # and fetch again from the (unchanged) positions after the change.
-                    for state in self._states.values():
-                        self._consumer.seek(state.source, state.sent_next)
+                    # and fetch again from the (unchanged) positions after the change (exactly-once: once the
+                    # lanes' transactions are through, at the top of the loop).
+                    if not exactly_once:
+                        for state in self._states.values():
+                            self._consumer.seek(state.source, state.sent_next)
                     continue
                 if batches:
                     # A worker that was paused past its lease must not write even one more batch: the partition
@@ -660,8 +743,8 @@ class PartitionCopier:
                         # fetch again from where their copy stands.
                         self._abandon(lost)
                         continue
-                if self.spec.exactly_once:
-                    await self._copy_in_transaction(batches)
+                if exactly_once:
+                    await self._queue_for_lanes(batches)
                 else:
                     await self._copy_pipelined(batches)
                     if time.monotonic() - self._last_progress >= self._progress_interval_s:
@@ -677,6 +760,8 @@ class PartitionCopier:
         except Exception:
             log.exception("copier for %s crashed", self.spec.replicator_id)
             raise
+        finally:
+            await self._lanes_stopped()
 
     async def _idle(self) -> None:
         self._wake.clear()
@@ -693,6 +778,16 @@ class PartitionCopier:
     async def _handle_out_of_range(self, positions: dict[TopicPartition, int]) -> None:
         """The source log no longer holds our position: retention (or deleteRecords) passed it, the topic was
         recreated, or the log was truncated below it (unclean leader election). Never skip silently."""
+        if self.spec.exactly_once:
+            # What was fetched below these positions is committed first, so each partition's copy stands at the
+            # position the broker refused. One whose transaction failed meanwhile is back at its last commit,
+            # where its next fetch tells again.
+            await self._drain_lanes()
+            positions = {
+                tp: offset
+                for tp, offset in positions.items()
+                if tp in self._states and self._states[tp].sent_next == offset
+            }
         states = [self._states[tp] for tp in positions if tp in self._states]
         restarted = await self._restart_recreated(states)
         tps = [state.source for state in states if state.source not in restarted]
@@ -768,6 +863,7 @@ class PartitionCopier:
     def _advance_without_records(self, state: PartitionState, offset: int) -> None:
         state.sent_next = offset
         if self.spec.exactly_once:
+            self._progress_due(state.source)
             state.acked_next = offset
             state.acked_epoch = state.fetched_epoch
             state.metrics.next_source_offset = offset
@@ -819,6 +915,7 @@ class PartitionCopier:
         state.fetched_epoch = state.acked_epoch = -1
         state.confirmed_generation = -1
         state.metrics.next_source_offset = start
+        self._progress_due(tp)
         state.metrics.record_error(kind, f"{detail}; copying it again from the beginning (source offset {start})")
         log.warning("%s: %s; copying from offset %d", tp, detail, start, extra={"partition": tp})
         if self._sink is not None:
@@ -833,10 +930,12 @@ class PartitionCopier:
         if now - self._last_housekeeping < self.options.housekeeping_interval_s:
             return
         self._last_housekeeping = now
+        # Exactly-once: a partition with records queued or in a transaction is left for a later turn.
+        settled = [state for state in self._states.values() if not self._held_by_lane(state.source)]
         if now - self._last_topic_check >= self.options.topic_check_interval_s:
             self._last_topic_check = now
-            await self._restart_recreated(list(self._states.values()))
-        for state in self._states.values():
+            await self._restart_recreated(settled)
+        for state in settled:
             end = self._consumer.last_stable_offset(state.source)
             if end is not None and end >= 0:
                 state.metrics.source_end_offset = end
@@ -1011,6 +1110,9 @@ class PartitionCopier:
 
     async def _recover(self) -> None:
         """After a failed send: keep what was acknowledged, rewind every partition to it, new producer."""
+        if self.spec.exactly_once:
+            await self._recover_lanes()
+            return
         await self._progress_written()
         states = list(self._states.values())
         await self._settle(states)
@@ -1023,18 +1125,18 @@ class PartitionCopier:
             state.fetched_epoch = state.acked_epoch
             self._consumer.seek(state.source, state.acked_next)
             self._consumer.resume(state.source)
-        await self._restart_producer()
+        await self._restart_producer(self._lanes[0])
         self._produce_failed = False
         await asyncio.sleep(self.options.retry_backoff_s)
 
-    async def _restart_producer(self) -> None:
-        old, self._producer = self._producer, None
+    async def _restart_producer(self, lane: _Lane) -> None:
+        old, lane.producer = lane.producer, None
         if old is not None:
             try:
                 await old.stop()
             except KafkaError as exc:
                 log.warning("stopping the failed producer: %s", exc)
-        await self._start_producer()
+        await self._start_producer(lane)
 
     async def _commit_progress(self, states: list[PartitionState]) -> None:
         """Write progress for partitions whose acknowledged position moved (at-least-once mode)."""
@@ -1155,19 +1257,188 @@ class PartitionCopier:
 
     # ------------------------------------------------------------------ exactly-once
 
-    async def _copy_in_transaction(self, batches: dict[TopicPartition, list[Any]]) -> None:
-        touched: list[tuple[PartitionState, list[PendingBatch], int]] = []
-        producer = self._producer
-        if not batches and all(s.acked_next == s.committed_next for s in self._states.values()):
+    # Each lane commits a transaction of its own partitions' records and their progress while the copy loop fetches
+    # on and the other lanes commit theirs: a transaction waits on round trips (AddPartitionsToTxn, the produce
+    # requests, the progress write, EndTxn), and aiokafka keeps one produce request in flight per broker and
+    # producer, so one producer alone leaves the target and this process mostly idle.
+
+    def _held_by_lane(self, tp: TopicPartition) -> bool:
+        lane = self._lane_of.get(tp)
+        return lane is not None and lane.holds_up(tp)
+
+    def _assign_lanes(self, removed: Iterable[TopicPartition], added: Iterable[TopicPartition]) -> None:
+        """Called with no transaction under way: a partition joins the lane with the fewest partitions."""
+        for tp in removed:
+            lane = self._lane_of.pop(tp, None)
+            if lane is not None:
+                lane.partitions.discard(tp)
+        for tp in added:
+            if tp in self._lane_of:
+                continue
+            lane = min(self._lanes, key=lambda candidate: len(candidate.partitions))
+            lane.partitions.add(tp)
+            lane.progress_due = True
+            self._lane_of[tp] = lane
+
+    def _progress_due(self, tp: TopicPartition) -> None:
+        lane = self._lane_of.get(tp)
+        if lane is not None:
+            lane.progress_due = True
+
+    async def _queue_for_lanes(self, batches: dict[TopicPartition, list[Any]]) -> None:
+        for tp, records in batches.items():
+            state = self._states.get(tp)
+            lane = self._lane_of.get(tp)
+            if state is None or state.lease_lost or lane is None or lane.halted:
+                # A halted lane's partitions go back to their last commit before they are fetched for again.
+                continue
+            position = await self._consumer.position(tp)
+            queued = lane.queued.get(tp)
+            lane.queued[tp] = (records if queued is None else queued[0] + records, position)
+            lane.queued_batches += len(records)
+        await self._dispatch_lanes()
+
+    def _lane_needs_progress(self, lane: _Lane) -> bool:
+        """A partition of the lane moved without records (a new one, transaction markers) and its progress says less."""
+        if not lane.progress_due:
+            return False
+        for tp in lane.partitions:
+            state = self._states.get(tp)
+            if state is not None and not state.lease_lost and state.acked_next != state.committed_next:
+                return True
+        lane.progress_due = False
+        return False
+
+    async def _dispatch_lanes(self) -> None:
+        """Start a transaction loop on every idle lane that has something to commit."""
+        for index, lane in enumerate(self._lanes):
+            if self._stopping or self._produce_failed:
+                return
+            if lane.busy or lane.halted or lane.broken:
+                continue
+            if not lane.queued and not self._lane_needs_progress(lane):
+                continue
+            if lane.producer is None:
+                try:
+                    await self._start_producer(lane)
+                except KafkaError as exc:
+                    log.warning("exactly-once producer %s did not start: %s", lane.transactional_id, exc)
+                    lane.broken = lane.halted = True
+                    self._produce_failed = True
+                    return
+            lane.task = asyncio.create_task(
+                self._lane_loop(lane), name=f"ferry-transactions-{self.spec.replicator_id}-{index}"
+            )
+
+    async def _lane_loop(self, lane: _Lane) -> None:
+        """Transactions one after the other, each taking everything queued for the lane, for as long as there is
+        something to commit and the copy loop does not need the lanes to stand still."""
+        while not (lane.halted or self._stopping or self._changes or self._produce_failed):
+            if not lane.queued and not self._lane_needs_progress(lane):
+                return
+            batches = lane.take()
+            self._lane_room.set()
+            await self._copy_in_transaction(lane, batches)
+
+    async def _wait_for_lanes(self) -> None:
+        """Enough is queued: wait until a lane takes its queue or ends its loop."""
+        await self._dispatch_lanes()
+        running = [lane.task for lane in self._lanes if lane.task is not None and lane.busy]
+        if not running:
             return
+        self._lane_room.clear()
+        room = asyncio.ensure_future(self._lane_room.wait())
+        try:
+            await asyncio.wait([*running, room], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            room.cancel()
+        self._raise_if_lane_failed()
+
+    def _raise_if_lane_failed(self) -> None:
+        """A lane's loop ends with an error only when the copier must stop (fenced, a bug): the copy loop raises it."""
+        failures: list[BaseException] = []
+        for lane in self._lanes:
+            task = lane.task
+            if task is not None and task.done():
+                lane.task = None
+                if not task.cancelled() and task.exception() is not None:
+                    failures.append(task.exception())  # type: ignore[arg-type]
+        if failures:
+            # Fenced lanes all say so; the first tells.
+            raise failures[0]
+
+    def _rewind_halted_lanes(self) -> None:
+        for lane in self._lanes:
+            if lane.halted and not lane.busy and not lane.broken:
+                self._rewind(lane)
+
+    def _rewind(self, lane: _Lane) -> None:
+        """Put the lane's partitions back where their last commit left them; what was queued is fetched again."""
+        lane.take()
+        lane.halted = False
+        for tp in lane.partitions:
+            state = self._states.get(tp)
+            if state is not None:
+                state.sent_next = state.acked_next
+                state.fetched_epoch = state.acked_epoch
+                self._consumer.seek(tp, state.acked_next)
+
+    async def _quiesce_lanes(self) -> None:
+        """Let every transaction under way end (the lane loops stop after it), then put every partition back at its
+        last commit: nothing queued, nothing in flight."""
+        running = [lane.task for lane in self._lanes if lane.task is not None and lane.busy]
+        if running:
+            await asyncio.wait(running)
+        self._raise_if_lane_failed()
+        for lane in self._lanes:
+            self._rewind(lane)
+
+    async def _drain_lanes(self) -> None:
+        """Commit everything queued (a lane whose transaction fails is rewound instead) and let every lane stop."""
+        while not self._stopping:
+            self._raise_if_lane_failed()
+            self._rewind_halted_lanes()
+            await self._dispatch_lanes()
+            running = [lane.task for lane in self._lanes if lane.task is not None and lane.busy]
+            if not running:
+                return
+            await asyncio.wait(running)
+
+    async def _recover_lanes(self) -> None:
+        """A lane's producer is unusable: with every lane still, give it a new one."""
+        await self._quiesce_lanes()
+        for lane in self._lanes:
+            if lane.broken:
+                await self._restart_producer(lane)
+                lane.broken = False
+        self._produce_failed = False
+
+    async def _lanes_stopped(self) -> None:
+        """The copy loop ends: a stop lets the transactions under way commit; a failure cancels them (a transaction
+        left open is aborted by the next producer with its id, or by the fencing of the partitions' next owner)."""
+        tasks = [lane.task for lane in self._lanes if lane.task is not None]
+        if not tasks:
+            return
+        if not self._stopping:
+            for task in tasks:
+                task.cancel()
+        await asyncio.wait(tasks)
+        for lane in self._lanes:
+            lane.task = None
+        for task in tasks:
+            if not task.cancelled() and task.exception() is not None:
+                log.warning("transactions of %s ended with: %r", self.spec.replicator_id, task.exception())
+
+    async def _copy_in_transaction(self, lane: _Lane, batches: dict[TopicPartition, tuple[list[Any], int]]) -> None:
+        touched: list[tuple[PartitionState, list[PendingBatch], int]] = []
+        producer = lane.producer
         try:
             await producer.begin_transaction()
             add_to_transaction(producer, self._transaction_partitions(batches))
-            for tp, records in batches.items():
+            for tp, (records, position) in batches.items():
                 state = self._states.get(tp)
-                if state is None:
+                if state is None or state.lease_lost:
                     continue
-                position = await self._consumer.position(tp)
                 sent: list[PendingBatch] = []
                 for builder, pending in build_batches(self._batch_format, state, records, position):
                     pending.future = await producer.send_batch(
@@ -1190,9 +1461,15 @@ class PartitionCopier:
                     target_topic_id=state.target_topic_id,
                     source_leader_epoch=None if state.fetched_epoch < 0 else state.fetched_epoch,
                 )
-            for state in self._states.values():
-                if state.source not in progress and state.acked_next != state.committed_next:
-                    progress[state.source] = state.progress()
+            for tp in lane.partitions if lane.progress_due else ():
+                state = self._states.get(tp)
+                if (
+                    state is not None
+                    and tp not in progress
+                    and not state.lease_lost
+                    and state.acked_next != state.committed_next
+                ):
+                    progress[tp] = state.progress()
             if self._sink is not None:
                 # The mappings are stored before the commit that makes them visible (as at-least-once stores
                 # them before its progress): a worker killed between the two leaves no committed copy unmapped.
@@ -1209,16 +1486,16 @@ class PartitionCopier:
             await _all_or_first_error(futures)
             lost = await self._lost_leases([self._states[tp] for tp in progress if tp in self._states])
             if lost:
-                # One of its partitions has another owner now: the transaction must not commit. The others copy
-                # this stretch again in the next one.
-                await self._abort_and_rewind()
+                # One of its partitions has another owner now: the transaction must not commit. The lane's other
+                # partitions copy this stretch again in its next one.
+                await self._abort(lane)
                 self._abandon(lost)
                 return
             await producer.commit_transaction()
         except (ProducerFenced, InvalidProducerEpoch) as exc:
-            raise CopierFenced(f"transactional id {self.transactional_id} was fenced: {exc}") from exc
+            raise CopierFenced(f"transactional id {lane.transactional_id} was fenced: {exc}") from exc
         except KafkaError as exc:
-            await self._transaction_failed(exc, [state for state, _, _ in touched])
+            await self._transaction_failed(lane, exc, [state for state, _, _ in touched])
             return
         ack_ms = time.time() * 1000
         for state, sent, position in touched:
@@ -1231,7 +1508,7 @@ class PartitionCopier:
         for tp, value in progress.items():
             self._states[tp].committed_next = value.next_source_offset
 
-    def _transaction_partitions(self, batches: dict[TopicPartition, list[Any]]) -> list[TopicPartition]:
+    def _transaction_partitions(self, batches: dict[TopicPartition, Any]) -> list[TopicPartition]:
         """The target partitions a transaction over these polled partitions writes: their data and, where already
         known, the progress partition of each."""
         written: list[TopicPartition] = []
@@ -1245,26 +1522,25 @@ class PartitionCopier:
                 written.append(TopicPartition(self._store.topic, known[1]))
         return written
 
-    async def _transaction_failed(self, exc: KafkaError, states: list[PartitionState]) -> None:
-        for state in states or self._states.values():
+    async def _transaction_failed(self, lane: _Lane, exc: KafkaError, states: list[PartitionState]) -> None:
+        for state in states or [self._states[tp] for tp in lane.partitions if tp in self._states]:
             state.metrics.record_error(ErrorKind.TRANSACTION_FAILED, f"{type(exc).__name__}: {exc}")
         log.warning("transaction for %s failed, retrying from the last commit: %s", self.spec.replicator_id, exc)
-        await self._abort_and_rewind()
-        if self._produce_failed:
+        await self._abort(lane)
+        if lane.broken:
             return
         await asyncio.sleep(self.options.retry_backoff_s)
 
-    async def _abort_and_rewind(self) -> None:
-        """Abort the open transaction and put every partition back where its last commit left it."""
+    async def _abort(self, lane: _Lane) -> None:
+        """Abort the lane's open transaction; the copy loop puts its partitions back where their last commit left
+        them before it fetches for them again."""
+        lane.halted = True
         try:
-            await self._producer.abort_transaction()
+            await lane.producer.abort_transaction()
         except KafkaError as abort_exc:
             log.warning("abort failed, the producer will be replaced: %s", abort_exc)
+            lane.broken = True
             self._produce_failed = True
-        for state in self._states.values():
-            state.sent_next = state.acked_next
-            state.fetched_epoch = state.acked_epoch
-            self._consumer.seek(state.source, state.acked_next)
 
 
 async def _closed(closing: Awaitable[object], what: str) -> None:
