@@ -479,3 +479,52 @@ async def test_a_moved_unit_stays_renewed_while_its_work_stops_for_up_to_three_l
     taker = LeaseStore(adb, "another-worker", lease_seconds=lease_s, safety_margin=2)
     [taken] = await taker.acquire()
     assert taken.key == key and taken.epoch == lease.epoch + 1
+
+
+async def test_a_moved_units_lease_that_lapses_or_is_lost_is_dropped_and_said(
+    adb: AsyncEngine,
+    fleet_db: Engine,
+    fleet_settings: FerrySettings,
+    replicator_id: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A moved unit's final writes are refused once its lease lapses or the database gives it to someone else:
+    the worker says so in its log (at 10,000 partitions a revoked partition's final progress was refused with no
+    line saying why), and it stops counting the lease as held."""
+    worker = f"mover-{uuid.uuid4().hex[:6]}"
+    running: set[UnitKey] = set()
+    loop = ControlLoop(
+        fleet_settings, worker, running=lambda: frozenset(running), offer=lambda _desired: None, work_beat=time.time
+    )
+    lease_s = fleet_settings.fleet_lease_seconds
+    loop._store = LeaseStore(
+        adb, worker, lease_seconds=lease_s, safety_margin=fleet_settings.fleet_lease_margin_seconds
+    )
+    lapsing, lost = UnitKey(replicator_id, "lapsing", 0), UnitKey(replicator_id, "lost", 0)
+    for key in (lapsing, lost):
+        assign(fleet_db, key, worker)
+    loop.leases = {lease.key: lease for lease in await loop._store.acquire()}
+    running.update((lapsing, lost))
+    for key in (lapsing, lost):
+        assign(fleet_db, key, "another-worker")
+    await loop._sort_leases()
+    assert set(loop.moving) == {lapsing, lost}
+
+    with caplog.at_level(logging.WARNING, logger="workers.fleet.control"):
+        loop.moving[lapsing][0].valid_until = time.monotonic() - 1  # its renewals did not come through in time
+        loop._drop_lapsed()
+        assert lapsing not in loop.moving and not loop.holds_unit(lapsing)
+        assert any("1 leases lapsed" in r.getMessage() and "lapsing:0" in r.getMessage() for r in caplog.records)
+
+        with fleet_db.begin() as conn:  # the database let it go and someone else holds it now
+            conn.execute(
+                text(
+                    "UPDATE fleet_units SET owner_worker = 'another-worker', epoch = epoch + 1 "
+                    "WHERE replicator_id = :r AND topic = 'lost'"
+                ),
+                {"r": uuid.UUID(replicator_id)},
+            )
+        loop.moving[lost][0].valid_until = time.monotonic() + loop.renew_within_s - 1  # due
+        await loop._renew()
+        assert lost not in loop.moving and not loop.holds_unit(lost)
+        assert any("lost at renewal" in r.getMessage() and "lost:0" in r.getMessage() for r in caplog.records)

@@ -262,6 +262,11 @@ class ControlLoop:
         lapsed = [key for key, lease in self.leases.items() if not lease.is_valid()]
         for key in lapsed:
             self.leases.pop(key, None)
+        # A moved unit's lease too: its final writes were refused from its lapse on, which must not go unsaid.
+        lapsed_moving = [key for key, (lease, _) in self.moving.items() if not lease.is_valid()]
+        for key in lapsed_moving:
+            self.moving.pop(key, None)
+        lapsed += lapsed_moving
         if lapsed:
             # One line, however many: a worker holding thousands of units wrote thousands of lines per lapse.
             log.warning("%d leases lapsed; their work stops: %s", len(lapsed), _some_units(lapsed))
@@ -344,20 +349,20 @@ class ControlLoop:
         due_before = time.monotonic() + self.renew_within_s
         held = [*self.leases.values(), *(lease for lease, _ in self.moving.values())]
         due = [lease for lease in held if lease.valid_until <= due_before]
+        lost: set[UnitKey] = set()
         try:
             async with asyncio.timeout(self.call_timeout_s):
                 lost = await self._require_store().renew(due)
         finally:
-            # Leases whose renewal failed keep their old local deadline and lapse by themselves.
+            # Dropped as lost first, so the line says why; leases whose renewal failed (the database away) keep
+            # their old local deadline and lapse by themselves.
+            dropped = [key for key in lost if self.leases.pop(key, None) is not None]
+            dropped += [key for key in lost if self.moving.pop(key, None) is not None]
+            if dropped:
+                log.warning("%d leases lost at renewal; their work stops: %s", len(dropped), _some_units(dropped))
             self._drop_lapsed()
-        dropped = [key for key in lost if self.leases.pop(key, None) is not None]
-        for key in lost:
-            self.moving.pop(key, None)
         if lost:
             self._full_sort_at = 0.0
-        if dropped:
-            log.warning("%d leases lost; their work stops: %s", len(dropped), _some_units(dropped))
-        if lost:
             self._publish()
 
     async def _sort_leases(self) -> None:
@@ -376,12 +381,15 @@ class ControlLoop:
         if full:
             self._full_sort_at = now + FULL_SORT_SECONDS
         mine = {unit.key: unit for unit in units}
+        taken: list[UnitKey] = []
         for key, lease in list(self.leases.items()):
             unit = mine.get(key)
             if unit is None and not full:
                 continue  # assigned here and owned here, or the renewal would have found it lost
             if unit is None or unit.owner_worker != self.worker_id or unit.epoch != lease.epoch:
                 self.leases.pop(key)  # the unit is gone, or someone else holds it now
+                if unit is not None:
+                    taken.append(key)
             elif unit.assigned_worker is None:
                 # Not wanted any more (replicator deleting, topic out of scope): nothing of it is written again.
                 self.leases.pop(key)
@@ -389,6 +397,12 @@ class ControlLoop:
             elif unit.assigned_worker != self.worker_id:
                 self.leases.pop(key)
                 self.moving[key] = (lease, now)
+        if taken:
+            log.warning(
+                "%d leases held here are another worker's or a newer epoch's in the database; their work stops: %s",
+                len(taken),
+                _some_units(taken),
+            )
         running = self._running()
         move_window_s = MOVE_WINDOW_LEASES * self.settings.fleet_lease_seconds
         for key, (lease, since) in list(self.moving.items()):
