@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 
 import pytest
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from tests.engine.conftest import (
@@ -183,6 +183,7 @@ class HoldingSink:
 
     def __init__(self, held: TopicPartition) -> None:
         self.held = held
+        # Set by the test, and by ``released`` whatever happens: a held transaction would hold the copier's stop.
         self.release = asyncio.Event()
         self.holding = asyncio.Event()
         self.mappings: list[BatchMapping] = []
@@ -200,6 +201,13 @@ class HoldingSink:
             self.holding.set()
             await self.release.wait()
 
+    @asynccontextmanager
+    async def released(self, instance: PartitionCopier) -> AsyncIterator[PartitionCopier]:
+        try:
+            yield instance
+        finally:
+            self.release.set()
+
 
 async def test_a_held_exactly_once_commit_holds_back_only_its_own_lane(
     source_bootstrap: str, target_bootstrap: str, unique: str
@@ -215,9 +223,10 @@ async def test_a_held_exactly_once_commit_holds_back_only_its_own_lane(
     tps = [TopicPartition(topic, p) for p in range(partitions)]
     sink = HoldingSink(tps[0])
     records = [Rec(p, None, f"{p}:{i}".encode()) for i in range(300) for p in range(partitions)]
-    async with copier(
-        spec, source_bootstrap, target_bootstrap, transactional_id=f"{unique}-unit", offset_map_sink=sink
-    ) as instance:
+    async with (
+        copier(spec, source_bootstrap, target_bootstrap, transactional_id=f"{unique}-unit", offset_map_sink=sink) as c,
+        sink.released(c) as instance,
+    ):
         await instance.assign(tps)
         await produce(source_bootstrap, topic, records)
         await asyncio.wait_for(sink.holding.wait(), 30)
@@ -249,6 +258,62 @@ async def test_a_held_exactly_once_commit_holds_back_only_its_own_lane(
         assert [r.value for r in data[partition]] == [f"{partition}:{i}".encode() for i in range(300)], (
             f"partition {partition}: lost, duplicated or reordered records"
         )
+
+
+async def test_a_quiet_partition_of_a_busy_lane_still_moves_past_transaction_markers(
+    source_bootstrap: str, target_bootstrap: str, unique: str
+) -> None:
+    """A partition waits for its lane only while its own records or progress are in the lane's queue or
+    transaction: another partition of the same lane, whose source only gained an aborted transaction and its
+    marker, moves past them (and its lag reaches zero) while the lane's transaction is held."""
+    topic = f"{unique}-quiet"
+    partitions = 2 * TRANSACTION_LANES
+    await create_topic(source_bootstrap, topic, partitions)
+    spec = spec_for(unique, [topic], exactly_once=True)
+    await prepare_target(spec, source_bootstrap, target_bootstrap)
+    tps = [TopicPartition(topic, p) for p in range(partitions)]
+    busy, quiet = tps[0], tps[TRANSACTION_LANES]  # the same lane: partitions join the emptiest lane in order
+    sink = HoldingSink(busy)
+    progress = ProgressStore(ClusterConnection(target_bootstrap), spec.replicator_id)
+    async with (
+        copier(spec, source_bootstrap, target_bootstrap, transactional_id=f"{unique}-unit", offset_map_sink=sink) as c,
+        sink.released(c) as instance,
+    ):
+        await instance.assign(tps)
+
+        async def first_progress_committed() -> bool:
+            return len(await progress.load(tps)) == partitions
+
+        await wait_for(first_progress_committed, 30, "every partition's first progress committed")
+        await produce(source_bootstrap, topic, [Rec(busy.partition, None, f"{i}".encode()) for i in range(300)])
+        await asyncio.wait_for(sink.holding.wait(), 30)
+
+        aborting = AIOKafkaProducer(bootstrap_servers=source_bootstrap, transactional_id=f"{unique}-aborting")
+        await aborting.start()
+        try:
+            await aborting.begin_transaction()
+            await aborting.send_and_wait(topic, b"never committed", partition=quiet.partition)
+            await aborting.abort_transaction()
+        finally:
+            await aborting.stop()
+        end = (await end_offsets(source_bootstrap, topic))[quiet.partition]
+        assert end == 2, "one aborted record and its marker"
+
+        async def quiet_moved_on() -> bool:
+            return instance.snapshot()[quiet].next_source_offset == end
+
+        await wait_for(quiet_moved_on, 30, "the quiet partition past the marker while its lane's commit is held")
+        assert instance.failure is None, f"the copier stopped: {instance.failure!r}"
+        sink.release.set()
+
+        async def both_committed() -> bool:
+            saved = await progress.load([busy, quiet])
+            return saved[busy].next_source_offset == 300 and saved[quiet].next_source_offset == end
+
+        await wait_for(both_committed, 30, "the held transaction and the quiet partition's progress committed")
+    data = await read_topic(target_bootstrap, f"src.{topic}")
+    assert [r.value for r in data[busy.partition]] == [f"{i}".encode() for i in range(300)]
+    assert data[quiet.partition] == [], "an aborted record was copied"
 
 
 async def test_newer_producer_with_the_same_transactional_id_fences_the_old_copier(

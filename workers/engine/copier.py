@@ -183,6 +183,8 @@ class _Lane:
     queued: dict[TopicPartition, tuple[list[Any], int]] = field(default_factory=dict)
     queued_batches: int = 0
     task: asyncio.Task[None] | None = None
+    # The partitions of the transaction under way (records or progress): their positions wait for its end.
+    in_transaction: frozenset[TopicPartition] = frozenset()
     # Its transaction failed: records fetched for its partitions are dropped until the copy loop puts them back
     # where their last commit left them.
     halted: bool = False
@@ -201,8 +203,9 @@ class _Lane:
         return taken
 
     def holds_up(self, tp: TopicPartition) -> bool:
-        """Records of this partition are queued or may be in the transaction under way (its positions must wait)."""
-        return self.busy or self.halted or tp in self.queued
+        """Records of this partition are queued or in the transaction under way, or its lane is to be rewound: its
+        positions must wait."""
+        return self.halted or tp in self.queued or tp in self.in_transaction
 
 
 def _error_kind(exc: BaseException) -> ErrorKind:
@@ -221,7 +224,15 @@ async def fence_transactional_ids(connection: ClusterConnection, transactional_i
     left open and makes the broker refuse its late writes. Done before the new owner reads progress, so the progress
     read (read_committed) is not held back by an open transaction of a dead or paused owner, and before it copies."""
     lanes = sorted({lane for given in transactional_ids for lane in lane_transactional_ids(given)})
-    await asyncio.gather(*(_fence(connection, transactional_id) for transactional_id in lanes))
+    await _fence_all(connection, lanes)
+
+
+async def _fence_all(connection: ClusterConnection, transactional_ids: list[str]) -> None:
+    """Fence these ids at once; every fence ends (none left running) before the first failure is raised."""
+    results = await asyncio.gather(*(_fence(connection, tid) for tid in transactional_ids), return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
 
 
 async def _fence(connection: ClusterConnection, transactional_id: str) -> None:
@@ -373,9 +384,7 @@ class PartitionCopier:
         await self._start_producer(self._lanes[0])
         # The other lanes start when they get work; a transaction one of them left open (this unit's previous run,
         # crashed) is aborted now, for the same reason.
-        await asyncio.gather(
-            *(_fence(self.target, lane.transactional_id) for lane in self._lanes[1:] if lane.transactional_id)
-        )
+        await _fence_all(self.target, [lane.transactional_id for lane in self._lanes[1:] if lane.transactional_id])
         self._task = asyncio.create_task(self._run(), name=f"ferry-copier-{self.spec.replicator_id}")
         log.info(
             "copier for %s started: %s -> %s (%s)",
@@ -930,15 +939,18 @@ class PartitionCopier:
         if now - self._last_housekeeping < self.options.housekeeping_interval_s:
             return
         self._last_housekeeping = now
-        # Exactly-once: a partition with records queued or in a transaction is left for a later turn.
-        settled = [state for state in self._states.values() if not self._held_by_lane(state.source)]
-        if now - self._last_topic_check >= self.options.topic_check_interval_s:
-            self._last_topic_check = now
-            await self._restart_recreated(settled)
-        for state in settled:
+        settled: list[tuple[PartitionState, int | None]] = []
+        for state in self._states.values():
             end = self._consumer.last_stable_offset(state.source)
             if end is not None and end >= 0:
                 state.metrics.source_end_offset = end
+            # Exactly-once: a partition with records queued or in a transaction is left for a later turn.
+            if not self._held_by_lane(state.source):
+                settled.append((state, end))
+        if now - self._last_topic_check >= self.options.topic_check_interval_s:
+            self._last_topic_check = now
+            await self._restart_recreated([state for state, _ in settled])
+        for state, end in settled:
             if state.pending or state.failed is not None or self._produce_failed:
                 # While a failure is recovered, a position past sent_next may hold fetched records that were
                 # never sent: only the recovery's rewind may move this partition.
@@ -1294,7 +1306,11 @@ class PartitionCopier:
                 continue
             position = await self._consumer.position(tp)
             queued = lane.queued.get(tp)
-            lane.queued[tp] = (records if queued is None else queued[0] + records, position)
+            if queued is None:
+                lane.queued[tp] = (records, position)
+            else:
+                queued[0].extend(records)
+                lane.queued[tp] = (queued[0], position)
             lane.queued_batches += len(records)
         await self._dispatch_lanes()
 
@@ -1311,8 +1327,10 @@ class PartitionCopier:
 
     async def _dispatch_lanes(self) -> None:
         """Start a transaction loop on every idle lane that has something to commit."""
+        # A lane's loop that ended with an error (fenced) is answered first, never replaced by a new one.
+        self._raise_if_lane_failed()
         for index, lane in enumerate(self._lanes):
-            if self._stopping or self._produce_failed:
+            if self._stopping or self._produce_failed or self._changes:
                 return
             if lane.busy or lane.halted or lane.broken:
                 continue
@@ -1338,15 +1356,19 @@ class PartitionCopier:
                 return
             batches = lane.take()
             self._lane_room.set()
-            await self._copy_in_transaction(lane, batches)
+            lane.in_transaction = frozenset(batches)
+            try:
+                await self._copy_in_transaction(lane, batches)
+            finally:
+                lane.in_transaction = frozenset()
 
     async def _wait_for_lanes(self) -> None:
         """Enough is queued: wait until a lane takes its queue or ends its loop."""
+        self._lane_room.clear()  # before the dispatch: a lane may take its queue during it
         await self._dispatch_lanes()
         running = [lane.task for lane in self._lanes if lane.task is not None and lane.busy]
         if not running:
             return
-        self._lane_room.clear()
         room = asyncio.ensure_future(self._lane_room.wait())
         try:
             await asyncio.wait([*running, room], return_when=asyncio.FIRST_COMPLETED)
@@ -1394,8 +1416,9 @@ class PartitionCopier:
             self._rewind(lane)
 
     async def _drain_lanes(self) -> None:
-        """Commit everything queued (a lane whose transaction fails is rewound instead) and let every lane stop."""
-        while not self._stopping:
+        """Commit everything queued (a lane whose transaction fails is rewound instead) and let every lane stop. An
+        assignment change cuts it short: the lanes are quiesced for it and what was queued is fetched again."""
+        while not (self._stopping or self._changes):
             self._raise_if_lane_failed()
             self._rewind_halted_lanes()
             await self._dispatch_lanes()
@@ -1412,6 +1435,7 @@ class PartitionCopier:
                 await self._restart_producer(lane)
                 lane.broken = False
         self._produce_failed = False
+        await asyncio.sleep(self.options.retry_backoff_s)
 
     async def _lanes_stopped(self) -> None:
         """The copy loop ends: a stop lets the transactions under way commit; a failure cancels them (a transaction
@@ -1470,6 +1494,7 @@ class PartitionCopier:
                     and state.acked_next != state.committed_next
                 ):
                     progress[tp] = state.progress()
+            lane.in_transaction = lane.in_transaction.union(progress)
             if self._sink is not None:
                 # The mappings are stored before the commit that makes them visible (as at-least-once stores
                 # them before its progress): a worker killed between the two leaves no committed copy unmapped.
@@ -1493,6 +1518,7 @@ class PartitionCopier:
                 return
             await producer.commit_transaction()
         except (ProducerFenced, InvalidProducerEpoch) as exc:
+            lane.halted = True  # never written with again; the copy loop raises this when it sees the task end
             raise CopierFenced(f"transactional id {lane.transactional_id} was fenced: {exc}") from exc
         except KafkaError as exc:
             await self._transaction_failed(lane, exc, [state for state, _, _ in touched])
