@@ -8,6 +8,7 @@ import logging
 import time
 import uuid
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, text
@@ -528,3 +529,44 @@ async def test_a_moved_units_lease_that_lapses_or_is_lost_is_dropped_and_said(
         await loop._renew()
         assert lost not in loop.moving and not loop.holds_unit(lost)
         assert any("lost at renewal" in r.getMessage() and "lost:0" in r.getMessage() for r in caplog.records)
+
+
+class _LeasesAskedWhileChanging(dict[UnitKey, Lease]):
+    """The work thread asks ``holds_unit`` between any two steps of the control loop: this asks at the moment a
+    lease leaves the dict of held leases, and keeps the answers."""
+
+    def __init__(self, loop: ControlLoop, leases: dict[UnitKey, Lease]) -> None:
+        super().__init__(leases)
+        self.loop = loop
+        self.answers: list[tuple[UnitKey, bool]] = []
+
+    def pop(self, key: UnitKey, *default: Any) -> Any:
+        value = super().pop(key, *default)
+        self.answers.append((key, self.loop.holds_unit(key)))
+        return value
+
+
+async def test_a_unit_being_moved_is_never_seen_unheld_while_its_lease_changes_hands_inside_the_worker(
+    adb: AsyncEngine, fleet_db: Engine, fleet_settings: FerrySettings, replicator_id: str
+) -> None:
+    """A moved unit goes from the held leases to the moving ones; a copier asking in between (another thread) must
+    not find it in neither, or it abandons the partition without its final progress and the new owner copies its
+    last records again."""
+    worker = f"mover-{uuid.uuid4().hex[:6]}"
+    key = UnitKey(replicator_id, "changing-hands", 0)
+    loop = ControlLoop(
+        fleet_settings, worker, running=lambda: frozenset({key}), offer=lambda _desired: None, work_beat=time.time
+    )
+    loop._store = LeaseStore(
+        adb,
+        worker,
+        lease_seconds=fleet_settings.fleet_lease_seconds,
+        safety_margin=fleet_settings.fleet_lease_margin_seconds,
+    )
+    assign(fleet_db, key, worker)
+    watched = _LeasesAskedWhileChanging(loop, {lease.key: lease for lease in await loop._store.acquire()})
+    loop.leases = watched
+    assign(fleet_db, key, "another-worker")
+    await loop._sort_leases()
+    assert watched.answers == [(key, True)], "the unit read as not held while it moved from held to moving"
+    assert key in loop.moving

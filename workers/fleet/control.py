@@ -395,8 +395,10 @@ class ControlLoop:
                 self.leases.pop(key)
                 self.unreleased[key] = lease
             elif unit.assigned_worker != self.worker_id:
-                self.leases.pop(key)
+                # Into ``moving`` before out of ``leases``: the work thread asks ``holds_unit`` at any moment, and
+                # a unit found in neither would read as lost (its copy abandoned without final progress).
                 self.moving[key] = (lease, now)
+                self.leases.pop(key)
         if taken:
             log.warning(
                 "%d leases held here are another worker's or a newer epoch's in the database; their work stops: %s",
