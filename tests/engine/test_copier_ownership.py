@@ -46,8 +46,10 @@ async def prepare_target(spec: ReplicationSpec, source: str, target: str) -> Non
 
 
 @asynccontextmanager
-async def copier(spec: ReplicationSpec, source: str, target: str, **kwargs: object) -> AsyncIterator[PartitionCopier]:
-    instance = PartitionCopier(spec, ClusterConnection(source), ClusterConnection(target), options=OPTIONS, **kwargs)  # type: ignore[arg-type]
+async def copier(
+    spec: ReplicationSpec, source: str, target: str, options: CopierOptions = OPTIONS, **kwargs: object
+) -> AsyncIterator[PartitionCopier]:
+    instance = PartitionCopier(spec, ClusterConnection(source), ClusterConnection(target), options=options, **kwargs)  # type: ignore[arg-type]
     await instance.start()
     try:
         yield instance
@@ -209,6 +211,16 @@ class HoldingSink:
             self.release.set()
 
 
+async def exactly_once_topic(
+    source: str, target: str, topic: str, partitions: int
+) -> tuple[ReplicationSpec, list[TopicPartition]]:
+    """A new source topic, an exactly-once spec for it and its target topic created: the lane tests' setting."""
+    await create_topic(source, topic, partitions)
+    spec = spec_for(topic, [topic], exactly_once=True)
+    await prepare_target(spec, source, target)
+    return spec, [TopicPartition(topic, p) for p in range(partitions)]
+
+
 async def test_a_held_exactly_once_commit_holds_back_only_its_own_lane(
     source_bootstrap: str, target_bootstrap: str, unique: str
 ) -> None:
@@ -217,10 +229,7 @@ async def test_a_held_exactly_once_commit_holds_back_only_its_own_lane(
     partition holds its records once and in order."""
     topic = f"{unique}-lanes"
     partitions = 2 * TRANSACTION_LANES
-    await create_topic(source_bootstrap, topic, partitions)
-    spec = spec_for(unique, [topic], exactly_once=True)
-    await prepare_target(spec, source_bootstrap, target_bootstrap)
-    tps = [TopicPartition(topic, p) for p in range(partitions)]
+    spec, tps = await exactly_once_topic(source_bootstrap, target_bootstrap, topic, partitions)
     sink = HoldingSink(tps[0])
     records = [Rec(p, None, f"{p}:{i}".encode()) for i in range(300) for p in range(partitions)]
     async with (
@@ -268,10 +277,7 @@ async def test_a_quiet_partition_of_a_busy_lane_still_moves_past_transaction_mar
     marker, moves past them (and its lag reaches zero) while the lane's transaction is held."""
     topic = f"{unique}-quiet"
     partitions = 2 * TRANSACTION_LANES
-    await create_topic(source_bootstrap, topic, partitions)
-    spec = spec_for(unique, [topic], exactly_once=True)
-    await prepare_target(spec, source_bootstrap, target_bootstrap)
-    tps = [TopicPartition(topic, p) for p in range(partitions)]
+    spec, tps = await exactly_once_topic(source_bootstrap, target_bootstrap, topic, partitions)
     busy, quiet = tps[0], tps[TRANSACTION_LANES]  # the same lane: partitions join the emptiest lane in order
     sink = HoldingSink(busy)
     progress = ProgressStore(ClusterConnection(target_bootstrap), spec.replicator_id)
@@ -314,6 +320,54 @@ async def test_a_quiet_partition_of_a_busy_lane_still_moves_past_transaction_mar
     data = await read_topic(target_bootstrap, f"src.{topic}")
     assert [r.value for r in data[busy.partition]] == [f"{i}".encode() for i in range(300)]
     assert data[quiet.partition] == [], "an aborted record was copied"
+
+
+async def test_exactly_once_stops_fetching_at_its_byte_bound_while_a_commit_is_held(
+    source_bootstrap: str, target_bootstrap: str, unique: str
+) -> None:
+    """What exactly-once holds (records queued for the lanes and in their transactions) is bounded in bytes, not
+    only in batches: while the only lane's commit is held, the copier fetches until it holds the bound (plus at
+    most one poll) and then waits; a few large source batches cannot fill memory. Released, every record is
+    copied once and in order."""
+    topic = f"{unique}-bounded"
+    spec, tps = await exactly_once_topic(source_bootstrap, target_bootstrap, topic, 1)
+    bound, fetch = 1024 * 1024, 256 * 1024
+    options = CopierOptions(
+        retry_backoff_s=0.2, max_in_flight_bytes=bound, fetch_max_bytes=fetch, max_partition_fetch_bytes=fetch
+    )
+    count, value = 8192, b"v" * 1000  # 8 MiB in 32 source batches: far below the bound in batches
+    await produce(source_bootstrap, topic, [Rec(0, None, b"%d:" % i + value) for i in range(count)])
+    sink = HoldingSink(tps[0])
+    async with (
+        copier(
+            spec, source_bootstrap, target_bootstrap, options, transactional_id=f"{unique}-unit", offset_map_sink=sink
+        ) as c,
+        sink.released(c) as instance,
+    ):
+        await instance.assign(tps)
+        await asyncio.wait_for(sink.holding.wait(), 30)
+
+        async def bound_reached() -> bool:
+            return instance.buffered_bytes() >= bound
+
+        await wait_for(bound_reached, 30, "the copier fetching up to its bound while the commit is held")
+        # Watched for a while: unbounded, it would hold all 8 MiB within this window.
+        highest, watch_until = 0, asyncio.get_running_loop().time() + 3
+        while asyncio.get_running_loop().time() < watch_until:
+            highest = max(highest, instance.buffered_bytes())
+            await asyncio.sleep(0.05)
+        assert highest <= bound + fetch + len(value) * 300, f"held {highest} bytes past a bound of {bound}"
+        assert instance.failure is None, f"the copier stopped: {instance.failure!r}"
+        sink.release.set()
+
+        async def all_copied() -> bool:
+            data = await read_topic(target_bootstrap, f"src.{topic}")
+            return len(data.get(0, [])) >= count
+
+        await wait_for(all_copied, 60, "every record copied once the commit is released")
+        await wait_for(lambda: _truthy(instance.buffered_bytes() == 0), 30, "nothing held once all is committed")
+    data = await read_topic(target_bootstrap, f"src.{topic}")
+    assert [r.value for r in data[0]] == [b"%d:" % i + value for i in range(count)], "lost, duplicated or reordered"
 
 
 async def test_newer_producer_with_the_same_transactional_id_fences_the_old_copier(

@@ -460,7 +460,7 @@ class ForwardingPartitionRecords(_original_partition_records):  # type: ignore[m
                 records = [record for record in records if record.offset >= self.next_fetch_offset]
             self.next_fetch_offset = next_offset
             if records:
-                yield DecodedBatch(records, header.leader_epoch)
+                yield DecodedBatch(records, header.leader_epoch, len(buffer))
 
 
 def _partition_records(

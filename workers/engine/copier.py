@@ -132,6 +132,8 @@ class CopierOptions:
     max_batches_per_poll: int = 16
     # Exactly-once: a commit costs round trips, so polls are larger; this also bounds what waits for the lanes.
     max_batches_per_transaction: int = 1024
+    # Bytes fetched and not yet acknowledged: at-least-once's batches in flight; exactly-once's records queued for
+    # the lanes and in their transactions (as fetched). No poll starts at or above it, so one poll may pass it.
     max_in_flight_bytes: int = 64 * 1024 * 1024
     progress_interval_s: float = 0.25
     # From many_partitions on: each write first stores the offset map, reading every held partition's position.
@@ -182,9 +184,11 @@ class _Lane:
     partitions: set[TopicPartition] = field(default_factory=set)
     queued: dict[TopicPartition, tuple[list[Any], int]] = field(default_factory=dict)
     queued_batches: int = 0
+    queued_bytes: int = 0
     task: asyncio.Task[None] | None = None
     # The partitions of the transaction under way (records or progress): their positions wait for its end.
     in_transaction: frozenset[TopicPartition] = frozenset()
+    transaction_bytes: int = 0
     # Its transaction failed: records fetched for its partitions are dropped until the copy loop puts them back
     # where their last commit left them.
     halted: bool = False
@@ -199,7 +203,7 @@ class _Lane:
         return self.task is not None and not self.task.done()
 
     def take(self) -> dict[TopicPartition, tuple[list[Any], int]]:
-        taken, self.queued, self.queued_batches = self.queued, {}, 0
+        taken, self.queued, self.queued_batches, self.queued_bytes = self.queued, {}, 0, 0
         return taken
 
     def holds_up(self, tp: TopicPartition) -> bool:
@@ -490,6 +494,12 @@ class PartitionCopier:
         the offset map sink; the next copy lands at or after the position's target offset."""
         return {tp: state.position() for tp, state in self._states.items() if not state.lease_lost}
 
+    def buffered_bytes(self) -> int:
+        """Bytes fetched and not yet acknowledged by the target (``CopierOptions.max_in_flight_bytes`` bounds it)."""
+        if self.spec.exactly_once:
+            return sum(lane.queued_bytes + lane.transaction_bytes for lane in self._lanes)
+        return self._in_flight_bytes
+
     def snapshot(self) -> dict[TopicPartition, PartitionStats]:
         """Measurements of every assigned partition (and of partitions revoked since the last snapshot)."""
         stats = dict(self._retired)
@@ -721,7 +731,10 @@ class PartitionCopier:
                 if exactly_once:
                     self._raise_if_lane_failed()
                     self._rewind_halted_lanes()
-                    if sum(lane.queued_batches for lane in self._lanes) >= self._poll_limit:
+                    if (
+                        sum(lane.queued_batches for lane in self._lanes) >= self._poll_limit
+                        or self.buffered_bytes() >= self.options.max_in_flight_bytes
+                    ):
                         await self._wait_for_lanes()
                         continue
                 try:
@@ -1312,6 +1325,7 @@ class PartitionCopier:
                 queued[0].extend(records)
                 lane.queued[tp] = (queued[0], position)
             lane.queued_batches += len(records)
+            lane.queued_bytes += sum(map(forwarding.fetched_size, records))
         await self._dispatch_lanes()
 
     def _lane_needs_progress(self, lane: _Lane) -> bool:
@@ -1354,6 +1368,7 @@ class PartitionCopier:
         while not (lane.halted or self._stopping or self._changes or self._produce_failed):
             if not lane.queued and not self._lane_needs_progress(lane):
                 return
+            lane.transaction_bytes = lane.queued_bytes
             batches = lane.take()
             self._lane_room.set()
             lane.in_transaction = frozenset(batches)
@@ -1361,12 +1376,14 @@ class PartitionCopier:
                 await self._copy_in_transaction(lane, batches)
             finally:
                 lane.in_transaction = frozenset()
+                lane.transaction_bytes = 0
+                self._lane_room.set()  # room for more bytes
 
     async def _wait_for_lanes(self) -> None:
-        """Enough is queued: wait until a lane takes its queue or ends its loop."""
+        """Enough is queued or held: wait until a lane takes its queue, ends a transaction or ends its loop."""
         self._lane_room.clear()  # before the dispatch: a lane may take its queue during it
         await self._dispatch_lanes()
-        running = [lane.task for lane in self._lanes if lane.task is not None and lane.busy]
+        running = self._running_lanes()
         if not running:
             return
         room = asyncio.ensure_future(self._lane_room.wait())
@@ -1375,6 +1392,9 @@ class PartitionCopier:
         finally:
             room.cancel()
         self._raise_if_lane_failed()
+
+    def _running_lanes(self) -> list[asyncio.Task[None]]:
+        return [lane.task for lane in self._lanes if lane.task is not None and not lane.task.done()]
 
     def _raise_if_lane_failed(self) -> None:
         """A lane's loop ends with an error only when the copier must stop (fenced, a bug): the copy loop raises it."""
@@ -1408,7 +1428,7 @@ class PartitionCopier:
     async def _quiesce_lanes(self) -> None:
         """Let every transaction under way end (the lane loops stop after it), then put every partition back at its
         last commit: nothing queued, nothing in flight."""
-        running = [lane.task for lane in self._lanes if lane.task is not None and lane.busy]
+        running = self._running_lanes()
         if running:
             await asyncio.wait(running)
         self._raise_if_lane_failed()
@@ -1422,7 +1442,7 @@ class PartitionCopier:
             self._raise_if_lane_failed()
             self._rewind_halted_lanes()
             await self._dispatch_lanes()
-            running = [lane.task for lane in self._lanes if lane.task is not None and lane.busy]
+            running = self._running_lanes()
             if not running:
                 return
             await asyncio.wait(running)

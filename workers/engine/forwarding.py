@@ -145,8 +145,25 @@ class RawBatch:
 class DecodedBatch:
     """The records of one source batch that is not forwarded, decoded (aiokafka's C ``DefaultRecord`` objects)."""
 
-    __slots__ = ("leader_epoch", "records")
+    __slots__ = ("leader_epoch", "records", "size")
 
-    def __init__(self, records: list[Any], leader_epoch: int = -1) -> None:
+    def __init__(self, records: list[Any], leader_epoch: int = -1, size: int = 0) -> None:
         self.records = records
         self.leader_epoch = leader_epoch
+        # Bytes of the batch as fetched: what holding it costs, near enough (compressed batches decode larger).
+        self.size = size
+
+
+# A record of an old-format (v0/v1) batch also costs its object and offsets, not only its key and value.
+LEGACY_RECORD_OVERHEAD = 64
+
+
+def fetched_size(item: Any) -> int:
+    """Bytes one item of the forwarding fetch holds: a ``RawBatch``, a ``DecodedBatch`` or a record of an
+    old-format batch (aiokafka's ``ConsumerRecord``)."""
+    kind = type(item)
+    if kind is RawBatch:
+        return len(item.buffer)
+    if kind is DecodedBatch:
+        return int(item.size)
+    return int(max(item.serialized_key_size, 0) + max(item.serialized_value_size, 0)) + LEGACY_RECORD_OVERHEAD
