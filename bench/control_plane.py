@@ -74,10 +74,18 @@ def kafka_client(api: str, credentials: tuple[str, str] | None = None) -> Any:
 
 
 def create_replicator(
-    client: Any, stack: Stack, name: str, *, topic_pattern: str | None = None, starting_position: str | None = None
+    client: Any,
+    stack: Stack,
+    name: str,
+    *,
+    topic_pattern: str | None = None,
+    starting_position: str | None = None,
+    tags: dict[str, str] | None = None,
+    source_cluster_id: str = "bench-source",
 ) -> str:
     """CreateReplicator from the stack's source to its target cluster; with no ``topic_pattern`` it replicates
-    nothing (a control-plane measurement). Consumer groups are never replicated. Returns the ARN."""
+    nothing (a control-plane measurement). Consumer groups are never replicated. Returns the ARN. The source's
+    cluster id names its alias, the prefix of the target topics."""
     nothing = f"^ferry-bench-matches-nothing-{secrets.token_hex(4)}$"
     topics: dict[str, Any] = {"TopicsToReplicate": [topic_pattern or nothing]}
     if starting_position is not None:
@@ -86,18 +94,19 @@ def create_replicator(
         ReplicatorName=name,
         ServiceExecutionRoleArn="arn:aws:iam::000000000000:role/ferry-bench",
         KafkaClusters=[
-            {"ApacheKafkaCluster": {"ApacheKafkaClusterId": "bench-source", "BootstrapBrokerString": stack.source}},
+            {"ApacheKafkaCluster": {"ApacheKafkaClusterId": source_cluster_id, "BootstrapBrokerString": stack.source}},
             {"ApacheKafkaCluster": {"ApacheKafkaClusterId": "bench-target", "BootstrapBrokerString": stack.target}},
         ],
         ReplicationInfoList=[
             {
-                "SourceKafkaClusterId": "bench-source",
+                "SourceKafkaClusterId": source_cluster_id,
                 "TargetKafkaClusterId": "bench-target",
                 "TargetCompressionType": "NONE",
                 "TopicReplication": topics,
                 "ConsumerGroupReplication": {"ConsumerGroupsToReplicate": [nothing]},
             }
         ],
+        **({"Tags": tags} if tags else {}),
     )
     return str(response["ReplicatorArn"])
 

@@ -17,9 +17,12 @@ partition read on both sides, record counts and a digest of every record (key, v
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 import socket
+import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,13 +30,17 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from bench.common import MB, BenchError, CpuWindow, Stack, loadavg, memory_kib, say, wait_until
+from bench.control_plane import create_replicator, kafka_client
+from bench.fleet import PrivateFleet
 from bench.kafka import Cluster, producer_perf
 from bench.replicators import BenchedReplicator, FerryEngine, MirrorMaker2
+from dev.stack import celery_worker_argv
+from models.replicator_spec import DELIVERY_TAG, EXACTLY_ONCE, cluster_alias
 
 if TYPE_CHECKING:
     from bench.run import Bench
 
-KINDS = ("mm2-eos", "ferry-eos")
+KINDS = ("mm2-eos", "ferry-eos", "ferry-fleet-eos")
 HEADLINE_PROFILE = "A"
 TARGET_RATIO = 1.5
 
@@ -83,11 +90,74 @@ class FerryEngineExactlyOnce(FerryEngine):
         return spec
 
 
+class FerryFleetExactlyOnce(BenchedReplicator):
+    """The same copy as a user gets it: a replicator created through the API with the ``ferry:delivery`` tag and
+    copied by one fleet worker, on a private control plane (its own database, queue, API and beat). The worker's
+    copier writes the offset map to PostgreSQL before each lane's progress, which the engine alone does not."""
+
+    kind = "ferry-fleet-eos"
+
+    def __init__(self, stack: Stack, log_dir: Path, label: str) -> None:
+        super().__init__(stack, log_dir, label)
+        self.fleet: PrivateFleet | None = None
+        # A source cluster id of its own: its alias prefixes the target topics, unique to this run.
+        self.source_cluster_id = f"bench-source-{self.token}"
+        self.alias = cluster_alias(self.source_cluster_id, self.source_cluster_id)
+
+    def argv(self, source_topics: list[str]) -> list[str]:
+        return celery_worker_argv(f"{self.label}-{self.token}@%h", "--without-gossip", "--without-mingle")
+
+    def start(self, source_topics: list[str]) -> subprocess.Popen[bytes]:
+        self.source_topics = list(source_topics)
+        self.fleet = PrivateFleet(self.log.parent, self.token)
+        # Its own thread: the access key is issued with asyncio.run, and this runs inside the bench's loop.
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(self.fleet.start).result()
+        say(f"starting {self.label}: one fleet worker of a private control plane at {self.fleet.api}")
+        self.proc = self.fleet.start_worker(f"{self.label}-{self.token}")
+        assert self.fleet.api is not None
+        client = kafka_client(self.fleet.api, self.fleet.credentials)
+        pattern = "|".join(f"^{re.escape(t)}$" for t in source_topics)
+        arn = create_replicator(
+            client,
+            self.stack,
+            f"bench-eos-{self.token}",
+            topic_pattern=pattern,
+            starting_position="EARLIEST",
+            tags={DELIVERY_TAG: EXACTLY_ONCE},
+            source_cluster_id=self.source_cluster_id,
+        )
+        info = client.describe_replicator(ReplicatorArn=arn)["ReplicationInfoList"][0]
+        if info["SourceKafkaClusterAlias"] != self.alias:
+            raise BenchError(
+                f"{self.label}: the API named the source {info['SourceKafkaClusterAlias']}, not {self.alias}"
+            )
+        self.settings = {
+            "replicator_arn": arn,
+            "delivery": f"tag {DELIVERY_TAG}={EXACTLY_ONCE}",
+            "worker_log": str(self.fleet.log_dir / f"{self.label}-{self.token}.log"),
+            "client_settings": "the fleet's own (CopierOptions defaults, as the engine's)",
+            "cpu": "the Celery worker's main process, where the agent's threads copy (its prefork children idle)",
+        }
+        return self.proc
+
+    def target_topic(self, source_topic: str) -> str:
+        return f"{self.alias}.{source_topic}"
+
+    async def stop(self) -> int | None:
+        code = await super().stop()
+        if self.fleet is not None:
+            await self.fleet.stop()
+        return code
+
+
 def make(kind: str, stack: Stack, log_dir: Path, tuned: dict[str, Any]) -> BenchedReplicator:
     if kind == "mm2-eos":
         return MirrorMaker2ExactlyOnce(stack, log_dir, kind, tuned)
     if kind == "ferry-eos":
         return FerryEngineExactlyOnce(stack, log_dir, kind, tuned)
+    if kind == "ferry-fleet-eos":
+        return FerryFleetExactlyOnce(stack, log_dir, kind)
     raise ValueError(f"unknown exactly-once replicator {kind!r}")
 
 
@@ -394,11 +464,17 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
     runs = results.get("exactly_once", {}).get("runs", {})
     if not runs:
         return {}
-    ferry, mm2 = runs.get("ferry-eos", {}), runs.get("mm2-eos", {})
+    mm2 = runs.get("mm2-eos", {})
     ok = ("ok", "partial")
-    if ferry.get("status") in ok and mm2.get("status") in ok and mm2.get("mb_per_s"):
-        return {"exactly_once_ferry_over_mm2": ferry["mb_per_s"] / mm2["mb_per_s"]}
-    return {"exactly_once_ferry_over_mm2": None}
+    out: dict[str, Any] = {}
+    for kind, name in (
+        ("ferry-eos", "exactly_once_ferry_over_mm2"),
+        ("ferry-fleet-eos", "exactly_once_fleet_over_mm2"),
+    ):
+        ferry = runs.get(kind, {})
+        measured = ferry.get("status") in ok and mm2.get("status") in ok and mm2.get("mb_per_s")
+        out[name] = ferry["mb_per_s"] / mm2["mb_per_s"] if measured else None
+    return out
 
 
 def table(results: dict[str, Any]) -> list[str]:
@@ -424,8 +500,16 @@ def table(results: dict[str, Any]) -> list[str]:
             f"| {kind} | {'-' if mb is None else f'{mb:.1f}'} | {each} "
             f"| {'-' if cores is None else f'{cores:.2f}'} | {status} |"
         )
-    ratio = results.get("ratios", {}).get("exactly_once_ferry_over_mm2")
-    shown = "-" if ratio is None else f"{ratio:.2f}"
-    lines += ["", f"Ferry / MM2, both exactly-once (target >= {TARGET_RATIO}): {shown}"]
+    ratios = results.get("ratios", {})
+
+    def shown(name: str) -> str:
+        ratio = ratios.get(name)
+        return "-" if ratio is None else f"{ratio:.2f}"
+
+    lines += [
+        "",
+        f"Ferry / MM2, both exactly-once (target >= {TARGET_RATIO}): engine {shown('exactly_once_ferry_over_mm2')}, "
+        f"fleet worker {shown('exactly_once_fleet_over_mm2')}",
+    ]
     lines.append("")
     return lines
