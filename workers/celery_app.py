@@ -24,6 +24,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from models import logs
 from models.settings import get_settings
+from workers.engine import event_loop
 from workers.fleet.agent import AgentThread, new_worker_id
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ class FleetAgentStep(bootsteps.StartStopStep):
             return
         worker_id = new_worker_id(worker.hostname)
         logs.set_process_context(worker_id=worker_id)  # one agent per worker process: every line names it
+        event_loop.settle_garbage_collector()
         self.thread = AgentThread(settings, worker_id)
         self.thread.start()
 

@@ -119,6 +119,7 @@ async def run(args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await replicator.start()
+    event_loop.settle_garbage_collector()
     runner = asyncio.create_task(replicator.wait())
     stopper = asyncio.create_task(stop.wait())
     try:
