@@ -315,3 +315,42 @@ def test_a_flush_stores_only_the_heads_that_moved(fleet_settings: FerrySettings)
     assert first == {"quiet": 10, "busy": 10}
     assert second == {"quiet": 7, "busy": 20}
     assert third == {"quiet": 10, "busy": 20}
+
+
+def test_lanes_waiting_behind_one_flush_share_the_next(fleet_settings: FerrySettings) -> None:
+    """An exactly-once copier's lanes each store the offset map before their commit. Lanes that hand over their
+    mappings while another lane's flush is under way wait for it, then share one flush: three lanes, two flushes,
+    and every lane's mappings stored before its ``before_progress`` returns."""
+    lanes = [TopicPartition(f"lane{i}", 0) for i in range(3)]
+
+    def mapping(lane: int) -> BatchMapping:
+        start = 1000 * lane  # one run per lane, in this order by source offset
+        return BatchMapping(lanes[lane], TopicPartition(f"src.lane{lane}", 0), range(start, start + 100), start)
+
+    async def main() -> tuple[int, list[Run]]:
+        engine = make_async_engine(fleet_settings)
+        try:
+            async with engine.begin() as conn:
+                rid = await new_replicator(conn, "s:7", "t:7")
+            buffer = OffsetMapBuffer(rid, engine)
+            waiting: list[asyncio.Task[None]] = []
+
+            def positions_of_the_first_lane() -> dict[TopicPartition, AckedPosition]:
+                # Called inside the first lane's flush, its lock held: the other two lanes hand over and wait.
+                if not waiting:
+                    for lane in (1, 2):
+                        buffer.record_batch(mapping(lane))
+                        waiting.append(asyncio.create_task(buffer.before_progress(dict)))
+                return {}
+
+            buffer.record_batch(mapping(0))
+            await buffer.before_progress(positions_of_the_first_lane)
+            await asyncio.gather(*waiting)
+            async with engine.connect() as conn:
+                return buffer.flushes, await stored(conn, rid)
+        finally:
+            await engine.dispose()
+
+    flushes, runs = asyncio.run(main())
+    assert runs == [Run(1000 * lane, 1000 * lane + 100, 1000 * lane, 1000 * lane + 100) for lane in range(3)]
+    assert flushes == 2, f"{flushes} flushes for three lanes, two of which waited behind the first"

@@ -1,12 +1,13 @@
 """The copy units' offset map sink: collects the copier's batch mappings in memory and writes them to
 PostgreSQL (``models/offset_store.py``) with each partition's head.
 
-``record_batch`` is called synchronously by the copier after the target acknowledged a batch (in partition
-order), so it only appends to an in-memory ``RangeMap`` per partition. ``flush`` writes the runs and the heads
-in one transaction; it runs before every progress write of the copier (``before_progress``), at every agent tick,
-right after an assignment (the first head ever stored for a partition is where its map begins: its origin) and
-when the copier stops. Flushes are serialised, and the heads are the copier's acknowledged positions taken in the
-same instant as the runs they cover (no await in between), so the stored map and heads always agree.
+``record_batch`` is called synchronously by the copier after the target acknowledged a batch (in partition order),
+so it only appends to an in-memory ``RangeMap`` per partition. ``flush`` writes the runs and the heads in one
+transaction; it runs before every progress write of the copier (``before_progress``; exactly-once lanes that wait
+behind one flush share the next), at every agent tick, right after an assignment (the first head ever stored for a
+partition is where its map begins: its origin) and when the copier stops. Flushes are serialised, and the heads are
+the copier's acknowledged positions taken in the same instant as the runs they cover (no await in between), so the
+stored map and heads always agree.
 
 Because the map is stored before the progress that covers it, a worker that dies leaves no copied-but-unmapped
 records behind: its successor resumes from that progress and its re-copies replace the older mapping. Only when
@@ -48,15 +49,22 @@ class OffsetMapBuffer:
         # Forgotten while a flush was writing: that flush must not remember them as stored.
         self._forgotten: set[TopicPartition] = set()
         self._lock = asyncio.Lock()
+        # Changes handed over (mappings, restarts), and how many of them the last successful flush took: a
+        # ``before_progress`` whose changes a flush already stored need not flush again.
+        self._handed = 0
+        self._stored = 0
+        self.flushes = 0
 
     def record_batch(self, mapping: BatchMapping) -> None:
         self._pending.setdefault(mapping.source, RangeMap()).add_batch(
             mapping.source_offsets, mapping.target_base_offset
         )
+        self._handed += 1
 
     def restart(self, source: TopicPartition) -> None:
         self._pending.pop(source, None)
         self._restarted.add(source)
+        self._handed += 1
         self.forget_heads([source])
 
     def discard(self) -> None:
@@ -72,8 +80,15 @@ class OffsetMapBuffer:
             self._forgotten.add(tp)
 
     async def before_progress(self, positions: Callable[[], Positions]) -> None:
+        """Store what was handed over so far before the caller writes its progress. Callers that wait behind one
+        flush (an exactly-once copier's lanes, each before its commit) share the next one: a flush that began after
+        a caller's mappings were handed over stored them."""
+        handed = self._handed
         try:
-            await self.flush(positions)
+            async with self._lock:
+                if self._stored >= handed:
+                    return
+                await self._flush_locked(positions)
         except (SQLAlchemyError, OSError) as exc:
             log.warning(
                 "offset map of %s not stored before progress (kept for the next flush): %s", self.replicator_id, exc
@@ -85,36 +100,44 @@ class OffsetMapBuffer:
         if self.db is None:
             return
         async with self._lock:
-            # No await between taking the heads and the runs: every run below a head is in ``pending``.
-            heads = positions()
-            pending, self._pending = self._pending, {}
-            restarted, self._restarted = self._restarted, set()
-            # Partitions no longer copied here are forgotten too (revoked: stored again if they come back).
-            self._stored_heads = {tp: head for tp, head in self._stored_heads.items() if tp in heads}
-            self._forgotten = set()
-            moved = {tp: head for tp, head in heads.items() if self._stored_heads.get(tp) != head}
-            try:
-                async with self.db.begin() as conn:
-                    for tp in sorted(restarted):
-                        # The next head stored becomes the partition's new origin.
-                        await offset_store.forget_partition(conn, self.replicator_id, tp.topic, tp.partition)
-                    await offset_store.store_runs_of(
-                        conn, self.replicator_id, {(tp.topic, tp.partition): runs.runs for tp, runs in pending.items()}
-                    )
-                    await offset_store.store_heads(
-                        conn,
-                        self.replicator_id,
-                        [(tp.topic, tp.partition, *head) for tp, head in sorted(moved.items())],
-                    )
-            except BaseException:
-                # Keep what was not written for the next flush (in front of anything newer).
-                self._restarted |= restarted
-                for tp, runs in pending.items():
-                    merged = RangeMap(runs.runs)
-                    for run in self._pending.get(tp, RangeMap()).runs:
-                        merged.add(run)
-                    self._pending[tp] = merged
-                raise
-            for tp, head in moved.items():
-                if tp not in self._forgotten:
-                    self._stored_heads[tp] = head
+            await self._flush_locked(positions)
+
+    async def _flush_locked(self, positions: Callable[[], Positions]) -> None:
+        if self.db is None:
+            return
+        # No await between taking the heads and the runs: every run below a head is in ``pending``.
+        handed = self._handed
+        heads = positions()
+        pending, self._pending = self._pending, {}
+        restarted, self._restarted = self._restarted, set()
+        # Partitions no longer copied here are forgotten too (revoked: stored again if they come back).
+        self._stored_heads = {tp: head for tp, head in self._stored_heads.items() if tp in heads}
+        self._forgotten = set()
+        moved = {tp: head for tp, head in heads.items() if self._stored_heads.get(tp) != head}
+        try:
+            async with self.db.begin() as conn:
+                for tp in sorted(restarted):
+                    # The next head stored becomes the partition's new origin.
+                    await offset_store.forget_partition(conn, self.replicator_id, tp.topic, tp.partition)
+                await offset_store.store_runs_of(
+                    conn, self.replicator_id, {(tp.topic, tp.partition): runs.runs for tp, runs in pending.items()}
+                )
+                await offset_store.store_heads(
+                    conn,
+                    self.replicator_id,
+                    [(tp.topic, tp.partition, *head) for tp, head in sorted(moved.items())],
+                )
+        except BaseException:
+            # Keep what was not written for the next flush (in front of anything newer).
+            self._restarted |= restarted
+            for tp, runs in pending.items():
+                merged = RangeMap(runs.runs)
+                for run in self._pending.get(tp, RangeMap()).runs:
+                    merged.add(run)
+                self._pending[tp] = merged
+            raise
+        for tp, head in moved.items():
+            if tp not in self._forgotten:
+                self._stored_heads[tp] = head
+        self._stored = handed
+        self.flushes += 1
