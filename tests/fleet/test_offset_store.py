@@ -354,3 +354,32 @@ def test_lanes_waiting_behind_one_flush_share_the_next(fleet_settings: FerrySett
     flushes, runs = asyncio.run(main())
     assert runs == [Run(1000 * lane, 1000 * lane + 100, 1000 * lane, 1000 * lane + 100) for lane in range(3)]
     assert flushes == 2, f"{flushes} flushes for three lanes, two of which waited behind the first"
+
+
+def test_a_progress_write_stores_the_heads_even_without_new_mappings(fleet_settings: FerrySettings) -> None:
+    """A partition moves without records past transaction markers or filtered records: each progress write still
+    stores the head it reaches (only lanes that waited behind a flush begun after their call share it)."""
+    tp = TopicPartition("markers", 0)
+
+    async def main() -> list[int]:
+        engine = make_async_engine(fleet_settings)
+        try:
+            async with engine.begin() as conn:
+                rid = await new_replicator(conn, "s:8", "t:8")
+            buffer = OffsetMapBuffer(rid, engine)
+            seen: list[int] = []
+            buffer.record_batch(BatchMapping(tp, TopicPartition("src.markers", 0), range(0, 10), 0))
+            for position in (10, 12, 14):  # past a marker each time, no record
+                head = {tp: AckedPosition("src.markers", position, position)}
+                await buffer.before_progress(head.copy)
+                async with engine.connect() as conn:
+                    row = await conn.execute(
+                        text("SELECT next_source_offset FROM offset_map_heads WHERE replicator_id = :rid"),
+                        {"rid": uuid.UUID(rid)},
+                    )
+                    seen.append(int(row.scalar_one()))
+            return seen
+        finally:
+            await engine.dispose()
+
+    assert asyncio.run(main()) == [10, 12, 14]

@@ -49,22 +49,20 @@ class OffsetMapBuffer:
         # Forgotten while a flush was writing: that flush must not remember them as stored.
         self._forgotten: set[TopicPartition] = set()
         self._lock = asyncio.Lock()
-        # Changes handed over (mappings, restarts), and how many of them the last successful flush took: a
-        # ``before_progress`` whose changes a flush already stored need not flush again.
-        self._handed = 0
-        self._stored = 0
+        # Flushes begun, and the number of the last one that succeeded: a ``before_progress`` after whose call a
+        # flush began and succeeded need not flush again (that flush took its mappings and heads after the call).
+        self._flushes_begun = 0
+        self._last_stored = 0
         self.flushes = 0
 
     def record_batch(self, mapping: BatchMapping) -> None:
         self._pending.setdefault(mapping.source, RangeMap()).add_batch(
             mapping.source_offsets, mapping.target_base_offset
         )
-        self._handed += 1
 
     def restart(self, source: TopicPartition) -> None:
         self._pending.pop(source, None)
         self._restarted.add(source)
-        self._handed += 1
         self.forget_heads([source])
 
     def discard(self) -> None:
@@ -80,13 +78,13 @@ class OffsetMapBuffer:
             self._forgotten.add(tp)
 
     async def before_progress(self, positions: Callable[[], Positions]) -> None:
-        """Store what was handed over so far before the caller writes its progress. Callers that wait behind one
-        flush (an exactly-once copier's lanes, each before its commit) share the next one: a flush that began after
-        a caller's mappings were handed over stored them."""
-        handed = self._handed
+        """Store what was handed over so far, and the heads, before the caller writes its progress. Callers that
+        wait behind one flush (an exactly-once copier's lanes, each before its commit) share the next one: a flush
+        that began after a call took everything that call would have."""
+        called_after = self._flushes_begun
         try:
             async with self._lock:
-                if self._stored >= handed:
+                if self._last_stored > called_after:
                     return
                 await self._flush_locked(positions)
         except (SQLAlchemyError, OSError) as exc:
@@ -106,7 +104,8 @@ class OffsetMapBuffer:
         if self.db is None:
             return
         # No await between taking the heads and the runs: every run below a head is in ``pending``.
-        handed = self._handed
+        self._flushes_begun += 1
+        number = self._flushes_begun
         heads = positions()
         pending, self._pending = self._pending, {}
         restarted, self._restarted = self._restarted, set()
@@ -139,5 +138,5 @@ class OffsetMapBuffer:
         for tp, head in moved.items():
             if tp not in self._forgotten:
                 self._stored_heads[tp] = head
-        self._stored = handed
+        self._last_stored = number
         self.flushes += 1
