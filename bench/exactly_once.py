@@ -16,6 +16,7 @@ partition read on both sides, record counts and a digest of every record (key, v
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import secrets
@@ -110,13 +111,23 @@ class FerryFleetExactlyOnce(BenchedReplicator):
     def start(self, source_topics: list[str]) -> subprocess.Popen[bytes]:
         self.source_topics = list(source_topics)
         self.fleet = PrivateFleet(self.log.parent, self.token)
+        try:
+            return self._start_on(self.fleet, source_topics)
+        except BaseException:
+            # The harness stops only what started: the private control plane and its database go here.
+            with ThreadPoolExecutor(1) as pool:
+                pool.submit(asyncio.run, self.fleet.stop()).result()
+            self.fleet, self.proc = None, None
+            raise
+
+    def _start_on(self, fleet: PrivateFleet, source_topics: list[str]) -> subprocess.Popen[bytes]:
         # Its own thread: the access key is issued with asyncio.run, and this runs inside the bench's loop.
         with ThreadPoolExecutor(1) as pool:
-            pool.submit(self.fleet.start).result()
-        say(f"starting {self.label}: one fleet worker of a private control plane at {self.fleet.api}")
-        self.proc = self.fleet.start_worker(f"{self.label}-{self.token}")
-        assert self.fleet.api is not None
-        client = kafka_client(self.fleet.api, self.fleet.credentials)
+            pool.submit(fleet.start).result()
+        say(f"starting {self.label}: one fleet worker of a private control plane at {fleet.api}")
+        self.proc = fleet.start_worker(f"{self.label}-{self.token}")
+        assert fleet.api is not None
+        client = kafka_client(fleet.api, fleet.credentials)
         pattern = "|".join(f"^{re.escape(t)}$" for t in source_topics)
         arn = create_replicator(
             client,
@@ -135,7 +146,7 @@ class FerryFleetExactlyOnce(BenchedReplicator):
         self.settings = {
             "replicator_arn": arn,
             "delivery": f"tag {DELIVERY_TAG}={EXACTLY_ONCE}",
-            "worker_log": str(self.fleet.log_dir / f"{self.label}-{self.token}.log"),
+            "worker_log": str(fleet.log_dir / f"{self.label}-{self.token}.log"),
             "client_settings": "the fleet's own (CopierOptions defaults, as the engine's)",
             "cpu": "the Celery worker's main process, where the agent's threads copy (its prefork children idle)",
         }
