@@ -95,8 +95,6 @@ class OffsetMapBuffer:
     async def flush(self, positions: Callable[[], Positions]) -> None:
         """Write what was collected and the heads it reaches; ``positions`` gives the copier's acknowledged
         positions and is called with the collected runs taken, so every run below a head is written with it."""
-        if self.db is None:
-            return
         async with self._lock:
             await self._flush_locked(positions)
 
