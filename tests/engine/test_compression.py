@@ -13,11 +13,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import lz4.block
+import lz4.frame
 import pytest
 
 from tests.engine.conftest import Rec, create_topic, produce, read_topic, running, spec_for, topic_count, wait_for
 from workers.engine import copier as copier_module
-from workers.engine.aiokafka_hooks import RecordBatchBuilder
+from workers.engine.aiokafka_hooks import RecordBatchBuilder, lz4_encode_releasing_gil
 from workers.engine.spec import TargetCompression
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -144,3 +146,32 @@ def test_a_batch_compressed_ahead_is_the_batch_the_producer_would_have_built(cod
         assert ahead.sealed, "nothing may be appended to a batch being compressed"
         ahead._set_producer_state(77, 3, 1234)
         assert bytes(ahead._build()) == bytes(stamped_first._build())
+
+
+def test_lz4_frames_are_compressed_as_javas_producer_compresses_at_its_default_level() -> None:
+    """Java's producer at the default compression.lz4.level runs LZ4's fast compressor (LZ4_compress_default), not
+    HC at level 9: every block of the frame Ferry writes has that compressor's size, in 64 KiB independent blocks.
+    (The frame encoder resets its match table differently from the block API's, so the two fast outputs can differ
+    by a byte; HC's is a fifth smaller on these records.)"""
+    records = b"".join(value(i) for i in range(400))  # 290 KB: several blocks, the last one partial
+    frame = lz4_encode_releasing_gil(records)
+    magic, flags, block_descriptor = struct.unpack_from("<IBB", frame)
+    assert magic == 0x184D2204
+    assert flags == 0b01_1_0_0_0_00, "version 1, independent blocks, no checksums, no content size"
+    assert block_descriptor == 4 << 4, "64 KiB blocks, as Java's Lz4BlockOutputStream"
+    position, block_size = 7, 64 * 1024
+    blocks = [records[start : start + block_size] for start in range(0, len(records), block_size)]
+    for block in blocks:
+        (length,) = struct.unpack_from("<I", frame, position)
+        assert not length & 0x8000_0000, "these records compress: no block may be stored raw"
+        compressed = frame[position + 4 : position + 4 + length]
+        assert lz4.block.decompress(compressed, uncompressed_size=len(block)) == block, "blocks are independent"
+        fast = lz4.block.compress(block, mode="default", store_size=False)
+        high = lz4.block.compress(block, mode="high_compression", compression=9, store_size=False)
+        assert len(high) < len(fast), "these records tell the two compressors apart"
+        assert abs(length - len(fast)) <= len(fast) // 100, (
+            f"a {length}-byte block: the fast compressor writes {len(fast)}, HC {len(high)}"
+        )
+        position += 4 + length
+    assert frame[position:] == b"\0\0\0\0", "the end mark follows the last block"
+    assert lz4.frame.decompress(frame) == records
