@@ -3,8 +3,10 @@ compression threads rather than on the event loop, and holds the source's record
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
+import random
 import struct
 import subprocess
 import threading
@@ -19,7 +21,7 @@ import pytest
 
 from tests.engine.conftest import Rec, create_topic, produce, read_topic, running, spec_for, topic_count, wait_for
 from workers.engine import copier as copier_module
-from workers.engine.aiokafka_hooks import RecordBatchBuilder, lz4_encode_releasing_gil
+from workers.engine.aiokafka_hooks import RecordBatchBuilder, gzip_encode_java_level, lz4_encode_releasing_gil
 from workers.engine.spec import TargetCompression
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -117,8 +119,8 @@ async def test_target_batches_use_the_requested_codec(
         assert pool.built >= len(codecs) > 3, f"{pool.built} batches built on the pool for {len(codecs)} written"
     copied = (await read_topic(target_bootstrap, f"src.{topic}"))[0]
     assert [(r.key, r.value) for r in copied] == [(f"k{i}".encode(), value(i)) for i in range(RECORDS)]
-    if codec is TargetCompression.LZ4:
-        # Encoded by python-lz4, not aiokafka's own encoder: Java consumers (MirrorMaker 2's too) must read it.
+    if codec in (TargetCompression.LZ4, TargetCompression.GZIP):
+        # Encoded by python-lz4 and libdeflate, not aiokafka's own encoders: Java consumers must read them.
         java_values = values_read_by_java(stack, target_bootstrap, f"src.{topic}", RECORDS)
         assert java_values == [value(i).decode() for i in range(RECORDS)]
 
@@ -175,3 +177,17 @@ def test_lz4_frames_are_compressed_as_javas_producer_compresses_at_its_default_l
         position += 4 + length
     assert frame[position:] == b"\0\0\0\0", "the end mark follows the last block"
     assert lz4.frame.decompress(frame) == records
+
+
+def test_gzip_members_are_at_javas_default_level_and_no_larger_than_zlibs() -> None:
+    """libdeflate writes the target's gzip at zlib's default level (the Java producer's): a gzip member any reader
+    opens, no larger than zlib's own at that level on the same records."""
+    random_letters = random.Random(17)
+    records = b"".join(
+        f"k{i}".encode() + bytes(random_letters.randrange(65, 91) for _ in range(1024)) for i in range(300)
+    )
+    member = gzip_encode_java_level(records)
+    assert member[:3] == b"\x1f\x8b\x08", "a gzip member (deflate)"
+    assert gzip.decompress(member) == records
+    zlib_member = gzip.compress(records, compresslevel=6, mtime=0)
+    assert len(member) <= len(zlib_member), f"libdeflate wrote {len(member)} bytes, zlib {len(zlib_member)}"

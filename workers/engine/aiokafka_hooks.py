@@ -19,14 +19,15 @@ aiokafka has no public API for what the copier needs, so it reaches into these p
    changed as its assignment grows. aiokafka has no incremental fetch sessions (KIP-227: it sends session id 0,
    epoch -1), so every fetch lists, and every answer carries, every assigned partition: with thousands of
    partitions a fetch costs milliseconds of encoding and decoding whether or not they hold data.
-6. **The gzip level and the lz4 encoder** (``RecordBatchBuilder``): aiokafka's C batch builder calls its module's
+6. **The gzip and lz4 encoders** (``RecordBatchBuilder``): aiokafka's C batch builder calls its module's
    ``gzip_encode`` with zlib level 9; Kafka's Java producer (MirrorMaker 2, the brokers' own recompression) uses
-   zlib's default, 6 (``compression.gzip.level=-1``). That name is rebound to encode at level 6, the same bytes
-   format for the same CPU cost as a Java producer. Its ``lz4_encode`` (cramjam's frame compressor) holds the GIL
-   while it compresses, so compressing on threads (9.) gained nothing, and at level 9 it runs LZ4 HC. It is
-   rebound to python-lz4's frame encoder with LZ4's fast compressor, which releases the GIL and is what Java's
-   producer runs at its default ``compression.lz4.level`` (9 there selects lz4-java's ``fastCompressor``; only
-   another level selects HC), in independent 64 KiB blocks as Java's ``Lz4BlockOutputStream`` writes them.
+   zlib's default, 6 (``compression.gzip.level=-1``). That name is rebound to libdeflate at level 6: a standard
+   gzip member, as small as zlib's at that level or smaller, written 2.5 times as fast, GIL released. Its
+   ``lz4_encode`` (cramjam's frame compressor) holds the GIL while it compresses, so compressing on threads (9.)
+   gained nothing, and at level 9 it runs LZ4 HC. It is rebound to python-lz4's frame encoder with LZ4's fast
+   compressor, which releases the GIL and is what Java's producer runs at its default ``compression.lz4.level``
+   (9 there selects lz4-java's ``fastCompressor``; only another level selects HC), in independent 64 KiB blocks
+   as Java's ``Lz4BlockOutputStream`` writes them.
 7. **Metadata decoding** (``install_metadata_decoders``): ``MetadataResponse_v5.decode`` (every aiokafka client's
    metadata refresh) and the Metadata v12 response of 4. are decoded in one pass over the bytes
    (``workers/engine/metadata_decode.py``) instead of aiokafka's generic schema walk, which cost microseconds per
@@ -52,6 +53,7 @@ from concurrent.futures import Executor, Future
 from typing import Any
 
 import aiokafka
+import deflate
 import google_crc32c
 import lz4.frame
 
@@ -85,7 +87,6 @@ check_version(aiokafka.__version__)
 import aiokafka.consumer.fetcher as aiokafka_fetcher  # noqa: E402
 import aiokafka.record._crecords.default_records as aiokafka_crecords  # noqa: E402
 from aiokafka import AIOKafkaProducer, TopicPartition  # noqa: E402
-from aiokafka import codec as aiokafka_codec  # noqa: E402
 from aiokafka.conn import AIOKafkaConnection  # noqa: E402
 from aiokafka.errors import CorruptRecordException, KafkaError  # noqa: E402
 from aiokafka.protocol.api import Request, RequestStruct, Response  # noqa: E402
@@ -253,7 +254,10 @@ GZIP_LEVEL = 6  # zlib's default, as Kafka's Java producer compresses gzip (comp
 
 
 def gzip_encode_java_level(payload: Any, compresslevel: int | None = None) -> bytes:
-    return bytes(aiokafka_codec.gzip_encode(payload, compresslevel=GZIP_LEVEL))
+    """One gzip member at the Java producer's level. libdeflate rather than zlib: a batch is compressed whole, so
+    zlib's streaming buys nothing, and on 1 KiB text records libdeflate compresses 55 MB/s a core against zlib's 22
+    for an output a few percent smaller."""
+    return bytes(deflate.gzip_compress(payload, GZIP_LEVEL))
 
 
 def use_java_gzip_level() -> None:
