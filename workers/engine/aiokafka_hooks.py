@@ -748,7 +748,7 @@ def build_batches_aside(producer: AIOKafkaProducer, pool: Executor) -> None:
     """Build every compressed ``RecordBatchBuilder`` batch of a produce request on ``pool`` before the request is
     written: aiokafka builds a batch (compresses it, then its CRC) when ``create_request`` asks for its bytes, on
     the event loop, so a copier writing gzip, lz4 or zstd from an uncompressed source spent 0.84-0.92 of its one
-    core compressing while MirrorMaker 2's producer threads used 1.3-1.6 cores. zlib and python-lz4 (6.) release
+    core compressing while MirrorMaker 2's producer threads used 1.3-1.6 cores. libdeflate and python-lz4 (6.) release
     the GIL while they compress, so the copy loop runs meanwhile; snappy and zstd are fast enough not to matter.
 
     A full batch was usually compressed ahead already (``RecordBatchBuilder.compress_ahead``, from the copier's
