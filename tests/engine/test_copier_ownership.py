@@ -26,7 +26,13 @@ from tests.engine.conftest import (
 )
 from workers.engine.batches import AckedPosition, BatchMapping
 from workers.engine.connection import ClusterConnection
-from workers.engine.copier import TRANSACTION_LANES, CopierFenced, CopierOptions, PartitionCopier
+from workers.engine.copier import (
+    TRANSACTION_LANES,
+    CopierFenced,
+    CopierOptions,
+    PartitionCopier,
+    lane_transactional_ids,
+)
 from workers.engine.metrics import Health
 from workers.engine.progress import ProgressStore
 from workers.engine.spec import ReplicationSpec
@@ -396,6 +402,65 @@ async def test_newer_producer_with_the_same_transactional_id_fences_the_old_copi
     data = await read_topic(target_bootstrap, f"src.{topic}")
     for tp in tps:
         assert [r.value for r in data[tp.partition]] == [b"a"] * 10 + [b"b"] * 10, f"partition {tp.partition}"
+
+
+async def test_a_copier_past_its_leases_does_not_start_a_lane_that_would_fence_its_successor(
+    source_bootstrap: str, target_bootstrap: str, unique: str
+) -> None:
+    """A lane's producer starts when the lane first has work, and starting it fences every producer with the lane's
+    transactional id. Those ids name the unit's owner, so a copier paused past its leases shares them with its
+    successor when the same worker was started again. When such a copier has progress to write for a partition
+    that moved without records (past an aborted transaction), its lease check is asked before the lane starts: the
+    partition is abandoned, and the successor's open transaction still commits."""
+    topic = f"{unique}-zombie"
+    spec, tps = await exactly_once_topic(source_bootstrap, target_bootstrap, topic, 2)
+    transactional_id = f"{unique}-unit"
+    progress = ProgressStore(ClusterConnection(target_bootstrap), spec.replicator_id)
+
+    async def progress_stored() -> bool:
+        return len(await progress.load(tps)) == len(tps)
+
+    # A first run stores both partitions' progress, so the next copier has none to write and starts no lane but
+    # the first until a partition moves.
+    async with copier(spec, source_bootstrap, target_bootstrap, transactional_id=transactional_id) as first:
+        await first.assign(tps)
+        await wait_for(progress_stored, 30, "the first run's progress stored")
+
+    refused: set[TopicPartition] = set()
+
+    async def lease_check(partitions: frozenset[TopicPartition]) -> bool:
+        return not partitions & refused
+
+    async with copier(
+        spec, source_bootstrap, target_bootstrap, transactional_id=transactional_id, lease_check=lease_check
+    ) as paused:
+        await paused.assign(tps)
+        refused.update(tps)  # the pause: every lease lapsed, and the worker runs again elsewhere
+        successor = AIOKafkaProducer(
+            bootstrap_servers=target_bootstrap, transactional_id=lane_transactional_ids(transactional_id)[1]
+        )
+        await successor.start()
+        try:
+            await successor.begin_transaction()
+            await successor.send_and_wait(f"src.{topic}", b"successor", partition=1)
+            # An aborted transaction moves the partition without records: its lane has progress to write.
+            aborting = AIOKafkaProducer(bootstrap_servers=source_bootstrap, transactional_id=f"{unique}-aborting")
+            await aborting.start()
+            try:
+                await aborting.begin_transaction()
+                await aborting.send_and_wait(topic, b"never committed", partition=1)
+                await aborting.abort_transaction()
+            finally:
+                await aborting.stop()
+            await wait_for(
+                lambda: _truthy(tps[1] not in paused.assignment()), 30, "the paused copier dropping the partition"
+            )
+            await successor.commit_transaction()  # ProducerFenced if the paused copier initialised the lane
+        finally:
+            await successor.stop()
+        assert paused.failure is None, f"the copier stopped: {paused.failure!r}"
+    data = await read_topic(target_bootstrap, f"src.{topic}")
+    assert [r.value for r in data.get(1, [])] == [b"successor"], "the paused copier wrote to the target"
 
 
 async def test_rejected_write_is_retried_from_the_acknowledged_position(

@@ -119,6 +119,10 @@ class CopierFenced(CopierError):
     """A newer producer with the same transactional id exists: this copier is a zombie."""
 
 
+class LeasesLapsed(CopierError):
+    """A transaction lane's producer had to be replaced while every partition of the lane had lost its lease."""
+
+
 class TargetPartitionMissing(CopierError):
     """A source partition was assigned before its target partition existed (topic sync must run first)."""
 
@@ -773,10 +777,9 @@ class PartitionCopier:
                         self._write_progress_aside()
                 await self._housekeeping()
         except CopierError as exc:
+            kind = ErrorKind.FENCED if isinstance(exc, (CopierFenced, LeasesLapsed)) else ErrorKind.PRODUCE_FAILED
             for state in self._states.values():
-                state.metrics.record_error(
-                    ErrorKind.FENCED if isinstance(exc, CopierFenced) else ErrorKind.PRODUCE_FAILED, str(exc)
-                )
+                state.metrics.record_error(kind, str(exc))
             log.error("copier for %s stopped: %s", self.spec.replicator_id, exc)
             raise
         except Exception:
@@ -1351,6 +1354,9 @@ class PartitionCopier:
             if not lane.queued and not self._lane_needs_progress(lane):
                 continue
             if lane.producer is None:
+                if not await self._lane_still_held(lane):
+                    lane.take()  # records of partitions this copier no longer owns: never written here
+                    continue
                 try:
                     await self._start_producer(lane)
                 except KafkaError as exc:
@@ -1452,10 +1458,33 @@ class PartitionCopier:
         await self._quiesce_lanes()
         for lane in self._lanes:
             if lane.broken:
+                if not await self._lane_still_held(lane):
+                    raise LeasesLapsed(
+                        f"the leases of transaction lane {lane.transactional_id} lapsed while its producer was "
+                        "broken; a new producer would fence their new owner's"
+                    )
                 await self._restart_producer(lane)
                 lane.broken = False
         self._produce_failed = False
         await asyncio.sleep(self.options.retry_backoff_s)
+
+    async def _lane_still_held(self, lane: _Lane) -> bool:
+        """Whether the copier still holds a partition of this lane, asked before the lane's producer is initialised.
+
+        Initialising a transactional producer fences every other producer with its transactional id, and a lane's
+        id names the unit of work's owner, not this process: a copier paused past its leases (GC, SIGSTOP, a frozen
+        VM) shares the ids of its successor when that successor is the same worker started again. Starting a lane
+        then would fence the successor's lane; so the lease check is asked first, and partitions it refuses are
+        abandoned as a refused transaction would abandon them."""
+        if lane.transactional_id is None or self._lease_check is None:
+            return True
+        states = [
+            state for tp in lane.partitions if (state := self._states.get(tp)) is not None and not state.lease_lost
+        ]
+        lost = await self._lost_leases(states)
+        if lost:
+            self._abandon(lost)
+        return len(lost) < len(states)
 
     async def _lanes_stopped(self) -> None:
         """The copy loop ends: a stop lets the transactions under way commit; a failure cancels them (a transaction
