@@ -1508,17 +1508,7 @@ class PartitionCopier:
         try:
             await producer.begin_transaction()
             add_to_transaction(producer, self._transaction_partitions(batches))
-            for tp, (records, position) in batches.items():
-                state = self._states.get(tp)
-                if state is None or state.lease_lost:
-                    continue
-                sent: list[PendingBatch] = []
-                for builder, pending in build_batches(self._batch_format, state, records, position):
-                    pending.future = await producer.send_batch(
-                        builder, state.target.topic, partition=state.target.partition
-                    )
-                    sent.append(pending)
-                touched.append((state, sent, position))
+            touched = await self._send_side_by_side(producer, batches)
             await _all_or_first_error([p.future for _, sent, _ in touched for p in sent])
             progress: dict[TopicPartition, PartitionProgress] = {}
             for state, sent, position in touched:
@@ -1535,14 +1525,14 @@ class PartitionCopier:
                     source_leader_epoch=None if state.fetched_epoch < 0 else state.fetched_epoch,
                 )
             for tp in lane.partitions if lane.progress_due else ():
-                state = self._states.get(tp)
+                quiet = self._states.get(tp)
                 if (
-                    state is not None
+                    quiet is not None
                     and tp not in progress
-                    and not state.lease_lost
-                    and state.acked_next != state.committed_next
+                    and not quiet.lease_lost
+                    and quiet.acked_next != quiet.committed_next
                 ):
-                    progress[tp] = state.progress()
+                    progress[tp] = quiet.progress()
             lane.in_transaction = lane.in_transaction.union(progress)
             if self._sink is not None:
                 # The mappings are stored before the commit that makes them visible (as at-least-once stores
@@ -1582,6 +1572,44 @@ class PartitionCopier:
             state.metrics.next_source_offset = position
         for tp, value in progress.items():
             self._states[tp].committed_next = value.next_source_offset
+
+    async def _send_side_by_side(
+        self, producer: Any, batches: dict[TopicPartition, tuple[list[Any], int]]
+    ) -> list[tuple[PartitionState, list[PendingBatch], int]]:
+        """Hand every partition's batches to the lane's producer, the partitions side by side.
+
+        aiokafka queues one batch per partition until a request takes it, and sends one request at a time to each
+        broker. Partition after partition, every request of a transaction carried one batch, a round trip per batch;
+        side by side, each request carries a batch of every partition of the lane (docs/performance.md, "2026-12-03,
+        sixth": a lane's send phase 244 -> 139 ms). Each partition's batches still go in order."""
+
+        async def send(state: PartitionState, records: list[Any], position: int) -> list[PendingBatch]:
+            sent: list[PendingBatch] = []
+            for builder, pending in build_batches(self._batch_format, state, records, position):
+                pending.future = await producer.send_batch(
+                    builder, state.target.topic, partition=state.target.partition
+                )
+                sent.append(pending)
+            return sent
+
+        work = [
+            (state, records, position)
+            for tp, (records, position) in batches.items()
+            if (state := self._states.get(tp)) is not None and not state.lease_lost
+        ]
+        jobs = [asyncio.ensure_future(send(*job)) for job in work]
+        try:
+            done, _ = await asyncio.wait(jobs, return_when=asyncio.FIRST_EXCEPTION) if jobs else (set(), set())
+            for job in done:
+                if job.exception() is not None:
+                    raise job.exception()  # type: ignore[misc]
+        except BaseException:
+            # The transaction is aborted: nothing more of it is handed over.
+            for job in jobs:
+                job.cancel()
+            await asyncio.gather(*jobs, return_exceptions=True)
+            raise
+        return [(state, job.result(), position) for (state, _, position), job in zip(work, jobs, strict=True)]
 
     def _transaction_partitions(self, batches: dict[TopicPartition, Any]) -> list[TopicPartition]:
         """The target partitions a transaction over these polled partitions writes: their data and, where already
