@@ -185,7 +185,9 @@ class CommittedWatch:
     for a whole topic: timed by those checks, a catch-up ended up to 3 s after the replicator's last commit (a
     10 s window where the commits took 7; docs/performance.md, "2026-12-03, seventh"). A partition's content below
     an unchanged last stable offset does not change, so the catch-up ends when every partition's final stable
-    offset was first seen, whenever the check confirms it."""
+    offset was first seen, whenever the check confirms it. It starts when the first record was written (the high
+    watermark, read uncommitted, moved), not when the first transaction committed: records written in transactions
+    still open then would otherwise count as copied in a window that began after them."""
 
     POLL_S = 0.05
 
@@ -198,8 +200,9 @@ class CommittedWatch:
         self.done: set[int] = set()
         # partition -> (its last stable offset, the monotonic time that offset was first seen)
         self.seen: dict[int, tuple[int, float]] = {}
-        self.first_offsets_at: float | None = None
-        self.first_offsets_count = 0
+        # When a record was first written, committed or not, and how many offsets were committed then.
+        self.first_written_at: float | None = None
+        self.first_written_count = 0
         self._offsets = AIOKafkaConsumer(
             bootstrap_servers=target.bootstrap, enable_auto_commit=False, isolation_level="read_committed"
         )
@@ -208,6 +211,9 @@ class CommittedWatch:
             enable_auto_commit=False,
             isolation_level="read_committed",
             max_partition_fetch_bytes=65536,
+        )
+        self._written = AIOKafkaConsumer(
+            bootstrap_servers=target.bootstrap, enable_auto_commit=False, isolation_level="read_uncommitted"
         )
         self._started = False
         self._poller: asyncio.Task[None] | None = None
@@ -220,6 +226,7 @@ class CommittedWatch:
         if not self._started:
             await self._offsets.start()
             await self._reader.start()
+            await self._written.start()
             self._started = True
             await self._observe()
             self._poller = asyncio.create_task(self._poll_offsets())
@@ -228,14 +235,15 @@ class CommittedWatch:
     async def _observe(self) -> None:
         assert self.partitions is not None
         tps = [TopicPartition(self.topic, p) for p in range(self.partitions)]
+        written = 0 if self.first_written_at is not None else sum((await self._written.end_offsets(tps)).values())
         offsets = await self._offsets.end_offsets(tps)
         now = time.monotonic()
         for tp, offset in offsets.items():
             if self.seen.get(tp.partition, (None,))[0] != offset:
                 self.seen[tp.partition] = (offset, now)
         self.count = sum(offset for offset, _ in self.seen.values())
-        if self.count > 0 and self.first_offsets_at is None:
-            self.first_offsets_at, self.first_offsets_count = now, self.count
+        if written > 0 and self.first_written_at is None:
+            self.first_written_at, self.first_written_count = now, self.count
 
     async def _poll_offsets(self) -> None:
         while True:
@@ -292,6 +300,7 @@ class CommittedWatch:
         if self._started:
             await self._offsets.stop()
             await self._reader.stop()
+            await self._written.stop()
 
 
 def len_hint(last: tuple[Any, ...]) -> int:
@@ -415,10 +424,11 @@ async def eos_catch_up(
             proc=proc,
             log=rep.log,
         )
-        # The poller saw the first committed offsets before this check did (or as it did).
-        if watch.first_offsets_at is not None:
-            t_first = watch.first_offsets_at
-        first_count = min(watch.first_offsets_count, records)
+        # The poller saw the first written record before this check saw the first committed one.
+        if watch.first_written_at is not None:
+            result["first_commit_after_first_write_s"] = round(t_first - watch.first_written_at, 3)
+            t_first = watch.first_written_at
+        first_count = min(watch.first_written_count, records)
         cpu_window = CpuWindow(proc.pid)
         result["time_to_first_record_s"] = round(t_first - t_start, 3)
         result["offsets_at_first_observation"] = first_count
