@@ -49,7 +49,7 @@ openapi: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check api cli workers models migrations dev tests bench chaos
-	$(PY) -m ruff format --check api cli workers models migrations dev tests bench chaos
+	$(PY) -m ruff format --check api cli workers models migrations dev tests bench chaos docs
 	$(PY) -m mypy
 	$(PY) -m dev.stack schema-check
 	$(PY) -m dev.helm lint
