@@ -40,7 +40,8 @@ TUNED: dict[str, Any] = {
     "fetch_max_wait_ms": 200,
     "max_partition_fetch_bytes": 2 * 1024 * 1024,
     "fetch_max_bytes": 64 * 1024 * 1024,
-    # Ferry polls up to 16 source batches at a time (CopierOptions.max_batches_per_poll); MM2 counts records.
+    # Ferry polls 16 to 64 source batches at a time (CopierOptions.max_batches_per_poll, records_per_poll); MM2
+    # counts records.
     "max_poll_records": 10_000,
     "check_crcs": True,
     "isolation_level": "read_committed",

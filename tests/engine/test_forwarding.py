@@ -10,7 +10,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from tests.engine.conftest import Rec, caught_up, create_topic, produce, read_topic, running, spec_for, wait_for
-from workers.engine import forwarding
+from workers.engine import copier, forwarding
 from workers.engine.aiokafka_hooks import install_batch_fetching
 from workers.engine.copier import CopierOptions
 
@@ -179,3 +179,25 @@ async def test_small_batches_are_rebatched_by_default(
     # Under 64 KiB each, the 20 source batches are re-batched into fewer, larger producer batches.
     assert sum(target_batches) == 400
     assert len(target_batches) < 20, target_batches
+
+
+def _decoded(records: int) -> forwarding.DecodedBatch:
+    return forwarding.DecodedBatch([object()] * records, size=records * 1024)
+
+
+def _forwarded(records: int) -> forwarding.RawBatch:
+    return forwarding.RawBatch(memoryview(b"\0" * 64), 0, records, 0)
+
+
+async def test_an_at_least_once_poll_takes_more_batches_when_they_hold_few_records() -> None:
+    options = CopierOptions()
+    a, b = TopicPartition("t", 0), TopicPartition("t", 1)
+    # 1 KiB records in the Java producer's 16 KiB batches: 15 a batch, so 64 batches (960 records) a poll.
+    assert copier.poll_limit_after({a: [_decoded(15)] * 10, b: [_decoded(15)] * 6}, options) == 64
+    # 40 records a batch: as many as hold about records_per_poll records.
+    assert copier.poll_limit_after({a: [_decoded(40)] * 16}, options) == options.records_per_poll // 40
+    # 100 B records (160 a batch) and forwarded 512 KiB batches keep the smaller polls that suit them.
+    assert copier.poll_limit_after({a: [_decoded(160)] * 16}, options) == options.max_batches_per_poll
+    assert copier.poll_limit_after({a: [_forwarded(5000)] * 4}, options) == options.max_batches_per_poll
+    # A poll of a few single records (old-format batches, a quiet topic) is no reason to poll less.
+    assert copier.poll_limit_after({a: [object()]}, options) == options.max_few_record_batches_per_poll

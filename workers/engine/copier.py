@@ -134,6 +134,13 @@ class CopierOptions:
     # Small polls keep fetching, encoding and sending overlapped: 100 B records in 16 KiB batches copied at
     # 67, 111 and 112 MB/s with 256, 16 and 8 batches per poll (bench, same machine and hour).
     max_batches_per_poll: int = 16
+    # At-least-once: source batches of few records (1 KiB records in 16 KiB batches: 15 each) cost more per poll
+    # than per record, so a poll takes up to max_few_record_batches_per_poll of them, as many as hold about
+    # records_per_poll records going by the previous poll. 64 batches of 15 records cost 8-12% less CPU per MB
+    # than 16, where 64 batches of 160 records (100 B) or of 5,000 (forwarded 512 KiB batches) copied no faster
+    # or slower (docs/performance.md, "2026-12-03, seventh").
+    max_few_record_batches_per_poll: int = 64
+    records_per_poll: int = 1024
     # Exactly-once: a commit costs round trips, so polls are larger; this also bounds what waits for the lanes.
     max_batches_per_transaction: int = 1024
     # Bytes fetched and not yet acknowledged: at-least-once's batches in flight; exactly-once's records queued for
@@ -168,6 +175,18 @@ class CopierOptions:
     # Write eligible source batches as they are instead of re-encoding each record (workers/engine/forwarding.py).
     forward_batches: bool = True
     forward_min_batch_bytes: int = forwarding.MIN_FORWARDED_BATCH_BYTES
+
+
+def poll_limit_after(batches: dict[TopicPartition, list[Any]], options: CopierOptions) -> int:
+    """At-least-once: how many items the next poll takes, from the records per item of this one: about
+    ``records_per_poll`` records, in ``max_batches_per_poll`` to ``max_few_record_batches_per_poll`` items."""
+    items = records = 0
+    for fetched in batches.values():
+        items += len(fetched)
+        records += sum(map(forwarding.fetched_records, fetched))
+    per_item = max(1, records // max(1, items))
+    fitting = options.records_per_poll // per_item
+    return max(options.max_batches_per_poll, min(options.max_few_record_batches_per_poll, fitting))
 
 
 @dataclass
@@ -772,6 +791,8 @@ class PartitionCopier:
                 if exactly_once:
                     await self._queue_for_lanes(batches)
                 else:
+                    if batches:
+                        self._poll_limit = poll_limit_after(batches, self.options)
                     await self._copy_pipelined(batches)
                     if time.monotonic() - self._last_progress >= self._progress_interval_s:
                         self._write_progress_aside()

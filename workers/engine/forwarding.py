@@ -158,6 +158,16 @@ class DecodedBatch:
 LEGACY_RECORD_OVERHEAD = 64
 
 
+def fetched_records(item: Any) -> int:
+    """Records one item of the forwarding fetch holds (see ``fetched_size``)."""
+    kind = type(item)
+    if kind is RawBatch:
+        return int(item.record_count)
+    if kind is DecodedBatch:
+        return len(item.records)
+    return 1
+
+
 def fetched_size(item: Any) -> int:
     """Bytes one item of the forwarding fetch holds: a ``RawBatch``, a ``DecodedBatch`` or a record of an
     old-format batch (aiokafka's ``ConsumerRecord``)."""
