@@ -1620,17 +1620,14 @@ class PartitionCopier:
         ]
         jobs = [asyncio.ensure_future(send(*job)) for job in work]
         try:
-            done, _ = await asyncio.wait(jobs, return_when=asyncio.FIRST_EXCEPTION) if jobs else (set(), set())
-            for job in done:
-                if job.exception() is not None:
-                    raise job.exception()  # type: ignore[misc]
+            sent = await asyncio.gather(*jobs)  # raises the first error at once
         except BaseException:
             # The transaction is aborted: nothing more of it is handed over.
             for job in jobs:
                 job.cancel()
             await asyncio.gather(*jobs, return_exceptions=True)
             raise
-        return [(state, job.result(), position) for (state, _, position), job in zip(work, jobs, strict=True)]
+        return [(state, handed, position) for (state, _, position), handed in zip(work, sent, strict=True)]
 
     def _transaction_partitions(self, batches: dict[TopicPartition, Any]) -> list[TopicPartition]:
         """The target partitions a transaction over these polled partitions writes: their data and, where already
