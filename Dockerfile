@@ -4,6 +4,10 @@
 
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# A C compiler for the engine's record splice (workers/engine/_splice.c); the final image holds only its build.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /opt/ferry
 WORKDIR /src
 COPY pyproject.toml ./

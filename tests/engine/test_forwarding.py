@@ -17,14 +17,23 @@ from workers.engine.copier import CopierOptions
 pytestmark = pytest.mark.asyncio
 
 
-async def fetch_items(bootstrap: str, topic: str, partition: int, start: int, end: int, codec: int) -> list[Any]:
+async def fetch_items(
+    bootstrap: str,
+    topic: str,
+    partition: int,
+    start: int,
+    end: int,
+    codec: int,
+    min_batch_bytes: int = 0,
+    splice: bool = False,
+) -> list[Any]:
     """What a forwarding consumer yields for offsets ``start``..``end`` of one partition."""
     install_batch_fetching()
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
         isolation_level="read_committed",
-        key_deserializer=forwarding.ForwardBatches(codec, min_batch_bytes=0),
+        key_deserializer=forwarding.ForwardBatches(codec, min_batch_bytes=min_batch_bytes, splice=splice),
     )
     await consumer.start()
     try:
@@ -132,6 +141,22 @@ async def test_a_position_inside_a_batch_decodes_that_batch_from_there(source_bo
     assert isinstance(decoded, forwarding.DecodedBatch)
     assert [record.offset for record in decoded.records] == list(range(10, 30))
     assert [(item.base_offset, item.record_count) for item in forwarded] == [(30, 30), (60, 30)]
+
+
+async def test_small_uncompressed_batches_are_fetched_for_splicing_from_the_position(
+    source_bootstrap: str, unique: str
+) -> None:
+    topic = f"fwd-splice-{unique}"
+    await create_topic(source_bootstrap, topic, partitions=1)
+    await produce_in_batches(source_bootstrap, topic, records_of(90, 0, "s"), per_batch=30, compression=None)
+    await produce_in_batches(source_bootstrap, topic, records_of(30, 0, "z"), per_batch=30, compression="gzip")
+    items = await fetch_items(
+        source_bootstrap, topic, 0, 10, 120, codec=0, min_batch_bytes=forwarding.NEVER, splice=True
+    )
+    assert [type(item) for item in items] == [forwarding.SplicedBatch] * 3 + [forwarding.DecodedBatch]
+    assert [(item.start_offset, item.next_offset) for item in items[:3]] == [(10, 30), (30, 60), (60, 90)]
+    assert [record.offset for record in items[3].records] == list(range(90, 120)), "compressed: decoded"
+    assert sum(map(forwarding.fetched_records, items)) == 110
 
 
 async def test_a_batch_larger_than_the_target_default_limit_is_split(

@@ -36,7 +36,16 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copytree(
         ROOT,
         copy,
-        ignore=shutil.ignore_patterns(".git", ".venv", ".run", ".cache", "build", "*.egg-info", "__pycache__"),
+        ignore=shutil.ignore_patterns(
+            ".git",
+            ".venv",
+            ".run",
+            ".cache",
+            "build",
+            "*.egg-info",
+            "__pycache__",
+            "*.so",  # built anew
+        ),
     )
     return copy
 
@@ -63,6 +72,9 @@ def test_the_wheel_holds_what_production_runs_and_nothing_else(wheel: Path) -> N
     revisions = [name for name in names if name.startswith("models/migrations/versions/0")]
     assert len(revisions) >= 6
     assert "workers/engine/aiokafka_hooks.py" in names
+    assert any(name.startswith("workers/engine/_splice.") and name.endswith(".so") for name in names), (
+        "the engine's compiled record splice is built into the wheel"
+    )
 
 
 @pytest.fixture

@@ -54,6 +54,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="decode and re-encode every record even where a source batch could be written as it is",
     )
     parser.add_argument(
+        "--no-splice-records",
+        dest="splice_records",
+        action="store_false",
+        help="decode and re-encode the records of small uncompressed source batches instead of splicing them",
+    )
+    parser.add_argument(
         "--forward-min-batch-bytes",
         type=int,
         default=CopierOptions.forward_min_batch_bytes,
@@ -109,7 +115,9 @@ async def run(args: argparse.Namespace) -> int:
         ClusterConnection(args.target, alias=spec.target_alias),
         transactional_id=args.transactional_id,
         options=CopierOptions(
-            forward_batches=args.forward_batches, forward_min_batch_bytes=args.forward_min_batch_bytes
+            forward_batches=args.forward_batches,
+            forward_min_batch_bytes=args.forward_min_batch_bytes,
+            splice_records=args.splice_records,
         ),
         topic_refresh_s=args.topic_refresh,
         partition_slice=args.partition_slice,

@@ -7,9 +7,10 @@ aiokafka has no public API for what the copier needs, so it reaches into these p
    wrapped so that a consumer whose ``key_deserializer`` is a ``ForwardBatches`` gets ``RawBatch`` items
    (forwarded untouched) and ``DecodedBatch`` items (aiokafka's C records, without building ``ConsumerRecord``
    objects). Other consumers in the process are unaffected.
-2. **Stand-in batch builders** (``ForwardedBuilder``, ``RecordBatchBuilder``): ``AIOKafkaProducer.send_batch``
-   takes an object shaped like its private ``BatchBuilder``; these stand in for it, one for a forwarded source
-   batch, one wrapping aiokafka's C ``DefaultRecordBatchBuilder`` whose ``append`` the copier calls directly.
+2. **Stand-in batch builders** (``ForwardedBuilder``, ``SplicedBuilder``, ``RecordBatchBuilder``):
+   ``AIOKafkaProducer.send_batch`` takes an object shaped like its private ``BatchBuilder``; these stand in for
+   it, one for a forwarded source batch, one for records spliced from uncompressed source batches, one wrapping
+   aiokafka's C ``DefaultRecordBatchBuilder`` whose ``append`` the copier calls directly.
 3. **The sender gate** (``gate_sender``): no hook exists between "batch ready" and "request sent", so the
    producer's ``Sender._send_produce_req`` is wrapped to refuse sending while the write gate is closed.
 4. **Topic ids and leader epochs** (``topic_ids``, ``leader_epoch_ends``): a Metadata v12 and an
@@ -124,8 +125,16 @@ from workers.engine.forwarding import (  # noqa: E402
     DecodedBatch,
     ForwardBatches,
     RawBatch,
+    SplicedBatch,
 )
 from workers.engine.metadata_decode import decode_metadata_v5, decode_topic_listing_v12  # noqa: E402
+
+try:
+    from workers.engine import _splice  # type: ignore[attr-defined]
+except ImportError:  # installed without its C extension: uncompressed batches are decoded as any other
+    _splice = None
+# Whether ``SplicedBuilder`` can be used: without it a copier must not ask its fetch for ``SplicedBatch`` items.
+SPLICE_AVAILABLE = _splice is not None
 
 _PRODUCER = struct.Struct(">qhi")
 GZIP_CODEC = 1
@@ -252,6 +261,95 @@ class ForwardedBuilder:
             _stamp_crc(self._buffer)
             self._built = True
         return self._buffer
+
+
+_HEADER = struct.Struct(">qiibIhiqqqhii")  # the 61-byte v2 batch header, as forwarding.BatchHeader reads it
+
+
+class SplicedBuilder:
+    """Stands in for aiokafka's ``BatchBuilder`` for records spliced from uncompressed source batches
+    (``workers/engine/_splice.c``): the records stay encoded, only their offset and timestamp deltas are written
+    anew, and the header and CRC are written when the sender asks for the bytes. Like ``RecordBatchBuilder`` it
+    takes more records (``splice``) until the sender takes it (``sealed``)."""
+
+    __slots__ = (
+        "_attributes",
+        "_batch_bytes",
+        "_buffer",
+        "_built",
+        "_state",
+        "base_timestamp",
+        "max_timestamp",
+        "records",
+        "sealed",
+    )
+
+    compresses = False
+
+    def __init__(self, batch_bytes: int, *, transactional: bool) -> None:
+        self._buffer = bytearray(HEADER_SIZE)
+        self._batch_bytes = batch_bytes
+        self._attributes = TRANSACTIONAL if transactional else 0
+        self._state = (-1, -1, -1)
+        self._built = False
+        self.records = 0
+        self.base_timestamp = 0
+        self.max_timestamp = 0
+        self.sealed = False
+
+    def splice(self, batch: memoryview, from_offset: int) -> tuple[int, int]:
+        """Append ``batch``'s records from ``from_offset`` on while they fit; returns how many were appended and
+        the source offset of the first that was not (the batch's end when all were). A batch holding no record
+        yet takes at least one, whatever its size."""
+        appended, self.base_timestamp, self.max_timestamp, next_offset = _splice.splice(
+            self._buffer, batch, self.records, self.base_timestamp, self.max_timestamp, from_offset, self._batch_bytes
+        )
+        self.records += appended
+        return appended, next_offset
+
+    def close(self) -> None:
+        pass
+
+    def closed(self) -> bool:
+        return True
+
+    def size(self) -> int:
+        return len(self._buffer)
+
+    def record_count(self) -> int:
+        return self.records
+
+    def _set_producer_state(self, producer_id: int, producer_epoch: int, base_sequence: int) -> None:
+        self.sealed = True
+        self._state = (producer_id, producer_epoch, base_sequence)
+        self._built = False
+
+    def _build(self) -> bytearray:
+        self.sealed = True
+        if not self._built:
+            buffer = self._buffer
+            # As a producer writes them: the broker assigns the offsets and the leader epoch.
+            _HEADER.pack_into(
+                buffer,
+                0,
+                0,
+                len(buffer) - LENGTH_END,
+                -1,
+                2,
+                0,
+                self._attributes,
+                self.records - 1,
+                self.base_timestamp,
+                self.max_timestamp,
+                *self._state,
+                self.records,
+            )
+            _stamp_crc(buffer)
+            self._built = True
+        return self._buffer
+
+    def built(self) -> bool:
+        return self._built
 
 
 GZIP_LEVEL = 6  # zlib's default, as Kafka's Java producer compresses gzip (compression.gzip.level=-1)
@@ -465,6 +563,11 @@ class ForwardingPartitionRecords(_original_partition_records):  # type: ignore[m
                 yield RawBatch(
                     buffer, header.base_offset, header.record_count, header.first_timestamp, header.leader_epoch
                 )
+                continue
+            if forward.splices(header):
+                start = max(header.base_offset, self.next_fetch_offset)
+                self.next_fetch_offset = next_offset
+                yield SplicedBatch(buffer, start, next_offset, header.leader_epoch)
                 continue
             # The C records as they are, a whole batch per item: building a ConsumerRecord per record, or
             # handing records out one by one through this generator, cost more than decoding them.

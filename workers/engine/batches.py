@@ -4,7 +4,8 @@ The copier's loop (``copier.py``) fetches, sends and commits; this module decide
 batch and what an acknowledged batch means for its partition:
 
 - ``build_batches`` turns what one poll fetched for a partition (``RawBatch`` items forwarded as they are,
-  ``DecodedBatch`` items re-batched into aiokafka's C batch builder) into producer batches, each with the
+  ``SplicedBatch`` items whose encoded records are spliced into producer batches, ``DecodedBatch`` items
+  re-batched into aiokafka's C batch builder) into producer batches, each with the
   ``PendingBatch`` that tracks it. IDENTICAL naming filters records that came from the target cluster and stamps
   the origin header on the others.
 - ``acknowledge`` applies one batch the target acknowledged (at-least-once) or committed (exactly-once): the
@@ -22,8 +23,8 @@ from typing import Any, NamedTuple, Protocol
 
 from aiokafka import TopicPartition
 
-from workers.engine.aiokafka_hooks import ForwardedBuilder, RecordBatchBuilder
-from workers.engine.forwarding import DecodedBatch, RawBatch
+from workers.engine.aiokafka_hooks import ForwardedBuilder, RecordBatchBuilder, SplicedBuilder
+from workers.engine.forwarding import DecodedBatch, RawBatch, SplicedBatch
 from workers.engine.metrics import PartitionMetrics
 from workers.engine.progress import PartitionProgress, now_ms
 from workers.engine.spec import PROVENANCE_HEADER
@@ -119,7 +120,7 @@ class PartitionState:
     acked_epoch: int = -1
     # The last decoded-records batch handed to the producer (at-least-once): ``reopenable`` says whether the next
     # poll's records may still go into it.
-    open_batch: tuple[RecordBatchBuilder, PendingBatch] | None = None
+    open_batch: tuple[RecordBatchBuilder | SplicedBuilder, PendingBatch] | None = None
     # The lease check refused it: nothing more of it is written here, not even what is acknowledged later.
     lease_lost: bool = False
 
@@ -177,10 +178,12 @@ class BatchFormat:
     compress_ahead: Executor | None = None
 
 
-def reopenable(fmt: BatchFormat, state: PartitionState) -> tuple[RecordBatchBuilder, PendingBatch] | None:
-    """The partition's last batch of decoded records if more records may still go into it: the producer has not
-    taken it yet (it waits behind the partition's batch in flight), nothing was queued behind it, and it belongs
-    to no transaction (each of which is one poll).
+def reopenable(
+    fmt: BatchFormat, state: PartitionState
+) -> tuple[RecordBatchBuilder | SplicedBuilder, PendingBatch] | None:
+    """The partition's last batch of decoded or spliced records if more records may still go into it: the producer
+    has not taken it yet (it waits behind the partition's batch in flight), nothing was queued behind it, and it
+    belongs to no transaction (each of which is one poll).
 
     aiokafka queues one batch per partition and the copier's ``send_batch`` waits while one is queued, so without
     this a poll of a few small source batches became a small producer batch and the copy loop waited for every
@@ -199,7 +202,7 @@ def build_batches(
     state: PartitionState,
     records: Sequence[Any],
     position: int,
-    reopen: tuple[RecordBatchBuilder, PendingBatch] | None = None,
+    reopen: tuple[RecordBatchBuilder | SplicedBuilder, PendingBatch] | None = None,
 ) -> list[tuple[Any, PendingBatch]]:
     """Producer batches for one partition's records; the last one carries ``position`` as the next offset
     (it may lie past the last record, e.g. after a transaction marker). Every batch is complete (``closed()``),
@@ -219,7 +222,7 @@ def build_batches(
     keep_offsets = fmt.keep_offsets
     compress_ahead = fmt.compress_ahead
     out: list[tuple[Any, PendingBatch]] = []
-    builder: RecordBatchBuilder | None = None
+    builder: RecordBatchBuilder | SplicedBuilder | None = None
     append: Any = None
     count = 0
     first_ts = 0
@@ -231,7 +234,8 @@ def build_batches(
     reopened: PendingBatch | None = None
     if reopen is not None:
         builder, reopened = reopen
-        append, count, first_ts = builder.append, builder.records, reopened.first_timestamp_ms
+        append = builder.append if type(builder) is RecordBatchBuilder else None
+        count, first_ts = builder.records, reopened.first_timestamp_ms
         # The same list: what the sink will get for the batch (``keep_offsets``).
         offsets = reopened.source_offsets if isinstance(reopened.source_offsets, list) else []
         last_offset = reopened.next_source_offset - 1
@@ -266,6 +270,38 @@ def build_batches(
 
     for item in records:
         kind = type(item)
+        if kind is SplicedBatch:
+            if type(builder) is not SplicedBuilder:
+                if count:
+                    finish(last_offset + 1)
+                builder, count = None, 0
+            start, end = item.start_offset, item.next_offset
+            while start < end:
+                if builder is None:
+                    builder = SplicedBuilder(fmt.batch_bytes, transactional=fmt.transactional)
+                    count, offsets = 0, []
+                assert type(builder) is SplicedBuilder
+                appended, stop = builder.splice(item.buffer, start)
+                if appended:
+                    if not count:
+                        first_ts = builder.base_timestamp
+                    count += appended
+                    last_offset = stop - 1
+                    if keep_offsets:
+                        offsets.extend(range(start, stop))
+                if stop < end:
+                    # Full: the rest of the source batch goes into the next producer batch.
+                    if appended:
+                        epoch = max(epoch, item.leader_epoch)
+                    if count:
+                        finish(last_offset + 1)
+                    elif stop <= start:
+                        raise ValueError(f"a spliced batch of {state.source} made no progress at offset {start}")
+                    builder, count = None, 0
+                start = stop
+            last_offset = end - 1
+            epoch = max(epoch, item.leader_epoch)
+            continue
         if kind is RawBatch:
             if count:
                 finish(last_offset + 1)
@@ -286,6 +322,10 @@ def build_batches(
             out.append((forwarded, pending))
             continue
         # A DecodedBatch, or a single record of an old-format batch (aiokafka's own ConsumerRecord).
+        if type(builder) is SplicedBuilder:
+            if count:
+                finish(last_offset + 1)
+            builder, count = None, 0
         item_epoch = item.leader_epoch if kind is DecodedBatch else -1
         item_start = last_offset
         for record in item.records if kind is DecodedBatch else (item,):
@@ -308,7 +348,7 @@ def build_batches(
                 if last_offset > item_start:
                     epoch = max(epoch, item_epoch)  # the finished batch holds records of this item
                 finish(last_offset + 1)
-                if compress_ahead is not None and builder is not None:
+                if compress_ahead is not None and type(builder) is RecordBatchBuilder:
                     builder.compress_ahead(compress_ahead)  # nothing more goes into it
                 append = start_batch(record)
                 append(0, record.timestamp, record.key, record.value, headers)

@@ -56,7 +56,9 @@ from aiokafka.partitioner import DefaultPartitioner
 from workers.engine import admin as kafka_admin
 from workers.engine import forwarding
 from workers.engine.aiokafka_hooks import (
+    SPLICE_AVAILABLE,
     RecordBatchBuilder,
+    SplicedBuilder,
     WritesFenced,
     add_to_transaction,
     build_batches_aside,
@@ -84,6 +86,9 @@ from workers.engine.spec import ReplicationSpec, StartingPosition, TopicNaming
 
 # A line about one partition names it as extra={"partition": tp}: its own field in the JSON log (models/logs.py).
 log = logging.getLogger(__name__)
+
+# Producer batches that may take the next poll's records while they wait for the sender (``reopenable``).
+_REOPENABLE = (RecordBatchBuilder, SplicedBuilder)
 
 # Both are given the partitions whose writes they judge (the copier's own, also while it stops).
 LeaseCheck = Callable[[frozenset[TopicPartition]], Awaitable[bool]]
@@ -175,6 +180,23 @@ class CopierOptions:
     # Write eligible source batches as they are instead of re-encoding each record (workers/engine/forwarding.py).
     forward_batches: bool = True
     forward_min_batch_bytes: int = forwarding.MIN_FORWARDED_BATCH_BYTES
+    # Copy the records of smaller uncompressed source batches into producer batches still encoded, rewriting
+    # only their offset and timestamp deltas (workers/engine/_splice.c), instead of decoding and re-encoding them.
+    splice_records: bool = True
+
+
+@functools.cache
+def _warn_without_splice() -> None:
+    log.warning(
+        "the engine's compiled record splice (workers.engine._splice) is not installed: records of small "
+        "uncompressed source batches are decoded and re-encoded, which costs more CPU; reinstall Ferry with a "
+        "C compiler and Python's headers present to build it"
+    )
+
+
+def _warn_once_without_splice(options: CopierOptions) -> None:
+    if options.splice_records and not SPLICE_AVAILABLE:
+        _warn_without_splice()
 
 
 def poll_limit_after(batches: dict[TopicPartition, list[Any]], options: CopierOptions) -> int:
@@ -384,9 +406,11 @@ class PartitionCopier:
         await self._source_admin.start()
         await self._target_admin.start()
         install_batch_fetching()
+        _warn_once_without_splice(self.options)
         forward = forwarding.ForwardBatches(
             self.spec.target_compression.batch_attribute,
             min_batch_bytes=self.options.forward_min_batch_bytes if self.forwards_batches else forwarding.NEVER,
+            splice=self.splices_records,
         )
         self._consumer = AIOKafkaConsumer(
             **client_kwargs(self.source, "copier-consumer"),
@@ -431,6 +455,12 @@ class PartitionCopier:
     def forwards_batches(self) -> bool:
         """IDENTICAL naming stamps and reads a loop-prevention header on every record, so it never forwards."""
         return self.options.forward_batches and self.spec.topic_naming is not TopicNaming.IDENTICAL
+
+    @property
+    def splices_records(self) -> bool:
+        """Splicing leaves every record's headers as they are, so IDENTICAL naming decodes; so does a copier told
+        not to forward, and an installation without the compiled splice (logged once when the copier starts)."""
+        return self.forwards_batches and self.options.splice_records and SPLICE_AVAILABLE
 
     async def _cluster_id(self, connection: ClusterConnection) -> str:
         admin = admin_client(connection, "copier-admin")
@@ -1068,7 +1098,7 @@ class PartitionCopier:
                 if not pending.source_offsets:
                     pending.source_offsets = None
                 state.pending.append(pending)
-                state.open_batch = (builder, pending) if type(builder) is RecordBatchBuilder else None
+                state.open_batch = (builder, pending) if type(builder) in _REOPENABLE else None
                 self._in_flight_bytes += pending.size
                 pending.future.add_done_callback(functools.partial(self._on_done, state))
             state.sent_next = position

@@ -15,10 +15,14 @@ A batch is forwarded only when it is a plain data batch the target must hold unc
 * at most 1 MiB (Kafka's default max.message.bytes), so it fits a target topic whose configuration differs;
 * wholly at or after the fetch position (a batch the copy stands in the middle of is decoded from there).
 
+An uncompressed batch that would be forwarded but for its size, written to an uncompressed target, is spliced
+instead (``splices``): its records, still encoded, are copied into a producer batch with other batches' records
+(``workers/engine/_splice.c``); only each record's offset and timestamp deltas are written anew.
+
 Every other batch is decoded into aiokafka's C record objects (offset, timestamp, key, value, headers), not
 into ``ConsumerRecord`` objects, which cost more to build than the decoding itself. Loop prevention in IDENTICAL
 naming reads and stamps a header on every record, so that mode never forwards (``NEVER``) but decodes the same
-way.
+way (and never splices).
 
 This module holds the rules and the items the fetch yields; the fetch itself reaches into aiokafka's fetcher
 (``workers/engine/aiokafka_hooks.py``).
@@ -89,8 +93,9 @@ class BatchHeader(NamedTuple):
 
 class ForwardBatches:
     """Passed as a consumer's ``key_deserializer`` to make its fetches yield ``RawBatch`` items where
-    ``forwards`` allows and ``DecodedBatch`` items (aiokafka's C records: offset, timestamp, key, value, headers)
-    for the rest. Source batches in an old message format (magic 0 or 1) come as ``ConsumerRecord`` objects."""
+    ``forwards`` allows, ``SplicedBatch`` items where ``splices`` allows, and ``DecodedBatch`` items (aiokafka's C
+    records: offset, timestamp, key, value, headers) for the rest. Source batches in an old message format
+    (magic 0 or 1) come as ``ConsumerRecord`` objects."""
 
     def __init__(
         self,
@@ -98,10 +103,12 @@ class ForwardBatches:
         *,
         min_batch_bytes: int = MIN_FORWARDED_BATCH_BYTES,
         max_batch_bytes: int = MAX_FORWARDED_BATCH_BYTES,
+        splice: bool = False,
     ) -> None:
         self.target_codec = target_codec
         self.min_batch_bytes = min_batch_bytes
         self.max_batch_bytes = max_batch_bytes
+        self.splice = splice and target_codec == 0
 
     def __call__(self, key: bytes | None) -> bytes | None:
         return key
@@ -114,6 +121,14 @@ class ForwardBatches:
             and self.min_batch_bytes <= size <= self.max_batch_bytes
             and header.attributes & CODEC_MASK == self.target_codec
             and not header.attributes & (LOG_APPEND_TIME | DELETE_HORIZON)
+        )
+
+    def splices(self, header: BatchHeader) -> bool:
+        """Whether a data batch that is not forwarded has its records spliced (see the module's rules)."""
+        return (
+            self.splice
+            and header.record_count == header.last_offset_delta + 1
+            and not header.attributes & (CODEC_MASK | LOG_APPEND_TIME | DELETE_HORIZON)
         )
 
 
@@ -142,6 +157,19 @@ class RawBatch:
         return len(self.buffer) - HEADER_SIZE
 
 
+class SplicedBatch:
+    """One uncompressed source batch whose records from ``start_offset`` on (consecutive offsets up to
+    ``next_offset``) are copied into producer batches still encoded."""
+
+    __slots__ = ("buffer", "leader_epoch", "next_offset", "start_offset")
+
+    def __init__(self, buffer: memoryview, start_offset: int, next_offset: int, leader_epoch: int = -1) -> None:
+        self.buffer = buffer
+        self.start_offset = start_offset
+        self.next_offset = next_offset
+        self.leader_epoch = leader_epoch
+
+
 class DecodedBatch:
     """The records of one source batch that is not forwarded, decoded (aiokafka's C ``DefaultRecord`` objects)."""
 
@@ -163,16 +191,18 @@ def fetched_records(item: Any) -> int:
     kind = type(item)
     if kind is RawBatch:
         return int(item.record_count)
+    if kind is SplicedBatch:
+        return int(item.next_offset - item.start_offset)
     if kind is DecodedBatch:
         return len(item.records)
     return 1
 
 
 def fetched_size(item: Any) -> int:
-    """Bytes one item of the forwarding fetch holds: a ``RawBatch``, a ``DecodedBatch`` or a record of an
-    old-format batch (aiokafka's ``ConsumerRecord``)."""
+    """Bytes one item of the forwarding fetch holds: a ``RawBatch``, a ``SplicedBatch``, a ``DecodedBatch`` or a
+    record of an old-format batch (aiokafka's ``ConsumerRecord``)."""
     kind = type(item)
-    if kind is RawBatch:
+    if kind is RawBatch or kind is SplicedBatch:
         return len(item.buffer)
     if kind is DecodedBatch:
         return int(item.size)

@@ -1,0 +1,267 @@
+"""The record splice (workers/engine/_splice.c, ``SplicedBuilder``, the ``SplicedBatch`` path of
+``build_batches``) without a broker: spliced producer batches decode to exactly the records of their source
+batches, batches split where they fill up, a poll mixes spliced, forwarded and decoded items in offset order, and a
+batch that does not parse copies nothing. tests/engine's copier tests run the same path against real brokers."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from aiokafka.record.default_records import DefaultRecordBatch, DefaultRecordBatchBuilder
+
+from tests.engine.conftest import spec_for
+from tests.engine.test_batches import SOURCE, SOURCE_CLUSTER, TARGET, TARGET_CLUSTER
+from workers.engine import aiokafka_hooks
+from workers.engine.aiokafka_hooks import ForwardedBuilder, RecordBatchBuilder, SplicedBuilder, decode_batch
+from workers.engine.batches import BatchFormat, PartitionState, build_batches, reopenable
+from workers.engine.connection import ClusterConnection
+from workers.engine.copier import CopierOptions, PartitionCopier
+from workers.engine.forwarding import (
+    LOG_APPEND_TIME,
+    BatchHeader,
+    DecodedBatch,
+    ForwardBatches,
+    RawBatch,
+    SplicedBatch,
+)
+from workers.engine.metrics import PartitionMetrics
+
+BASE_TIME = 1_700_000_000_000
+
+
+def source_batch(
+    first_offset: int, records: Sequence[tuple[int, bytes | None, bytes | None, list[tuple[str, bytes]]]]
+) -> bytes:
+    """An uncompressed v2 batch as a producer writes it (``records``: timestamp, key, value, headers), its base
+    offset set as the broker sets it."""
+    builder = DefaultRecordBatchBuilder(2, 0, 0, -1, -1, -1, 1 << 30)
+    for index, (timestamp, key, value, headers) in enumerate(records):
+        builder.append(index, timestamp, key, value, headers)
+    raw = builder.build()
+    struct.pack_into(">q", raw, 0, first_offset)
+    return bytes(raw)
+
+
+def random_records(rng: random.Random, count: int) -> list[tuple[int, bytes | None, bytes | None, list[Any]]]:
+    records = []
+    for _ in range(count):
+        key = None if rng.random() < 0.2 else rng.randbytes(rng.randrange(0, 40))
+        value = None if rng.random() < 0.1 else rng.randbytes(rng.choice([0, 1, 100, 1000, 70_000]))
+        headers = [(f"h{j}", rng.randbytes(rng.randrange(0, 20))) for j in range(rng.randrange(0, 3))]
+        # Timestamps move backwards as well as forwards, and far: every delta size of the varint.
+        timestamp = BASE_TIME + rng.choice([0, -1, 1, -5_000, 86_400_000, -(2**40), 2**40])
+        records.append((timestamp, key, value, headers))
+    return records
+
+
+def as_tuples(records: Sequence[Any]) -> list[tuple[Any, ...]]:
+    return [(r.timestamp, r.key, r.value, list(r.headers)) for r in records]
+
+
+def built_records(builder: Any) -> list[Any]:
+    raw = bytes(builder._build())
+    batch = DefaultRecordBatch(raw)
+    assert batch.validate_crc(), "the CRC covers the header and the records"
+    return list(batch)
+
+
+def state(start: int = 0) -> PartitionState:
+    return PartitionState(
+        SOURCE,
+        TARGET,
+        PartitionMetrics(SOURCE, TARGET.topic),
+        acked_next=start,
+        acked_target_next=None,
+        committed_next=None,
+        sent_next=start,
+    )
+
+
+def batch_format(*, batch_bytes: int = 1 << 20, transactional: bool = False) -> BatchFormat:
+    return BatchFormat(
+        codec=0,
+        batch_bytes=batch_bytes,
+        transactional=transactional,
+        identical=False,
+        loop_origin=TARGET_CLUSTER,
+        origin=SOURCE_CLUSTER,
+        keep_offsets=True,
+    )
+
+
+def spliced(raw: bytes, start: int | None = None) -> SplicedBatch:
+    header = BatchHeader.parse(raw)
+    return SplicedBatch(memoryview(raw), header.base_offset if start is None else start, header.next_offset, 4)
+
+
+def test_the_compiled_splice_is_installed() -> None:
+    """``pip install`` builds it (pyproject.toml); without it the engine falls back to decoding, and CI must not
+    test that fallback in its place."""
+    assert aiokafka_hooks.SPLICE_AVAILABLE
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_spliced_records_decode_as_the_source_records_renumbered(seed: int) -> None:
+    rng = random.Random(seed)
+    sources = []
+    offset = 1_000
+    for _ in range(rng.randrange(1, 6)):
+        records = random_records(rng, rng.randrange(1, 40))
+        sources.append(source_batch(offset, records))
+        offset += len(records)
+    builder = SplicedBuilder(1 << 30, transactional=False)
+    for raw in sources:
+        header = BatchHeader.parse(raw)
+        appended, next_offset = builder.splice(memoryview(raw), header.base_offset)
+        assert (appended, next_offset) == (header.record_count, header.next_offset)
+    expected = [record for raw in sources for record in DefaultRecordBatch(raw)]
+    copied = built_records(builder)
+    assert as_tuples(copied) == as_tuples(expected)
+    assert [r.offset for r in copied] == list(range(len(expected))), "offset deltas renumbered from 0"
+    header = BatchHeader.parse(builder._build())
+    assert header.first_timestamp == expected[0].timestamp
+    assert header.max_timestamp == max(r.timestamp for r in expected)
+    assert header.record_count == header.last_offset_delta + 1 == len(expected)
+    assert (header.producer_id, header.producer_epoch, header.base_sequence) == (-1, -1, -1)
+    assert header.base_offset == 0 and header.leader_epoch == -1, "as a producer writes them"
+
+
+def test_records_before_the_fetch_position_are_left_out() -> None:
+    raw = source_batch(50, [(BASE_TIME + i, None, f"v{i}".encode(), []) for i in range(10)])
+    builder = SplicedBuilder(1 << 20, transactional=False)
+    assert builder.splice(memoryview(raw), 56) == (4, 60)
+    assert [r.value for r in built_records(builder)] == [b"v6", b"v7", b"v8", b"v9"]
+    assert BatchHeader.parse(builder._build()).first_timestamp == BASE_TIME + 6, "the first record copied"
+
+
+def test_a_full_producer_batch_stops_the_splice_and_the_first_record_always_fits() -> None:
+    raw = source_batch(0, [(BASE_TIME, None, bytes(3000), []) for _ in range(5)])
+    builder = SplicedBuilder(7000, transactional=False)
+    assert builder.splice(memoryview(raw), 0) == (2, 2), "a third record would pass 7,000 bytes"
+    assert builder.size() <= 7000
+    assert builder.splice(memoryview(raw), 2) == (0, 2), "full: nothing more goes in"
+    small = SplicedBuilder(100, transactional=False)
+    assert small.splice(memoryview(raw), 2) == (1, 3), "an empty batch takes one record, whatever its size"
+
+
+def test_producer_state_and_the_transactional_flag_are_written_with_a_new_crc() -> None:
+    raw = source_batch(0, [(BASE_TIME, b"k", b"v", [])])
+    builder = SplicedBuilder(1 << 20, transactional=True)
+    builder.splice(memoryview(raw), 0)
+    builder._set_producer_state(77, 3, 1_000)
+    assert builder.sealed, "once the sender numbered it, nothing may be appended"
+    header = BatchHeader.parse(builder._build())
+    assert (header.producer_id, header.producer_epoch, header.base_sequence) == (77, 3, 1_000)
+    assert header.is_transactional
+    assert DefaultRecordBatch(bytes(builder._build())).validate_crc()
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(lambda raw: raw[:-3], id="cut short"),
+        pytest.param(lambda raw: raw[:61] + b"\xff\xff\xff\xff\x0f" + raw[66:], id="record length too large"),
+        pytest.param(lambda raw: raw[:61] + b"\x02" + raw[62:], id="record length too small"),
+        pytest.param(lambda raw: raw[:57] + (10**6).to_bytes(4, "big") + raw[61:], id="record count too large"),
+        pytest.param(lambda raw: raw[:16] + b"\x01" + raw[17:], id="not v2"),
+    ],
+)
+def test_a_batch_that_does_not_parse_raises_and_copies_nothing(damage: Any) -> None:
+    raw = source_batch(0, [(BASE_TIME, b"key", b"value" * 10, [("h", b"x")]) for _ in range(3)])
+    builder = SplicedBuilder(1 << 20, transactional=False)
+    builder.splice(memoryview(raw), 0)
+    size_before = builder.size()
+    with pytest.raises(ValueError, match="corrupt record batch"):
+        builder.splice(memoryview(damage(raw)), 0)
+    assert builder.size() == size_before and builder.records == 3
+
+
+def test_compressed_or_log_append_time_batches_are_refused() -> None:
+    raw = bytearray(source_batch(0, [(BASE_TIME, None, b"v", [])]))
+    struct.pack_into(">h", raw, 21, LOG_APPEND_TIME)
+    with pytest.raises(ValueError, match="CreateTime"):
+        SplicedBuilder(1 << 20, transactional=False).splice(memoryview(raw), 0)
+    header = BatchHeader.parse(raw)
+    assert not ForwardBatches(0, splice=True).splices(header)
+    assert not ForwardBatches(3, splice=True).splices(BatchHeader.parse(source_batch(0, [(BASE_TIME, None, b"", [])])))
+    gappy = header._replace(attributes=0, last_offset_delta=5)  # compacted: offsets 0 and 5 of 2 records
+    assert not ForwardBatches(0, splice=True).splices(gappy), "the offset map of a spliced batch is a range"
+    assert ForwardBatches(0, splice=True).splices(header._replace(attributes=0))
+    assert not ForwardBatches(0).splices(header._replace(attributes=0)), "off unless asked for"
+
+
+async def test_a_poll_of_spliced_forwarded_and_decoded_items_keeps_offset_order() -> None:
+    partition = state(0)
+    first = source_batch(0, [(BASE_TIME + i, None, f"s{i}".encode(), []) for i in range(3)])
+    forwarded_raw = source_batch(3, [(BASE_TIME, None, b"f3", [])])
+    forwarded = RawBatch(memoryview(forwarded_raw), 3, 1, BASE_TIME, leader_epoch=5)
+    decoded_raw = source_batch(4, [(BASE_TIME, None, b"d4", [])])
+    decoded = DecodedBatch(decode_batch(decoded_raw), 6)
+    last = source_batch(5, [(BASE_TIME, None, b"s5", []), (BASE_TIME, None, b"s6", [])])
+    built = build_batches(batch_format(), partition, [spliced(first), forwarded, decoded, spliced(last)], 9)
+    assert [type(builder) for builder, _ in built] == [
+        SplicedBuilder,
+        ForwardedBuilder,
+        RecordBatchBuilder,
+        SplicedBuilder,
+    ]
+    assert [pending.next_source_offset for _, pending in built] == [3, 4, 5, 9]
+    assert [list(pending.source_offsets or []) for _, pending in built] == [[0, 1, 2], [3], [4], [5, 6]]
+    assert [[r.value for r in built_records(builder)] for builder, _ in built[2:]] == [[b"d4"], [b"s5", b"s6"]]
+    assert [pending.first_timestamp_ms for _, pending in built] == [BASE_TIME, BASE_TIME, BASE_TIME, BASE_TIME]
+    assert partition.fetched_epoch == 6
+
+
+async def test_a_source_batch_larger_than_a_producer_batch_is_split_without_a_gap() -> None:
+    partition = state(0)
+    raw = source_batch(100, [(BASE_TIME, None, bytes(1000), []) for _ in range(10)])
+    built = build_batches(batch_format(batch_bytes=2500), partition, [spliced(raw, start=101)], 110)
+    offsets = [list(pending.source_offsets or []) for _, pending in built]
+    assert [offset for run in offsets for offset in run] == list(range(101, 110))
+    assert all(len(run) == 2 for run in offsets[:-1]), "two 1 KB records per 2,500-byte batch"
+    assert [pending.next_source_offset for _, pending in built] == [run[-1] + 1 for run in offsets]
+    assert all(builder.size() <= 2500 for builder, _ in built)
+    assert sum(pending.records for _, pending in built) == 9
+
+
+async def test_the_next_poll_splices_into_the_batch_the_producer_has_not_taken() -> None:
+    """As with decoded records: a poll of small source batches must not become a small producer batch."""
+    partition = state(0)
+    built = build_batches(batch_format(), partition, [spliced(source_batch(0, [(BASE_TIME, None, b"a", [])]))], 1)
+    builder, pending = built[0]
+    pending.future = asyncio.get_running_loop().create_future()  # handed to the producer, not yet sent
+    partition.pending.append(pending)
+    partition.open_batch = (builder, pending)
+    reopen = reopenable(batch_format(), partition)
+    assert reopen is not None
+    more = build_batches(
+        batch_format(), partition, [spliced(source_batch(1, [(BASE_TIME + 5, None, b"b", [])]))], 3, reopen
+    )
+    assert more == []
+    assert (pending.records, pending.next_source_offset, list(pending.source_offsets or [])) == (2, 3, [0, 1])
+    assert pending.size == builder.size()
+    assert [(r.offset, r.timestamp, r.value) for r in built_records(builder)] == [
+        (0, BASE_TIME, b"a"),
+        (1, BASE_TIME + 5, b"b"),
+    ]
+    assert reopenable(batch_format(), partition) is None, "built: sealed"
+
+
+@pytest.mark.parametrize(
+    ("naming", "options", "splices"),
+    [
+        ("PREFIXED_WITH_SOURCE_CLUSTER_ALIAS", CopierOptions(), True),
+        ("IDENTICAL", CopierOptions(), False),  # loop prevention reads and stamps a header on every record
+        ("PREFIXED_WITH_SOURCE_CLUSTER_ALIAS", CopierOptions(splice_records=False), False),
+        ("PREFIXED_WITH_SOURCE_CLUSTER_ALIAS", CopierOptions(forward_batches=False), False),
+    ],
+)
+def test_which_copiers_splice(naming: str, options: CopierOptions, splices: bool) -> None:
+    spec = spec_for("splice", ["orders"], naming=naming)
+    copier = PartitionCopier(spec, ClusterConnection("localhost:1"), ClusterConnection("localhost:2"), options=options)
+    assert copier.splices_records is splices
