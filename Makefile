@@ -16,7 +16,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: up down status test lint helm-lint bench chaos openapi clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py workers/engine/_splice.c
 	@# A venv left half-made by an earlier failure (no pip in it) is made again.
 	@test -x $(VENV)/bin/pip || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
 	$(PY) -m pip install --quiet --upgrade pip
@@ -48,8 +48,8 @@ openapi: $(STAMP)
 	$(PY) -m dev.api_reference
 
 lint: $(STAMP)
-	$(PY) -m ruff check api cli workers models migrations dev tests bench chaos
-	$(PY) -m ruff format --check api cli workers models migrations dev tests bench chaos docs
+	$(PY) -m ruff check api cli workers models migrations dev tests bench chaos setup.py
+	$(PY) -m ruff format --check api cli workers models migrations dev tests bench chaos docs setup.py
 	$(PY) -m mypy
 	$(PY) -m dev.stack schema-check
 	$(PY) -m dev.helm lint
