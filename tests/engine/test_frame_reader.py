@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaClient
@@ -53,6 +54,30 @@ async def test_frames_split_over_chunks_and_packed_in_one_arrive_whole_and_in_or
         reader.feed_data(stream[start : start + CHUNK - 1])
         await asyncio.sleep(0)
     assert await asyncio.wait_for(reading, 5) == payloads
+
+
+async def test_a_response_that_arrived_as_one_chunk_is_handed_out_without_a_copy() -> None:
+    reader = reader_with(RecordingTransport())
+    payload = bytes(range(256)) * 4096  # 1 MiB
+    reader.feed_data(struct.pack(">i", len(payload)))
+    reader.feed_data(payload)
+    (size,) = struct.unpack(">i", await reader.readexactly(4))
+    assert await reader.readexactly(size) is payload
+    assert not reader.at_eof()
+    reader.feed_eof()
+    assert reader.at_eof()
+
+
+async def test_a_standard_reader_swapped_for_a_frame_reader_keeps_what_it_buffered() -> None:
+    reader = asyncio.StreamReader(loop=asyncio.get_running_loop())
+    reader.feed_data(frame(b"before") + struct.pack(">i", 5) + b"af")
+    swapped: Any = reader
+    swapped.__class__ = FrameReader
+    swapped._adopt()
+    swapped.feed_data(b"ter")
+    assert await read_frames(swapped, 2) == [b"before", b"after"]
+    with pytest.raises(NotImplementedError):
+        await swapped.readline()
 
 
 async def test_a_large_response_wakes_its_reader_once_and_never_pauses_the_socket() -> None:
