@@ -176,8 +176,13 @@ async def test_an_admin_clients_own_metadata_refreshes_ask_for_no_topics(source_
     plain = AIOKafkaAdminClient(bootstrap_servers=source_bootstrap)
     await plain.start()
     try:
-        await plain._client.force_metadata_update()
-        assert topic in plain._client.cluster.topics()  # aiokafka's own: every topic of the cluster
+
+        async def named_topic_listed() -> bool:
+            # A topic just created reaches the broker's metadata cache a moment after CreateTopics answers.
+            await plain._client.force_metadata_update()
+            return topic in plain._client.cluster.topics()  # aiokafka's own: every topic of the cluster
+
+        await wait_for(named_topic_listed, 15, f"{topic} in a plain admin client's metadata")
     finally:
         await plain.close()
     admin = engine_connection.admin_client(ClusterConnection(source_bootstrap), "test")
