@@ -30,6 +30,7 @@ from workers.engine.forwarding import (
     SplicedBatch,
 )
 from workers.engine.metrics import PartitionMetrics
+from workers.engine.spec import PROVENANCE_HEADER
 
 BASE_TIME = 1_700_000_000_000
 
@@ -82,12 +83,12 @@ def state(start: int = 0) -> PartitionState:
     )
 
 
-def batch_format(*, batch_bytes: int = 1 << 20, transactional: bool = False) -> BatchFormat:
+def batch_format(*, batch_bytes: int = 1 << 20, transactional: bool = False, identical: bool = False) -> BatchFormat:
     return BatchFormat(
         codec=0,
         batch_bytes=batch_bytes,
         transactional=transactional,
-        identical=False,
+        identical=identical,
         loop_origin=TARGET_CLUSTER,
         origin=SOURCE_CLUSTER,
         keep_offsets=True,
@@ -117,7 +118,7 @@ def test_spliced_records_decode_as_the_source_records_renumbered(seed: int) -> N
     builder = SplicedBuilder(1 << 30, transactional=False)
     for raw in sources:
         header = BatchHeader.parse(raw)
-        appended, next_offset = builder.splice(memoryview(raw), header.base_offset)
+        appended, next_offset, _, _ = builder.splice(memoryview(raw), header.base_offset)
         assert (appended, next_offset) == (header.record_count, header.next_offset)
     expected = [record for raw in sources for record in DefaultRecordBatch(raw)]
     copied = built_records(builder)
@@ -134,7 +135,7 @@ def test_spliced_records_decode_as_the_source_records_renumbered(seed: int) -> N
 def test_records_before_the_fetch_position_are_left_out() -> None:
     raw = source_batch(50, [(BASE_TIME + i, None, f"v{i}".encode(), []) for i in range(10)])
     builder = SplicedBuilder(1 << 20, transactional=False)
-    assert builder.splice(memoryview(raw), 56) == (4, 60)
+    assert builder.splice(memoryview(raw), 56)[:2] == (4, 60)
     assert [r.value for r in built_records(builder)] == [b"v6", b"v7", b"v8", b"v9"]
     assert BatchHeader.parse(builder._build()).first_timestamp == BASE_TIME + 6, "the first record copied"
 
@@ -142,11 +143,11 @@ def test_records_before_the_fetch_position_are_left_out() -> None:
 def test_a_full_producer_batch_stops_the_splice_and_the_first_record_always_fits() -> None:
     raw = source_batch(0, [(BASE_TIME, None, bytes(3000), []) for _ in range(5)])
     builder = SplicedBuilder(7000, transactional=False)
-    assert builder.splice(memoryview(raw), 0) == (2, 2), "a third record would pass 7,000 bytes"
+    assert builder.splice(memoryview(raw), 0)[:2] == (2, 2), "a third record would pass 7,000 bytes"
     assert builder.size() <= 7000
-    assert builder.splice(memoryview(raw), 2) == (0, 2), "full: nothing more goes in"
+    assert builder.splice(memoryview(raw), 2)[:2] == (0, 2), "full: nothing more goes in"
     small = SplicedBuilder(100, transactional=False)
-    assert small.splice(memoryview(raw), 2) == (1, 3), "an empty batch takes one record, whatever its size"
+    assert small.splice(memoryview(raw), 2)[:2] == (1, 3), "an empty batch takes one record, whatever its size"
 
 
 def test_producer_state_and_the_transactional_flag_are_written_with_a_new_crc() -> None:
@@ -256,7 +257,7 @@ async def test_the_next_poll_splices_into_the_batch_the_producer_has_not_taken()
     ("naming", "options", "splices"),
     [
         ("PREFIXED_WITH_SOURCE_CLUSTER_ALIAS", CopierOptions(), True),
-        ("IDENTICAL", CopierOptions(), False),  # loop prevention reads and stamps a header on every record
+        ("IDENTICAL", CopierOptions(), True),  # the splice filters and stamps the origin header itself
         ("PREFIXED_WITH_SOURCE_CLUSTER_ALIAS", CopierOptions(splice_records=False), False),
         ("PREFIXED_WITH_SOURCE_CLUSTER_ALIAS", CopierOptions(forward_batches=False), False),
     ],
@@ -265,3 +266,63 @@ def test_which_copiers_splice(naming: str, options: CopierOptions, splices: bool
     spec = spec_for("splice", ["orders"], naming=naming)
     copier = PartitionCopier(spec, ClusterConnection("localhost:1"), ClusterConnection("localhost:2"), options=options)
     assert copier.splices_records is splices
+
+
+@pytest.mark.parametrize("seed", range(6))
+async def test_identical_naming_filters_and_stamps_spliced_records_as_decoded_ones(seed: int) -> None:
+    """Active-active: a record whose first origin header names the target cluster came from it and is left out;
+    one without an origin header (or with a null one) gets the source cluster's. Spliced and decoded copies of the
+    same source batches must hold the same records, offsets and counts."""
+    rng = random.Random(seed)
+    origin = PROVENANCE_HEADER
+    choices: list[list[tuple[str, bytes | None]]] = [
+        [],
+        [(origin, TARGET_CLUSTER)],  # came from the target: filtered
+        [(origin, b"a-third-cluster")],  # kept as it is
+        [("other", b"x"), (origin, TARGET_CLUSTER), ("more", b"")],
+        [(origin, None)],  # a null origin is no origin: stamped
+        [(origin, b"a-third-cluster"), (origin, TARGET_CLUSTER)],  # the first one decides
+        [("h", b"v")],
+    ]
+    sources, offset = [], 500
+    for _ in range(rng.randrange(1, 5)):
+        records = [
+            (BASE_TIME + rng.randrange(-10_000, 10_000), rng.randbytes(5), rng.randbytes(rng.randrange(0, 2000)),
+             rng.choice(choices))
+            for _ in range(rng.randrange(1, 60))
+        ]  # fmt: skip
+        sources.append(source_batch(offset, records))
+        offset += len(records)
+    fmt = batch_format(identical=True, batch_bytes=rng.choice([4096, 1 << 20]))
+    spliced_state, decoded_state = state(500), state(500)
+    spliced_out = build_batches(
+        fmt,
+        spliced_state,
+        [spliced(raw, start=501) for raw in sources][:1] + [spliced(raw) for raw in sources[1:]],
+        offset,
+    )
+    decoded_items = [DecodedBatch([r for r in decode_batch(raw) if r.offset >= 501]) for raw in sources[:1]]
+    decoded_items += [DecodedBatch(decode_batch(raw)) for raw in sources[1:]]
+    decoded_out = build_batches(fmt, decoded_state, [item for item in decoded_items if item.records], offset)
+
+    def copied(out: list[tuple[Any, Any]]) -> tuple[list[Any], list[int]]:
+        records = [r for builder, _ in out for r in built_records(builder)]
+        return as_tuples(records), [o for _, pending in out for o in (pending.source_offsets or [])]
+
+    assert copied(spliced_out) == copied(decoded_out)
+    assert spliced_state.metrics.records_filtered == decoded_state.metrics.records_filtered > 0
+    assert (spliced_out[-1][1].next_source_offset if spliced_out else offset) == offset
+    for records, _ in [copied(spliced_out)]:
+        assert all(sum(1 for name, _ in headers if name == origin) >= 1 for *_, headers in records)
+
+
+def test_headers_that_run_past_their_record_copy_nothing_in_identical_naming() -> None:
+    raw = bytearray(source_batch(0, [(BASE_TIME, b"k", b"v", [("h", b"x")])]))
+    assert raw[69] == 2, "one header (zigzag 1) right after the key and the value"
+    raw[69] = 10  # five headers claimed, one there
+    builder = SplicedBuilder(1 << 20, transactional=False)
+    provenance = (PROVENANCE_HEADER.encode(), TARGET_CLUSTER, SOURCE_CLUSTER)
+    with pytest.raises(ValueError, match="headers run past the record"):
+        builder.splice(memoryview(bytes(raw)), 0, provenance)
+    assert builder.size() == 61 and builder.records == 0
+    assert builder.splice(memoryview(bytes(raw)), 0)[:2] == (1, 1), "without loop prevention headers are not read"

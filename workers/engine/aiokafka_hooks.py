@@ -298,15 +298,25 @@ class SplicedBuilder:
         self.max_timestamp = 0
         self.sealed = False
 
-    def splice(self, batch: memoryview, from_offset: int) -> tuple[int, int]:
-        """Append ``batch``'s records from ``from_offset`` on while they fit; returns how many were appended and
-        the source offset of the first that was not (the batch's end when all were). A batch holding no record
-        yet takes at least one, whatever its size."""
-        appended, self.base_timestamp, self.max_timestamp, next_offset = _splice.splice(
-            self._buffer, batch, self.records, self.base_timestamp, self.max_timestamp, from_offset, self._batch_bytes
+    def splice(
+        self, batch: memoryview, from_offset: int, provenance: tuple[bytes, bytes, bytes] | None = None
+    ) -> tuple[int, int, int, list[int] | None]:
+        """Append ``batch``'s records from ``from_offset`` on while they fit; returns how many were appended, the
+        source offset of the first that was not (the batch's end when all were), how many were left out, and with
+        ``provenance`` (header name, loop origin, origin: IDENTICAL naming's loop prevention) the source offsets
+        appended. A batch holding no record yet takes at least one, whatever its size."""
+        appended, self.base_timestamp, self.max_timestamp, next_offset, left_out, offsets = _splice.splice(
+            self._buffer,
+            batch,
+            self.records,
+            self.base_timestamp,
+            self.max_timestamp,
+            from_offset,
+            self._batch_bytes,
+            provenance,
         )
         self.records += appended
-        return appended, next_offset
+        return appended, next_offset, left_out, offsets
 
     def close(self) -> None:
         pass

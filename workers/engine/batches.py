@@ -219,6 +219,8 @@ def build_batches(
     identical = fmt.identical
     loop_origin = fmt.loop_origin
     stamp = (PROVENANCE_HEADER, fmt.origin)
+    # The same loop prevention for spliced records, done on their encoded headers.
+    provenance = (PROVENANCE_HEADER.encode(), loop_origin, fmt.origin) if identical else None
     keep_offsets = fmt.keep_offsets
     compress_ahead = fmt.compress_ahead
     out: list[tuple[Any, PendingBatch]] = []
@@ -281,14 +283,15 @@ def build_batches(
                     builder = SplicedBuilder(fmt.batch_bytes, transactional=fmt.transactional)
                     count, offsets = 0, []
                 assert type(builder) is SplicedBuilder
-                appended, stop = builder.splice(item.buffer, start)
+                appended, stop, left_out, copied = builder.splice(item.buffer, start, provenance)
+                filtered += left_out
                 if appended:
                     if not count:
                         first_ts = builder.base_timestamp
                     count += appended
-                    last_offset = stop - 1
+                    last_offset = stop - 1 if copied is None else copied[-1]
                     if keep_offsets:
-                        offsets.extend(range(start, stop))
+                        offsets.extend(range(start, stop) if copied is None else copied)
                 if stop < end:
                     # Full: the rest of the source batch goes into the next producer batch.
                     if appended:

@@ -458,9 +458,9 @@ class PartitionCopier:
 
     @property
     def splices_records(self) -> bool:
-        """Splicing leaves every record's headers as they are, so IDENTICAL naming decodes; so does a copier told
-        not to forward, and an installation without the compiled splice (logged once when the copier starts)."""
-        return self.forwards_batches and self.options.splice_records and SPLICE_AVAILABLE
+        """In both naming modes (the splice filters and stamps IDENTICAL naming's origin header itself); not in a
+        copier told not to forward, nor without the compiled splice (logged once when the copier starts)."""
+        return self.options.forward_batches and self.options.splice_records and SPLICE_AVAILABLE
 
     async def _cluster_id(self, connection: ClusterConnection) -> str:
         admin = admin_client(connection, "copier-admin")

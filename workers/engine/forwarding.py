@@ -21,8 +21,8 @@ instead (``splices``): its records, still encoded, are copied into a producer ba
 
 Every other batch is decoded into aiokafka's C record objects (offset, timestamp, key, value, headers), not
 into ``ConsumerRecord`` objects, which cost more to build than the decoding itself. Loop prevention in IDENTICAL
-naming reads and stamps a header on every record, so that mode never forwards (``NEVER``) but decodes the same
-way (and never splices).
+naming reads and stamps a header on every record, so that mode never forwards (``NEVER``); the splice reads and
+stamps that header itself, so it splices in both modes.
 
 This module holds the rules and the items the fetch yields; the fetch itself reaches into aiokafka's fetcher
 (``workers/engine/aiokafka_hooks.py``).
