@@ -15,10 +15,10 @@ import pytest
 from aiokafka.record.default_records import DefaultRecordBatch, DefaultRecordBatchBuilder
 
 from tests.engine.conftest import spec_for
-from tests.engine.test_batches import SOURCE, SOURCE_CLUSTER, TARGET, TARGET_CLUSTER
+from tests.engine.test_batches import SOURCE_CLUSTER, TARGET_CLUSTER, batch_format, state
 from workers.engine import aiokafka_hooks
 from workers.engine.aiokafka_hooks import ForwardedBuilder, RecordBatchBuilder, SplicedBuilder, decode_batch
-from workers.engine.batches import BatchFormat, PartitionState, build_batches, reopenable
+from workers.engine.batches import build_batches, reopenable
 from workers.engine.connection import ClusterConnection
 from workers.engine.copier import CopierOptions, PartitionCopier
 from workers.engine.forwarding import (
@@ -29,7 +29,6 @@ from workers.engine.forwarding import (
     RawBatch,
     SplicedBatch,
 )
-from workers.engine.metrics import PartitionMetrics
 from workers.engine.spec import PROVENANCE_HEADER
 
 BASE_TIME = 1_700_000_000_000
@@ -69,30 +68,6 @@ def built_records(builder: Any) -> list[Any]:
     batch = DefaultRecordBatch(raw)
     assert batch.validate_crc(), "the CRC covers the header and the records"
     return list(batch)
-
-
-def state(start: int = 0) -> PartitionState:
-    return PartitionState(
-        SOURCE,
-        TARGET,
-        PartitionMetrics(SOURCE, TARGET.topic),
-        acked_next=start,
-        acked_target_next=None,
-        committed_next=None,
-        sent_next=start,
-    )
-
-
-def batch_format(*, batch_bytes: int = 1 << 20, transactional: bool = False, identical: bool = False) -> BatchFormat:
-    return BatchFormat(
-        codec=0,
-        batch_bytes=batch_bytes,
-        transactional=transactional,
-        identical=identical,
-        loop_origin=TARGET_CLUSTER,
-        origin=SOURCE_CLUSTER,
-        keep_offsets=True,
-    )
 
 
 def spliced(raw: bytes, start: int | None = None) -> SplicedBatch:

@@ -116,6 +116,7 @@ from aiokafka.record.default_records import DefaultRecordBatch, DefaultRecordBat
 
 from workers.engine.forwarding import (  # noqa: E402
     ATTRIBUTES_AT,
+    BATCH_HEADER,
     CONTROL,
     CRC_AT,
     HEADER_SIZE,
@@ -222,7 +223,20 @@ def _stamp_crc(buffer: bytearray) -> None:
     _CRC_FIELD.pack_into(buffer, CRC_AT, crc32c(bytes(memoryview(buffer)[ATTRIBUTES_AT:])))
 
 
-class ForwardedBuilder:
+class _CompleteBatch:
+    """What every stand-in builder answers aiokafka alike: the copier hands the producer complete batches, so
+    ``closed()`` is true from the start and the sender never waits out ``linger_ms`` for more."""
+
+    __slots__ = ()
+
+    def close(self) -> None:
+        pass
+
+    def closed(self) -> bool:
+        return True
+
+
+class ForwardedBuilder(_CompleteBatch):
     """Stands in for aiokafka's ``BatchBuilder``: the producer sets its producer state, then takes the bytes."""
 
     def __init__(self, batch: RawBatch, *, transactional: bool) -> None:
@@ -242,12 +256,6 @@ class ForwardedBuilder:
     def append(self, **_: Any) -> None:
         return None
 
-    def close(self) -> None:
-        pass
-
-    def closed(self) -> bool:
-        return True
-
     def size(self) -> int:
         return len(self._buffer)
 
@@ -264,10 +272,7 @@ class ForwardedBuilder:
         return self._buffer
 
 
-_HEADER = struct.Struct(">qiibIhiqqqhii")  # the 61-byte v2 batch header, as forwarding.BatchHeader reads it
-
-
-class SplicedBuilder:
+class SplicedBuilder(_CompleteBatch):
     """Stands in for aiokafka's ``BatchBuilder`` for records spliced from uncompressed source batches
     (``workers/engine/_splice.c``): the records stay encoded, only their offset and timestamp deltas are written
     anew, and the header and CRC are written when the sender asks for the bytes. Like ``RecordBatchBuilder`` it
@@ -318,12 +323,6 @@ class SplicedBuilder:
         self.records += appended
         return appended, next_offset, left_out, offsets
 
-    def close(self) -> None:
-        pass
-
-    def closed(self) -> bool:
-        return True
-
     def size(self) -> int:
         return len(self._buffer)
 
@@ -340,7 +339,7 @@ class SplicedBuilder:
         if not self._built:
             buffer = self._buffer
             # As a producer writes them: the broker assigns the offsets and the leader epoch.
-            _HEADER.pack_into(
+            BATCH_HEADER.pack_into(
                 buffer,
                 0,
                 0,
@@ -405,7 +404,7 @@ def use_lz4_releasing_gil() -> None:
         aiokafka_crecords.lz4_encode = lz4_encode_releasing_gil
 
 
-class RecordBatchBuilder:
+class RecordBatchBuilder(_CompleteBatch):
     """Stands in for aiokafka's ``BatchBuilder`` for decoded records. The copier appends through ``append``,
     aiokafka's C builder method itself (``append(relative_offset, timestamp, key, value, headers)``, None when
     full), counting the records itself; ``BatchBuilder.append`` cost more per record than the encoding.
@@ -441,12 +440,6 @@ class RecordBatchBuilder:
         # the partition's sequence then): from that moment on nothing may be appended. Until then the copier may
         # add the next poll's records to it (``build_batches``), instead of waiting for it to be sent.
         self.sealed = False
-
-    def close(self) -> None:
-        pass
-
-    def closed(self) -> bool:
-        return True
 
     def size(self) -> int:
         if self._buffer is not None:

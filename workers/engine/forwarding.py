@@ -54,7 +54,7 @@ TRANSACTIONAL = 0x10
 CONTROL = 0x20
 DELETE_HORIZON = 0x40
 
-_HEAD = struct.Struct(">qiibIhiqqqhii")  # the whole 61-byte header
+BATCH_HEADER = struct.Struct(">qiibIhiqqqhii")  # the whole 61-byte header
 
 
 class BatchHeader(NamedTuple):
@@ -76,7 +76,7 @@ class BatchHeader(NamedTuple):
 
     @classmethod
     def parse(cls, buffer: Any, position: int = 0) -> BatchHeader:
-        return cls._make(_HEAD.unpack_from(buffer, position))
+        return cls._make(BATCH_HEADER.unpack_from(buffer, position))
 
     @property
     def next_offset(self) -> int:
