@@ -118,8 +118,8 @@ class PartitionState:
     # (-1: unknown): where the source log ends for that epoch is where it diverges after a truncation.
     fetched_epoch: int = -1
     acked_epoch: int = -1
-    # The last decoded-records batch handed to the producer (at-least-once): ``reopenable`` says whether the next
-    # poll's records may still go into it.
+    # The last batch of decoded or spliced records handed to the producer (at-least-once): ``reopenable`` says
+    # whether the next poll's records may still go into it.
     open_batch: tuple[RecordBatchBuilder | SplicedBuilder, PendingBatch] | None = None
     # The lease check refused it: nothing more of it is written here, not even what is acknowledged later.
     lease_lost: bool = False

@@ -187,16 +187,12 @@ class CopierOptions:
 
 @functools.cache
 def _warn_without_splice() -> None:
+    """Once per process, however many copiers start."""
     log.warning(
         "the engine's compiled record splice (workers.engine._splice) is not installed: records of small "
         "uncompressed source batches are decoded and re-encoded, which costs more CPU; reinstall Ferry with a "
         "C compiler and Python's headers present to build it"
     )
-
-
-def _warn_once_without_splice(options: CopierOptions) -> None:
-    if options.splice_records and not SPLICE_AVAILABLE:
-        _warn_without_splice()
 
 
 def poll_limit_after(batches: dict[TopicPartition, list[Any]], options: CopierOptions) -> int:
@@ -406,7 +402,8 @@ class PartitionCopier:
         await self._source_admin.start()
         await self._target_admin.start()
         install_batch_fetching()
-        _warn_once_without_splice(self.options)
+        if self.options.splice_records and not SPLICE_AVAILABLE:
+            _warn_without_splice()
         forward = forwarding.ForwardBatches(
             self.spec.target_compression.batch_attribute,
             min_batch_bytes=self.options.forward_min_batch_bytes if self.forwards_batches else forwarding.NEVER,
