@@ -323,3 +323,34 @@ def test_copy_units_stay_count_fair_whichever_worker_runs_the_metadata_unit() ->
         copies = Counter(w for u, w in three.items() if not u.is_metadata)
         assert copies == {"w1": 16, "w2": 16, "w3": 16}, (first, copies)
         assert three[units[0]] == first, "the metadata unit moved"
+
+
+def test_the_noise_of_many_small_measured_loads_moves_nothing() -> None:
+    """10,000 partitions at 5 MB/s measure 500 B/s each on average: in one 5 s window most read as idle (under
+    1,000 B/s) and a few as a few KiB/s, different ones in the next. The two workers' measured totals then differ by
+    more than the load tolerance on most passes; before the rebalance threshold, every such pass moved units (the
+    same ones each time), and every move left its partition seconds behind while it was handed over."""
+    units = [UnitKey(R, f"t-{t:03d}", p) for t in range(100) for p in range(100)]
+    workers = ["w1", "w2"]
+    assignment = balance(units, {}, workers)
+    rng = random.Random(11)
+    for _ in range(20):
+        measured = {u: rng.choice((1_000.0, 2_000.0, 3_000.0, 6_000.0)) for u in units if rng.random() < 0.2}
+        # A burst the source released in one worker's window but not the other's.
+        burst = rng.choice(workers)
+        for unit in units:
+            if assignment[unit] == burst and rng.random() < 0.05:
+                measured[unit] = measured.get(unit, 0.0) + 20_000.0
+        assert balance(units, assignment, workers, measured) == assignment
+
+
+def test_a_real_imbalance_among_many_units_still_moves() -> None:
+    """The threshold does not hide a worker that carries far more than the other: a hot topic on one worker."""
+    units = [UnitKey(R, f"t-{t:03d}", p) for t in range(100) for p in range(100)]
+    assignment = balance(units, {}, ["w1", "w2"])
+    on_w1 = [u for u in units if assignment[u] == "w1"]
+    measured = {u: 200_000.0 for u in on_w1[:500]}  # 100 MB/s on w1 alone
+    moved = balance(units, assignment, ["w1", "w2"], measured)
+    totals = worker_loads(moved, measured)
+    assert abs(totals["w1"] - totals.get("w2", 0.0)) < 0.5 * sum(totals.values())
+    assert any(moved[u] == "w2" for u in on_w1[:500])
