@@ -228,6 +228,7 @@ async def _produce_at_rate_java(
     seconds: float,
     size: int,
     name: str = "load",
+    producers: int = 1,
 ) -> dict[str, Any]:
     """The same load as ``_produce_at_rate`` from Kafka's Java producer (``bench/java/SpreadLoad.java``): a
     5 MB/s load over 10,000 partitions is 5,000 one-record batches a second, more than the Python producer
@@ -236,7 +237,7 @@ async def _produce_at_rate_java(
     run = await run_tool(
         lab.kafka_lib,
         str(JAVA_LOAD),
-        [*args, f"{seconds:g}", f"{DRAIN_SECONDS:g}"],
+        [*args, f"{seconds:g}", f"{DRAIN_SECONDS:g}", str(producers)],
         log=lab.folder / "logs" / f"{name}.log",
         what=name,
         limit_s=seconds + DRAIN_SECONDS + 120,
@@ -251,7 +252,14 @@ def _load(lab: Lab, topics: list[str], per_topic: int, args: argparse.Namespace,
     rate = args.rate_mb * MB
     if args.load_producer == "java":
         return _produce_at_rate_java(
-            lab, topics, per_topic, rate_bytes_per_s=rate, seconds=args.seconds, size=args.record_bytes, name=name
+            lab,
+            topics,
+            per_topic,
+            rate_bytes_per_s=rate,
+            seconds=args.seconds,
+            size=args.record_bytes,
+            name=name,
+            producers=args.load_producers,
         )
     return _produce_at_rate(
         lab.source.bootstrap, topics, per_topic, rate_bytes_per_s=rate, seconds=args.seconds, size=args.record_bytes
@@ -294,6 +302,67 @@ class MachineCpu:
 
         return {"busy": cores(user + nice + system + irq + softirq), "iowait": cores(iowait), "steal": cores(steal),
                 "of": os.cpu_count() or 0}  # fmt: skip
+
+
+class CpuByProcess:
+    """Every process's CPU over a window, grouped: the lab's Ferry processes (by session), each cluster's JVMs, the
+    load producer, PostgreSQL, Redis, this harness and the rest. On a 2-core box they all share the cores, so
+    a lag figure needs to say who had them."""
+
+    def __init__(self, lab: Lab) -> None:
+        self.sessions = {proc.pid: name for name, proc in lab.processes.items()}
+        self.brokers = {pid: "source_brokers" for pid in lab.source.pids().values()}
+        self.brokers |= {pid: "target_brokers" for pid in lab.target.pids().values()}
+        self.harness = os.getpid()
+
+    def _label(self, pid: int, comm: str, fields: list[str]) -> str:
+        if pid in self.brokers:
+            return self.brokers[pid]
+        session = int(fields[3])
+        if session in self.sessions:
+            return self.sessions[session]
+        if pid == self.harness:
+            return "harness"
+        if comm == "java":
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                return "other"
+            # Still running (it is counted once it exits, with the harness's reaped children).
+            return "load_producer_running" if b"SpreadLoad" in cmdline else "other_java"
+        if comm.startswith("postgres"):
+            return "postgresql"
+        if comm.startswith("redis"):
+            return "redis"
+        return "other"
+
+    def read(self) -> tuple[float, dict[int, tuple[str, int]]]:
+        ticks: dict[int, tuple[str, int]] = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                comm, rest = (entry / "stat").read_text().split(" (", 1)[1].rsplit(")", 1)
+            except (OSError, ValueError):
+                continue
+            fields = rest.split()
+            ticks[int(entry.name)] = (self._label(int(entry.name), comm, fields), _cpu_ticks(fields))
+            if int(entry.name) == self.harness:
+                # The load producer has exited by the window's end: its CPU is in the harness's reaped children's
+                # (the only child process the harness runs and waits for meanwhile). Keyed apart from every pid.
+                ticks[-1] = ("load_producer", int(fields[13]) + int(fields[14]))
+        return time.monotonic(), ticks
+
+    @staticmethod
+    def cores_since(
+        began: tuple[float, dict[int, tuple[str, int]]], now: tuple[float, dict[int, tuple[str, int]]]
+    ) -> dict[str, float]:
+        """Cores per group; a process that ended in the window is not counted after its last reading."""
+        seconds = now[0] - began[0]
+        totals: Counter[str] = Counter()
+        for pid, (label, ticks) in now[1].items():
+            totals[label] += ticks - began[1].get(pid, (label, 0))[1]
+        return {label: round(ticks / CLOCK_TICKS / seconds, 3) for label, ticks in totals.most_common()}
 
 
 class LagSampler:
@@ -492,8 +561,11 @@ async def one_count(
     if not args.skip_source_limit:
         # The same load with no replicator: what the source broker itself accepts when writes are spread this thin.
         broker_began = source_broker.cpu_seconds()
+        by_process = CpuByProcess(lab)
+        by_process_began = by_process.read()
         result["source_limit"] = await _load(lab, topics, per_topic, args, name="source-limit")
         result["source_limit"]["source_broker_cores"] = source_broker.cores_since(broker_began)
+        result["source_limit"]["cores_by_process"] = CpuByProcess.cores_since(by_process_began, by_process.read())
         say(
             f"  the source alone took {result['source_limit']['achieved_mb_per_s']} MB/s of {args.rate_mb:g} "
             f"(broker {result['source_limit']['source_broker_cores']} cores)"
@@ -534,6 +606,17 @@ async def one_count(
             arn,
         )
         result["partitions_per_worker"] = {str(w).split("-", 1)[0]: int(n) for w, n in owners}
+
+        def acquisitions() -> int:
+            """Leases taken on the replicator's copy units so far: every hand-over from worker to worker is one."""
+            rows = lab.query(
+                "SELECT coalesce(sum(u.epoch), 0) FROM fleet_units u JOIN replicators r ON r.id = u.replicator_id "
+                "WHERE r.arn = %s AND u.partition >= 0",
+                arn,
+            )
+            return int(rows[0][0])
+
+        acquired_before_idle = acquisitions()
         result["idle_cores"], _ = await workers.cores_over(args.idle_seconds)
         result["rss_kib_idle_partitions"] = workers.rss_kib()
         say(f"  idle: {result['idle_cores']} cores, RSS {result['rss_kib_idle_partitions']} KiB")
@@ -548,6 +631,8 @@ async def one_count(
         target_broker = BrokerCpu(lab, lab.target)
         target_began = target_broker.cpu_seconds()
         machine_began = MachineCpu.read()
+        by_process = CpuByProcess(lab)
+        by_process_began = by_process.read()
         harness_began = time.monotonic(), time.process_time()
         lagging_reports = asyncio.create_task(_reports_of_lagging(lab, arn, sampler, args.seconds / 2))
         result["load_cores"], result["load"] = await workers.cores_over(
@@ -556,11 +641,14 @@ async def one_count(
         result["load"]["source_broker_cores"] = source_broker.cores_since(broker_began)
         result["load"]["target_broker_cores"] = target_broker.cores_since(target_began)
         result["load"]["machine_cores"] = MachineCpu.cores_since(machine_began)
+        result["load"]["cores_by_process"] = CpuByProcess.cores_since(by_process_began, by_process.read())
         # This process: the lag sampler reads 20,000 end offsets a second, on the same cores as the workers.
         result["load"]["harness_cores"] = round(
             (time.process_time() - harness_began[1]) / (time.monotonic() - harness_began[0]), 3
         )
         result["rss_kib_loaded"] = workers.rss_kib()
+        # Units moved between workers while idle and under load (the balance's hand-overs; none expected).
+        result["hand_overs_idle_and_load"] = acquisitions() - acquired_before_idle
         try:
             result["reports_mid_load"] = await lagging_reports
         except Exception as error:  # noqa: BLE001 - a diagnostic: the run's figures stand without it
@@ -631,6 +719,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "idle_seconds": args.idle_seconds,
             "record_bytes": args.record_bytes,
             "load_producer": args.load_producer,
+            "load_producers": args.load_producers,
             "source_limit": "skipped" if args.skip_source_limit else "only" if args.source_limit_only else "first",
             "workers": 2,
             "kafka_heap": args.kafka_heap,
@@ -749,6 +838,13 @@ def main(argv: list[str] | None = None) -> int:
         default="java",
         help="what writes the load: Kafka's Java producer (bench/java/SpreadLoad.java) or aiokafka "
         "(default %(default)s)",
+    )
+    parser.add_argument(
+        "--load-producers",
+        type=int,
+        default=4,
+        help="Java producers in the load process, each writing a share of the topics: one took 0.77 cores for "
+        "5 MB/s over 10,000 partitions, four 0.46 (default %(default)s)",
     )
     args = parser.parse_args(argv)
     exit_on_termination()

@@ -3,10 +3,12 @@
 // keep up with one-record batches to 10,000 partitions on a 2-core box (its records expired in its accumulator).
 //
 // Run as a single source file (Java 11+): java -cp 'kafka/libs/*' SpreadLoad.java BOOTSTRAP TOPICS PARTITIONS
-// RECORD_BYTES BYTES_PER_SECOND SECONDS [DRAIN_SECONDS], TOPICS comma-separated. After the last send it waits at
+// RECORD_BYTES BYTES_PER_SECOND SECONDS [DRAIN_SECONDS [PRODUCERS]], TOPICS comma-separated. After the last send it waits at
 // most DRAIN_SECONDS (default 60) for acknowledgements, so a broker that takes less than is asked still gives a
 // result: the last line printed is "RESULT {json}" (MB: 10^6 bytes, as everywhere in the harness).
 
+import java.util.ArrayList;
+import java.util.List;
 import java.util.Locale;
 import java.util.Map;
 import java.util.Properties;
@@ -40,6 +42,7 @@ public class SpreadLoad {
         double bytesPerSecond = Double.parseDouble(args[4]);
         double seconds = Double.parseDouble(args[5]);
         double drainSeconds = args.length > 6 ? Double.parseDouble(args[6]) : 60.0;
+        int producerCount = args.length > 7 ? Integer.parseInt(args[7]) : 1;
 
         Properties props = new Properties();
         props.put("bootstrap.servers", bootstrap);
@@ -48,7 +51,7 @@ public class SpreadLoad {
         // Each partition's batch holds a record or two (0.5 records a second per partition at 5 MB/s over 10,000):
         // the producer reserves batch.size of buffer.memory for every open batch, and 64 KiB batches exhausted it.
         props.put("batch.size", "4096");
-        props.put("buffer.memory", String.valueOf(256L << 20));
+        props.put("buffer.memory", String.valueOf((256L << 20) / producerCount));
         props.put("key.serializer", ByteArraySerializer.class.getName());
         props.put("value.serializer", ByteArraySerializer.class.getName());
 
@@ -65,7 +68,13 @@ public class SpreadLoad {
         StringBuilder reasons = new StringBuilder();
         long began = System.nanoTime();
         long nextNote = began + 5_000_000_000L;
-        KafkaProducer<byte[], byte[]> producer = new KafkaProducer<>(props);
+        // Each producer writes a share of the topics. A producer's sender wakes for every new batch and then checks
+        // every partition it holds for one that is ready: with one-record batches over 10,000 partitions that
+        // check is most of its CPU, and splitting the partitions over producers divides it.
+        List<KafkaProducer<byte[], byte[]>> producers = new ArrayList<>();
+        for (int i = 0; i < producerCount; i++) {
+            producers.add(new KafkaProducer<>(props));
+        }
         try {
             while (sent < total) {
                 long now = System.nanoTime();
@@ -73,6 +82,7 @@ public class SpreadLoad {
                 for (; sent < due; sent++) {
                     // The same order as the harness's Python producer: every topic's partition 0, then 1, ...
                     int index = (int) (sent % targets);
+                    KafkaProducer<byte[], byte[]> producer = producers.get(index % topics.length % producerCount);
                     ProducerRecord<byte[], byte[]> record =
                             new ProducerRecord<>(topics[index % topics.length], index / topics.length, null, value);
                     try {
@@ -112,7 +122,9 @@ public class SpreadLoad {
             }
         } finally {
             // Whatever is still unanswered is abandoned: the result says how much.
-            producer.close(java.time.Duration.ZERO);
+            for (KafkaProducer<byte[], byte[]> producer : producers) {
+                producer.close(java.time.Duration.ZERO);
+            }
         }
         long ackedAt = lastAckAt.get() == 0 ? System.nanoTime() : lastAckAt.get();
         double took = (ackedAt - began) / 1e9;
