@@ -164,7 +164,9 @@ def test_compressed_or_log_append_time_batches_are_refused() -> None:
         SplicedBuilder(1 << 20, transactional=False).splice(memoryview(raw), 0)
     header = BatchHeader.parse(raw)
     assert not ForwardBatches(0, splice=True).splices(header)
-    assert not ForwardBatches(3, splice=True).splices(BatchHeader.parse(source_batch(0, [(BASE_TIME, None, b"", [])])))
+    uncompressed = BatchHeader.parse(source_batch(0, [(BASE_TIME, None, b"", [])]))
+    assert ForwardBatches(3, splice=True).splices(uncompressed), "to a compressed target: compressed when built"
+    assert not ForwardBatches(3, splice=True).splices(uncompressed._replace(attributes=3)), "a compressed source"
     gappy = header._replace(attributes=0, last_offset_delta=5)  # compacted: offsets 0 and 5 of 2 records
     assert not ForwardBatches(0, splice=True).splices(gappy), "the offset map of a spliced batch is a range"
     assert ForwardBatches(0, splice=True).splices(header._replace(attributes=0))
@@ -301,3 +303,36 @@ def test_headers_that_run_past_their_record_copy_nothing_in_identical_naming() -
         builder.splice(memoryview(bytes(raw)), 0, provenance)
     assert builder.size() == 61 and builder.records == 0
     assert builder.splice(memoryview(bytes(raw)), 0)[:2] == (1, 1), "without loop prevention headers are not read"
+
+
+@pytest.mark.parametrize("codec", [1, 2, 3, 4], ids=["gzip", "snappy", "lz4", "zstd"])
+def test_spliced_records_are_compressed_whole_for_a_compressed_target(codec: int) -> None:
+    """An uncompressed source to a compressed target: the records are spliced, then compressed with the batch's
+    codec when it is built; aiokafka's reader decompresses exactly the source records, and a new producer state
+    (a retry) rewrites the header without compressing again."""
+    rng = random.Random(codec)
+    records = random_records(rng, 40)
+    raw = source_batch(0, records)
+    builder = SplicedBuilder(1 << 22, transactional=False, codec=codec)
+    assert builder.compresses
+    appended, next_offset, _, _ = builder.splice(memoryview(raw), 0)
+    assert (appended, next_offset) == (40, 40)
+    builder._set_producer_state(7, 0, 0)
+    first = bytes(builder._build())
+    batch = DefaultRecordBatch(first)
+    assert batch.compression_type == codec and batch.validate_crc()
+    assert as_tuples(list(batch)) == as_tuples(list(DefaultRecordBatch(raw)))
+    compressed = builder._compressed
+    builder._set_producer_state(7, 0, 40)
+    again = bytes(builder._build())
+    assert builder._compressed is compressed, "compressed once"
+    assert DefaultRecordBatch(again).base_sequence == 40 and DefaultRecordBatch(again).validate_crc()
+    assert again[61:] == first[61:]
+
+
+def test_spliced_batches_for_a_compressed_target_are_built_aside() -> None:
+    """``build_batches_aside`` compresses spliced batches on the compression threads, as decoded ones."""
+    assert SplicedBuilder in aiokafka_hooks._BUILT_ASIDE
+    builder = SplicedBuilder(1 << 20, transactional=False, codec=1)
+    builder.splice(memoryview(source_batch(0, [(BASE_TIME, b"k", b"v" * 100, [])])), 0)
+    assert builder.compresses and builder.ahead() is None and not builder.built()

@@ -140,7 +140,9 @@ SPLICE_AVAILABLE = _splice is not None
 
 _PRODUCER = struct.Struct(">qhi")
 GZIP_CODEC = 1
+SNAPPY_CODEC = 2
 LZ4_CODEC = 3
+ZSTD_CODEC = 4
 _BASE_OFFSET = struct.Struct(">q")
 _LEADER_EPOCH = struct.Struct(">i")
 _CRC_FIELD = struct.Struct(">I")
@@ -276,28 +278,40 @@ class SplicedBuilder(_CompleteBatch):
     """Stands in for aiokafka's ``BatchBuilder`` for records spliced from uncompressed source batches
     (``workers/engine/_splice.c``): the records stay encoded, only their offset and timestamp deltas are written
     anew, and the header and CRC are written when the sender asks for the bytes. Like ``RecordBatchBuilder`` it
-    takes more records (``splice``) until the sender takes it (``sealed``)."""
+    takes more records (``splice``) until the sender takes it (``sealed``). For a compressing target codec the
+    spliced records are compressed whole when the batch is built, with the functions aiokafka's builder uses
+    (``build_batches_aside`` runs that build on the compression threads)."""
 
     __slots__ = (
         "_attributes",
         "_batch_bytes",
         "_buffer",
         "_built",
+        "_codec",
+        "_compressed",
+        "_out",
         "_state",
         "base_timestamp",
+        "compresses",
         "max_timestamp",
         "records",
         "sealed",
     )
 
-    compresses = False
-
-    def __init__(self, batch_bytes: int, *, transactional: bool) -> None:
+    def __init__(self, batch_bytes: int, *, transactional: bool, codec: int = 0) -> None:
+        if codec == GZIP_CODEC:
+            use_java_gzip_level()
+        elif codec == LZ4_CODEC:
+            use_lz4_releasing_gil()
         self._buffer = bytearray(HEADER_SIZE)
         self._batch_bytes = batch_bytes
-        self._attributes = TRANSACTIONAL if transactional else 0
+        self._codec = codec
+        self.compresses = codec != 0
+        self._attributes = (TRANSACTIONAL if transactional else 0) | codec
         self._state = (-1, -1, -1)
         self._built = False
+        self._compressed: bytes | None = None
+        self._out = self._buffer
         self.records = 0
         self.base_timestamp = 0
         self.max_timestamp = 0
@@ -324,10 +338,14 @@ class SplicedBuilder(_CompleteBatch):
         return appended, next_offset, left_out, offsets
 
     def size(self) -> int:
-        return len(self._buffer)
+        return len(self._out) if self._built else len(self._buffer)
 
     def record_count(self) -> int:
         return self.records
+
+    def ahead(self) -> None:
+        """Nothing is built ahead of the send (``build_batches_aside`` asks)."""
+        return None
 
     def _set_producer_state(self, producer_id: int, producer_epoch: int, base_sequence: int) -> None:
         self.sealed = True
@@ -337,13 +355,20 @@ class SplicedBuilder(_CompleteBatch):
     def _build(self) -> bytearray:
         self.sealed = True
         if not self._built:
-            buffer = self._buffer
+            if self._codec:
+                if self._compressed is None:
+                    # Compressed once: a new producer state (a retry) only rewrites the header and the CRC.
+                    self._compressed = _encode(self._codec, memoryview(self._buffer)[HEADER_SIZE:])
+                out = bytearray(HEADER_SIZE)
+                out += self._compressed
+            else:
+                out = self._buffer
             # As a producer writes them: the broker assigns the offsets and the leader epoch.
             BATCH_HEADER.pack_into(
-                buffer,
+                out,
                 0,
                 0,
-                len(buffer) - LENGTH_END,
+                len(out) - LENGTH_END,
                 -1,
                 2,
                 0,
@@ -354,12 +379,27 @@ class SplicedBuilder(_CompleteBatch):
                 *self._state,
                 self.records,
             )
-            _stamp_crc(buffer)
+            _stamp_crc(out)
+            self._out = out
             self._built = True
-        return self._buffer
+        return self._out
 
     def built(self) -> bool:
         return self._built
+
+
+def _encode(codec: int, payload: Any) -> bytes:
+    """Compress a batch's records section as aiokafka's C builder would for ``codec`` (after ``use_java_gzip_level``
+    and ``use_lz4_releasing_gil``, which the builders' constructors install)."""
+    encode = {
+        GZIP_CODEC: aiokafka_crecords.gzip_encode,
+        SNAPPY_CODEC: aiokafka_crecords.snappy_encode,
+        LZ4_CODEC: aiokafka_crecords.lz4_encode,
+        ZSTD_CODEC: aiokafka_crecords.zstd_encode,
+    }.get(codec)
+    if encode is None:
+        raise ValueError(f"unknown compression codec {codec}")
+    return bytes(encode(bytes(payload)))
 
 
 GZIP_LEVEL = 6  # zlib's default, as Kafka's Java producer compresses gzip (compression.gzip.level=-1)
@@ -851,6 +891,9 @@ def install_prompt_close() -> None:
 # ---------------------------------------------------------------------- 9. compression off the event loop
 
 
+_BUILT_ASIDE = (RecordBatchBuilder, SplicedBuilder)
+
+
 def build_batches_aside(producer: AIOKafkaProducer, pool: Executor) -> None:
     """Build every compressed ``RecordBatchBuilder`` batch of a produce request on ``pool`` before the request is
     written: aiokafka builds a batch (compresses it, then its CRC) when ``create_request`` asks for its bytes, on
@@ -870,7 +913,7 @@ def build_batches_aside(producer: AIOKafkaProducer, pool: Executor) -> None:
         builders = [
             builder
             for batch in batches.values()
-            if type(builder := batch._builder) is RecordBatchBuilder and builder.compresses and not builder.built()
+            if type(builder := batch._builder) in _BUILT_ASIDE and builder.compresses and not builder.built()
         ]
         if builders:
             loop = asyncio.get_running_loop()

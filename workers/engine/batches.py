@@ -280,7 +280,7 @@ def build_batches(
             start, end = item.start_offset, item.next_offset
             while start < end:
                 if builder is None:
-                    builder = SplicedBuilder(fmt.batch_bytes, transactional=fmt.transactional)
+                    builder = SplicedBuilder(fmt.batch_bytes, transactional=fmt.transactional, codec=fmt.codec)
                     count, offsets = 0, []
                 assert type(builder) is SplicedBuilder
                 appended, stop, left_out, copied = builder.splice(item.buffer, start, provenance)

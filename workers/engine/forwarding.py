@@ -15,9 +15,10 @@ A batch is forwarded only when it is a plain data batch the target must hold unc
 * at most 1 MiB (Kafka's default max.message.bytes), so it fits a target topic whose configuration differs;
 * wholly at or after the fetch position (a batch the copy stands in the middle of is decoded from there).
 
-An uncompressed batch that would be forwarded but for its size, written to an uncompressed target, is spliced
+Every other uncompressed source batch (too small to forward, or going to a compressed target) is spliced
 instead (``splices``): its records, still encoded, are copied into a producer batch with other batches' records
-(``workers/engine/_splice.c``); only each record's offset and timestamp deltas are written anew.
+(``workers/engine/_splice.c``); only each record's offset and timestamp deltas are written anew, and for a
+compressed target the producer batch's records are compressed whole when it is built.
 
 Every other batch is decoded into aiokafka's C record objects (offset, timestamp, key, value, headers), not
 into ``ConsumerRecord`` objects, which cost more to build than the decoding itself. Loop prevention in IDENTICAL
@@ -108,7 +109,7 @@ class ForwardBatches:
         self.target_codec = target_codec
         self.min_batch_bytes = min_batch_bytes
         self.max_batch_bytes = max_batch_bytes
-        self.splice = splice and target_codec == 0
+        self.splice = splice
 
     def __call__(self, key: bytes | None) -> bytes | None:
         return key
