@@ -299,10 +299,7 @@ class SplicedBuilder(_CompleteBatch):
     )
 
     def __init__(self, batch_bytes: int, *, transactional: bool, codec: int = 0) -> None:
-        if codec == GZIP_CODEC:
-            use_java_gzip_level()
-        elif codec == LZ4_CODEC:
-            use_lz4_releasing_gil()
+        use_codec(codec)
         self._buffer = bytearray(HEADER_SIZE)
         self._batch_bytes = batch_bytes
         self._codec = codec
@@ -388,18 +385,21 @@ class SplicedBuilder(_CompleteBatch):
         return self._built
 
 
-def _encode(codec: int, payload: Any) -> bytes:
-    """Compress a batch's records section as aiokafka's C builder would for ``codec`` (after ``use_java_gzip_level``
-    and ``use_lz4_releasing_gil``, which the builders' constructors install)."""
-    encode = {
-        GZIP_CODEC: aiokafka_crecords.gzip_encode,
-        SNAPPY_CODEC: aiokafka_crecords.snappy_encode,
-        LZ4_CODEC: aiokafka_crecords.lz4_encode,
-        ZSTD_CODEC: aiokafka_crecords.zstd_encode,
-    }.get(codec)
-    if encode is None:
+# The names of aiokafka's C builder's compression functions, looked up when called: ``use_codec`` replaces two.
+_ENCODERS = {
+    GZIP_CODEC: "gzip_encode",
+    SNAPPY_CODEC: "snappy_encode",
+    LZ4_CODEC: "lz4_encode",
+    ZSTD_CODEC: "zstd_encode",
+}
+
+
+def _encode(codec: int, payload: memoryview) -> bytes:
+    """Compress a batch's records section as aiokafka's C builder would for ``codec``."""
+    name = _ENCODERS.get(codec)
+    if name is None:
         raise ValueError(f"unknown compression codec {codec}")
-    return bytes(encode(bytes(payload)))
+    return bytes(getattr(aiokafka_crecords, name)(payload))
 
 
 GZIP_LEVEL = 6  # zlib's default, as Kafka's Java producer compresses gzip (compression.gzip.level=-1)
@@ -444,6 +444,14 @@ def use_lz4_releasing_gil() -> None:
         aiokafka_crecords.lz4_encode = lz4_encode_releasing_gil
 
 
+def use_codec(codec: int) -> None:
+    """Before a builder compresses with ``codec``: gzip at the Java producer's level, lz4 by its fast compressor."""
+    if codec == GZIP_CODEC:
+        use_java_gzip_level()
+    elif codec == LZ4_CODEC:
+        use_lz4_releasing_gil()
+
+
 class RecordBatchBuilder(_CompleteBatch):
     """Stands in for aiokafka's ``BatchBuilder`` for decoded records. The copier appends through ``append``,
     aiokafka's C builder method itself (``append(relative_offset, timestamp, key, value, headers)``, None when
@@ -456,10 +464,7 @@ class RecordBatchBuilder(_CompleteBatch):
     __slots__ = ("_ahead", "_buffer", "_builder", "_size", "_state", "append", "compresses", "records", "sealed")
 
     def __init__(self, codec: int, batch_bytes: int, *, transactional: bool) -> None:
-        if codec == GZIP_CODEC:
-            use_java_gzip_level()
-        elif codec == LZ4_CODEC:
-            use_lz4_releasing_gil()
+        use_codec(codec)
         self._builder = DefaultRecordBatchBuilder(
             2,
             codec,
