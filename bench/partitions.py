@@ -847,6 +847,8 @@ def main(argv: list[str] | None = None) -> int:
         "5 MB/s over 10,000 partitions, four 0.46 (default %(default)s)",
     )
     args = parser.parse_args(argv)
+    if args.load_producers < 1:
+        parser.error(f"--load-producers must be at least 1, not {args.load_producers}")
     exit_on_termination()
     args.argv = list(argv) if argv is not None else __import__("sys").argv[1:]
     args.counts = [int(c) for c in re.split(r"[,\s]+", args.counts.strip()) if c]

@@ -3,9 +3,9 @@
 // keep up with one-record batches to 10,000 partitions on a 2-core box (its records expired in its accumulator).
 //
 // Run as a single source file (Java 11+): java -cp 'kafka/libs/*' SpreadLoad.java BOOTSTRAP TOPICS PARTITIONS
-// RECORD_BYTES BYTES_PER_SECOND SECONDS [DRAIN_SECONDS [PRODUCERS]], TOPICS comma-separated. After the last send it waits at
-// most DRAIN_SECONDS (default 60) for acknowledgements, so a broker that takes less than is asked still gives a
-// result: the last line printed is "RESULT {json}" (MB: 10^6 bytes, as everywhere in the harness).
+// RECORD_BYTES BYTES_PER_SECOND SECONDS [DRAIN_SECONDS [PRODUCERS]], TOPICS comma-separated. After the last send
+// it waits at most DRAIN_SECONDS (default 60) for acknowledgements, so a broker that takes less than is asked still
+// gives a result: the last line printed is "RESULT {json}" (MB: 10^6 bytes, as everywhere in the harness).
 
 import java.util.ArrayList;
 import java.util.List;
@@ -43,6 +43,9 @@ public class SpreadLoad {
         double seconds = Double.parseDouble(args[5]);
         double drainSeconds = args.length > 6 ? Double.parseDouble(args[6]) : 60.0;
         int producerCount = args.length > 7 ? Integer.parseInt(args[7]) : 1;
+        if (producerCount < 1) {
+            throw new IllegalArgumentException("PRODUCERS must be at least 1, not " + producerCount);
+        }
 
         Properties props = new Properties();
         props.put("bootstrap.servers", bootstrap);
